@@ -1,0 +1,154 @@
+package channel
+
+import (
+	"fmt"
+
+	"github.com/skylane/skylane/ring"
+)
+
+func (a *App) seg(idx uint32) uint32 {
+	if a.pow2 {
+		return idx >> a.shift
+	}
+	return idx / a.bps
+}
+
+// buffer returns buffer idx, mapping its segment if this is its first
+// sight. It refuses indices outside the pool.
+func (a *App) buffer(idx uint32) ([]byte, error) {
+	if idx >= a.maxBufs {
+		return nil, fmt.Errorf("%w: buffer %d of %d", ErrBadSlot, idx, a.maxBufs)
+	}
+	if seg := a.seg(idx); !a.mapped[seg] {
+		if err := a.mapSegment(int(seg)); err != nil {
+			return nil, err
+		}
+	}
+	bs := a.desc.BufferSize
+	off := int(idx) * bs
+	return a.bufs[off : off+bs : off+bs], nil
+}
+
+func (a *App) fail(err error) error {
+	if e := a.Err(); e != nil {
+		return e
+	}
+	return fmt.Errorf("channel %q: %w", a.desc.Name, err)
+}
+
+// Alloc takes up to len(out) empty buffers the nexus handed ahead; Data is
+// the whole buffer. The app owns them until it sends or frees them. When it
+// gets fewer than asked, it kicks the nexus to refill (if the nexus sleeps).
+func (a *App) Alloc(out []Buf) (int, error) {
+	if err := a.Err(); err != nil {
+		return 0, err
+	}
+	n, err := a.alloc.Peek(len(out))
+	if err != nil {
+		return 0, a.fail(err)
+	}
+	for i := range n {
+		s := a.alloc.At(i)
+		b, err := a.buffer(s.Index)
+		if err != nil {
+			return 0, a.fail(err)
+		}
+		out[i] = Buf{Index: s.Index, Data: b}
+	}
+	a.alloc.Release(n)
+	if n < len(out) {
+		if a.tx.NeedsWakeup() {
+			a.kickN.Signal()
+		}
+	}
+	return n, nil
+}
+
+// Send puts up to len(bufs) packets on the TX ring (length len(Data)) and
+// returns how many; the nexus owns those buffers from then on. It kicks the
+// nexus only if it sleeps.
+func (a *App) Send(bufs []Buf) (int, error) {
+	return a.produce(a.tx, bufs, true)
+}
+
+// Free gives buffers back to the nexus through the free ring and returns how
+// many fit.
+func (a *App) Free(bufs []Buf) (int, error) {
+	return a.produce(a.free, bufs, false)
+}
+
+func (a *App) produce(p *ring.Producer, bufs []Buf, withLen bool) (int, error) {
+	if err := a.Err(); err != nil {
+		return 0, err
+	}
+	k, err := p.Reserve(len(bufs))
+	if err != nil {
+		return 0, a.fail(err)
+	}
+	for i := range k {
+		s := ring.Slot{Index: bufs[i].Index, Flags: bufs[i].Flags}
+		if withLen {
+			s.Len = uint16(len(bufs[i].Data))
+		}
+		p.Set(i, s)
+	}
+	if k > 0 {
+		p.Commit(k)
+		if p.NeedsWakeup() {
+			a.kickN.Signal()
+		}
+	}
+	return k, nil
+}
+
+// Receive takes up to len(out) packets from the RX ring; Data is the packet.
+// The app owns the buffers until it frees (or re-sends) them.
+func (a *App) Receive(out []Buf) (int, error) {
+	if err := a.Err(); err != nil {
+		return 0, err
+	}
+	n, err := a.rx.Peek(len(out))
+	if err != nil {
+		return 0, a.fail(err)
+	}
+	for i := range n {
+		s := a.rx.At(i)
+		b, err := a.buffer(s.Index)
+		if err != nil {
+			return 0, a.fail(err)
+		}
+		if int(s.Len) > len(b) {
+			return 0, a.fail(fmt.Errorf("%w: length %d > buffer size", ErrBadSlot, s.Len))
+		}
+		out[i] = Buf{Index: s.Index, Flags: s.Flags, Data: b[:s.Len]}
+	}
+	a.rx.Release(n)
+	return n, nil
+}
+
+// Events takes up to len(out) events from the event ring, mapping and
+// unmapping segments as they say, and returns them.
+func (a *App) Events(out []Event) (int, error) {
+	n, err := a.event.Peek(len(out))
+	if err != nil {
+		return 0, a.fail(err)
+	}
+	for i := range n {
+		e := eventOf(a.event.At(i))
+		out[i] = e
+		if e.Arg >= uint32(a.desc.MaxSegments) {
+			continue
+		}
+		switch e.Kind {
+		case EventSegmentAdded:
+			err = a.mapSegment(int(e.Arg))
+		case EventSegmentRemoved:
+			err = a.unmapSegment(int(e.Arg))
+		}
+		if err != nil {
+			return 0, a.fail(err)
+		}
+	}
+	a.event.Release(n)
+	return n, nil
+}

@@ -1,0 +1,244 @@
+package channel
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/skylane/skylane/pool"
+)
+
+// ringWord points at a ring's shared index word (0: prod, 0x40: cons), to
+// play a corrupt peer.
+func (a *App) ringWord(r, off int) *uint32 {
+	return (*uint32)(unsafe.Pointer(&a.maps[0].Bytes()[a.desc.Rings[r].Offset+off]))
+}
+
+func newPair(t *testing.T, opts Options) (*Channel, *App) {
+	t.Helper()
+	c, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	a, err := c.AttachLocal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	return c, a
+}
+
+// fill writes a recognisable payload: the sequence number, then its low byte.
+func fill(b []byte, seq uint64, size int) []byte {
+	b = b[:size]
+	binary.LittleEndian.PutUint64(b, seq)
+	for i := 8; i < size; i++ {
+		b[i] = byte(seq)
+	}
+	return b
+}
+
+func check(t *testing.T, b []byte, seq uint64, size int) {
+	t.Helper()
+	if len(b) != size || binary.LittleEndian.Uint64(b) != seq || !bytes.Equal(b[8:], bytes.Repeat([]byte{byte(seq)}, size-8)) {
+		t.Fatalf("packet %d: got %d bytes, seq %d", seq, len(b), binary.LittleEndian.Uint64(b))
+	}
+}
+
+// TestBothWays moves packets app → nexus and nexus → app in batches and
+// checks content, order and that every buffer comes back to the pool.
+func TestBothWays(t *testing.T) {
+	c, a := newPair(t, Options{Name: "both"})
+	bufs := make([]Buf, 32)
+	var sent, got, dsent, dgot uint64
+	const total = 20000
+	for sent < total || got < total || dgot < total {
+		// app → nexus
+		if err := c.Sync(); err != nil {
+			t.Fatal(err)
+		}
+		n, err := a.Alloc(bufs[:min(32, int(total-sent))])
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range n {
+			seq := sent + uint64(i)
+			bufs[i].Data = fill(bufs[i].Data, seq, 64+int(seq%32))
+		}
+		if k, err := a.Send(bufs[:n]); err != nil || k != n {
+			t.Fatalf("send %d of %d: %v", k, n, err)
+		}
+		sent += uint64(n)
+		n, err = c.TakeTX(bufs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range n {
+			check(t, bufs[i].Data, got, 64+int(got%32))
+			got++
+		}
+		c.Release(bufs[:n])
+		// nexus → app
+		n = c.Alloc(bufs[:min(32, int(total-dsent))])
+		for i := range n {
+			bufs[i].Data = fill(bufs[i].Data, dsent+uint64(i), 100)
+		}
+		dsent += uint64(c.Deliver(bufs[:n]))
+		n, err = a.Receive(bufs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range n {
+			check(t, bufs[i].Data, dgot, 100)
+			dgot++
+		}
+		if k, err := a.Free(bufs[:n]); err != nil || k != n {
+			t.Fatalf("free %d of %d: %v", k, n, err)
+		}
+	}
+	if err := c.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	cn := c.Counters()
+	if cn.TxPackets != total || cn.RxPackets != total || cn.RxDrops != 0 {
+		t.Fatalf("counters %+v", cn)
+	}
+	// All buffers are back except those handed ahead on the alloc ring.
+	st := c.Pool().Stats()
+	if out := st.BuffersTotal - st.FreeBuffers; out != c.alloc.Pending() {
+		t.Fatalf("%d buffers out, %d on the alloc ring", out, c.alloc.Pending())
+	}
+	if a.Counters().TxPackets != total {
+		t.Fatalf("app sees %+v", a.Counters())
+	}
+}
+
+// TestViolations: each kind of bad input from an app defuncts its channel
+// only, with the named reason, and another channel goes on.
+func TestViolations(t *testing.T) {
+	cases := []struct {
+		name   string
+		reason DefunctReason
+		act    func(c *Channel, a *App)
+	}{
+		{"wild buffer on tx", ReasonWildBuffer, func(c *Channel, a *App) {
+			a.Send([]Buf{{Index: 1 << 30, Data: make([]byte, 10)}})
+		}},
+		{"free buffer on tx", ReasonNotOwned, func(c *Channel, a *App) {
+			a.Send([]Buf{{Index: uint32(c.Pool().BuffersPerSegment() - 1), Data: make([]byte, 10)}})
+		}},
+		{"double free", ReasonNotOwned, func(c *Channel, a *App) {
+			b := make([]Buf, 1)
+			a.Alloc(b)
+			a.Free(b)
+			a.Free(b)
+		}},
+		{"length beyond buffer", ReasonBadLength, func(c *Channel, a *App) {
+			b := make([]Buf, 1)
+			a.Alloc(b)
+			a.Send([]Buf{{Index: b[0].Index, Data: make([]byte, 4000)}})
+		}},
+		{"tx index backwards", ReasonRingCorrupt, func(c *Channel, a *App) {
+			*a.ringWord(RingTX, 0) -= 5
+		}},
+		{"free index far ahead", ReasonRingCorrupt, func(c *Channel, a *App) {
+			*a.ringWord(RingFree, 0) += 1 << 20
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			good, ga := newPair(t, Options{Name: "good"})
+			c, a := newPair(t, Options{Name: "bad"})
+			c.Sync()
+			tc.act(c, a)
+			buf := make([]Buf, 32)
+			c.TakeTX(buf)
+			c.Sync()
+			var de *DefunctError
+			if err := c.Err(); !errors.As(err, &de) || de.Reason != tc.reason {
+				t.Fatalf("nexus side: got %v, want reason %s", err, tc.reason)
+			}
+			if err := a.Err(); !errors.Is(err, ErrDefunct) {
+				t.Fatalf("app side: got %v, want defunct", err)
+			}
+			if _, err := a.Send(buf[:1]); !errors.Is(err, ErrDefunct) {
+				t.Fatalf("app send after defunct: %v", err)
+			}
+			// The other channel is untouched.
+			good.Sync()
+			n, err := ga.Alloc(buf[:8])
+			if err != nil || n == 0 {
+				t.Fatalf("good channel alloc: %d, %v", n, err)
+			}
+			ga.Send(buf[:n])
+			if k, err := good.TakeTX(buf); err != nil || k != n {
+				t.Fatalf("good channel: took %d of %d: %v", k, n, err)
+			}
+		})
+	}
+}
+
+// TestSegmentsGrowAndReturn: the pool grows under load, the app maps new
+// segments as it meets them, and idle segments go back to the OS and are
+// unmapped on the app side after the event.
+func TestSegmentsGrowAndReturn(t *testing.T) {
+	c, a := newPair(t, Options{Name: "grow", Pool: pool.Options{MaxSegments: 16, IdleTimeout: time.Second}})
+	held := make([]Buf, 0, 200)
+	buf := make([]Buf, 32)
+	for len(held) < 150 {
+		c.Sync()
+		n, err := a.Alloc(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range n {
+			buf[i].Data[0] = 1 // touch: the segment must be mapped
+		}
+		held = append(held, buf[:n]...)
+	}
+	grown := c.Pool().Stats().Segments
+	if grown < 150/c.Pool().BuffersPerSegment() {
+		t.Fatalf("pool has %d segments for 150 buffers out", grown)
+	}
+	before, _ := c.Pool().AllocatedBytes()
+	for len(held) > 0 {
+		k, _ := a.Free(held[:min(32, len(held))])
+		held = held[k:]
+		c.Sync()
+	}
+	now := time.Now()
+	c.Reap(now)
+	c.Reap(now.Add(2 * time.Second))
+	st := c.Pool().Stats()
+	if st.Segments >= grown || st.Releases == 0 {
+		t.Fatalf("segments %d (was %d), releases %d", st.Segments, grown, st.Releases)
+	}
+	after, _ := c.Pool().AllocatedBytes()
+	if after >= before {
+		t.Fatalf("allocated bytes %d -> %d: memory not returned", before, after)
+	}
+	c.Sync()
+	ev := make([]Event, 64)
+	var removed int
+	for {
+		n, err := a.Events(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+		for _, e := range ev[:n] {
+			if e.Kind == EventSegmentRemoved {
+				removed++
+			}
+		}
+	}
+	if removed == 0 || a.MappedSegments() != st.Segments {
+		t.Fatalf("removed events %d; app maps %d segments, pool has %d", removed, a.MappedSegments(), st.Segments)
+	}
+}

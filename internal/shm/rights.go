@@ -1,0 +1,78 @@
+package shm
+
+import (
+	"fmt"
+	"net"
+
+	"golang.org/x/sys/unix"
+)
+
+// MaxFDs bounds how many descriptors one message may carry.
+const MaxFDs = 16
+
+// SendFDs sends msg with fds attached (SCM_RIGHTS). The fds stay owned by the
+// caller.
+func SendFDs(c *net.UnixConn, msg []byte, fds []int) error {
+	if len(fds) > MaxFDs {
+		return fmt.Errorf("send fds: %d descriptors, at most %d", len(fds), MaxFDs)
+	}
+	n, oobn, err := c.WriteMsgUnix(msg, unix.UnixRights(fds...), nil)
+	if err != nil {
+		return fmt.Errorf("send fds: %w", err)
+	}
+	if n != len(msg) || oobn == 0 && len(fds) > 0 {
+		return fmt.Errorf("send fds: short write (%d of %d bytes)", n, len(msg))
+	}
+	return nil
+}
+
+// RecvFDs receives one message of at most maxMsg bytes and its descriptors.
+// The caller owns the returned fds (they are close-on-exec).
+func RecvFDs(c *net.UnixConn, maxMsg int) ([]byte, []int, error) {
+	msg := make([]byte, maxMsg)
+	oob := make([]byte, unix.CmsgSpace(MaxFDs*4))
+	n, oobn, flags, _, err := c.ReadMsgUnix(msg, oob)
+	if err != nil {
+		return nil, nil, fmt.Errorf("receive fds: %w", err)
+	}
+	var fds []int
+	cmsgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+	if err != nil {
+		return nil, nil, fmt.Errorf("receive fds: parse control message: %w", err)
+	}
+	for _, cm := range cmsgs {
+		got, err := unix.ParseUnixRights(&cm)
+		if err != nil {
+			closeAll(fds)
+			return nil, nil, fmt.Errorf("receive fds: %w", err)
+		}
+		fds = append(fds, got...)
+	}
+	if flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
+		closeAll(fds)
+		return nil, nil, fmt.Errorf("receive fds: message truncated (more than %d bytes or %d fds)", maxMsg, MaxFDs)
+	}
+	for _, fd := range fds {
+		unix.CloseOnExec(fd)
+	}
+	return msg[:n], fds, nil
+}
+
+func closeAll(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+}
+
+// CloseFD closes a descriptor received by RecvFDs that is not kept.
+func CloseFD(fd int) error { return unix.Close(fd) }
+
+// Dup duplicates fd (close-on-exec), e.g. to hand an in-process app its own
+// copy of a region's memfd.
+func Dup(fd int) (int, error) {
+	nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("dup fd %d: %w", fd, err)
+	}
+	return nfd, nil
+}
