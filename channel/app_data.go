@@ -94,9 +94,10 @@ func (a *App) produce(p *ring.Producer, bufs []Buf, withLen bool) (int, error) {
 	}
 	if k > 0 {
 		p.Commit(k)
-		if p.NeedsWakeup() {
-			a.kickN.Signal()
-		}
+	}
+	// Kick a sleeping nexus to take the slots, or to make room.
+	if (k > 0 || len(bufs) > 0) && p.NeedsWakeup() {
+		a.kickN.Signal()
 	}
 	return k, nil
 }

@@ -3,6 +3,7 @@ package shm
 import (
 	"fmt"
 	"net"
+	"os"
 
 	"golang.org/x/sys/unix"
 )
@@ -75,4 +76,28 @@ func Dup(fd int) (int, error) {
 		return -1, fmt.Errorf("dup fd %d: %w", fd, err)
 	}
 	return nfd, nil
+}
+
+// SocketPair returns two connected SOCK_SEQPACKET Unix sockets as files, one
+// for this process and one to hand a child (exec.Cmd.ExtraFiles).
+func SocketPair() (*os.File, *os.File, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("socketpair: %w", err)
+	}
+	return os.NewFile(uintptr(fds[0]), "skylane-ctl"), os.NewFile(uintptr(fds[1]), "skylane-ctl-peer"), nil
+}
+
+// UnixConn turns a socket file into a *net.UnixConn; f may be closed after.
+func UnixConn(f *os.File) (*net.UnixConn, error) {
+	c, err := net.FileConn(f)
+	if err != nil {
+		return nil, fmt.Errorf("unix conn from %s: %w", f.Name(), err)
+	}
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		c.Close()
+		return nil, fmt.Errorf("%s is not a Unix socket", f.Name())
+	}
+	return uc, nil
 }

@@ -1,0 +1,156 @@
+// Package bench runs the `skylane bench` scenarios (../shared/BENCH.md):
+// each measures our path and its baseline in the same run, alternating
+// them, and reports the ratio (above 1 means we beat the baseline).
+//
+// Invariants: a figure is printed only if it was measured; a scenario that
+// cannot run returns an error and prints nothing for that row.
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"runtime"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Result is one row of a scenario's report.
+type Result struct {
+	Name          string         `json:"name"`
+	Value         float64        `json:"value"`
+	Unit          string         `json:"unit"`
+	BaselineName  string         `json:"baseline_name"`
+	BaselineValue float64        `json:"baseline_value"`
+	Ratio         float64        `json:"ratio"`
+	LowerIsBetter bool           `json:"lower_is_better,omitempty"`
+	Extra         map[string]any `json:"extra,omitempty"`
+}
+
+// Report is a scenario's output.
+type Report struct {
+	Scenario string   `json:"scenario"`
+	Machine  string   `json:"machine"`
+	Results  []Result `json:"results"`
+}
+
+// Config holds the common flags.
+type Config struct {
+	Duration time.Duration // per measured point
+	Rounds   int           // alternations of ours and baseline per point
+	Progress io.Writer     // stderr; nil for silence
+	Filter   string        // run only rows whose name contains this
+}
+
+func (c Config) progress(format string, args ...any) {
+	if c.Progress != nil {
+		fmt.Fprintf(c.Progress, format+"\n", args...)
+	}
+}
+
+func (c Config) wants(name string) bool { return c.Filter == "" || strings.Contains(name, c.Filter) }
+
+// Machine describes this machine the way BENCH.md asks.
+func Machine() string {
+	return fmt.Sprintf("%s/%s, %d CPUs, %s", runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version())
+}
+
+// Rate is a measured count over a time.
+type Rate struct {
+	Count   float64
+	Elapsed time.Duration
+}
+
+// PerSecond returns Count/Elapsed.
+func (r Rate) PerSecond() float64 {
+	if r.Elapsed <= 0 {
+		return 0
+	}
+	return r.Count / r.Elapsed.Seconds()
+}
+
+// Measure runs ours and base alternately, cfg.Rounds times each for
+// cfg.Duration/cfg.Rounds, and returns the median rate of each.
+func Measure(cfg Config, name string, ours, base func(d time.Duration) (Rate, error)) (o, b float64, err error) {
+	rounds := max(cfg.Rounds, 1)
+	d := cfg.Duration / time.Duration(rounds)
+	var os, bs []float64
+	for i := range rounds {
+		cfg.progress("  %s: round %d/%d", name, i+1, rounds)
+		r, err := ours(d)
+		if err != nil {
+			return 0, 0, fmt.Errorf("%s: %w", name, err)
+		}
+		os = append(os, r.PerSecond())
+		r, err = base(d)
+		if err != nil {
+			return 0, 0, fmt.Errorf("%s baseline: %w", name, err)
+		}
+		bs = append(bs, r.PerSecond())
+	}
+	return median(os), median(bs), nil
+}
+
+func median(v []float64) float64 {
+	sort.Float64s(v)
+	return v[len(v)/2]
+}
+
+// Throughput builds a higher-is-better row.
+func Throughput(name, unit string, value float64, baseName string, baseValue float64) Result {
+	r := Result{Name: name, Unit: unit, Value: value, BaselineName: baseName, BaselineValue: baseValue}
+	if baseValue > 0 {
+		r.Ratio = value / baseValue
+	}
+	return r
+}
+
+// Print writes the report as a table, or as JSON.
+func (r Report) Print(w io.Writer, asJSON bool) error {
+	if asJSON {
+		e := json.NewEncoder(w)
+		e.SetIndent("", "  ")
+		return e.Encode(r)
+	}
+	fmt.Fprintf(w, "scenario %s on %s\n", r.Scenario, r.Machine)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "row\tvalue\tunit\tbaseline\tbaseline value\tratio\t")
+	for _, x := range r.Results {
+		fmt.Fprintf(tw, "%s\t%.2f\t%s\t%s\t%.2f\t%.2f\t\n", x.Name, x.Value, x.Unit, x.BaselineName, x.BaselineValue, x.Ratio)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, x := range r.Results {
+		if len(x.Extra) == 0 {
+			continue
+		}
+		keys := make([]string, 0, len(x.Extra))
+		for k := range x.Extra {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		var parts []string
+		for _, k := range keys {
+			parts = append(parts, fmt.Sprintf("%s=%v", k, x.Extra[k]))
+		}
+		fmt.Fprintf(w, "  %s: %s\n", x.Name, strings.Join(parts, " "))
+	}
+	return nil
+}
+
+// Scenario is one `skylane bench` scenario.
+type Scenario struct {
+	Name string
+	Help string
+	Run  func(cfg Config) (Report, error)
+}
+
+// Scenarios lists the scenarios, by name.
+func Scenarios() []Scenario {
+	return []Scenario{
+		{Name: "channel", Help: "packets through one channel: goroutines, processes, bare slots; baseline a Go chan", Run: runChannel},
+	}
+}

@@ -1,0 +1,106 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/skylane/skylane/channel"
+	"github.com/skylane/skylane/internal/shm"
+)
+
+// childEnv names the role of a re-executed skylane process in a bench.
+const childEnv = "SKYLANE_BENCH_CHILD"
+
+// RunChild runs this process as a bench child if it was started as one, and
+// then exits. Call it first thing in main.
+func RunChild() {
+	role := os.Getenv(childEnv)
+	if role == "" {
+		return
+	}
+	if err := runChild(role); err != nil {
+		fmt.Fprintln(os.Stderr, "skylane bench child:", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+func runChild(role string) error {
+	f := strings.Split(role, ":")
+	if len(f) != 3 || f[0] != "channel-app" {
+		return fmt.Errorf("unknown child role %q", role)
+	}
+	batch, err1 := strconv.Atoi(f[1])
+	size, err2 := strconv.Atoi(f[2])
+	if err := errors.Join(err1, err2); err != nil {
+		return fmt.Errorf("child role %q: %w", role, err)
+	}
+	conn, err := shm.UnixConn(os.NewFile(3, "ctl"))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	a, err := channel.Receive(conn)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	var stop atomic.Bool
+	err = appProducer(a, batch, size, &stop)
+	if errors.Is(err, channel.ErrDefunct) {
+		return nil // the nexus closed the channel: the measurement is over
+	}
+	return err
+}
+
+// pumpProcess is pumpChannel with the app in a child process that received
+// the channel's memory over a Unix socket.
+func pumpProcess(batch, size int, d time.Duration) (Rate, error) {
+	c, err := channel.New(channel.Options{Name: "bench-proc"})
+	if err != nil {
+		return Rate{}, err
+	}
+	defer c.Close()
+	mine, theirs, err := shm.SocketPair()
+	if err != nil {
+		return Rate{}, err
+	}
+	defer mine.Close()
+	exe, err := os.Executable()
+	if err != nil {
+		theirs.Close()
+		return Rate{}, fmt.Errorf("find own executable to re-exec: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), d+30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, exe)
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=channel-app:%d:%d", childEnv, batch, size))
+	cmd.ExtraFiles = []*os.File{theirs}
+	cmd.Stderr = os.Stderr
+	err = cmd.Start()
+	theirs.Close()
+	if err != nil {
+		return Rate{}, fmt.Errorf("start child: %w", err)
+	}
+	conn, err := shm.UnixConn(mine)
+	if err == nil {
+		defer conn.Close()
+		err = c.Send(conn)
+	}
+	var r Rate
+	if err == nil {
+		r, err = nexusConsumer(c, batch, d)
+	}
+	c.Close()
+	if werr := cmd.Wait(); werr != nil && err == nil {
+		err = fmt.Errorf("child: %w", werr)
+	}
+	return r, err
+}

@@ -1,0 +1,81 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/skylane/skylane/bench"
+)
+
+const usage = `skylane: user-space networking stack infrastructure
+
+usage:
+  skylane demo                     run the nexus on the in-memory link and report
+  skylane bench SCENARIO [flags]   measure a scenario against its baseline
+  skylane bench list               list the scenarios
+`
+
+func run(args []string) error {
+	if len(args) == 0 {
+		fmt.Fprint(os.Stderr, usage)
+		return errors.New("no command given")
+	}
+	switch args[0] {
+	case "bench":
+		return runBench(args[1:])
+	case "demo":
+		return runDemo(args[1:])
+	case "help", "-h", "--help":
+		fmt.Print(usage)
+		return nil
+	}
+	fmt.Fprint(os.Stderr, usage)
+	return fmt.Errorf("unknown command %q", args[0])
+}
+
+func runBench(args []string) error {
+	if len(args) == 0 || args[0] == "list" {
+		for _, s := range bench.Scenarios() {
+			fmt.Printf("%-10s %s\n", s.Name, s.Help)
+		}
+		if len(args) == 0 {
+			return errors.New("name a scenario")
+		}
+		return nil
+	}
+	name := args[0]
+	fs := flag.NewFlagSet("bench "+name, flag.ContinueOnError)
+	dur := fs.Duration("duration", 3*time.Second, "time per measured point (ours and baseline each)")
+	rounds := fs.Int("rounds", 3, "alternations of ours and baseline per point (median reported)")
+	asJSON := fs.Bool("json", false, "print one JSON object on stdout")
+	filter := fs.String("rows", "", "run only rows whose name contains this")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	for _, s := range bench.Scenarios() {
+		if s.Name != name {
+			continue
+		}
+		rep, err := s.Run(bench.Config{Duration: *dur, Rounds: *rounds, Progress: os.Stderr, Filter: *filter})
+		if err != nil {
+			return fmt.Errorf("bench %s: %w", name, err)
+		}
+		if len(rep.Results) == 0 {
+			return fmt.Errorf("bench %s: no row matches %q", name, *filter)
+		}
+		return rep.Print(os.Stdout, *asJSON)
+	}
+	var names []string
+	for _, s := range bench.Scenarios() {
+		names = append(names, s.Name)
+	}
+	return fmt.Errorf("unknown scenario %q (have: %s)", name, strings.Join(names, ", "))
+}
+
+func runDemo(args []string) error {
+	return errors.New("demo: not built yet (issue #3)")
+}
