@@ -10,6 +10,9 @@ import (
 // they go straight onto the app's alloc ring), and returns how many. It grows the pool by whole segments as needed; at
 // MaxSegments it returns fewer at once and counts the shortfall.
 func (p *Pool) Alloc(out []uint32, as State) int {
+	if !held(as) {
+		return 0 // as Free they would be out of the free lists yet look free
+	}
 	n := 0
 	for n < len(out) {
 		if p.nfree == 0 && !p.grow() {
@@ -45,9 +48,10 @@ func (p *Pool) Free(idx uint32) bool {
 	return p.Reclaim(idx, Nexus)
 }
 
-// Reclaim returns buffer idx, which must be in state from, to the pool.
+// Reclaim returns buffer idx, which must be in state from (Nexus or App),
+// to the pool.
 func (p *Pool) Reclaim(idx uint32, from State) bool {
-	if !p.Transition(idx, from, Free) {
+	if !held(from) || !p.transition(idx, from, Free) {
 		return false
 	}
 	seg, _ := p.split(idx)

@@ -88,7 +88,7 @@ func (o Options) validate() error {
 		return fmt.Errorf("pool %q: buffer size %d does not divide segment size %d (a buffer may not cross a segment)", o.Name, o.BufferSize, o.SegmentSize)
 	case o.MinSegments < 1 || o.MaxSegments < o.MinSegments:
 		return fmt.Errorf("pool %q: need 1 ≤ min segments (%d) ≤ max segments (%d)", o.Name, o.MinSegments, o.MaxSegments)
-	case o.MaxSegments*(o.SegmentSize/o.BufferSize) > MaxBuffers:
+	case o.MaxSegments > MaxBuffers/(o.SegmentSize/o.BufferSize): // divided: the product could overflow
 		return fmt.Errorf("pool %q: %d segments of %d buffers exceed %d buffers", o.Name, o.MaxSegments, o.SegmentSize/o.BufferSize, MaxBuffers)
 	case o.LowWatermark < 0 || o.IdleTimeout < 0:
 		return fmt.Errorf("pool %q: negative watermark or idle timeout", o.Name)

@@ -194,7 +194,16 @@ func (p *Pool) stateAt(seg, i uint32) *byte {
 // Transition moves buffer idx from state from to state to, if idx is inside
 // the pool, its segment is active and it is in state from. Otherwise it
 // changes nothing and returns false: the index is wild, foreign or stale.
+// from and to must be Nexus or App: a buffer enters and leaves Free only
+// through Alloc and Reclaim, which keep the free lists in step.
 func (p *Pool) Transition(idx uint32, from, to State) bool {
+	return held(from) && held(to) && p.transition(idx, from, to)
+}
+
+// held reports whether s is the state of a buffer out of the pool.
+func held(s State) bool { return s == Nexus || s == App }
+
+func (p *Pool) transition(idx uint32, from, to State) bool {
 	if idx >= p.maxBufs {
 		return false
 	}

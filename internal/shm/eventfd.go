@@ -78,6 +78,5 @@ func (e *EventFD) Wait(timeout time.Duration) (uint64, error) {
 	return binary.NativeEndian.Uint64(b[:]), nil
 }
 
-
 // Close closes the eventfd and wakes any Wait with ErrClosed.
 func (e *EventFD) Close() error { return e.f.Close() }
