@@ -75,7 +75,3 @@ func runBench(args []string) error {
 	}
 	return fmt.Errorf("unknown scenario %q (have: %s)", name, strings.Join(names, ", "))
 }
-
-func runDemo(args []string) error {
-	return errors.New("demo: not built yet (issue #3)")
-}

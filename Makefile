@@ -1,0 +1,49 @@
+# Skylane: `make test` is the one command CI and a new machine run.
+GO        ?= go
+PKGS      ?= ./...
+# Debian packages the tests use (privileged tests arrive with the kernel drivers).
+APT_PKGS  ?= iproute2
+# Seed corpora of the fuzz targets run as ordinary tests; FUZZTIME>0 also fuzzes.
+FUZZTIME  ?= 0
+
+.PHONY: all build test deps vet fuzz bench demo clean
+
+all: build
+
+build:
+	$(GO) build -o bin/skylane ./cmd/skylane
+
+deps:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		else echo "missing Debian packages:$$missing (run make test as root to install them)"; fi; \
+	fi
+	$(GO) mod download
+
+vet:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+# Under CI a privileged test that skips is a failure (SKYLANE_REQUIRE_PRIV=1).
+test: deps vet
+	SKYLANE_REQUIRE_PRIV=$${SKYLANE_REQUIRE_PRIV:-$${CI:+1}} $(GO) test -race -count=1 -timeout 20m $(PKGS)
+	$(GO) build -o bin/skylane ./cmd/skylane
+	./bin/skylane bench channel --duration 300ms --rounds 1 --rows slots > /dev/null
+	@if [ "$(FUZZTIME)" != 0 ]; then $(MAKE) fuzz; fi
+
+fuzz:
+	@for pkg in $$($(GO) list $(PKGS)); do \
+		for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+			echo "fuzz $$pkg $$f"; $(GO) test -run XXX -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+		done; \
+	done
+
+bench: build
+	./bin/skylane bench channel
+
+demo: build
+	./bin/skylane demo
+
+clean:
+	rm -rf bin
