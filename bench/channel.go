@@ -102,7 +102,7 @@ func appProducer(a *channel.App, batch, size int, stop *atomic.Bool) error {
 			writePayload(bufs[i].Data, seq)
 			seq++
 		}
-		for sent := 0; sent < n; {
+		for sent := 0; sent < n && !stop.Load(); {
 			k, err := a.Send(bufs[sent:n])
 			if err != nil {
 				return err
@@ -224,7 +224,7 @@ func pumpGoChan(size int, d time.Duration) (Rate, error) {
 // pumpSlots exchanges bare slots through a ring in shared memory.
 func pumpSlots(batch int, d time.Duration) (Rate, error) {
 	const size = 1024
-	r, err := shm.NewRegion(shm.RegionOptions{Name: "bench-ring", Size: ring.MemSize(size)})
+	r, err := shm.NewRegion(shm.RegionOptions{Name: "bench-ring", Size: (ring.MemSize(size) + shm.PageSize - 1) / shm.PageSize * shm.PageSize})
 	if err != nil {
 		return Rate{}, err
 	}

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/skylane/skylane/channel"
@@ -83,6 +84,8 @@ func pumpProcess(batch, size int, d time.Duration) (Rate, error) {
 	cmd := exec.CommandContext(ctx, exe)
 	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=channel-app:%d:%d", childEnv, batch, size))
 	cmd.ExtraFiles = []*os.File{theirs}
+	// The child must not outlive this process (a spinning orphan).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.Stderr = os.Stderr
 	err = cmd.Start()
 	theirs.Close()

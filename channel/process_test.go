@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -178,6 +179,8 @@ func startChild(t *testing.T, ctx context.Context, name, role string) *childProc
 	p := &childProc{ch: c, cmd: exec.CommandContext(ctx, os.Args[0], "-test.run=^$")}
 	p.cmd.Env = append(os.Environ(), childRole+"="+role)
 	p.cmd.ExtraFiles = []*os.File{theirs}
+	// The child must not outlive this process (a spinning orphan).
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	p.cmd.Stdout = &p.out
 	p.cmd.Stderr = os.Stderr
 	err = p.cmd.Start()

@@ -1,0 +1,35 @@
+// Package channel binds one application to one nexus port through shared
+// memory (DESIGN §3): five rings (TX, RX, alloc, free, event), the app's
+// packet pool, a flow-advisory table and statistics, all in memfds the
+// nexus made. Channel is the nexus's end, App the application's; the same
+// code serves an app in this process (Channel.AttachLocal) and one in
+// another process (Channel.Send over a Unix socket, Receive on the other
+// side).
+//
+// Who writes what:
+//
+//	TX ring     app produces packets to send;  nexus consumes
+//	RX ring     nexus produces received packets; app consumes
+//	alloc ring  nexus hands empty buffers ahead; app consumes
+//	free ring   app gives buffers back;         nexus consumes
+//	event ring  nexus posts segment changes, advisories, defunct; app consumes
+//	advisories, stats, segment bitmap: nexus writes; sealed read-only for apps
+//
+// Invariants:
+//   - The nexus never trusts shared memory: ring indices are validated on
+//     every refresh (forward only, within bounds), every slot is copied
+//     before it is checked, and every buffer index must be inside the pool
+//     and held by the app (pool.App) — not free, not the nexus's, not in a
+//     released segment. Any violation defuncts this channel only: the app
+//     is told (state word, event, signal) and gets a *DefunctError from
+//     every call; the nexus side frees all of the channel's memory.
+//   - A buffer is in exactly one place: the pool, the nexus, or the app
+//     (alloc/RX ring or its hands). Counters and tests check the sum.
+//   - Each end is owned by one goroutine; Kick and Wait are the only calls
+//     that cross goroutines. A busy pair makes no system call: eventfds are
+//     signalled only when the other side armed its need-wakeup flag.
+//   - Buffer segments appear and disappear at run time: the app maps a
+//     segment when it first meets one of its buffers (or the event says it
+//     was added) and unmaps it when told it was released and the segment
+//     bitmap confirms it is still inactive.
+package channel
