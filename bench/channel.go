@@ -122,6 +122,7 @@ func nexusConsumer(c *channel.Channel, batch int, d time.Duration) (Rate, error)
 	bufs := make([]channel.Buf, max(batch, 64))
 	var seq, seq0, sink uint64
 	var start time.Time
+	began := time.Now()
 	for iter := 0; ; iter++ {
 		n, err := c.TakeTX(bufs)
 		if err != nil {
@@ -147,6 +148,8 @@ func nexusConsumer(c *channel.Channel, batch int, d time.Duration) (Rate, error)
 			if start.IsZero() {
 				if seq > 0 {
 					start, seq0 = now, seq
+				} else if now.Sub(began) > 10*time.Second {
+					return Rate{}, fmt.Errorf("no packet from the app within 10s")
 				}
 			} else if now.Sub(start) >= d {
 				_ = sink

@@ -1,0 +1,59 @@
+package bench
+
+import (
+	"bytes"
+	"encoding/json"
+	"math"
+	"testing"
+	"time"
+)
+
+// TestChannelScenarioJSON runs two rows briefly and checks the report's
+// shape: BENCH.md's fields, measured values and the ratio they imply.
+func TestChannelScenarioJSON(t *testing.T) {
+	rep, err := runChannel(Config{Duration: 100 * time.Millisecond, Rounds: 1, Filter: "batch=32/size=64"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := rep.Print(&out, true); err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Scenario string `json:"scenario"`
+		Machine  string `json:"machine"`
+		Results  []struct {
+			Name          string  `json:"name"`
+			Value         float64 `json:"value"`
+			Unit          string  `json:"unit"`
+			BaselineName  string  `json:"baseline_name"`
+			BaselineValue float64 `json:"baseline_value"`
+			Ratio         float64 `json:"ratio"`
+		} `json:"results"`
+	}
+	if err := json.Unmarshal(out.Bytes(), &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Scenario != "channel" || got.Machine == "" || len(got.Results) != 2 {
+		t.Fatalf("report %s", out.String())
+	}
+	names := map[string]bool{}
+	for _, r := range got.Results {
+		names[r.Name] = true
+		if r.Value <= 0 || r.BaselineValue <= 0 || r.Unit != "Mpps" || r.BaselineName == "" {
+			t.Fatalf("row %+v not measured", r)
+		}
+		if math.Abs(r.Ratio-r.Value/r.BaselineValue) > 1e-9 {
+			t.Fatalf("row %s: ratio %v != %v/%v", r.Name, r.Ratio, r.Value, r.BaselineValue)
+		}
+	}
+	if !names["goroutines/batch=32/size=64"] || !names["processes/batch=32/size=64"] {
+		t.Fatalf("rows %v", names)
+	}
+}
+
+// TestMain lets the processes row re-execute this test binary as its child.
+func TestMain(m *testing.M) {
+	RunChild()
+	m.Run()
+}
