@@ -107,6 +107,11 @@ func TestBothWays(t *testing.T) {
 	if cn.TxPackets != total || cn.RxPackets != total || cn.RxDrops != 0 {
 		t.Fatalf("counters %+v", cn)
 	}
+	// Neither side ever waited, so no eventfd was signalled: a busy pair
+	// makes no system call.
+	if cn.Notifications != 0 || cn.Wakeups != 0 {
+		t.Fatalf("busy pair signalled: %+v", cn)
+	}
 	// All buffers are back except those handed ahead on the alloc ring.
 	st := c.Pool().Stats()
 	if out := st.BuffersTotal - st.FreeBuffers; out != c.alloc.Pending() {
@@ -240,5 +245,40 @@ func TestSegmentsGrowAndReturn(t *testing.T) {
 	}
 	if removed == 0 || a.MappedSegments() != st.Segments {
 		t.Fatalf("removed events %d; app maps %d segments, pool has %d", removed, a.MappedSegments(), st.Segments)
+	}
+}
+
+// TestWaitWakes: a sleeping app is woken by one notification when packets
+// arrive, and only then.
+func TestWaitWakes(t *testing.T) {
+	c, a := newPair(t, Options{Name: "wake"})
+	done := make(chan error, 1)
+	go func() {
+		bufs := make([]Buf, 8)
+		for {
+			if err := a.Wait(5 * time.Second); err != nil {
+				done <- err
+				return
+			}
+			if n, err := a.Receive(bufs); err != nil || n > 0 {
+				done <- err
+				return
+			}
+		}
+	}()
+	// Let the app arm its flag; Deliver signals only an armed app.
+	for !c.rx.NeedsWakeup() {
+		time.Sleep(time.Millisecond)
+	}
+	bufs := make([]Buf, 4)
+	n := c.Alloc(bufs)
+	if c.Deliver(bufs[:n]) != n {
+		t.Fatal("deliver")
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Counters().Notifications; got != 1 {
+		t.Fatalf("%d notifications for one batch", got)
 	}
 }

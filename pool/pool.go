@@ -124,6 +124,9 @@ func New(opts Options) (_ *Pool, err error) {
 			return nil, fmt.Errorf("new pool: %w", err)
 		}
 		if p.maps[i], err = shm.Map((*r.r).FD(), 0, r.size, true); err != nil {
+			if r.huge {
+				return nil, fmt.Errorf("new pool: map %s on huge pages: %w (reserve %d huge pages in /proc/sys/vm/nr_hugepages or turn huge pages off)", r.name, err, r.size/HugeSegmentSize)
+			}
 			return nil, fmt.Errorf("new pool: map %s: %w", r.name, err)
 		}
 		*mems[i] = p.maps[i].Bytes()

@@ -399,3 +399,24 @@ func TestAllocRefusesNonHolderStates(t *testing.T) {
 		t.Fatalf("refused Allocs changed the pool: %+v", s)
 	}
 }
+
+// TestHugePages: asking for huge pages either works (2 MiB segments) or
+// fails at once with an error that says what to do; it never half-works.
+func TestHugePages(t *testing.T) {
+	p, err := pool.New(pool.Options{Name: "huge", HugePages: true, MaxSegments: 2})
+	if err != nil {
+		if !strings.Contains(err.Error(), "nr_hugepages") {
+			t.Fatalf("error does not say what to do: %v", err)
+		}
+		return
+	}
+	defer p.Close()
+	if p.SegmentSize() != pool.HugeSegmentSize {
+		t.Fatalf("segment size %d with huge pages", p.SegmentSize())
+	}
+	idx := make([]uint32, 4)
+	if n := p.Alloc(idx, pool.Nexus); n != 4 {
+		t.Fatalf("alloc %d", n)
+	}
+	p.Buffer(idx[0])[0] = 1
+}
