@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -82,7 +83,10 @@ func pumpProcess(batch, size int, d time.Duration) (Rate, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), d+30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, exe)
-	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=channel-app:%d:%d", childEnv, batch, size))
+	// One busy goroutine per process: with a second P the runtime bounces
+	// it between threads on every Gosched, competing with the other process.
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=channel-app:%d:%d", childEnv, batch, size), "GOMAXPROCS=1")
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
 	cmd.ExtraFiles = []*os.File{theirs}
 	// The child must not outlive this process (a spinning orphan).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -9,6 +9,9 @@ import (
 	"github.com/skylane/skylane/pool"
 )
 
+// smallOptions keeps fuzzed channels small, so wild indices often land.
+var smallOptions = Options{Name: "fuzz", TxSize: 16, FreeSize: 16, RxSize: 16, AllocSize: 16, EventSize: 8, Pool: pool.Options{MaxSegments: 4}}
+
 // FuzzNexusReads plays a hostile app: the fuzzer's bytes are written as the
 // app's ring indices and slots (TX and free rings). The nexus must never
 // panic, must either accept or defunct, and must keep its buffer accounting
@@ -18,16 +21,7 @@ func FuzzNexusReads(f *testing.F) {
 	f.Add([]byte{2, 0, 0, 0, 9, 0, 0, 0, 64, 0, 0, 0, 9, 0, 0, 0, 64, 0, 0, 0})
 	f.Add([]byte{255, 255, 255, 255, 0, 0, 0, 128, 0, 1, 0, 0})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		c, err := New(Options{Name: "fuzz", TxSize: 16, FreeSize: 16, RxSize: 16, AllocSize: 16, EventSize: 8, Pool: pool.Options{MaxSegments: 4}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		a, err := c.AttachLocal()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer a.Close()
+		c, a := newPair(t, smallOptions)
 		c.Sync() // hand out some buffers first
 		bufs := make([]Buf, 16)
 		for len(data) >= 4 {
@@ -75,16 +69,7 @@ func FuzzAppReads(f *testing.F) {
 	f.Add([]byte{1, 0, 0, 0, 0, 0, 0, 0})
 	f.Add([]byte{2, 7, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		c, err := New(Options{Name: "fuzz-app", TxSize: 16, FreeSize: 16, RxSize: 16, AllocSize: 16, EventSize: 8, Pool: pool.Options{MaxSegments: 4}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		a, err := c.AttachLocal()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer a.Close()
+		c, a := newPair(t, smallOptions)
 		mem := c.maps[0].Bytes()
 		bufs := make([]Buf, 16)
 		evs := make([]Event, 8)
