@@ -282,3 +282,38 @@ func TestWaitWakes(t *testing.T) {
 		t.Fatalf("%d notifications for one batch", got)
 	}
 }
+
+// TestAllocWorkingSet: the alloc ring starts with 8 buffers handed ahead,
+// grows by half each time the app runs it dry, and shrinks by a quarter
+// after 2 s in which a quarter of it stayed unclaimed (DESIGN §2).
+func TestAllocWorkingSet(t *testing.T) {
+	c, a := newPair(t, Options{Name: "ws"})
+	c.Sync()
+	if got := c.alloc.Pending(); got != workingSetMin {
+		t.Fatalf("handed ahead %d, want %d", got, workingSetMin)
+	}
+	bufs := make([]Buf, 256)
+	want := workingSetMin
+	for range 4 {
+		n, _ := a.Alloc(bufs) // run it dry
+		if n != want {
+			t.Fatalf("app got %d, want %d", n, want)
+		}
+		a.Free(bufs[:n])
+		c.Sync()
+		want += want / 2
+		if got := c.alloc.Pending(); got != want {
+			t.Fatalf("after running dry: %d handed ahead, want %d", got, want)
+		}
+	}
+	t0 := time.Now()
+	c.Reap(t0)
+	c.Reap(t0.Add(time.Second)) // not yet 2 s
+	if c.ws != want {
+		t.Fatalf("shrank too early: %d", c.ws)
+	}
+	c.Reap(t0.Add(2 * time.Second))
+	if c.ws != want-want/4 {
+		t.Fatalf("after 2 s unclaimed: working set %d, want %d", c.ws, want-want/4)
+	}
+}

@@ -2,6 +2,7 @@ package ring_test
 
 import (
 	"errors"
+	"unsafe"
 	"testing"
 
 	"github.com/skylane/skylane/ring"
@@ -236,4 +237,28 @@ func TestAttachInconsistentHeader(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestAttachUninitialised: memory that was never Init'ed, or was Init'ed
+// for another size, is refused at attach.
+func TestAttachUninitialised(t *testing.T) {
+	mem := alignedTestMem(ring.MemSize(64))
+	if _, err := ring.NewConsumer(mem, 64); !errors.Is(err, ring.ErrNotRing) {
+		t.Fatalf("zeroed memory: %v", err)
+	}
+	if err := ring.Init(mem, 32); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ring.NewProducer(mem, 64); !errors.Is(err, ring.ErrNotRing) {
+		t.Fatalf("size mismatch: %v", err)
+	}
+	if _, err := ring.NewProducer(mem, 32); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func alignedTestMem(n int) []byte {
+	b := make([]byte, n+64)
+	off := (64 - int(uintptr(unsafe.Pointer(&b[0]))%64)) % 64
+	return b[off : off+n]
 }

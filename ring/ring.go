@@ -67,6 +67,10 @@ const FlagNeedWakeup = 1
 // ErrCorrupt means the other side moved an index out of its allowed range.
 var ErrCorrupt = errors.New("ring: peer index out of range")
 
+// ErrNotRing means the memory does not hold an initialised ring of the
+// expected size.
+var ErrNotRing = errors.New("ring: memory is not an initialised ring")
+
 // Slot is one ring entry: a buffer index in the pool, the bytes used in it
 // and per-packet flags (meaning set by the ring's user).
 type Slot struct {
@@ -132,6 +136,11 @@ func newView(mem []byte, size int) (view, error) {
 		return view{}, fmt.Errorf("ring memory must be 64-byte aligned")
 	}
 	h := header(mem)
+	// A ring the creator did not Init (or one of another size) is refused
+	// at attach; after that the words are never read again.
+	if m, n := atomic.LoadUint32(h.word(offMagic)), atomic.LoadUint32(h.word(offSize)); m != Magic || n != uint32(size) {
+		return view{}, fmt.Errorf("%w: magic %#x size %d, want %#x size %d", ErrNotRing, m, n, Magic, size)
+	}
 	return view{
 		prod:  h.word(offProd),
 		cons:  h.word(offCons),
