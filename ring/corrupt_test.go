@@ -2,8 +2,8 @@ package ring_test
 
 import (
 	"errors"
-	"unsafe"
 	"testing"
+	"unsafe"
 
 	"github.com/skylane/skylane/ring"
 )
