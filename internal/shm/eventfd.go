@@ -64,6 +64,9 @@ func (e *EventFD) Wait(timeout time.Duration) (uint64, error) {
 		dl = time.Now().Add(timeout)
 	}
 	if err := e.f.SetReadDeadline(dl); err != nil {
+		if errors.Is(err, os.ErrClosed) {
+			return 0, ErrClosed
+		}
 		return 0, fmt.Errorf("eventfd deadline: %w", err)
 	}
 	if _, err := io.ReadFull(e.f, b[:]); err != nil {
