@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -14,8 +15,9 @@ import (
 // EventFD is a non-blocking eventfd. Signal never blocks; Wait parks the
 // calling goroutine in Go's poller, not an OS thread.
 type EventFD struct {
-	f  *os.File
-	fd int
+	f      *os.File
+	fd     int
+	closed atomic.Bool
 }
 
 // NewEventFD creates an eventfd.
@@ -64,14 +66,14 @@ func (e *EventFD) Wait(timeout time.Duration) (uint64, error) {
 		dl = time.Now().Add(timeout)
 	}
 	if err := e.f.SetReadDeadline(dl); err != nil {
-		if errors.Is(err, os.ErrClosed) {
+		if e.closed.Load() {
 			return 0, ErrClosed
 		}
 		return 0, fmt.Errorf("eventfd deadline: %w", err)
 	}
 	if _, err := io.ReadFull(e.f, b[:]); err != nil {
 		switch {
-		case errors.Is(err, os.ErrClosed):
+		case e.closed.Load() || errors.Is(err, os.ErrClosed):
 			return 0, ErrClosed
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			return 0, ErrTimeout
@@ -82,4 +84,7 @@ func (e *EventFD) Wait(timeout time.Duration) (uint64, error) {
 }
 
 // Close closes the eventfd and wakes any Wait with ErrClosed.
-func (e *EventFD) Close() error { return e.f.Close() }
+func (e *EventFD) Close() error {
+	e.closed.Store(true)
+	return e.f.Close()
+}
