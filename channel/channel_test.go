@@ -317,3 +317,35 @@ func TestAllocWorkingSet(t *testing.T) {
 		t.Fatalf("after 2 s unclaimed: working set %d, want %d", c.ws, want-want/4)
 	}
 }
+
+// TestAdvisories: the nexus's advisory writes reach the app's read-only
+// table, each change announced once on the event ring.
+func TestAdvisories(t *testing.T) {
+	c, a := newPair(t, Options{Name: "adv", Advisories: 16})
+	if err := c.SetAdvisory(3, AdvisorySuspended); err != nil {
+		t.Fatal(err)
+	}
+	c.SetAdvisory(3, AdvisorySuspended) // no change, no event
+	if err := c.SetAdvisory(16, AdvisorySuspended); err == nil {
+		t.Fatal("advisory outside the table accepted")
+	}
+	c.Sync()
+	st, gen, err := a.Advisory(3)
+	if err != nil || st != AdvisorySuspended || gen != 1 {
+		t.Fatalf("advisory 3: state %d gen %d err %v", st, gen, err)
+	}
+	evs := make([]Event, 8)
+	n, _ := a.Events(evs)
+	var adv int
+	for _, e := range evs[:n] {
+		if e.Kind == EventAdvisory && e.Arg == 3 {
+			adv++
+		}
+	}
+	if adv != 1 {
+		t.Fatalf("%d advisory events for one change", adv)
+	}
+	if _, _, err := a.Advisory(-1); err == nil {
+		t.Fatal("negative index accepted")
+	}
+}
