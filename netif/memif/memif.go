@@ -1,0 +1,413 @@
+// Package memif is an in-memory link pair: a wire with a [netif.Link] at each
+// end, the embedded default device of DESIGN §9 and the fake that tests and
+// benchmarks use. Frames written on one end are read on the other, in order.
+//
+// Invariants:
+//
+//   - Each direction is a ring of QueueLen fixed slots of
+//     netif.MaxFrameLen(MTU, LinkType) bytes, allocated by NewPair. Write
+//     copies frames in, Read copies them out; no frame is allocated, and
+//     neither end ever holds a caller's buffer after a call returns.
+//   - One lock acquisition per batch, per direction; the two directions do
+//     not share a lock.
+//   - Frames leave a direction in the order they entered it. With Rate or
+//     Delay each frame gets the time it becomes readable when it is written;
+//     those times never decrease, so Read only looks at the oldest frame.
+//   - A full ring tail-drops: Write accepts a prefix and counts the rest in
+//     the writer's TxDrops. Frames that are queued but not yet due (Rate,
+//     Delay) occupy slots like any other.
+//   - Close on either end closes the wire: both ends return netif.ErrClosed
+//     from then on, and queued frames are discarded.
+//
+// Memory is 2 × QueueLen × MaxFrameLen bytes per pair: about 3 MB with the
+// defaults, 128 MiB at MTU 65535 with the default QueueLen, so pairs that
+// carry super packets usually want a shorter queue.
+package memif
+
+import (
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/skylane/skylane/netif"
+	"github.com/skylane/skylane/packet"
+)
+
+// Defaults and limits of Options.
+const (
+	DefaultName     = "memif"
+	DefaultMTU      = 1500 // Ethernet
+	DefaultQueueLen = 1024 // 1024 frames of 1518 bytes: 1.5 MB per direction
+	// MinMTU is the smallest MTU an IPv4 host must accept (RFC 791).
+	MinMTU = 68
+	// MaxMTU is the largest IP packet whose length fits the 16-bit length
+	// field, so GSO/GRO super packets can cross the wire whole.
+	MaxMTU = 65535
+	// MaxQueueBytes caps QueueLen × MaxFrameLen for one direction, so a typo
+	// in QueueLen cannot allocate the machine's memory: 1 GiB is 16384
+	// super packets of 64 KiB.
+	MaxQueueBytes = 1 << 30
+	// batchSize is what BatchSize reports (or QueueLen, if smaller): at 32
+	// frames the lock is one of 32 frames' costs and BenchmarkPair shows
+	// little left to gain from larger batches; it is also the batch
+	// wireguard-go's TUN reads and writes with GRO/GSO (conn.IdealBatchSize
+	// is 128, but 32 keeps a batch of 1500-byte frames within L2).
+	batchSize = 32
+)
+
+// Options configure a pair. The zero value is a 1500-byte Ethernet wire with
+// 1024 frames of queue per direction, no rate limit and no delay.
+type Options struct {
+	// Name names the wire; the ends are Name+"0" and Name+"1". Default
+	// DefaultName.
+	Name string
+	// MTU is the L3 MTU, MinMTU..MaxMTU. Default DefaultMTU.
+	MTU int
+	// LinkType is the framing both ends carry. Default packet.Ethernet.
+	LinkType packet.LinkType
+	// QueueLen is how many frames each direction buffers, written but not
+	// yet read. Default DefaultQueueLen.
+	QueueLen int
+	// Rate limits each direction to this many bits per second of frame
+	// bytes, as a token bucket: frames wait in the queue until the bucket
+	// lets them out. 0 is unlimited.
+	Rate int64
+	// Burst is the bucket's depth in bytes: how far ahead of the rate frames
+	// may leave after the wire has been idle. Used only with Rate. Default
+	// (0) is one MaxFrameLen.
+	Burst int
+	// Delay is how long after Write a frame becomes readable. 0 is none.
+	Delay time.Duration
+}
+
+// NewPair returns the two ends of a new wire. Every option is checked before
+// anything is allocated.
+func NewPair(opts Options) (a, b netif.Link, err error) {
+	if opts.Name == "" {
+		opts.Name = DefaultName
+	}
+	if opts.MTU == 0 {
+		opts.MTU = DefaultMTU
+	}
+	if opts.LinkType == 0 {
+		opts.LinkType = packet.Ethernet
+	}
+	if opts.QueueLen == 0 {
+		opts.QueueLen = DefaultQueueLen
+	}
+	switch {
+	case opts.MTU < MinMTU || opts.MTU > MaxMTU:
+		return nil, nil, fmt.Errorf("memif: MTU %d outside %d..%d", opts.MTU, MinMTU, MaxMTU)
+	case opts.LinkType != packet.Ethernet && opts.LinkType != packet.RawIP:
+		return nil, nil, fmt.Errorf("memif: unknown link type %d", opts.LinkType)
+	case opts.QueueLen < 0:
+		return nil, nil, fmt.Errorf("memif: negative QueueLen %d", opts.QueueLen)
+	case opts.Rate < 0:
+		return nil, nil, fmt.Errorf("memif: negative Rate %d", opts.Rate)
+	case opts.Burst < 0:
+		return nil, nil, fmt.Errorf("memif: negative Burst %d", opts.Burst)
+	case opts.Delay < 0:
+		return nil, nil, fmt.Errorf("memif: negative Delay %v", opts.Delay)
+	}
+	slot := netif.MaxFrameLen(opts.MTU, opts.LinkType)
+	if opts.QueueLen > MaxQueueBytes/slot {
+		return nil, nil, fmt.Errorf("memif: QueueLen %d of %d-byte frames exceeds %d bytes",
+			opts.QueueLen, slot, MaxQueueBytes)
+	}
+	if opts.Burst == 0 {
+		opts.Burst = slot
+	}
+
+	w := &wire{
+		epoch: time.Now(),
+		done:  make(chan struct{}),
+		mtu:   opts.MTU,
+		lt:    opts.LinkType,
+		batch: min(batchSize, opts.QueueLen),
+	}
+	for i := range w.q {
+		w.q[i].init(&opts, slot)
+	}
+	e0 := w.newEnd(opts.Name+"0", &w.q[0], &w.q[1])
+	e1 := w.newEnd(opts.Name+"1", &w.q[1], &w.q[0])
+	return e0, e1, nil
+}
+
+// wire is what the two ends share.
+type wire struct {
+	// Immutable after NewPair.
+	epoch time.Time // monotonic origin of the due times
+	mtu   int
+	lt    packet.LinkType
+	batch int
+	done  chan struct{} // closed by Close; unblocks Wait
+
+	closeOnce sync.Once
+	q         [2]queue // q[0] carries end 0 → end 1, q[1] the reverse
+}
+
+// now is the monotonic time in nanoseconds since the wire was made.
+func (w *wire) now() int64 { return int64(time.Since(w.epoch)) }
+
+// queue is one direction of the wire: a ring of fixed slots. The writing
+// end's Write fills it at head+count, the reading end's Read empties it at
+// head.
+type queue struct {
+	// Immutable after init.
+	slot    int           // bytes per slot: MaxFrameLen
+	buf     []byte        // len(lens) slots of slot bytes each
+	paced   bool          // Rate or Delay is set: frames carry due times
+	nsPerB  float64       // with Rate: nanoseconds one byte takes (8e9/Rate)
+	burstNs int64         // with Rate: Burst bytes in nanoseconds
+	delay   int64         // Delay in nanoseconds
+	ready   chan struct{} // 1-buffered; Write signals the reader's Wait
+
+	mu     sync.Mutex
+	closed bool    // guarded by mu; set once by Close
+	head   int     // guarded by mu; slot of the oldest frame
+	count  int     // guarded by mu; frames queued, due or not
+	lens   []int32 // guarded by mu; frame length per slot
+	due    []int64 // guarded by mu; per slot, wire.now() at which it is readable; nil unless paced
+	tat    int64   // guarded by mu; token bucket's theoretical arrival time (GCRA), with Rate
+
+	// Counters, guarded by mu. The writing end's Tx, the reading end's Rx.
+	txPackets, txBytes, txDrops uint64
+	rxPackets, rxBytes, rxDrops uint64
+}
+
+func (q *queue) init(o *Options, slot int) {
+	q.slot = slot
+	q.buf = make([]byte, o.QueueLen*slot)
+	q.lens = make([]int32, o.QueueLen)
+	q.ready = make(chan struct{}, 1)
+	q.delay = int64(o.Delay)
+	if o.Rate > 0 {
+		q.nsPerB = 8e9 / float64(o.Rate)
+		q.burstNs = int64(float64(o.Burst) * q.nsPerB)
+	}
+	if o.Rate > 0 || o.Delay > 0 {
+		q.paced = true
+		q.due = make([]int64, o.QueueLen)
+	}
+}
+
+// dueTime returns when a frame of size bytes written at now becomes readable,
+// and charges the token bucket for it. The bucket is kept as a GCRA
+// theoretical arrival time, tat: a frame may leave once tat - burst has been
+// reached, and each frame pushes tat on by its transmission time. Called
+// with mu held, in write order, so due times never decrease.
+func (q *queue) dueTime(now int64, size int) int64 {
+	t := now
+	if q.nsPerB > 0 {
+		t = max(now, q.tat-q.burstNs)
+		q.tat = max(q.tat, now) + int64(float64(size)*q.nsPerB)
+	}
+	return t + q.delay
+}
+
+// end is one end of the wire.
+type end struct {
+	// Immutable after NewPair.
+	name string
+	w    *wire
+	tx   *queue // this end writes into tx
+	rx   *queue // and reads from rx
+
+	timer *time.Timer // used by Wait only: owned by the reader goroutine
+}
+
+var _ netif.Link = (*end)(nil)
+
+func (w *wire) newEnd(name string, tx, rx *queue) *end {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return &end{name: name, w: w, tx: tx, rx: rx, timer: t}
+}
+
+// Name implements netif.Link.Name.
+func (e *end) Name() string { return e.name }
+
+// MTU implements netif.Link.MTU.
+func (e *end) MTU() int { return e.w.mtu }
+
+// LinkType implements netif.Link.LinkType.
+func (e *end) LinkType() packet.LinkType { return e.w.lt }
+
+// BatchSize implements netif.Link.BatchSize.
+func (e *end) BatchSize() int { return e.w.batch }
+
+// Read implements netif.Link.Read. It returns the frames that are due, in
+// order, up to min(len(bufs), len(sizes)).
+func (e *end) Read(bufs [][]byte, sizes []int) (int, error) {
+	limit := min(len(bufs), len(sizes))
+	q := e.rx
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return 0, netif.ErrClosed
+	}
+	var now int64
+	if q.paced && q.count > 0 {
+		now = e.w.now() // once per batch
+	}
+	n := 0
+	var err error
+	for n < limit && q.count > 0 {
+		h := q.head
+		if q.paced && q.due[h] > now {
+			break
+		}
+		size := int(q.lens[h])
+		q.head++
+		if q.head == len(q.lens) {
+			q.head = 0
+		}
+		q.count--
+		if size > len(bufs[n]) {
+			q.rxDrops++
+			err = io.ErrShortBuffer
+			break
+		}
+		copy(bufs[n], q.buf[h*q.slot:h*q.slot+size])
+		sizes[n] = size
+		q.rxBytes += uint64(size)
+		n++
+	}
+	q.rxPackets += uint64(n)
+	q.mu.Unlock()
+	return n, err
+}
+
+// Write implements netif.Link.Write. Frames up to MaxFrameLen bytes are
+// accepted, including empty ones; a longer frame stops the batch with
+// netif.ErrFrameTooLarge.
+func (e *end) Write(frames [][]byte) (int, error) {
+	q := e.tx
+	k := len(frames) // frames[:k] fit a slot
+	for i, f := range frames {
+		if len(f) > q.slot {
+			k = i
+			break
+		}
+	}
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return 0, netif.ErrClosed
+	}
+	var now int64
+	if q.paced {
+		now = e.w.now() // once per batch
+	}
+	n := min(k, len(q.lens)-q.count)
+	pos := q.head + q.count
+	if pos >= len(q.lens) {
+		pos -= len(q.lens)
+	}
+	for _, f := range frames[:n] {
+		copy(q.buf[pos*q.slot:], f)
+		q.lens[pos] = int32(len(f))
+		if q.paced {
+			q.due[pos] = q.dueTime(now, len(f))
+		}
+		q.txBytes += uint64(len(f))
+		pos++
+		if pos == len(q.lens) {
+			pos = 0
+		}
+	}
+	q.count += n
+	q.txPackets += uint64(n)
+	q.txDrops += uint64(k - n)
+	q.mu.Unlock()
+
+	if n > 0 {
+		select {
+		case q.ready <- struct{}{}:
+		default: // a wake-up is already pending
+		}
+	}
+	if k < len(frames) {
+		return n, fmt.Errorf("%s: write frame %d of %d bytes (max %d): %w",
+			e.name, k, len(frames[k]), q.slot, netif.ErrFrameTooLarge)
+	}
+	return n, nil
+}
+
+// Wait implements netif.Link.Wait. With Rate or Delay it also wakes when the
+// oldest queued frame becomes due.
+func (e *end) Wait(timeout time.Duration) error {
+	q := e.rx
+	// Drop a stale wake-up before looking: a Write after this point signals
+	// again, so none is lost.
+	select {
+	case <-q.ready:
+	default:
+	}
+	wait := time.Duration(-1) // until the next frame is due; -1: none queued
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return netif.ErrClosed
+	}
+	if q.count > 0 {
+		if !q.paced {
+			q.mu.Unlock()
+			return nil
+		}
+		wait = time.Duration(q.due[q.head] - e.w.now())
+		if wait <= 0 {
+			q.mu.Unlock()
+			return nil
+		}
+	}
+	q.mu.Unlock()
+
+	if timeout == 0 {
+		return nil
+	}
+	if timeout > 0 && (wait < 0 || timeout < wait) {
+		wait = timeout
+	}
+	var fire <-chan time.Time
+	if wait >= 0 {
+		e.timer.Reset(wait)
+		defer e.timer.Stop() // since Go 1.23, Stop leaves no stale tick behind
+		fire = e.timer.C
+	}
+	select {
+	case <-q.ready:
+	case <-fire:
+	case <-e.w.done:
+		return netif.ErrClosed
+	}
+	return nil
+}
+
+// Stats implements netif.Link.Stats.
+func (e *end) Stats() netif.Stats {
+	var s netif.Stats
+	e.tx.mu.Lock()
+	s.TxPackets, s.TxBytes, s.TxDrops = e.tx.txPackets, e.tx.txBytes, e.tx.txDrops
+	e.tx.mu.Unlock()
+	e.rx.mu.Lock()
+	s.RxPackets, s.RxBytes, s.RxDrops = e.rx.rxPackets, e.rx.rxBytes, e.rx.rxDrops
+	e.rx.mu.Unlock()
+	return s
+}
+
+// Close implements netif.Link.Close. It closes the whole wire: both ends.
+func (e *end) Close() error {
+	e.w.closeOnce.Do(func() {
+		for i := range e.w.q {
+			q := &e.w.q[i]
+			q.mu.Lock()
+			q.closed = true
+			q.count = 0
+			q.mu.Unlock()
+		}
+		close(e.w.done)
+	})
+	return nil
+}
