@@ -1,0 +1,23 @@
+// Package flow is the flowswitch's flow table (DESIGN §4): the entries the
+// nexus registers for apps before any data moves, and the lookup that steers
+// each received or transmitted packet to its entry.
+//
+// A [Table] is not safe for concurrent use: one nexus worker owns it, and
+// the [Entry] values it hands out (counters, SYN bucket) belong to the same
+// worker.
+//
+// Invariants, each checked by the tests and by FuzzTable:
+//
+//   - Lookup never returns a torn-down entry, not even from its one-entry
+//     cache, and never allocates.
+//   - Lookup tries the 5-tuple, then Key.Listener3, then Key.Listener2; the
+//     entry it returns has exactly the key of the mask that matched.
+//   - A key's shape fixes its kind: a connected key has a remote address, a
+//     Listener3 key only a local address, a Listener2 key neither. So at most
+//     one entry matches each mask, and the kinds never collide in the map.
+//   - Each (protocol, local port) belongs to at most one PortID at a time;
+//     listeners of one PortID on it never overlap (same family and equal
+//     addresses, or one of them on "any").
+//   - Flow tokens are unique in the table; advisory indices are unique per
+//     PortID and below Options.AdvisorySlots. Teardown gives both back.
+package flow

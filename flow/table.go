@@ -1,0 +1,385 @@
+package flow
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/skylane/skylane/packet"
+)
+
+// DefaultAdvisorySlots is the default size of a channel's flow advisory
+// table, and so the most flows one port may have at a time. 512 covers a
+// busy server app's concurrent connections while keeping the advisory
+// table (one 4-byte word a slot) within two pages of shared memory.
+const DefaultAdvisorySlots = 512
+
+// Registration errors. Register wraps them with the key, so test with
+// errors.Is.
+var (
+	// ErrBadKey: the key does not fit its Kind (a listener key with a
+	// remote part, a connected key without one), or its version, protocol,
+	// addresses or ports are malformed.
+	ErrBadKey = errors.New("flow: bad key")
+	// ErrAddressNotLocal: the local address is not one of
+	// Options.LocalAddrs (the zero "any" address is local only for a
+	// Listener2).
+	ErrAddressNotLocal = errors.New("flow: local address not local")
+	// ErrMulticast: the local address is multicast or the IPv4 limited
+	// broadcast address.
+	ErrMulticast = errors.New("flow: multicast or broadcast local address")
+	// ErrPortInUse: the flow exists already, the protocol's local port
+	// belongs to another port or a kernel socket (Options.PortTaken), or a
+	// listener overlaps one of the same port.
+	ErrPortInUse = errors.New("flow: local port in use")
+	// ErrNoAdvisorySlot: the owner port has Options.AdvisorySlots flows
+	// already.
+	ErrNoAdvisorySlot = errors.New("flow: no free advisory slot")
+)
+
+// Options configures a Table.
+type Options struct {
+	// LocalAddrs are the interface's addresses; a registered flow's local
+	// address must be one of them. IPv4-mapped IPv6 addresses count as
+	// IPv4. New refuses an invalid, unspecified or multicast address.
+	LocalAddrs []netip.Addr
+	// AdvisorySlots is the size of each port's advisory table, and so the
+	// most flows a port may have. Zero or less means DefaultAdvisorySlots.
+	AdvisorySlots int
+	// PortTaken, if set, reports whether a kernel socket holds a local port
+	// (when a kernel stack shares the device). Register calls it when a
+	// flow would claim a (protocol, port) no port of the table holds yet.
+	PortTaken func(proto uint8, port uint16) bool
+}
+
+// Request asks for a flow. Listener keys have zero remote parts; a
+// Listener2 key also has a zero local address (packet.Key.Listener2).
+type Request struct {
+	Port PortID
+	Key  packet.Key
+	Kind Kind
+}
+
+// Table is the flow table. See the package doc for its invariants; it is
+// not safe for concurrent use.
+type Table struct {
+	opts  Options
+	local map[netip.Addr]struct{} // immutable after New, unmapped addresses
+
+	flows   map[packet.Key]*Entry // all active entries; kinds cannot collide (package doc)
+	tokens  map[uint32]*Entry
+	ports   map[PortID]*portState
+	owners  map[protoPort]owner
+	l3count map[packet.Key]int // active Listener3 entries per Listener2 key
+
+	nextToken uint32
+
+	// One-entry lookup cache: lastEntry matched lastKey. Register and
+	// Teardown clear it, and a hit also checks the entry is active.
+	lastKey   packet.Key
+	lastEntry *Entry
+}
+
+// portState is one PortID's share of the table.
+type portState struct {
+	entries []*Entry // active entries; Entry.portIdx indexes this
+	free    []uint32 // released advisory slots, reused last in, first out
+	next    uint32   // slots [next, AdvisorySlots) were never handed out
+}
+
+type protoPort struct {
+	proto uint8
+	port  uint16
+}
+
+// owner is who holds a (protocol, local port) and with how many entries.
+type owner struct {
+	port PortID
+	n    int
+}
+
+// New returns an empty table.
+func New(opts Options) (*Table, error) {
+	if opts.AdvisorySlots <= 0 {
+		opts.AdvisorySlots = DefaultAdvisorySlots
+	}
+	t := &Table{
+		opts:    opts,
+		local:   make(map[netip.Addr]struct{}, len(opts.LocalAddrs)),
+		flows:   make(map[packet.Key]*Entry),
+		tokens:  make(map[uint32]*Entry),
+		ports:   make(map[PortID]*portState),
+		owners:  make(map[protoPort]owner),
+		l3count: make(map[packet.Key]int),
+	}
+	for _, a := range opts.LocalAddrs {
+		a = a.Unmap()
+		if !a.IsValid() || a.IsUnspecified() || isMulticast(a) {
+			return nil, fmt.Errorf("flow table: local address %v is invalid, unspecified or multicast", a)
+		}
+		t.local[a.WithZone("")] = struct{}{}
+	}
+	return t, nil
+}
+
+// Register adds a flow for req.Port. The errors wrap ErrBadKey,
+// ErrMulticast, ErrAddressNotLocal, ErrPortInUse or ErrNoAdvisorySlot,
+// checked in that order; on error the table is unchanged.
+func (t *Table) Register(req Request) (*Entry, error) {
+	k := req.Key
+	if err := checkKey(k, req.Kind); err != nil {
+		return nil, fmt.Errorf("register %s %v: %w", req.Kind, k, err)
+	}
+	if req.Kind != Listener2 {
+		a := k.LocalAddrPort().Addr()
+		if isMulticast(a) {
+			return nil, fmt.Errorf("register %v: %w", k, ErrMulticast)
+		}
+		if _, ok := t.local[a]; !ok {
+			return nil, fmt.Errorf("register %v: %w", k, ErrAddressNotLocal)
+		}
+	}
+	if err := t.checkPort(req); err != nil {
+		return nil, fmt.Errorf("register %v: %w", k, err)
+	}
+	ps := t.ports[req.Port]
+	if ps == nil {
+		ps = &portState{}
+	}
+	if len(ps.free) == 0 && ps.next >= uint32(t.opts.AdvisorySlots) {
+		return nil, fmt.Errorf("register %v: port %d has %d flows: %w",
+			k, req.Port, len(ps.entries), ErrNoAdvisorySlot)
+	}
+
+	// Checks done: commit.
+	e := &Entry{key: k, port: req.Port, kind: req.Kind, state: Active}
+	rand.Read(e.id[:]) // never fails (crypto/rand, Go ≥ 1.24)
+	if n := len(ps.free); n > 0 {
+		e.adv = ps.free[n-1]
+		ps.free = ps.free[:n-1]
+	} else {
+		e.adv = ps.next
+		ps.next++
+	}
+	e.token = t.allocToken()
+	e.portIdx = len(ps.entries)
+	ps.entries = append(ps.entries, e)
+	t.ports[req.Port] = ps
+	t.flows[k] = e
+	t.tokens[e.token] = e
+	pp := protoPort{k.Proto, k.LocalPort}
+	t.owners[pp] = owner{req.Port, t.owners[pp].n + 1}
+	if req.Kind == Listener3 {
+		t.l3count[k.Listener2()]++
+	}
+	// The cache may hold a less specific entry that the new one now beats.
+	t.lastEntry = nil
+	return e, nil
+}
+
+// checkPort applies the port rules of Register.
+func (t *Table) checkPort(req Request) error {
+	k := req.Key
+	if e := t.flows[k]; e != nil {
+		return fmt.Errorf("flow exists for port %d: %w", e.port, ErrPortInUse)
+	}
+	pp := protoPort{k.Proto, k.LocalPort}
+	if o, ok := t.owners[pp]; ok {
+		if o.port != req.Port {
+			return fmt.Errorf("held by port %d: %w", o.port, ErrPortInUse)
+		}
+	} else if t.opts.PortTaken != nil && t.opts.PortTaken(k.Proto, k.LocalPort) {
+		return fmt.Errorf("held by a kernel socket: %w", ErrPortInUse)
+	}
+	switch req.Kind {
+	case Listener3:
+		if t.flows[k.Listener2()] != nil {
+			return fmt.Errorf("overlaps listener on any address: %w", ErrPortInUse)
+		}
+	case Listener2:
+		if t.l3count[k] > 0 {
+			return fmt.Errorf("overlaps listener on a local address: %w", ErrPortInUse)
+		}
+	}
+	return nil
+}
+
+// allocToken returns a token no active entry has, never 0.
+func (t *Table) allocToken() uint32 {
+	for {
+		t.nextToken++
+		if t.nextToken == 0 {
+			continue
+		}
+		if _, ok := t.tokens[t.nextToken]; !ok {
+			return t.nextToken
+		}
+	}
+}
+
+// Lookup returns the active entry for a packet's key: the Connected entry
+// with key k, else the Listener3 entry with key k.Listener3(), else the
+// Listener2 entry with key k.Listener2(), else nil. A repeat of the previous
+// key is answered from a one-entry cache. Lookup does not allocate.
+func (t *Table) Lookup(k packet.Key) *Entry {
+	if e := t.lastEntry; e != nil && k == t.lastKey && e.state == Active {
+		return e
+	}
+	e := t.flows[k]
+	if e == nil {
+		e = t.flows[k.Listener3()]
+		if e == nil {
+			e = t.flows[k.Listener2()]
+			if e == nil {
+				return nil
+			}
+		}
+	}
+	t.lastKey, t.lastEntry = k, e
+	return e
+}
+
+// ByToken returns the active entry with flow token tok, or nil.
+func (t *Table) ByToken(tok uint32) *Entry { return t.tokens[tok] }
+
+// Len returns the number of active entries.
+func (t *Table) Len() int { return len(t.flows) }
+
+// ForEach calls fn for each active entry, in no particular order, until fn
+// returns false. fn may tear entries down; an entry torn down before fn
+// reaches it is skipped, and one registered during ForEach may or may not
+// be visited.
+func (t *Table) ForEach(fn func(*Entry) bool) {
+	for _, e := range t.flows {
+		if !fn(e) {
+			return
+		}
+	}
+}
+
+// Teardown removes e from the table and marks it TornDown; its token,
+// advisory slot and share of its local port become free. Tearing down an
+// entry twice, or one of another table, does nothing.
+func (t *Table) Teardown(e *Entry) {
+	if e == nil || e.state != Active || t.flows[e.key] != e {
+		return
+	}
+	e.state = TornDown
+	if t.lastEntry == e {
+		t.lastEntry = nil
+	}
+	delete(t.flows, e.key)
+	delete(t.tokens, e.token)
+	if e.kind == Listener3 {
+		l2 := e.key.Listener2()
+		if t.l3count[l2]--; t.l3count[l2] == 0 {
+			delete(t.l3count, l2)
+		}
+	}
+	pp := protoPort{e.key.Proto, e.key.LocalPort}
+	if o := t.owners[pp]; o.n > 1 {
+		t.owners[pp] = owner{o.port, o.n - 1}
+	} else {
+		delete(t.owners, pp)
+	}
+
+	ps := t.ports[e.port]
+	last := len(ps.entries) - 1
+	ps.entries[e.portIdx] = ps.entries[last]
+	ps.entries[e.portIdx].portIdx = e.portIdx
+	ps.entries[last] = nil
+	ps.entries = ps.entries[:last]
+	if last == 0 {
+		delete(t.ports, e.port) // all slots free again
+	} else {
+		ps.free = append(ps.free, e.adv)
+	}
+}
+
+// TeardownPort tears down all of p's entries, as when its channel closes,
+// and returns them, in no particular order.
+func (t *Table) TeardownPort(p PortID) []*Entry {
+	ps := t.ports[p]
+	if ps == nil {
+		return nil
+	}
+	out := append([]*Entry(nil), ps.entries...)
+	for _, e := range out {
+		t.Teardown(e)
+	}
+	return out
+}
+
+// v4Prefix is the prefix of an IPv4-mapped address in a packet.Key.
+var v4Prefix = [12]byte{10: 0xff, 11: 0xff}
+
+// checkKey reports whether k is well formed and has the shape of kind.
+func checkKey(k packet.Key, kind Kind) error {
+	var zero [16]byte
+	switch k.Version {
+	case 4:
+		if k.Proto == packet.ProtoICMPv6 {
+			return ErrBadKey
+		}
+		for _, a := range [2]*[16]byte{&k.Local, &k.Remote} {
+			if *a != zero && [12]byte(a[:12]) != v4Prefix {
+				return ErrBadKey
+			}
+		}
+	case 6:
+		if k.Proto == packet.ProtoICMP {
+			return ErrBadKey
+		}
+		for _, a := range [2]*[16]byte{&k.Local, &k.Remote} {
+			if [12]byte(a[:12]) == v4Prefix {
+				return ErrBadKey // v4-mapped: MakeKey would have made it version 4
+			}
+		}
+	default:
+		return ErrBadKey
+	}
+	switch k.Proto {
+	case 0: // IPv6 hop-by-hop: never a transport
+		return ErrBadKey
+	case packet.ProtoTCP, packet.ProtoUDP:
+		if k.LocalPort == 0 || (kind == Connected && k.RemotePort == 0) {
+			return ErrBadKey
+		}
+	case packet.ProtoICMP, packet.ProtoICMPv6:
+		// The local port is the echo identifier, 0 included; the remote
+		// port is always 0 (packet.Key).
+		if k.RemotePort != 0 {
+			return ErrBadKey
+		}
+	default:
+		if k.LocalPort != 0 || k.RemotePort != 0 {
+			return ErrBadKey // no ports in this protocol
+		}
+	}
+	switch kind {
+	case Connected:
+		if k.Remote == zero {
+			return ErrBadKey
+		}
+		// A zero local address is caught as not local.
+	case Listener3:
+		if k != k.Listener3() {
+			return ErrBadKey
+		}
+	case Listener2:
+		if k != k.Listener2() {
+			return ErrBadKey
+		}
+	default:
+		return ErrBadKey
+	}
+	return nil
+}
+
+// isMulticast reports whether a is multicast or the IPv4 limited broadcast
+// address. Subnet broadcast addresses are not caught: the table knows the
+// interface's addresses, not its prefixes.
+func isMulticast(a netip.Addr) bool {
+	return a.IsMulticast() || a == netip.AddrFrom4([4]byte{255, 255, 255, 255})
+}
