@@ -349,3 +349,28 @@ func TestAdvisories(t *testing.T) {
 		t.Fatal("negative index accepted")
 	}
 }
+
+// TestWaitSleepsWhenExhausted: with the pool at its maximum and every buffer
+// with the app, the nexus worker sleeps in Wait instead of spinning on the
+// empty alloc ring it cannot refill.
+func TestWaitSleepsWhenExhausted(t *testing.T) {
+	c, a := newPair(t, Options{Name: "exhausted", Pool: pool.Options{MaxSegments: 1}})
+	bufs := make([]Buf, 64)
+	for {
+		c.Sync()
+		n, _ := a.Alloc(bufs)
+		if n == 0 {
+			break
+		}
+	}
+	if c.Pool().CanAlloc() {
+		t.Fatal("pool not exhausted")
+	}
+	start := time.Now()
+	if err := c.Wait(50 * time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	if time.Since(start) < 40*time.Millisecond {
+		t.Fatalf("Wait returned after %v with nothing to do", time.Since(start))
+	}
+}

@@ -122,7 +122,9 @@ func (c *Channel) Wait(timeout time.Duration) error {
 	if n, _ := c.free.Peek(1); n > 0 {
 		return nil
 	}
-	if err := c.alloc.Refresh(); err == nil && c.alloc.Pending() < c.ws/2 {
+	// A low alloc ring is work only if the pool can refill it; otherwise
+	// (pool exhausted, app holding everything) sleep rather than spin.
+	if err := c.alloc.Refresh(); err == nil && c.alloc.Pending() < c.ws/2 && c.pool.CanAlloc() {
 		return nil
 	}
 	_, err := c.kickN.Wait(timeout)

@@ -139,6 +139,9 @@ func (p *Pool) release(seg int) {
 	}
 }
 
+// CanAlloc reports whether Alloc would return at least one buffer.
+func (p *Pool) CanAlloc() bool { return p.nfree > 0 || p.nActive < p.opts.MaxSegments }
+
 // SegmentActive reports whether seg is active.
 func (p *Pool) SegmentActive(seg int) bool { return seg >= 0 && seg < len(p.active) && p.active[seg] }
 
