@@ -152,5 +152,6 @@ type Scenario struct {
 func Scenarios() []Scenario {
 	return []Scenario{
 		{Name: "channel", Help: "packets through one channel: goroutines, processes, bare slots; baseline a Go chan", Run: runChannel},
+		{Name: "fsw-rx", Help: "packets/s from a memif link through the flowswitch to channels, one core; baseline a ring-to-ring copy", Run: runFswRx},
 	}
 }

@@ -52,6 +52,10 @@ type Options struct {
 	// when a flow's queue reaches it, the queue is processed at once.
 	// 1..Batch, 0 means Batch.
 	FlowBatchLimit int
+	// SrcMAC and DstMAC are the Ethernet addresses TxOnce writes on every
+	// frame of a packet.Ethernet link (the nexus, not the app, writes the
+	// L2 header). Unused on RawIP links.
+	SrcMAC, DstMAC [6]byte
 }
 
 // Stats are the switch's counters since New. All count packets except
@@ -69,6 +73,10 @@ type Stats struct {
 	// ParseDrops counts the frames packet.Parse rejected, indexed by the
 	// packet.Reason.
 	ParseDrops [packet.NumReasons]uint64
+
+	TxPackets uint64  // packets TxOnce handed to the link, which accepted them
+	TxBytes   uint64  // their L3 bytes
+	TxDrops   TxDrops // packets TxOnce rejected, one counter per check
 }
 
 // port is a user port: one app's channel and the buffers staged for it in
@@ -112,6 +120,7 @@ type Switch struct {
 
 	parsed packet.Parsed
 	stats  Stats
+	tx     txState // transmit scratch, allocated once by New (tx.go)
 }
 
 // New returns a Switch reading from opts.Link. It allocates the input batch's
@@ -161,6 +170,7 @@ func New(opts Options) (*Switch, error) {
 	for i := range s.queues {
 		s.queues[i].pkts = make([]int32, 0, opts.FlowBatchLimit)
 	}
+	s.tx.init(opts, s.linkType, opts.Link.MTU())
 	return s, nil
 }
 

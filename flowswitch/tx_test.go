@@ -1,0 +1,575 @@
+package flowswitch_test
+
+import (
+	"bytes"
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+
+	"github.com/skylane/skylane/channel"
+	"github.com/skylane/skylane/flow"
+	"github.com/skylane/skylane/flowswitch"
+	"github.com/skylane/skylane/netif"
+	"github.com/skylane/skylane/netif/memif"
+	"github.com/skylane/skylane/packet"
+)
+
+// MACs the switch writes on transmitted frames (locally administered).
+var (
+	txSrcMAC = [6]byte{0x02, 0, 0, 0, 0, 0x01}
+	txDstMAC = [6]byte{0x02, 0, 0, 0, 0, 0xfe}
+)
+
+// hookLink is a link whose Write first calls hook with the frames it is given.
+type hookLink struct {
+	netif.Link
+	hook func(frames [][]byte)
+}
+
+func (l *hookLink) Write(frames [][]byte) (int, error) {
+	if l.hook != nil {
+		l.hook(frames)
+	}
+	return l.Link.Write(frames)
+}
+
+// newTxRig is newRig for the transmit path: two user ports, the switch's
+// MACs set, and the switch's link wrapped in a hookLink.
+func newTxRig(t testing.TB) (*rig, *hookLink) {
+	t.Helper()
+	a, b, err := memif.NewPair(memif.Options{QueueLen: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	hl := &hookLink{Link: a}
+	sw, err := flowswitch.New(flowswitch.Options{
+		Link: hl, LocalAddrs: []netip.Addr{localIP}, SrcMAC: txSrcMAC, DstMAC: txDstMAC,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &rig{sw: sw, peer: b}
+	for range 2 {
+		ch, err := channel.New(channel.Options{Name: "tx"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		app, err := ch.AttachLocal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { app.Close(); ch.Close() })
+		r.chans = append(r.chans, ch)
+		r.apps = append(r.apps, app)
+		r.ports = append(r.ports, sw.AddPort(ch))
+	}
+	return r, hl
+}
+
+// txPkt describes one IPv4 packet an app sends: src → dst.
+type txPkt struct {
+	proto      layers.IPProtocol // UDP or TCP
+	src, dst   netip.Addr
+	sport      uint16
+	dport      uint16
+	tcp        layers.TCP // flags only
+	size       int        // total IP length, at least the headers
+	ipOptions  bool       // add an IPv4 NOP option (IHL 6)
+	trailing   int        // garbage bytes after the IP length
+	lieLength  int        // added to the IP total length field after building
+	versionBad bool       // IP version 5
+}
+
+func (p txPkt) build(t testing.TB) []byte {
+	t.Helper()
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: p.proto,
+		SrcIP: p.src.AsSlice(), DstIP: p.dst.AsSlice()}
+	if p.ipOptions {
+		ip.Options = []layers.IPv4Option{{OptionType: 1}, {OptionType: 1}, {OptionType: 1}, {OptionType: 0}}
+	}
+	var l4 gopacket.SerializableLayer
+	hdr := 20 + len(ip.Options)
+	switch p.proto {
+	case layers.IPProtocolUDP:
+		u := &layers.UDP{SrcPort: layers.UDPPort(p.sport), DstPort: layers.UDPPort(p.dport)}
+		if err := u.SetNetworkLayerForChecksum(ip); err != nil {
+			t.Fatal(err)
+		}
+		l4, hdr = u, hdr+8
+	case layers.IPProtocolTCP:
+		tc := p.tcp
+		tc.SrcPort, tc.DstPort, tc.Seq, tc.Window = layers.TCPPort(p.sport), layers.TCPPort(p.dport), 1000, 65535
+		if err := tc.SetNetworkLayerForChecksum(ip); err != nil {
+			t.Fatal(err)
+		}
+		l4, hdr = &tc, hdr+20
+	default:
+		t.Fatalf("proto %v", p.proto)
+	}
+	payload := make([]byte, max(p.size-hdr, 0))
+	for i := range payload {
+		payload[i] = byte(i)
+	}
+	sb := gopacket.NewSerializeBuffer()
+	err := gopacket.SerializeLayers(sb, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
+		ip, l4, gopacket.Payload(payload))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := append([]byte(nil), sb.Bytes()...)
+	if p.lieLength != 0 {
+		binary.BigEndian.PutUint16(b[2:4], uint16(len(b)+p.lieLength))
+	}
+	if p.versionBad {
+		b[0] = 5<<4 | b[0]&0x0f
+	}
+	for i := range p.trailing {
+		b = append(b, 0xee^byte(i))
+	}
+	return b
+}
+
+// send has app i send pkts, each with flow ID id in its metadata, and
+// returns the buffers it sent (the app's view, still mapped).
+//
+// The app end has no metadata accessor yet, so the test writes the
+// metadata through the nexus's view of the same shared memory.
+func (r *rig) send(t testing.TB, i int, id [16]byte, pkts ...[]byte) []channel.Buf {
+	t.Helper()
+	bufs := make([]channel.Buf, len(pkts))
+	for got := 0; got < len(pkts); {
+		if err := r.chans[i].Sync(); err != nil { // refill the alloc ring
+			t.Fatal(err)
+		}
+		n, err := r.apps[i].Alloc(bufs[got:])
+		if err != nil || n == 0 {
+			t.Fatalf("app alloc: %d, %v", n, err)
+		}
+		got += n
+	}
+	for j, b := range bufs {
+		bufs[j].Data = b.Data[:copy(b.Data, pkts[j])]
+		meta := r.chans[i].Pool().UserMeta(b.Index)
+		clear(meta)
+		copy(meta[flowswitch.TxMetaFlowIDOff:], id[:])
+	}
+	if n, err := r.apps[i].Send(bufs); n != len(bufs) || err != nil {
+		t.Fatalf("app send: %d of %d, %v", n, len(bufs), err)
+	}
+	return bufs
+}
+
+// tx runs TxOnce on port i until the TX ring is empty.
+func (r *rig) tx(t testing.TB, i int) int {
+	t.Helper()
+	total := 0
+	for {
+		n, err := r.sw.TxOnce(r.ports[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			return total
+		}
+		total += n
+	}
+}
+
+// wire reads every frame waiting at the peer end.
+func (r *rig) wire(t testing.TB) [][]byte {
+	t.Helper()
+	var frames [][]byte
+	bufs := make([][]byte, 64)
+	for i := range bufs {
+		bufs[i] = make([]byte, netif.MaxFrameLen(r.peer.MTU(), r.peer.LinkType()))
+	}
+	sizes := make([]int, len(bufs))
+	for {
+		n, err := r.peer.Read(bufs, sizes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			return frames
+		}
+		for i := range n {
+			frames = append(frames, append([]byte(nil), bufs[i][:sizes[i]]...))
+		}
+	}
+}
+
+// txFlows registers the flows the TX tests use:
+//
+//	udp0   UDP 198.18.0.1:5000 ↔ 198.19.0.2:6000, port 0
+//	udp1   UDP 198.18.0.1:5001 ↔ 198.19.0.2:6000, port 1
+//	listen TCP 198.18.0.1:80 listener (Listener3), port 0
+//	tcp0   TCP 198.18.0.1:7000 ↔ 198.19.0.2:8000, port 0
+type txFlows struct{ udp0, udp1, listen, tcp0 *flow.Entry }
+
+func (r *rig) txFlows(t testing.TB) txFlows {
+	t.Helper()
+	reg := func(i int, proto uint8, lport uint16, remote netip.AddrPort, kind flow.Kind) *flow.Entry {
+		e, err := r.sw.Register(r.ports[i], packet.MakeKey(proto, netip.AddrPortFrom(localIP, lport), remote), kind)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	return txFlows{
+		udp0:   reg(0, packet.ProtoUDP, 5000, netip.AddrPortFrom(remoteIP, 6000), flow.Connected),
+		udp1:   reg(1, packet.ProtoUDP, 5001, netip.AddrPortFrom(remoteIP, 6000), flow.Connected),
+		listen: reg(0, packet.ProtoTCP, 80, netip.AddrPort{}, flow.Listener3),
+		tcp0:   reg(0, packet.ProtoTCP, 7000, netip.AddrPortFrom(remoteIP, 8000), flow.Connected),
+	}
+}
+
+// udp0Pkt is a valid packet of flow udp0, size bytes long.
+func udp0Pkt(size int) txPkt {
+	return txPkt{proto: layers.IPProtocolUDP, src: localIP, dst: remoteIP, sport: 5000, dport: 6000, size: size}
+}
+
+// A valid packet reaches the wire with the switch's L2 header, trimmed to its
+// IP length, byte for byte what the app sent otherwise.
+func TestTxValid(t *testing.T) {
+	r, _ := newTxRig(t)
+	f := r.txFlows(t)
+	p := udp0Pkt(200)
+	p.trailing = 7
+	pkt := p.build(t)
+	rst := txPkt{proto: layers.IPProtocolTCP, src: localIP, dst: remoteIP, sport: 80, dport: 40000,
+		tcp: layers.TCP{RST: true, ACK: true}, size: 40}.build(t)
+	r.send(t, 0, f.udp0.ID(), pkt)
+	r.send(t, 0, f.listen.ID(), rst) // a listener may send a RST
+	if n := r.tx(t, 0); n != 2 {
+		t.Fatalf("took %d, want 2", n)
+	}
+	frames := r.wire(t)
+	if len(frames) != 2 {
+		t.Fatalf("%d frames on the wire, want 2", len(frames))
+	}
+	want := [][]byte{pkt[:200], rst}
+	for i, fr := range frames {
+		g := gopacket.NewPacket(fr, layers.LayerTypeEthernet, gopacket.Default)
+		eth, _ := g.Layer(layers.LayerTypeEthernet).(*layers.Ethernet)
+		ip, _ := g.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+		if eth == nil || ip == nil {
+			t.Fatalf("frame %d: not Ethernet/IPv4: %v", i, g)
+		}
+		if !bytes.Equal(eth.SrcMAC, txSrcMAC[:]) || !bytes.Equal(eth.DstMAC, txDstMAC[:]) || eth.EthernetType != layers.EthernetTypeIPv4 {
+			t.Errorf("frame %d: L2 %v → %v type %v", i, eth.SrcMAC, eth.DstMAC, eth.EthernetType)
+		}
+		if !ip.SrcIP.Equal(net.IP(localIP.AsSlice())) || !ip.DstIP.Equal(net.IP(remoteIP.AsSlice())) {
+			t.Errorf("frame %d: IP %v → %v", i, ip.SrcIP, ip.DstIP)
+		}
+		if !bytes.Equal(fr[14:], want[i]) {
+			t.Errorf("frame %d: L3 bytes differ from the packet sent (trimmed)", i)
+		}
+	}
+	if u, _ := gopacket.NewPacket(frames[0], layers.LayerTypeEthernet, gopacket.Default).Layer(layers.LayerTypeUDP).(*layers.UDP); u == nil || u.SrcPort != 5000 || u.DstPort != 6000 {
+		t.Errorf("frame 0 UDP: %v", u)
+	}
+	st := r.sw.Stats()
+	if st.TxPackets != 2 || st.TxBytes != uint64(200+len(rst)) || st.TxDrops != (flowswitch.TxDrops{}) {
+		t.Errorf("stats: %d packets, %d bytes, drops %+v", st.TxPackets, st.TxBytes, st.TxDrops)
+	}
+	if c := f.udp0.Counters(); c.PacketsOut != 1 || c.BytesOut != 200 {
+		t.Errorf("udp0 counters %+v", c)
+	}
+	if _, out := f.listen.LastFlags(); out != packet.TCPRst|packet.TCPAck {
+		t.Errorf("listener out flags %v", out)
+	}
+}
+
+// Each spoof is dropped by its own check, counted exactly, and none of it
+// reaches the wire.
+func TestTxSpoofs(t *testing.T) {
+	spoofIP := netip.MustParseAddr("198.18.0.9") // not the interface's address
+	tests := []struct {
+		name    string
+		port    int // sending port
+		n       int // copies sent
+		pkt     func(txFlows) (txPkt, [16]byte)
+		counter func(*flowswitch.TxDrops) *uint64
+	}{{
+		name: "spoofed source IP", port: 0, n: 5,
+		pkt: func(f txFlows) (txPkt, [16]byte) {
+			p := udp0Pkt(100)
+			p.src = spoofIP
+			return p, f.udp0.ID()
+		},
+		counter: func(d *flowswitch.TxDrops) *uint64 { return &d.NoFlow },
+	}, {
+		name: "spoofed source port", port: 0, n: 5,
+		pkt: func(f txFlows) (txPkt, [16]byte) {
+			p := udp0Pkt(100)
+			p.sport = 5999
+			return p, f.udp0.ID()
+		},
+		counter: func(d *flowswitch.TxDrops) *uint64 { return &d.NoFlow },
+	}, {
+		name: "other protocol", port: 0, n: 5, // TCP on udp0's ports
+		pkt: func(f txFlows) (txPkt, [16]byte) {
+			p := udp0Pkt(100)
+			p.proto, p.tcp = layers.IPProtocolTCP, layers.TCP{ACK: true}
+			return p, f.udp0.ID()
+		},
+		counter: func(d *flowswitch.TxDrops) *uint64 { return &d.NoFlow },
+	}, {
+		name: "another channel's flow", port: 0, n: 5, // udp1 belongs to port 1
+		pkt: func(f txFlows) (txPkt, [16]byte) {
+			p := udp0Pkt(100)
+			p.sport = 5001
+			return p, f.udp1.ID()
+		},
+		counter: func(d *flowswitch.TxDrops) *uint64 { return &d.NotOwner },
+	}, {
+		name: "wrong flow ID", port: 0, n: 5,
+		pkt: func(f txFlows) (txPkt, [16]byte) {
+			return udp0Pkt(100), f.tcp0.ID() // a flow of the same port, but not this one
+		},
+		counter: func(d *flowswitch.TxDrops) *uint64 { return &d.FlowID },
+	}, {
+		name: "zero flow ID", port: 0, n: 3,
+		pkt: func(f txFlows) (txPkt, [16]byte) {
+			return udp0Pkt(100), [16]byte{}
+		},
+		counter: func(d *flowswitch.TxDrops) *uint64 { return &d.FlowID },
+	}, {
+		name: "IPv4 options", port: 0, n: 5,
+		pkt: func(f txFlows) (txPkt, [16]byte) {
+			p := udp0Pkt(100)
+			p.ipOptions = true
+			return p, f.udp0.ID()
+		},
+		counter: func(d *flowswitch.TxDrops) *uint64 { return &d.IPv4Options },
+	}, {
+		name: "length lie", port: 0, n: 5, // IP total length 20 bytes more than sent
+		pkt: func(f txFlows) (txPkt, [16]byte) {
+			p := udp0Pkt(100)
+			p.lieLength = 20
+			return p, f.udp0.ID()
+		},
+		counter: func(d *flowswitch.TxDrops) *uint64 { return &d.Length },
+	}, {
+		name: "beyond MTU", port: 0, n: 5, // 1501 bytes, consistent lengths
+		pkt: func(f txFlows) (txPkt, [16]byte) {
+			return udp0Pkt(1501), f.udp0.ID()
+		},
+		counter: func(d *flowswitch.TxDrops) *uint64 { return &d.MTU },
+	}, {
+		name: "not IP", port: 0, n: 5,
+		pkt: func(f txFlows) (txPkt, [16]byte) {
+			p := udp0Pkt(100)
+			p.versionBad = true
+			return p, f.udp0.ID()
+		},
+		counter: func(d *flowswitch.TxDrops) *uint64 { return &d.Parse },
+	}, {
+		name: "listener data", port: 0, n: 5, // ACK+PSH with payload from the listener's port
+		pkt: func(f txFlows) (txPkt, [16]byte) {
+			return txPkt{proto: layers.IPProtocolTCP, src: localIP, dst: remoteIP, sport: 80, dport: 40000,
+				tcp: layers.TCP{ACK: true, PSH: true}, size: 140}, f.listen.ID()
+		},
+		counter: func(d *flowswitch.TxDrops) *uint64 { return &d.ListenerData },
+	}, {
+		name: "listener SYN", port: 0, n: 5,
+		pkt: func(f txFlows) (txPkt, [16]byte) {
+			return txPkt{proto: layers.IPProtocolTCP, src: localIP, dst: remoteIP, sport: 80, dport: 40000,
+				tcp: layers.TCP{SYN: true}, size: 40}, f.listen.ID()
+		},
+		counter: func(d *flowswitch.TxDrops) *uint64 { return &d.ListenerData },
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, _ := newTxRig(t)
+			f := r.txFlows(t)
+			p, id := tt.pkt(f)
+			pkt := p.build(t)
+			pkts := make([][]byte, tt.n)
+			for i := range pkts {
+				pkts[i] = pkt
+			}
+			r.send(t, tt.port, id, pkts...)
+			if n := r.tx(t, tt.port); n != tt.n {
+				t.Fatalf("took %d, want %d", n, tt.n)
+			}
+			if fr := r.wire(t); len(fr) != 0 {
+				t.Fatalf("%d frames on the wire, want 0", len(fr))
+			}
+			var want flowswitch.TxDrops
+			*tt.counter(&want) = uint64(tt.n)
+			if st := r.sw.Stats(); st.TxDrops != want || st.TxPackets != 0 || st.TxBytes != 0 {
+				t.Errorf("drops %+v, %d packets; want %+v, 0", st.TxDrops, st.TxPackets, want)
+			}
+		})
+	}
+}
+
+// A torn-down flow's packets find no flow: Lookup never returns a torn-down
+// entry, so they count as NoFlow (TornDown is a guard that stays 0).
+func TestTxTornDown(t *testing.T) {
+	r, _ := newTxRig(t)
+	f := r.txFlows(t)
+	r.sw.Table().Teardown(f.udp0)
+	r.send(t, 0, f.udp0.ID(), udp0Pkt(100).build(t), udp0Pkt(100).build(t))
+	r.tx(t, 0)
+	if fr := r.wire(t); len(fr) != 0 {
+		t.Fatalf("%d frames on the wire", len(fr))
+	}
+	if d := r.sw.Stats().TxDrops; d != (flowswitch.TxDrops{NoFlow: 2}) {
+		t.Errorf("drops %+v", d)
+	}
+}
+
+// 100 SYNs at once on one flow: at most the burst (20) pass, plus what the
+// rate refilled while the test ran; the rest are SYNRate drops.
+func TestTxSYNFlood(t *testing.T) {
+	r, _ := newTxRig(t)
+	f := r.txFlows(t)
+	syn := txPkt{proto: layers.IPProtocolTCP, src: localIP, dst: remoteIP, sport: 7000, dport: 8000,
+		tcp: layers.TCP{SYN: true}, size: 40}.build(t)
+	const sent = 100
+	pkts := make([][]byte, sent)
+	for i := range pkts {
+		pkts[i] = syn
+	}
+	start := time.Now()
+	r.send(t, 0, f.tcp0.ID(), pkts...)
+	if n := r.tx(t, 0); n != sent {
+		t.Fatalf("took %d", n)
+	}
+	refill := int(time.Since(start).Seconds() * flow.SYNRate)
+	frames := r.wire(t)
+	st := r.sw.Stats()
+	passed := len(frames)
+	if passed < flow.SYNBurst || passed > flow.SYNBurst+refill {
+		t.Errorf("%d SYNs on the wire, want %d (+%d refilled)", passed, flow.SYNBurst, refill)
+	}
+	if st.TxPackets != uint64(passed) || st.TxDrops != (flowswitch.TxDrops{SYNRate: uint64(sent - passed)}) {
+		t.Errorf("stats: %d sent, drops %+v; want %d SYNRate", st.TxPackets, st.TxDrops, sent-passed)
+	}
+	for i, fr := range frames {
+		if !bytes.Equal(fr[14:], syn) {
+			t.Fatalf("frame %d is not the SYN sent", i)
+		}
+	}
+}
+
+// The app scribbles over its buffer after TxOnce took it: the wire holds
+// the packet as checked, and the buffer is not sent again.
+func TestTxScribbleAfterTake(t *testing.T) {
+	r, _ := newTxRig(t)
+	f := r.txFlows(t)
+	pkt := udp0Pkt(100).build(t)
+	bufs := r.send(t, 0, f.udp0.ID(), pkt)
+	if n := r.tx(t, 0); n != 1 {
+		t.Fatalf("took %d", n)
+	}
+	copy(bufs[0].Data[12:16], netip.MustParseAddr("198.18.0.9").AsSlice()) // spoof the source
+	if n := r.tx(t, 0); n != 0 {
+		t.Fatalf("took %d more", n)
+	}
+	frames := r.wire(t)
+	if len(frames) != 1 || !bytes.Equal(frames[0][14:], pkt) {
+		t.Fatalf("wire: %d frames, first equal to the valid packet: %v", len(frames), len(frames) > 0 && bytes.Equal(frames[0][14:], pkt))
+	}
+	if st := r.sw.Stats(); st.TxPackets != 1 || st.TxDrops != (flowswitch.TxDrops{}) {
+		t.Errorf("stats %d packets, drops %+v", st.TxPackets, st.TxDrops)
+	}
+}
+
+// The link is given the nexus's checked copy, not the app's memory: the app
+// spoofs its buffer (and its flow ID) after the checks, while Link.Write
+// runs, and the wire still holds the valid packet.
+func TestTxWireIsCheckedCopy(t *testing.T) {
+	r, hl := newTxRig(t)
+	f := r.txFlows(t)
+	pkt := udp0Pkt(300).build(t)
+	var bufs []channel.Buf
+	calls := 0
+	hl.hook = func(frames [][]byte) {
+		calls++
+		for _, b := range bufs {
+			copy(b.Data[12:16], netip.MustParseAddr("198.18.0.9").AsSlice())
+			clear(r.chans[0].Pool().UserMeta(b.Index))
+		}
+		for i, fr := range frames {
+			if !bytes.Equal(fr[14:], pkt) {
+				t.Errorf("frame %d given to the link changed with the app's buffer", i)
+			}
+		}
+	}
+	bufs = r.send(t, 0, f.udp0.ID(), pkt, pkt, pkt)
+	r.tx(t, 0)
+	frames := r.wire(t)
+	if calls != 1 || len(frames) != 3 {
+		t.Fatalf("%d Write calls, %d frames; want 1, 3", calls, len(frames))
+	}
+	for i, fr := range frames {
+		if !bytes.Equal(fr[14:], pkt) {
+			t.Errorf("frame %d on the wire is not the checked packet", i)
+		}
+	}
+}
+
+// A TxOnce of a 32-packet batch allocates nothing.
+func TestTxNoAllocs(t *testing.T) {
+	r, _ := newTxRig(t)
+	f := r.txFlows(t)
+	pkt := udp0Pkt(100).build(t)
+	id := f.udp0.ID()
+	app, ch := r.apps[0], r.chans[0]
+	bufs := make([]channel.Buf, 32)
+	rbufs := make([][]byte, 64)
+	for i := range rbufs {
+		rbufs[i] = make([]byte, netif.MaxFrameLen(r.peer.MTU(), r.peer.LinkType()))
+	}
+	sizes := make([]int, 64)
+	step := func() {
+		// The app: refill, alloc, fill, send 32 packets (not measured apart).
+		for got := 0; got < len(bufs); {
+			ch.Sync()
+			n, err := app.Alloc(bufs[got:])
+			if n == 0 || err != nil {
+				t.Fatalf("alloc %d, %v", n, err)
+			}
+			got += n
+		}
+		for i, b := range bufs {
+			bufs[i].Data = b.Data[:copy(b.Data, pkt)]
+			copy(ch.Pool().UserMeta(b.Index), id[:])
+		}
+		app.Send(bufs)
+		if n, err := r.sw.TxOnce(r.ports[0]); n != 32 || err != nil {
+			t.Fatalf("TxOnce = %d, %v", n, err)
+		}
+		if n, _ := r.peer.Read(rbufs, sizes); n != 32 {
+			t.Fatalf("%d frames on the wire", n)
+		}
+	}
+	for range 5 {
+		step()
+	}
+	if a := testing.AllocsPerRun(100, step); a != 0 {
+		t.Errorf("%v allocations per batch of 32", a)
+	}
+	if d := r.sw.Stats().TxDrops; d != (flowswitch.TxDrops{}) {
+		t.Errorf("drops %+v", d)
+	}
+}
+
+// A bad port is an error, not a panic.
+func TestTxNoPort(t *testing.T) {
+	r, _ := newTxRig(t)
+	for _, p := range []flow.PortID{flowswitch.HostPort, 99} {
+		if _, err := r.sw.TxOnce(p); err == nil {
+			t.Errorf("TxOnce(%d) = nil error", p)
+		}
+	}
+}
