@@ -3,6 +3,7 @@ package channel
 import (
 	"fmt"
 
+	"github.com/skylane/skylane/pool"
 	"github.com/skylane/skylane/ring"
 )
 
@@ -152,4 +153,17 @@ func (a *App) Events(out []Event) (int, error) {
 	}
 	a.event.Release(n)
 	return n, nil
+}
+
+// Meta returns the app-visible metadata of buffer idx (pool.UserMetaLen
+// bytes, shared with the nexus), e.g. to write the flow ID of a packet
+// before Send. idx must be a buffer the app holds.
+func (a *App) Meta(idx uint32) ([]byte, error) {
+	if _, err := a.buffer(idx); err != nil { // bounds check and map the segment
+		return nil, a.fail(err)
+	}
+	seg := a.seg(idx)
+	off := int(seg)*a.desc.UserMetaSegSize + int(idx-seg*a.bps)*pool.UserMetaLen
+	mem := a.metaRes.Bytes()
+	return mem[off : off+pool.UserMetaLen : off+pool.UserMetaLen], nil
 }

@@ -374,3 +374,28 @@ func TestWaitSleepsWhenExhausted(t *testing.T) {
 		t.Fatalf("Wait returned after %v with nothing to do", time.Since(start))
 	}
 }
+
+// TestMetaShared: what the app writes in a buffer's metadata is what the
+// nexus reads for that buffer.
+func TestMetaShared(t *testing.T) {
+	c, a := newPair(t, Options{Name: "meta"})
+	c.Sync()
+	bufs := make([]Buf, 4)
+	n, _ := a.Alloc(bufs)
+	for i := range n {
+		m, err := a.Meta(bufs[i].Index)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m[0], m[31] = byte(i+1), 0xAA
+	}
+	for i := range n {
+		m := c.Pool().UserMeta(bufs[i].Index)
+		if m[0] != byte(i+1) || m[31] != 0xAA {
+			t.Fatalf("buffer %d: nexus sees %x", bufs[i].Index, m)
+		}
+	}
+	if _, err := a.Meta(1 << 30); err == nil {
+		t.Fatal("metadata of a wild index")
+	}
+}

@@ -28,8 +28,11 @@
 // Stats must not run concurrently. Stats is read by that goroutine, or after
 // Run returned.
 //
+// The transmit path (tx.go) copies each packet and its flow ID out of the
+// app's memory before any check and counts every refusal by reason.
+//
 // TODO(skylane): next come TCP super-packet merging (DESIGN §5.4), the
-// transmit path with anti-spoofing (DESIGN §6), the kernel host port for
+// flow token and advisory index on transmit, the kernel host port for
 // packets of no flow (today they are dropped and counted as NoFlow), flow
 // metadata stamping into the user metadata region, and the port-event release
 // condition (flow torn down, channel closed).

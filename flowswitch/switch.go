@@ -348,6 +348,11 @@ func (s *Switch) Run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		t, err := s.TxSync()
+		if err != nil {
+			return err
+		}
+		n += t
 		for _, p := range s.ports {
 			if p != nil {
 				// A defunct channel fails only itself; its
