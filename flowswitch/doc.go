@@ -31,8 +31,10 @@
 // The transmit path (tx.go) copies each packet and its flow ID out of the
 // app's memory before any check and counts every refusal by reason.
 //
-// TODO(skylane): next come TCP super-packet merging (DESIGN §5.4), the
-// flow token and advisory index on transmit, the kernel host port for
+// In-order TCP data of one flow batch leaves as one super packet (merge.go,
+// DESIGN §5.4), its checksums derived from the segments' own.
+//
+// TODO(skylane): next come the flow token and advisory index on transmit, the kernel host port for
 // packets of no flow (today they are dropped and counted as NoFlow), flow
 // metadata stamping into the user metadata region, and the port-event release
 // condition (flow torn down, channel closed).

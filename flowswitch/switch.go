@@ -56,6 +56,11 @@ type Options struct {
 	// frame of a packet.Ethernet link (the nexus, not the app, writes the
 	// L2 header). Unused on RawIP links.
 	SrcMAC, DstMAC [6]byte
+	// MergeLimit is the largest TCP super packet, as an IP length
+	// (DESIGN §5.4, merge.go): at most MaxMergeLimit, 0 means
+	// DefaultMergeLimit, negative disables merging. A super packet also
+	// fits the destination channel's buffers.
+	MergeLimit int
 }
 
 // Stats are the switch's counters since New. All count packets except
@@ -70,6 +75,11 @@ type Stats struct {
 	Oversize    uint64 // packets longer than the destination channel's buffers, dropped
 	AllocFails  uint64 // packets dropped because their channel's pool had no buffer
 	RxRingDrops uint64 // packets tail-dropped on full RX rings (sum of the channels' RxDrops)
+	// SuperPackets counts TCP super packets formed (merge.go); Merged the
+	// segments absorbed into them after each one's first, so a flow batch
+	// of k packets becomes k - Merged output packets.
+	SuperPackets uint64
+	Merged       uint64
 	// ParseDrops counts the frames packet.Parse rejected, indexed by the
 	// packet.Reason.
 	ParseDrops [packet.NumReasons]uint64
@@ -110,6 +120,10 @@ type Switch struct {
 	start  []int32           // start of the L3 packet in bufs[i]
 	length []int32           // L3 packet length (the IP length)
 	flags  []packet.TCPFlags // TCP flags, for the flow's counters
+	rx     []packet.Parsed   // each frame's parse, for the TCP merge
+
+	mergeLimit int     // immutable: bytes, 0 when merging is disabled
+	runs       []int32 // scratch for planRuns; cap FlowBatchLimit
 
 	// Per-batch state, reset by RxOnce; slices keep their capacity.
 	queues       []flowQueue // queues[:nq] are the flows touched in this batch
@@ -141,6 +155,9 @@ func New(opts Options) (*Switch, error) {
 	if opts.FlowBatchLimit < 1 || opts.FlowBatchLimit > opts.Batch {
 		return nil, fmt.Errorf("%w: flow batch limit %d not in 1..%d", ErrBadOptions, opts.FlowBatchLimit, opts.Batch)
 	}
+	if opts.MergeLimit > MaxMergeLimit {
+		return nil, fmt.Errorf("%w: merge limit %d above %d", ErrBadOptions, opts.MergeLimit, MaxMergeLimit)
+	}
 	t, err := flow.New(flow.Options{LocalAddrs: opts.LocalAddrs})
 	if err != nil {
 		return nil, fmt.Errorf("flowswitch: %w", err)
@@ -158,6 +175,8 @@ func New(opts Options) (*Switch, error) {
 		start:    make([]int32, n),
 		length:   make([]int32, n),
 		flags:    make([]packet.TCPFlags, n),
+		rx:       make([]packet.Parsed, n),
+		runs:     make([]int32, 0, opts.FlowBatchLimit),
 		queues:   make([]flowQueue, n),
 		queueOf:  make(map[*flow.Entry]int32, n),
 		allocBuf: make([]channel.Buf, opts.FlowBatchLimit),
@@ -170,6 +189,7 @@ func New(opts Options) (*Switch, error) {
 	for i := range s.queues {
 		s.queues[i].pkts = make([]int32, 0, opts.FlowBatchLimit)
 	}
+	s.mergeLimit = mergeLimit(opts.MergeLimit)
 	s.tx.init(opts, s.linkType, opts.Link.MTU())
 	return s, nil
 }
@@ -229,7 +249,7 @@ func (s *Switch) RxOnce() (int, error) {
 		prevQueue int32 = -1
 	)
 	for i := range n {
-		p := &s.parsed
+		p := &s.rx[i]
 		if err := packet.Parse(s.bufs[i][:s.sizes[i]], s.linkType, p); err != nil {
 			s.stats.ParseDrops[packet.ReasonOf(err)]++
 			continue
@@ -305,27 +325,44 @@ func (s *Switch) queueFor(k packet.Key) int32 {
 }
 
 // release processes one flow batch: one Alloc on the owner's channel for all
-// of it, a copy of each packet, and the buffers staged for the end-of-batch
+// of it, a copy of each packet (or of each run of TCP segments merged into a
+// super packet, merge.go), and the buffers staged for the end-of-batch
 // Deliver. The queue is emptied, so later packets of the flow in the same
 // input batch form a new flow batch.
 func (s *Switch) release(fq *flowQueue) {
 	p := fq.p
 	s.stats.FlowBatches++
-	out := s.allocBuf[:len(fq.pkts)]
+	runs := s.planRuns(fq.pkts, p.bufSize)
+	out := s.allocBuf[:len(runs)]
 	got := p.ch.Alloc(out)
-	s.stats.AllocFails += uint64(len(fq.pkts) - got)
-	for j, i := range fq.pkts[:got] {
-		b := out[j]
-		start, n := int(s.start[i]), int(s.length[i])
-		if n > len(b.Data) {
-			s.stats.Oversize++
-			p.ch.Release(out[j : j+1])
+	at := 0 // fq.pkts[at] is the first packet of run j
+	for j, rl := range runs {
+		seg := fq.pkts[at : at+int(rl)]
+		at += int(rl)
+		if j >= got {
+			s.stats.AllocFails += uint64(rl)
 			continue
 		}
-		copy(b.Data, s.bufs[i][start:start+n])
-		b.Data = b.Data[:n]
+		b := out[j]
+		if rl > 1 {
+			b.Data = b.Data[:s.merge(b.Data, seg)]
+			s.stats.SuperPackets++
+			s.stats.Merged += uint64(rl - 1)
+		} else {
+			i := seg[0]
+			start, n := int(s.start[i]), int(s.length[i])
+			if n > len(b.Data) {
+				s.stats.Oversize++
+				p.ch.Release(out[j : j+1])
+				continue
+			}
+			copy(b.Data, s.bufs[i][start:start+n])
+			b.Data = b.Data[:n]
+		}
 		b.Flags = 0
-		fq.e.CountIn(n, s.flags[i])
+		for _, i := range seg {
+			fq.e.CountIn(int(s.length[i]), s.flags[i])
+		}
 		p.pending = append(p.pending, b)
 	}
 	clear(out)
