@@ -1,10 +1,14 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
+	"sort"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -12,48 +16,105 @@ import (
 	"github.com/skylane/skylane/pool"
 )
 
-// runDemo shows the packet memory and channels at work, in one process, no
-// root: two apps with their own pools, a burst that grows one pool, the
-// reaper giving the memory back, and a misbehaving app losing only its own
-// channel.
+// demoReport is everything the demo measured, printed as text or JSON.
+type demoReport struct {
+	Flowswitch switchReport `json:"flowswitch"`
+	Pools      poolReport   `json:"pools"`
+}
+
+// poolReport is the pools-and-channels part of the demo.
+type poolReport struct {
+	Packets          int     `json:"packets"`
+	Mpps             float64 `json:"mpps_each_way"`
+	Notifications    uint64  `json:"notifications"`
+	BurstSegments    int     `json:"burst_segments"`
+	BurstBuffers     int     `json:"burst_buffers"`
+	BurstKiB         int     `json:"burst_kib"`
+	SegmentsReleased uint64  `json:"segments_released"`
+	KiBBefore        int64   `json:"kib_before_reap"`
+	KiBAfter         int64   `json:"kib_after_reap"`
+	SegmentsLeft     int     `json:"segments_left"`
+	AppMapped        int     `json:"app_mapped_segments"`
+	BadApp           string  `json:"bad_app"`
+	GoodAppAfter     string  `json:"good_app_after"`
+}
+
+// runDemo shows the flowswitch (flow-based batching on receive,
+// anti-spoofing on transmit) and then the packet memory and channels, in one
+// process, no root.
 func runDemo(args []string) error {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	packets := fs.Int("packets", 200_000, "packets each way for the well-behaved app")
+	packets := fs.Int("packets", 200_000, "packets each way for the well-behaved app (pools section)")
 	idle := fs.Duration("idle", time.Second, "pool idle timeout before segments go back to the OS")
+	asJSON := fs.Bool("json", false, "print the figures as one JSON object on stdout")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	popts := pool.Options{IdleTimeout: *idle}
-	good, err := channel.New(channel.Options{Name: "app-good", Pool: popts})
+	rep, err := buildDemo(*packets, *idle)
 	if err != nil {
 		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	return printDemo(os.Stdout, rep)
+}
+
+// buildDemo runs both parts of the demo and checks what they must show.
+func buildDemo(packets int, idle time.Duration) (*demoReport, error) {
+	var rep demoReport
+	var err error
+	fmt.Fprintln(os.Stderr, "flowswitch: generator -> memif wire -> switch -> app-A, app-B, and back...")
+	if rep.Flowswitch, err = demoSwitch(); err != nil {
+		return nil, fmt.Errorf("demo flowswitch: %w", err)
+	}
+	if n := rep.Flowswitch.Tx.SpoofedOnWire; n != 0 {
+		return &rep, fmt.Errorf("demo: %d spoofed packets reached the wire", n)
+	}
+	if rep.Pools, err = demoPools(packets, idle); err != nil {
+		return &rep, err
+	}
+	return &rep, nil
+}
+
+// demoPools shows the packet memory and channels at work: two apps with
+// their own pools, a burst that grows one pool, the reaper giving the memory
+// back, and a misbehaving app losing only its own channel.
+func demoPools(packets int, idle time.Duration) (poolReport, error) {
+	var rep poolReport
+	popts := pool.Options{IdleTimeout: idle}
+	good, err := channel.New(channel.Options{Name: "app-good", Pool: popts})
+	if err != nil {
+		return rep, err
 	}
 	defer good.Close()
 	bad, err := channel.New(channel.Options{Name: "app-bad", Pool: popts})
 	if err != nil {
-		return err
+		return rep, err
 	}
 	defer bad.Close()
 	ga, err := good.AttachLocal()
 	if err != nil {
-		return err
+		return rep, err
 	}
 	defer ga.Close()
 	ba, err := bad.AttachLocal()
 	if err != nil {
-		return err
+		return rep, err
 	}
 	defer ba.Close()
 
-	fmt.Fprintf(os.Stderr, "moving %d packets each way through app-good's channel...\n", *packets)
+	fmt.Fprintf(os.Stderr, "moving %d packets each way through app-good's channel...\n", packets)
 	start := time.Now()
 	bufs := make([]channel.Buf, 32)
 	var up, down int
-	for up < *packets || down < *packets {
+	for up < packets || down < packets {
 		good.Sync()
-		n, err := ga.Alloc(bufs[:min(32, *packets-up)])
+		n, err := ga.Alloc(bufs[:min(32, packets-up)])
 		if err != nil {
-			return err
+			return rep, err
 		}
 		for i := range n {
 			bufs[i].Data = bufs[i].Data[:64]
@@ -62,7 +123,7 @@ func runDemo(args []string) error {
 		up += k
 		m, err := good.TakeTX(bufs)
 		if err != nil {
-			return err
+			return rep, err
 		}
 		// Echo what the app sent back to it, as a nexus would forward it.
 		down += good.Deliver(bufs[:m])
@@ -77,7 +138,7 @@ func runDemo(args []string) error {
 		good.Sync()
 		n, err := ga.Alloc(bufs[:min(32, cap(held)-len(held))])
 		if err != nil {
-			return err
+			return rep, err
 		}
 		for i := range n {
 			clear(bufs[i].Data) // really use the memory
@@ -90,9 +151,9 @@ func runDemo(args []string) error {
 		held = held[k:]
 		good.Sync()
 	}
-	fmt.Fprintf(os.Stderr, "...released; waiting %v for the reaper\n", *idle)
+	fmt.Fprintf(os.Stderr, "...released; waiting %v for the reaper\n", idle)
 	before, _ := good.Pool().AllocatedBytes()
-	for t0 := time.Now(); time.Since(t0) < *idle+1500*time.Millisecond; time.Sleep(250 * time.Millisecond) {
+	for t0 := time.Now(); time.Since(t0) < idle+1500*time.Millisecond; time.Sleep(250 * time.Millisecond) {
 		good.Reap(time.Now())
 	}
 	// The app unmaps what the nexus released, as its event ring tells it.
@@ -120,23 +181,80 @@ func runDemo(args []string) error {
 		_, goodErr = ga.Send(bufs[:n])
 	}
 
-	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	c := good.Counters()
-	fmt.Fprintf(w, "Skylane demo: packet pools and channels (in-memory, one process)\n\n")
-	fmt.Fprintf(w, "app-good\tsent %d, received %d packets in %v (%.1f Mpps each way)\n", c.TxPackets, c.RxPackets, elapsed.Round(time.Millisecond), float64(*packets)/elapsed.Seconds()/1e6)
-	fmt.Fprintf(w, "\tnotifications sent: %d (a busy app needs none)\n", c.Notifications)
-	fmt.Fprintf(w, "pool\tburst grew it to %d segments (%d buffers, %d KiB)\n", burst.Segments, burst.BuffersTotal, burst.Segments*good.Pool().SegmentSize()/1024)
-	fmt.Fprintf(w, "\treaper returned %d segments to the OS: %d KiB -> %d KiB held, %d segments left\n", reaped.Releases, before/1024, after/1024, reaped.Segments)
-	fmt.Fprintf(w, "\tapp maps %d segments now\n", ga.MappedSegments())
-	fmt.Fprintf(w, "app-bad\t%v\n", badErr)
-	fmt.Fprintf(w, "app-good after that\t%s\n", okOr(goodErr))
-	if err := w.Flush(); err != nil {
-		return err
+	rep = poolReport{
+		Packets: packets, Mpps: float64(packets) / elapsed.Seconds() / 1e6, Notifications: c.Notifications,
+		BurstSegments: burst.Segments, BurstBuffers: burst.BuffersTotal, BurstKiB: burst.Segments * good.Pool().SegmentSize() / 1024,
+		SegmentsReleased: reaped.Releases, KiBBefore: int64(before / 1024), KiBAfter: int64(after / 1024),
+		SegmentsLeft: reaped.Segments, AppMapped: ga.MappedSegments(), BadApp: fmt.Sprint(badErr), GoodAppAfter: okOr(goodErr),
 	}
 	if badErr == nil || goodErr != nil || !errors.Is(badErr, channel.ErrDefunct) {
-		return errors.New("demo: the channels did not behave as expected")
+		return rep, errors.New("demo: the channels did not behave as expected")
 	}
-	return nil
+	return rep, nil
+}
+
+// printDemo prints the report for a reader who has not read the code.
+func printDemo(out io.Writer, rep *demoReport) error {
+	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	f := rep.Flowswitch
+	fmt.Fprintf(w, "Skylane demo (in-memory, one process, no root)\n\n")
+	fmt.Fprintf(w, "FLOWSWITCH\ttraffic generator <-> memif wire <-> flowswitch <-> apps; local address %v\n", demoLocal)
+	var flows, apps []string
+	for _, a := range f.Apps {
+		flows = append(flows, fmt.Sprintf("%s %d %s", a.Name, a.Flows, a.Proto))
+		apps = append(apps, fmt.Sprintf("%s %d", a.Name, a.Delivered))
+	}
+	fmt.Fprintf(w, "flows registered\t%s (5-tuples, peers in 198.19.0.0/16)\n", strings.Join(flows, ", "))
+	fmt.Fprintf(w, "receive\t%d frames read in %d input batches, many flows interleaved\n", f.FramesRead, f.InputBatches)
+	fmt.Fprintf(w, "  delivered\t%d packets in %d ring deliveries (%d wake-up notifications)\n", f.Delivered, f.Deliveries, f.Notifications)
+	fmt.Fprintf(w, "  batching\t%.1f packets per delivery, %.1f per flow batch: one delivery and at most one wake-up per app per input batch\n", f.PacketsPerDelivery, f.PacketsPerFlowBatch)
+	fmt.Fprintf(w, "  per app\t%s packets delivered\n", strings.Join(apps, ", "))
+	fmt.Fprintf(w, "  TCP merging\t%d in-order segments merged into %d super packets\n", f.Merged, f.SuperPackets)
+	fmt.Fprintf(w, "  no flow\t%d of %d dropped (unregistered ports, ARP)\n", f.NoFlowDropped, f.NoFlowSent)
+	var mal uint64
+	for _, n := range f.MalformedDropped {
+		mal += n
+	}
+	fmt.Fprintf(w, "  malformed\t%d of %d dropped: %s\n", mal, f.MalformedSent, countList(f.MalformedDropped))
+	t := f.Tx
+	var dropped uint64
+	for _, n := range t.Dropped {
+		dropped += n
+	}
+	fmt.Fprintf(w, "transmit\tapps sent %d packets: %d on the wire, %d dropped by the switch's checks\n", t.Sent, t.OnWire, dropped)
+	for _, a := range t.Attempts {
+		note := ""
+		if a.Kind == "SYN flood" {
+			note = " (the first 20 SYNs are the allowed burst)"
+		}
+		fmt.Fprintf(w, "  %s\t%d sent, %d on the wire, dropped: %s%s\n", a.Kind, a.Sent, a.OnWire, countList(a.DroppedBy), note)
+	}
+	fmt.Fprintf(w, "  verified at the generator\t%d spoofed packets reached the wire (%d frames received and checked)\n\n", t.SpoofedOnWire, t.WireFrames)
+
+	p := rep.Pools
+	fmt.Fprintf(w, "POOLS AND CHANNELS\n")
+	fmt.Fprintf(w, "app-good\tsent and received %d packets each way (%.1f Mpps), %d notifications (a busy app needs none)\n", p.Packets, p.Mpps, p.Notifications)
+	fmt.Fprintf(w, "pool\ta burst grew it to %d segments (%d buffers, %d KiB)\n", p.BurstSegments, p.BurstBuffers, p.BurstKiB)
+	fmt.Fprintf(w, "\treaper returned %d segments to the OS: %d KiB -> %d KiB held, %d segments left, app maps %d\n", p.SegmentsReleased, p.KiBBefore, p.KiBAfter, p.SegmentsLeft, p.AppMapped)
+	fmt.Fprintf(w, "app-bad\t%s\n", p.BadApp)
+	fmt.Fprintf(w, "app-good after that\t%s\n", p.GoodAppAfter)
+	return w.Flush()
+}
+
+// countList prints counters as "name n, name n" in name order, or "none".
+func countList(m map[string]uint64) string {
+	var parts []string
+	for k, v := range m {
+		if v > 0 {
+			parts = append(parts, fmt.Sprintf("%s %d", k, v))
+		}
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ", ")
 }
 
 func okOr(err error) string {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"testing"
+	"time"
 
 	"github.com/skylane/skylane/bench"
 )
@@ -22,6 +23,52 @@ func TestUnknownCommands(t *testing.T) {
 	for _, args := range [][]string{{}, {"nope"}, {"bench", "nope"}, {"bench"}} {
 		if err := run(args); err == nil {
 			t.Errorf("%q: no error", args)
+		}
+	}
+}
+
+// The demo's figures show what it claims: flow batching, no spoofed packet
+// on the wire, every spoof attempt stopped by its own check.
+func TestDemoReport(t *testing.T) {
+	rep, err := buildDemo(2000, 50*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := rep.Flowswitch
+	if f.PacketsPerDelivery <= 1 {
+		t.Errorf("batching ratio %.2f packets per delivery, want > 1", f.PacketsPerDelivery)
+	}
+	if f.Tx.SpoofedOnWire != 0 {
+		t.Errorf("%d spoofed packets on the wire", f.Tx.SpoofedOnWire)
+	}
+	if f.NoFlowDropped == 0 || len(f.MalformedDropped) == 0 {
+		t.Errorf("no-flow drops %d, malformed drops %v", f.NoFlowDropped, f.MalformedDropped)
+	}
+	kinds := map[string]bool{}
+	for _, a := range f.Tx.Attempts {
+		kinds[a.Kind] = true
+		var dropped uint64
+		for _, n := range a.DroppedBy {
+			dropped += n
+		}
+		switch {
+		case a.Kind == "valid packets":
+			if a.OnWire != a.Sent || dropped != 0 {
+				t.Errorf("valid: %d sent, %d on the wire, %d dropped", a.Sent, a.OnWire, dropped)
+			}
+		case isSpoof(a.Kind):
+			if dropped == 0 || a.OnWire != 0 || int(dropped) != a.Sent {
+				t.Errorf("%s: %d sent, %d on the wire, dropped %v", a.Kind, a.Sent, a.OnWire, a.DroppedBy)
+			}
+		case a.Kind == "SYN flood":
+			if a.DroppedBy["syn_rate"] == 0 || a.OnWire+int(dropped) != a.Sent {
+				t.Errorf("SYN flood: %d sent, %d on the wire, dropped %v", a.Sent, a.OnWire, a.DroppedBy)
+			}
+		}
+	}
+	for _, k := range []string{"valid packets", "spoofed source IP", "spoofed source port", "another app's flow", "wrong flow ID", "SYN flood"} {
+		if !kinds[k] {
+			t.Errorf("no %q attempt in the report", k)
 		}
 	}
 }
