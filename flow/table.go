@@ -218,6 +218,19 @@ func (t *Table) allocToken() uint32 {
 	}
 }
 
+// IsLocal reports whether a is one of the table's local addresses.
+func (t *Table) IsLocal(a netip.Addr) bool {
+	_, ok := t.local[a.Unmap().WithZone("")]
+	return ok
+}
+
+// PortOwner returns the port holding (proto, local port), if any: it lets
+// the transmit path name why a packet matched no flow.
+func (t *Table) PortOwner(proto uint8, port uint16) (PortID, bool) {
+	o, ok := t.owners[protoPort{proto, port}]
+	return o.port, ok
+}
+
 // Lookup returns the active entry for a packet's key: the Connected entry
 // with key k, else the Listener3 entry with key k.Listener3(), else the
 // Listener2 entry with key k.Listener2(), else nil. A repeat of the previous

@@ -69,7 +69,16 @@ type TxDrops struct {
 	Parse uint64
 	// IPv4Options: an IPv4 header with options (IHL > 5).
 	IPv4Options uint64
-	// NoFlow: the packet's 5-tuple (source = local) matches no active flow.
+	// SrcAddr: the source address is not one of the switch's addresses.
+	SrcAddr uint64
+	// SrcPort: the source (local) port is not held by this port for this
+	// protocol, nor for the other of TCP/UDP.
+	SrcPort uint64
+	// Proto: the source port is this port's, but under the other protocol
+	// (TCP sent on a UDP flow's port, or the reverse).
+	Proto uint64
+	// NoFlow: the source address and port are this port's, but the 5-tuple
+	// matches no active flow (e.g. an unregistered remote).
 	NoFlow uint64
 	// NotOwner: the matching flow belongs to another port. Stricter than
 	// Skywalk, which lets any channel of the same process send on a flow.
@@ -215,10 +224,11 @@ func (s *Switch) txCheck(port flow.PortID, i int, now time.Time) {
 		d.IPv4Options++
 		return
 	}
-	e := s.table.Lookup(p.TxKey())
+	k := p.TxKey()
+	e := s.table.Lookup(k)
 	switch {
 	case e == nil:
-		d.NoFlow++
+		s.noFlowReason(d, k, port)
 		return
 	case e.Port() != port:
 		d.NotOwner++
@@ -300,4 +310,28 @@ func (s *Switch) TxSync() (int, error) {
 		}
 	}
 	return total, nil
+}
+
+// noFlowReason names why a transmitted packet matched no flow: a source
+// address that is not ours, a source port this app does not hold, the right
+// port under the wrong protocol, or an unregistered remote.
+func (s *Switch) noFlowReason(d *TxDrops, k packet.Key, port flow.PortID) {
+	src := k.LocalAddrPort()
+	if !s.table.IsLocal(src.Addr()) {
+		d.SrcAddr++
+		return
+	}
+	if o, ok := s.table.PortOwner(k.Proto, src.Port()); ok && o == port {
+		d.NoFlow++
+		return
+	}
+	other := packet.ProtoTCP
+	if k.Proto == packet.ProtoTCP {
+		other = packet.ProtoUDP
+	}
+	if o, ok := s.table.PortOwner(other, src.Port()); ok && o == port {
+		d.Proto++
+		return
+	}
+	d.SrcPort++
 }

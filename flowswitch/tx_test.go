@@ -303,7 +303,7 @@ func TestTxSpoofs(t *testing.T) {
 			p.src = spoofIP
 			return p, f.udp0.ID()
 		},
-		counter: func(d *flowswitch.TxDrops) *uint64 { return &d.NoFlow },
+		counter: func(d *flowswitch.TxDrops) *uint64 { return &d.SrcAddr },
 	}, {
 		name: "spoofed source port", port: 0, n: 5,
 		pkt: func(f txFlows) (txPkt, [16]byte) {
@@ -311,7 +311,7 @@ func TestTxSpoofs(t *testing.T) {
 			p.sport = 5999
 			return p, f.udp0.ID()
 		},
-		counter: func(d *flowswitch.TxDrops) *uint64 { return &d.NoFlow },
+		counter: func(d *flowswitch.TxDrops) *uint64 { return &d.SrcPort },
 	}, {
 		name: "other protocol", port: 0, n: 5, // TCP on udp0's ports
 		pkt: func(f txFlows) (txPkt, [16]byte) {
@@ -319,7 +319,7 @@ func TestTxSpoofs(t *testing.T) {
 			p.proto, p.tcp = layers.IPProtocolTCP, layers.TCP{ACK: true}
 			return p, f.udp0.ID()
 		},
-		counter: func(d *flowswitch.TxDrops) *uint64 { return &d.NoFlow },
+		counter: func(d *flowswitch.TxDrops) *uint64 { return &d.Proto },
 	}, {
 		name: "another channel's flow", port: 0, n: 5, // udp1 belongs to port 1
 		pkt: func(f txFlows) (txPkt, [16]byte) {
@@ -412,7 +412,8 @@ func TestTxSpoofs(t *testing.T) {
 }
 
 // A torn-down flow's packets find no flow: Lookup never returns a torn-down
-// entry, so they count as NoFlow (TornDown is a guard that stays 0).
+// entry and teardown gave the port back, so they count as SrcPort (the app
+// no longer holds that port; TornDown is a guard that stays 0).
 func TestTxTornDown(t *testing.T) {
 	r, _ := newTxRig(t)
 	f := r.txFlows(t)
@@ -422,7 +423,7 @@ func TestTxTornDown(t *testing.T) {
 	if fr := r.wire(t); len(fr) != 0 {
 		t.Fatalf("%d frames on the wire", len(fr))
 	}
-	if d := r.sw.Stats().TxDrops; d != (flowswitch.TxDrops{NoFlow: 2}) {
+	if d := r.sw.Stats().TxDrops; d != (flowswitch.TxDrops{SrcPort: 2}) {
 		t.Errorf("drops %+v", d)
 	}
 }
