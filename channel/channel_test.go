@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"runtime"
 	"testing"
 	"time"
 	"unsafe"
@@ -268,7 +269,7 @@ func TestWaitWakes(t *testing.T) {
 	}()
 	// Let the app arm its flag; Deliver signals only an armed app.
 	for !c.rx.NeedsWakeup() {
-		time.Sleep(time.Millisecond)
+		runtime.Gosched()
 	}
 	bufs := make([]Buf, 4)
 	n := c.Alloc(bufs)

@@ -1,7 +1,7 @@
 package pool_test
 
 import (
-	"encoding/binary"
+	"github.com/skylane/skylane/internal/fuzzbytes"
 	"testing"
 	"time"
 
@@ -21,37 +21,16 @@ const (
 
 // fuzzIndex picks an index: mostly one the model holds or a small one, at
 // times anything at all.
-func fuzzIndex(r *opReader, held []uint32) uint32 {
-	b := r.byte()
+func fuzzIndex(r *fuzzbytes.Reader, held []uint32) uint32 {
+	b := r.Byte()
 	switch {
 	case b < 0x80 && len(held) > 0:
 		return held[int(b)%len(held)]
 	case b < 0xF0:
 		return uint32(b) // inside or just past a small pool
 	default:
-		return r.u32()
+		return r.U32()
 	}
-}
-
-type opReader struct{ b []byte }
-
-func (r *opReader) done() bool { return len(r.b) == 0 }
-
-func (r *opReader) byte() byte {
-	if len(r.b) == 0 {
-		return 0
-	}
-	v := r.b[0]
-	r.b = r.b[1:]
-	return v
-}
-
-func (r *opReader) u32() uint32 {
-	var w [4]byte
-	for i := range w {
-		w[i] = r.byte()
-	}
-	return binary.LittleEndian.Uint32(w[:])
 }
 
 // FuzzTransition runs arbitrary sequences of Alloc, Free, Reclaim,
@@ -86,7 +65,7 @@ func FuzzTransition(f *testing.F) {
 		maxBufs := p.MaxBuffers()
 		now := time.Unix(1e9, 0)
 		out := make([]uint32, 64)
-		r := opReader{ops}
+		r := fuzzbytes.New(ops)
 
 		// held is the model of the buffers out of the pool.
 		held := map[uint32]pool.State{}
@@ -137,14 +116,14 @@ func FuzzTransition(f *testing.F) {
 			}
 		}
 		check(-1, "New")
-		for step := 0; !r.done() && step < 500; step++ {
+		for step := 0; !r.Done() && step < 500; step++ {
 			var what string
-			switch op := r.byte() % numOps; op {
+			switch op := r.Byte() % numOps; op {
 			case opAlloc, opAllocAny:
-				k := int(r.byte()) % (len(out) + 1)
-				as := pool.Nexus + pool.State(r.byte()%2)
+				k := int(r.Byte()) % (len(out) + 1)
+				as := pool.Nexus + pool.State(r.Byte()%2)
 				if op == opAllocAny {
-					as = pool.State(r.byte())
+					as = pool.State(r.Byte())
 				}
 				what = "Alloc"
 				before := p.Stats()
@@ -167,13 +146,13 @@ func FuzzTransition(f *testing.F) {
 					}
 				}
 			case opFree, opReclaim, opTransition:
-				idx := fuzzIndex(&r, heldList())
+				idx := fuzzIndex(r, heldList())
 				from, to := pool.Nexus, pool.Free
 				if op != opFree {
-					from = pool.State(r.byte() % 4)
+					from = pool.State(r.Byte() % 4)
 				}
 				if op == opTransition {
-					to = pool.State(r.byte() % 4)
+					to = pool.State(r.Byte() % 4)
 				}
 				before, snap := p.Stats(), snapshot()
 				var ok bool
@@ -201,7 +180,7 @@ func FuzzTransition(f *testing.F) {
 				}
 			case opReap:
 				what = "Reap"
-				now = now.Add(time.Duration(r.byte()) * 100 * time.Millisecond)
+				now = now.Add(time.Duration(r.Byte()) * 100 * time.Millisecond)
 				snap, before := snapshot(), p.Stats()
 				n := p.Reap(now)
 				after := p.Stats()

@@ -3,35 +3,11 @@ package ring_test
 import (
 	"encoding/binary"
 	"errors"
+	"github.com/skylane/skylane/internal/fuzzbytes"
 	"testing"
 
 	"github.com/skylane/skylane/ring"
 )
-
-// opReader hands out fuzz bytes; past the end it yields zeros, and done
-// reports when the input is used up.
-type opReader struct{ b []byte }
-
-func (r *opReader) done() bool { return len(r.b) == 0 }
-
-func (r *opReader) byte() byte {
-	if len(r.b) == 0 {
-		return 0
-	}
-	v := r.b[0]
-	r.b = r.b[1:]
-	return v
-}
-
-func (r *opReader) u32() uint32 {
-	var w [4]byte
-	for i := range w {
-		w[i] = r.byte()
-	}
-	return binary.LittleEndian.Uint32(w[:])
-}
-
-func (r *opReader) u64() uint64 { return uint64(r.u32()) | uint64(r.u32())<<32 }
 
 // Peer operations for FuzzConsumer (the fuzz input plays the producer).
 const (
@@ -75,7 +51,7 @@ func FuzzConsumer(f *testing.F) {
 		mBad := false
 		peeked := 0 // slots the last Peek made readable and not yet released
 		out := make([]ring.Slot, 2*size+2)
-		r := opReader{ops}
+		r := fuzzbytes.New(ops)
 		// look models Peek(n): returns what it must return.
 		look := func(n int) (int, bool) {
 			if mBad {
@@ -92,19 +68,19 @@ func FuzzConsumer(f *testing.F) {
 			}
 			return int(min(avail, uint32(n))), true
 		}
-		for steps := 0; !r.done() && steps < 1000; steps++ {
-			switch r.byte() % cNumOps {
+		for steps := 0; !r.Done() && steps < 1000; steps++ {
+			switch r.Byte() % cNumOps {
 			case cPeerProdDelta:
-				putWord(mem, offProd, word(mem, offProd)+uint32(int32(int8(r.byte()))))
+				putWord(mem, offProd, word(mem, offProd)+uint32(int32(int8(r.Byte()))))
 			case cPeerProdAny:
-				putWord(mem, offProd, r.u32())
+				putWord(mem, offProd, r.U32())
 			case cPeerSlot:
-				pos := int(r.byte()) % size
-				binary.LittleEndian.PutUint64(mem[offSlots+8*pos:], r.u64())
+				pos := int(r.Byte()) % size
+				binary.LittleEndian.PutUint64(mem[offSlots+8*pos:], r.U64())
 			case cPeerConsWord:
-				putWord(mem, offCons, r.u32())
+				putWord(mem, offCons, r.U32())
 			case cPeek:
-				n := int(r.byte()) % (2*size + 2)
+				n := int(r.Byte()) % (2*size + 2)
 				want, ok := look(n)
 				got, err := c.Peek(n)
 				checkResult(t, "Peek", n, size, got, err, want, ok)
@@ -119,7 +95,7 @@ func FuzzConsumer(f *testing.F) {
 					}
 				}
 			case cDequeue:
-				n := int(r.byte()) % (2*size + 2)
+				n := int(r.Byte()) % (2*size + 2)
 				want, ok := look(n)
 				before := make([]ring.Slot, want)
 				for i := range want {
@@ -138,7 +114,7 @@ func FuzzConsumer(f *testing.F) {
 					t.Fatalf("cons word %#x after Dequeue, want %#x", word(mem, offCons), mCons)
 				}
 			case cRelease:
-				k := int(r.byte()) % (peeked + 1)
+				k := int(r.Byte()) % (peeked + 1)
 				c.Release(k)
 				mCons += uint32(k)
 				peeked -= k
@@ -146,7 +122,7 @@ func FuzzConsumer(f *testing.F) {
 					t.Fatalf("cons word %#x after Release(%d), want %#x", word(mem, offCons), k, mCons)
 				}
 			case cWakeup:
-				on := r.byte()&1 == 1
+				on := r.Byte()&1 == 1
 				c.SetNeedWakeup(on)
 				if (word(mem, offFlags) == ring.FlagNeedWakeup) != on {
 					t.Fatalf("flags word %#x after SetNeedWakeup(%v)", word(mem, offFlags), on)
@@ -217,7 +193,7 @@ func FuzzProducer(f *testing.F) {
 		reserved := 0
 		seq := uint32(0)
 		in := make([]ring.Slot, 2*size+2)
-		r := opReader{ops}
+		r := fuzzbytes.New(ops)
 		look := func(n int, always bool) (int, bool) {
 			if mBad {
 				return 0, false
@@ -241,28 +217,28 @@ func FuzzProducer(f *testing.F) {
 				}
 			}
 		}
-		for steps := 0; !r.done() && steps < 1000; steps++ {
-			switch r.byte() % pNumOps {
+		for steps := 0; !r.Done() && steps < 1000; steps++ {
+			switch r.Byte() % pNumOps {
 			case pPeerConsDelta:
-				putWord(mem, offCons, word(mem, offCons)+uint32(int32(int8(r.byte()))))
+				putWord(mem, offCons, word(mem, offCons)+uint32(int32(int8(r.Byte()))))
 			case pPeerConsAny:
-				putWord(mem, offCons, r.u32())
+				putWord(mem, offCons, r.U32())
 			case pPeerFlags:
-				v := r.u32()
+				v := r.U32()
 				putWord(mem, offFlags, v)
 				if p.NeedsWakeup() != (v&ring.FlagNeedWakeup != 0) {
 					t.Fatalf("NeedsWakeup = %v with flags %#x", p.NeedsWakeup(), v)
 				}
 			case pPeerProdWord:
-				putWord(mem, offProd, r.u32())
+				putWord(mem, offProd, r.U32())
 			case pReserve:
-				n := int(r.byte()) % (2*size + 2)
+				n := int(r.Byte()) % (2*size + 2)
 				want, ok := look(n, false)
 				got, err := p.Reserve(n)
 				checkResult(t, "Reserve", n, size, got, err, want, ok)
 				reserved = got
 			case pCommit:
-				k := int(r.byte()) % (reserved + 1)
+				k := int(r.Byte()) % (reserved + 1)
 				for i := range k {
 					p.Set(i, seqSlot(seq+uint32(i)))
 				}
@@ -275,7 +251,7 @@ func FuzzProducer(f *testing.F) {
 					t.Fatalf("prod word %#x after Commit(%d), want %#x", word(mem, offProd), k, mProd)
 				}
 			case pEnqueue:
-				n := int(r.byte()) % (2*size + 2)
+				n := int(r.Byte()) % (2*size + 2)
 				for i := range n {
 					in[i] = seqSlot(seq + uint32(i))
 				}
