@@ -1,8 +1,9 @@
 # Skylane: `make test` is the one command CI and a new machine run.
 GO        ?= go
 PKGS      ?= ./...
-# Debian packages the tests use (privileged tests arrive with the kernel drivers).
-APT_PKGS  ?= iproute2
+# Debian packages the tests use: kernel peers of the privileged driver tests
+# (ip, curl, nc, tshark for captures, ethtool for offloads).
+APT_PKGS  ?= iproute2 curl netcat-openbsd tshark ethtool
 # Seed corpora of the fuzz targets run as ordinary tests; FUZZTIME>0 also fuzzes.
 FUZZTIME  ?= 0
 
