@@ -17,7 +17,7 @@ import (
 	_ "gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	_ "gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	_ "gvisor.dev/gvisor/pkg/tcpip/stack"
+	_ "gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
 	_ "gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	_ "gvisor.dev/gvisor/pkg/tcpip/transport/udp"
-	_ "gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
 )
