@@ -1,0 +1,418 @@
+// Package afxdp is a netif.Link over an AF_XDP socket bound to one queue of
+// a Linux network device (DESIGN §9). An XDP program (netif/steer) sends
+// the frames of the flows user space registered to the socket and passes
+// every other frame to the kernel's stack, so both stacks share the device.
+//
+// Invariants:
+//
+//   - The UMEM is a pool.Pool buffer region of fixed size: page-multiple
+//     segments divided into frames of FrameSize bytes. A frame's UMEM
+//     address is its segment's I/O base plus its offset in the segment,
+//     looked up once per segment (pool.AddrCache) when the link is opened.
+//     The first RingSize frames are RX frames (in the fill ring, the RX
+//     ring, or the link's free list), the next RingSize are TX frames.
+//   - Read and Write copy (netif's ownership rule): no UMEM frame is ever
+//     handed to a caller. Read recycles a frame to the fill ring as soon as
+//     it is copied out.
+//   - Everything read from the shared rings is checked before use: indices
+//     that claim more entries than a ring holds count as none, descriptors
+//     outside their frame are dropped and counted (Stats BadDescs); a bad
+//     value never panics and never touches memory outside the UMEM.
+//   - The reader (Read, Wait) and the writer (Write) each hold their own
+//     lock, so they never contend with each other; Close takes both, after
+//     waking Wait, so memory is never unmapped under a Read or Write.
+//   - Close, and every failing Open, detach the XDP program (a BPF link),
+//     close the socket and unmap every ring and the UMEM. A process that
+//     dies releases the same through its fds: nothing stays attached.
+//   - Open acts in the network namespace of the calling OS thread.
+package afxdp
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/skylane/skylane/internal/shm"
+	"github.com/skylane/skylane/netif"
+	"github.com/skylane/skylane/netif/steer"
+	"github.com/skylane/skylane/packet"
+	"github.com/skylane/skylane/pool"
+)
+
+// Defaults and limits of Options.
+const (
+	DefaultFrameSize = 2048
+	DefaultRingSize  = 2048 // frames per direction: 4 MiB of RX and 4 MiB of TX UMEM at 2 KiB
+	MinRingSize      = 64
+	MaxRingSize      = 16384
+	// DefaultBindTimeout bounds the EBUSY retries of bind: a queue that
+	// was bound moments ago stays busy for about 2 s while the kernel
+	// releases the old socket's buffer pool.
+	DefaultBindTimeout = 3 * time.Second
+	// batchSize is what BatchSize reports: twice the 32 descriptors a
+	// copy-mode sendto moves by default, so one Write costs at most two
+	// kicks, and a batch of 1518-byte frames (96 KiB) still fits in L2.
+	batchSize = 64
+	// xdpPacketHeadroom is what the kernel keeps in front of a received
+	// frame in its UMEM frame (XDP_PACKET_HEADROOM).
+	xdpPacketHeadroom = 256
+)
+
+// Options configure a link. Interface is required.
+type Options struct {
+	// Interface is the device's name, in the calling thread's network
+	// namespace.
+	Interface string
+	// Queue is the receive/transmit queue to bind. veth has only queue 0.
+	Queue int
+	// Mode is where the XDP program runs. Default steer.XDPGeneric.
+	Mode steer.XDPMode
+	// ZeroCopy asks for zero-copy (XDP_ZEROCOPY). When the driver cannot,
+	// the link falls back to copy mode and ZeroCopyError says why; with
+	// RequireZeroCopy set it fails instead. veth never offers zero-copy.
+	ZeroCopy        bool
+	RequireZeroCopy bool
+	// FrameSize is the UMEM frame size: 2048 or 4096. A frame holds the
+	// kernel's 256-byte headroom plus the largest frame (MTU + 18), so
+	// 2048 serves MTUs up to 1774, 4096 up to 3822.
+	FrameSize int
+	// RingSize is the number of descriptors of each ring and the number of
+	// UMEM frames per direction: a power of two, MinRingSize..MaxRingSize.
+	// Default DefaultRingSize.
+	RingSize int
+	// Flows is the flow map the XDP program steers by. Several links (or a
+	// link and an AF_PACKET TC program) may share one. Nil: the link makes
+	// its own and closes it on Close.
+	Flows *steer.Flows
+	// BindTimeout bounds the retries of a bind that fails with EBUSY.
+	// Default DefaultBindTimeout.
+	BindTimeout time.Duration
+}
+
+// Stats are the netif counters plus AF_XDP's own.
+type Stats struct {
+	netif.Stats
+	BadDescs        uint64 // descriptors or ring indices from the kernel that failed their checks
+	KickErrors      uint64 // sendto wake-ups that failed with something else than EAGAIN/EBUSY/ENOBUFS
+	KernelRxDropped uint64 // XDP_STATISTICS rx_dropped: frames the kernel dropped (too long for a frame)
+	KernelRxFull    uint64 // rx_ring_full: frames dropped because the RX ring was full
+	KernelFillEmpty uint64 // rx_fill_ring_empty_descs: times the fill ring had no frame
+	KernelTxInvalid uint64 // tx_invalid_descs
+	BindRetries     uint64 // binds that failed with EBUSY before Open's succeeded
+}
+
+// Link is the AF_XDP link's own API beyond netif.Link.
+type Link interface {
+	netif.Link
+	steer.FlowSteerer
+	// XDPStats returns Stats with the AF_XDP counters.
+	XDPStats() Stats
+	// ZeroCopy reports whether the socket is bound in zero-copy mode.
+	ZeroCopy() bool
+	// ZeroCopyError is why zero-copy was asked for and not obtained, or nil.
+	ZeroCopyError() error
+	// Counters returns the XDP program's counters.
+	Counters() (steer.Counters, error)
+}
+
+// Errors.
+var (
+	// ErrZeroCopy: zero-copy was required and the driver cannot do it.
+	ErrZeroCopy = errors.New("afxdp: zero-copy unavailable")
+	// ErrBusy: the queue stayed busy (EBUSY) for the whole BindTimeout.
+	ErrBusy = errors.New("afxdp: queue busy")
+)
+
+type xlink struct {
+	// Immutable after Open.
+	name        string
+	ifindex     int
+	queue       int
+	mtu         int
+	maxFrame    int
+	lay         layout
+	umem        []byte
+	zc          bool
+	zcErr       error
+	bindRetries uint64 // binds that met EBUSY before one succeeded
+	ownFlows    bool
+	flows       *steer.Flows
+	xdp         *steer.XDP
+	pool        *pool.Pool
+	wake        *shm.EventFD // signalled by Close, unblocks Wait
+	closed      atomic.Bool
+
+	// fdMu guards the socket fd against Close for the callers that take
+	// neither rxMu nor txMu (Stats); Read, Write and Wait hold their own
+	// lock, which Close also takes, so the fd and rings stay valid there.
+	fdMu       sync.RWMutex
+	fd         int                // -1 once closed
+	lastKernel unix.XDPStatistics // guarded by fdMu; the kernel's counters when the socket closed
+
+	rxMu   sync.Mutex // the reader: Read, Wait
+	rx     ring       // guarded by rxMu
+	fill   ring       // guarded by rxMu
+	rxFree []uint64   // guarded by rxMu; RX chunks waiting for room in the fill ring
+
+	txMu   sync.Mutex // the writer: Write
+	tx     ring       // guarded by txMu
+	comp   ring       // guarded by txMu
+	txFree []uint64   // guarded by txMu; TX chunks ready to be filled
+
+	rxPackets, rxBytes, rxDrops atomic.Uint64
+	txPackets, txBytes, txDrops atomic.Uint64
+	badDescs, kickErrors        atomic.Uint64
+}
+
+var (
+	_ netif.Link        = (*xlink)(nil)
+	_ steer.FlowSteerer = (*xlink)(nil)
+	_ Link              = (*xlink)(nil)
+)
+
+// Name implements netif.Link.Name.
+func (l *xlink) Name() string { return l.name }
+
+// MTU implements netif.Link.MTU.
+func (l *xlink) MTU() int { return l.mtu }
+
+// LinkType implements netif.Link.LinkType.
+func (l *xlink) LinkType() packet.LinkType { return packet.Ethernet }
+
+// BatchSize implements netif.Link.BatchSize.
+func (l *xlink) BatchSize() int { return batchSize }
+
+// ZeroCopy implements Link.ZeroCopy.
+func (l *xlink) ZeroCopy() bool { return l.zc }
+
+// ZeroCopyError implements Link.ZeroCopyError.
+func (l *xlink) ZeroCopyError() error { return l.zcErr }
+
+// SteerFlow implements steer.FlowSteerer.SteerFlow: from now on the
+// flow's frames come to Read instead of the kernel's stack.
+func (l *xlink) SteerFlow(k packet.Key) error {
+	if l.closed.Load() {
+		return netif.ErrClosed // a shared map outlives the link: leave it alone
+	}
+	return l.flows.Add(k)
+}
+
+// UnsteerFlow implements steer.FlowSteerer.UnsteerFlow: the kernel's stack
+// gets the flow's frames again. Removing an unknown key is not an error.
+func (l *xlink) UnsteerFlow(k packet.Key) error {
+	if l.closed.Load() {
+		return netif.ErrClosed
+	}
+	return l.flows.Remove(k)
+}
+
+// Counters implements Link.Counters.
+func (l *xlink) Counters() (steer.Counters, error) { return l.xdp.Counters() }
+
+// Read implements netif.Link.Read.
+func (l *xlink) Read(bufs [][]byte, sizes []int) (int, error) {
+	l.rxMu.Lock()
+	defer l.rxMu.Unlock()
+	if l.closed.Load() {
+		return 0, netif.ErrClosed
+	}
+	avail, ok := l.rx.available()
+	if !ok {
+		l.badDescs.Add(1)
+	}
+	var r rxResult
+	if avail > 0 {
+		r = readRX(l.lay, l.rx.descs, l.rx.mask, l.rx.local, avail, l.umem, bufs, sizes, &l.rxFree)
+		l.rx.release(uint32(r.consumed))
+	}
+	l.refill()
+	if r.filled > 0 {
+		var bytes int
+		for _, s := range sizes[:r.filled] {
+			bytes += s
+		}
+		l.rxPackets.Add(uint64(r.filled))
+		l.rxBytes.Add(uint64(bytes))
+	}
+	if r.bad > 0 {
+		l.badDescs.Add(uint64(r.bad))
+		l.rxDrops.Add(uint64(r.bad))
+	}
+	if r.short {
+		l.rxDrops.Add(1)
+		return r.filled, fmt.Errorf("afxdp %s: %d-byte frame, buffer %d: %w", l.name, r.shortLen, len(bufs[r.filled]), io.ErrShortBuffer)
+	}
+	return r.filled, nil
+}
+
+// refill moves free RX chunks into the fill ring, as far as it has room.
+// Called with rxMu held.
+func (l *xlink) refill() {
+	n := min(uint32(len(l.rxFree)), l.fill.room())
+	if n == 0 {
+		return
+	}
+	base := uint32(len(l.rxFree)) - n
+	for i := uint32(0); i < n; i++ {
+		putAddr(l.fill.descs, l.fill.mask, l.fill.local+i, l.rxFree[base+i])
+	}
+	l.rxFree = l.rxFree[:base]
+	l.fill.submit(n)
+	if l.fill.needWakeup() {
+		// Zero-copy drivers sleep when the fill ring ran dry; a
+		// non-blocking recvfrom wakes them. Copy mode never asks.
+		wakeRX(l.fd)
+	}
+}
+
+// Write implements netif.Link.Write: it copies the frames into free TX
+// frames of the UMEM, queues them on the TX ring and wakes the kernel.
+// Frames the device did not take at once (it was busy) stay queued and
+// leave on the next Write, or Wait (in copy mode, poll drives
+// transmission); Write(nil) only flushes. A full TX ring or no free TX
+// frame tail-drops, counted in TxDrops.
+func (l *xlink) Write(frames [][]byte) (int, error) {
+	l.txMu.Lock()
+	defer l.txMu.Unlock()
+	if l.closed.Load() {
+		return 0, netif.ErrClosed
+	}
+	l.reclaim()
+	room := min(l.tx.room(), uint32(len(l.txFree)))
+	var n uint32
+	var bytes int
+	var err error
+	for _, f := range frames {
+		if len(f) > l.maxFrame {
+			err = fmt.Errorf("afxdp %s: frame %d of %d bytes, most %d: %w", l.name, n, len(f), l.maxFrame, netif.ErrFrameTooLarge)
+			break
+		}
+		if n == room {
+			l.txDrops.Add(uint64(len(frames) - int(n)))
+			break
+		}
+		addr := l.txFree[len(l.txFree)-1]
+		l.txFree = l.txFree[:len(l.txFree)-1]
+		copy(l.umem[addr:addr+uint64(l.lay.frameSize)], f)
+		putTX(l.tx.descs, l.tx.mask, l.tx.local+n, addr, uint32(len(f)))
+		n++
+		bytes += len(f)
+	}
+	if n > 0 {
+		l.tx.submit(n)
+		l.txPackets.Add(uint64(n))
+		l.txBytes.Add(uint64(bytes))
+	}
+	l.kick()
+	return int(n), err
+}
+
+// reclaim takes completed TX chunks back. Called with txMu held.
+func (l *xlink) reclaim() {
+	avail, ok := l.comp.available()
+	if !ok {
+		l.badDescs.Add(1)
+		return
+	}
+	if avail == 0 {
+		return
+	}
+	if bad := readComp(l.lay, l.comp.descs, l.comp.mask, l.comp.local, avail, &l.txFree); bad > 0 {
+		l.badDescs.Add(uint64(bad))
+	}
+	l.comp.release(avail)
+}
+
+// kick asks the kernel to transmit what is in the TX ring, when it says it
+// needs asking (always, in copy mode). One sendto moves a bounded batch
+// (32 descriptors unless XDP_MAX_TX_SKB_BUDGET was raised) and returns
+// EAGAIN while more remain, so it loops, a bounded number of times. Called
+// with txMu held.
+func (l *xlink) kick() {
+	if !l.tx.needWakeup() {
+		return
+	}
+	for range l.tx.size/32 + 1 {
+		if l.tx.pending() == 0 {
+			return
+		}
+		again, err := wakeTX(l.fd)
+		if err != nil {
+			l.kickErrors.Add(1)
+			return
+		}
+		if !again {
+			return
+		}
+	}
+}
+
+// Wait implements netif.Link.Wait.
+func (l *xlink) Wait(timeout time.Duration) error {
+	l.rxMu.Lock()
+	defer l.rxMu.Unlock()
+	if l.closed.Load() {
+		return netif.ErrClosed
+	}
+	if n, _ := l.rx.available(); n > 0 || timeout == 0 {
+		return nil
+	}
+	closed, err := waitReadable(l.fd, l.wake.FD(), timeout)
+	if closed || l.closed.Load() {
+		return netif.ErrClosed
+	}
+	if err != nil {
+		return fmt.Errorf("afxdp %s: wait: %w", l.name, err)
+	}
+	return nil
+}
+
+// Stats implements netif.Link.Stats.
+func (l *xlink) Stats() netif.Stats { return l.XDPStats().Stats }
+
+// XDPStats implements Link.XDPStats. The kernel's drops count in RxDrops.
+func (l *xlink) XDPStats() Stats {
+	s := Stats{
+		Stats: netif.Stats{
+			RxPackets: l.rxPackets.Load(), RxBytes: l.rxBytes.Load(), RxDrops: l.rxDrops.Load(),
+			TxPackets: l.txPackets.Load(), TxBytes: l.txBytes.Load(), TxDrops: l.txDrops.Load(),
+		},
+		BadDescs:    l.badDescs.Load(),
+		KickErrors:  l.kickErrors.Load(),
+		BindRetries: l.bindRetries,
+	}
+	l.fdMu.RLock()
+	defer l.fdMu.RUnlock()
+	k := l.lastKernel
+	if l.fd >= 0 {
+		if now, err := kernelStats(l.fd); err == nil {
+			k = now
+		}
+	}
+	s.KernelRxDropped = k.Rx_dropped
+	s.KernelRxFull = k.Rx_ring_full
+	s.KernelFillEmpty = k.Rx_fill_ring_empty_descs
+	s.KernelTxInvalid = k.Tx_invalid_descs
+	s.RxDrops += k.Rx_dropped + k.Rx_ring_full
+	return s
+}
+
+// Close implements netif.Link.Close.
+func (l *xlink) Close() error {
+	if !l.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	_ = l.wake.Signal() // Wait returns, releasing rxMu
+	l.rxMu.Lock()
+	defer l.rxMu.Unlock()
+	l.txMu.Lock()
+	defer l.txMu.Unlock()
+	l.fdMu.Lock()
+	defer l.fdMu.Unlock()
+	return l.release()
+}

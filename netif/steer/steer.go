@@ -1,0 +1,230 @@
+// Package steer keeps the flows that user space owns in a BPF hash map, and
+// provides the programs that steer a device's frames by it (DESIGN §8–§9):
+// an XDP program that redirects the frames of registered flows to an
+// AF_XDP socket and passes every other frame to the kernel (XDP_PASS), and
+// a TC ingress program that drops registered flows' frames before the
+// kernel stack sees them, for drivers that read the device with AF_PACKET
+// (whose taps see a frame before TC ingress does).
+//
+// Invariants:
+//
+//   - Fail open: a frame is taken from the kernel only if it parses as
+//     Ethernet (one VLAN tag at most) / IPv4 or IPv6 / TCP or UDP and its
+//     key is in the map (5-tuple, then listener3, then listener2, the flow
+//     table's order). ARP, ICMP, fragments, IPv6 extension headers and
+//     every unclaimed port always reach the kernel.
+//   - Link-based attachment only (BPF_LINK_CREATE for XDP, TCX for TC): the
+//     kernel detaches a program when the last fd of its link closes, so a
+//     process that dies, even by SIGKILL, leaves nothing attached.
+//   - Every Close releases what its constructor made, on every path; a
+//     constructor that fails has released everything before it returns.
+//   - Attach calls act in the network namespace of the calling OS thread:
+//     run them inside the namespace of the device (nettest's NS.Do).
+//
+// The nexus keeps the map in step with its flow table through the
+// [FlowSteerer] interface, which links that steer implement.
+package steer
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/skylane/skylane/packet"
+)
+
+// FlowSteerer is implemented by a netif.Link whose device hands user space
+// only the flows it registered and leaves every other flow to the kernel
+// (AF_XDP, AF_PACKET with the TC program). The nexus type-asserts its link:
+//
+//	if s, ok := link.(steer.FlowSteerer); ok {
+//		err = s.SteerFlow(key)   // when the flow is registered, before data moves
+//		...
+//		err = s.UnsteerFlow(key) // when the flow is torn down
+//	}
+//
+// key is the flow table's key: a connected 5-tuple, or a listener key
+// (packet.Key.Listener3, Listener2). SteerFlow returns an error wrapping
+// ErrUnsupported for a key the device cannot steer (not TCP or UDP): such
+// flows keep going to the kernel, and the nexus should refuse them or
+// accept that. Both methods may be called from any goroutine.
+type FlowSteerer interface {
+	SteerFlow(key packet.Key) error
+	UnsteerFlow(key packet.Key) error
+}
+
+// Errors.
+var (
+	// ErrUnsupported: the flow's protocol or version is not one the
+	// programs parse.
+	ErrUnsupported = errors.New("flow cannot be steered")
+	// ErrFull: the flow map holds MaxFlows entries.
+	ErrFull = errors.New("flow map full")
+	// ErrClosed: the Flows was closed.
+	ErrClosed = errors.New("steer: closed")
+)
+
+// DefaultMaxFlows is the default capacity of the flow map: 65536 keys of
+// 40 bytes cost about 8 MiB of kernel memory with the hash map's overhead,
+// and no single host is expected to register more flows on one device.
+const DefaultMaxFlows = 1 << 16
+
+// Options configure a Flows map.
+type Options struct {
+	// MaxFlows is the map's capacity. Default DefaultMaxFlows.
+	MaxFlows int
+}
+
+// Flows is the BPF map of registered flows. Its methods may be called from
+// any goroutine.
+type Flows struct {
+	mu  sync.RWMutex // guards m against Close: a closed fd number may be reused
+	m   *ebpf.Map    // nil once closed
+	max int          // immutable
+}
+
+// NewFlows creates an empty flow map. It needs CAP_BPF (root).
+func NewFlows(opts Options) (*Flows, error) {
+	if opts.MaxFlows == 0 {
+		opts.MaxFlows = DefaultMaxFlows
+	}
+	if opts.MaxFlows < 1 || opts.MaxFlows > 1<<24 {
+		return nil, fmt.Errorf("steer: MaxFlows %d outside 1..%d", opts.MaxFlows, 1<<24)
+	}
+	m, err := ebpf.NewMap(&ebpf.MapSpec{
+		Name:       "skylane_flows",
+		Type:       ebpf.Hash,
+		KeySize:    KeyLen,
+		ValueSize:  valueLen,
+		MaxEntries: uint32(opts.MaxFlows),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("steer: create flow map: %w%s", err, privHint(err))
+	}
+	return &Flows{m: m, max: opts.MaxFlows}, nil
+}
+
+// Add registers a flow: from now on the programs steer its frames away
+// from the kernel. Adding a key twice is harmless.
+func (f *Flows) Add(k packet.Key) error {
+	mk, err := MakeKey(k)
+	if err != nil {
+		return err
+	}
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if f.m == nil {
+		return ErrClosed
+	}
+	if err := f.m.Put(mk, mk.kind()); err != nil {
+		if errors.Is(err, errE2BIG) {
+			return fmt.Errorf("steer: add %v: %w (MaxFlows %d)", k, ErrFull, f.max)
+		}
+		return fmt.Errorf("steer: add %v: %w", k, err)
+	}
+	return nil
+}
+
+// Remove unregisters a flow: the kernel gets its frames again. Removing a
+// key that is not there is not an error, so teardown paths may repeat it.
+func (f *Flows) Remove(k packet.Key) error {
+	mk, err := MakeKey(k)
+	if err != nil {
+		return err
+	}
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if f.m == nil {
+		return ErrClosed
+	}
+	if err := f.m.Delete(mk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("steer: remove %v: %w", k, err)
+	}
+	return nil
+}
+
+// Contains reports whether k is registered, exactly (no listener masks).
+func (f *Flows) Contains(k packet.Key) (bool, error) {
+	mk, err := MakeKey(k)
+	if err != nil {
+		return false, err
+	}
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if f.m == nil {
+		return false, ErrClosed
+	}
+	var v uint32
+	err = f.m.Lookup(mk, &v)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, ebpf.ErrKeyNotExist):
+		return false, nil
+	}
+	return false, fmt.Errorf("steer: look up %v: %w", k, err)
+}
+
+// Close releases the map. Programs loaded over it keep their own reference,
+// so close them too (or first). Close is idempotent.
+func (f *Flows) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.m == nil {
+		return nil
+	}
+	err := f.m.Close()
+	f.m = nil
+	return err
+}
+
+// withMap runs fn with the open map, or returns ErrClosed.
+func (f *Flows) withMap(fn func(m *ebpf.Map) error) error {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if f.m == nil {
+		return ErrClosed
+	}
+	return fn(f.m)
+}
+
+// Counters count the outcomes of a program, summed over CPUs, since it
+// was loaded.
+type Counters struct {
+	Hit         uint64 // XDP: redirected to the socket; TC: dropped
+	HitNoSocket uint64 // XDP only: matched a flow but no socket on the queue, passed
+	Miss        uint64 // parsed but matched no flow: passed
+	Unparsed    uint64 // not a TCP/UDP frame the programs parse: passed
+}
+
+// newCounters makes a program's per-CPU counters array.
+func newCounters(name string) (*ebpf.Map, error) {
+	m, err := ebpf.NewMap(&ebpf.MapSpec{
+		Name:       name,
+		Type:       ebpf.PerCPUArray,
+		KeySize:    4,
+		ValueSize:  8,
+		MaxEntries: numCounters,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("steer: create counters map: %w%s", err, privHint(err))
+	}
+	return m, nil
+}
+
+func readCounters(m *ebpf.Map) (Counters, error) {
+	var c Counters
+	dst := [numCounters]*uint64{ctrHit: &c.Hit, ctrHitNoSocket: &c.HitNoSocket, ctrMiss: &c.Miss, ctrUnparsed: &c.Unparsed}
+	for i, p := range dst {
+		var per []uint64
+		if err := m.Lookup(uint32(i), &per); err != nil {
+			return Counters{}, fmt.Errorf("steer: read counters: %w", err)
+		}
+		for _, v := range per {
+			*p += v
+		}
+	}
+	return c, nil
+}
