@@ -7,12 +7,14 @@
 // AF_PACKET only taps. The kernel's own stack also receives every frame the
 // Link reads, and answers it as it sees fit (a TCP RST for a port it has no
 // socket on, an ICMP port unreachable for UDP). For a user-space stack to
-// own flows on an interface the kernel also has addresses on, something
-// must make the kernel ignore those flows: a tc ingress BPF program
-// (netif/steer) that drops, after the tap, what the flow table owns. This
-// package does not depend on it. With no kernel address on the interface
-// (the user-space stack alone answers there), the kernel drops the frames
-// by itself.
+// own flows on an interface the kernel also has addresses on, the kernel
+// must ignore those flows: with Options.Steer the Link attaches a TC
+// ingress BPF program (netif/steer, TCX) that drops the frames of the flows
+// registered through [Link.SteerFlow], after the Link's tap has seen them
+// (taps run before TC ingress), and passes everything else. The Link is a
+// steer.FlowSteerer, as the AF_XDP link is. With no kernel address on the
+// interface (the user-space stack alone answers there), the kernel drops
+// the frames by itself and steering is not needed.
 //
 // Receive. The ring is NumBlocks blocks of BlockSize bytes. The kernel fills
 // a block with frames and hands it over when it is full or RetireTimeout
@@ -25,9 +27,13 @@
 // Super packets. The socket uses PACKET_VNET_HDR, so every received frame
 // carries a virtio-net header: a GRO/GSO super packet (from a veth peer's
 // TSO, or the NIC's GRO) arrives whole, up to MaxSuperPacketLen, with its
-// segment size. As on TUN, Read delivers it whole, with its checksum
-// completed, into a buffer that holds it, and splits it into MTU-sized
-// segments otherwise. Frames sent are plain frames up to MaxFrameLen.
+// segment size. As on TUN, Read delivers a TCP super packet whole, with its
+// checksum completed, into a buffer that holds it, and splits it into
+// MTU-sized segments otherwise; a UDP one it always splits into its
+// datagrams. On transmit, a TCP frame longer than MaxFrameLen given to
+// Write, and any super packet given to WriteGSO, goes to the kernel as one
+// packet with a GSO virtio header, and the kernel (or the NIC) segments it.
+// The Link implements [netif.SuperPacketLink], whose doc is the contract.
 //
 // Transmit. TxRing (the default) copies each frame into a slot of the
 // transmit ring and kicks the kernel with one send(2) per batch; TxSendmmsg
@@ -39,9 +45,20 @@
 // little on veth (its qdisc is noqueue). A full ring tail-drops, counted
 // in TxDrops.
 //
+// A super packet is one sendmsg(2) of its own, with its virtio header: 64
+// KiB ring slots would make the ring 32 times larger for frames that are
+// mostly MTU-sized. In TxSendmmsg mode it goes on the Link's socket; in
+// TxRing mode on a second, send-only packet socket, because a socket with a
+// transmit ring ignores the data of sendmsg. Order is kept across the two:
+// the ring is flushed first, and a super packet that would overtake frames
+// still waiting in the ring is tail-dropped instead (counted).
+//
 // Invariants:
 //
 //   - PACKET_IGNORE_OUTGOING is set: Read never sees the Link's own sends.
+//   - With Steer, the TC program and an owned flow map live exactly as long
+//     as the Link: New releases them on every failure, Close detaches them,
+//     and a process that dies detaches them through its fds (a TCX link).
 //   - The interface is not put in promiscuous mode unless Options asks.
 //   - The ring mapping outlives every Read, Write and Wait: Close closes the
 //     socket first (unblocking Wait), then waits for them to return before
@@ -64,6 +81,7 @@ import (
 
 	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/netif/internal/vnet"
+	"github.com/skylane/skylane/netif/steer"
 	"github.com/skylane/skylane/packet"
 )
 
@@ -136,10 +154,25 @@ type Options struct {
 	Promiscuous bool
 	// BatchSize is what BatchSize reports. Default DefaultBatchSize.
 	BatchSize int
+	// Steer attaches the TC ingress program (netif/steer) that keeps the
+	// flows registered with SteerFlow from the kernel's stack. Set it when
+	// the interface has kernel addresses and user space owns flows on it;
+	// without it the kernel answers those flows too. It needs CAP_BPF and
+	// CAP_NET_ADMIN and Linux 6.6 (TCX). Off by default, rather than on
+	// whenever the interface has addresses: addresses come and go after
+	// New, an AF_PACKET link is also a plain tap, and what New needs
+	// (privileges, kernel version) should not depend on the interface's
+	// state.
+	Steer bool
+	// Flows is the flow map the TC program drops by, with Steer: several
+	// links (AF_PACKET on other interfaces, AF_XDP) may share one, and the
+	// caller closes it after them. Nil makes one the Link owns.
+	Flows *steer.Flows
 }
 
 // Link is an AF_PACKET socket bound to one interface. It implements
-// netif.Link and adds HardwareAddr, Index and MaxSuperPacketLen.
+// netif.Link, netif.SuperPacketLink and steer.FlowSteerer, and adds
+// HardwareAddr, Index and Counters.
 type Link struct {
 	// Immutable after New.
 	name     string
@@ -155,20 +188,28 @@ type Link struct {
 	ring     []byte // the mapping: RX blocks, then TX blocks (TxRing)
 	rx       [][]byte
 	tx       [][]byte // TxRing slots, each txSlot bytes
+	gsoFd    int      // TxRing: the send-only socket for super packets; -1 otherwise
+	tc       *steer.TC
+	flows    *steer.Flows
+	ownFlows bool // flows was made by New, and is closed by Close
 
 	closed atomic.Bool
-	// mu keeps the mapping alive: Read, Write and Wait hold it shared; Close
-	// takes it exclusively, after closing the socket, to unmap.
+	// mu keeps the mapping, gsoFd and the steering alive: Read, Write,
+	// Wait and SteerFlow hold it shared; Close takes it exclusively, after
+	// closing the socket, to release them.
 	mu    sync.RWMutex
 	stats counters
 	rxr   reader // owned by the reader goroutine
 	txw   writer // owned by the writer goroutine
 	// Callbacks for the raw conn, bound once in New so that no call
 	// allocates a closure. Immutable.
-	waitFn, kickFn, mmsgFn func(uintptr) bool
+	waitFn, kickFn, mmsgFn, gsoFn func(uintptr) bool
 }
 
-var _ netif.Link = (*Link)(nil)
+var (
+	_ netif.Link            = (*Link)(nil)
+	_ netif.SuperPacketLink = (*Link)(nil)
+)
 
 type counters struct {
 	rxPackets, rxBytes, rxDrops atomic.Uint64
@@ -195,6 +236,14 @@ type writer struct {
 	mmsg []mmsghdr
 	iov  []unix.Iovec // two per message: the virtio header, the frame
 	zero [vnet.HdrLen]byte
+
+	// A super packet being sent: the virtio header and the frame's headers
+	// patched for the kernel (vh), then the rest of the frame (payload).
+	vh      [vnet.HdrLen + maxGSOHdrs]byte
+	gsoMsg  unix.Msghdr
+	gsoIov  [2]unix.Iovec
+	gsoHdr  []byte
+	payload []byte
 
 	// Write's arguments and results, for its callbacks.
 	frames [][]byte
@@ -240,6 +289,8 @@ func New(opts Options) (*Link, error) {
 		return nil, fmt.Errorf("afpacket: negative BatchSize %d", opts.BatchSize)
 	case opts.MTU < 0 || opts.MTU > 65535:
 		return nil, fmt.Errorf("afpacket: MTU %d outside 0..65535", opts.MTU)
+	case opts.Flows != nil && !opts.Steer:
+		return nil, errors.New("afpacket: Options.Flows is set but Steer is not: set Steer to steer by it")
 	}
 	ifi, err := net.InterfaceByName(opts.Interface)
 	if err != nil {
@@ -250,7 +301,7 @@ func New(opts Options) (*Link, error) {
 	}
 	l := &Link{
 		name: ifi.Name, ifindex: ifi.Index, mac: ifi.HardwareAddr,
-		mtu: opts.MTU, batch: opts.BatchSize, txMode: opts.TxMode,
+		mtu: opts.MTU, batch: opts.BatchSize, txMode: opts.TxMode, gsoFd: -1,
 	}
 	if l.mtu == 0 {
 		l.mtu = ifi.MTU
@@ -280,18 +331,30 @@ func New(opts Options) (*Link, error) {
 	if l.rc, err = l.f.SyscallConn(); err != nil {
 		return nil, fmt.Errorf("afpacket %s: raw conn: %w", l.name, err)
 	}
+	if opts.Steer {
+		// Last: nothing after it can fail, so a Link that fails to open
+		// has attached nothing (release would detach it anyway).
+		if err := l.setupSteer(&opts); err != nil {
+			return nil, err
+		}
+	}
 	l.rxr.buf = make([]byte, l.maxSuper+4)
-	l.waitFn, l.kickFn, l.mmsgFn = l.waitOnce, l.kickRing, l.sendBatch
+	l.waitFn, l.kickFn, l.mmsgFn, l.gsoFn = l.waitOnce, l.kickRing, l.sendBatch, l.sendSuper
 	ok = true
 	return l, nil
 }
 
 // release undoes what New did when it fails.
 func (l *Link) release(fd int) {
+	_ = l.releaseSteer()
 	if l.f != nil {
 		l.f.Close()
 	} else {
 		unix.Close(fd)
+	}
+	if l.gsoFd >= 0 {
+		unix.Close(l.gsoFd)
+		l.gsoFd = -1
 	}
 	if l.ring != nil {
 		_ = unix.Munmap(l.ring)
@@ -377,6 +440,9 @@ func (l *Link) setup(fd int, o *Options) error {
 			off := rxLen + i*slot
 			l.tx[i] = ring[off : off+slot : off+slot]
 		}
+		if err := l.openGSOSocket(o); err != nil {
+			return err
+		}
 	} else {
 		l.txw.mmsg = make([]mmsghdr, o.TxFrames)
 		l.txw.iov = make([]unix.Iovec, 2*o.TxFrames)
@@ -424,10 +490,10 @@ func (l *Link) LinkType() packet.LinkType { return packet.Ethernet }
 // BatchSize implements netif.Link.BatchSize.
 func (l *Link) BatchSize() int { return l.batch }
 
-// MaxSuperPacketLen is the longest frame Read delivers whole, to a buffer
-// that long: a super packet up to 64 KiB plus its Ethernet header, or less
-// if the ring's blocks are smaller. Write takes frames up to MaxFrameLen
-// only. Immutable.
+// MaxSuperPacketLen implements netif.SuperPacketLink.MaxSuperPacketLen:
+// the longest frame Read delivers whole, to a buffer that long, and Write
+// and WriteGSO send as a super packet: an IP packet of up to 65535 bytes
+// with its Ethernet header and one VLAN tag. Immutable.
 func (l *Link) MaxSuperPacketLen() int { return l.maxSuper }
 
 // Stats implements netif.Link.Stats. RxDrops includes the frames the kernel
@@ -456,18 +522,27 @@ func (l *Link) Close() error {
 	}
 	err := l.f.Close() // unblocks a Wait, which then lets go of mu
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	if merr := unix.Munmap(l.ring); merr != nil && err == nil {
 		err = merr
 	}
 	l.ring, l.rx, l.tx = nil, nil, nil
-	l.mu.Unlock()
-	if err != nil {
-		return fmt.Errorf("afpacket %s: close: %w", l.name, err)
+	if l.gsoFd >= 0 {
+		if cerr := unix.Close(l.gsoFd); cerr != nil && err == nil {
+			err = cerr
+		}
+		l.gsoFd = -1
 	}
-	return nil
+	if err != nil {
+		err = fmt.Errorf("afpacket %s: close: %w", l.name, err)
+	}
+	// Steering goes last: detached while the socket still read, the
+	// kernel stack would answer (reset) flows user space still owns.
+	return errors.Join(err, l.releaseSteer())
 }
 
-// lock takes the mapping for a Read, Write or Wait; false once closed.
+// lock takes the mapping (and the steering) for a Read, Write, Wait or
+// SteerFlow; false once closed.
 func (l *Link) lock() bool {
 	l.mu.RLock()
 	if l.closed.Load() {

@@ -43,7 +43,35 @@ func newLink(t testing.TB, vo nettest.VethOptions, opts afpacket.Options) (*nett
 			t.Errorf("close: %v", err)
 		}
 	})
+	if !vo.NoLocalAddr {
+		waitLocalRoute(t, v.Local, v.LocalAddr6.Addr())
+	}
+	waitLocalRoute(t, v.Peer, v.PeerAddr6.Addr())
 	return v, l
+}
+
+// waitLocalRoute waits until the kernel in ns routes a to itself. An IPv6
+// address added without duplicate address detection (as nettest adds them)
+// gets its local route only when the kernel's address worker runs, shortly
+// after the address was added; a packet to it that arrives first is
+// dropped, and a test sending one datagram would wait for it in vain.
+func waitLocalRoute(t testing.TB, ns *nettest.NS, a netip.Addr) {
+	t.Helper()
+	nl, err := ns.Netlink()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nl.Close()
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		rs, err := nl.RouteGet(a.AsSlice())
+		if err == nil && len(rs) > 0 && rs[0].Type == unix.RTN_LOCAL {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%v in %s: no local route after 5 s (%v)", a, ns.Name, err)
+		}
+		time.Sleep(time.Millisecond) // polled: the wait is a few ms at most
+	}
 }
 
 // frameReader reads frames from a Link and hands them out one at a time.
@@ -67,7 +95,17 @@ func newFrameReader(t testing.TB, l *afpacket.Link, bufLen int) *frameReader {
 
 func (r *frameReader) until(match func([]byte) bool) []byte {
 	r.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	f := r.within(10*time.Second, match)
+	if f == nil {
+		r.t.Fatalf("no matching frame within 10 s; stats %+v", r.l.Stats())
+	}
+	return f
+}
+
+// within is until with a time limit d, after which it returns nil.
+func (r *frameReader) within(d time.Duration, match func([]byte) bool) []byte {
+	r.t.Helper()
+	deadline := time.Now().Add(d)
 	for {
 		for len(r.queued) > 0 {
 			f := r.queued[0]
@@ -79,10 +117,11 @@ func (r *frameReader) until(match func([]byte) bool) []byte {
 				return f
 			}
 		}
-		if time.Now().After(deadline) {
-			r.t.Fatalf("no matching frame within 10 s; stats %+v", r.l.Stats())
+		left := time.Until(deadline)
+		if left <= 0 {
+			return nil
 		}
-		if err := r.l.Wait(100 * time.Millisecond); err != nil {
+		if err := r.l.Wait(min(left, 100*time.Millisecond)); err != nil {
 			r.t.Fatalf("wait: %v", err)
 		}
 		n, err := r.l.Read(r.bufs, r.sizes)

@@ -60,3 +60,19 @@ func kick(fd int) unix.Errno {
 	_, _, errno := unix.Syscall6(unix.SYS_SENDTO, uintptr(fd), 0, 0, unix.MSG_DONTWAIT, 0, 0)
 	return errno
 }
+
+// sendmsg2 sends a then b as one frame with sendmsg(2), through the
+// caller's msg and iov so nothing is allocated, and clears them after: the
+// Link keeps no reference to caller memory.
+func sendmsg2(fd int, msg *unix.Msghdr, iov *[2]unix.Iovec, a, b []byte) unix.Errno {
+	iov[0].Base = unsafe.SliceData(a)
+	iov[0].SetLen(len(a))
+	iov[1].Base = unsafe.SliceData(b)
+	iov[1].SetLen(len(b))
+	*msg = unix.Msghdr{Iov: &iov[0]}
+	msg.SetIovlen(2)
+	_, _, errno := unix.Syscall(unix.SYS_SENDMSG, uintptr(fd), uintptr(unsafe.Pointer(msg)), unix.MSG_DONTWAIT)
+	*msg = unix.Msghdr{}
+	iov[0], iov[1] = unix.Iovec{}, unix.Iovec{}
+	return errno
+}

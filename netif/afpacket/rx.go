@@ -16,7 +16,8 @@ import (
 const minMac = frameHdrLen + vnet.HdrLen
 
 // Read implements netif.Link.Read. Each bufs[i] must hold MaxFrameLen bytes;
-// one of MaxSuperPacketLen bytes receives a super packet whole. A frame the
+// one of MaxSuperPacketLen bytes receives a TCP super packet whole
+// (netif.SuperPacketLink). A frame the
 // kernel truncated (larger than the ring's blocks) is dropped and counted.
 func (l *Link) Read(bufs [][]byte, sizes []int) (int, error) {
 	if !l.lock() {
@@ -90,7 +91,7 @@ func (l *Link) releaseBlock() {
 
 // deliver copies frame f of block blk into bufs[0] (putting back a VLAN tag
 // the kernel took off), completing a partial checksum, or starts splitting
-// it when it is a super packet bufs[0] cannot hold. It returns the frames
+// it when it is a super packet bufs[0] cannot hold, or a UDP one. It returns the frames
 // and bytes delivered.
 func (l *Link) deliver(blk []byte, f *frameDesc, bufs [][]byte, sizes []int) (int, uint64, error) {
 	r := &l.rxr
@@ -109,7 +110,9 @@ func (l *Link) deliver(blk []byte, f *frameDesc, bufs [][]byte, sizes []int) (in
 	}
 	size := f.snap + tag
 	dst := bufs[0]
-	split := r.hdr.IsGSO() && size > len(dst)
+	// A UDP super packet is split even into a buffer that holds it:
+	// delivered whole it would be one datagram nobody sent.
+	split := r.hdr.IsGSO() && (size > len(dst) || r.hdr.IsUSO())
 	if split {
 		dst = r.buf
 	}

@@ -18,39 +18,78 @@ const (
 	txWrongFormat = 4 // TP_STATUS_WRONG_FORMAT: refused (skipped with PACKET_LOSS)
 )
 
-// Write implements netif.Link.Write. Frames go out in order; a frame longer
-// than MaxFrameLen stops the batch with netif.ErrFrameTooLarge.
+// Write implements netif.Link.Write: WriteGSO(frames, nil). Frames up to
+// MaxFrameLen go out as they are; a TCP frame longer than that, up to
+// MaxSuperPacketLen, goes as a super packet whose segments are MTU bytes
+// long; any other longer frame stops the batch with netif.ErrFrameTooLarge.
 func (l *Link) Write(frames [][]byte) (int, error) {
+	return l.WriteGSO(frames, nil)
+}
+
+// WriteGSO implements netif.SuperPacketLink.WriteGSO. Runs of frames up to
+// MaxFrameLen go through the transmit path of the TxMode, one system call
+// per run; each super packet is one sendmsg(2) with a GSO virtio header
+// (see the package doc). UDP super packets need Linux 6.2.
+func (l *Link) WriteGSO(frames [][]byte, segSizes []int) (int, error) {
 	if !l.lock() {
 		return 0, netif.ErrClosed
 	}
 	defer l.mu.RUnlock()
-	k := len(frames) // frames[:k] are not too large
-	for i, f := range frames {
-		if len(f) > l.maxFrame {
-			k = i
-			break
+	c := &l.stats
+	n := 0 // frames[:n] are handled
+	for n < len(frames) {
+		end := n // frames[n:end] are plain frames
+		for end < len(frames) && len(frames[end]) <= l.maxFrame {
+			end++
 		}
+		if end > n {
+			var k int
+			var err error
+			if l.txMode == TxRing {
+				k, err = l.writeRing(frames[n:end])
+			} else {
+				k, err = l.writeMmsg(frames[n:end])
+			}
+			n += k
+			if err != nil || n < end { // an error, or a full device: tail-drop the rest
+				c.txDrops.Add(uint64(len(frames) - n))
+				return n, err
+			}
+			continue
+		}
+		// frames[n] is longer than MaxFrameLen.
+		seg := 0
+		if n < len(segSizes) {
+			seg = segSizes[n]
+		}
+		h, err := l.prepareGSO(frames[n], seg)
+		if err != nil {
+			// As for netif.ErrFrameTooLarge: frames[n:] are neither sent
+			// nor counted as drops.
+			return n, fmt.Errorf("afpacket %s: write frame %d of %d bytes (MTU frames up to %d, super packets up to %d): %w: %w",
+				l.name, n, len(frames[n]), l.maxFrame, l.maxSuper, netif.ErrFrameTooLarge, err)
+		}
+		if l.txMode == TxRing && !l.ringFlushed() {
+			// Sent on the other socket now, the super packet would
+			// overtake the frames waiting in the ring.
+			c.txDrops.Add(uint64(len(frames) - n))
+			return n, nil
+		}
+		sent, err := l.writeSuper(frames[n], h)
+		if err != nil || !sent {
+			c.txDrops.Add(uint64(len(frames) - n))
+			return n, err
+		}
+		n++
 	}
-	var n int
-	var err error
-	if l.txMode == TxRing {
-		n, err = l.writeRing(frames[:k])
-	} else {
-		n, err = l.writeMmsg(frames[:k])
-	}
-	if err == nil && k < len(frames) {
-		err = fmt.Errorf("afpacket %s: write frame %d of %d bytes (max %d): %w",
-			l.name, k, len(frames[k]), l.maxFrame, netif.ErrFrameTooLarge)
-	}
-	return n, err
+	return n, nil
 }
 
 // writeRing copies frames into free transmit slots, then kicks the kernel.
-// Slots the kernel could not send at once (EAGAIN: the socket's send
-// buffer is spent until earlier frames are freed) stay requested and go
-// with the next Write's kick; the send buffer is sized to the ring (New)
-// so on a healthy link that does not happen.
+// It returns how many it copied: the rest did not fit. Slots the kernel
+// could not send at once (its send buffer is spent until earlier frames
+// are freed) stay requested and go with the next kick; the send buffer is
+// sized to the ring (New) so on a healthy link that does not happen.
 func (l *Link) writeRing(frames [][]byte) (int, error) {
 	w := &l.txw
 	c := &l.stats
@@ -60,7 +99,7 @@ func (l *Link) writeRing(frames [][]byte) (int, error) {
 		slot := l.tx[w.head]
 		st := loadStatus(slot, frStatusOff)
 		if st&(txSendRequest|txSending) != 0 {
-			break // the ring is full: tail-drop the rest
+			break // the ring is full: the caller tail-drops the rest
 		}
 		// A slot the kernel refused (WRONG_FORMAT) is free again: with
 		// PACKET_LOSS it moved past it.
@@ -76,28 +115,48 @@ func (l *Link) writeRing(frames [][]byte) (int, error) {
 		n++
 		bytes += uint64(len(f))
 	}
-	c.txDrops.Add(uint64(len(frames) - n))
 	c.txPackets.Add(uint64(n))
 	c.txBytes.Add(bytes)
-	if n == 0 && len(frames) == 0 {
-		return 0, nil
-	}
 	// Kick even when nothing fit: a full ring may be full of slots a
-	// previous kick left requested (the kernel stopped at EAGAIN when the
-	// socket's send buffer was spent), and only a kick sends them.
-	err := l.rc.Write(l.kickFn)
-	if err != nil {
-		return n, l.closedErr(err)
+	// previous kick left requested, and only a kick sends them.
+	return n, l.kick()
+}
+
+// kick asks the kernel to send the ring's requested slots.
+func (l *Link) kick() error {
+	w := &l.txw
+	if err := l.rc.Write(l.kickFn); err != nil {
+		return l.closedErr(err)
 	}
 	switch w.errno {
 	case 0, unix.EAGAIN, unix.ENOBUFS, unix.EINTR:
 		// The slots stay requested; the kernel sends them on the next kick.
-		return n, nil
+		return nil
 	}
-	return n, fmt.Errorf("afpacket %s: send ring: %w", l.name, w.errno)
+	return fmt.Errorf("afpacket %s: send ring: %w", l.name, w.errno)
 }
 
-// writeMmsg sends frames with sendmmsg, up to TxFrames per call.
+// ringFlushed reports whether the kernel took every slot filled so far,
+// kicking it once more if not. The kernel sends slots strictly in ring
+// order and marks each SENDING before it hands the frame to the device, so
+// the last slot filled tells for all.
+func (l *Link) ringFlushed() bool {
+	w := &l.txw
+	last := w.head - 1
+	if last < 0 {
+		last = len(l.tx) - 1
+	}
+	if loadStatus(l.tx[last], frStatusOff)&txSendRequest == 0 {
+		return true
+	}
+	if l.kick() != nil {
+		return false
+	}
+	return loadStatus(l.tx[last], frStatusOff)&txSendRequest == 0
+}
+
+// writeMmsg sends frames with sendmmsg, up to TxFrames per call. It
+// returns how many the kernel took.
 func (l *Link) writeMmsg(frames [][]byte) (int, error) {
 	w := &l.txw
 	c := &l.stats
@@ -107,7 +166,6 @@ func (l *Link) writeMmsg(frames [][]byte) (int, error) {
 	w.frames = nil // keep no reference to the caller's memory
 	c.txPackets.Add(uint64(n))
 	c.txBytes.Add(bytes)
-	c.txDrops.Add(uint64(len(frames) - n)) // a full device tail-drops
 	if err != nil {
 		return n, l.closedErr(err)
 	}

@@ -149,11 +149,16 @@ func (l *Link) deliver(pkt []byte, direct bool, bufs [][]byte, sizes []int) (int
 		c.rxDrops.Add(1)
 		return 0, nil
 	}
-	if r.hdr.IsGSO() && len(pkt) > len(bufs[0]) {
-		// Split it here; the segments come out of r.buf.
-		if direct { // cannot happen: direct means bufs[0] holds any super packet
-			c.rxDrops.Add(1)
-			return 0, nil
+	if r.hdr.IsGSO() && (len(pkt) > len(bufs[0]) || r.hdr.IsUSO()) {
+		// Split it here; the segments come out of r.buf. A UDP super
+		// packet is split even when bufs[0] holds it: delivered whole it
+		// would be one datagram the sender never sent.
+		if direct {
+			// The segments are written to bufs[0], bufs[1], ...: move
+			// the super packet out of their way first. Only USO gets
+			// here (a direct buffer holds any super packet), so the copy
+			// costs nothing on the TCP path.
+			pkt = r.buf[vnet.HdrLen : vnet.HdrLen+copy(r.buf[vnet.HdrLen:], pkt)]
 		}
 		if err := r.super.Init(pkt, 0, &r.hdr); err != nil {
 			c.rxDrops.Add(1)

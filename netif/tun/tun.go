@@ -9,14 +9,16 @@
 // [Link.MaxSuperPacketLen] bytes instead of MTU-sized segments, and takes
 // ours the same way:
 //
-//   - Read: a super packet is delivered whole when the caller's buffer holds
-//     it, as one valid packet (IP length covering it all, checksums
+//   - Read: a TCP super packet is delivered whole when the caller's buffer
+//     holds it, as one valid packet (IP length covering it all, checksums
 //     complete), as if GRO had built it; otherwise the driver splits it into
 //     MTU-sized segments into the following buffers (and later Read calls,
-//     if the batch runs out). Callers that take super packets pass buffers
-//     of MaxSuperPacketLen bytes; callers that do not pass MTU-sized
-//     buffers and always get segments. Either way a partial checksum
-//     (NEEDS_CSUM) is completed: what Read returns always verifies.
+//     if the batch runs out). A UDP super packet is always split into its
+//     datagrams: delivered whole it would be one datagram nobody sent.
+//     Callers that take super packets pass buffers of MaxSuperPacketLen
+//     bytes; callers that do not pass MTU-sized buffers and always get
+//     segments. Either way a partial checksum (NEEDS_CSUM) is completed:
+//     what Read returns always verifies.
 //   - Write: a TCP frame longer than the MTU (up to MaxSuperPacketLen) is
 //     sent as one GSO packet; the kernel segments it with a payload per
 //     segment that makes each segment MTU bytes long. [Link.WriteGSO] names
@@ -25,6 +27,7 @@
 //     to the MTU go out as they are: their checksums are the caller's.
 //
 // MTU stays the L3 MTU of the device; MaxSuperPacketLen is the extension.
+// Link implements [netif.SuperPacketLink], whose doc is the full contract.
 // The netif contract is otherwise unchanged: buffers stay the caller's,
 // Write never blocks (a full device tail-drops, counted), one reader and one
 // writer may run at once, Close unblocks Wait.
@@ -51,6 +54,7 @@ import (
 	"os"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -96,7 +100,8 @@ type Options struct {
 	DisableOffloads bool
 	// Addrs are assigned to the device (the kernel's side of it) once it is
 	// up, e.g. 198.18.1.1/24 to route 198.18.1.0/24 into the device. IPv6
-	// addresses get no duplicate address detection, so they work at once.
+	// addresses get no duplicate address detection, and New returns only
+	// once the kernel routes them to itself, so they work at once.
 	Addrs []netip.Prefix
 	// BatchSize is what BatchSize reports. Default DefaultBatchSize.
 	BatchSize int
@@ -123,7 +128,10 @@ type Link struct {
 	readFn, waitFn, writeFn func(uintptr) bool
 }
 
-var _ netif.Link = (*Link)(nil)
+var (
+	_ netif.Link            = (*Link)(nil)
+	_ netif.SuperPacketLink = (*Link)(nil)
+)
 
 // counters are updated by the reader and writer goroutines and read by
 // Stats from any goroutine.
@@ -309,7 +317,42 @@ func (l *Link) configure(opts *Options) error {
 			return fmt.Errorf("tun %s: add address %v: %w", l.name, p, err)
 		}
 	}
+	for _, p := range opts.Addrs {
+		if p.Addr().Is6() {
+			if err := waitLocalRoute(nl, p.Addr()); err != nil {
+				return fmt.Errorf("tun %s: address %v: %w", l.name, p, err)
+			}
+		}
+	}
 	return nil
+}
+
+// localRouteTimeout bounds the wait for an IPv6 address's local route: the
+// kernel's address worker normally adds it within microseconds.
+const localRouteTimeout = 2 * time.Second
+
+// waitLocalRoute waits until the kernel routes a to itself. Even without
+// duplicate address detection, an IPv6 address only gets its local route
+// when the kernel's address worker runs (addrconf_dad_work), after AddrAdd
+// returned; a packet to it that arrives first is dropped (Ip6InAddrErrors).
+// This asks the route of a (one request, no dump) every millisecond until it
+// is local: the wait is none or a few polls, which does not justify a
+// route-notification subscription.
+func waitLocalRoute(nl *netlink.Handle, a netip.Addr) error {
+	deadline := time.Now().Add(localRouteTimeout)
+	for {
+		rs, err := nl.RouteGet(a.AsSlice())
+		if err == nil && len(rs) > 0 && rs[0].Type == unix.RTN_LOCAL {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			if err == nil {
+				err = errors.New("no local route")
+			}
+			return fmt.Errorf("not usable after %v (is IPv6 disabled on the device?): %w", localRouteTimeout, err)
+		}
+		time.Sleep(time.Millisecond) // polled: see above
+	}
 }
 
 // Name implements netif.Link.Name: the device's name.
@@ -327,9 +370,10 @@ func (l *Link) LinkType() packet.LinkType { return packet.RawIP }
 // BatchSize implements netif.Link.BatchSize.
 func (l *Link) BatchSize() int { return l.batch }
 
-// MaxSuperPacketLen is the longest frame Read delivers whole (to a buffer
-// that long) and Write accepts as a super packet: 65535 with offloads, the
-// MTU without. Immutable.
+// MaxSuperPacketLen implements netif.SuperPacketLink.MaxSuperPacketLen:
+// the longest frame Read delivers whole (to a buffer that long) and Write
+// accepts as a super packet: 65535 with offloads, the MTU without.
+// Immutable.
 func (l *Link) MaxSuperPacketLen() int { return l.maxSuper }
 
 // Offloads returns the TUN_F_* flags the kernel accepted (0 with

@@ -406,8 +406,18 @@ func readFull(c net.Conn, b []byte) (int, error) {
 
 // TestUDPSegmentation: a kernel socket sending with UDP_SEGMENT hands the
 // device one USO super packet; the Link splits it back into the datagrams
-// the socket meant, when the buffers are MTU-sized.
+// the socket meant, with MTU-sized buffers and with super-packet-sized ones
+// alike (a UDP super packet delivered whole would be one datagram nobody
+// sent).
 func TestUDPSegmentation(t *testing.T) {
+	for _, big := range []bool{false, true} {
+		t.Run(map[bool]string{false: "mtu-bufs", true: "super-bufs"}[big], func(t *testing.T) {
+			testUDPSegmentation(t, big)
+		})
+	}
+}
+
+func testUDPSegmentation(t *testing.T, big bool) {
 	ns, l := newTUN(t, tun.Options{})
 	if l.Offloads()&unix.TUN_F_USO4 == 0 {
 		t.Skip("kernel refused USO on TUN (before Linux 6.2)")
@@ -441,8 +451,12 @@ func TestUDPSegmentation(t *testing.T) {
 	if _, err := c.WriteToUDPAddrPort(msg, netip.AddrPortFrom(user4, 7777)); err != nil {
 		t.Fatalf("kernel send: %v", err)
 	}
+	bufLen := l.MTU()
+	if big {
+		bufLen = l.MaxSuperPacketLen()
+	}
 	var got []byte
-	r := newFrameReader(l, l.MTU())
+	r := newFrameReader(l, bufLen)
 	for i := range count {
 		frame := r.until(t, func(b []byte) bool {
 			var p packet.Parsed

@@ -18,12 +18,12 @@ func (l *Link) Write(frames [][]byte) (int, error) {
 	return l.WriteGSO(frames, nil)
 }
 
-// WriteGSO is Write with a segment size per frame: a frame longer than the
-// MTU is a super packet the kernel splits into segSizes[i]-byte payloads
-// (the TCP MSS, or for UDP the datagram payload size; UDP needs USO, see
-// Offloads). segSizes[i] == 0, or segSizes shorter than frames, derives
-// the size from the MTU as Write does (TCP only). Frames up to the MTU
-// ignore segSizes.
+// WriteGSO implements netif.SuperPacketLink.WriteGSO: Write with a segment
+// size per frame. A frame longer than the MTU is a super packet the kernel
+// splits into segSizes[i]-byte payloads (the TCP MSS, or for UDP the
+// datagram payload size; UDP needs USO, see Offloads). segSizes[i] == 0,
+// or segSizes shorter than frames, derives the size from the MTU as Write
+// does (TCP only). Frames up to the MTU ignore segSizes.
 func (l *Link) WriteGSO(frames [][]byte, segSizes []int) (int, error) {
 	if l.closed.Load() {
 		return 0, netif.ErrClosed

@@ -3,9 +3,7 @@
 // AF_PACKET socket with PACKET_VNET_HDR, and does in user space what a NIC
 // would do with it: complete a partial checksum (NEEDS_CSUM), split a GSO
 // super packet into wire-sized segments, and prepare a super packet for the
-// kernel to segment. The TUN and AF_PACKET drivers share it; it lives under
-// netif/tun only because drivers may not add packages elsewhere yet (it would
-// sit well at netif/internal/vnet).
+// kernel to segment. The TUN and AF_PACKET drivers share it.
 //
 // Invariants:
 //
@@ -82,6 +80,11 @@ func (h *Hdr) Encode(b []byte) {
 
 // IsGSO reports whether h describes a super packet to segment.
 func (h *Hdr) IsGSO() bool { return h.GSOType&^GSOECN != GSONone }
+
+// IsUSO reports whether h describes a UDP super packet (USO): several
+// datagrams under one header, which a reader must split whatever its
+// buffer size, since datagram boundaries are data.
+func (h *Hdr) IsUSO() bool { return h.GSOType&^GSOECN == GSOUDPL4 }
 
 // Errors, all wrapping nothing: they name what was wrong with a packet.
 var (
