@@ -30,6 +30,7 @@ import (
 	"os/exec"
 	"runtime"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -308,7 +309,41 @@ func (v *Veth) create(opts VethOptions) error {
 	if err := pl.LinkSetUp(peer); err != nil {
 		return fmt.Errorf("set %s up: %w", v.PeerName, err)
 	}
+	if err := waitLocalRoute(pl, v.PeerAddr6.Addr()); err != nil {
+		return fmt.Errorf("%s: %w", v.PeerName, err)
+	}
+	if !opts.NoLocalAddr {
+		if err := waitLocalRoute(nl, v.LocalAddr6.Addr()); err != nil {
+			return fmt.Errorf("%s: %w", v.LocalName, err)
+		}
+	}
 	return nil
+}
+
+// localRouteTimeout bounds waitLocalRoute; the kernel installs the route
+// within milliseconds, so hitting it means IPv6 is off on the device.
+const localRouteTimeout = 2 * time.Second
+
+// waitLocalRoute waits until the kernel routes a locally (RTN_LOCAL). The
+// kernel installs an IPv6 address's local route shortly after the link comes
+// up, even with NODAD: a packet sent before then is dropped, which made
+// IPv6 tests flaky. Polled, because netlink offers no event for "route
+// usable" that is simpler than this bounded loop.
+func waitLocalRoute(h *netlink.Handle, a netip.Addr) error {
+	deadline := time.Now().Add(localRouteTimeout)
+	for {
+		rs, err := h.RouteGet(a.AsSlice())
+		if err == nil && len(rs) > 0 && rs[0].Type == unix.RTN_LOCAL {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			if err == nil {
+				err = errors.New("no local route")
+			}
+			return fmt.Errorf("address %v not usable after %v (is IPv6 disabled?): %w", a, localRouteTimeout, err)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 func addAddrs(h *netlink.Handle, l netlink.Link, v4, v6 netip.Prefix) error {
