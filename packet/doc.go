@@ -16,6 +16,8 @@
 //     values only, so the buffer may be reused as soon as Parse returns.
 //   - Every rejection is a named [Reason], so a stats table can keep one
 //     counter per reason, indexed by the Reason value.
+//   - A [Template] matches a packet only if Parse accepts it with the
+//     template's keys (FuzzTemplate): the transmit fast path relies on it.
 //   - For packets it accepts, Parse agrees with gopacket's decoder on
 //     addresses, protocol, ports and TCP sequence numbers and flags (the
 //     documented exceptions are listed in fuzz_test.go).

@@ -34,19 +34,68 @@ type Key struct {
 // It is meaningful only for IP packets (IPVersion != 0). A later fragment has
 // no ports, so its key has both ports 0.
 func (p *Parsed) RxKey() Key {
-	k := Key{Local: p.dst, Remote: p.src, LocalPort: p.DstPort, RemotePort: p.SrcPort,
-		Version: p.IPVersion, Proto: p.Proto}
-	k.normalize()
+	var k Key
+	p.RxKeyTo(&k)
 	return k
 }
 
 // TxKey returns the key of a packet to be transmitted: local is the source.
 // It is meaningful only for IP packets (IPVersion != 0).
 func (p *Parsed) TxKey() Key {
-	k := Key{Local: p.src, Remote: p.dst, LocalPort: p.SrcPort, RemotePort: p.DstPort,
-		Version: p.IPVersion, Proto: p.Proto}
-	k.normalize()
+	var k Key
+	p.TxKeyTo(&k)
 	return k
+}
+
+// RxKeyTo stores p.RxKey() in *k. A packet path that keeps keys in an
+// array uses it: building the key in place, field by field, avoids the
+// 40-byte copy of a returned Key, whose overlapping vector stores stall the
+// word loads that compare and hash the key right after.
+func (p *Parsed) RxKeyTo(k *Key) { p.keyTo(k, &p.dst, &p.src, p.DstPort, p.SrcPort) }
+
+// TxKeyTo stores p.TxKey() in *k (see RxKeyTo).
+func (p *Parsed) TxKeyTo(k *Key) { p.keyTo(k, &p.src, &p.dst, p.SrcPort, p.DstPort) }
+
+// keyTo fills *k and normalizes it as normalize does. An IPv4 address in
+// Parsed is always v4-mapped, so it is "any" when its last four bytes are
+// zero. The addresses are copied in 8-byte words, the size Equal and Hash
+// read them in: a word load from the middle of a 16-byte store is not
+// forwarded on every CPU and waits for the store to reach the cache.
+func (p *Parsed) keyTo(k *Key, local, remote *[16]byte, lport, rport uint16) {
+	le := binary.LittleEndian
+	l0, l1 := le.Uint64(local[0:8]), le.Uint64(local[8:16])
+	r0, r1 := le.Uint64(remote[0:8]), le.Uint64(remote[8:16])
+	if p.IPVersion == 4 {
+		if l1>>32 == 0 {
+			l0, l1 = 0, 0
+		}
+		if r1>>32 == 0 {
+			r0, r1 = 0, 0
+		}
+	}
+	le.PutUint64(k.Local[0:8], l0)
+	le.PutUint64(k.Local[8:16], l1)
+	le.PutUint64(k.Remote[0:8], r0)
+	le.PutUint64(k.Remote[8:16], r1)
+	k.LocalPort, k.RemotePort = lport, rport
+	k.Version, k.Proto = p.IPVersion, p.Proto
+	if isICMP(k.Proto) {
+		k.RemotePort = 0
+	}
+}
+
+// Equal reports whether k and o are the same key, as k == o does, but
+// cheaper: the generated == on a Key compares it through a call to
+// memequal, whereas field by field the compiler compares each address in two
+// word loads, and Equal is small enough to be inlined in the packet paths.
+func (k *Key) Equal(o *Key) bool {
+	return k.Local == o.Local && k.Remote == o.Remote && k.LocalPort == o.LocalPort &&
+		k.RemotePort == o.RemotePort && k.Version == o.Version && k.Proto == o.Proto
+}
+
+// tail packs the key's ports, version and protocol into one word.
+func (k *Key) tail() uint64 {
+	return uint64(k.LocalPort) | uint64(k.RemotePort)<<16 | uint64(k.Version)<<32 | uint64(k.Proto)<<40
 }
 
 // v4Any is 0.0.0.0 in the v4-mapped form Key and Parsed use.
@@ -168,15 +217,17 @@ func (k Key) endpoint(a *[16]byte, port uint16) string {
 var hashSeed = rand.Uint64()
 
 // Hash returns a 64-bit hash of k, seeded per process (see HashSeed). It does
-// not allocate and takes a few nanoseconds.
-func (k Key) Hash() uint64 { return k.HashSeed(hashSeed) }
+// not allocate and takes a few nanoseconds. Like Equal it takes a pointer:
+// the 40-byte copy of a value receiver, read back word by word at once,
+// stalls store forwarding for as long as the hash itself takes.
+func (k *Key) Hash() uint64 { return k.HashSeed(hashSeed) }
 
 // HashSeed returns a 64-bit hash of k under seed: the same seed gives the same
 // hash in every process. It folds 64-bit words with 128-bit multiplies, as
 // wyhash does, then applies murmur3's 64-bit finalizer; it is fast and
 // spreads well, but it is not a cryptographic MAC, so a seed an attacker may
 // know gives no protection against floods.
-func (k Key) HashSeed(seed uint64) uint64 {
+func (k *Key) HashSeed(seed uint64) uint64 {
 	const (
 		// wyhash's secret constants: odd, with 32 set bits each.
 		k0 = 0xa0761d6478bd642f
@@ -188,8 +239,7 @@ func (k Key) HashSeed(seed uint64) uint64 {
 	l1 := binary.LittleEndian.Uint64(k.Local[8:16])
 	r0 := binary.LittleEndian.Uint64(k.Remote[0:8])
 	r1 := binary.LittleEndian.Uint64(k.Remote[8:16])
-	tail := uint64(k.LocalPort) | uint64(k.RemotePort)<<16 |
-		uint64(k.Version)<<32 | uint64(k.Proto)<<40
+	tail := k.tail()
 	s := seed ^ k0
 	h := mix(l0^s, l1^k1) ^ mix(r0^k2, r1^s^k3)
 	h = mix(h^k1, tail^s^k2)

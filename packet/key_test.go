@@ -1,6 +1,7 @@
 package packet
 
 import (
+	"fmt"
 	"math"
 	"math/bits"
 	"net/netip"
@@ -200,4 +201,32 @@ func TestHashSeed(t *testing.T) {
 		t.Errorf("Hash allocates %v times", n)
 	}
 	_ = layers.LayerTypeIPv4
+}
+
+// TestKeyEqual checks Equal against == on keys that differ in exactly one
+// bit, in every bit of every field, and on equal keys with nonzero fields.
+func TestKeyEqual(t *testing.T) {
+	base := MakeKey(ProtoTCP, netip.MustParseAddrPort("[2001:db8::1]:443"), netip.MustParseAddrPort("[2001:db8::2]:50000"))
+	if c := base; !base.Equal(&c) {
+		t.Fatal("a key is not Equal to its copy")
+	}
+	flip := func(name string, f func(k *Key)) {
+		k := base
+		f(&k)
+		if k.Equal(&base) != (k == base) || base.Equal(&k) != (k == base) {
+			t.Errorf("%s: Equal = %v, == says %v", name, k.Equal(&base), k == base)
+		}
+	}
+	for i := range 16 * 8 {
+		flip(fmt.Sprintf("local bit %d", i), func(k *Key) { k.Local[i/8] ^= 1 << (i % 8) })
+		flip(fmt.Sprintf("remote bit %d", i), func(k *Key) { k.Remote[i/8] ^= 1 << (i % 8) })
+	}
+	for i := range 16 {
+		flip(fmt.Sprintf("local port bit %d", i), func(k *Key) { k.LocalPort ^= 1 << i })
+		flip(fmt.Sprintf("remote port bit %d", i), func(k *Key) { k.RemotePort ^= 1 << i })
+	}
+	for i := range 8 {
+		flip(fmt.Sprintf("version bit %d", i), func(k *Key) { k.Version ^= 1 << i })
+		flip(fmt.Sprintf("proto bit %d", i), func(k *Key) { k.Proto ^= 1 << i })
+	}
 }
