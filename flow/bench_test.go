@@ -36,7 +36,7 @@ func BenchmarkLookup(b *testing.B) {
 					if i++; i > last {
 						i = 0
 					}
-					if tab.Lookup(*k) == nil {
+					if tab.Lookup(k) == nil {
 						b.Fatal("miss")
 					}
 				}

@@ -9,12 +9,18 @@
 // Invariants, each checked by the tests and by FuzzTable:
 //
 //   - Lookup never returns a torn-down entry, not even from its one-entry
-//     cache, and never allocates.
+//     cache, and never allocates. LookupBatch answers as Lookup for every
+//     key of a batch (FuzzTable, TestLookupBatchLarge).
+//   - The index (index.go, open addressing keyed by packet.Key.Hash, linear
+//     probing, backward-shift deletion) finds every active entry from its
+//     home slot without crossing an empty slot (FuzzIndex).
+//   - Version changes with every Register and Teardown that changed the
+//     table, so a cache of lookups knows when it is stale.
 //   - Lookup tries the 5-tuple, then Key.Listener3, then Key.Listener2; the
 //     entry it returns has exactly the key of the mask that matched.
 //   - A key's shape fixes its kind: a connected key has a remote address, a
 //     Listener3 key only a local address, a Listener2 key neither. So at most
-//     one entry matches each mask, and the kinds never collide in the map.
+//     one entry matches each mask, and the kinds never collide in the index.
 //   - Each (protocol, local port) belongs to at most one PortID at a time;
 //     listeners of one PortID on it never overlap (same family and equal
 //     addresses, or one of them on "any").

@@ -83,24 +83,48 @@ const (
 
 // Entry is one flow. The table creates it in Register; the fields behind the
 // accessors are immutable afterwards except the state, the counters, the TCP
-// flags and the SYN bucket, which the owning worker updates.
+// flags, the SYN bucket and the Mark, which the owning worker updates.
+//
+// Layout: the receive path reads the first 64 bytes (key, port, kind,
+// state, flags, mark) for every packet and the next 32 (counters) once per
+// packet delivered. The entry is padded to 192 bytes, a Go size class of
+// whole cache lines, so each entry starts on a line and a lookup's key
+// compare and the queue mark cost one line (TestEntryLayout pins this).
 type Entry struct {
 	key   packet.Key // immutable
-	id    [16]byte   // immutable, from crypto/rand
 	port  PortID     // immutable
-	token uint32     // immutable, unique in the table while the entry is active
-	adv   uint32     // immutable, unique per port while the entry is active
 	kind  Kind       // immutable
 	state State
 
-	portIdx int // index in the owner's portState.entries, while active
-
-	counters                  Counters
 	lastFlagsIn, lastFlagsOut packet.TCPFlags
+	mark                      Mark
+	counters                  Counters
+
+	hash    uint64   // immutable: key.Hash(), the entry's place in the index
+	id      [16]byte // immutable, from crypto/rand
+	token   uint32   // immutable, unique in the table while the entry is active
+	adv     uint32   // immutable, unique per port while the entry is active
+	portIdx int      // index in the owner's portState.entries, while active
 
 	synCredit time.Duration // SYN bucket credit, 0..synCap
 	synLast   time.Time     // when synCredit was last refilled
+
+	_ [24]byte // to 192 bytes (see the layout above)
 }
+
+// Mark is scratch space in each entry for the worker that owns the table;
+// the table never reads or writes it. The flowswitch records in it which of
+// its per-input-batch queues holds the flow's packets (Gen names the input
+// batch, Slot the queue), so that finding a flow's queue is one load next to
+// the key the lookup just compared, rather than a map lookup per packet.
+type Mark struct {
+	Gen  uint64
+	Slot int32
+}
+
+// Mark returns the entry's scratch space (see Mark). The zero Mark is what a
+// new entry has.
+func (e *Entry) Mark() *Mark { return &e.mark }
 
 // Key returns the entry's key, in the shape of its Kind.
 func (e *Entry) Key() packet.Key { return e.key }
@@ -137,18 +161,26 @@ func (e *Entry) LastFlags() (in, out packet.TCPFlags) { return e.lastFlagsIn, e.
 
 // CountIn counts one received packet of n bytes with TCP flags f (0 for
 // other protocols).
-func (e *Entry) CountIn(n int, f packet.TCPFlags) {
-	e.counters.PacketsIn++
-	e.counters.BytesIn += uint64(n)
-	e.lastFlagsIn = f
-}
+func (e *Entry) CountIn(n int, f packet.TCPFlags) { e.AddIn(1, uint64(n), f) }
 
 // CountOut counts one transmitted packet of n bytes with TCP flags f (0 for
 // other protocols).
-func (e *Entry) CountOut(n int, f packet.TCPFlags) {
-	e.counters.PacketsOut++
-	e.counters.BytesOut += uint64(n)
-	e.lastFlagsOut = f
+func (e *Entry) CountOut(n int, f packet.TCPFlags) { e.AddOut(1, uint64(n), f) }
+
+// AddIn counts packets received packets of bytes in all, the last of them
+// with TCP flags last: CountIn for a batch, one update per batch.
+func (e *Entry) AddIn(packets, bytes uint64, last packet.TCPFlags) {
+	e.counters.PacketsIn += packets
+	e.counters.BytesIn += bytes
+	e.lastFlagsIn = last
+}
+
+// AddOut counts packets transmitted packets of bytes in all, the last of
+// them with TCP flags last: CountOut for a batch.
+func (e *Entry) AddOut(packets, bytes uint64, last packet.TCPFlags) {
+	e.counters.PacketsOut += packets
+	e.counters.BytesOut += bytes
+	e.lastFlagsOut = last
 }
 
 // AllowSYN reports whether the app may send a SYN on this flow at now, and

@@ -136,7 +136,16 @@ func checkLookup(t *testing.T, tab *Table, model map[*Entry]bool, k packet.Key) 
 			break
 		}
 	}
-	got := tab.Lookup(k)
+	// LookupBatch answers as Lookup does, for repeated and other keys.
+	keys := []packet.Key{k, k, k.Reverse(), k.Listener3(), k}
+	batch := make([]*Entry, len(keys))
+	tab.LookupBatch(keys, batch)
+	for i := range keys {
+		if one := lookup(tab, keys[i]); batch[i] != one {
+			t.Fatalf("LookupBatch[%d] (%v) = %v, Lookup says %v", i, keys[i], batch[i], one)
+		}
+	}
+	got := lookup(tab, k)
 	if got != want {
 		t.Fatalf("Lookup(%v) = %v, model says %v", k, got, want)
 	}
@@ -179,7 +188,7 @@ func checkInvariants(t *testing.T, tab *Table, model map[*Entry]bool) {
 			t.Fatalf("%v: port held by a kernel socket", e.Key())
 		}
 		if e.Kind() == Listener3 {
-			if l2 := tab.flows[e.Key().Listener2()]; l2 != nil {
+			if l2 := tab.find(e.Key().Listener2()); l2 != nil {
 				t.Fatalf("listeners %v and %v overlap", e.Key(), l2.Key())
 			}
 		}

@@ -67,13 +67,18 @@ type Table struct {
 	opts  Options
 	local map[netip.Addr]struct{} // immutable after New, unmapped addresses
 
-	flows   map[packet.Key]*Entry // all active entries; kinds cannot collide (package doc)
-	tokens  map[uint32]*Entry
+	idx     index             // all active entries by key; kinds cannot collide (package doc)
+	tokens  map[uint32]*Entry // all active entries by token; ForEach walks it
 	ports   map[PortID]*portState
 	owners  map[protoPort]owner
 	l3count map[packet.Key]int // active Listener3 entries per Listener2 key
 
 	nextToken uint32
+	nL3, nL2  int    // active listener entries of each kind: Lookup skips a mask with none
+	version   uint64 // counts the Registers and Teardowns that changed the table
+
+	hashes  []uint64 // LookupBatch scratch
+	touched uintptr  // LookupBatch's sink for the loads it issues early
 
 	// One-entry lookup cache: lastEntry matched lastKey. Register and
 	// Teardown clear it, and a hit also checks the entry is active.
@@ -107,12 +112,12 @@ func New(opts Options) (*Table, error) {
 	t := &Table{
 		opts:    opts,
 		local:   make(map[netip.Addr]struct{}, len(opts.LocalAddrs)),
-		flows:   make(map[packet.Key]*Entry),
 		tokens:  make(map[uint32]*Entry),
 		ports:   make(map[PortID]*portState),
 		owners:  make(map[protoPort]owner),
 		l3count: make(map[packet.Key]int),
 	}
+	t.idx.init()
 	for _, a := range opts.LocalAddrs {
 		a = a.Unmap()
 		if !a.IsValid() || a.IsUnspecified() || isMulticast(a) {
@@ -153,7 +158,7 @@ func (t *Table) Register(req Request) (*Entry, error) {
 	}
 
 	// Checks done: commit.
-	e := &Entry{key: k, port: req.Port, kind: req.Kind, state: Active}
+	e := &Entry{key: k, port: req.Port, kind: req.Kind, state: Active, hash: k.Hash()}
 	rand.Read(e.id[:]) // never fails (crypto/rand, Go ≥ 1.24)
 	if n := len(ps.free); n > 0 {
 		e.adv = ps.free[n-1]
@@ -166,22 +171,27 @@ func (t *Table) Register(req Request) (*Entry, error) {
 	e.portIdx = len(ps.entries)
 	ps.entries = append(ps.entries, e)
 	t.ports[req.Port] = ps
-	t.flows[k] = e
+	t.idx.insert(e, e.hash)
 	t.tokens[e.token] = e
 	pp := protoPort{k.Proto, k.LocalPort}
 	t.owners[pp] = owner{req.Port, t.owners[pp].n + 1}
-	if req.Kind == Listener3 {
+	switch req.Kind {
+	case Listener3:
 		t.l3count[k.Listener2()]++
+		t.nL3++
+	case Listener2:
+		t.nL2++
 	}
 	// The cache may hold a less specific entry that the new one now beats.
 	t.lastEntry = nil
+	t.version++
 	return e, nil
 }
 
 // checkPort applies the port rules of Register.
 func (t *Table) checkPort(req Request) error {
 	k := req.Key
-	if e := t.flows[k]; e != nil {
+	if e := t.find(k); e != nil {
 		return fmt.Errorf("flow exists for port %d: %w", e.port, ErrPortInUse)
 	}
 	pp := protoPort{k.Proto, k.LocalPort}
@@ -194,7 +204,7 @@ func (t *Table) checkPort(req Request) error {
 	}
 	switch req.Kind {
 	case Listener3:
-		if t.flows[k.Listener2()] != nil {
+		if t.find(k.Listener2()) != nil {
 			return fmt.Errorf("overlaps listener on any address: %w", ErrPortInUse)
 		}
 	case Listener2:
@@ -231,40 +241,118 @@ func (t *Table) PortOwner(proto uint8, port uint16) (PortID, bool) {
 	return o.port, ok
 }
 
+// find returns the active entry with exactly key k, or nil.
+func (t *Table) find(k packet.Key) *Entry { return t.idx.get(&k, k.Hash()) }
+
 // Lookup returns the active entry for a packet's key: the Connected entry
-// with key k, else the Listener3 entry with key k.Listener3(), else the
+// with key *k, else the Listener3 entry with key k.Listener3(), else the
 // Listener2 entry with key k.Listener2(), else nil. A repeat of the previous
-// key is answered from a one-entry cache. Lookup does not allocate.
-func (t *Table) Lookup(k packet.Key) *Entry {
-	if e := t.lastEntry; e != nil && k == t.lastKey && e.state == Active {
+// key is answered from a one-entry cache; a mask no active entry has is not
+// looked up. Lookup reads *k and does not keep it; it does not allocate.
+//
+// k is a pointer because the key is 40 bytes: a copy per call is written
+// with overlapping vector stores, and reading it back word by word right
+// after stalls store forwarding, which cost as much as the hash.
+func (t *Table) Lookup(k *packet.Key) *Entry {
+	if e := t.lastEntry; e != nil && e.state == Active && k.Equal(&t.lastKey) {
 		return e
 	}
-	e := t.flows[k]
-	if e == nil {
-		e = t.flows[k.Listener3()]
-		if e == nil {
-			e = t.flows[k.Listener2()]
-			if e == nil {
-				return nil
-			}
-		}
+	e := t.idx.get(k, k.Hash())
+	if e == nil && t.nL3 > 0 {
+		l := k.Listener3()
+		e = t.idx.get(&l, l.Hash())
 	}
-	t.lastKey, t.lastEntry = k, e
+	if e == nil && t.nL2 > 0 {
+		l := k.Listener2()
+		e = t.idx.get(&l, l.Hash())
+	}
+	if e == nil {
+		return nil
+	}
+	t.lastKey, t.lastEntry = *k, e
 	return e
 }
+
+// LookupBatch sets out[i] to Lookup(&keys[i]) for every i < len(keys)
+// (out must be at least as long). It is faster than a Lookup per key on
+// tables larger than the CPU caches: it hashes every key and loads each
+// key's index slot, then each slot's entry, before it compares any key, so
+// the cache misses of a batch overlap instead of following one another.
+// Every key is hashed: a caller whose batches hold runs of one key (one
+// busy flow) passes each run once. It does not allocate once its scratch
+// has grown to the batch size.
+func (t *Table) LookupBatch(keys []packet.Key, out []*Entry) {
+	out = out[:len(keys)]
+	if cap(t.hashes) < len(keys) {
+		t.hashes = make([]uint64, len(keys))
+	}
+	hs := t.hashes[:len(keys)]
+	x := &t.idx
+	// Pass 1: hash.
+	for i := range keys {
+		hs[i] = keys[i].Hash()
+	}
+	// Pass 2: load the home slots, then find each key's slot by hash and
+	// load its entry (key first, then the counters). The loads of one loop
+	// do not depend on each other and the loops are tight, so the CPU keeps
+	// a whole batch of misses in flight; touched keeps the compiler from
+	// dropping them. Finding the slot by hash, not just taking the home
+	// slot, matters: a quarter of the keys sit past their home slot at the
+	// table's usual load, and a wrong guess costs a miss in pass 3.
+	var touched uintptr
+	for _, h := range hs {
+		touched += uintptr(x.slots[h&x.mask].hash)
+	}
+	for i, h := range hs {
+		e := x.probe(h)
+		if e != nil {
+			touched += uintptr(e.key.LocalPort) + uintptr(e.counters.PacketsIn)
+		}
+		out[i] = e
+	}
+	t.touched = touched
+	// Pass 3: check the candidates' keys, now mostly from the cache; a
+	// miss (or, rarely, a candidate with an equal hash but another key)
+	// takes the full path: the rest of the probe run, then the listeners.
+	for i := range keys {
+		k := &keys[i]
+		if e := out[i]; e != nil && e.key.Equal(k) {
+			continue
+		}
+		e := x.get(k, hs[i])
+		if e == nil && t.nL3 > 0 {
+			l := k.Listener3()
+			e = x.get(&l, l.Hash())
+		}
+		if e == nil && t.nL2 > 0 {
+			l := k.Listener2()
+			e = x.get(&l, l.Hash())
+		}
+		out[i] = e
+	}
+}
+
+// Version returns a number that changes whenever Register adds an entry or
+// Teardown removes one. A cache of lookup results (the transmit path's
+// last-flow cache) is valid while the version it was filled at is current:
+// a new entry may beat a cached listener, and a torn-down one must not be
+// found.
+func (t *Table) Version() uint64 { return t.version }
 
 // ByToken returns the active entry with flow token tok, or nil.
 func (t *Table) ByToken(tok uint32) *Entry { return t.tokens[tok] }
 
 // Len returns the number of active entries.
-func (t *Table) Len() int { return len(t.flows) }
+func (t *Table) Len() int { return t.idx.n }
 
 // ForEach calls fn for each active entry, in no particular order, until fn
 // returns false. fn may tear entries down; an entry torn down before fn
 // reaches it is skipped, and one registered during ForEach may or may not
 // be visited.
 func (t *Table) ForEach(fn func(*Entry) bool) {
-	for _, e := range t.flows {
+	// The token map, not the index: a map iteration tolerates deletions,
+	// whereas a teardown shifts index slots under an iterator.
+	for _, e := range t.tokens {
 		if !fn(e) {
 			return
 		}
@@ -275,20 +363,25 @@ func (t *Table) ForEach(fn func(*Entry) bool) {
 // advisory slot and share of its local port become free. Tearing down an
 // entry twice, or one of another table, does nothing.
 func (t *Table) Teardown(e *Entry) {
-	if e == nil || e.state != Active || t.flows[e.key] != e {
+	if e == nil || e.state != Active || t.tokens[e.token] != e {
 		return
 	}
 	e.state = TornDown
+	t.version++
 	if t.lastEntry == e {
 		t.lastEntry = nil
 	}
-	delete(t.flows, e.key)
+	t.idx.remove(e, e.hash)
 	delete(t.tokens, e.token)
-	if e.kind == Listener3 {
+	switch e.kind {
+	case Listener3:
 		l2 := e.key.Listener2()
 		if t.l3count[l2]--; t.l3count[l2] == 0 {
 			delete(t.l3count, l2)
 		}
+		t.nL3--
+	case Listener2:
+		t.nL2--
 	}
 	pp := protoPort{e.key.Proto, e.key.LocalPort}
 	if o := t.owners[pp]; o.n > 1 {

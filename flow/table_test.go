@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/skylane/skylane/packet"
 )
@@ -157,7 +158,7 @@ func TestRegisterRules(t *testing.T) {
 				if err != nil || e == nil || !e.Active() || e.Key() != tc.req.key || e.Kind() != tc.req.kind || e.Port() != tc.req.port {
 					t.Fatalf("Register = %v, %v; want success", e, err)
 				}
-				if got := tab.Lookup(tc.req.key); got != e {
+				if got := lookup(tab, tc.req.key); got != e {
 					t.Errorf("Lookup(own key) = %v, want the new entry", got)
 				}
 				return
@@ -241,37 +242,51 @@ func TestLookupOrder(t *testing.T) {
 	}
 	for _, tc := range tests {
 		for range 2 { // the second time from the cache
-			if got := tab.Lookup(tc.key); got != tc.want {
+			if got := lookup(tab, tc.key); got != tc.want {
 				t.Errorf("Lookup(%v) = %v, want %v", tc.key, got, tc.want)
 			}
 		}
 	}
 
 	tab.Teardown(c4)
-	if got := tab.Lookup(conn(tcp, v4b, 80, v4peer, 5000)); got != l2 {
+	if got := lookup(tab, conn(tcp, v4b, 80, v4peer, 5000)); got != l2 {
 		t.Errorf("after teardown of the 5-tuple: Lookup = %v, want the listener", got)
 	}
 }
 
+// put inserts e into tab's index behind Register's back, counting its kind
+// as Register does.
+func put(tab *Table, e *Entry) {
+	e.hash = e.key.Hash()
+	tab.idx.insert(e, e.hash)
+	switch e.kind {
+	case Listener3:
+		tab.nL3++
+	case Listener2:
+		tab.nL2++
+	}
+	tab.lastEntry = nil
+}
+
 // TestLookupListener3BeatsListener2 checks the mask order directly: Register
 // never lets a Listener3 and a Listener2 of one protocol, family and port
-// coexist, so the entries are put into the map by hand.
+// coexist, so the entries are put into the index by hand.
 func TestLookupListener3BeatsListener2(t *testing.T) {
 	tab := newTable(t, Options{})
 	k := conn(udp, v6a, 53, v6peer, 3333)
 	e2 := &Entry{key: k.Listener2(), kind: Listener2, state: Active}
 	e3 := &Entry{key: k.Listener3(), kind: Listener3, state: Active}
 	e5 := &Entry{key: k, kind: Connected, state: Active}
-	tab.flows[e2.key] = e2
-	if got := tab.Lookup(k); got != e2 {
+	put(tab, e2)
+	if got := lookup(tab, k); got != e2 {
 		t.Fatalf("only listener2: Lookup = %v", got)
 	}
-	tab.flows[e3.key], tab.lastEntry = e3, nil
-	if got := tab.Lookup(k); got != e3 {
+	put(tab, e3)
+	if got := lookup(tab, k); got != e3 {
 		t.Fatalf("listener3 and listener2: Lookup = %v, want listener3", got)
 	}
-	tab.flows[e5.key], tab.lastEntry = e5, nil
-	if got := tab.Lookup(k); got != e5 {
+	put(tab, e5)
+	if got := lookup(tab, k); got != e5 {
 		t.Fatalf("all three: Lookup = %v, want 5-tuple", got)
 	}
 }
@@ -285,11 +300,11 @@ func TestSourcePortsAreDistinctFlows(t *testing.T) {
 	}
 	// Alternate, so the cache sees every change of key.
 	for range 3 {
-		if tab.Lookup(conn(udp, v4a, 4789, v4peer, 1000)) != a || tab.Lookup(conn(udp, v4a, 4789, v4peer, 1001)) != b {
+		if lookup(tab, conn(udp, v4a, 4789, v4peer, 1000)) != a || lookup(tab, conn(udp, v4a, 4789, v4peer, 1001)) != b {
 			t.Fatal("packets differing in the source port found the wrong flow")
 		}
 	}
-	if tab.Lookup(conn(udp, v4a, 4789, v4peer, 1002)) != nil {
+	if lookup(tab, conn(udp, v4a, 4789, v4peer, 1002)) != nil {
 		t.Fatal("an unregistered source port found a flow")
 	}
 }
@@ -300,22 +315,22 @@ func TestCache(t *testing.T) {
 
 	// A cached listener is replaced when a more specific flow arrives.
 	l := mustRegister(t, tab, 1, lis(tcp, v4a, 8080), Listener3)
-	if tab.Lookup(k) != l {
+	if lookup(tab, k) != l {
 		t.Fatal("listener not found")
 	}
 	c := mustRegister(t, tab, 1, k, Connected)
-	if got := tab.Lookup(k); got != c {
+	if got := lookup(tab, k); got != c {
 		t.Fatalf("after registering the 5-tuple, Lookup = %v (stale cache)", got)
 	}
 
 	// A cached flow that is torn down is never returned.
 	tab.Teardown(c)
-	if got := tab.Lookup(k); got != l {
+	if got := lookup(tab, k); got != l {
 		t.Fatalf("after teardown of the cached 5-tuple, Lookup = %v, want listener", got)
 	}
 	tab.Teardown(l)
 	for range 2 {
-		if got := tab.Lookup(k); got != nil {
+		if got := lookup(tab, k); got != nil {
 			t.Fatalf("after teardown of all, Lookup = %v", got)
 		}
 	}
@@ -323,23 +338,23 @@ func TestCache(t *testing.T) {
 	// The cache checks the entry's state on its own, not only relying on
 	// Teardown clearing it: remove an entry behind the table's back.
 	c2 := mustRegister(t, tab, 1, k, Connected)
-	if tab.Lookup(k) != c2 {
+	if lookup(tab, k) != c2 {
 		t.Fatal("re-registered flow not found")
 	}
 	c2.state = TornDown
-	delete(tab.flows, k)
-	if got := tab.Lookup(k); got != nil {
+	tab.idx.remove(c2, c2.hash)
+	if got := lookup(tab, k); got != nil {
 		t.Fatalf("cache returned %v, a torn-down entry", got)
 	}
 	c2.state = Active
-	tab.flows[k] = c2
+	tab.idx.insert(c2, c2.hash)
 
 	// TeardownPort clears a cached entry too.
-	if tab.Lookup(k) != c2 {
+	if lookup(tab, k) != c2 {
 		t.Fatal("flow not found")
 	}
 	tab.TeardownPort(1)
-	if got := tab.Lookup(k); got != nil {
+	if got := lookup(tab, k); got != nil {
 		t.Fatalf("after TeardownPort, Lookup = %v", got)
 	}
 }
@@ -354,7 +369,7 @@ func TestLookupDoesNotAllocate(t *testing.T) {
 		conn(tcp, v6a, 444, v6peer, 7001), // miss
 	}
 	for _, k := range keys {
-		if n := testing.AllocsPerRun(100, func() { tab.Lookup(k); tab.Lookup(keys[0]) }); n != 0 {
+		if n := testing.AllocsPerRun(100, func() { tab.Lookup(&k); tab.Lookup(&keys[0]) }); n != 0 {
 			t.Errorf("Lookup(%v): %v allocs", k, n)
 		}
 	}
@@ -373,7 +388,7 @@ func TestTeardownReleases(t *testing.T) {
 	if e.State() != TornDown || e.Active() {
 		t.Fatalf("state = %v, want torn-down", e.State())
 	}
-	if tab.ByToken(tok) != nil || tab.Len() != 0 || tab.Lookup(conn(udp, v4a, 500, v4peer, 9)) != nil {
+	if tab.ByToken(tok) != nil || tab.Len() != 0 || lookup(tab, conn(udp, v4a, 500, v4peer, 9)) != nil {
 		t.Fatal("torn-down entry still reachable")
 	}
 	// The port and the single advisory slot are free for another port.
@@ -390,7 +405,7 @@ func TestTeardownReleases(t *testing.T) {
 	// Tearing down an entry of another table does nothing.
 	other := newTable(t, Options{})
 	other.Teardown(e2)
-	if !e2.Active() || tab.Lookup(conn(udp, v4a, 500, v4peer, 9)) != e2 {
+	if !e2.Active() || lookup(tab, conn(udp, v4a, 500, v4peer, 9)) != e2 {
 		t.Error("Teardown on another table affected the entry")
 	}
 	tab.Teardown(nil)
@@ -418,7 +433,7 @@ func TestTeardownPort(t *testing.T) {
 			t.Errorf("%v: returned %v, active %v", e.Key(), set[e], e.Active())
 		}
 	}
-	if tab.Len() != 1 || !theirs.Active() || tab.Lookup(theirs.Key()) != theirs {
+	if tab.Len() != 1 || !theirs.Active() || lookup(tab, theirs.Key()) != theirs {
 		t.Error("other port's flow affected")
 	}
 	if got := tab.TeardownPort(1); got != nil {
@@ -492,11 +507,13 @@ func TestCounters(t *testing.T) {
 	e.CountOut(60, packet.TCPSyn)
 	e.CountIn(60, packet.TCPSyn|packet.TCPAck)
 	e.CountOut(1500, packet.TCPAck|packet.TCPPsh)
-	want := Counters{PacketsIn: 1, BytesIn: 60, PacketsOut: 2, BytesOut: 1560}
+	e.AddIn(3, 300, packet.TCPAck)
+	e.AddOut(2, 3000, packet.TCPAck|packet.TCPPsh)
+	want := Counters{PacketsIn: 4, BytesIn: 360, PacketsOut: 4, BytesOut: 4560}
 	if got := e.Counters(); got != want {
 		t.Errorf("Counters = %+v, want %+v", got, want)
 	}
-	if in, out := e.LastFlags(); in != packet.TCPSyn|packet.TCPAck || out != packet.TCPAck|packet.TCPPsh {
+	if in, out := e.LastFlags(); in != packet.TCPAck || out != packet.TCPAck|packet.TCPPsh {
 		t.Errorf("LastFlags = %v, %v", in, out)
 	}
 }
@@ -568,4 +585,87 @@ func TestNewRefusesBadLocalAddr(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustRegister(t, tab, 1, lis(tcp, v4a, 80), Listener3)
+}
+
+// lookup is tab.Lookup of a key value, for keys built in the call.
+func lookup(tab *Table, k packet.Key) *Entry { return tab.Lookup(&k) }
+
+// TestEntryLayout pins the layout Entry's comment describes: the receive
+// path's fields in the first cache line, the counters in the second, and a
+// size that is a Go size class of whole lines (so entries start on a line).
+func TestEntryLayout(t *testing.T) {
+	var e Entry
+	if s := unsafe.Sizeof(e); s != 192 {
+		t.Errorf("sizeof(Entry) = %d, want 192", s)
+	}
+	if o := unsafe.Offsetof(e.mark) + unsafe.Sizeof(e.mark); o > 64 {
+		t.Errorf("the mark ends at byte %d, past the first line", o)
+	}
+	if o := unsafe.Offsetof(e.counters); o != 64 {
+		t.Errorf("counters at byte %d, want 64", o)
+	}
+}
+
+// LookupBatch on a table large enough that many keys sit past their home
+// slot agrees with Lookup on hits, repeats, listener hits and misses, in
+// batches of every size up to 64, and allocates nothing once warm.
+func TestLookupBatchLarge(t *testing.T) {
+	const n = 5000
+	tab := newTable(t, Options{AdvisorySlots: n})
+	keys := make([]packet.Key, 0, 3*n)
+	for i := range n {
+		k := conn(udp, v4a, 53, netip.AddrFrom4([4]byte{198, 19, byte(i >> 8), byte(i)}), uint16(1000+i))
+		if i%2 == 0 { // half the keys registered, the others misses
+			mustRegister(t, tab, 1, k, Connected)
+		}
+		keys = append(keys, k, k) // and every key twice in a row
+	}
+	mustRegister(t, tab, 2, lis(tcp, v4any, 80), Listener2)
+	for i := range n {
+		keys = append(keys, conn(tcp, v4a, 80, v4peer, uint16(1000+i))) // listener hits
+	}
+	out := make([]*Entry, 64)
+	for size := 1; size <= 64; size++ {
+		for start := 0; start < len(keys); start += size {
+			batch := keys[start:min(start+size, len(keys))]
+			tab.LookupBatch(batch, out)
+			for i := range batch {
+				if want := tab.Lookup(&batch[i]); out[i] != want {
+					t.Fatalf("batch of %d at %d: LookupBatch[%d] = %v, Lookup = %v", size, start, i, out[i], want)
+				}
+			}
+		}
+	}
+	if a := testing.AllocsPerRun(100, func() { tab.LookupBatch(keys[:64], out) }); a != 0 {
+		t.Errorf("LookupBatch: %v allocations", a)
+	}
+}
+
+// Version changes with every Register and Teardown that changes the table,
+// and with nothing else.
+func TestVersion(t *testing.T) {
+	tab := newTable(t, Options{})
+	v := tab.Version()
+	k := conn(udp, v4a, 53, v4peer, 1000)
+	e := mustRegister(t, tab, 1, k, Connected)
+	if tab.Version() == v {
+		t.Fatal("Register did not change the version")
+	}
+	v = tab.Version()
+	if _, err := tab.Register(Request{Port: 1, Key: k, Kind: Connected}); err == nil {
+		t.Fatal("second Register succeeded")
+	}
+	tab.Lookup(&k)
+	if tab.Version() != v {
+		t.Fatal("a refused Register or a Lookup changed the version")
+	}
+	tab.Teardown(e)
+	if tab.Version() == v {
+		t.Fatal("Teardown did not change the version")
+	}
+	v = tab.Version()
+	tab.Teardown(e)
+	if tab.Version() != v {
+		t.Fatal("a second Teardown changed the version")
+	}
 }
