@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -13,6 +12,7 @@ import (
 	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/netif/memif"
 	"github.com/skylane/skylane/packet"
+	"github.com/skylane/skylane/packet/packettest"
 )
 
 // The fsw-rx scenario's rows: size is the Ethernet frame length in bytes.
@@ -29,6 +29,13 @@ var fswRows = []struct {
 const (
 	fswBatch    = flowswitch.DefaultBatch // frames per loop: one Write, one Read
 	fswBaseName = "ring-to-ring copy"
+	// fswMaxChannels caps the channels a row spreads its flows over. A
+	// real server carries many flows on few channels (one per app or per
+	// core), so past flow.DefaultAdvisorySlots flows per channel the rows
+	// give each channel more advisory slots instead of more channels: the
+	// 100000-flow row then measures the flow table, not 32 deliveries to
+	// 32 channels per input batch.
+	fswMaxChannels = 4
 )
 
 // RFC 2544 benchmarking addresses: the switch owns fswLocal.
@@ -39,7 +46,7 @@ var fswLocal = netip.MustParseAddr("198.18.0.1")
 // the flows of one channel differ by remote address and port.
 func fswFlow(f, nch int) (ch int, local, remote netip.AddrPort) {
 	ch = f % nch
-	j := f / nch // < flow.DefaultAdvisorySlots
+	j := f / nch // < 65536-10000: at most 25000 flows per channel in the rows
 	local = netip.AddrPortFrom(fswLocal, uint16(7000+ch))
 	remote = netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 19, byte(j >> 8), byte(j)}), uint16(10000+j))
 	return ch, local, remote
@@ -48,50 +55,8 @@ func fswFlow(f, nch int) (ch int, local, remote netip.AddrPort) {
 // fswFrame builds an Ethernet/IPv4/UDP frame of size bytes from remote to
 // local, checksums included.
 func fswFrame(local, remote netip.AddrPort, size int) []byte {
-	const ethLen, ipLen, udpLen = 14, 20, 8
-	b := make([]byte, size)
-	copy(b[0:6], []byte{0x02, 0, 0, 0, 0, 1})
-	copy(b[6:12], []byte{0x02, 0, 0, 0, 0, 2})
-	binary.BigEndian.PutUint16(b[12:], 0x0800)
-	ip := b[ethLen:]
-	ip[0] = 0x45
-	binary.BigEndian.PutUint16(ip[2:], uint16(size-ethLen))
-	ip[8] = 64
-	ip[9] = packet.ProtoUDP
-	src, dst := remote.Addr().As4(), local.Addr().As4()
-	copy(ip[12:16], src[:])
-	copy(ip[16:20], dst[:])
-	binary.BigEndian.PutUint16(ip[10:], ^fold(sum16(ip[:ipLen])))
-	udp := ip[ipLen:]
-	binary.BigEndian.PutUint16(udp[0:], remote.Port())
-	binary.BigEndian.PutUint16(udp[2:], local.Port())
-	binary.BigEndian.PutUint16(udp[4:], uint16(len(udp)))
-	copy(udp[udpLen:], "fsw-rx")
-	pseudo := sum16(src[:]) + sum16(dst[:]) + uint32(packet.ProtoUDP) + uint32(len(udp))
-	c := ^fold(pseudo + sum16(udp))
-	if c == 0 {
-		c = 0xffff
-	}
-	binary.BigEndian.PutUint16(udp[6:], c)
-	return b
-}
-
-func sum16(b []byte) uint32 {
-	var s uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		s += uint32(b[len(b)-1]) << 8
-	}
-	return s
-}
-
-func fold(s uint32) uint16 {
-	for s > 0xffff {
-		s = s>>16 + s&0xffff
-	}
-	return uint16(s)
+	f := packettest.Frame{Src: remote, Dst: local, Proto: packet.ProtoUDP, Payload: []byte("fsw-rx"), Size: size}
+	return f.Bytes()
 }
 
 // fswWorkload is a row's frames: frame i belongs to flow i%flows, so
@@ -99,14 +64,16 @@ func fold(s uint32) uint16 {
 // there is one flow. touched[k] lists the channels batch k reaches.
 type fswWorkload struct {
 	flows, nch int
+	slots      int      // advisory slots per channel: the most flows a channel has
 	frames     [][]byte // len a multiple of fswBatch
 	touched    [][]int
 }
 
 func newFswWorkload(flows, size int) fswWorkload {
-	nch := (flows + flow.DefaultAdvisorySlots - 1) / flow.DefaultAdvisorySlots
+	nch := min((flows+flow.DefaultAdvisorySlots-1)/flow.DefaultAdvisorySlots, fswMaxChannels)
+	slots := max((flows+nch-1)/nch, flow.DefaultAdvisorySlots)
 	n := (max(flows, fswBatch) + fswBatch - 1) / fswBatch * fswBatch
-	w := fswWorkload{flows: flows, nch: nch, frames: make([][]byte, n)}
+	w := fswWorkload{flows: flows, nch: nch, slots: slots, frames: make([][]byte, n)}
 	seen := make([]int, nch)
 	for k := 0; k < n; k += fswBatch {
 		var t []int
@@ -123,8 +90,9 @@ func newFswWorkload(flows, size int) fswWorkload {
 	return w
 }
 
-// fswChannels creates n channels and attaches their apps in this process.
-func fswChannels(n int) (chans []*channel.Channel, apps []*channel.App, closeAll func(), err error) {
+// fswChannels creates n channels with adv advisory entries each (0: the
+// default) and attaches their apps in this process.
+func fswChannels(n, adv int) (chans []*channel.Channel, apps []*channel.App, closeAll func(), err error) {
 	closeAll = func() {
 		for i := range chans {
 			if i < len(apps) {
@@ -134,7 +102,7 @@ func fswChannels(n int) (chans []*channel.Channel, apps []*channel.App, closeAll
 		}
 	}
 	for i := range n {
-		c, err := channel.New(channel.Options{Name: fmt.Sprintf("fsw%d", i)})
+		c, err := channel.New(channel.Options{Name: fmt.Sprintf("fsw%d", i), Advisories: adv})
 		if err != nil {
 			closeAll()
 			return nil, nil, nil, err
@@ -214,12 +182,13 @@ func newFswRig(w *fswWorkload) (*fswRig, error) {
 	if err != nil {
 		return nil, err
 	}
-	sw, err := flowswitch.New(flowswitch.Options{Link: a, LocalAddrs: []netip.Addr{fswLocal}, Batch: fswBatch})
+	sw, err := flowswitch.New(flowswitch.Options{Link: a, LocalAddrs: []netip.Addr{fswLocal}, Batch: fswBatch,
+		AdvisorySlots: w.slots})
 	if err != nil {
 		a.Close()
 		return nil, err
 	}
-	chans, apps, closeAll, err := fswChannels(w.nch)
+	chans, apps, closeAll, err := fswChannels(w.nch, w.slots)
 	if err != nil {
 		a.Close()
 		return nil, err
@@ -279,7 +248,7 @@ func newFswCopy(w *fswWorkload) (*fswCopy, error) {
 	if err != nil {
 		return nil, err
 	}
-	chans, apps, closeAll, err := fswChannels(1)
+	chans, apps, closeAll, err := fswChannels(1, 0)
 	if err != nil {
 		a.Close()
 		return nil, err
@@ -384,6 +353,7 @@ func fswRow(cfg Config, name string, flows, size int) (Result, error) {
 	res := Throughput(name, "Mpps", o/1e6, fswBaseName, b/1e6)
 	res.Extra = map[string]any{
 		"channels":               w.nch,
+		"flows_per_channel_max":  w.slots,
 		"deliveries_per_batch":   round2(float64(st.Deliveries-st0.Deliveries) / batches),
 		"flow_batches_per_batch": round2(float64(st.FlowBatches-st0.FlowBatches) / batches),
 		"batch":                  fswBatch,

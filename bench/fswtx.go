@@ -13,11 +13,13 @@ import (
 	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/netif/memif"
 	"github.com/skylane/skylane/packet"
+	"github.com/skylane/skylane/packet/packettest"
 	"github.com/skylane/skylane/pool"
 )
 
-// The fsw-tx scenario's rows: size is the IP packet length the app sends
-// (the frame on the wire is 14 bytes longer).
+// The fsw-tx scenario's rows: size is the frame length on the wire, as in
+// fsw-rx: the app sends IP packets 14 bytes shorter (the switch writes the
+// Ethernet header).
 var fswTxRows = []struct {
 	name string
 	size int
@@ -40,11 +42,13 @@ var (
 	fswTxRemote = netip.AddrPortFrom(netip.MustParseAddr("198.19.0.2"), 10000)
 )
 
-// fswTxPacket is a valid IPv4/UDP packet of size bytes from local to remote,
-// checksums included, with no L2 header (what an app sends).
+// fswTxPacket is a valid IPv4/UDP packet from local to remote, checksums
+// included, with no L2 header (what an app sends), whose frame on the wire
+// is size bytes.
 func fswTxPacket(size int) []byte {
-	// fswFrame builds remote → local frames: swap the roles.
-	return fswFrame(fswTxRemote, fswTxLocal, fswTxEthLen+size)[fswTxEthLen:]
+	f := packettest.Frame{Link: packet.RawIP, Src: fswTxLocal, Dst: fswTxRemote, Proto: packet.ProtoUDP,
+		Payload: []byte("fsw-tx"), Size: size - fswTxEthLen}
+	return f.Bytes()
 }
 
 // fswTxRig is one transmit path: an app on a channel, its nexus side, a memif
@@ -69,7 +73,7 @@ func newFswTxRig(name string, size int) (*fswTxRig, error) {
 	if err != nil {
 		return nil, err
 	}
-	chans, apps, closeAll, err := fswChannels(1)
+	chans, apps, closeAll, err := fswChannels(1, 0)
 	if err != nil {
 		a.Close()
 		return nil, err
@@ -282,8 +286,8 @@ func fswTxRow(cfg Config, name string, size int) (Result, error) {
 	res := Throughput(name, "Mpps", o/1e6, fswTxBaseName, b/1e6)
 	res.Extra = map[string]any{
 		"batch":     fswTxBatch,
-		"ip_len":    size,
-		"frame_len": fswTxEthLen + size,
+		"ip_len":    size - fswTxEthLen,
+		"frame_len": size,
 		"drops":     0,
 		"packets":   pkts,
 	}

@@ -1,19 +1,33 @@
-// Package flowswitch is the nexus's flowswitch (DESIGN §5): it reads input
-// batches from a device port (a netif.Link), steers each packet to the flow
-// registered for it, and hands each flow's packets to the owner port's channel
-// in one batch (flow-based batching, US11606302B2).
+// Package flowswitch is the nexus's flowswitch (DESIGN §4–§6): it reads
+// input batches from a device port (a netif.Link), steers each packet to the
+// flow registered for it, hands each flow's packets to the owner port's
+// channel in one batch (flow-based batching, US11606302B2), and checks every
+// packet an app transmits against the flows its port owns before it reaches
+// the device (anti-spoofing, US20190303221A1).
 //
 // Receive path, per input batch (RxOnce):
 //  1. Read up to Options.Batch frames from the link into buffers the Switch
 //     owns (allocated once, by New).
-//  2. Parse each frame and look its key up in the flow table, reusing the
-//     previous packet's entry when the key repeats; append the packet to that
-//     flow's batch queue.
+//  2. Parse every frame, then look all their keys up at once
+//     (flow.Table.LookupBatch, which overlaps the table's cache misses), a
+//     run of one key once; append each packet to its flow's batch queue,
+//     found through the entry's Mark (one load, no map).
 //  3. Release a flow's queue when it reaches Options.FlowBatchLimit, and every
 //     queue at the end of the input batch: one channel.Alloc for the whole flow
-//     batch, one copy per packet (the L3 packet, trimmed to its IP length).
+//     batch, one copy per packet (the L3 packet, trimmed to its IP length) or
+//     per TCP super packet (merge.go), the flow ID stamped in each buffer's
+//     user metadata (RxMetaFlowIDOff).
 //  4. At the end of the input batch, one channel.Deliver per channel, holding
-//     that channel's flow batches in the order they were released.
+//     that channel's flow batches in the order they were released; the frames
+//     of no flow (ARP included) go to Options.HostLink in one Write, in
+//     arrival order, or are dropped and counted (NoFlow) without a host link.
+//
+// Transmit path (tx.go): each packet and its flow ID are copied out of the
+// app's memory before any check, every refusal is counted by reason, and the
+// passing packets go to the link (or Options.TxQueue, with their flow token
+// and advisory index). A port's last flow is cached with a packet.Template
+// of its headers, so most packets skip the full parse and lookup. The host
+// link's frames (the kernel's own traffic) go to the device unchecked.
 //
 // Invariants, each checked by the tests:
 //   - Packets of one flow reach the app in the order they arrived.
@@ -22,20 +36,23 @@
 //   - A full RX ring tail-drops only the excess of its own channel (counted
 //     by the channel as RxDrops); other channels are not affected.
 //   - A packet of no registered flow never reaches a user channel.
+//   - A packet the transmit checks refuse never reaches the link, and the
+//     link gets the very bytes that were checked.
 //   - No allocation per packet (or per batch) in steady state.
 //
-// A Switch is owned by one goroutine: RxOnce, Run, AddPort, Register and
-// Stats must not run concurrently. Stats is read by that goroutine, or after
-// Run returned.
+// Concurrency. Every method takes the switch's lock, so all are safe from
+// any goroutine. The datapath methods (RxOnce, TxOnce, TxSync, HostOnce)
+// belong to one worker goroutine, usually Run, which takes the lock once per
+// loop; the control methods (AddPort, RemovePort, Register, Teardown,
+// Stats, Snapshot, Do) may run from others while Run runs, and take effect
+// between two loops, when no flow has packets queued (so a port event finds
+// its flows' queues already released). The flow table and the mutable parts
+// of its entries (counters, state) are guarded by the same lock: read them
+// in Do. An entry's identity (ID, Token, AdvisoryIndex, Port, Key, Kind)
+// never changes and may be read anywhere.
 //
-// The transmit path (tx.go) copies each packet and its flow ID out of the
-// app's memory before any check and counts every refusal by reason.
-//
-// In-order TCP data of one flow batch leaves as one super packet (merge.go,
-// DESIGN §5.4), its checksums derived from the segments' own.
-//
-// TODO(skylane): next come the flow token and advisory index on transmit, the kernel host port for
-// packets of no flow (today they are dropped and counted as NoFlow), flow
-// metadata stamping into the user metadata region, and the port-event release
-// condition (flow torn down, channel closed).
+// Ports: port 0 is the host port (HostPort); AddPort binds a user port to a
+// channel and never reuses an ID. RemovePort, or Run when it finds a port's
+// channel defunct, tears the port's flows down. Packets an app still sends
+// on a flow torn down by Teardown count as TxDrops.TornDown.
 package flowswitch

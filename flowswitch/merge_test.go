@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"testing"
 
@@ -15,6 +14,7 @@ import (
 	"github.com/skylane/skylane/flow"
 	"github.com/skylane/skylane/flowswitch"
 	"github.com/skylane/skylane/packet"
+	"github.com/skylane/skylane/packet/packettest"
 	"github.com/skylane/skylane/pool"
 )
 
@@ -36,6 +36,7 @@ type seg struct {
 	tsOpt        bool // a 12-byte TCP timestamp option (NOP NOP TS)
 	window       uint16
 	corrupt      bool // flip a payload byte after the checksums
+	v6           bool // IPv6: remoteIP6 → localIP6 (tos is the traffic class)
 }
 
 func payloadOf(seq uint32, n int) []byte {
@@ -48,40 +49,34 @@ func payloadOf(seq uint32, n int) []byte {
 
 func (s seg) frame(t testing.TB) []byte {
 	t.Helper()
-	eth := &layers.Ethernet{
-		SrcMAC:       net.HardwareAddr{0x02, 0, 0, 0, 0, 2},
-		DstMAC:       net.HardwareAddr{0x02, 0, 0, 0, 0, 1},
-		EthernetType: layers.EthernetTypeIPv4,
+	src, dst := remoteIP, localIP
+	if s.v6 {
+		src, dst = remoteIP6, localIP6
 	}
-	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, TOS: s.tos,
-		Id: uint16(s.seq), SrcIP: remoteIP.AsSlice(), DstIP: localIP.AsSlice()}
-	if !s.noDF {
-		ip.Flags = layers.IPv4DontFragment
+	f := packettest.Frame{
+		Src: netip.AddrPortFrom(src, s.sport), Dst: netip.AddrPortFrom(dst, s.dport),
+		Proto: packet.ProtoTCP, TOS: s.tos, ID: uint16(s.seq), NoDF: s.noDF,
+		Seq: s.seq, Ack: 777, Window: s.window, Payload: payloadOf(s.seq, s.n),
+	}
+	if f.Window == 0 {
+		f.Window = 1000
 	}
 	if s.ipOpt {
-		ip.Options = []layers.IPv4Option{{OptionType: 1}, {OptionType: 1}, {OptionType: 1}, {OptionType: 0}}
+		f.IPOptions = packettest.IPv4NOPs(4)
 	}
-	win := s.window
-	if win == 0 {
-		win = 1000
-	}
-	tcp := &layers.TCP{SrcPort: layers.TCPPort(s.sport), DstPort: layers.TCPPort(s.dport),
-		Seq: s.seq, Ack: 777, ACK: !s.syn, PSH: s.psh, FIN: s.fin, SYN: s.syn, RST: s.rst,
-		URG: s.urg, Window: win}
 	if s.tsOpt {
-		tcp.Options = []layers.TCPOption{{OptionType: 1}, {OptionType: 1},
-			{OptionType: 8, OptionLength: 10, OptionData: make([]byte, 8)}}
+		f.TCPOptions = packettest.TCPTimestamp(0, 0)
 	}
-	if err := tcp.SetNetworkLayerForChecksum(ip); err != nil {
-		t.Fatal(err)
+	for _, fl := range []struct {
+		on   bool
+		flag packet.TCPFlags
+	}{{!s.syn, packet.TCPAck}, {s.psh, packet.TCPPsh}, {s.fin, packet.TCPFin}, {s.syn, packet.TCPSyn},
+		{s.rst, packet.TCPRst}, {s.urg, packet.TCPUrg}} {
+		if fl.on {
+			f.Flags |= fl.flag
+		}
 	}
-	sb := gopacket.NewSerializeBuffer()
-	err := gopacket.SerializeLayers(sb, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
-		eth, ip, tcp, gopacket.Payload(payloadOf(s.seq, s.n)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := bytes.Clone(sb.Bytes())
+	b := f.Bytes()
 	if s.corrupt {
 		b[len(b)-1] ^= 0x40
 	}
@@ -90,7 +85,13 @@ func (s seg) frame(t testing.TB) []byte {
 
 func (r *rig) registerTCP(t testing.TB, i int, sport, dport uint16) {
 	t.Helper()
-	k := packet.MakeKey(packet.ProtoTCP, netip.AddrPortFrom(localIP, dport), netip.AddrPortFrom(remoteIP, sport))
+	r.registerTCPFrom(t, i, netip.AddrPortFrom(remoteIP, sport), netip.AddrPortFrom(localIP, dport))
+}
+
+// registerTCPFrom adds the TCP 5-tuple flow local ← remote for port i.
+func (r *rig) registerTCPFrom(t testing.TB, i int, remote, local netip.AddrPort) {
+	t.Helper()
+	k := packet.MakeKey(packet.ProtoTCP, local, remote)
 	if _, err := r.sw.Register(r.ports[i], k, flow.Connected); err != nil {
 		t.Fatal(err)
 	}
@@ -99,8 +100,9 @@ func (r *rig) registerTCP(t testing.TB, i int, sport, dport uint16) {
 // rxPkt is a packet an app received.
 type rxPkt struct {
 	data    []byte
-	ip      *layers.IPv4
-	tcp     *layers.TCP // nil if not TCP
+	ip      *layers.IPv4 // nil if IPv6
+	ip6     *layers.IPv6 // nil if IPv4
+	tcp     *layers.TCP  // nil if not TCP
 	payload []byte
 }
 
@@ -122,13 +124,25 @@ func (r *rig) drainPkts(t testing.TB, i int) []rxPkt {
 				t.Errorf("buffer flags %#x", b.Flags)
 			}
 			data := bytes.Clone(b.Data)
-			pk := gopacket.NewPacket(data, layers.LayerTypeIPv4, gopacket.Default)
+			first := layers.LayerTypeIPv4
+			if len(data) > 0 && data[0]>>4 == 6 {
+				first = layers.LayerTypeIPv6
+			}
+			pk := gopacket.NewPacket(data, first, gopacket.Default)
 			if el := pk.ErrorLayer(); el != nil {
 				t.Fatalf("decode: %v", el.Error())
 			}
-			p := rxPkt{data: data, ip: pk.Layer(layers.LayerTypeIPv4).(*layers.IPv4)}
-			if int(p.ip.Length) != len(data) {
-				t.Errorf("IP length %d, packet %d bytes", p.ip.Length, len(data))
+			p := rxPkt{data: data}
+			if first == layers.LayerTypeIPv4 {
+				p.ip = pk.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+				if int(p.ip.Length) != len(data) {
+					t.Errorf("IP length %d, packet %d bytes", p.ip.Length, len(data))
+				}
+			} else {
+				p.ip6 = pk.Layer(layers.LayerTypeIPv6).(*layers.IPv6)
+				if 40+int(p.ip6.Length) != len(data) {
+					t.Errorf("IPv6 payload length %d, packet %d bytes", p.ip6.Length, len(data))
+				}
 			}
 			if l, ok := pk.Layer(layers.LayerTypeTCP).(*layers.TCP); ok {
 				p.tcp = l
@@ -147,13 +161,24 @@ func (r *rig) drainPkts(t testing.TB, i int) []rxPkt {
 // by serializing its layers again with gopacket computing the checksums.
 func checksumsOK(t testing.TB, p rxPkt) bool {
 	t.Helper()
-	ip, tcp := *p.ip, *p.tcp
-	if err := tcp.SetNetworkLayerForChecksum(&ip); err != nil {
-		t.Fatal(err)
+	tcp := *p.tcp
+	var ipl gopacket.SerializableLayer
+	if p.ip != nil {
+		ip := *p.ip
+		if err := tcp.SetNetworkLayerForChecksum(&ip); err != nil {
+			t.Fatal(err)
+		}
+		ipl = &ip
+	} else {
+		ip6 := *p.ip6
+		if err := tcp.SetNetworkLayerForChecksum(&ip6); err != nil {
+			t.Fatal(err)
+		}
+		ipl = &ip6
 	}
 	sb := gopacket.NewSerializeBuffer()
 	err := gopacket.SerializeLayers(sb, gopacket.SerializeOptions{ComputeChecksums: true},
-		&ip, &tcp, gopacket.Payload(p.payload))
+		ipl, &tcp, gopacket.Payload(p.payload))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,6 +239,53 @@ func TestMergeInOrder(t *testing.T) {
 		if st.SuperPackets != 1 || st.Merged != 7 || st.Delivered != 1 || st.FlowBatches != 1 {
 			t.Errorf("size %d: stats %+v", size, st)
 		}
+	}
+}
+
+// IPv6 segments merge as IPv4 ones do: the payload length covers the
+// merged payload (there is no header checksum), and the TCP checksum over
+// the IPv6 pseudo header is right. A changed traffic class stops the merge.
+func TestMergeIPv6(t *testing.T) {
+	r := newRig(t, flowswitch.Options{}, bigBufs)
+	r.registerTCPFrom(t, 0, netip.AddrPortFrom(remoteIP6, 5000), netip.AddrPortFrom(localIP6, 80))
+	ss := runOf(6, 999) // odd sizes: payloads at odd offsets of the sum
+	for k := range ss {
+		ss[k].v6 = true
+	}
+	ss[2].psh = true
+	ss[3].window = 777
+	ss[4].tos, ss[5].tos = 0x10, 0x10 // traffic class change: a new run
+	r.write(t, frames(t, ss)...)
+	r.rxOnce(t, len(ss))
+	got := r.drainPkts(t, 0)
+	if len(got) != 2 {
+		t.Fatalf("%d packets, want 2 super packets", len(got))
+	}
+	for k, want := range []struct {
+		seq    uint32
+		n      int
+		window uint16
+		tc     uint8
+	}{{1000, 4 * 999, 777, 0}, {1000 + 4*999, 2 * 999, 1000, 0x10}} {
+		p := got[k]
+		if p.ip6 == nil || p.tcp == nil {
+			t.Fatalf("packet %d: not IPv6/TCP", k)
+		}
+		if p.tcp.Seq != want.seq || len(p.payload) != want.n || !bytes.Equal(p.payload, payloadOf(want.seq, want.n)) {
+			t.Errorf("packet %d: seq %d, %d payload bytes; want %d, %d", k, p.tcp.Seq, len(p.payload), want.seq, want.n)
+		}
+		if int(p.ip6.Length) != 20+want.n || p.ip6.TrafficClass != want.tc || p.tcp.Window != want.window || !p.tcp.ACK {
+			t.Errorf("packet %d: payload length %d, traffic class %#x, window %d", k, p.ip6.Length, p.ip6.TrafficClass, p.tcp.Window)
+		}
+		if k == 0 && !p.tcp.PSH {
+			t.Error("PSH of a merged segment lost")
+		}
+		if !checksumsOK(t, p) {
+			t.Errorf("packet %d: bad TCP checksum %#x", k, p.tcp.Checksum)
+		}
+	}
+	if st := r.sw.Stats(); st.SuperPackets != 2 || st.Merged != 4 {
+		t.Errorf("stats %+v", st)
 	}
 }
 

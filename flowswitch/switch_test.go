@@ -4,13 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"runtime"
 	"testing"
-
-	"github.com/gopacket/gopacket"
-	"github.com/gopacket/gopacket/layers"
 
 	"github.com/skylane/skylane/channel"
 	"github.com/skylane/skylane/flow"
@@ -18,12 +14,16 @@ import (
 	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/netif/memif"
 	"github.com/skylane/skylane/packet"
+	"github.com/skylane/skylane/packet/packettest"
 )
 
-// Documentation addresses (RFC 2544 benchmarking range 198.18.0.0/15).
+// Documentation addresses: RFC 2544's benchmarking range 198.18.0.0/15 and
+// RFC 3849's 2001:db8::/32.
 var (
-	localIP  = netip.MustParseAddr("198.18.0.1")
-	remoteIP = netip.MustParseAddr("198.19.0.2")
+	localIP   = netip.MustParseAddr("198.18.0.1")
+	remoteIP  = netip.MustParseAddr("198.19.0.2")
+	localIP6  = netip.MustParseAddr("2001:db8::1")
+	remoteIP6 = netip.MustParseAddr("2001:db8:1::2")
 )
 
 // rig is a switch on one end of a memif wire, the test writing frames on
@@ -44,7 +44,7 @@ func newRig(t testing.TB, opts flowswitch.Options, chOpts ...channel.Options) *r
 	}
 	t.Cleanup(func() { a.Close() })
 	opts.Link = a
-	opts.LocalAddrs = []netip.Addr{localIP}
+	opts.LocalAddrs = []netip.Addr{localIP, localIP6}
 	sw, err := flowswitch.New(opts)
 	if err != nil {
 		t.Fatal(err)
@@ -71,7 +71,13 @@ func newRig(t testing.TB, opts flowswitch.Options, chOpts ...channel.Options) *r
 // register adds the UDP 5-tuple flow local:dport ← remote:sport for port i.
 func (r *rig) register(t testing.TB, i int, sport, dport uint16) *flow.Entry {
 	t.Helper()
-	k := packet.MakeKey(packet.ProtoUDP, netip.AddrPortFrom(localIP, dport), netip.AddrPortFrom(remoteIP, sport))
+	return r.registerFrom(t, i, netip.AddrPortFrom(remoteIP, sport), dport)
+}
+
+// registerFrom adds the UDP 5-tuple flow local:dport ← remote for port i.
+func (r *rig) registerFrom(t testing.TB, i int, remote netip.AddrPort, dport uint16) *flow.Entry {
+	t.Helper()
+	k := packet.MakeKey(packet.ProtoUDP, netip.AddrPortFrom(localIP, dport), remote)
 	e, err := r.sw.Register(r.ports[i], k, flow.Connected)
 	if err != nil {
 		t.Fatal(err)
@@ -82,29 +88,15 @@ func (r *rig) register(t testing.TB, i int, sport, dport uint16) *flow.Entry {
 // udpFrame builds an Ethernet/IPv4/UDP frame from remote:sport to local:dport
 // whose payload starts with tag, padded with zeros to size bytes in all.
 func udpFrame(t testing.TB, sport, dport uint16, tag string, size int) []byte {
+	return udpFrameFrom(t, netip.AddrPortFrom(remoteIP, sport), dport, tag, size)
+}
+
+// udpFrameFrom is udpFrame from any remote address and port.
+func udpFrameFrom(t testing.TB, remote netip.AddrPort, dport uint16, tag string, size int) []byte {
 	t.Helper()
-	eth := &layers.Ethernet{
-		SrcMAC:       net.HardwareAddr{0x02, 0, 0, 0, 0, 2},
-		DstMAC:       net.HardwareAddr{0x02, 0, 0, 0, 0, 1},
-		EthernetType: layers.EthernetTypeIPv4,
-	}
-	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolUDP,
-		SrcIP: remoteIP.AsSlice(), DstIP: localIP.AsSlice()}
-	udp := &layers.UDP{SrcPort: layers.UDPPort(sport), DstPort: layers.UDPPort(dport)}
-	if err := udp.SetNetworkLayerForChecksum(ip); err != nil {
-		t.Fatal(err)
-	}
-	payload := []byte(tag)
-	if pad := size - 42 - len(payload); pad > 0 {
-		payload = append(payload, make([]byte, pad)...)
-	}
-	sb := gopacket.NewSerializeBuffer()
-	err := gopacket.SerializeLayers(sb, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
-		eth, ip, udp, gopacket.Payload(payload))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return sb.Bytes()
+	f := packettest.Frame{Src: remote, Dst: netip.AddrPortFrom(localIP, dport), Proto: packet.ProtoUDP,
+		Payload: []byte(tag), Size: size}
+	return f.Bytes()
 }
 
 func (r *rig) write(t testing.TB, frames ...[]byte) {
@@ -430,6 +422,103 @@ func TestFlowBatchLimit(t *testing.T) {
 	}
 	if st := r.sw.Stats(); st.FlowBatches != 3 || st.Deliveries != 1 || st.Delivered != 10 {
 		t.Errorf("stats %+v", st)
+	}
+}
+
+// Test 5b: with two flows interleaved and a limit of 3, each flow's batch
+// is released the moment it reaches the limit, before the end of the input
+// batch: A's first three packets reach the ring before any of B's, B's
+// three before A's fourth. Order within each flow is kept.
+func TestFlowBatchLimitReleasesAtLimit(t *testing.T) {
+	r := newRig(t, flowswitch.Options{FlowBatchLimit: 3}, channel.Options{})
+	r.register(t, 0, 1000, 53)
+	r.register(t, 0, 1001, 53)
+	r.write(t,
+		udpFrame(t, 1000, 53, "A1", 0),
+		udpFrame(t, 1001, 53, "B1", 0),
+		udpFrame(t, 1000, 53, "A2", 0),
+		udpFrame(t, 1001, 53, "B2", 0),
+		udpFrame(t, 1000, 53, "A3", 0), // A reaches the limit: released
+		udpFrame(t, 1000, 53, "A4", 0),
+		udpFrame(t, 1001, 53, "B3", 0), // B reaches the limit: released
+		udpFrame(t, 1001, 53, "B4", 0),
+		udpFrame(t, 1000, 53, "A5", 0),
+	)
+	r.rxOnce(t, 9)
+	want := []string{"A1", "A2", "A3", "B1", "B2", "B3", "A4", "A5", "B4"}
+	if got := r.drain(t, 0); !equal(got, want) {
+		t.Errorf("got %v, want %v", got, want)
+	}
+	if st := r.sw.Stats(); st.FlowBatches != 4 || st.Deliveries != 1 || st.Delivered != 9 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+// The switch stamps each delivered buffer's user metadata with its flow's
+// ID and clears the rest, whatever the buffer held before (an app writes
+// garbage into buffers it frees); super packets are stamped too.
+func TestRxMetadataStamped(t *testing.T) {
+	r := newRig(t, flowswitch.Options{}, bigBufs)
+	a := r.register(t, 0, 1000, 53)
+	b := r.register(t, 0, 1001, 53)
+	r.registerTCP(t, 0, 5000, 80)
+	var tcpID [16]byte
+	r.sw.Do(func() {
+		k := packet.MakeKey(packet.ProtoTCP, netip.AddrPortFrom(localIP, 80), netip.AddrPortFrom(remoteIP, 5000))
+		tcpID = r.sw.Table().Lookup(&k).ID()
+	})
+	// Dirty the metadata of every buffer the app is handed ahead.
+	r.chans[0].Sync()
+	bufs := make([]channel.Buf, 256)
+	n, err := r.apps[0].Alloc(bufs)
+	if err != nil || n == 0 {
+		t.Fatalf("alloc %d, %v", n, err)
+	}
+	for _, x := range bufs[:n] {
+		m, err := r.apps[0].Meta(x.Index)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k := range m {
+			m[k] = 0xa5
+		}
+	}
+	if _, err := r.apps[0].Free(bufs[:n]); err != nil {
+		t.Fatal(err)
+	}
+	r.chans[0].Sync()
+	in := [][]byte{udpFrame(t, 1000, 53, "a", 0), udpFrame(t, 1001, 53, "b", 0), udpFrame(t, 1000, 53, "a", 0)}
+	in = append(in, frames(t, runOf(3, 500))...) // one super packet
+	r.write(t, in...)
+	r.rxOnce(t, len(in))
+	want := [][16]byte{a.ID(), a.ID(), b.ID(), tcpID}
+	got := 0
+	for {
+		n, err := r.apps[0].Receive(bufs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+		for _, x := range bufs[:n] {
+			m, err := r.apps[0].Meta(x.Index)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got >= len(want) {
+				t.Fatalf("more than %d packets", len(want))
+			}
+			var rest [16]byte
+			if [16]byte(m[flowswitch.RxMetaFlowIDOff:]) != want[got] || [16]byte(m[16:32]) != rest {
+				t.Errorf("packet %d: metadata %x, want the flow ID %x then zeros", got, m, want[got])
+			}
+			got++
+		}
+		r.apps[0].Free(bufs[:n])
+	}
+	if got != len(want) {
+		t.Errorf("%d packets, want %d", got, len(want))
 	}
 }
 

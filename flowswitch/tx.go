@@ -1,7 +1,6 @@
 package flowswitch
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"time"
@@ -24,12 +23,25 @@ import (
 //     here on nothing the app writes can reach the checks or the wire;
 //  3. checks each copy, counting every rejection in its own TxDrops counter;
 //  4. writes the L2 header of the packets that passed and hands them to the
-//     link in one Link.Write.
+//     link in one Link.Write, or to Options.TxQueue with each packet's flow
+//     token and advisory index.
+//
+// The checks have a fast path for the common case, a port sending many
+// packets of one flow: each port keeps the flow of the last packet that
+// passed the full checks and a packet.Template of its headers. A packet
+// the template matches (same addresses, ports and protocol, no options,
+// consistent lengths: see packet.Template's contract) with the same flow
+// ID, while the flow table is unchanged (flow.Table.Version), would pass
+// the parse, lookup, owner, flow ID and torn-down checks exactly as the
+// full path does, so only the per-packet checks that remain run: MTU,
+// listener-only-RST and the SYN rate. Anything else takes the full path,
+// which counts the reason.
 //
 // Invariants, each checked by the tests:
 //   - A rejected packet never reaches the link.
 //   - Every check runs on the nexus's copy, and the link is given that same
 //     copy: what is on the wire is byte for byte what was checked.
+//   - The fast path accepts only what the full path accepts.
 //   - No allocation per packet (or per batch) in steady state.
 
 // User metadata layout of a TX buffer (channel pool.UserMetaLen = 32 bytes,
@@ -85,9 +97,10 @@ type TxDrops struct {
 	NotOwner uint64
 	// FlowID: the flow ID in the metadata is not the matching flow's.
 	FlowID uint64
-	// TornDown: the matching flow has been torn down. flow.Table.Lookup
-	// never returns such an entry (the packet counts as NoFlow), so this
-	// stays 0 unless that contract breaks; the check is kept as a guard.
+	// TornDown: the packet's flow ID and key are those of a flow of this
+	// port that Switch.Teardown tore down recently (the port remembers its
+	// last tornRecent): the app still sends on a closed flow. Checked when
+	// the lookup found no flow, or a flow with another ID.
 	TornDown uint64
 	// ListenerData: a listener flow sent something other than a TCP RST.
 	ListenerData uint64
@@ -96,242 +109,243 @@ type TxDrops struct {
 	SYNRate uint64
 }
 
-// txState is the transmit path's scratch, allocated once by New. Owned by the
-// Switch's goroutine like the rest of the Switch.
+// TxQueue is the transmit queue between the checks and the device: the
+// regulation layer (the AQM of DESIGN §7) implements it and owns the device
+// link's writing side. Without one (Options.TxQueue nil), TxOnce writes to
+// the link itself.
+type TxQueue interface {
+	// Enqueue takes frames that passed every transmit check, framed for
+	// the device (L2 header written), in the order the ports sent them;
+	// tokens[i] and adv[i] are frame i's flow token and advisory index
+	// (flow.Entry.Token, AdvisoryIndex), written by the nexus, never by the
+	// app. The slices are valid only during the call: Enqueue copies what
+	// it keeps. It returns how many frames it accepted, a prefix; the rest
+	// are its drops, counted by it.
+	Enqueue(frames [][]byte, tokens, adv []uint32) int
+	// Flush writes to the device what the queue lets go now. Run calls it
+	// once per loop, after the ports' transmit; an error stops Run.
+	Flush() error
+}
+
+// portTx is a port's transmit state.
+type portTx struct {
+	// Fast path (see above): the flow of the last packet that passed the
+	// full checks, its headers, and the table version it was found at.
+	entry   *flow.Entry
+	tmpl    packet.Template
+	ver     uint64
+	tcp, v6 bool // the template's protocol and family
+
+	torn tornFlows // recently torn-down flows, for TxDrops.TornDown
+
+	packets, bytes, drops uint64
+}
+
+// txState is the transmit path's scratch, allocated once by New. Guarded by
+// the switch's lock like the rest of the Switch.
 type txState struct {
-	hdr     int           // headroom in front of each copy: netif.HeaderLen of the link; immutable
-	l2Len   int           // L2 header TxOnce writes: ethHeaderLen or 0; immutable
-	mtu     int           // the link's MTU; immutable
-	l2      [12]byte      // Ethernet dst and src MACs, copied into every frame; immutable
-	bufs    []channel.Buf // TakeTX output; len TxBatch
-	frames  [][]byte      // the nexus's copies; each hdr+mtu bytes, the packet at [hdr:]
-	lens    []int         // bytes copied into frames[i][hdr:]
-	ids     [][TxMetaFlowIDLen]byte
-	out     [][]byte          // frames that passed, for Link.Write; cap TxBatch
-	entries []*flow.Entry     // their flows, parallel to out
-	flags   []packet.TCPFlags // their TCP flags, parallel to out
-	l3Len   []int             // their L3 lengths, parallel to out
+	hdr    int           // headroom in front of each copy: netif.HeaderLen of the link; immutable
+	l2Len  int           // L2 header TxOnce writes: ethHeaderLen or 0; immutable
+	mtu    int           // the link's MTU; immutable
+	bufs   []channel.Buf // TakeTX output; len TxBatch
+	frames [][]byte      // the nexus's copies; each hdr+mtu bytes, the packet at [hdr:]
+	copies [][]byte      // copies[i]: frames[i][hdr:], where packet i is copied (MTU bytes); immutable
+	lens   []int         // bytes copied into copies[i]
+	ids    [][TxMetaFlowIDLen]byte
+	ipLens []int             // Template.MatchEach results: 0, or the IP length
+	mflags []packet.TCPFlags // and the TCP flags
+
+	// The packets that passed, in order: out for Link.Write, flags and runs
+	// for the counters (runs: how many consecutive ones belong to a flow).
+	out    [][]byte          // cap TxBatch
+	flags  []packet.TCPFlags // parallel to out
+	runs   []txRun
+	tokens []uint32 // flow token of each of out, filled for TxQueue only
+	adv    []uint32 // advisory index of each of out, filled for TxQueue only
+
+	now    time.Time // the clock for the SYN budget, read once per TxOnce when first needed
+	hasNow bool
+}
+
+// txRun is n consecutive passed packets of flow e, of bytes L3 bytes.
+type txRun struct {
+	e     *flow.Entry
+	n     int
+	bytes uint64
 }
 
 func (t *txState) init(opts Options, lt packet.LinkType, mtu int) {
 	t.hdr, t.mtu = netif.HeaderLen(lt), mtu
-	if lt == packet.Ethernet {
-		t.l2Len = ethHeaderLen
-	}
-	copy(t.l2[0:6], opts.DstMAC[:])
-	copy(t.l2[6:12], opts.SrcMAC[:])
 	t.bufs = make([]channel.Buf, TxBatch)
-	t.frames = make([][]byte, TxBatch)
-	frameLen := netif.MaxFrameLen(mtu, lt)
-	mem := make([]byte, TxBatch*frameLen)
-	for i := range t.frames {
-		t.frames[i] = mem[i*frameLen : (i+1)*frameLen : (i+1)*frameLen]
+	t.frames = frameBufs(TxBatch, netif.MaxFrameLen(mtu, lt))
+	if lt == packet.Ethernet {
+		// The MACs never change and nothing else writes in front of the
+		// copies: write them once; each packet then gets its EtherType.
+		t.l2Len = ethHeaderLen
+		for _, f := range t.frames {
+			l2 := f[t.hdr-ethHeaderLen:]
+			copy(l2[0:6], opts.DstMAC[:])
+			copy(l2[6:12], opts.SrcMAC[:])
+		}
+	}
+	t.copies = make([][]byte, TxBatch)
+	for i, f := range t.frames {
+		t.copies[i] = f[t.hdr:]
 	}
 	t.lens = make([]int, TxBatch)
 	t.ids = make([][TxMetaFlowIDLen]byte, TxBatch)
+	t.ipLens = make([]int, TxBatch)
+	t.mflags = make([]packet.TCPFlags, TxBatch)
 	t.out = make([][]byte, 0, TxBatch)
-	t.entries = make([]*flow.Entry, 0, TxBatch)
 	t.flags = make([]packet.TCPFlags, 0, TxBatch)
-	t.l3Len = make([]int, 0, TxBatch)
+	t.runs = make([]txRun, 0, TxBatch)
+	t.tokens = make([]uint32, 0, TxBatch)
+	t.adv = make([]uint32, 0, TxBatch)
+}
+
+// clock returns the time for this TxOnce's SYN budget checks, reading the
+// clock on first use only: most batches hold no SYN.
+func (t *txState) clock() time.Time {
+	if !t.hasNow {
+		t.now, t.hasNow = time.Now(), true
+	}
+	return t.now
+}
+
+// passed appends frame f of flow e, with TCP flags fl, to the output.
+func (t *txState) passed(f []byte, e *flow.Entry, fl packet.TCPFlags) {
+	t.out = append(t.out, f)
+	t.flags = append(t.flags, fl)
+	t.addRun(e, 1, uint64(len(f)-t.l2Len))
+}
+
+// addRun counts n more passed packets of flow e, of bytes L3 bytes.
+func (t *txState) addRun(e *flow.Entry, n int, bytes uint64) {
+	if k := len(t.runs) - 1; k >= 0 && t.runs[k].e == e {
+		t.runs[k].n += n
+		t.runs[k].bytes += bytes
+	} else {
+		t.runs = append(t.runs, txRun{e, n, bytes})
+	}
 }
 
 // TxOnce takes up to TxBatch packets from port's TX ring, checks them and
-// writes those that pass to the link (see the transmit path above). It
-// returns how many packets it took from the ring; Stats says what became of
-// them. It never blocks.
+// writes those that pass to the link or the TxQueue (see the transmit path
+// above). It returns how many packets it took from the ring; Stats says
+// what became of them. It never blocks (but for the switch's lock).
 //
-// Errors: ErrNoPort for a port AddPort did not return; the channel's
-// *channel.DefunctError (errors.Is channel.ErrDefunct) when the app broke the
-// ring contract — the channel is closed, nothing was sent; the link's error
-// from Link.Write, after the frames it accepted were counted. A link tail
-// drop (device full) is the link's, counted in its TxDrops, not an error.
+// Errors: ErrNoPort for a port AddPort did not return or one removed; the
+// channel's *channel.DefunctError (errors.Is channel.ErrDefunct) when the
+// app broke the ring contract — the channel is closed, nothing was sent,
+// and the port is removed; the link's error from Link.Write, after the
+// frames it accepted were counted. A link tail drop (device full) is the
+// link's, counted in its TxDrops, not an error.
 func (s *Switch) TxOnce(port flow.PortID) (int, error) {
-	if port == HostPort || int(port) >= len(s.ports) || s.ports[port] == nil {
-		return 0, fmt.Errorf("%w: %d", ErrNoPort, port)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.txOnce(port)
+}
+
+func (s *Switch) txOnce(id flow.PortID) (int, error) {
+	p := s.portOf(id)
+	if p == nil {
+		return 0, fmt.Errorf("flowswitch tx port %d: %w", id, ErrNoPort)
 	}
-	ch := s.ports[port].ch
+	ch := p.ch
 	t := &s.tx
 	n, err := ch.TakeTX(t.bufs)
 	if err != nil {
-		return 0, fmt.Errorf("flowswitch tx port %d: %w", port, err)
+		s.removePort(id)
+		return 0, fmt.Errorf("flowswitch tx port %d: %w", id, err)
 	}
 	if n == 0 {
 		return 0, nil
 	}
 
-	// Copy first: packet and flow ID, out of the app-writable memory.
+	// Copy each packet and its flow ID out of the app-writable memory, then
+	// check the copies.
 	meta := ch.Pool()
+	dst, lens, ids := t.copies[:n], t.lens[:n], t.ids[:n]
 	for i, b := range t.bufs[:n] {
-		c := min(len(b.Data), t.mtu) // more than the MTU fails a check below either way
-		t.lens[i] = copy(t.frames[i][t.hdr:t.hdr+c], b.Data)
-		copy(t.ids[i][:], meta.UserMeta(b.Index)[TxMetaFlowIDOff:TxMetaFlowIDOff+TxMetaFlowIDLen])
+		// dst[i] is MTU bytes: more than that is not copied, and fails
+		// the length checks below either way.
+		lens[i] = copy(dst[i], b.Data)
+		copy(ids[i][:], meta.UserMeta(b.Index)[TxMetaFlowIDOff:TxMetaFlowIDOff+TxMetaFlowIDLen])
 	}
 	ch.Release(t.bufs[:n])
 	clear(t.bufs[:n]) // drop the references into shared memory
+	t.hasNow = false
+	s.txChecks(p, n)
+	p.tx.drops += uint64(n - len(t.out))
 
-	// Then check the copies.
-	now := time.Now()
-	for i := range n {
-		s.txCheck(port, i, now)
+	if len(t.out) == 0 {
+		return n, nil
 	}
-
-	if len(t.out) > 0 {
-		w, err := s.link.Write(t.out)
-		for j := range w {
-			t.entries[j].CountOut(t.l3Len[j], t.flags[j])
-			s.stats.TxPackets++
-			s.stats.TxBytes += uint64(t.l3Len[j])
+	var w int
+	if s.txq != nil {
+		for _, r := range t.runs {
+			for range r.n {
+				t.tokens = append(t.tokens, r.e.Token())
+				t.adv = append(t.adv, r.e.AdvisoryIndex())
+			}
 		}
-		clear(t.out)
-		clear(t.entries)
-		t.out, t.entries, t.flags, t.l3Len = t.out[:0], t.entries[:0], t.flags[:0], t.l3Len[:0]
-		if err != nil {
-			return n, fmt.Errorf("flowswitch tx: %w", err)
+		w = s.txq.Enqueue(t.out, t.tokens, t.adv)
+		t.tokens, t.adv = t.tokens[:0], t.adv[:0]
+	} else {
+		w, err = s.link.Write(t.out)
+	}
+	// Count the accepted prefix, one update per run of a flow.
+	var total uint64
+	j := 0
+	for _, r := range t.runs {
+		if j >= w {
+			break
 		}
+		k, bytes := j+r.n, r.bytes
+		if k > w { // the link took part of the run: count its bytes
+			k, bytes = w, 0
+			for _, f := range t.out[j:k] {
+				bytes += uint64(len(f) - t.l2Len)
+			}
+		}
+		r.e.AddOut(uint64(k-j), bytes, t.flags[k-1])
+		total += bytes
+		j = k
+	}
+	p.tx.packets += uint64(w)
+	p.tx.bytes += total
+	s.stats.TxPackets += uint64(w)
+	s.stats.TxBytes += total
+	// out points into the switch's own frames: no need to clear it.
+	clear(t.runs)
+	t.out, t.flags, t.runs = t.out[:0], t.flags[:0], t.runs[:0]
+	if err != nil {
+		return n, fmt.Errorf("flowswitch tx: %w", err)
 	}
 	return n, nil
 }
 
-// txCheck runs the checks on copy i and, if it passes, frames it and appends
-// it to the output batch.
-func (s *Switch) txCheck(port flow.PortID, i int, now time.Time) {
-	t := &s.tx
-	d := &s.stats.TxDrops
-	pkt := t.frames[i][t.hdr : t.hdr+t.lens[i]]
-
-	// Lengths, from the IP header of the copy: more than the MTU is
-	// oversize; more than was sent is a lie; less is trimmed.
-	ipLen := claimedLen(pkt)
-	switch {
-	case ipLen < 0:
-		d.Parse++
-		return
-	case ipLen > t.mtu:
-		d.MTU++
-		return
-	case ipLen > len(pkt):
-		d.Length++
-		return
-	}
-	pkt = pkt[:ipLen]
-
-	p := &s.parsed
-	if err := packet.Parse(pkt, packet.RawIP, p); err != nil {
-		d.Parse++
-		return
-	}
-	if p.IPOptions {
-		d.IPv4Options++
-		return
-	}
-	k := p.TxKey()
-	e := s.table.Lookup(k)
-	switch {
-	case e == nil:
-		s.noFlowReason(d, k, port)
-		return
-	case e.Port() != port:
-		d.NotOwner++
-		return
-	case e.ID() != t.ids[i]:
-		d.FlowID++
-		return
-	case !e.Active():
-		d.TornDown++
-		return
-	}
-	tcp := p.Proto == packet.ProtoTCP && p.HasL4
-	if e.Kind() != flow.Connected && !(tcp && p.Flags.Has(packet.TCPRst)) {
-		d.ListenerData++
-		return
-	}
-	if tcp && p.Flags.Has(packet.TCPSyn) && !e.AllowSYN(now) {
-		d.SYNRate++
-		return
-	}
-
-	// Passed: the nexus writes the L2 header in front of the copy.
-	f := t.frames[i][t.hdr-t.l2Len : t.hdr+ipLen]
-	if t.l2Len == ethHeaderLen {
-		copy(f, t.l2[:])
-		et := packet.EtherTypeIPv4
-		if p.IPVersion == 6 {
-			et = packet.EtherTypeIPv6
-		}
-		binary.BigEndian.PutUint16(f[12:14], et)
-	}
-	var fl packet.TCPFlags
-	if tcp {
-		fl = p.Flags
-	}
-	t.out = append(t.out, f)
-	t.entries = append(t.entries, e)
-	t.flags = append(t.flags, fl)
-	t.l3Len = append(t.l3Len, ipLen)
-}
-
-// claimedLen returns the packet length the IP header of pkt claims, or -1 if
-// pkt is too short to hold the fixed IP header or is not IPv4 or IPv6. An
-// IPv6 jumbogram (payload length 0) claims just its fixed header, and is then
-// rejected by Parse or the flow lookup.
-func claimedLen(pkt []byte) int {
-	if len(pkt) == 0 {
-		return -1
-	}
-	switch pkt[0] >> 4 {
-	case 4:
-		if len(pkt) < 20 {
-			return -1
-		}
-		return int(binary.BigEndian.Uint16(pkt[2:4]))
-	case 6:
-		if len(pkt) < 40 {
-			return -1
-		}
-		return 40 + int(binary.BigEndian.Uint16(pkt[4:6]))
-	}
-	return -1
-}
-
 // TxSync runs TxOnce on every user port once, in port order, and returns
 // how many packets it took in all. A defunct channel fails only itself (its
-// error is the channel's business); a link error stops the round and is
-// returned.
+// port is removed; its error is the channel's business); a link error
+// stops the round and is returned.
 func (s *Switch) TxSync() (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.txSync()
+}
+
+func (s *Switch) txSync() (int, error) {
 	total := 0
 	for id, p := range s.ports {
 		if p == nil {
 			continue
 		}
-		n, err := s.TxOnce(flow.PortID(id))
+		n, err := s.txOnce(flow.PortID(id))
 		total += n
 		if err != nil && !errors.Is(err, channel.ErrDefunct) {
 			return total, err
 		}
 	}
 	return total, nil
-}
-
-// noFlowReason names why a transmitted packet matched no flow: a source
-// address that is not ours, a source port this app does not hold, the right
-// port under the wrong protocol, or an unregistered remote.
-func (s *Switch) noFlowReason(d *TxDrops, k packet.Key, port flow.PortID) {
-	src := k.LocalAddrPort()
-	if !s.table.IsLocal(src.Addr()) {
-		d.SrcAddr++
-		return
-	}
-	if o, ok := s.table.PortOwner(k.Proto, src.Port()); ok && o == port {
-		d.NoFlow++
-		return
-	}
-	other := packet.ProtoTCP
-	if k.Proto == packet.ProtoTCP {
-		other = packet.ProtoUDP
-	}
-	if o, ok := s.table.PortOwner(other, src.Port()); ok && o == port {
-		d.Proto++
-		return
-	}
-	d.SrcPort++
 }

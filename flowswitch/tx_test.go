@@ -17,6 +17,7 @@ import (
 	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/netif/memif"
 	"github.com/skylane/skylane/packet"
+	"github.com/skylane/skylane/packet/packettest"
 )
 
 // MACs the switch writes on transmitted frames (locally administered).
@@ -74,55 +75,30 @@ func newTxRig(t testing.TB) (*rig, *hookLink) {
 
 // txPkt describes one IPv4 packet an app sends: src → dst.
 type txPkt struct {
-	proto      layers.IPProtocol // UDP or TCP
+	proto      uint8 // packet.ProtoUDP or ProtoTCP
 	src, dst   netip.Addr
 	sport      uint16
 	dport      uint16
-	tcp        layers.TCP // flags only
-	size       int        // total IP length, at least the headers
-	ipOptions  bool       // add an IPv4 NOP option (IHL 6)
-	trailing   int        // garbage bytes after the IP length
-	lieLength  int        // added to the IP total length field after building
-	versionBad bool       // IP version 5
+	flags      packet.TCPFlags // TCP flags; 0 means ACK
+	size       int             // total IP length, at least the headers
+	ipOptions  bool            // add 4 bytes of IPv4 NOP options (IHL 6)
+	trailing   int             // garbage bytes after the IP length
+	lieLength  int             // added to the IP total length field after building
+	versionBad bool            // IP version 5
 }
 
 func (p txPkt) build(t testing.TB) []byte {
 	t.Helper()
-	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: p.proto,
-		SrcIP: p.src.AsSlice(), DstIP: p.dst.AsSlice()}
+	f := packettest.Frame{Link: packet.RawIP, Src: netip.AddrPortFrom(p.src, p.sport),
+		Dst: netip.AddrPortFrom(p.dst, p.dport), Proto: p.proto, Flags: p.flags, Seq: 1000}
 	if p.ipOptions {
-		ip.Options = []layers.IPv4Option{{OptionType: 1}, {OptionType: 1}, {OptionType: 1}, {OptionType: 0}}
+		f.IPOptions = packettest.IPv4NOPs(4)
 	}
-	var l4 gopacket.SerializableLayer
-	hdr := 20 + len(ip.Options)
-	switch p.proto {
-	case layers.IPProtocolUDP:
-		u := &layers.UDP{SrcPort: layers.UDPPort(p.sport), DstPort: layers.UDPPort(p.dport)}
-		if err := u.SetNetworkLayerForChecksum(ip); err != nil {
-			t.Fatal(err)
-		}
-		l4, hdr = u, hdr+8
-	case layers.IPProtocolTCP:
-		tc := p.tcp
-		tc.SrcPort, tc.DstPort, tc.Seq, tc.Window = layers.TCPPort(p.sport), layers.TCPPort(p.dport), 1000, 65535
-		if err := tc.SetNetworkLayerForChecksum(ip); err != nil {
-			t.Fatal(err)
-		}
-		l4, hdr = &tc, hdr+20
-	default:
-		t.Fatalf("proto %v", p.proto)
+	f.Payload = make([]byte, max(p.size-f.HeaderLen(), 0))
+	for i := range f.Payload {
+		f.Payload[i] = byte(i)
 	}
-	payload := make([]byte, max(p.size-hdr, 0))
-	for i := range payload {
-		payload[i] = byte(i)
-	}
-	sb := gopacket.NewSerializeBuffer()
-	err := gopacket.SerializeLayers(sb, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
-		ip, l4, gopacket.Payload(payload))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := append([]byte(nil), sb.Bytes()...)
+	b := f.Bytes()
 	if p.lieLength != 0 {
 		binary.BigEndian.PutUint16(b[2:4], uint16(len(b)+p.lieLength))
 	}
@@ -231,7 +207,7 @@ func (r *rig) txFlows(t testing.TB) txFlows {
 
 // udp0Pkt is a valid packet of flow udp0, size bytes long.
 func udp0Pkt(size int) txPkt {
-	return txPkt{proto: layers.IPProtocolUDP, src: localIP, dst: remoteIP, sport: 5000, dport: 6000, size: size}
+	return txPkt{proto: packet.ProtoUDP, src: localIP, dst: remoteIP, sport: 5000, dport: 6000, size: size}
 }
 
 // A valid packet reaches the wire with the switch's L2 header, trimmed to its
@@ -242,8 +218,8 @@ func TestTxValid(t *testing.T) {
 	p := udp0Pkt(200)
 	p.trailing = 7
 	pkt := p.build(t)
-	rst := txPkt{proto: layers.IPProtocolTCP, src: localIP, dst: remoteIP, sport: 80, dport: 40000,
-		tcp: layers.TCP{RST: true, ACK: true}, size: 40}.build(t)
+	rst := txPkt{proto: packet.ProtoTCP, src: localIP, dst: remoteIP, sport: 80, dport: 40000,
+		flags: packet.TCPRst | packet.TCPAck, size: 40}.build(t)
 	r.send(t, 0, f.udp0.ID(), pkt)
 	r.send(t, 0, f.listen.ID(), rst) // a listener may send a RST
 	if n := r.tx(t, 0); n != 2 {
@@ -316,7 +292,7 @@ func TestTxSpoofs(t *testing.T) {
 		name: "other protocol", port: 0, n: 5, // TCP on udp0's ports
 		pkt: func(f txFlows) (txPkt, [16]byte) {
 			p := udp0Pkt(100)
-			p.proto, p.tcp = layers.IPProtocolTCP, layers.TCP{ACK: true}
+			p.proto, p.flags = packet.ProtoTCP, packet.TCPAck
 			return p, f.udp0.ID()
 		},
 		counter: func(d *flowswitch.TxDrops) *uint64 { return &d.Proto },
@@ -373,58 +349,105 @@ func TestTxSpoofs(t *testing.T) {
 	}, {
 		name: "listener data", port: 0, n: 5, // ACK+PSH with payload from the listener's port
 		pkt: func(f txFlows) (txPkt, [16]byte) {
-			return txPkt{proto: layers.IPProtocolTCP, src: localIP, dst: remoteIP, sport: 80, dport: 40000,
-				tcp: layers.TCP{ACK: true, PSH: true}, size: 140}, f.listen.ID()
+			return txPkt{proto: packet.ProtoTCP, src: localIP, dst: remoteIP, sport: 80, dport: 40000,
+				flags: packet.TCPAck | packet.TCPPsh, size: 140}, f.listen.ID()
 		},
 		counter: func(d *flowswitch.TxDrops) *uint64 { return &d.ListenerData },
 	}, {
 		name: "listener SYN", port: 0, n: 5,
 		pkt: func(f txFlows) (txPkt, [16]byte) {
-			return txPkt{proto: layers.IPProtocolTCP, src: localIP, dst: remoteIP, sport: 80, dport: 40000,
-				tcp: layers.TCP{SYN: true}, size: 40}, f.listen.ID()
+			return txPkt{proto: packet.ProtoTCP, src: localIP, dst: remoteIP, sport: 80, dport: 40000,
+				flags: packet.TCPSyn, size: 40}, f.listen.ID()
 		},
 		counter: func(d *flowswitch.TxDrops) *uint64 { return &d.ListenerData },
 	}}
+	// Each spoof runs cold (first on its port) and warm: right after a
+	// valid packet of the flow it imitates, in the same batch, so that the
+	// port's fast-path cache holds that flow and the spoof must be refused
+	// by the fast path too (or sent down the full path).
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			r, _ := newTxRig(t)
-			f := r.txFlows(t)
-			p, id := tt.pkt(f)
-			pkt := p.build(t)
-			pkts := make([][]byte, tt.n)
-			for i := range pkts {
-				pkts[i] = pkt
+		for _, warm := range []bool{false, true} {
+			name := tt.name + "/cold"
+			if warm {
+				name = tt.name + "/warm"
 			}
-			r.send(t, tt.port, id, pkts...)
-			if n := r.tx(t, tt.port); n != tt.n {
-				t.Fatalf("took %d, want %d", n, tt.n)
-			}
-			if fr := r.wire(t); len(fr) != 0 {
-				t.Fatalf("%d frames on the wire, want 0", len(fr))
-			}
-			var want flowswitch.TxDrops
-			*tt.counter(&want) = uint64(tt.n)
-			if st := r.sw.Stats(); st.TxDrops != want || st.TxPackets != 0 || st.TxBytes != 0 {
-				t.Errorf("drops %+v, %d packets; want %+v, 0", st.TxDrops, st.TxPackets, want)
-			}
-		})
+			t.Run(name, func(t *testing.T) {
+				r, _ := newTxRig(t)
+				f := r.txFlows(t)
+				p, id := tt.pkt(f)
+				pkt := p.build(t)
+				wantWire := 0
+				if warm {
+					good, gid := udp0Pkt(100), f.udp0.ID()
+					if p.sport == 80 { // a listener's: warm with a valid RST
+						good = txPkt{proto: packet.ProtoTCP, src: localIP, dst: remoteIP, sport: 80, dport: 40000,
+							flags: packet.TCPRst | packet.TCPAck, size: 40}
+						gid = f.listen.ID()
+					}
+					r.send(t, tt.port, gid, good.build(t))
+					wantWire = 1
+				}
+				pkts := make([][]byte, tt.n)
+				for i := range pkts {
+					pkts[i] = pkt
+				}
+				r.send(t, tt.port, id, pkts...)
+				if n := r.tx(t, tt.port); n != tt.n+wantWire {
+					t.Fatalf("took %d, want %d", n, tt.n+wantWire)
+				}
+				if fr := r.wire(t); len(fr) != wantWire {
+					t.Fatalf("%d frames on the wire, want %d", len(fr), wantWire)
+				}
+				var want flowswitch.TxDrops
+				*tt.counter(&want) = uint64(tt.n)
+				if st := r.sw.Stats(); st.TxDrops != want || st.TxPackets != uint64(wantWire) {
+					t.Errorf("drops %+v, %d packets; want %+v, %d", st.TxDrops, st.TxPackets, want, wantWire)
+				}
+			})
+		}
 	}
 }
 
-// A torn-down flow's packets find no flow: Lookup never returns a torn-down
-// entry and teardown gave the port back, so they count as SrcPort (the app
-// no longer holds that port; TornDown is a guard that stays 0).
+// Packets an app still sends on a flow torn down through the switch count
+// as TornDown: right after the flow's own packets (the fast-path cache held
+// it), and also once the same 5-tuple was registered again as a new flow
+// with a new ID. A stale ID on another flow's headers is still a FlowID
+// drop, and a flow torn down behind the switch's back (on its table)
+// counts by what the packet now is.
 func TestTxTornDown(t *testing.T) {
 	r, _ := newTxRig(t)
 	f := r.txFlows(t)
-	r.sw.Table().Teardown(f.udp0)
-	r.send(t, 0, f.udp0.ID(), udp0Pkt(100).build(t), udp0Pkt(100).build(t))
+	pkt := udp0Pkt(100).build(t)
+	r.send(t, 0, f.udp0.ID(), pkt) // valid: fills the cache
 	r.tx(t, 0)
-	if fr := r.wire(t); len(fr) != 0 {
-		t.Fatalf("%d frames on the wire", len(fr))
+	r.sw.Teardown(f.udp0)
+	r.send(t, 0, f.udp0.ID(), pkt, pkt)
+	r.tx(t, 0)
+	if d := r.sw.Stats().TxDrops; d != (flowswitch.TxDrops{TornDown: 2}) {
+		t.Errorf("after teardown: drops %+v", d)
 	}
-	if d := r.sw.Stats().TxDrops; d != (flowswitch.TxDrops{SrcPort: 2}) {
-		t.Errorf("drops %+v", d)
+	again, err := r.sw.Register(r.ports[0], f.udp0.Key(), flow.Connected)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.send(t, 0, f.udp0.ID(), pkt) // old ID on the new flow's tuple
+	r.send(t, 0, again.ID(), pkt)  // the new flow: fine
+	r.send(t, 0, f.tcp0.ID(), pkt) // another live flow's ID
+	r.send(t, 0, f.udp0.ID(), txPkt{proto: packet.ProtoUDP, src: localIP, dst: remoteIP, sport: 5000, dport: 6001,
+		size: 100}.build(t)) // old ID, another tuple: not this flow's packet
+	r.tx(t, 0)
+	if d := r.sw.Stats().TxDrops; d != (flowswitch.TxDrops{TornDown: 3, FlowID: 1, NoFlow: 1}) {
+		t.Errorf("after re-registering: drops %+v", d)
+	}
+	if fr := r.wire(t); len(fr) != 2 {
+		t.Errorf("%d frames on the wire, want 2 (the valid ones)", len(fr))
+	}
+	// Behind the switch's back: no record, the port is free again.
+	r.sw.Do(func() { r.sw.Table().Teardown(again) })
+	r.send(t, 0, again.ID(), pkt)
+	r.tx(t, 0)
+	if d := r.sw.Stats().TxDrops; d.SrcPort != 1 || d.TornDown != 3 {
+		t.Errorf("torn down on the table: drops %+v", d)
 	}
 }
 
@@ -433,8 +456,8 @@ func TestTxTornDown(t *testing.T) {
 func TestTxSYNFlood(t *testing.T) {
 	r, _ := newTxRig(t)
 	f := r.txFlows(t)
-	syn := txPkt{proto: layers.IPProtocolTCP, src: localIP, dst: remoteIP, sport: 7000, dport: 8000,
-		tcp: layers.TCP{SYN: true}, size: 40}.build(t)
+	syn := txPkt{proto: packet.ProtoTCP, src: localIP, dst: remoteIP, sport: 7000, dport: 8000,
+		flags: packet.TCPSyn, size: 40}.build(t)
 	const sent = 100
 	pkts := make([][]byte, sent)
 	for i := range pkts {
@@ -572,5 +595,104 @@ func TestTxNoPort(t *testing.T) {
 		if _, err := r.sw.TxOnce(p); err == nil {
 			t.Errorf("TxOnce(%d) = nil error", p)
 		}
+	}
+}
+
+// fifoQueue is a plain FIFO TxQueue with a capacity: it copies what it
+// accepts and writes it all to its link on Flush.
+type fifoQueue struct {
+	link   netif.Link
+	limit  int
+	frames [][]byte
+	tokens []uint32
+	adv    []uint32
+	got    int // frames accepted since the last Flush
+}
+
+func (q *fifoQueue) Enqueue(frames [][]byte, tokens, adv []uint32) int {
+	n := min(len(frames), q.limit-len(q.frames))
+	for i := range n {
+		q.frames = append(q.frames, bytes.Clone(frames[i]))
+	}
+	q.tokens = append(q.tokens, tokens[:n]...)
+	q.adv = append(q.adv, adv[:n]...)
+	return n
+}
+
+func (q *fifoQueue) Flush() error {
+	_, err := q.link.Write(q.frames)
+	q.frames = q.frames[:0]
+	return err
+}
+
+// With a TxQueue, the checked frames go to the queue, not the link, each
+// with its flow's token and advisory index; the link sees them on Flush. A
+// frame the queue refuses is not counted as sent.
+func TestTxQueue(t *testing.T) {
+	a, b, err := memif.NewPair(memif.Options{QueueLen: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	q := &fifoQueue{link: a, limit: 4}
+	sw, err := flowswitch.New(flowswitch.Options{Link: a, TxQueue: q, LocalAddrs: []netip.Addr{localIP},
+		SrcMAC: txSrcMAC, DstMAC: txDstMAC})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &rig{sw: sw, peer: b}
+	for range 2 {
+		ch, err := channel.New(channel.Options{Name: "txq"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		app, err := ch.AttachLocal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { app.Close(); ch.Close() })
+		r.chans, r.apps = append(r.chans, ch), append(r.apps, app)
+		r.ports = append(r.ports, sw.AddPort(ch))
+	}
+	f := r.txFlows(t)
+	tcp := txPkt{proto: packet.ProtoTCP, src: localIP, dst: remoteIP, sport: 7000, dport: 8000, size: 60}.build(t)
+	udp1 := txPkt{proto: packet.ProtoUDP, src: localIP, dst: remoteIP, sport: 5001, dport: 6000, size: 80}.build(t)
+	r.send(t, 0, f.udp0.ID(), udp0Pkt(100).build(t))
+	r.send(t, 0, f.tcp0.ID(), tcp)
+	r.send(t, 0, f.udp0.ID(), udp0Pkt(120).build(t))
+	r.send(t, 1, f.udp1.ID(), udp1, udp1) // the queue takes only the first
+	if n, err := sw.TxSync(); n != 5 || err != nil {
+		t.Fatalf("TxSync = %d, %v", n, err)
+	}
+	if fr := r.wire(t); len(fr) != 0 {
+		t.Fatalf("%d frames on the wire before Flush", len(fr))
+	}
+	want := []*flow.Entry{f.udp0, f.tcp0, f.udp0, f.udp1}
+	if len(q.tokens) != len(want) {
+		t.Fatalf("queue got %d frames, want %d", len(q.tokens), len(want))
+	}
+	for i, e := range want {
+		if q.tokens[i] != e.Token() || q.adv[i] != e.AdvisoryIndex() {
+			t.Errorf("frame %d: token %d advisory %d, want %d %d (%v)", i, q.tokens[i], q.adv[i], e.Token(), e.AdvisoryIndex(), e.Key())
+		}
+	}
+	queued := append([][]byte(nil), q.frames...)
+	if err := q.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	fr := r.wire(t)
+	if len(fr) != len(queued) {
+		t.Fatalf("%d frames on the wire after Flush, want %d", len(fr), len(queued))
+	}
+	for i := range fr {
+		if !bytes.Equal(fr[i], queued[i]) {
+			t.Errorf("frame %d differs from the one queued", i)
+		}
+	}
+	if !bytes.Equal(fr[1][14:], tcp) || !bytes.Equal(fr[3][14:], udp1) {
+		t.Error("frames are not the packets sent")
+	}
+	if st := sw.Stats(); st.TxPackets != 4 || st.TxDrops != (flowswitch.TxDrops{}) {
+		t.Errorf("stats: %d packets, drops %+v", st.TxPackets, st.TxDrops)
 	}
 }

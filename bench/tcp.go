@@ -1,0 +1,792 @@
+package bench
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/pipe"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	gstack "gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+
+	"github.com/skylane/skylane/client"
+	"github.com/skylane/skylane/flowswitch"
+	"github.com/skylane/skylane/netif/memif"
+	"github.com/skylane/skylane/nexus"
+	"github.com/skylane/skylane/stack"
+)
+
+// The tcp scenario's rows (issue #4). Register the scenario in Scenarios as
+//
+//	{Name: "tcp", Help: "one TCP stream and 64-byte RPCs between two user-space stacks through the flowswitch over memif; baselines gVisor's link/pipe and kernel loopback", Run: runTCP},
+const (
+	tcpRowFsw       = "fsw/mtu=1500"
+	tcpRowFswKernel = "fsw-vs-kernel/mtu=1500"
+	tcpRowRPC       = "rpc/size=64"
+
+	tcpMTU     = 1500      // the wire MTU of every user-space path
+	tcpWrite   = 256 << 10 // bytes per Write of the stream's sender
+	rpcSize    = 64        // bytes per request and per response
+	tcpWarmup  = 300 * time.Millisecond
+	idleConns  = 500 // connections IdleConnRSS opens: within a port's 512 flows
+	tcpPortNum = 5001
+	// tcpWireQueue is the memif queue per direction: 4096 frames (6 MB)
+	// hold a full TCP window at these rates. With memif's default 1024 the
+	// sender outruns the receiving nexus in bursts, the wire tail-drops and
+	// TCP's loss recovery makes the figure swing by 2× (the flowswitch's
+	// AQM, DESIGN §7, is what will regulate this).
+	tcpWireQueue = 4096
+)
+
+// RFC 2544 benchmarking addresses of the two user-space hosts.
+var (
+	tcpHostA = netip.MustParseAddr("198.18.0.1")
+	tcpHostB = netip.MustParseAddr("198.18.0.2")
+)
+
+func runTCP(cfg Config) (Report, error) {
+	rep := Report{Scenario: "tcp", Machine: Machine()}
+	rows := []string{tcpRowFsw, tcpRowFswKernel, tcpRowRPC}
+	var want []string
+	for _, r := range rows {
+		if cfg.wants(r) {
+			want = append(want, r)
+		}
+	}
+	if len(want) == 0 {
+		return rep, nil
+	}
+	sky, err := newSkyPair(client.Options{})
+	if err != nil {
+		return rep, fmt.Errorf("tcp: skylane path: %w", err)
+	}
+	defer sky.close()
+	var kernel *connPair
+	for _, row := range want {
+		if row != tcpRowFsw && kernel == nil {
+			if kernel, err = newKernelPair(); err != nil {
+				return rep, fmt.Errorf("tcp: kernel loopback: %w", err)
+			}
+			defer kernel.close()
+		}
+		cfg.progress("tcp %s", row)
+		switch row {
+		case tcpRowFsw:
+			pp, err := newPipePair()
+			if err != nil {
+				return rep, fmt.Errorf("tcp: gVisor pipe: %w", err)
+			}
+			r, err := streamRow(cfg, row, sky, pp, "two netstacks over gVisor link/pipe, MTU 1500")
+			pp.close()
+			if err != nil {
+				return rep, err
+			}
+			if rss, err := IdleConnRSS(idleConns); err == nil {
+				r.Extra["rss_per_idle_conn_kib"] = round2(rss / 1024)
+			} else {
+				cfg.progress("  idle-connection RSS not measured: %v", err)
+			}
+			rep.Results = append(rep.Results, r)
+		case tcpRowFswKernel:
+			r, err := streamRow(cfg, row, sky, kernel, "kernel TCP over loopback 127.0.0.1")
+			if err != nil {
+				return rep, err
+			}
+			rep.Results = append(rep.Results, r)
+		case tcpRowRPC:
+			r, err := rpcRow(cfg, row, sky, kernel)
+			if err != nil {
+				return rep, err
+			}
+			rep.Results = append(rep.Results, r)
+		}
+	}
+	return rep, nil
+}
+
+// connPair is two connected endpoints of one path: a stream (client →
+// server, the server discards) and an RPC connection (the server echoes).
+type connPair struct {
+	streamTx, streamRx net.Conn
+	rpcC, rpcS         net.Conn
+	received           atomic.Int64 // bytes streamRx has read
+	rxDone             chan error
+	closers            []func()
+}
+
+func (p *connPair) close() {
+	for _, c := range []net.Conn{p.streamTx, p.streamRx, p.rpcC, p.rpcS} {
+		if c != nil {
+			c.Close()
+		}
+	}
+	if p.rxDone != nil {
+		<-p.rxDone
+	}
+	for i := len(p.closers) - 1; i >= 0; i-- {
+		p.closers[i]()
+	}
+}
+
+// connect dials two connections through dial/accept and starts the
+// stream's reader and the RPC echo server.
+func (p *connPair) connect(ln net.Listener, dial func() (net.Conn, error)) error {
+	accepted := make(chan net.Conn, 2)
+	acceptErr := make(chan error, 1)
+	go func() {
+		for range 2 {
+			c, err := ln.Accept()
+			if err != nil {
+				acceptErr <- err
+				return
+			}
+			accepted <- c
+		}
+	}()
+	var conns [2]net.Conn
+	for i := range conns {
+		c, err := dial()
+		if err != nil {
+			return err
+		}
+		conns[i] = c
+		select {
+		case s := <-accepted:
+			if i == 0 {
+				p.streamTx, p.streamRx = c, s
+			} else {
+				p.rpcC, p.rpcS = c, s
+			}
+		case err := <-acceptErr:
+			c.Close()
+			return err
+		case <-time.After(10 * time.Second):
+			c.Close()
+			return errors.New("accept timed out")
+		}
+	}
+	p.rxDone = make(chan error, 1)
+	go func() {
+		buf := make([]byte, tcpWrite)
+		for {
+			n, err := p.streamRx.Read(buf)
+			p.received.Add(int64(n))
+			if err != nil {
+				p.rxDone <- err
+				return
+			}
+		}
+	}()
+	go func() {
+		var b [rpcSize]byte
+		for {
+			if _, err := io.ReadFull(p.rpcS, b[:]); err != nil {
+				return
+			}
+			if _, err := p.rpcS.Write(b[:]); err != nil {
+				return
+			}
+		}
+	}()
+	return nil
+}
+
+// stream sends for d and returns the bits the receiver read in that time.
+// It returns once everything sent was received, so the next measurement
+// (perhaps of the baseline) starts on an idle path.
+func (p *connPair) stream(d time.Duration) (Rate, error) {
+	var stop atomic.Bool
+	var sent atomic.Int64
+	werr := make(chan error, 1)
+	base := p.received.Load()
+	go func() {
+		buf := make([]byte, tcpWrite)
+		for !stop.Load() {
+			n, err := p.streamTx.Write(buf)
+			sent.Add(int64(n))
+			if err != nil {
+				werr <- err
+				return
+			}
+		}
+		werr <- nil
+	}()
+	c0, t0 := p.received.Load(), time.Now()
+	time.Sleep(d) // the measurement window
+	c1, t1 := p.received.Load(), time.Now()
+	stop.Store(true)
+	if err := <-werr; err != nil {
+		return Rate{}, fmt.Errorf("stream write: %w", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for p.received.Load()-base < sent.Load() {
+		if time.Now().After(deadline) {
+			return Rate{}, fmt.Errorf("stream: %d of %d bytes arrived", p.received.Load()-base, sent.Load())
+		}
+		runtime.Gosched()
+	}
+	return Rate{Count: float64(c1-c0) * 8, Elapsed: t1.Sub(t0)}, nil
+}
+
+// rpc runs 64-byte request/response round trips for d and returns their
+// latencies.
+func (p *connPair) rpc(d time.Duration) ([]time.Duration, error) {
+	var req, resp [rpcSize]byte
+	var lat []time.Duration
+	end := time.Now().Add(d)
+	for i := 0; time.Now().Before(end); i++ {
+		req[0] = byte(i)
+		t0 := time.Now()
+		if _, err := p.rpcC.Write(req[:]); err != nil {
+			return nil, err
+		}
+		if _, err := io.ReadFull(p.rpcC, resp[:]); err != nil {
+			return nil, err
+		}
+		lat = append(lat, time.Since(t0))
+		if resp[0] != req[0] {
+			return nil, fmt.Errorf("rpc: response %d to request %d", resp[0], req[0])
+		}
+	}
+	return lat, nil
+}
+
+// skyPair is the Skylane path: two nexuses on the two ends of a memif wire
+// (MTU 1500), a client stack on each, and the connections between them.
+type skyPair struct {
+	connPair
+	na, nb *nexus.Nexus
+	sa, sb *client.Stack
+}
+
+func newSkyPair(opts client.Options) (_ *skyPair, err error) {
+	p := &skyPair{}
+	defer func() {
+		if err != nil {
+			p.close()
+		}
+	}()
+	if p.na, p.nb, p.sa, p.sb, err = skyHosts(opts); err != nil {
+		return nil, err
+	}
+	p.closers = append(p.closers, func() { p.sa.Close(); p.sb.Close(); p.na.Close(); p.nb.Close() })
+	ln, err := p.sa.Listen("tcp4", ":"+strconv.Itoa(tcpPortNum))
+	if err != nil {
+		return nil, err
+	}
+	defer ln.Close()
+	addr := netip.AddrPortFrom(tcpHostA, tcpPortNum).String()
+	return p, p.connect(ln, func() (net.Conn, error) { return p.sb.Dial("tcp4", addr) })
+}
+
+// skyHosts builds the two hosts of the Skylane path. On error what was built
+// is closed.
+func skyHosts(opts client.Options) (na, nb *nexus.Nexus, sa, sb *client.Stack, err error) {
+	la, lb, err := memif.NewPair(memif.Options{Name: "tcp", MTU: tcpMTU, QueueLen: tcpWireQueue})
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	closeAll := func() {
+		for _, s := range []*client.Stack{sa, sb} {
+			if s != nil {
+				s.Close()
+			}
+		}
+		for _, n := range []*nexus.Nexus{na, nb} {
+			if n != nil {
+				n.Close()
+			}
+		}
+	}
+	if na, err = nexus.New(nexus.Options{Link: la, Addrs: []netip.Addr{tcpHostA}}); err != nil {
+		la.Close()
+		return nil, nil, nil, nil, err
+	}
+	if nb, err = nexus.New(nexus.Options{Link: lb, Addrs: []netip.Addr{tcpHostB}}); err != nil {
+		closeAll()
+		return nil, nil, nil, nil, err
+	}
+	opts.Name = "a"
+	if sa, err = client.New(client.InProcess(na), opts); err != nil {
+		closeAll()
+		return nil, nil, nil, nil, err
+	}
+	opts.Name = "b"
+	if sb, err = client.New(client.InProcess(nb), opts); err != nil {
+		closeAll()
+		return nil, nil, nil, nil, err
+	}
+	return na, nb, sa, sb, nil
+}
+
+func newKernelPair() (_ *connPair, err error) {
+	p := &connPair{}
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	defer ln.Close()
+	if err := p.connect(ln, func() (net.Conn, error) { return net.Dial("tcp4", ln.Addr().String()) }); err != nil {
+		p.close()
+		return nil, err
+	}
+	return p, nil
+}
+
+// newPipePair joins two netstacks with gVisor's link/pipe at MTU 1500, with
+// the same TCP options as the client stacks (buffers, SACK, moderation).
+func newPipePair() (_ *connPair, err error) {
+	p := &connPair{}
+	ea, eb := pipe.New("", "", tcpMTU)
+	var stacks []*gstack.Stack
+	p.closers = append(p.closers, func() {
+		for _, s := range stacks {
+			s.Destroy()
+		}
+	})
+	defer func() {
+		if err != nil {
+			p.close()
+		}
+	}()
+	addrs := []tcpip.Address{tcpip.AddrFrom4([4]byte{10, 0, 0, 1}), tcpip.AddrFrom4([4]byte{10, 0, 0, 2})}
+	for i, ep := range []*pipe.Endpoint{ea, eb} {
+		s := gstack.New(gstack.Options{
+			NetworkProtocols:   []gstack.NetworkProtocolFactory{ipv4.NewProtocol},
+			TransportProtocols: []gstack.TransportProtocolFactory{tcp.NewProtocol},
+		})
+		stacks = append(stacks, s)
+		for _, o := range []tcpip.SettableTransportProtocolOption{
+			ptrTo(tcpip.TCPSACKEnabled(true)),
+			ptrTo(tcpip.TCPModerateReceiveBufferOption(true)),
+			&tcpip.TCPReceiveBufferSizeRangeOption{Min: 4 << 10, Default: client.DefaultBufferSize, Max: client.MaxBufferSize},
+			&tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: client.DefaultBufferSize, Max: client.MaxBufferSize},
+		} {
+			if terr := s.SetTransportProtocolOption(tcp.ProtocolNumber, o); terr != nil {
+				return nil, fmt.Errorf("tcp option: %s", terr)
+			}
+		}
+		if terr := s.CreateNIC(1, ep); terr != nil {
+			return nil, fmt.Errorf("create NIC: %s", terr)
+		}
+		pa := tcpip.ProtocolAddress{Protocol: ipv4.ProtocolNumber, AddressWithPrefix: addrs[i].WithPrefix()}
+		if terr := s.AddProtocolAddress(1, pa, gstack.AddressProperties{}); terr != nil {
+			return nil, fmt.Errorf("add address: %s", terr)
+		}
+		s.SetRouteTable([]tcpip.Route{{Destination: header.IPv4EmptySubnet, NIC: 1}})
+	}
+	ln, err := gonet.ListenTCP(stacks[0], tcpip.FullAddress{NIC: 1, Addr: addrs[0], Port: tcpPortNum}, ipv4.ProtocolNumber)
+	if err != nil {
+		return nil, err
+	}
+	defer ln.Close()
+	err = p.connect(ln, func() (net.Conn, error) {
+		return gonet.DialTCP(stacks[1], tcpip.FullAddress{NIC: 1, Addr: addrs[0], Port: tcpPortNum}, ipv4.ProtocolNumber)
+	})
+	return p, err
+}
+
+func ptrTo[T any](v T) *T { return &v }
+
+// streamRow measures one stream on the Skylane path against base, with the
+// batching figures of the Skylane path during the measurement.
+func streamRow(cfg Config, row string, sky *skyPair, base *connPair, baseName string) (Result, error) {
+	for _, p := range []*connPair{&sky.connPair, base} {
+		if _, err := p.stream(tcpWarmup); err != nil {
+			return Result{}, fmt.Errorf("%s warm-up: %w", row, err)
+		}
+	}
+	before, err := sky.figures()
+	if err != nil {
+		return Result{}, err
+	}
+	o, b, err := Measure(cfg, row, sky.stream, base.stream)
+	if err != nil {
+		return Result{}, err
+	}
+	after, err := sky.figures()
+	if err != nil {
+		return Result{}, err
+	}
+	r := Throughput(row, "Gbit/s", o/1e9, baseName, b/1e9)
+	r.Extra = after.since(before)
+	return r, nil
+}
+
+// rpcRow measures 64-byte RPC latency, alternating rounds as Measure does,
+// and reports the p50 (p99 in the extras): lower is better, so the ratio
+// is baseline/value.
+func rpcRow(cfg Config, row string, sky *skyPair, kernel *connPair) (Result, error) {
+	rounds := max(cfg.Rounds, 1)
+	d := cfg.Duration / time.Duration(rounds)
+	var ours, base []time.Duration
+	for _, p := range []*connPair{&sky.connPair, kernel} {
+		if _, err := p.rpc(tcpWarmup); err != nil {
+			return Result{}, fmt.Errorf("%s warm-up: %w", row, err)
+		}
+	}
+	for i := range rounds {
+		cfg.progress("  %s: round %d/%d", row, i+1, rounds)
+		l, err := sky.rpc(d)
+		if err != nil {
+			return Result{}, fmt.Errorf("%s: %w", row, err)
+		}
+		ours = append(ours, l...)
+		l, err = kernel.rpc(d)
+		if err != nil {
+			return Result{}, fmt.Errorf("%s baseline: %w", row, err)
+		}
+		base = append(base, l...)
+	}
+	if len(ours) == 0 || len(base) == 0 {
+		return Result{}, fmt.Errorf("%s: no round trip completed", row)
+	}
+	op50, op99 := percentiles(ours)
+	bp50, bp99 := percentiles(base)
+	return Result{
+		Name: row, Unit: "µs (p50)", Value: op50, LowerIsBetter: true,
+		BaselineName: "kernel TCP over loopback 127.0.0.1", BaselineValue: bp50, Ratio: bp50 / op50,
+		Extra: map[string]any{
+			"p99_us": op99, "baseline_p99_us": bp99, "ratio_p99": round2(bp99 / op99),
+			"round_trips": len(ours), "baseline_round_trips": len(base),
+		},
+	}, nil
+}
+
+// percentiles returns the p50 and p99 of lat in microseconds.
+func percentiles(lat []time.Duration) (p50, p99 float64) {
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	us := func(d time.Duration) float64 { return round2(float64(d) / 1e3) }
+	return us(lat[len(lat)/2]), us(lat[min(len(lat)*99/100, len(lat)-1)])
+}
+
+// skyFigures are the counters behind the batching figures.
+type skyFigures struct {
+	rx          flowswitch.Stats // the receiving host's switch
+	tx          flowswitch.Stats // the sending host's switch
+	send, recv  stack.Stats      // the endpoints
+	wireDrops   uint64           // frames the wire tail-dropped, both ways
+	retransmits uint64           // TCP segments the sender retransmitted
+}
+
+func (p *skyPair) figures() (skyFigures, error) {
+	ra, err := p.na.Stats()
+	if err != nil {
+		return skyFigures{}, err
+	}
+	rb, err := p.nb.Stats()
+	if err != nil {
+		return skyFigures{}, err
+	}
+	return skyFigures{
+		rx: ra.Switch, tx: rb.Switch, send: p.sb.Endpoint().Stats(), recv: p.sa.Endpoint().Stats(),
+		wireDrops:   ra.Link.TxDrops + rb.Link.TxDrops,
+		retransmits: p.sb.Netstack().Stats().TCP.Retransmits.Value(),
+	}, nil
+}
+
+// since returns the batching and merging figures between two snapshots:
+// the stream runs from host B (sender) to host A (receiver).
+func (f skyFigures) since(b skyFigures) map[string]any {
+	div := func(x, y uint64) float64 {
+		if y == 0 {
+			return 0
+		}
+		return round2(float64(x) / float64(y))
+	}
+	frames := f.rx.Packets - b.rx.Packets
+	return map[string]any{
+		"rx_frames_per_batch":      div(frames, f.rx.Batches-b.rx.Batches),
+		"rx_segments_per_delivery": div(frames, f.rx.Delivered-b.rx.Delivered),
+		"rx_super_packets":         f.rx.SuperPackets - b.rx.SuperPackets,
+		"tx_packets_per_send":      div(f.send.TxPackets-b.send.TxPackets, f.send.TxSends-b.send.TxSends),
+		"tx_gso_packets":           f.send.TxGSO - b.send.TxGSO,
+		"rx_packets_per_poll":      div(f.recv.RxPackets-b.recv.RxPackets, f.recv.RxPolls-b.recv.RxPolls),
+		"tx_drops":                 txDropsTotal(f.tx.TxDrops) + txDropsTotal(f.rx.TxDrops) - txDropsTotal(b.tx.TxDrops) - txDropsTotal(b.rx.TxDrops),
+		"wire_drops":               f.wireDrops - b.wireDrops,
+		"tcp_retransmits":          f.retransmits - b.retransmits,
+	}
+}
+
+func txDropsTotal(d flowswitch.TxDrops) uint64 {
+	return d.Length + d.MTU + d.Parse + d.IPv4Options + d.SrcAddr + d.SrcPort + d.Proto + d.NoFlow +
+		d.NotOwner + d.FlowID + d.TornDown + d.ListenerData + d.SYNRate
+}
+
+// IdleConnRSS returns the resident memory one idle TCP connection between
+// two Skylane stacks costs, both ends together (two netstack endpoints, two
+// flows, the gonet wrappers): the growth of this process's RSS over n
+// connections opened and left idle, divided by n. n must stay within a
+// port's flows (512).
+func IdleConnRSS(n int) (float64, error) {
+	na, nb, sa, sb, err := skyHosts(client.Options{})
+	if err != nil {
+		return 0, err
+	}
+	defer func() { sa.Close(); sb.Close(); na.Close(); nb.Close() }()
+	ln, err := sa.Listen("tcp4", ":80")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	var mu sync.Mutex
+	var conns []net.Conn
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	addr := netip.AddrPortFrom(tcpHostA, 80).String()
+	// One connection first, so the rings, pools and processors exist.
+	warm, err := sb.Dial("tcp4", addr)
+	if err != nil {
+		return 0, err
+	}
+	defer warm.Close()
+	before, err := rss()
+	if err != nil {
+		return 0, err
+	}
+	for range n {
+		c, err := sb.Dial("tcp4", addr)
+		if err != nil {
+			return 0, err
+		}
+		mu.Lock()
+		conns = append(conns, c)
+		mu.Unlock()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		k := len(conns)
+		mu.Unlock()
+		if k >= 2*n+1 { // n dialed, n+1 accepted
+			break
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("only %d of %d connection ends up", k, 2*n+1)
+		}
+		runtime.Gosched()
+	}
+	after, err := rss()
+	if err != nil {
+		return 0, err
+	}
+	return float64(after-before) / float64(n), nil
+}
+
+// rss returns this process's resident set in bytes, after a collection that
+// returns freed memory to the OS, so that garbage does not count.
+func rss() (int64, error) {
+	runtime.GC()
+	debug.FreeOSMemory()
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0, fmt.Errorf("read RSS: %w", err)
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 2 {
+		return 0, fmt.Errorf("read RSS: /proc/self/statm is %q", b)
+	}
+	pages, err := strconv.ParseInt(f[1], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("read RSS: %w", err)
+	}
+	return pages * int64(os.Getpagesize()), nil
+}
+
+// HTTPSDemoReport is what HTTPSDemo shows: an HTTPS exchange between two
+// user-space stacks, and how the path batched and merged it.
+type HTTPSDemoReport struct {
+	URL        string        `json:"url"`
+	Proto      string        `json:"proto"`       // e.g. HTTP/2.0
+	TLSVersion string        `json:"tls_version"` // e.g. TLS 1.3
+	Status     int           `json:"status"`
+	Bytes      int64         `json:"bytes"`      // body bytes fetched
+	DigestOK   bool          `json:"digest_ok"`  // the body's SHA-256 matched the server's
+	Elapsed    time.Duration `json:"elapsed_ns"` // the large GET
+	Gbps       float64       `json:"gbit_per_s"`
+	IPv6OK     bool          `json:"ipv6_ok"` // the same page over IPv6 too
+
+	// The server's endpoint: packets it put on its TX ring, how many
+	// netstack GSO packets it cut into MTU segments, and the 5-tuple flows
+	// it registered for accepted connections.
+	ServerTxPackets, ServerGSOPackets, ServerFlowsAuto uint64
+	// The client's nexus: frames read from the wire, in how many input
+	// batches, and the TCP super packets it formed and the segments they
+	// absorbed; and the packets its endpoint received (super packets count
+	// once).
+	ClientFrames, ClientBatches, ClientSuperPackets, ClientMerged, ClientRxPackets uint64
+	// Flowswitch TX drops on either host: 0 for honest stacks.
+	TxDrops uint64
+}
+
+// HTTPSDemo serves HTTPS (net/http over crypto/tls, a self-signed
+// certificate made on the spot) from a user-space stack on host A and
+// fetches a body of size bytes from a stack on host B, through both
+// nexuses and a memif wire at MTU 1500, then the small page over IPv6.
+func HTTPSDemo(size int) (HTTPSDemoReport, error) {
+	var rep HTTPSDemoReport
+	la, lb, err := memif.NewPair(memif.Options{Name: "demo", MTU: tcpMTU})
+	if err != nil {
+		return rep, err
+	}
+	a6, b6 := netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("2001:db8::2")
+	na, err := nexus.New(nexus.Options{Link: la, Addrs: []netip.Addr{tcpHostA, a6}})
+	if err != nil {
+		la.Close()
+		return rep, err
+	}
+	defer na.Close()
+	nb, err := nexus.New(nexus.Options{Link: lb, Addrs: []netip.Addr{tcpHostB, b6}})
+	if err != nil {
+		return rep, err
+	}
+	defer nb.Close()
+	sa, err := client.New(client.InProcess(na), client.Options{Name: "https-server"})
+	if err != nil {
+		return rep, err
+	}
+	defer sa.Close()
+	sb, err := client.New(client.InProcess(nb), client.Options{Name: "https-client"})
+	if err != nil {
+		return rep, err
+	}
+	defer sb.Close()
+
+	cert, pool, err := demoCert(tcpHostA, a6)
+	if err != nil {
+		return rep, err
+	}
+	body := make([]byte, size)
+	if _, err := rand.Read(body); err != nil {
+		return rep, err
+	}
+	sum := sha256.Sum256(body)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/big", func(w http.ResponseWriter, r *http.Request) { w.Write(body) })
+	mux.HandleFunc("/hello", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello over skylane\n") })
+	ln, err := sa.Listen("tcp", ":443")
+	if err != nil {
+		return rep, err
+	}
+	srv := &http.Server{Handler: mux, TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}}
+	served := make(chan error, 1)
+	go func() { served <- srv.ServeTLS(ln, "", "") }()
+	defer func() { srv.Close(); <-served }()
+	tr := &http.Transport{DialContext: sb.DialContext, TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}
+	defer tr.CloseIdleConnections()
+	cl := &http.Client{Transport: tr, Timeout: time.Minute}
+
+	rep.URL = "https://" + tcpHostA.String() + "/big"
+	start := time.Now()
+	resp, err := cl.Get(rep.URL)
+	if err != nil {
+		return rep, fmt.Errorf("GET %s: %w", rep.URL, err)
+	}
+	h := sha256.New()
+	rep.Bytes, err = io.Copy(h, resp.Body)
+	resp.Body.Close()
+	rep.Elapsed = time.Since(start)
+	if err != nil {
+		return rep, fmt.Errorf("GET %s: body: %w", rep.URL, err)
+	}
+	rep.Status, rep.Proto = resp.StatusCode, resp.Proto
+	if resp.TLS != nil {
+		rep.TLSVersion = tls.VersionName(resp.TLS.Version)
+	}
+	rep.DigestOK = string(h.Sum(nil)) == string(sum[:])
+	rep.Gbps = round2(float64(rep.Bytes) * 8 / rep.Elapsed.Seconds() / 1e9)
+	if resp, err := cl.Get("https://[" + a6.String() + "]/hello"); err == nil {
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		rep.IPv6OK = resp.StatusCode == 200 && string(b) == "hello over skylane\n"
+	}
+
+	es, ec := sa.Endpoint().Stats(), sb.Endpoint().Stats()
+	rep.ServerTxPackets, rep.ServerGSOPackets, rep.ServerFlowsAuto = es.TxPackets, es.TxGSO, es.FlowsAuto
+	rep.ClientRxPackets = ec.RxPackets
+	sta, err := na.Stats()
+	if err != nil {
+		return rep, err
+	}
+	stb, err := nb.Stats()
+	if err != nil {
+		return rep, err
+	}
+	rep.ClientFrames, rep.ClientBatches = stb.Switch.Packets, stb.Switch.Batches
+	rep.ClientSuperPackets, rep.ClientMerged = stb.Switch.SuperPackets, stb.Switch.Merged
+	rep.TxDrops = txDropsTotal(sta.Switch.TxDrops) + txDropsTotal(stb.Switch.TxDrops)
+	return rep, nil
+}
+
+// demoCert makes a self-signed ECDSA certificate for the given addresses
+// and a pool that trusts it.
+func demoCert(addrs ...netip.Addr) (tls.Certificate, *x509.CertPool, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "skylane demo"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	for _, a := range addrs {
+		tmpl.IPAddresses = append(tmpl.IPAddresses, a.AsSlice())
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(leaf)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool, nil
+}

@@ -1,0 +1,62 @@
+package bench
+
+import (
+	"math"
+	"testing"
+	"time"
+)
+
+// TestTCPScenario runs every row briefly and checks each was measured, with
+// its baseline, the ratio BENCH.md defines (value/baseline for throughput,
+// baseline/value for latency) and the batching figures.
+func TestTCPScenario(t *testing.T) {
+	rep, err := runTCP(Config{Duration: 200 * time.Millisecond, Rounds: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Scenario != "tcp" || len(rep.Results) != 3 {
+		t.Fatalf("report %+v", rep)
+	}
+	for i, name := range []string{tcpRowFsw, tcpRowFswKernel, tcpRowRPC} {
+		r := rep.Results[i]
+		if r.Name != name || r.Value <= 0 || r.BaselineValue <= 0 || r.BaselineName == "" {
+			t.Fatalf("row %+v not measured", r)
+		}
+		want := r.Value / r.BaselineValue
+		if r.LowerIsBetter {
+			want = r.BaselineValue / r.Value
+		}
+		if math.Abs(r.Ratio-want) > 1e-9 {
+			t.Errorf("row %s: ratio %v, want %v", r.Name, r.Ratio, want)
+		}
+		t.Logf("%s: %.2f %s vs %.2f (%s): ratio %.2f %v", r.Name, r.Value, r.Unit, r.BaselineValue, r.BaselineName, r.Ratio, r.Extra)
+	}
+	if name := rep.Results[2].Name; name != tcpRowRPC || !rep.Results[2].LowerIsBetter {
+		t.Errorf("row %s is not lower-is-better", name)
+	}
+	x := rep.Results[0].Extra
+	if x["rx_super_packets"].(uint64) == 0 || x["tx_gso_packets"].(uint64) == 0 {
+		t.Errorf("the stream formed no super packet or sent no GSO packet: %v", x)
+	}
+	if x["tx_drops"].(uint64) != 0 {
+		t.Errorf("the flowswitch dropped packets of honest stacks: %v", x)
+	}
+	if _, ok := x["rss_per_idle_conn_kib"]; !ok {
+		t.Errorf("no idle-connection RSS: %v", x)
+	}
+}
+
+// TestHTTPSDemo runs the demo's exchange and checks its report.
+func TestHTTPSDemo(t *testing.T) {
+	rep, err := HTTPSDemo(4 << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Status != 200 || rep.Bytes != 4<<20 || !rep.DigestOK || !rep.IPv6OK || rep.TLSVersion == "" {
+		t.Fatalf("exchange failed: %+v", rep)
+	}
+	if rep.ServerGSOPackets == 0 || rep.ClientSuperPackets == 0 || rep.ServerFlowsAuto == 0 || rep.TxDrops != 0 {
+		t.Fatalf("figures: %+v", rep)
+	}
+	t.Logf("%+v", rep)
+}

@@ -1,0 +1,99 @@
+package flowswitch
+
+import (
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Host port (DESIGN §4, §8): frames no user-space stack claimed belong to
+// the kernel's own stack. With Options.HostLink set, rxOnce collects the
+// frames of no flow (ARP included) and writes them to the host link, as
+// they came from the device, in one Write at the end of the input batch;
+// hostOnce reads what the kernel sends and writes it to the device link
+// unchanged. Frames Parse rejected are not the kernel's: they stay drops,
+// counted by reason.
+
+// hostState is the host → device scratch, allocated once by New.
+type hostState struct {
+	bufs  [][]byte
+	sizes []int
+	out   [][]byte // bufs[i][:sizes[i]] for the device Write
+}
+
+func (h *hostState) init(n, frameLen int) {
+	h.bufs = frameBufs(n, frameLen)
+	h.sizes = make([]int, n)
+	h.out = make([][]byte, 0, n)
+}
+
+// noFlow handles frame i of the input batch, which no flow claims: it goes
+// to the host link at the end of the batch, or is dropped and counted.
+func (s *Switch) noFlow(i int) {
+	if s.host == nil {
+		s.stats.NoFlow++
+		return
+	}
+	s.hostMark[i] = true
+	s.nHost++
+}
+
+// flushHost writes the frames marked for the host link, in the order they
+// arrived (ARP is marked while parsing, IP frames after the lookup). The
+// link copies them, so the input batch's buffers may be reused at once.
+func (s *Switch) flushHost() error {
+	if s.nHost == 0 {
+		return nil
+	}
+	for i, m := range s.hostMark {
+		if m {
+			s.toHost = append(s.toHost, s.bufs[i][:s.sizes[i]])
+			s.hostMark[i] = false
+		}
+	}
+	s.nHost = 0
+	w, err := s.host.Write(s.toHost)
+	s.stats.HostDelivered += uint64(w)
+	s.stats.HostDrops += uint64(len(s.toHost) - w)
+	clear(s.toHost)
+	s.toHost = s.toHost[:0]
+	if err != nil {
+		return fmt.Errorf("flowswitch host write: %w", err)
+	}
+	return nil
+}
+
+// HostOnce reads one batch of frames the kernel sent on the host link and
+// writes them to the device link unchanged, and returns how many it read.
+// Without a host link it does nothing. Like RxOnce it never blocks (but for
+// the switch's lock); Run calls it once per loop.
+func (s *Switch) HostOnce() (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.hostOnce()
+}
+
+func (s *Switch) hostOnce() (int, error) {
+	if s.host == nil {
+		return 0, nil
+	}
+	h := &s.hostIn
+	n, err := s.host.Read(h.bufs, h.sizes)
+	if err != nil && !errors.Is(err, io.ErrShortBuffer) {
+		return n, fmt.Errorf("flowswitch host read: %w", err)
+	}
+	if n == 0 {
+		return 0, nil
+	}
+	for i := range n {
+		h.out = append(h.out, h.bufs[i][:h.sizes[i]])
+	}
+	w, err := s.link.Write(h.out)
+	s.stats.HostTx += uint64(w)
+	clear(h.out)
+	h.out = h.out[:0]
+	if err != nil {
+		return n, fmt.Errorf("flowswitch host to device: %w", err)
+	}
+	return n, nil
+}

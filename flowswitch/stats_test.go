@@ -1,0 +1,122 @@
+package flowswitch_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/skylane/skylane/flowswitch"
+	"github.com/skylane/skylane/packet"
+)
+
+// A snapshot counts per flow, per port, per ring and per drop reason; its
+// JSON has every drop reason, zero or not; its table shows the non-zero
+// ones only.
+func TestSnapshot(t *testing.T) {
+	r, _ := newTxRig(t)
+	f := r.txFlows(t)
+	// Receive: 3 packets of udp0 (port 0), 1 of no flow, 1 malformed.
+	rx := func(sport, dport uint16, tag string) []byte {
+		return udpFrame(t, sport, dport, tag, 0)
+	}
+	good := rx(6000, 5000, "in")
+	bad := bytes.Clone(good[:14+10])
+	r.write(t, good, good, good, rx(6000, 5999, "none"), bad)
+	r.rxOnce(t, 5)
+	r.drain(t, 0)
+	// Transmit: 2 valid packets of udp0, 1 spoofed source port.
+	spoof := udp0Pkt(100)
+	spoof.sport = 5999
+	r.send(t, 0, f.udp0.ID(), udp0Pkt(100).build(t), udp0Pkt(200).build(t), spoof.build(t))
+	r.tx(t, 0)
+
+	snap := r.sw.Snapshot()
+	if tt := snap.Totals; tt.Packets != 5 || tt.Delivered != 3 || tt.TxPackets != 2 || tt.TxBytes != 300 || tt.ActiveFlows != 4 {
+		t.Errorf("totals %+v", tt)
+	}
+	if len(snap.Ports) != 2 {
+		t.Fatalf("%d ports", len(snap.Ports))
+	}
+	p0 := snap.Ports[0]
+	if p0.Port != r.ports[0] || p0.Flows != 3 || p0.Delivered != 3 || p0.TxPackets != 2 || p0.TxBytes != 300 || p0.TxDrops != 1 ||
+		p0.Ring.RxPackets != 3 || p0.Ring.TxPackets != 3 || p0.Channel == "" {
+		t.Errorf("port 0: %+v", p0)
+	}
+	var udp0 *flowswitch.FlowStats
+	for i := range snap.Flows {
+		if snap.Flows[i].Token == f.udp0.Token() {
+			udp0 = &snap.Flows[i]
+		}
+	}
+	id := f.udp0.ID()
+	if udp0 == nil || udp0.PacketsIn != 3 || udp0.PacketsOut != 2 || udp0.BytesOut != 300 || udp0.Port != r.ports[0] ||
+		udp0.Kind != "connected" || udp0.Key != f.udp0.Key().String() || !strings.EqualFold(udp0.ID, hexOf(id[:])) {
+		t.Errorf("flow udp0: %+v", udp0)
+	}
+	want := map[string]uint64{
+		"rx/no_flow": 1,
+		"rx/parse_" + packet.ReasonTruncatedIPv4.String(): 1,
+		"tx/src_port": 1,
+	}
+	seen := map[string]bool{}
+	for _, d := range snap.Drops {
+		k := d.Dir + "/" + d.Reason
+		if seen[k] {
+			t.Errorf("drop reason %s twice", k)
+		}
+		seen[k] = true
+		if d.Packets != want[k] {
+			t.Errorf("drop %s = %d, want %d", k, d.Packets, want[k])
+		}
+	}
+	// Every reason is listed: each parse reason, the other RX reasons and
+	// every TxDrops field.
+	if n := int(packet.NumReasons) - 1 + 5 + 13; len(snap.Drops) != n {
+		t.Errorf("%d drop reasons, want %d", len(snap.Drops), n)
+	}
+
+	js, err := json.Marshal(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{`"reason":"torn_down","packets":0`, `"reason":"syn_rate","packets":0`,
+		`"reason":"parse_bad_udp_length","packets":0`, `"rx_delivered":3`, `"packets_in":3`} {
+		if !bytes.Contains(js, []byte(k)) {
+			t.Errorf("JSON lacks %s", k)
+		}
+	}
+
+	var tb strings.Builder
+	if err := snap.WriteTable(&tb, -1); err != nil {
+		t.Fatal(err)
+	}
+	out := tb.String()
+	for _, k := range []string{"src_port", "no_flow", "truncated_ipv4", f.udp0.Key().String(), "rx ring drops"} {
+		if !strings.Contains(out, k) {
+			t.Errorf("table lacks %q:\n%s", k, out)
+		}
+	}
+	for _, k := range []string{"torn_down", "syn_rate"} {
+		if strings.Contains(out, k) {
+			t.Errorf("table shows the zero reason %q", k)
+		}
+	}
+	tb.Reset()
+	if err := snap.WriteTable(&tb, 1); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(tb.String(), "(3 more flows)") || !strings.Contains(tb.String(), f.udp0.Key().String()) {
+		t.Errorf("table of the busiest flow:\n%s", tb.String())
+	}
+}
+
+func hexOf(b []byte) string {
+	const digits = "0123456789abcdef"
+	var sb strings.Builder
+	for _, c := range b {
+		sb.WriteByte(digits[c>>4])
+		sb.WriteByte(digits[c&15])
+	}
+	return sb.String()
+}

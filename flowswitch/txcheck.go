@@ -1,0 +1,244 @@
+package flowswitch
+
+import (
+	"encoding/binary"
+
+	"github.com/skylane/skylane/flow"
+	"github.com/skylane/skylane/packet"
+)
+
+// The transmit checks (see tx.go): the fast path over a TX batch, and the
+// full checks of one packet.
+
+// txChecks checks the copies (t.copies[i][:t.lens[i]]), sent on port p, and appends those
+// that pass to the output batch. The fast path (see above) checks the whole
+// batch against the port's template in one call, then frames each run of
+// packets that need no other check in a tight loop (fastRun); a packet it
+// does not take goes through txCheck, which may refill the port's cache
+// (and the rest of the batch is matched again).
+func (s *Switch) txChecks(p *port, n int) {
+	t := &s.tx
+	var (
+		e      *flow.Entry
+		id     [TxMetaFlowIDLen]byte
+		simple bool // e is a Connected flow: no listener check
+	)
+	for i := 0; i < n; {
+		if p.tx.entry != e {
+			e = p.tx.entry
+			if e != nil && p.tx.ver != s.table.Version() {
+				e, p.tx.entry = nil, nil
+			}
+			if e != nil {
+				id, simple = e.ID(), e.Kind() == flow.Connected
+				p.tx.tmpl.MatchEach(t.copies[i:n], t.lens[i:n], t.ipLens[i:n], t.mflags[i:n])
+			}
+		}
+		if e != nil && simple {
+			if j := t.fastRun(e, &id, p.tx.v6, i, n); j > i {
+				i = j
+				continue
+			}
+		}
+		if ipLen := t.ipLens[i]; e != nil && ipLen > 0 && ipLen <= t.mtu && t.ids[i] == id {
+			s.txPass(e, i, ipLen, t.mflags[i], p.tx.tcp, p.tx.v6)
+		} else {
+			s.txCheck(p, i)
+		}
+		i++
+	}
+}
+
+// fastRun frames packets i, i+1, ... of the batch while they need no check
+// beyond what Template.MatchEach did (t.ipLens, t.mflags): a flow ID equal
+// to id and no SYN, for Connected flow e. (A match is within the MTU: its
+// IP length is at most the copy's, which is at most the MTU.) It returns
+// the first packet it did not take.
+func (t *txState) fastRun(e *flow.Entry, id *[TxMetaFlowIDLen]byte, v6 bool, i, n int) int {
+	hdr, l2Len := t.hdr, t.l2Len
+	frames, ids, ipLens, mflags := t.frames[:n], t.ids[:n], t.ipLens[:n], t.mflags[:n]
+	le := binary.LittleEndian
+	id0, id1 := le.Uint64(id[0:8]), le.Uint64(id[8:16])
+	et := etherType(v6)
+	out := t.out
+	var bytes uint64
+	j := i
+	for ; j < n; j++ {
+		ipLen := ipLens[j]
+		if ipLen == 0 || mflags[j]&packet.TCPSyn != 0 ||
+			le.Uint64(ids[j][0:8]) != id0 || le.Uint64(ids[j][8:16]) != id1 {
+			break
+		}
+		f := frames[j]
+		if l2Len == ethHeaderLen {
+			binary.BigEndian.PutUint16(f[hdr-2:hdr], et)
+		}
+		out = append(out, f[hdr-l2Len:hdr+ipLen])
+		bytes += uint64(ipLen)
+	}
+	if j > i {
+		t.out = out
+		t.flags = append(t.flags, mflags[i:j]...)
+		t.addRun(e, j-i, bytes)
+	}
+	return j
+}
+
+// etherType returns the EtherType of an IPv6 or IPv4 packet.
+func etherType(v6 bool) uint16 {
+	if v6 {
+		return packet.EtherTypeIPv6
+	}
+	return packet.EtherTypeIPv4
+}
+
+// txCheck runs the full checks on copy i, sent on port p, and, if it
+// passes, frames it, appends it to the output batch and makes its flow and
+// headers the port's fast-path cache.
+func (s *Switch) txCheck(p *port, i int) {
+	t := &s.tx
+	pkt := t.copies[i][:t.lens[i]]
+	d := &s.stats.TxDrops
+	// Lengths, from the IP header of the copy: more than the MTU is
+	// oversize; more than was sent is a lie; less is trimmed.
+	ipLen := claimedLen(pkt)
+	switch {
+	case ipLen < 0:
+		d.Parse++
+		return
+	case ipLen > t.mtu:
+		d.MTU++
+		return
+	case ipLen > len(pkt):
+		d.Length++
+		return
+	}
+	pkt = pkt[:ipLen]
+
+	ps := &s.parsed
+	if err := packet.Parse(pkt, packet.RawIP, ps); err != nil {
+		d.Parse++
+		return
+	}
+	if ps.IPOptions {
+		d.IPv4Options++
+		return
+	}
+	var k packet.Key
+	ps.TxKeyTo(&k)
+	e := s.table.Lookup(&k)
+	switch {
+	case e == nil:
+		if p.tx.torn.has(&t.ids[i], &k) {
+			d.TornDown++
+			return
+		}
+		s.noFlowReason(d, &k, p.id)
+		return
+	case e.Port() != p.id:
+		d.NotOwner++
+		return
+	case !sameID(e, &t.ids[i]):
+		if p.tx.torn.has(&t.ids[i], &k) {
+			d.TornDown++
+		} else {
+			d.FlowID++
+		}
+		return
+	case !e.Active():
+		d.TornDown++ // a guard: Lookup never returns a torn-down entry
+		return
+	}
+	tcp := ps.Proto == packet.ProtoTCP && ps.HasL4
+	var fl packet.TCPFlags
+	if tcp {
+		fl = ps.Flags
+	}
+	if !s.txPass(e, i, ipLen, fl, tcp, ps.IPVersion == 6) {
+		return
+	}
+	if p.tx.tmpl.Set(pkt, ps) {
+		p.tx.entry, p.tx.ver, p.tx.tcp, p.tx.v6 = e, s.table.Version(), tcp, ps.IPVersion == 6
+	} else {
+		p.tx.entry = nil // not a template (ICMP, options, ...): no fast path
+	}
+}
+
+// txPass runs the checks that follow the flow lookup on copy i of flow e
+// (ipLen bytes, TCP flags fl if tcp) and, if it passes, writes its L2
+// header and appends it to the output batch. It reports whether it passed.
+func (s *Switch) txPass(e *flow.Entry, i, ipLen int, fl packet.TCPFlags, tcp, v6 bool) bool {
+	t := &s.tx
+	d := &s.stats.TxDrops
+	if e.Kind() != flow.Connected && !(tcp && fl.Has(packet.TCPRst)) {
+		d.ListenerData++
+		return false
+	}
+	if tcp && fl.Has(packet.TCPSyn) && !e.AllowSYN(t.clock()) {
+		d.SYNRate++
+		return false
+	}
+
+	// Passed: the nexus writes the L2 header in front of the copy (the
+	// MACs are there already, see txState.init).
+	f := t.frames[i][t.hdr-t.l2Len : t.hdr+ipLen]
+	if t.l2Len == ethHeaderLen {
+		binary.BigEndian.PutUint16(f[12:14], etherType(v6))
+	}
+	t.passed(f, e, fl)
+	return true
+}
+
+// sameID reports whether id is e's flow ID, in two word compares.
+func sameID(e *flow.Entry, id *[TxMetaFlowIDLen]byte) bool {
+	eid := e.ID()
+	le := binary.LittleEndian
+	return le.Uint64(eid[0:8]) == le.Uint64(id[0:8]) && le.Uint64(eid[8:16]) == le.Uint64(id[8:16])
+}
+
+// claimedLen returns the packet length the IP header of pkt claims, or -1 if
+// pkt is too short to hold the fixed IP header or is not IPv4 or IPv6. An
+// IPv6 jumbogram (payload length 0) claims just its fixed header, and is then
+// rejected by Parse or the flow lookup.
+func claimedLen(pkt []byte) int {
+	if len(pkt) == 0 {
+		return -1
+	}
+	switch pkt[0] >> 4 {
+	case 4:
+		if len(pkt) < 20 {
+			return -1
+		}
+		return int(binary.BigEndian.Uint16(pkt[2:4]))
+	case 6:
+		if len(pkt) < 40 {
+			return -1
+		}
+		return 40 + int(binary.BigEndian.Uint16(pkt[4:6]))
+	}
+	return -1
+}
+
+// noFlowReason names why a transmitted packet matched no flow: a source
+// address that is not ours, a source port this app does not hold, the right
+// port under the wrong protocol, or an unregistered remote.
+func (s *Switch) noFlowReason(d *TxDrops, k *packet.Key, port flow.PortID) {
+	src := k.LocalAddrPort()
+	if !s.table.IsLocal(src.Addr()) {
+		d.SrcAddr++
+		return
+	}
+	if o, ok := s.table.PortOwner(k.Proto, src.Port()); ok && o == port {
+		d.NoFlow++
+		return
+	}
+	other := packet.ProtoTCP
+	if k.Proto == packet.ProtoTCP {
+		other = packet.ProtoUDP
+	}
+	if o, ok := s.table.PortOwner(other, src.Port()); ok && o == port {
+		d.Proto++
+		return
+	}
+	d.SrcPort++
+}
