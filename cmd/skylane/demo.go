@@ -239,8 +239,18 @@ func printDemo(out io.Writer, rep *demoReport) error {
 	fmt.Fprintf(w, "\treaper returned %d segments to the OS: %d KiB -> %d KiB held, %d segments left, app maps %d\n", p.SegmentsReleased, p.KiBBefore, p.KiBAfter, p.SegmentsLeft, p.AppMapped)
 	fmt.Fprintf(w, "app-bad\t%s\n", p.BadApp)
 	fmt.Fprintf(w, "app-good after that\t%s\n", p.GoodAppAfter)
-	return w.Flush()
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	// The switch's own counters, as an operator sees them (all of them,
+	// with every flow, in --json).
+	fmt.Fprintf(out, "\nFLOWSWITCH COUNTERS (first %d of %d flows; --json has all)\n", demoStatsFlows, len(f.Stats.Flows))
+	return f.Stats.WriteTable(out, demoStatsFlows)
 }
+
+// demoStatsFlows is how many flows the text report lists: enough to show
+// the columns, few enough to keep the report on one screen.
+const demoStatsFlows = 4
 
 // countList prints counters as "name n, name n" in name order, or "none".
 func countList(m map[string]uint64) string {

@@ -65,6 +65,9 @@ type switchReport struct {
 	MalformedSent       int               `json:"malformed_sent"`
 	MalformedDropped    map[string]uint64 `json:"malformed_dropped"`
 	Tx                  txReport          `json:"tx"`
+	// Stats is the switch's full snapshot: totals, ports with their rings,
+	// every flow, and one counter per drop reason.
+	Stats flowswitch.Snapshot `json:"stats"`
 }
 
 type appReport struct {
@@ -171,6 +174,7 @@ func demoSwitch() (switchReport, error) {
 	}
 	rep.Tx.OnWire = st.TxPackets
 	rep.Tx.Dropped = txDropMap(st.TxDrops)
+	rep.Stats = sw.Snapshot()
 	return rep, nil
 }
 

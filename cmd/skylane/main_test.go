@@ -1,6 +1,7 @@
 package main
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -70,5 +71,25 @@ func TestDemoReport(t *testing.T) {
 		if !kinds[k] {
 			t.Errorf("no %q attempt in the report", k)
 		}
+	}
+	// The counters section agrees with the report: every flow listed, and
+	// the per-reason drops the attempts saw.
+	st := f.Stats
+	if len(st.Flows) != st.Totals.ActiveFlows || st.Totals.ActiveFlows != demoUDPFlows+demoTCPFlows {
+		t.Errorf("stats list %d flows, %d active, want %d", len(st.Flows), st.Totals.ActiveFlows, demoUDPFlows+demoTCPFlows)
+	}
+	got := map[string]uint64{}
+	for _, d := range st.Drops {
+		got[d.Dir+"/"+d.Reason] = d.Packets
+	}
+	if got["rx/no_flow"] != f.NoFlowDropped || got["tx/src_addr"] == 0 || got["tx/syn_rate"] == 0 {
+		t.Errorf("stats drops %v disagree with the report (no flow %d)", got, f.NoFlowDropped)
+	}
+	var table strings.Builder
+	if err := printDemo(&table, rep); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(table.String(), "FLOWSWITCH COUNTERS") || !strings.Contains(table.String(), "syn_rate") {
+		t.Errorf("printed report lacks the counters table:\n%s", table.String())
 	}
 }
