@@ -1,0 +1,30 @@
+// Package client is what applications import to network over Skylane
+// (DESIGN §8): a Stack is a user-space TCP/IP stack (gVisor's netstack) on
+// its own nexus port, offering the standard net.Listener, net.Conn and
+// net.PacketConn, so net/http and crypto/tls work unchanged.
+//
+//	nx, _ := nexus.New(nexus.Options{Link: link, Addrs: addrs})
+//	st, _ := client.New(client.InProcess(nx), client.Options{Name: "web"})
+//	defer st.Close()
+//	ln, _ := st.Listen("tcp", ":443")
+//	http.Serve(tls.NewListener(ln, cfg), handler)
+//
+// The Stack talks to its nexus only through the Nexus and Port interfaces:
+// open a port, register and tear down flows, wait for the nexus. InProcess
+// implements them for a nexus in this process; a transport over a Unix
+// socket (channel.Channel.Send / channel.Receive for the rings and memory,
+// a small request protocol for the rest) can implement them across
+// processes without changing this package.
+//
+// Invariants:
+//
+//   - A flow is registered before any packet of it leaves: Listen registers
+//     the listener flow(s) before listening, Dial registers the 5-tuple
+//     before the SYN, and the endpoint registers accepted connections and UDP
+//     replies from a listener's port before the SYN-ACK or reply leaves.
+//   - Flows are torn down when their socket is: a listener or packet conn on
+//     Close, a TCP connection once netstack lets it go (closed, or in
+//     TIME-WAIT: the last ACK has been sent), everything on Stack.Close.
+//   - Addresses are IP literals; there is no resolver. A local address must
+//     be one of the nexus's interface addresses (Stack.Addrs).
+package client

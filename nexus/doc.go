@@ -1,0 +1,60 @@
+// Package nexus is the privileged side of Skylane as a library (DESIGN §1):
+// a Nexus owns one device (a netif.Link) and one flowswitch.Switch, runs
+// them in a single worker goroutine, makes a channel for each application
+// port, and serves the control requests of applications: open a port,
+// register or tear down a flow, close the port.
+//
+// The worker is the only goroutine that touches the Switch, the flow table
+// and the nexus end of every channel. Everything else reaches it through
+// requests (Port.Register, Port.Teardown, Port.Close, Nexus.Stats) that it
+// runs between two datapath rounds, so the control path needs no lock in
+// the Switch and never races the datapath.
+//
+// Wake-ups (the worker never polls on a timer to find work; its only timer
+// is the reaper's, once per ReapInterval):
+//
+//   - The links (the device, and the host link toward the kernel's stack
+//     when there is one): a link waiter goroutine per link blocks in
+//     Link.Wait while the worker is parked, and hands the right to Read
+//     back when frames arrive. The worker reads a link only while it holds
+//     that right, so a link's reader role (Read, Wait) is never used by two
+//     goroutines at once.
+//   - An app in this process (OpenPort) kicks its port after it sends,
+//     frees, or runs short of buffers (Port.Kick): an atomic load while the
+//     worker is busy, one Go channel send when it sleeps. The worker says it
+//     is about to sleep, runs one more round to catch what was committed
+//     before the app could see that, and only then sleeps: the rings'
+//     arm-then-recheck order, so no kick is lost and a busy pair makes no
+//     system call and no channel operation.
+//   - An app in another process is woken through its channel's eventfd: a
+//     port waiter goroutine blocks in channel.Channel.Wait (need-wakeup flags
+//     armed) while the worker sleeps. The worker does not touch that channel
+//     meanwhile: on every wake-up it first kicks and joins every armed waiter
+//     ("disarm"), and only then runs the datapath or a request. (The
+//     transport that hands such ports to other processes is still to come;
+//     the tests drive this path with an app in this process.)
+//   - Control requests arrive on a Go channel the parked worker selects on.
+//   - A flowswitch TxQueue (the regulation layer, DESIGN §7) is flushed once
+//     per round. It has no way yet to wake a parked worker for packets it
+//     holds back (pacing): until it has one, it must let everything go in
+//     Flush, or the worker must be kept awake by traffic.
+//   - Apps are woken in reverse by their bell: the worker rings a port's bell
+//     when that channel's counters changed (packets delivered, TX slots
+//     taken, buffers handed or reclaimed, segments added or removed) and the
+//     app said it is about to sleep (Port.Wait), with the same arm, re-check,
+//     sleep order. A busy app is never rung.
+//
+// Invariants:
+//
+//   - While a port waiter is inside Channel.Wait the worker does not touch
+//     that channel (see above).
+//   - Every goroutine has an owner that stops it: the worker is stopped by
+//     Close; the link waiter and the port waiters by the worker, which joins
+//     them before it returns. Close returns only after all of them exited,
+//     every channel was closed and the link was closed.
+//   - A port's flows are the flows it registered and did not tear down;
+//     closing the port tears them all down before its channel is closed, so
+//     no packet is ever steered to a closed channel.
+//   - Nothing an app sends in a request is trusted: keys and kinds are
+//     checked by the flow table, and an app can only tear down its own flows.
+package nexus

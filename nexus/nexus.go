@@ -1,0 +1,403 @@
+package nexus
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/skylane/skylane/channel"
+	"github.com/skylane/skylane/flow"
+	"github.com/skylane/skylane/flowswitch"
+	"github.com/skylane/skylane/netif"
+	"github.com/skylane/skylane/pool"
+)
+
+// Defaults of Options.
+const (
+	// DefaultReapInterval is how often the worker runs each channel's
+	// reaper (idle pool segments back to the OS, DESIGN §2).
+	DefaultReapInterval = time.Second
+	// DefaultBufferSize is the port channels' buffer size: a TCP super
+	// packet of flowswitch.DefaultMergeLimit (16 KiB) fills one buffer, so
+	// merging is never cut short by the buffer (pool.MaxBufferSize).
+	DefaultBufferSize = pool.MaxBufferSize
+	// DefaultSegmentSize keeps pool.DefaultSegmentSize's 16 buffers per
+	// segment at DefaultBufferSize: the pool grows and reaps 16 buffers at
+	// a time, not 2, so a burst does not grow it segment by segment.
+	DefaultSegmentSize = 16 * DefaultBufferSize
+	// DefaultMaxSegments caps a port's pool at 128 segments of 256 KiB:
+	// 32 MiB, 2048 buffers of 16 KiB, enough to fill the default RX ring
+	// (1024) plus the TX, alloc and free rings twice over. Pools start at one
+	// segment and grow on demand, so an idle port costs 256 KiB.
+	DefaultMaxSegments = 128
+)
+
+// ErrClosed is returned by every request once the nexus (or the port) is
+// closed.
+var ErrClosed = errors.New("nexus closed")
+
+// Options configures a Nexus.
+type Options struct {
+	// Link is the device. The nexus owns it once New returns without
+	// error: it is its only reader and writer, and Close closes it. On
+	// error the caller keeps it. Switch.HostLink, if set, is owned the
+	// same way.
+	Link netif.Link
+	// Addrs are the interface's addresses: flows may only have one of them
+	// as their local address, and apps learn them from Port.Addrs.
+	Addrs []netip.Addr
+	// Switch configures the flowswitch (batch sizes, merge limit, MACs,
+	// advisory slots, host link, TX queue). Its Link and LocalAddrs are set
+	// from the fields above and must be left zero. A TxQueue is flushed
+	// once per round; the worker does not wake for packets it holds back
+	// (see the package doc).
+	Switch flowswitch.Options
+	// Channel is the template of every port's channel. Zero fields take
+	// channel's defaults, except the pool's BufferSize (DefaultBufferSize),
+	// SegmentSize (DefaultSegmentSize with the default buffer size) and
+	// MaxSegments (DefaultMaxSegments), and Advisories, which is the
+	// switch's AdvisorySlots (or flow.DefaultAdvisorySlots), so that every
+	// flow a port may hold has its advisory entry. Name is set per port.
+	Channel channel.Options
+	// ReapInterval is how often idle pool segments are reaped; 0 means
+	// DefaultReapInterval.
+	ReapInterval time.Duration
+}
+
+// Nexus owns a link and a flowswitch and serves application ports (see the
+// package doc). Its methods are safe for concurrent use.
+type Nexus struct {
+	opts  Options // immutable after New
+	link  netif.Link
+	addrs []netip.Addr // immutable
+	mtu   int          // immutable
+
+	ctrl   chan func()   // requests for the worker; unbuffered
+	bell   chan struct{} // 1-buffered: a port waiter woke, or an app kicked
+	parked atomic.Bool   // the worker is about to sleep or sleeps: kicks must ring
+	stop   chan struct{} // closed by Close
+	exited chan struct{} // closed when the worker has returned
+	once   sync.Once
+
+	// Owned by the worker goroutine.
+	sw       *flowswitch.Switch
+	ports    map[flow.PortID]*port
+	order    []*port     // live ports, in the order they were opened
+	dev      *linkWaiter // the device link
+	host     *linkWaiter // the host link, or nil
+	linkErr  error       // a link failed: no more datapath
+	lastReap time.Time
+	waiters  sync.WaitGroup // link and port waiters
+	seq      int            // ports opened, for channel names
+}
+
+// New starts a nexus on opts.Link. It checks every option and builds the
+// switch before it starts the worker.
+func New(opts Options) (*Nexus, error) {
+	if opts.Link == nil {
+		return nil, fmt.Errorf("nexus: no link: give Options.Link a netif.Link (e.g. one end of memif.NewPair)")
+	}
+	if len(opts.Addrs) == 0 {
+		return nil, fmt.Errorf("nexus: no interface address: give Options.Addrs the addresses apps may use")
+	}
+	if opts.Switch.Link != nil || opts.Switch.LocalAddrs != nil {
+		return nil, fmt.Errorf("nexus: set Options.Link and Options.Addrs, not Options.Switch.Link/LocalAddrs")
+	}
+	if opts.ReapInterval < 0 {
+		return nil, fmt.Errorf("nexus: negative reap interval %v", opts.ReapInterval)
+	}
+	if opts.ReapInterval == 0 {
+		opts.ReapInterval = DefaultReapInterval
+	}
+	so := opts.Switch
+	so.Link, so.LocalAddrs = opts.Link, opts.Addrs
+	sw, err := flowswitch.New(so)
+	if err != nil {
+		return nil, fmt.Errorf("nexus: %w", err)
+	}
+	co := &opts.Channel
+	if co.Pool.BufferSize == 0 {
+		co.Pool.BufferSize = DefaultBufferSize
+		if co.Pool.SegmentSize == 0 && !co.Pool.HugePages {
+			co.Pool.SegmentSize = DefaultSegmentSize
+		}
+	}
+	if co.Pool.MaxSegments == 0 {
+		co.Pool.MaxSegments = max(DefaultMaxSegments, co.Pool.MinSegments)
+	}
+	if co.TxSize == 0 {
+		co.TxSize = channel.DefaultTxSize
+	}
+	if co.Advisories == 0 {
+		co.Advisories = max(opts.Switch.AdvisorySlots, flow.DefaultAdvisorySlots)
+	}
+	n := &Nexus{
+		opts:     opts,
+		link:     opts.Link,
+		addrs:    append([]netip.Addr(nil), opts.Addrs...),
+		mtu:      opts.Link.MTU(),
+		ctrl:     make(chan func()),
+		bell:     make(chan struct{}, 1),
+		stop:     make(chan struct{}),
+		exited:   make(chan struct{}),
+		sw:       sw,
+		ports:    make(map[flow.PortID]*port),
+		lastReap: time.Now(),
+	}
+	n.dev = newLinkWaiter(opts.Link, &n.waiters)
+	if opts.Switch.HostLink != nil {
+		n.host = newLinkWaiter(opts.Switch.HostLink, &n.waiters)
+	}
+	go n.run()
+	return n, nil
+}
+
+// Addrs returns the interface's addresses.
+func (n *Nexus) Addrs() []netip.Addr { return append([]netip.Addr(nil), n.addrs...) }
+
+// MTU returns the link's MTU: the largest IP packet an app may send.
+func (n *Nexus) MTU() int { return n.mtu }
+
+// Close stops the worker, closes every port's channel (their apps see
+// channel.ReasonClosed), stops every goroutine the nexus started and closes
+// the link. It returns the link's error if the link failed. Safe to call
+// more than once and from any goroutine.
+func (n *Nexus) Close() error {
+	n.once.Do(func() { close(n.stop) })
+	<-n.exited
+	return n.linkErr
+}
+
+// do runs f on the worker, between two datapath rounds, and returns its
+// error, or ErrClosed if the nexus is closed (then f did not run).
+func (n *Nexus) do(f func() error) error {
+	res := make(chan error, 1)
+	select {
+	case n.ctrl <- func() { res <- f() }:
+		return <-res // the worker runs every request it accepted
+	case <-n.exited:
+		return ErrClosed
+	}
+}
+
+// Stats are a nexus's figures: the switch's counters and the state that
+// must come back to its baseline once the apps are idle.
+type Stats struct {
+	Switch flowswitch.Stats
+	Link   netif.Stats
+	Flows  int // active flows in the table
+	Ports  []PortStats
+}
+
+// PortStats are one port's figures.
+type PortStats struct {
+	Name    string
+	Flows   int // flows the port registered and did not tear down
+	Channel channel.Counters
+	Pool    pool.Stats
+	InUse   int // buffers out of the pool: held by the app (alloc ring included) or the nexus
+	Defunct bool
+}
+
+// Stats returns a snapshot, taken by the worker between two rounds.
+func (n *Nexus) Stats() (Stats, error) {
+	var st Stats
+	err := n.do(func() error {
+		st.Switch = n.sw.Stats()
+		st.Link = n.link.Stats()
+		n.sw.Do(func() { st.Flows = n.sw.Table().Len() })
+		for _, p := range n.order {
+			ps := p.ch.Pool().Stats()
+			st.Ports = append(st.Ports, PortStats{
+				Name: p.ch.Name(), Flows: len(p.flows), Channel: p.ch.Counters(), Pool: ps,
+				InUse: ps.BuffersTotal - ps.FreeBuffers, Defunct: p.ch.Err() != nil,
+			})
+		}
+		return nil
+	})
+	return st, err
+}
+
+// run is the worker: the datapath loop of DESIGN §5 and §6 with the
+// requests served in between, parking when a round found nothing to do.
+func (n *Nexus) run() {
+	defer close(n.exited)
+	defer n.shutdown()
+	for {
+		busy := false
+		// Requests that came while the worker was busy.
+		for drained := false; !drained; {
+			select {
+			case f := <-n.ctrl:
+				f()
+				busy = true
+			case <-n.stop:
+				return
+			default:
+				drained = true
+			}
+		}
+		// A link waiter may have handed its link back while we were busy.
+		n.linkBack(n.dev.poll())
+		n.linkBack(n.host.poll())
+		if n.round() {
+			busy = true
+		}
+		if !busy {
+			if !n.park() {
+				return
+			}
+		}
+	}
+}
+
+// round runs the datapath once: one input batch from the link, one TX sync
+// over every port, each channel's housekeeping, the apps' bells and, when
+// due, the reaper. It reports whether it moved any packet.
+func (n *Nexus) round() bool {
+	moved := 0
+	if n.dev.held && n.linkErr == nil {
+		k, err := n.sw.RxOnce()
+		if err != nil {
+			n.failLink(err)
+		}
+		moved += k
+	}
+	if n.linkErr == nil {
+		t, err := n.sw.TxSync()
+		if err != nil {
+			n.failLink(err)
+		}
+		moved += t
+	}
+	if n.host != nil && n.host.held && n.linkErr == nil {
+		h, err := n.sw.HostOnce()
+		if err != nil {
+			n.failLink(err)
+		}
+		moved += h
+	}
+	if q := n.opts.Switch.TxQueue; q != nil && n.linkErr == nil {
+		if err := q.Flush(); err != nil {
+			n.failLink(fmt.Errorf("tx queue: %w", err))
+		}
+	}
+	now := time.Now()
+	reap := now.Sub(n.lastReap) >= n.opts.ReapInterval
+	if reap {
+		n.lastReap = now
+	}
+	for i := 0; i < len(n.order); i++ {
+		p := n.order[i]
+		if reap {
+			p.ch.Reap(now)
+		}
+		if err := p.ch.Sync(); err != nil {
+			// The app broke the channel contract: the channel is
+			// defunct and its memory reclaimed. Its flows go, the
+			// others are untouched.
+			n.closePort(p)
+			i--
+			continue
+		}
+		p.ring()
+	}
+	return moved > 0
+}
+
+// failLink records a link error: the datapath stops, requests are still
+// served, and the apps learn of it through their closed channels.
+func (n *Nexus) failLink(err error) {
+	if n.linkErr != nil {
+		return
+	}
+	n.linkErr = fmt.Errorf("nexus on %s: %w", n.link.Name(), err)
+	for len(n.order) > 0 {
+		n.closePort(n.order[0])
+	}
+}
+
+func (n *Nexus) linkBack(err error) {
+	if err != nil && n.linkErr == nil {
+		n.failLink(err)
+	}
+}
+
+// park blocks until the link has frames, an app kicked its port, a
+// request came, the reaper is due or Close was called; it returns false on
+// Close. Every waiter it armed is disarmed before it returns.
+//
+// In-process ports wake the worker with Port.Kick, which rings the bell only
+// while parked is set: the worker sets it, then runs one more round to
+// find what was committed before the apps could see it (the rings'
+// arm-then-recheck order), and only then sleeps.
+func (n *Nexus) park() bool {
+	n.parked.Store(true)
+	if n.round() {
+		n.parked.Store(false)
+		return true
+	}
+	if n.linkErr == nil {
+		n.dev.give()
+		n.host.give()
+	}
+	for _, p := range n.order {
+		p.arm()
+	}
+	timer := time.NewTimer(max(n.opts.ReapInterval-time.Since(n.lastReap), 0))
+	defer timer.Stop()
+	var req func()
+	ok := true
+	select {
+	case err := <-n.dev.doneCh():
+		n.dev.held = true
+		n.linkBack(err)
+	case err := <-n.host.doneCh():
+		n.host.held = true
+		n.linkBack(err)
+	case <-n.bell:
+	case req = <-n.ctrl:
+	case <-timer.C:
+	case <-n.stop:
+		ok = false
+	}
+	n.parked.Store(false)
+	for _, p := range n.order {
+		p.disarm()
+	}
+	// Every waiter has rung (if at all) before its disarm returned, so the
+	// bell holds no stale ring for the next park; a kick that rings from
+	// here on is for work the next round does anyway.
+	select {
+	case <-n.bell:
+	default:
+	}
+	if req != nil {
+		req()
+	}
+	return ok
+}
+
+// shutdown runs on the worker as it returns: it closes every port, stops
+// the waiters and closes the link.
+func (n *Nexus) shutdown() {
+	for len(n.order) > 0 {
+		n.closePort(n.order[0])
+	}
+	// Close the links first: that unblocks a link waiter inside Wait.
+	for _, w := range []*linkWaiter{n.dev, n.host} {
+		if w == nil {
+			continue
+		}
+		if err := w.link.Close(); err != nil && n.linkErr == nil {
+			n.linkErr = fmt.Errorf("nexus: close link %s: %w", w.link.Name(), err)
+		}
+		w.stop()
+	}
+	n.waiters.Wait()
+	// Answer requests that raced Close: they see ErrClosed from do once
+	// exited is closed; none is accepted after this point.
+}

@@ -1,0 +1,49 @@
+// Package stack binds gVisor's netstack to a Skylane channel (DESIGN §8): an
+// Endpoint is a netstack LinkEndpoint whose wire is the app end of a nexus
+// port. Raw IP packets go both ways (the nexus writes the L2 header).
+//
+// Receive: one service goroutine takes up to Options.RxBatch packets from
+// the RX ring per poll, copies each into a netstack PacketBuffer (the one
+// copy netstack needs: it keeps received data until the application reads
+// it), gives the buffers back in one Free, and then delivers the batch to
+// netstack. Super packets the flowswitch merged (up to its merge limit, 16
+// KiB by default) are delivered whole: netstack accepts IP packets larger
+// than the link MTU on receive, so no GRO is needed in the stack.
+//
+// Transmit: WritePackets copies each packet into channel buffers (the one
+// copy out of netstack's memory, which keeps sent data for retransmission),
+// writes the packet's flow ID into the buffer's user metadata
+// (flowswitch.TxMetaFlowIDOff) and puts the batch on the TX ring with one
+// Send. The endpoint offers host GSO: netstack hands down TCP segments of up
+// to Options.GSOMaxSize bytes with a partial checksum, and the endpoint cuts
+// them into MSS-sized packets as it copies them into the TX ring, computing
+// each one's checksums (the nexus checks every packet against the MTU, so
+// segmentation happens here, at the last point the app controls).
+//
+// Flows follow the stack: every packet leaves with the flow ID of the flow
+// it belongs to, or does not leave. The owner (package client) registers
+// listener flows before listening and 5-tuple flows before dialing
+// (Register); the endpoint itself registers the 5-tuple of a packet sent
+// from a port one of its listeners holds (a SYN-ACK of an accepted
+// connection, a UDP reply), synchronously, before the packet reaches the TX
+// ring. A reaper tears down TCP flows whose connection is gone (Options.Alive).
+//
+// Flow advisories (DESIGN §7) are not honoured yet: the events are taken
+// off the event ring (so it never overflows) and ignored. Honouring them
+// needs the flow's advisory index from Port.Register (issue #6).
+//
+// Invariants:
+//
+//   - A packet the nexus would refuse never reaches the TX ring: no flow, a
+//     size above the MTU, a source address that is not the port's. Such a
+//     packet is dropped here and counted (Stats), so an honest app never
+//     sees a TX drop in the flowswitch.
+//   - Every PacketBuffer reference the endpoint takes is released on every
+//     path: delivered, sent, dropped, or queued and then flushed or dropped
+//     by Stop.
+//   - The channel's app end is used under one mutex; the only blocking call,
+//     Port.Wait, is made without it, so WritePackets never waits for the
+//     receive side.
+//   - Packets of one flow leave in the order netstack wrote them: once some
+//     packets wait (ring or pool full), later ones queue behind them.
+package stack

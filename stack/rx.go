@@ -1,0 +1,164 @@
+package stack
+
+import (
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	gstack "gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/skylane/skylane/channel"
+	"github.com/skylane/skylane/packet"
+)
+
+// Receive path: the service goroutine polls the port and sleeps in
+// Port.Wait when a poll found nothing; each poll takes channel events, sends
+// what WritePackets left queued, and delivers one RX batch to netstack.
+
+// serve is the service goroutine: it polls the port and sleeps in
+// Port.Wait when a poll found nothing.
+func (e *Endpoint) serve() {
+	defer e.wg.Done()
+	for {
+		select {
+		case <-e.stop:
+			return
+		default:
+		}
+		if e.poll() {
+			continue
+		}
+		if err := e.port.Wait(e.poll, 0); err != nil {
+			e.fail(err)
+			<-e.stop // nothing more to serve: wait to be stopped
+			return
+		}
+	}
+}
+
+func (e *Endpoint) fail(err error) {
+	e.mu.Lock()
+	if e.appErr == nil {
+		e.appErr = err
+	}
+	e.mu.Unlock()
+}
+
+// poll does one round of the service goroutine's work: channel events, the
+// queued TX packets, and one RX batch delivered to netstack. It reports
+// whether it did anything.
+func (e *Endpoint) poll() bool {
+	select {
+	case <-e.stop:
+		return true // let serve see it
+	default:
+	}
+	e.mu.Lock()
+	if e.appErr != nil || e.stopped {
+		e.mu.Unlock()
+		return false
+	}
+	did := false
+	if n, err := e.app.Events(e.events); err != nil {
+		e.appErr = err
+	} else if n > 0 {
+		// Segment events are handled by App.Events itself; advisories
+		// (DESIGN §7) are for issue #6.
+		did = true
+	}
+	if len(e.freeq) > 0 {
+		did = e.freeLocked(nil) || did
+	}
+	if len(e.pending) > 0 || len(e.ready) > 0 {
+		did = e.flushLocked() || did
+	}
+	n := 0
+	if e.appErr == nil {
+		var err error
+		if n, err = e.app.Receive(e.rxBufs); err != nil {
+			e.appErr = err
+			n = 0
+		}
+	}
+	for i, b := range e.rxBufs[:n] {
+		e.rxPkts[i], e.rxProtos[i] = nil, 0
+		switch header.IPVersion(b.Data) {
+		case header.IPv4Version:
+			e.rxProtos[i] = header.IPv4ProtocolNumber
+		case header.IPv6Version:
+			e.rxProtos[i] = header.IPv6ProtocolNumber
+		default:
+			continue
+		}
+		e.rxHint(b.Data)
+		e.rxPkts[i] = gstack.NewPacketBuffer(gstack.PacketBufferOptions{Payload: buffer.MakeWithData(b.Data)})
+	}
+	if n > 0 {
+		e.freeLocked(e.rxBufs[:n])
+		clear(e.rxBufs[:n])
+	}
+	e.mu.Unlock()
+	if n == 0 {
+		return did
+	}
+	e.stats.rxPolls.Add(1)
+	e.dmu.RLock()
+	d := e.dispatcher
+	e.dmu.RUnlock()
+	var pkts, bytes uint64
+	for i, pkt := range e.rxPkts[:n] {
+		if pkt == nil {
+			e.stats.rxDropped.Add(1)
+			continue
+		}
+		if d != nil {
+			pkts++
+			bytes += uint64(pkt.Size())
+			d.DeliverNetworkPacket(e.rxProtos[i], pkt)
+		} else {
+			e.stats.rxDropped.Add(1)
+		}
+		pkt.DecRef()
+		e.rxPkts[i] = nil
+	}
+	e.stats.rxPackets.Add(pkts)
+	e.stats.rxBytes.Add(bytes)
+	return true
+}
+
+// freeLocked gives bufs back to the nexus, after any earlier ones that did
+// not fit the free ring; what does not fit now waits in freeq. It reports
+// whether any buffer went back.
+func (e *Endpoint) freeLocked(bufs []channel.Buf) bool {
+	if len(e.freeq) > 0 || e.appErr != nil {
+		e.freeq = append(e.freeq, bufs...)
+		bufs = e.freeq
+	}
+	if e.appErr != nil {
+		return false
+	}
+	k, err := e.app.Free(bufs)
+	if err != nil {
+		e.appErr = err
+		return false
+	}
+	e.port.Kick()
+	if k < len(bufs) {
+		rest := append([]channel.Buf(nil), bufs[k:]...)
+		e.freeq = rest
+	} else {
+		clear(e.freeq)
+		e.freeq = e.freeq[:0]
+	}
+	return k > 0
+}
+
+// rxHint marks a TCP flow as closing when a received segment carries FIN
+// or RST, so the reaper looks at it soon.
+func (e *Endpoint) rxHint(b []byte) {
+	p := &e.rxParsed
+	if packet.Parse(b, packet.RawIP, p) != nil || !p.HasL4 || p.Proto != packet.ProtoTCP {
+		return
+	}
+	if p.Flags&(packet.TCPFin|packet.TCPRst) != 0 {
+		e.flows.hint(p.RxKey())
+	}
+}
