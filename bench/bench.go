@@ -154,6 +154,7 @@ func Scenarios() []Scenario {
 		{Name: "channel", Help: "packets through one channel: goroutines, processes, bare slots; baseline a Go chan", Run: runChannel},
 		{Name: "fsw-rx", Help: "packets/s from a memif link through the flowswitch to channels, one core; baseline a ring-to-ring copy", Run: runFswRx},
 		{Name: "fsw-tx", Help: "packets/s from a channel's TX ring through the flowswitch checks to a memif link, one core; baseline the same path with checks off", Run: runFswTx},
+		{Name: "tcp", Help: "one TCP stream and 64-byte RPCs between two user-space stacks through the flowswitch over memif; baselines gVisor link/pipe and kernel loopback", Run: runTCP},
 		{Name: "udp", Help: "64-byte UDP receive rate over a veth into a user-space consumer (AF_XDP, AF_PACKET); baseline a kernel UDP socket with recvmmsg, same veth; needs root", Run: runUDP},
 	}
 }

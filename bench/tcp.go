@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"reflect"
 	"runtime"
 	"runtime/debug"
 	"sort"
@@ -532,9 +533,17 @@ func (f skyFigures) since(b skyFigures) map[string]any {
 	}
 }
 
+// txDropsTotal sums every TxDrops counter, so a check added to the
+// flowswitch is counted without a change here.
 func txDropsTotal(d flowswitch.TxDrops) uint64 {
-	return d.Length + d.MTU + d.Parse + d.IPv4Options + d.SrcAddr + d.SrcPort + d.Proto + d.NoFlow +
-		d.NotOwner + d.FlowID + d.TornDown + d.ListenerData + d.SYNRate
+	var n uint64
+	v := reflect.ValueOf(d)
+	for i := range v.NumField() {
+		if f := v.Field(i); f.Kind() == reflect.Uint64 {
+			n += f.Uint()
+		}
+	}
+	return n
 }
 
 // IdleConnRSS returns the resident memory one idle TCP connection between
