@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math/bits"
 	"sync/atomic"
-	"time"
 	"unsafe"
 
 	"github.com/skylane/skylane/internal/shm"
@@ -14,8 +13,9 @@ import (
 
 // App is the application's end of a channel. It maps the channel's shared
 // memory (buffer segments one at a time, as the nexus adds them) and moves
-// packets in batches. It is owned by one goroutine; only Kick and Close may
-// be called from others... Close only once the owner stopped using it.
+// packets in batches. It is owned by one goroutine; only Kick, Interrupt,
+// Admissible and Close may be called from others, and Close only once the
+// owner stopped using it.
 type App struct {
 	desc    Descriptor
 	bufFD   int
@@ -39,6 +39,8 @@ type App struct {
 	kickA   *shm.EventFD
 	slots   []ring.Slot
 	closed  atomic.Bool
+	// interrupted is set by Interrupt and taken by the Wait it ends.
+	interrupted atomic.Bool
 }
 
 // ErrBadSlot means the nexus handed the app a slot outside the pool; the
@@ -240,30 +242,4 @@ func (a *App) Kick() {
 	if !a.closed.Load() {
 		a.kickN.Signal()
 	}
-}
-
-// Wait blocks until the nexus signals (RX packets, alloc buffers, events)
-// or timeout passes (0: no limit). It arms the need-wakeup flags and
-// re-checks first, so no signal is lost and a busy pair makes no syscall.
-func (a *App) Wait(timeout time.Duration) error {
-	if err := a.Err(); err != nil {
-		return err
-	}
-	for _, c := range []*ring.Consumer{a.rx, a.alloc, a.event} {
-		c.SetNeedWakeup(true)
-	}
-	defer func() {
-		for _, c := range []*ring.Consumer{a.rx, a.alloc, a.event} {
-			c.SetNeedWakeup(false)
-		}
-	}()
-	for _, c := range []*ring.Consumer{a.rx, a.alloc, a.event} {
-		if n, _ := c.Peek(1); n > 0 {
-			return nil
-		}
-	}
-	if _, err := a.kickA.Wait(timeout); err != nil && !errors.Is(err, shm.ErrTimeout) {
-		return fmt.Errorf("channel %q wait: %w", a.desc.Name, err)
-	}
-	return a.Err()
 }

@@ -151,8 +151,15 @@ func (c *Channel) Sync() error {
 		if n > 0 {
 			c.event.Commit(n)
 			c.backlog = append(c.backlog[:0], c.backlog[n:]...)
-			wake = wake || c.event.NeedsWakeup()
+			c.c.Events += uint64(n)
+			c.unsignalled = true
 		}
+	}
+	// Events Post put on the ring directly count too: an app waiting
+	// only for events (App.WaitFor) must hear of an advisory.
+	if c.unsignalled {
+		c.unsignalled = false
+		wake = wake || c.event.NeedsWakeup()
 	}
 	c.notify(wake)
 	c.publish()

@@ -96,15 +96,19 @@ type Counters struct {
 	AllocHanded   uint64 // buffers put on the alloc ring
 	SegmentsAdded uint64
 	SegmentsFreed uint64
+	Events        uint64 // events put on the event ring (segment changes, advisories)
+	Suspends      uint64 // advisory entries set SUSPENDED (SetAdvisory)
+	Resumes       uint64 // advisory entries cleared of SUSPENDED
 }
 
-const numCounters = 12
+const numCounters = 15
 
 func (c *Counters) array() [numCounters]uint64 {
 	return [numCounters]uint64{c.TxPackets, c.TxBytes, c.RxPackets, c.RxBytes, c.RxDrops, c.AllocFails,
-		c.Notifications, c.Wakeups, c.Reclaimed, c.AllocHanded, c.SegmentsAdded, c.SegmentsFreed}
+		c.Notifications, c.Wakeups, c.Reclaimed, c.AllocHanded, c.SegmentsAdded, c.SegmentsFreed,
+		c.Events, c.Suspends, c.Resumes}
 }
 
 func countersFrom(a [numCounters]uint64) Counters {
-	return Counters{a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11]}
+	return Counters{a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14]}
 }

@@ -31,8 +31,9 @@ const (
 )
 
 // LayoutVersion changes whenever the shared layout changes; Attach refuses
-// any other.
-const LayoutVersion = 1
+// any other. 2: three more counters (Events, Suspends, Resumes) move the
+// segment bitmap.
+const LayoutVersion = 2
 
 // RingDesc places one ring inside the rings region.
 type RingDesc struct {

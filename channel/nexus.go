@@ -76,16 +76,17 @@ type Channel struct {
 	adv     []byte
 	stats   []byte
 
-	backlog  []Event
-	ws       int // alloc-ring working set target
-	wsLow    int // least pending seen in this shrink window
-	wsSince  time.Time
-	lastReap time.Time
-	idx      []uint32    // scratch for pool allocations
-	slots    []ring.Slot // scratch for ring batches
-	c        Counters
-	err      *DefunctError
-	closed   atomic.Bool
+	backlog     []Event
+	unsignalled bool // events went on the ring since Sync last looked at the app's wake-up flag
+	ws          int  // alloc-ring working set target
+	wsLow       int  // least pending seen in this shrink window
+	wsSince     time.Time
+	lastReap    time.Time
+	idx         []uint32    // scratch for pool allocations
+	slots       []ring.Slot // scratch for ring batches
+	c           Counters
+	err         *DefunctError
+	closed      atomic.Bool
 }
 
 // New creates a channel and its pool, all in fresh shared memory.
@@ -234,6 +235,10 @@ func (c *Channel) Post(e Event) {
 	}
 	if len(c.backlog) == 0 {
 		if n, _ := c.event.Enqueue([]ring.Slot{e.slot()}); n == 1 {
+			// Sync signals a waiting app: one signal for all the
+			// events of a round, and none while the app is busy.
+			c.c.Events++
+			c.unsignalled = true
 			return
 		}
 	}

@@ -64,7 +64,8 @@ func (s *Switch) flushHost() error {
 }
 
 // HostOnce reads one batch of frames the kernel sent on the host link and
-// writes them to the device link unchanged, and returns how many it read.
+// writes them to the device link unchanged (with Regulation, files them in
+// the AQM), and returns how many it read.
 // Without a host link it does nothing. Like RxOnce it never blocks (but for
 // the switch's lock); Run calls it once per loop.
 func (s *Switch) HostOnce() (int, error) {
@@ -88,7 +89,14 @@ func (s *Switch) hostOnce() (int, error) {
 	for i := range n {
 		h.out = append(h.out, h.bufs[i][:h.sizes[i]])
 	}
-	w, err := s.link.Write(h.out)
+	var w int
+	if s.reg != nil {
+		// The kernel's frames share the device with the apps': they go
+		// through the AQM too (regulation.go).
+		w = s.enqueueHost(h.out, s.now())
+	} else {
+		w, err = s.link.Write(h.out)
+	}
 	s.stats.HostTx += uint64(w)
 	clear(h.out)
 	h.out = h.out[:0]

@@ -6,6 +6,7 @@ import (
 	"github.com/skylane/skylane/channel"
 	"github.com/skylane/skylane/flow"
 	"github.com/skylane/skylane/packet"
+	"github.com/skylane/skylane/regulate"
 )
 
 // Control methods. Each takes the switch's lock, so it is safe from any
@@ -18,15 +19,26 @@ import (
 // Deliver, TakeTX and Sync on it from the datapath): the caller may only
 // Close it, after RemovePort (or after Run returned). Give ch at least
 // Options.AdvisorySlots advisory entries.
+//
+// The port's app is taken not to honour flow advisories: with Regulation
+// its flows are dropped early rather than suspended. AddPortWith says
+// otherwise.
 func (s *Switch) AddPort(ch *channel.Channel) flow.PortID {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.addPort(ch)
+}
+
+func (s *Switch) addPort(ch *channel.Channel) flow.PortID {
 	id := flow.PortID(len(s.ports))
 	p := &port{
 		id:      id,
 		ch:      ch,
 		bufSize: ch.Pool().BufferSize(),
 		pending: make([]channel.Buf, 0, s.batch),
+	}
+	if s.reg != nil {
+		p.reg.stall, _ = regulate.NewStallDetector(s.reg.stallTimeout)
 	}
 	s.ports = append(s.ports, p)
 	return id
@@ -58,7 +70,9 @@ func (s *Switch) removePort(id flow.PortID) {
 		clear(p.pending)
 		p.pending = p.pending[:0]
 	}
-	s.table.TeardownPort(id)
+	for _, e := range s.table.TeardownPort(id) {
+		s.forget(e, nil) // its queued packets go; its table goes with the channel
+	}
 	s.ports[id] = nil
 	s.stats.PortsRemoved++
 	// Stats sums the live ports' ring drops: keep this one's.
@@ -89,17 +103,21 @@ func (s *Switch) Register(p flow.PortID, key packet.Key, kind flow.Kind) (*flow.
 
 // Teardown tears flow e down (flow.Table.Teardown): its packets are no
 // longer delivered, and packets its port still sends with its flow ID and
-// key are counted as TxDrops.TornDown. Tearing down twice does nothing.
+// key are counted as TxDrops.TornDown. With Regulation, its packets still
+// in the AQM are discarded (Forgotten) and its advisory entry cleared.
+// Tearing down twice does nothing.
 func (s *Switch) Teardown(e *flow.Entry) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if e == nil || !e.Active() {
 		return
 	}
-	if p := s.portOf(e.Port()); p != nil {
+	p := s.portOf(e.Port())
+	if p != nil {
 		p.tx.torn.add(e.ID(), e.Key())
 	}
 	s.table.Teardown(e)
+	s.forget(e, p)
 }
 
 // Do runs f with the switch's lock held: between two loops of Run, with no

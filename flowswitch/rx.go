@@ -13,8 +13,9 @@ import (
 // flow, release, deliver.
 
 // RxOnce reads one input batch from the link and delivers it (see the package
-// doc) and returns how many frames it read. It never blocks (but for the
-// switch's lock). An error is the link's (netif.ErrClosed once closed) or
+// doc) and returns how many frames it read. With Regulation's adaptive
+// batching, the frames may be held for a fuller batch and delivered by a
+// later RxOnce or Service. It never blocks (but for the switch's lock). An error is the link's (netif.ErrClosed once closed) or
 // the host link's; a frame too large for its buffer (io.ErrShortBuffer) is
 // the link's drop, counted there, and not an error here.
 func (s *Switch) RxOnce() (int, error) {
@@ -24,12 +25,36 @@ func (s *Switch) RxOnce() (int, error) {
 }
 
 func (s *Switch) rxOnce() (int, error) {
+	if r := s.reg; r != nil && r.mit != nil {
+		// Adaptive batching: read behind the frames held so far, and
+		// deliver them all once the mitigation level says so.
+		got := 0
+		if r.rxHeld < s.batch {
+			var err error
+			got, err = s.link.Read(s.bufs[r.rxHeld:], s.sizes[r.rxHeld:])
+			if err != nil && !errors.Is(err, io.ErrShortBuffer) {
+				return got, fmt.Errorf("flowswitch rx: %w", err)
+			}
+			r.rxHeld += got
+		}
+		n, deliver := r.rxHold(got, s.now(), s.batch)
+		if !deliver {
+			return got, nil
+		}
+		return got, s.rxDeliver(n)
+	}
 	n, err := s.link.Read(s.bufs, s.sizes)
 	if err != nil && !errors.Is(err, io.ErrShortBuffer) {
 		return n, fmt.Errorf("flowswitch rx: %w", err)
 	}
+	return n, s.rxDeliver(n)
+}
+
+// rxDeliver processes the input batch s.bufs[:n]: parse, look up, queue
+// per flow, release, deliver (see the package doc).
+func (s *Switch) rxDeliver(n int) error {
 	if n == 0 {
-		return 0, nil
+		return nil
 	}
 	s.stats.Packets += uint64(n)
 	s.stats.Batches++
@@ -45,9 +70,14 @@ func (s *Switch) rxOnce() (int, error) {
 			s.stats.ParseDrops[packet.ReasonOf(err)]++
 			continue
 		}
-		if p.IPVersion == 0 { // ARP: the host port's business
-			s.noFlow(i)
+		if p.IPVersion == 0 { // ARP: the resolver's, or the host port's business
+			if s.l2.nb == nil || !s.neighFrame(i) {
+				s.noFlow(i)
+			}
 			continue
+		}
+		if p.IPVersion == 6 && p.Proto == packet.ProtoICMPv6 && s.l2.nb != nil && s.neighFrame(i) {
+			continue // NS or NA
 		}
 		s.start[i] = int32(p.L3Off)
 		s.length[i] = int32(p.IPLen)
@@ -97,9 +127,10 @@ func (s *Switch) rxOnce() (int, error) {
 	}
 	s.nq = 0
 	if err := s.flushHost(); err != nil {
-		return n, err
+		return err
 	}
-	return n, nil
+	_, err := s.l2.flush(s)
+	return err
 }
 
 // queueFor returns the index of e's flow queue in this batch, creating it on

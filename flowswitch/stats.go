@@ -9,6 +9,7 @@ import (
 
 	"github.com/skylane/skylane/channel"
 	"github.com/skylane/skylane/flow"
+	"github.com/skylane/skylane/neigh"
 	"github.com/skylane/skylane/packet"
 )
 
@@ -22,8 +23,49 @@ type Snapshot struct {
 	Flows  []FlowStats    `json:"flows"`
 	// Drops has every drop reason, in the order the checks run, zero or
 	// not: RX parse reasons, then the other RX reasons, then every TX
-	// check.
+	// check, then the transmit queue's and neighbour resolution's.
 	Drops []Drop `json:"drops"`
+	// Regulation is the AQM's figures; nil without Options.Regulation.
+	Regulation *SnapshotRegulation `json:"regulation,omitempty"`
+	// L2 is neighbour resolution's figures; nil without a resolver.
+	L2 *SnapshotL2 `json:"l2,omitempty"`
+}
+
+// SnapshotRegulation are the regulation layer's counters (RegulationStats)
+// and the queue's occupancy.
+type SnapshotRegulation struct {
+	Queued         int     `json:"queued"`       // packets in the AQM now
+	QueuedBytes    int     `json:"queued_bytes"` // their frame bytes
+	QueuedFlows    int     `json:"queued_flows"` // flows with packets queued
+	Enqueued       uint64  `json:"enqueued"`
+	Dequeued       uint64  `json:"dequeued"`
+	CoDelDrops     uint64  `json:"codel_drops"`
+	OverflowDrops  uint64  `json:"overflow_drops"`
+	EarlyDrops     uint64  `json:"early_drops"`
+	Forgotten      uint64  `json:"forgotten"` // discarded when their flow was torn down
+	ECNMarks       uint64  `json:"ecn_marks"`
+	Shared         uint64  `json:"shared"`        // frames in the shared flow: every slot was busy
+	Suspends       uint64  `json:"suspends"`      // advisory suspensions published
+	Resumes        uint64  `json:"resumes"`       // advisory resumptions published
+	AdvisoryErrors uint64  `json:"advisory_errs"` // changes the channel refused
+	LinkPackets    uint64  `json:"link_packets"`
+	LinkBytes      uint64  `json:"link_bytes"`
+	LinkDrops      uint64  `json:"link_drops"` // refused by a full device
+	Paced          uint64  `json:"paced"`      // times the pacer held the queue back
+	HostQueued     uint64  `json:"host_queued"`
+	Rounds         uint64  `json:"tx_rounds"`
+	RateLimited    uint64  `json:"tx_rate_limited"`
+	Held           uint64  `json:"rx_held_batches"` // input batches adaptive batching held
+	Level          int     `json:"rx_mitigation_level"`
+	RxRate         float64 `json:"rx_mitigation_pps"` // the smoothed receive rate
+	Stalled        uint64  `json:"stalled_ports"`
+}
+
+// SnapshotL2 are neighbour resolution's counters: the switch's side and
+// the resolver's.
+type SnapshotL2 struct {
+	Switch   L2Stats     `json:"switch"`
+	Resolver neigh.Stats `json:"resolver"`
 }
 
 // SnapshotTotals are the switch-wide counters (see Stats).
@@ -55,6 +97,9 @@ type PortStats struct {
 	TxDrops     uint64      `json:"tx_drops"`
 	// Ring is the channel's own counters (rings, pool, notifications).
 	Ring channel.Counters `json:"ring"`
+	// Regulation is the port's TX budgets, rate cap and advisory
+	// changes; nil without Options.Regulation.
+	Regulation *PortRegStats `json:"regulation,omitempty"`
 }
 
 // FlowStats are one active flow's identity and counters.
@@ -69,6 +114,14 @@ type FlowStats struct {
 	BytesIn    uint64      `json:"bytes_in"`
 	PacketsOut uint64      `json:"packets_out"`
 	BytesOut   uint64      `json:"bytes_out"`
+	// The flow's state in the AQM (with Regulation, while it has any):
+	// packets queued, whether the policy holds it back (suspended, or
+	// early-dropping without an advisory), and its drops and marks since
+	// its queue slot took it.
+	Queued    int    `json:"queued,omitempty"`
+	Suspended bool   `json:"suspended,omitempty"`
+	AQMDrops  uint64 `json:"aqm_drops,omitempty"`
+	ECNMarks  uint64 `json:"ecn_marks,omitempty"`
 }
 
 // Drop is one drop reason's counter.
@@ -94,14 +147,22 @@ func (s *Switch) Snapshot() Snapshot {
 		PortsRemoved: st.PortsRemoved, ActiveFlows: s.table.Len(),
 	}}
 	flows := map[flow.PortID]int{}
+	now := s.now()
 	s.table.ForEach(func(e *flow.Entry) bool {
 		c := e.Counters()
 		id := e.ID()
-		snap.Flows = append(snap.Flows, FlowStats{
+		fs := FlowStats{
 			Port: e.Port(), Key: e.Key().String(), Kind: e.Kind().String(), ID: hex.EncodeToString(id[:]),
 			Token: e.Token(), Advisory: e.AdvisoryIndex(),
 			PacketsIn: c.PacketsIn, BytesIn: c.BytesIn, PacketsOut: c.PacketsOut, BytesOut: c.BytesOut,
-		})
+		}
+		if s.reg != nil {
+			if q, ok := s.reg.q.Flow(e.Token(), now); ok {
+				fs.Queued, fs.Suspended = q.Packets, q.Suspended
+				fs.AQMDrops, fs.ECNMarks = q.CoDelDrops+q.OverflowDrops, q.ECNMarks
+			}
+		}
+		snap.Flows = append(snap.Flows, fs)
 		flows[e.Port()]++
 		return true
 	})
@@ -117,14 +178,38 @@ func (s *Switch) Snapshot() Snapshot {
 			continue
 		}
 		c := p.ch.Counters()
-		snap.Ports = append(snap.Ports, PortStats{
+		ps := PortStats{
 			Port: p.id, Channel: p.ch.Name(), Flows: flows[p.id],
 			Delivered: p.delivered, RxRingDrops: c.RxDrops,
 			TxPackets: p.tx.packets, TxBytes: p.tx.bytes, TxDrops: p.tx.drops,
 			Ring: c,
-		})
+		}
+		if s.reg != nil {
+			rs := p.reg.st
+			rs.Advisories, rs.Rate = p.reg.adv, p.reg.rate
+			ps.Regulation = &rs
+		}
+		snap.Ports = append(snap.Ports, ps)
 	}
 	snap.Drops = drops(&st)
+	if s.reg != nil {
+		r, q := &st.Regulation, &st.Regulation.Queue
+		snap.Regulation = &SnapshotRegulation{
+			Queued: q.Packets, QueuedBytes: q.Bytes, QueuedFlows: q.ActiveFlows,
+			Enqueued: q.Enqueued, Dequeued: q.Dequeued, CoDelDrops: q.CoDelDrops, OverflowDrops: q.OverflowDrops,
+			EarlyDrops: q.EarlyDrops, Forgotten: q.Forgotten, ECNMarks: q.ECNMarks, Shared: q.Shared,
+			Suspends: r.Suspends, Resumes: r.Resumes, AdvisoryErrors: r.AdvisoryErrors,
+			LinkPackets: r.LinkPackets, LinkBytes: r.LinkBytes, LinkDrops: r.LinkDrops, Paced: r.Paced,
+			HostQueued: r.HostQueued, Rounds: r.Rounds, RateLimited: r.RateLimited,
+			Held: r.Held, Level: r.MitigationLevel, Stalled: r.Stalled,
+		}
+		if m := s.reg.mit; m != nil {
+			snap.Regulation.RxRate = m.Rate()
+		}
+	}
+	if s.l2.nb != nil {
+		snap.L2 = &SnapshotL2{Switch: st.L2, Resolver: s.l2.nb.Stats()}
+	}
 	return snap
 }
 
@@ -155,6 +240,13 @@ func drops(st *Stats) []Drop {
 	tx("torn_down", d.TornDown)
 	tx("listener_data", d.ListenerData)
 	tx("syn_rate", d.SYNRate)
+	q := &st.Regulation.Queue
+	tx("aqm_codel", q.CoDelDrops)
+	tx("aqm_overflow", q.OverflowDrops)
+	tx("aqm_early", q.EarlyDrops+q.Refused)
+	tx("aqm_forgotten", q.Forgotten)
+	tx("device_full", st.Regulation.LinkDrops+st.L2.DeviceDrops)
+	tx("neigh_hold_full", st.L2.HoldDrops)
 	return out
 }
 
@@ -189,6 +281,34 @@ func (snap *Snapshot) WriteTable(w io.Writer, maxFlows int) error {
 	if err := section(w, tw); err != nil {
 		return err
 	}
+	if rg := snap.Regulation; rg != nil {
+		fmt.Fprintf(tw, "aqm\tqueued\tflows\tenqueued\tdequeued\tcodel drops\toverflow drops\tearly drops\tecn marks\tsuspends\tresumes\tlink packets\tlink drops\tpaced\trx held\trx level\tstalled\t\n")
+		fmt.Fprintf(tw, "\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t\n", rg.Queued, rg.QueuedFlows,
+			rg.Enqueued, rg.Dequeued, rg.CoDelDrops, rg.OverflowDrops, rg.EarlyDrops, rg.ECNMarks, rg.Suspends, rg.Resumes,
+			rg.LinkPackets, rg.LinkDrops, rg.Paced, rg.Held, rg.Level, rg.Stalled)
+		if err := section(w, tw); err != nil {
+			return err
+		}
+		fmt.Fprintf(tw, "tx budget\tchannel\tadvisories\trate bit/s\trounds\tgranted\ttaken\tfull rounds\trate limited\tsuspends\tresumes\t\n")
+		for _, p := range snap.Ports {
+			if r := p.Regulation; r != nil {
+				fmt.Fprintf(tw, "%d\t%s\t%t\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t\n", p.Port, p.Channel, r.Advisories, r.Rate,
+					r.Rounds, r.Granted, r.Taken, r.FullRounds, r.Limited, r.Suspends, r.Resumes)
+			}
+		}
+		if err := section(w, tw); err != nil {
+			return err
+		}
+	}
+	if l := snap.L2; l != nil {
+		a, r := &l.Switch, &l.Resolver
+		fmt.Fprintf(tw, "l2\tarp/ndp in\tanswers\tsuppressed\tto host\theld\thold drops\tsolicits\tresolved\tfailed\treleased\texpired\tbad frames\t\n")
+		fmt.Fprintf(tw, "\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t\n", a.Frames, a.Replies, a.Suppressed, a.ToHost,
+			a.Held, a.HoldDrops, r.SolicitsSent, r.Resolved, r.Failed, r.PendingSent, r.PendingExpired, r.BadFrames)
+		if err := section(w, tw); err != nil {
+			return err
+		}
+	}
 	fmt.Fprintf(tw, "drops\treason\tpackets\t\n")
 	for _, d := range snap.Drops {
 		if d.Packets != 0 {
@@ -205,10 +325,18 @@ func (snap *Snapshot) WriteTable(w io.Writer, maxFlows int) error {
 	if maxFlows >= 0 && len(flows) > maxFlows {
 		flows = flows[:maxFlows]
 	}
-	fmt.Fprintf(tw, "flow\tport\tkind\ttoken\tadvisory\tpackets in\tbytes in\tpackets out\tbytes out\t\n")
+	if snap.Regulation != nil {
+		fmt.Fprintf(tw, "flow\tport\tkind\ttoken\tadvisory\tpackets in\tbytes in\tpackets out\tbytes out\tqueued\tsuspended\taqm drops\tecn marks\t\n")
+	} else {
+		fmt.Fprintf(tw, "flow\tport\tkind\ttoken\tadvisory\tpackets in\tbytes in\tpackets out\tbytes out\t\n")
+	}
 	for _, f := range flows {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t\n", f.Key, f.Port, f.Kind, f.Token, f.Advisory,
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t", f.Key, f.Port, f.Kind, f.Token, f.Advisory,
 			f.PacketsIn, f.BytesIn, f.PacketsOut, f.BytesOut)
+		if snap.Regulation != nil {
+			fmt.Fprintf(tw, "%d\t%t\t%d\t%d\t", f.Queued, f.Suspended, f.AQMDrops, f.ECNMarks)
+		}
+		fmt.Fprintf(tw, "\n")
 	}
 	if err := tw.Flush(); err != nil {
 		return fmt.Errorf("write flowswitch stats: %w", err)

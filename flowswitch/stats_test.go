@@ -70,9 +70,9 @@ func TestSnapshot(t *testing.T) {
 			t.Errorf("drop %s = %d, want %d", k, d.Packets, want[k])
 		}
 	}
-	// Every reason is listed: each parse reason, the other RX reasons and
-	// every TxDrops field.
-	if n := int(packet.NumReasons) - 1 + 5 + 13; len(snap.Drops) != n {
+	// Every reason is listed: each parse reason, the other RX reasons,
+	// every TxDrops field, and the AQM's and the resolver's.
+	if n := int(packet.NumReasons) - 1 + 5 + 13 + 6; len(snap.Drops) != n {
 		t.Errorf("%d drop reasons, want %d", len(snap.Drops), n)
 	}
 

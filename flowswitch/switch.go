@@ -10,6 +10,7 @@ import (
 
 	"github.com/skylane/skylane/channel"
 	"github.com/skylane/skylane/flow"
+	"github.com/skylane/skylane/neigh"
 	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/packet"
 )
@@ -78,8 +79,37 @@ type Options struct {
 	FlowBatchLimit int
 	// SrcMAC and DstMAC are the Ethernet addresses TxOnce writes on every
 	// frame of a packet.Ethernet link (the nexus, not the app, writes the
-	// L2 header). Unused on RawIP links.
+	// L2 header). Unused on RawIP links. A non-zero DstMAC is a static
+	// next hop for every packet (a point-to-point wire, the memif tests and
+	// benches); with DstMAC zero and SrcMAC set, the switch resolves each
+	// packet's next hop itself (l2.go).
 	SrcMAC, DstMAC [6]byte
+	// Neighbors, if set, is the neighbour resolver (ARP, NDP) of an
+	// Ethernet link: the switch hands it the ARP and NS/NA frames it
+	// receives and, unless DstMAC is set, resolves the next hop of every
+	// packet it transmits (l2.go). Nil means one the switch builds from
+	// SrcMAC and LocalAddrs when the link is Ethernet, SrcMAC is set and
+	// DstMAC is not; else no resolution. The Switch calls it from its
+	// datapath only; others may call its (locked) methods too.
+	Neighbors *neigh.Resolver
+	// HostAddrs are the addresses among LocalAddrs that the kernel behind
+	// HostLink owns as well and answers ARP and NS for itself: the
+	// resolver does not answer for them (one answer, the kernel's), and
+	// requests for them go to the host port. See l2.go.
+	HostAddrs []netip.Addr
+	// Regulation, if set, makes the transmit queue the AQM of DESIGN §7
+	// (regulation.go): fq_codel with flow advisories, round-robin transmit
+	// sync, adaptive receive batching and stall detection. Nil keeps the
+	// plain path: TxOnce writes to the link (or TxQueue) at once.
+	Regulation *RegulationOptions
+	// LinkRate is the device's rate in bits per second of frame bytes.
+	// With Regulation, the queue is paced at it (so the backlog builds in
+	// the AQM, not in the device's FIFO); 0 means unpaced (the device
+	// takes what it can, a full device tail-drops).
+	LinkRate int64
+	// Now is the switch's clock: monotonic nanoseconds from any origin.
+	// Nil means the time since New. Tests pass a synthetic clock.
+	Now func() int64
 	// AdvisorySlots is the most flows one port may have at a time: the size
 	// of each port's flow-advisory table (flow.Options.AdvisorySlots). Give
 	// each channel at least as many advisory entries
@@ -120,9 +150,12 @@ type Stats struct {
 
 	PortsRemoved uint64 // ports removed, by RemovePort or because their channel was defunct
 
-	TxPackets uint64  // packets TxOnce handed to the link (or TxQueue), which accepted them
+	TxPackets uint64  // packets TxOnce handed to the link (or TxQueue, or the AQM), which accepted them
 	TxBytes   uint64  // their L3 bytes
 	TxDrops   TxDrops // packets TxOnce rejected, one counter per check
+
+	L2         L2Stats         // neighbour resolution (l2.go); zero without a resolver
+	Regulation RegulationStats // the AQM and its friends (regulation.go); zero without Regulation
 }
 
 // port is a user port: one app's channel and the buffers staged for it in
@@ -134,6 +167,7 @@ type port struct {
 	pending []channel.Buf    // staged for the end-of-batch Deliver; cap Batch
 	touched bool             // pending holds buffers (it is in Switch.touchedPorts)
 	tx      portTx           // transmit state (tx.go)
+	reg     portReg          // regulation state (regulation.go)
 
 	delivered uint64 // packets put on its RX ring
 }
@@ -196,6 +230,11 @@ type Switch struct {
 	parsed packet.Parsed
 	stats  Stats
 	tx     txState // transmit scratch, allocated once by New (tx.go)
+	l2     l2State // neighbour resolution (l2.go)
+	reg    *regState // nil without Options.Regulation (regulation.go)
+
+	now   func() int64 // immutable: Options.Now
+	epoch time.Time    // immutable: the origin of the default clock
 }
 
 // New returns a Switch reading from opts.Link. It allocates the input batch's
@@ -265,8 +304,28 @@ func New(opts Options) (*Switch, error) {
 	}
 	s.mergeLimit = mergeLimit(opts.MergeLimit)
 	s.tx.init(opts, lt, opts.Link.MTU())
+	s.epoch, s.now = time.Now(), opts.Now
+	if s.now == nil {
+		s.now = s.sinceEpoch
+	}
+	if err := s.l2.init(opts, s); err != nil {
+		return nil, err
+	}
+	if opts.Regulation != nil {
+		if opts.TxQueue != nil {
+			return nil, fmt.Errorf("%w: Regulation and TxQueue both set: the AQM is the transmit queue", ErrBadOptions)
+		}
+		if s.reg, err = newRegState(opts, lt, n); err != nil {
+			return nil, err
+		}
+	} else if opts.LinkRate != 0 {
+		return nil, fmt.Errorf("%w: LinkRate %d without Regulation: only the AQM is paced", ErrBadOptions, opts.LinkRate)
+	}
 	return s, nil
 }
+
+// sinceEpoch is the default clock: monotonic ns since New.
+func (s *Switch) sinceEpoch() int64 { return int64(time.Since(s.epoch)) }
 
 // frameBufs returns n buffers of size bytes each, in one allocation, at a
 // stride rounded up to 64 bytes: when the allocation starts on a cache line
@@ -291,6 +350,10 @@ func (s *Switch) Stats() Stats {
 
 func (s *Switch) statsLocked() Stats {
 	st := s.stats
+	st.L2 = s.l2.stats
+	if s.reg != nil {
+		st.Regulation = s.reg.statsNow()
+	}
 	for _, p := range s.ports {
 		if p != nil {
 			st.RxRingDrops += p.ch.Counters().RxDrops
@@ -301,11 +364,13 @@ func (s *Switch) statsLocked() Stats {
 
 // Run loops until ctx is done: each loop reads and delivers one input batch,
 // runs every port's transmit, forwards the host link's frames, flushes the
-// TxQueue, and syncs every port's channel, all under the switch's lock,
-// taken once per loop. A port whose channel turned defunct is removed (its
-// flows torn down). When a loop moved nothing, Run waits on the link, with
-// the lock released, for at most 10 ms. It returns ctx.Err() when ctx is
-// done, or the error of a link (or TxQueue).
+// TxQueue, runs the timed work (Service: the paced AQM, held receive
+// frames, neighbour resolution, stall checks), and syncs every port's
+// channel, all under the switch's lock, taken once per loop. A port whose
+// channel turned defunct is removed (its flows torn down). When a loop
+// moved nothing, Run waits on the link, with the lock released, until the
+// next timed work is due, for at most 10 ms. It returns ctx.Err() when ctx
+// is done, or the error of a link (or TxQueue).
 func (s *Switch) Run(ctx context.Context) error {
 	for {
 		if err := ctx.Err(); err != nil {
@@ -313,12 +378,13 @@ func (s *Switch) Run(ctx context.Context) error {
 		}
 		s.mu.Lock()
 		n, err := s.loopOnce()
+		wait := s.nextWake(s.now())
 		s.mu.Unlock()
 		if err != nil {
 			return err
 		}
-		if n == 0 {
-			if err := s.link.Wait(idleWait); err != nil {
+		if n == 0 && wait > 0 {
+			if err := s.link.Wait(time.Duration(wait)); err != nil {
 				return fmt.Errorf("flowswitch wait: %w", err)
 			}
 		}
@@ -347,6 +413,11 @@ func (s *Switch) loopOnce() (int, error) {
 			return n, fmt.Errorf("flowswitch tx queue: %w", err)
 		}
 	}
+	k, err := s.service(s.now())
+	n += k
+	if err != nil {
+		return n, err
+	}
 	for id, p := range s.ports {
 		if p != nil && p.ch.Sync() != nil {
 			// Defunct: the channel's error is its app's business; the
@@ -355,4 +426,52 @@ func (s *Switch) loopOnce() (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// Service runs the switch's timed work once — the paced transmit queue,
+// receive frames held for a fuller batch (adaptive batching), neighbour
+// resolution (solicitations, packets waiting for a next hop) and the stall
+// check of the ports' channels — and returns how long the caller may sleep
+// before calling it again (at most 10 ms; 0: call again at once). Run
+// calls it every loop; a caller that drives the datapath itself (RxOnce,
+// TxSync) must call it too, and must not sleep longer than it says, or
+// held frames and queued packets wait. Errors are the link's.
+func (s *Switch) Service() (time.Duration, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	_, err := s.service(now)
+	return time.Duration(s.nextWake(s.now())), err
+}
+
+// service is Service with s.mu held; it returns how many frames it moved.
+func (s *Switch) service(now int64) (int, error) {
+	n, err := s.rxHeldDue(now)
+	if err != nil {
+		return n, err
+	}
+	if s.reg != nil {
+		k, err := s.regFlush(now)
+		n += k
+		if err != nil {
+			return n, err
+		}
+		s.stallCheck(now)
+	}
+	k, err := s.l2.pollDue(s, now)
+	n += k
+	return n, err
+}
+
+// nextWake returns in how many ns the timed work is next due (0: now), at
+// most idleWait.
+func (s *Switch) nextWake(now int64) int64 {
+	w := int64(idleWait)
+	if s.reg != nil {
+		w = min(w, s.reg.wake(now))
+	}
+	if s.l2.nb != nil {
+		w = min(w, s.l2.lastPoll+int64(neigh.PollInterval)-now)
+	}
+	return max(w, 0)
 }

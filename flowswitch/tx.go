@@ -231,7 +231,7 @@ func (t *txState) addRun(e *flow.Entry, n int, bytes uint64) {
 
 // TxOnce takes up to TxBatch packets from port's TX ring, checks them and
 // writes those that pass to the link or the TxQueue (see the transmit path
-// above). It returns how many packets it took from the ring; Stats says
+// above); with Regulation it files them in the AQM and flushes it. It returns how many packets it took from the ring; Stats says
 // what became of them. It never blocks (but for the switch's lock).
 //
 // Errors: ErrNoPort for a port AddPort did not return or one removed; the
@@ -243,20 +243,39 @@ func (t *txState) addRun(e *flow.Entry, n int, bytes uint64) {
 func (s *Switch) TxOnce(port flow.PortID) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.txOnce(port)
+	p := s.portOf(port)
+	if p == nil {
+		return 0, fmt.Errorf("flowswitch tx port %d: %w", port, ErrNoPort)
+	}
+	var (
+		n   int
+		err error
+	)
+	if s.reg == nil {
+		n, err = s.txTake(p, TxBatch, 0)
+	} else {
+		now := s.now()
+		n, err = s.txTake(p, TxBatch, now)
+		if _, ferr := s.regFlush(now); err == nil {
+			err = ferr
+		}
+	}
+	if _, perr := s.l2.pollAsked(s); err == nil {
+		err = perr
+	}
+	return n, err
 }
 
-func (s *Switch) txOnce(id flow.PortID) (int, error) {
-	p := s.portOf(id)
-	if p == nil {
-		return 0, fmt.Errorf("flowswitch tx port %d: %w", id, ErrNoPort)
-	}
+// txTake takes up to limit (at most TxBatch) packets from port p's TX ring,
+// checks them and hands those that pass to the AQM (with Regulation, at
+// now), the TxQueue or the link. See TxOnce for the errors.
+func (s *Switch) txTake(p *port, limit int, now int64) (int, error) {
 	ch := p.ch
 	t := &s.tx
-	n, err := ch.TakeTX(t.bufs)
+	n, err := ch.TakeTX(t.bufs[:limit])
 	if err != nil {
-		s.removePort(id)
-		return 0, fmt.Errorf("flowswitch tx port %d: %w", id, err)
+		s.removePort(p.id)
+		return 0, fmt.Errorf("flowswitch tx port %d: %w", p.id, err)
 	}
 	if n == 0 {
 		return 0, nil
@@ -277,8 +296,17 @@ func (s *Switch) txOnce(id flow.PortID) (int, error) {
 	t.hasNow = false
 	s.txChecks(p, n)
 	p.tx.drops += uint64(n - len(t.out))
+	if s.l2.dynamic && len(t.out) > 0 {
+		s.resolveOut() // packets with no next hop yet wait in the resolver
+	}
 
 	if len(t.out) == 0 {
+		t.resetOut()
+		return n, nil
+	}
+	if s.reg != nil {
+		s.enqueue(p, now)
+		t.resetOut()
 		return n, nil
 	}
 	var w int
@@ -316,19 +344,27 @@ func (s *Switch) txOnce(id flow.PortID) (int, error) {
 	p.tx.bytes += total
 	s.stats.TxPackets += uint64(w)
 	s.stats.TxBytes += total
-	// out points into the switch's own frames: no need to clear it.
-	clear(t.runs)
-	t.out, t.flags, t.runs = t.out[:0], t.flags[:0], t.runs[:0]
+	t.resetOut()
 	if err != nil {
 		return n, fmt.Errorf("flowswitch tx: %w", err)
 	}
 	return n, nil
 }
 
+// resetOut empties the output batch. out points into the switch's own
+// frames: no need to clear it; runs hold entries, which must not be kept
+// alive.
+func (t *txState) resetOut() {
+	clear(t.runs)
+	t.out, t.flags, t.runs = t.out[:0], t.flags[:0], t.runs[:0]
+}
+
 // TxSync runs TxOnce on every user port once, in port order, and returns
 // how many packets it took in all. A defunct channel fails only itself (its
 // port is removed; its error is the channel's business); a link error
-// stops the round and is returned.
+// stops the round and is returned. With Regulation it is one round robin
+// over the ports with per-port budgets (regulation.go), then the AQM is
+// flushed to the device.
 func (s *Switch) TxSync() (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -336,12 +372,23 @@ func (s *Switch) TxSync() (int, error) {
 }
 
 func (s *Switch) txSync() (int, error) {
+	n, err := s.txPorts()
+	if _, perr := s.l2.pollAsked(s); err == nil {
+		err = perr
+	}
+	return n, err
+}
+
+func (s *Switch) txPorts() (int, error) {
+	if s.reg != nil {
+		return s.txRound()
+	}
 	total := 0
-	for id, p := range s.ports {
+	for _, p := range s.ports {
 		if p == nil {
 			continue
 		}
-		n, err := s.txOnce(flow.PortID(id))
+		n, err := s.txTake(p, TxBatch, 0)
 		total += n
 		if err != nil && !errors.Is(err, channel.ErrDefunct) {
 			return total, err
