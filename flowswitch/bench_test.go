@@ -93,10 +93,12 @@ func fswRemote(f int) netip.AddrPort {
 // packets), one TX batch (64 packets) per iteration: the app allocates,
 // fills and sends, the nexus forwards, the peer reads. "switch" forwards
 // with TxOnce; "copy" is the same loop with the checks off (take, copy,
-// write), the baseline of `skylane bench fsw-tx`, here for profiling.
+// write), the baseline of `skylane bench fsw-tx`, here for profiling;
+// "regulated" is TxOnce through the AQM (Regulation, unpaced): the cost of
+// the queue's copy, DRR and CoDel per packet.
 func BenchmarkTx(b *testing.B) {
 	const n = flowswitch.TxBatch
-	for _, mode := range []string{"switch", "copy"} {
+	for _, mode := range []string{"switch", "copy", "regulated"} {
 		b.Run(mode, func(b *testing.B) {
 			a, peer, err := memif.NewPair(memif.Options{QueueLen: 4096})
 			if err != nil {
@@ -112,11 +114,16 @@ func BenchmarkTx(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer func() { app.Close(); ch.Close() }()
-			sw, err := flowswitch.New(flowswitch.Options{Link: a, LocalAddrs: []netip.Addr{localIP}})
+			o := flowswitch.Options{Link: a, LocalAddrs: []netip.Addr{localIP}}
+			if mode == "regulated" {
+				// The AQM on the path (unpaced: the wire takes what comes).
+				o.Regulation = &flowswitch.RegulationOptions{}
+			}
+			sw, err := flowswitch.New(o)
 			if err != nil {
 				b.Fatal(err)
 			}
-			port := sw.AddPort(ch)
+			port, _ := sw.AddPortWith(ch, flowswitch.AddPortOptions{Advisories: true})
 			k := packet.MakeKey(packet.ProtoUDP, netip.AddrPortFrom(localIP, 5000), netip.AddrPortFrom(remoteIP, 6000))
 			e, err := sw.Register(port, k, flow.Connected)
 			if err != nil {
@@ -170,7 +177,7 @@ func BenchmarkTx(b *testing.B) {
 				}
 				app.Send(bufs)
 				var k int
-				if mode == "switch" {
+				if mode != "copy" {
 					k, _ = sw.TxOnce(port)
 				} else {
 					k = forward()

@@ -25,9 +25,26 @@
 // Transmit path (tx.go): each packet and its flow ID are copied out of the
 // app's memory before any check, every refusal is counted by reason, and the
 // passing packets go to the link (or Options.TxQueue, with their flow token
-// and advisory index). A port's last flow is cached with a packet.Template
-// of its headers, so most packets skip the full parse and lookup. The host
-// link's frames (the kernel's own traffic) go to the device unchecked.
+// and advisory index, or the AQM). A port's last flow is cached with a
+// packet.Template of its headers, so most packets skip the full parse and
+// lookup. The host link's frames (the kernel's own traffic) go to the
+// device unchecked.
+//
+// L2 (l2.go): on an Ethernet link without a static DstMAC, the switch owns
+// neighbour resolution (neigh.Resolver): ARP and NS/NA frames go to the
+// resolver, not to the flows; each transmitted packet's next hop (its
+// destination: on-link only) is resolved, or the packet waits in the
+// resolver, bounded, until it is.
+//
+// Regulation (regulation.go, Options.Regulation, DESIGN §7): the transmit
+// queue is an fq_codel AQM paced at Options.LinkRate; flows of ports whose
+// apps honour advisories are suspended (channel advisory table, events)
+// instead of dropped, and back-pressured at the queue's high-water mark;
+// TxSync serves the ports round robin with budgets; receive batches are
+// held adaptively under load; a port whose RX ring stalls is defunct.
+// Timed work (pacing, held frames, neighbour polls, stall checks) runs in
+// Service, which Run calls each loop and which a caller driving the
+// datapath itself must call too, sleeping no longer than it says.
 //
 // Invariants, each checked by the tests:
 //   - Packets of one flow reach the app in the order they arrived.
@@ -38,15 +55,22 @@
 //   - A packet of no registered flow never reaches a user channel.
 //   - A packet the transmit checks refuse never reaches the link, and the
 //     link gets the very bytes that were checked.
-//   - No allocation per packet (or per batch) in steady state.
+//   - No allocation per packet (or per batch) in steady state, with L2
+//     resolution and Regulation too.
+//   - ARP and NDP never reach an app; an unresolved packet never reaches
+//     the wire without its next hop's MAC.
+//   - With Regulation, one app's burst changes neither another app's
+//     loss nor, by more than the AQM target, its latency; a flow of an app
+//     that honours advisories loses nothing at the queue.
 //
 // Concurrency. Every method takes the switch's lock, so all are safe from
-// any goroutine. The datapath methods (RxOnce, TxOnce, TxSync, HostOnce)
-// belong to one worker goroutine, usually Run, which takes the lock once per
-// loop; the control methods (AddPort, RemovePort, Register, Teardown,
-// Stats, Snapshot, Do) may run from others while Run runs, and take effect
-// between two loops, when no flow has packets queued (so a port event finds
-// its flows' queues already released). The flow table and the mutable parts
+// any goroutine. The datapath methods (RxOnce, TxOnce, TxSync, HostOnce,
+// Service) belong to one worker goroutine, usually Run, which takes the
+// lock once per loop; the control methods (AddPort, AddPortWith,
+// RemovePort, Register, Teardown, Stats, Snapshot, Do) may run from others
+// while Run runs, and take effect between two loops, when no flow has
+// packets queued (so a port event finds its flows' queues already
+// released). The flow table and the mutable parts
 // of its entries (counters, state) are guarded by the same lock: read them
 // in Do. An entry's identity (ID, Token, AdvisoryIndex, Port, Key, Kind)
 // never changes and may be read anywhere.

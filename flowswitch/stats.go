@@ -55,6 +55,7 @@ type SnapshotRegulation struct {
 	HostQueued     uint64  `json:"host_queued"`
 	Rounds         uint64  `json:"tx_rounds"`
 	RateLimited    uint64  `json:"tx_rate_limited"`
+	Backpressured  uint64  `json:"tx_backpressured"`
 	Held           uint64  `json:"rx_held_batches"` // input batches adaptive batching held
 	Level          int     `json:"rx_mitigation_level"`
 	RxRate         float64 `json:"rx_mitigation_pps"` // the smoothed receive rate
@@ -200,7 +201,7 @@ func (s *Switch) Snapshot() Snapshot {
 			EarlyDrops: q.EarlyDrops, Forgotten: q.Forgotten, ECNMarks: q.ECNMarks, Shared: q.Shared,
 			Suspends: r.Suspends, Resumes: r.Resumes, AdvisoryErrors: r.AdvisoryErrors,
 			LinkPackets: r.LinkPackets, LinkBytes: r.LinkBytes, LinkDrops: r.LinkDrops, Paced: r.Paced,
-			HostQueued: r.HostQueued, Rounds: r.Rounds, RateLimited: r.RateLimited,
+			HostQueued: r.HostQueued, Rounds: r.Rounds, RateLimited: r.RateLimited, Backpressured: r.Backpressured,
 			Held: r.Held, Level: r.MitigationLevel, Stalled: r.Stalled,
 		}
 		if m := s.reg.mit; m != nil {
@@ -289,11 +290,11 @@ func (snap *Snapshot) WriteTable(w io.Writer, maxFlows int) error {
 		if err := section(w, tw); err != nil {
 			return err
 		}
-		fmt.Fprintf(tw, "tx budget\tchannel\tadvisories\trate bit/s\trounds\tgranted\ttaken\tfull rounds\trate limited\tsuspends\tresumes\t\n")
+		fmt.Fprintf(tw, "tx budget\tchannel\tadvisories\trate bit/s\trounds\tgranted\ttaken\tfull rounds\trate limited\tbackpressured\tsuspends\tresumes\t\n")
 		for _, p := range snap.Ports {
 			if r := p.Regulation; r != nil {
-				fmt.Fprintf(tw, "%d\t%s\t%t\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t\n", p.Port, p.Channel, r.Advisories, r.Rate,
-					r.Rounds, r.Granted, r.Taken, r.FullRounds, r.Limited, r.Suspends, r.Resumes)
+				fmt.Fprintf(tw, "%d\t%s\t%t\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t\n", p.Port, p.Channel, r.Advisories, r.Rate,
+					r.Rounds, r.Granted, r.Taken, r.FullRounds, r.Limited, r.Backpress, r.Suspends, r.Resumes)
 			}
 		}
 		if err := section(w, tw); err != nil {

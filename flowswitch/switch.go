@@ -27,10 +27,10 @@ const (
 	// flow may be registered for it.
 	HostPort flow.PortID = 0
 	// idleWait is how long Run blocks in Link.Wait when the link is idle
-	// before it looks at its context and syncs the channels again: short
-	// enough that a cancelled context, a freed buffer or an app's transmit
-	// is noticed within ~10 ms, long enough that an idle switch costs about
-	// 100 wake-ups/s.
+	// (Options.IdleWait's default) before it looks at its context and
+	// syncs the channels again: short enough that a cancelled context, a
+	// freed buffer or an app's transmit is noticed within ~10 ms, long
+	// enough that an idle switch costs about 100 wake-ups/s.
 	idleWait = 10 * time.Millisecond
 )
 
@@ -110,6 +110,12 @@ type Options struct {
 	// Now is the switch's clock: monotonic nanoseconds from any origin.
 	// Nil means the time since New. Tests pass a synthetic clock.
 	Now func() int64
+	// IdleWait is the longest Run sleeps in Link.Wait when a loop moved
+	// nothing: Run wakes for the link's frames and its own timers only,
+	// not for an app's transmit (the nexus's worker waits on the channels
+	// too), so this bounds how late an app's packet is picked up on a
+	// quiet link. 0 means 10 ms (about 100 wake-ups/s when idle).
+	IdleWait time.Duration
 	// AdvisorySlots is the most flows one port may have at a time: the size
 	// of each port's flow-advisory table (flow.Options.AdvisorySlots). Give
 	// each channel at least as many advisory entries
@@ -229,12 +235,13 @@ type Switch struct {
 	hostIn hostState // host → device scratch (host.go)
 	parsed packet.Parsed
 	stats  Stats
-	tx     txState // transmit scratch, allocated once by New (tx.go)
-	l2     l2State // neighbour resolution (l2.go)
+	tx     txState   // transmit scratch, allocated once by New (tx.go)
+	l2     l2State   // neighbour resolution (l2.go)
 	reg    *regState // nil without Options.Regulation (regulation.go)
 
 	now   func() int64 // immutable: Options.Now
 	epoch time.Time    // immutable: the origin of the default clock
+	idle  int64        // immutable: Options.IdleWait in ns
 }
 
 // New returns a Switch reading from opts.Link. It allocates the input batch's
@@ -304,6 +311,13 @@ func New(opts Options) (*Switch, error) {
 	}
 	s.mergeLimit = mergeLimit(opts.MergeLimit)
 	s.tx.init(opts, lt, opts.Link.MTU())
+	if opts.IdleWait < 0 {
+		return nil, fmt.Errorf("%w: negative idle wait %v", ErrBadOptions, opts.IdleWait)
+	}
+	s.idle = int64(opts.IdleWait)
+	if s.idle == 0 {
+		s.idle = int64(idleWait)
+	}
 	s.epoch, s.now = time.Now(), opts.Now
 	if s.now == nil {
 		s.now = s.sinceEpoch
@@ -315,7 +329,7 @@ func New(opts Options) (*Switch, error) {
 		if opts.TxQueue != nil {
 			return nil, fmt.Errorf("%w: Regulation and TxQueue both set: the AQM is the transmit queue", ErrBadOptions)
 		}
-		if s.reg, err = newRegState(opts, lt, n); err != nil {
+		if s.reg, err = newRegState(opts, lt, s.now); err != nil {
 			return nil, err
 		}
 	} else if opts.LinkRate != 0 {
@@ -369,7 +383,7 @@ func (s *Switch) statsLocked() Stats {
 // channel, all under the switch's lock, taken once per loop. A port whose
 // channel turned defunct is removed (its flows torn down). When a loop
 // moved nothing, Run waits on the link, with the lock released, until the
-// next timed work is due, for at most 10 ms. It returns ctx.Err() when ctx
+// next timed work is due, for at most Options.IdleWait. It returns ctx.Err() when ctx
 // is done, or the error of a link (or TxQueue).
 func (s *Switch) Run(ctx context.Context) error {
 	for {
@@ -432,7 +446,7 @@ func (s *Switch) loopOnce() (int, error) {
 // receive frames held for a fuller batch (adaptive batching), neighbour
 // resolution (solicitations, packets waiting for a next hop) and the stall
 // check of the ports' channels — and returns how long the caller may sleep
-// before calling it again (at most 10 ms; 0: call again at once). Run
+// before calling it again (at most Options.IdleWait; 0: call again at once). Run
 // calls it every loop; a caller that drives the datapath itself (RxOnce,
 // TxSync) must call it too, and must not sleep longer than it says, or
 // held frames and queued packets wait. Errors are the link's.
@@ -464,9 +478,9 @@ func (s *Switch) service(now int64) (int, error) {
 }
 
 // nextWake returns in how many ns the timed work is next due (0: now), at
-// most idleWait.
+// most the idle wait.
 func (s *Switch) nextWake(now int64) int64 {
-	w := int64(idleWait)
+	w := s.idle
 	if s.reg != nil {
 		w = min(w, s.reg.wake(now))
 	}

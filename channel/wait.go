@@ -1,0 +1,127 @@
+package channel
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/skylane/skylane/internal/shm"
+	"github.com/skylane/skylane/ring"
+)
+
+// WaitSet names the rings an app waits on (WaitFor's what) and those found
+// ready (its result).
+type WaitSet uint8
+
+const (
+	// WaitRX: packets on the RX ring.
+	WaitRX WaitSet = 1 << iota
+	// WaitAlloc: empty buffers on the alloc ring. The nexus keeps the alloc
+	// ring topped up, so an app that is not short of buffers should not wait
+	// for this: the ring is never empty and the wait would return at once.
+	WaitAlloc
+	// WaitEvents: events on the event ring (advisories, segment changes).
+	WaitEvents
+	// WaitInterrupted, in a result only: Interrupt ended the wait.
+	WaitInterrupted
+
+	// WaitAll is what Wait waits for.
+	WaitAll = WaitRX | WaitAlloc | WaitEvents
+)
+
+// Wait blocks until the nexus signals (RX packets, alloc buffers, events),
+// Interrupt, or timeout passes (0: no limit); it is WaitFor(WaitAll). An app
+// that keeps buffers on its alloc ring (every idle app does: the nexus hands
+// them ahead) returns from it at once: use WaitFor(WaitRX|WaitEvents).
+func (a *App) Wait(timeout time.Duration) error {
+	_, err := a.WaitFor(WaitAll, timeout)
+	return err
+}
+
+// WaitFor blocks until one of the rings in what has entries, Interrupt is
+// called, or timeout passes (0: no limit), and returns the rings it found
+// ready, with WaitInterrupted if Interrupt ended it; nothing on timeout. It
+// returns the *DefunctError once the nexus closed the channel.
+//
+// It arms the need-wakeup flag of those rings only and re-checks them before
+// it sleeps, so no signal is lost, the nexus signals only for what the app
+// waits for, and a busy pair makes no system call. A wake-up that finds
+// none of them ready (a signal meant for an earlier wait) sends it back to
+// sleep rather than returning.
+func (a *App) WaitFor(what WaitSet, timeout time.Duration) (WaitSet, error) {
+	if err := a.Err(); err != nil {
+		return 0, err
+	}
+	cons := a.waitRings()
+	what &= WaitAll
+	for i, c := range cons {
+		if what&(1<<i) != 0 {
+			c.SetNeedWakeup(true)
+		}
+	}
+	defer func() {
+		for i, c := range cons {
+			if what&(1<<i) != 0 {
+				c.SetNeedWakeup(false)
+			}
+		}
+	}()
+	var deadline time.Time
+	if timeout > 0 {
+		deadline = time.Now().Add(timeout)
+	}
+	for {
+		var ready WaitSet
+		for i, c := range cons {
+			if what&(1<<i) == 0 {
+				continue
+			}
+			n, err := c.Peek(1)
+			if err != nil {
+				return 0, a.fail(err)
+			}
+			if n > 0 {
+				ready |= 1 << i
+			}
+		}
+		if a.interrupted.Swap(false) {
+			ready |= WaitInterrupted
+		}
+		if ready != 0 {
+			return ready, nil
+		}
+		var left time.Duration
+		if timeout > 0 {
+			if left = time.Until(deadline); left <= 0 {
+				return 0, nil
+			}
+		}
+		if _, err := a.kickA.Wait(left); err != nil {
+			if e := a.Err(); e != nil {
+				return 0, e
+			}
+			if errors.Is(err, shm.ErrTimeout) {
+				return 0, nil
+			}
+			return 0, fmt.Errorf("channel %q wait: %w", a.desc.Name, err)
+		}
+		if err := a.Err(); err != nil {
+			return 0, err
+		}
+	}
+}
+
+// waitRings returns the consumers in WaitSet bit order.
+func (a *App) waitRings() [3]*ring.Consumer { return [3]*ring.Consumer{a.rx, a.alloc, a.event} }
+
+// Interrupt makes the owner's Wait or WaitFor in progress return with
+// WaitInterrupted, or the next one if none is in progress: an
+// interruption is never lost, and several before a wait end one wait. Safe
+// from any goroutine until Close; it makes one system call.
+func (a *App) Interrupt() {
+	if a.closed.Load() {
+		return
+	}
+	a.interrupted.Store(true)
+	a.kickA.Signal()
+}
