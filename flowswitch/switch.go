@@ -121,6 +121,11 @@ type Options struct {
 	// each channel at least as many advisory entries
 	// (channel.Options.Advisories). 0 means flow.DefaultAdvisorySlots.
 	AdvisorySlots int
+	// PortTaken, if set, reports whether a kernel socket holds a local
+	// port when the kernel's stack shares the device
+	// (flow.Options.PortTaken): Register then refuses the port with
+	// flow.ErrPortInUse instead of stealing the kernel's traffic.
+	PortTaken func(proto uint8, port uint16) bool
 	// MergeLimit is the largest TCP super packet, as an IP length
 	// (DESIGN §5.4, merge.go): at most MaxMergeLimit, 0 means
 	// DefaultMergeLimit, negative disables merging. A super packet also
@@ -273,7 +278,7 @@ func New(opts Options) (*Switch, error) {
 		return nil, fmt.Errorf("%w: host link %s is %v with MTU %d, device link %s is %v with MTU %d",
 			ErrBadOptions, h.Name(), h.LinkType(), h.MTU(), opts.Link.Name(), lt, opts.Link.MTU())
 	}
-	t, err := flow.New(flow.Options{LocalAddrs: opts.LocalAddrs, AdvisorySlots: opts.AdvisorySlots})
+	t, err := flow.New(flow.Options{LocalAddrs: opts.LocalAddrs, AdvisorySlots: opts.AdvisorySlots, PortTaken: opts.PortTaken})
 	if err != nil {
 		return nil, fmt.Errorf("flowswitch: %w", err)
 	}

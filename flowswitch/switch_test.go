@@ -197,6 +197,26 @@ func TestRegisterUnknownPort(t *testing.T) {
 	}
 }
 
+// A port a kernel socket holds (Options.PortTaken) is refused; the others
+// register.
+func TestRegisterKernelPortTaken(t *testing.T) {
+	r := newRig(t, flowswitch.Options{PortTaken: func(proto uint8, port uint16) bool {
+		return proto == packet.ProtoTCP && port == 22
+	}}, channel.Options{})
+	remote := netip.AddrPortFrom(remoteIP, 1000)
+	if _, err := r.sw.Register(r.ports[0], packet.MakeKey(packet.ProtoTCP, netip.AddrPortFrom(localIP, 22), remote), flow.Connected); !errors.Is(err, flow.ErrPortInUse) {
+		t.Errorf("Register(tcp 22 held by the kernel) = %v, want ErrPortInUse", err)
+	}
+	for _, k := range []packet.Key{
+		packet.MakeKey(packet.ProtoUDP, netip.AddrPortFrom(localIP, 22), remote),
+		packet.MakeKey(packet.ProtoTCP, netip.AddrPortFrom(localIP, 23), remote),
+	} {
+		if _, err := r.sw.Register(r.ports[0], k, flow.Connected); err != nil {
+			t.Errorf("Register(%v) = %v", k, err)
+		}
+	}
+}
+
 // Test 1: interleaved flows of one channel come out grouped per flow, in
 // order within each flow; flows of two channels each reach their own.
 func TestGroupedPerFlow(t *testing.T) {
