@@ -25,9 +25,16 @@
 //     every call; the nexus side frees all of the channel's memory.
 //   - A buffer is in exactly one place: the pool, the nexus, or the app
 //     (alloc/RX ring or its hands). Counters and tests check the sum.
-//   - Each end is owned by one goroutine; Kick and Wait are the only calls
-//     that cross goroutines. A busy pair makes no system call: eventfds are
-//     signalled only when the other side armed its need-wakeup flag.
+//   - Each end is owned by one goroutine. The calls that cross goroutines
+//     are Kick, Channel.Wait, App.Interrupt (which ends the owner's
+//     App.Wait/WaitFor) and App.Admissible. A busy pair makes no system
+//     call: eventfds are signalled only when the other side armed its
+//     need-wakeup flag, and an app waits only for the rings it names
+//     (App.WaitFor), so an idle app's full alloc ring does not wake it.
+//   - The advisory table is read-only to the app and changes only with an
+//     event posted after it: an app that reads an entry after an
+//     EventAdvisory sees the change. App.Admissible bounds-checks the index
+//     and reads an entry outside the table as admissible.
 //   - Buffer segments appear and disappear at run time: the app maps a
 //     segment when it first meets one of its buffers (or the event says it
 //     was added) and unmaps it when told it was released and the segment

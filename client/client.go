@@ -40,12 +40,16 @@ type Nexus interface {
 }
 
 // InProcess returns the Nexus interface of a nexus running in this process.
+// Its ports are opened as honouring flow advisories
+// (nexus.PortOptions.Advisories): a Stack's endpoint holds a suspended
+// flow's packets back, so the nexus suspends its flows rather than dropping
+// their packets.
 func InProcess(n *nexus.Nexus) Nexus { return inProcess{n} }
 
 type inProcess struct{ n *nexus.Nexus }
 
 func (l inProcess) OpenPort(name string) (Port, error) {
-	p, err := l.n.OpenPort(name)
+	p, err := l.n.OpenPortWith(name, nexus.PortOptions{Advisories: true})
 	if err != nil {
 		return nil, err
 	}

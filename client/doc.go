@@ -14,7 +14,11 @@
 // implements them for a nexus in this process; a transport over a Unix
 // socket (channel.Channel.Send / channel.Receive for the rings and memory,
 // a small request protocol for the rest) can implement them across
-// processes without changing this package.
+// processes without changing this package: Port.Register returns the
+// flow's ID and advisory entry, Wake is channel.App.Interrupt, and Wait is
+// channel.App.WaitFor on the RX and event rings (with a short timeout while
+// the endpoint has packets waiting for room on the TX ring, a ring whose
+// consumer, the nexus, has no way to signal room).
 //
 // Invariants:
 //
@@ -25,6 +29,11 @@
 //   - Flows are torn down when their socket is: a listener or packet conn on
 //     Close, a TCP connection once netstack lets it go (closed, or in
 //     TIME-WAIT: the last ACK has been sent), everything on Stack.Close.
+//   - A flow the nexus suspends (DESIGN §7 flow advisories) is held back in
+//     the stack's endpoint rather than losing packets in the nexus: its TCP
+//     sender stops at its window, and resumes when the nexus lets it go.
+//     Other flows of the stack keep sending (stack.Endpoint's Stats and
+//     Suspended show it).
 //   - Addresses are IP literals; there is no resolver. A local address must
 //     be one of the nexus's interface addresses (Stack.Addrs).
 package client

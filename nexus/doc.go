@@ -10,8 +10,8 @@
 // runs between two datapath rounds, so the control path needs no lock in
 // the Switch and never races the datapath.
 //
-// Wake-ups (the worker never polls on a timer to find work; its only timer
-// is the reaper's, once per ReapInterval):
+// Wake-ups (the worker never polls on a timer to find work; its timers are
+// the reaper's, once per ReapInterval, and the switch's timed work):
 //
 //   - The links (the device, and the host link toward the kernel's stack
 //     when there is one): a link waiter goroutine per link blocks in
@@ -34,13 +34,18 @@
 //     transport that hands such ports to other processes is still to come;
 //     the tests drive this path with an app in this process.)
 //   - Control requests arrive on a Go channel the parked worker selects on.
+//   - The switch's timed work (flowswitch.Switch.Service: the regulation
+//     layer's paced queue, receive batches held for adaptive batching,
+//     stall checks, neighbour resolution) runs every round, and the parked
+//     worker's timer is set to when Service says it is next due.
 //   - A flowswitch TxQueue (the regulation layer, DESIGN §7) is flushed once
 //     per round. It has no way yet to wake a parked worker for packets it
 //     holds back (pacing): until it has one, it must let everything go in
 //     Flush, or the worker must be kept awake by traffic.
 //   - Apps are woken in reverse by their bell: the worker rings a port's bell
 //     when that channel's counters changed (packets delivered, TX slots
-//     taken, buffers handed or reclaimed, segments added or removed) and the
+//     taken, buffers handed or reclaimed, segments added or removed, events
+//     such as flow advisories put on the event ring) and the
 //     app said it is about to sleep (Port.Wait), with the same arm, re-check,
 //     sleep order. A busy app is never rung.
 //
@@ -55,6 +60,10 @@
 //   - A port's flows are the flows it registered and did not tear down;
 //     closing the port tears them all down before its channel is closed, so
 //     no packet is ever steered to a closed channel.
+//   - A flow's advisory entry (DESIGN §7) is clear when Register hands it
+//     out, whatever the flow that held the slot before left in it. Only the
+//     worker writes advisories: the switch's regulation layer as its queue
+//     builds and drains, and Advise for tests and operators.
 //   - Nothing an app sends in a request is trusted: keys and kinds are
 //     checked by the flow table, and an app can only tear down its own flows.
 package nexus

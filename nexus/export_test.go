@@ -3,4 +3,4 @@ package nexus
 // OpenRemotePort opens a port woken the way a port in another process is:
 // through its channel's eventfd and a port waiter. The app end is attached
 // in this process, so the tests can drive that path.
-func (n *Nexus) OpenRemotePort(name string) (*Port, error) { return n.open(name, true) }
+func (n *Nexus) OpenRemotePort(name string) (*Port, error) { return n.open(name, true, PortOptions{}) }

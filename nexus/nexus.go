@@ -50,10 +50,15 @@ type Options struct {
 	// as their local address, and apps learn them from Port.Addrs.
 	Addrs []netip.Addr
 	// Switch configures the flowswitch (batch sizes, merge limit, MACs,
-	// advisory slots, host link, TX queue). Its Link and LocalAddrs are set
-	// from the fields above and must be left zero. A TxQueue is flushed
-	// once per round; the worker does not wake for packets it holds back
-	// (see the package doc).
+	// advisory slots, host link, TX queue, regulation). Its Link and
+	// LocalAddrs are set from the fields above and must be left zero. A
+	// TxQueue is flushed once per round; the worker does not wake for
+	// packets it holds back (see the package doc). The switch's timed work
+	// (Regulation's paced queue and held receive batches, neighbour
+	// resolution, stall checks) runs every round, and the parked worker
+	// wakes when the switch says it is due. IdleWait 0 means the switch
+	// has no idle timer of its own here: the worker wakes for the links,
+	// the apps and that timed work.
 	Switch flowswitch.Options
 	// Channel is the template of every port's channel. Zero fields take
 	// channel's defaults, except the pool's BufferSize (DefaultBufferSize),
@@ -90,6 +95,7 @@ type Nexus struct {
 	host     *linkWaiter // the host link, or nil
 	linkErr  error       // a link failed: no more datapath
 	lastReap time.Time
+	svcDue   time.Time      // when the switch's timed work (Service) is next due
 	waiters  sync.WaitGroup // link and port waiters
 	seq      int            // ports opened, for channel names
 }
@@ -114,6 +120,12 @@ func New(opts Options) (*Nexus, error) {
 	}
 	so := opts.Switch
 	so.Link, so.LocalAddrs = opts.Link, opts.Addrs
+	if so.IdleWait == 0 {
+		// The switch's idle wait bounds how late its own Run notices an
+		// app's transmit; the worker is woken by the apps themselves, so
+		// it only caps Service's answer: make it the reaper's period.
+		so.IdleWait = opts.ReapInterval
+	}
 	sw, err := flowswitch.New(so)
 	if err != nil {
 		return nil, fmt.Errorf("nexus: %w", err)
@@ -285,6 +297,19 @@ func (n *Nexus) round() bool {
 			n.failLink(fmt.Errorf("tx queue: %w", err))
 		}
 	}
+	if n.linkErr == nil {
+		// The paced queue, held receive frames, neighbour resolution and
+		// stall checks; before the channels' Sync, which signals what it
+		// delivered and publishes its advisories' events.
+		w, err := n.sw.Service()
+		if err != nil {
+			n.failLink(err)
+		}
+		n.svcDue = time.Now().Add(w)
+		if w == 0 {
+			moved++ // due again at once (a queue draining into the device)
+		}
+	}
 	now := time.Now()
 	reap := now.Sub(n.lastReap) >= n.opts.ReapInterval
 	if reap {
@@ -347,7 +372,11 @@ func (n *Nexus) park() bool {
 	for _, p := range n.order {
 		p.arm()
 	}
-	timer := time.NewTimer(max(n.opts.ReapInterval-time.Since(n.lastReap), 0))
+	due := n.opts.ReapInterval - time.Since(n.lastReap)
+	if n.linkErr == nil {
+		due = min(due, time.Until(n.svcDue))
+	}
+	timer := time.NewTimer(max(due, 0))
 	defer timer.Stop()
 	var req func()
 	ok := true

@@ -190,7 +190,7 @@ func testWakeUps(t *testing.T, open func(*nexus.Nexus, string) (*nexus.Port, err
 		if len(got) != 29 || got[28] != byte(i) {
 			t.Fatalf("round %d: app got %x", i, got)
 		}
-		send(t, p, udpPacket(appEnd, peerEnd, []byte{byte(i)}), id)
+		send(t, p, udpPacket(appEnd, peerEnd, []byte{byte(i)}), id.ID)
 		f := readFrame(t, wire)
 		if len(f) != 14+29 || f[14+28] != byte(i) {
 			t.Fatalf("round %d: peer got %x", i, f)

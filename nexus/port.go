@@ -63,9 +63,34 @@ type Port struct {
 // blocks in channel.Channel.Wait while the worker sleeps. The Unix-socket
 // transport that hands such ports out is still to come; the tests drive
 // that path through an in-process app.)
-func (n *Nexus) OpenPort(name string) (*Port, error) { return n.open(name, false) }
+func (n *Nexus) OpenPort(name string) (*Port, error) { return n.open(name, false, PortOptions{}) }
 
-func (n *Nexus) open(name string, remote bool) (*Port, error) {
+// PortOptions configure a port (OpenPortWith). The zero value is OpenPort's.
+type PortOptions struct {
+	// Advisories says the port's app honours flow advisories (DESIGN §7):
+	// it holds a flow's packets back while the flow's entry in its
+	// channel's advisory table is SUSPENDED, as package stack's endpoint
+	// (and so package client) does. With the switch's Regulation, the
+	// flows of such a port are then suspended rather than dropped when the
+	// transmit queue builds up, and the port is not served past the
+	// queue's high-water mark (flowswitch.AddPortOptions.Advisories).
+	// Leave it false for an app that does not read its table: its flows
+	// would be held back by nothing but the queue's limit.
+	Advisories bool
+	// Rate caps the port's transmit rate in bits per second of IP bytes
+	// (0: no cap) and Burst is the cap's depth in bytes (0: the switch's
+	// default). A rate needs the switch's Regulation.
+	Rate  int64
+	Burst int
+}
+
+// OpenPortWith is OpenPort with options: whether the port's app honours
+// flow advisories, and a rate cap.
+func (n *Nexus) OpenPortWith(name string, o PortOptions) (*Port, error) {
+	return n.open(name, false, o)
+}
+
+func (n *Nexus) open(name string, remote bool, o PortOptions) (*Port, error) {
 	var (
 		p   *Port
 		err error
@@ -74,7 +99,7 @@ func (n *Nexus) open(name string, remote bool) (*Port, error) {
 		if n.linkErr != nil {
 			return n.linkErr
 		}
-		p, err = n.openPort(name, remote)
+		p, err = n.openPort(name, remote, o)
 		return err
 	})
 	if rerr != nil {
@@ -83,7 +108,7 @@ func (n *Nexus) open(name string, remote bool) (*Port, error) {
 	return p, nil
 }
 
-func (n *Nexus) openPort(name string, remote bool) (*Port, error) {
+func (n *Nexus) openPort(name string, remote bool, o PortOptions) (*Port, error) {
 	n.seq++
 	co := n.opts.Channel
 	co.Name = fmt.Sprintf("%s-%d", name, n.seq)
@@ -97,7 +122,12 @@ func (n *Nexus) openPort(name string, remote bool) (*Port, error) {
 		ch.Close()
 		return nil, err
 	}
-	id := n.sw.AddPort(ch)
+	id, err := n.sw.AddPortWith(ch, flowswitch.AddPortOptions{Advisories: o.Advisories, Rate: o.Rate, Burst: o.Burst})
+	if err != nil {
+		app.Close()
+		ch.Close()
+		return nil, err
+	}
 	ap := &Port{n: n, id: id, name: co.Name, app: app, remote: remote, bell: make(chan struct{}, 1), gone: make(chan struct{})}
 	p := &port{
 		n: n, id: id, ch: ch, app: ap, remote: remote,
@@ -217,11 +247,14 @@ func (p *Port) Addrs() []netip.Addr { return p.n.Addrs() }
 func (p *Port) MTU() int { return p.n.mtu }
 
 // Register registers a flow for this port before any of its packets move
-// and returns the flow ID the app writes into the metadata of every packet
-// it sends on it (flowswitch.TxMetaFlowIDOff). The errors wrap the flow
+// and returns what the app needs to send on it: the flow ID it writes into
+// the metadata of every packet of the flow (flowswitch.TxMetaFlowIDOff) and
+// the flow's entry in the channel's advisory table (channel.App.Admissible).
+// The entry starts admissible: a slot a torn-down flow left suspended is
+// cleared before it is handed out again. The errors wrap the flow
 // package's (flow.ErrPortInUse, flow.ErrNoAdvisorySlot, ...), or ErrClosed.
-func (p *Port) Register(key packet.Key, kind flow.Kind) ([16]byte, error) {
-	var id [16]byte
+func (p *Port) Register(key packet.Key, kind flow.Kind) (channel.FlowInfo, error) {
+	var fi channel.FlowInfo
 	err := p.n.do(func() error {
 		q := p.n.ports[p.id]
 		if q == nil {
@@ -231,14 +264,22 @@ func (p *Port) Register(key packet.Key, kind flow.Kind) ([16]byte, error) {
 		if err != nil {
 			return err
 		}
+		// The flow table hands a freed advisory slot out again; its
+		// last state is the old flow's. A new flow has not been
+		// regulated yet, and the app must not hold it on a mark
+		// nobody will clear. (A no-op, and no event, when clear.)
+		if err := q.ch.SetAdvisory(int(e.AdvisoryIndex()), channel.AdvisoryNone); err != nil {
+			p.n.sw.Teardown(e)
+			return fmt.Errorf("clear advisory %d: %w", e.AdvisoryIndex(), err)
+		}
 		q.flows[key] = e
-		id = e.ID()
+		fi = channel.FlowInfo{ID: e.ID(), Advisory: e.AdvisoryIndex()}
 		return nil
 	})
 	if err != nil {
-		return id, fmt.Errorf("port %s: %w", p.name, err)
+		return fi, fmt.Errorf("port %s: %w", p.name, err)
 	}
-	return id, nil
+	return fi, nil
 }
 
 // ErrNoFlow is returned by Teardown for a key the port did not register.
@@ -270,8 +311,8 @@ func (p *Port) Teardown(key packet.Key) error {
 
 // Wait blocks the app's ring consumer until the nexus may have work for it:
 // packets on the RX ring, TX slots freed, buffers handed or reclaimed,
-// segments added or removed; or until Wake, the timeout (0: none) or the
-// port's closing (ErrClosed).
+// events on the event ring (segments added or removed, flow advisories); or
+// until Wake, the timeout (0: none) or the port's closing (ErrClosed).
 //
 // The protocol is the rings' need-wakeup one: Wait first says the app is
 // about to sleep, then calls check, which must look at the rings (e.g. try

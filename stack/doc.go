@@ -28,9 +28,12 @@
 // connection, a UDP reply), synchronously, before the packet reaches the TX
 // ring. A reaper tears down TCP flows whose connection is gone (Options.Alive).
 //
-// Flow advisories (DESIGN §7) are not honoured yet: the events are taken
-// off the event ring (so it never overflows) and ignored. Honouring them
-// needs the flow's advisory index from Port.Register (issue #6).
+// Flow advisories (DESIGN §7) are honoured: Port.Register returns each
+// flow's entry in the channel's advisory table, and a packet of a flow the
+// nexus suspended is held in the endpoint, per flow and bounded
+// (Options.MaxHeld), instead of reaching the TX ring; the flow sends what it
+// held, in order, once the nexus lets it go (advisory.go). Backpressure
+// rather than drops: netstack's TCP sender stops at its window.
 //
 // Invariants:
 //
@@ -39,11 +42,17 @@
 //     packet is dropped here and counted (Stats), so an honest app never
 //     sees a TX drop in the flowswitch.
 //   - Every PacketBuffer reference the endpoint takes is released on every
-//     path: delivered, sent, dropped, or queued and then flushed or dropped
-//     by Stop.
+//     path: delivered, sent, dropped, or queued or held and then sent or
+//     dropped (a full hold, a torn-down flow, Stop).
 //   - The channel's app end is used under one mutex; the only blocking call,
 //     Port.Wait, is made without it, so WritePackets never waits for the
 //     receive side.
 //   - Packets of one flow leave in the order netstack wrote them: once some
-//     packets wait (ring or pool full), later ones queue behind them.
+//     packets wait (ring or pool full, or held for a suspension), later ones
+//     queue behind them.
+//   - Once the endpoint has read a flow SUSPENDED in the advisory table (it
+//     reads it as it takes each of the flow's packets from its queue), no
+//     later packet of the flow goes to the TX ring until it reads the mark
+//     cleared; packets already copied into channel buffers still go.
+//     Packets of other flows are not held.
 package stack

@@ -22,13 +22,15 @@ import (
 type Port interface {
 	// App returns the app end of the port's channel.
 	App() *channel.App
-	// Register registers a flow and returns its flow ID.
-	Register(key packet.Key, kind flow.Kind) ([16]byte, error)
+	// Register registers a flow and returns its flow ID and its entry in
+	// the channel's advisory table.
+	Register(key packet.Key, kind flow.Kind) (channel.FlowInfo, error)
 	// Teardown tears down a flow the port registered.
 	Teardown(key packet.Key) error
 	// Wait arms the wake-up, calls check and, if check found no work,
-	// blocks until the nexus may have work for the app, Wake, the timeout
-	// (0: none) or the port's closing (an error).
+	// blocks until the nexus may have work for the app (including an event
+	// on the event ring: a resume must wake a sleeping endpoint), Wake,
+	// the timeout (0: none) or the port's closing (an error).
 	Wait(check func() bool, timeout time.Duration) error
 	// Wake makes a Wait return; safe from any goroutine.
 	Wake()
@@ -51,6 +53,13 @@ const (
 	// pool is full: a few TCP windows of MTU packets. Past it packets are
 	// dropped and counted (TCP retransmits them), so memory stays bounded.
 	DefaultMaxPending = 4096
+	// DefaultMaxHeld bounds the packets held per suspended flow: a TCP
+	// window at the default 1 MiB send buffer in MTU packets (725 at 1500
+	// bytes) with room for the retransmissions netstack makes while it
+	// hears nothing; GSO packets carry up to 44 MTU packets each. A held
+	// TCP packet keeps alive data netstack keeps anyway for retransmission.
+	// Past it packets are dropped and counted (TCP retransmits them).
+	DefaultMaxHeld = 1024
 	// DefaultReapInterval is how often the reaper looks at TCP flows that
 	// saw a FIN or RST; every 64 intervals it looks at all TCP flows.
 	DefaultReapInterval = 20 * time.Millisecond
@@ -83,6 +92,9 @@ type Options struct {
 	RxBatch int
 	// MaxPending bounds queued TX packets; 0 means DefaultMaxPending.
 	MaxPending int
+	// MaxHeld bounds the packets held per suspended flow; 0 means
+	// DefaultMaxHeld.
+	MaxHeld int
 	// Alive reports whether netstack still has a live connection for the
 	// TCP 5-tuple key (oriented to the local side): not closed, not in
 	// TIME-WAIT. Nil disables the reaper: TCP flows then go only by Release
@@ -101,7 +113,7 @@ type Stats struct {
 	TxSends            uint64 // Send calls that put at least one packet on the ring
 	TxGSO              uint64 // netstack packets segmented here
 	TxWaits            uint64 // WritePackets calls that left packets waiting for ring space or buffers
-	TxNoFlow           uint64 // dropped: no flow the port registered (ICMP, stray RST, ...)
+	TxNoFlow           uint64 // dropped: no flow the port registered (ICMP, stray RST, a flow torn down under queued or held packets)
 	TxRegisterFail     uint64 // dropped: registering its flow failed
 	TxOversize         uint64 // dropped: above the MTU and not GSO
 	TxQueueFull        uint64 // dropped: MaxPending packets already waiting
@@ -110,6 +122,13 @@ type Stats struct {
 	FlowsAuto          uint64 // of which on demand, for a listener's port
 	FlowsReleased      uint64 // flows torn down (Release, reaper, Stop)
 	FlowsReaped        uint64 // of which by the reaper
+	// Flow advisories (DESIGN §7).
+	TxHeld         uint64 // packets held back because their flow was suspended
+	TxHeldSent     uint64 // held packets sent once their flow was admissible again
+	TxHeldDrops    uint64 // dropped: MaxHeld packets of their flow already held
+	FlowsHeld      uint64 // times a suspended flow began holding packets
+	FlowsResumed   uint64 // times a held flow sent all it held
+	AdvisoryEvents uint64 // advisory events taken off the event ring
 }
 
 // Endpoint is a netstack link endpoint on a nexus port. See the package doc.
@@ -130,6 +149,7 @@ type Endpoint struct {
 	ready   []channel.Buf   // guarded by mu: filled buffers waiting for ring space
 	spare   []channel.Buf   // guarded by mu: allocated, unused buffers
 	freeq   []channel.Buf   // guarded by mu: received buffers the free ring had no room for
+	holding []*flowRec      // guarded by mu: the flows with held packets (flowRec.held), in no order
 	rxBufs  []channel.Buf   // guarded by mu: Receive scratch
 	events  []channel.Event // guarded by mu: Events scratch
 	appErr  error           // guarded by mu: the channel's error, once it failed
@@ -163,8 +183,8 @@ func New(opts Options) (*Endpoint, error) {
 	if opts.MTU < header.IPv4MinimumProcessableDatagramSize || opts.MTU > 1<<16-1 {
 		return nil, fmt.Errorf("stack: MTU %d outside %d..%d", opts.MTU, header.IPv4MinimumProcessableDatagramSize, 1<<16-1)
 	}
-	if opts.RxBatch < 0 || opts.MaxPending < 0 || opts.ReapInterval < 0 || opts.Grace < 0 {
-		return nil, fmt.Errorf("stack: negative RxBatch, MaxPending, ReapInterval or Grace")
+	if opts.RxBatch < 0 || opts.MaxPending < 0 || opts.MaxHeld < 0 || opts.ReapInterval < 0 || opts.Grace < 0 {
+		return nil, fmt.Errorf("stack: negative RxBatch, MaxPending, MaxHeld, ReapInterval or Grace")
 	}
 	app := opts.Port.App()
 	bufLen := app.BufferSize()
@@ -178,6 +198,7 @@ func New(opts Options) (*Endpoint, error) {
 	}
 	def(&opts.RxBatch, DefaultRxBatch)
 	def(&opts.MaxPending, DefaultMaxPending)
+	def(&opts.MaxHeld, DefaultMaxHeld)
 	def(&opts.GSOMaxSize, DefaultGSOMaxSize)
 	if opts.ReapInterval == 0 {
 		opts.ReapInterval = DefaultReapInterval
@@ -330,6 +351,11 @@ func (e *Endpoint) Stop() {
 	e.stats.txClosed.Add(uint64(len(e.pending)))
 	clear(e.pending)
 	e.pending = nil
+	for _, f := range e.holding {
+		e.stats.txClosed.Add(uint64(f.dropHeld()))
+	}
+	clear(e.holding)
+	e.holding = nil
 	// Best effort: the nexus reclaims everything when the port closes.
 	if e.appErr == nil {
 		bufs := append(append(append([]channel.Buf(nil), e.spare...), e.ready...), e.freeq...)
@@ -361,11 +387,24 @@ func (e *Endpoint) Flows() int { return e.flows.len() }
 
 // Held returns how many channel buffers the endpoint holds now (spare,
 // filled and waiting, or waiting to be freed): 0 to a few hundred, never
-// growing without bound.
+// growing without bound. Packets held for a suspended flow are not in
+// channel buffers: see Suspended.
 func (e *Endpoint) Held() int {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return len(e.spare) + len(e.ready) + len(e.freeq)
+}
+
+// Suspended returns the flows holding packets back now, because the nexus
+// suspended them (or because they were suspended and the endpoint has not
+// sent all they held yet), and how many packets they hold.
+func (e *Endpoint) Suspended() (flows, packets int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, f := range e.holding {
+		packets += len(f.held)
+	}
+	return len(e.holding), packets
 }
 
 type stats struct {
@@ -375,6 +414,8 @@ type stats struct {
 	txClosed                                         atomic.Uint64
 	flowsRegistered, flowsAuto, flowsReleased        atomic.Uint64
 	flowsReaped                                      atomic.Uint64
+	txHeld, txHeldSent, txHeldDrops                  atomic.Uint64
+	flowsHeld, flowsResumed, advisoryEvents          atomic.Uint64
 }
 
 func (s *stats) snapshot() Stats {
@@ -385,5 +426,7 @@ func (s *stats) snapshot() Stats {
 		TxOversize: s.txOversize.Load(), TxQueueFull: s.txQueueFul.Load(), TxClosed: s.txClosed.Load(),
 		FlowsRegistered: s.flowsRegistered.Load(), FlowsAuto: s.flowsAuto.Load(),
 		FlowsReleased: s.flowsReleased.Load(), FlowsReaped: s.flowsReaped.Load(),
+		TxHeld: s.txHeld.Load(), TxHeldSent: s.txHeldSent.Load(), TxHeldDrops: s.txHeldDrops.Load(),
+		FlowsHeld: s.flowsHeld.Load(), FlowsResumed: s.flowsResumed.Load(), AdvisoryEvents: s.advisoryEvents.Load(),
 	}
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/skylane/skylane/flow"
 	"github.com/skylane/skylane/flowswitch"
+	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/netif/memif"
 	"github.com/skylane/skylane/nexus"
 	"github.com/skylane/skylane/packet"
@@ -26,9 +27,10 @@ var (
 	peer  = netip.MustParseAddr("198.18.0.2")
 )
 
-// rig is one netstack on one nexus port; the peer end of the wire is never
-// read, so the wire fills and tail-drops as a real one would.
+// rig is one netstack on one nexus port; unless a test reads the peer end
+// of the wire, the wire fills and tail-drops as a real one would.
 type rig struct {
+	wire netif.Link // the peer's end
 	n    *nexus.Nexus
 	port *nexus.Port
 	ep   *stack.Endpoint
@@ -37,11 +39,12 @@ type rig struct {
 
 func newRig(t *testing.T, o stack.Options) *rig {
 	t.Helper()
-	a, _, err := memif.NewPair(memif.Options{QueueLen: 64})
+	a, b, err := memif.NewPair(memif.Options{QueueLen: 64})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &rig{}
+	t.Cleanup(func() { b.Close() })
+	r := &rig{wire: b}
 	if r.n, err = nexus.New(nexus.Options{Link: a, Addrs: []netip.Addr{local}}); err != nil {
 		t.Fatal(err)
 	}

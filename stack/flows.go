@@ -15,7 +15,12 @@ type flowRec struct {
 	key  packet.Key // immutable
 	kind flow.Kind  // immutable
 	id   [16]byte   // immutable
+	adv  uint32     // immutable: its entry in the channel's advisory table
 	auto bool       // immutable: registered on demand for a listener's port
+	// held are the flow's packets waiting for its advisory to clear,
+	// oldest first; guarded by Endpoint.mu (not by flowTable.mu). The flow
+	// is in Endpoint.holding exactly while held is not empty.
+	held []txItem
 	// Guarded by flowTable.mu. A TCP 5-tuple can be reused by a new
 	// connection while the reaper is deciding the old one is dead: a SYN
 	// or a new Register on the flow starts a new life (gen, born), and the
@@ -95,14 +100,14 @@ func (t *flowTable) ensure(e *Endpoint, k packet.Key, flags packet.TCPFlags) boo
 	return true
 }
 
-// stamp returns the flow ID of a packet about to be put on the TX ring
-// (Endpoint.mu is held): the flow may have been reaped since ensure, then
-// the packet is dropped. A SYN starts a new life of a 5-tuple flow; a FIN
-// or RST marks it closing.
-func (t *flowTable) stamp(k packet.Key, flags packet.TCPFlags) (id [16]byte, ok bool) {
+// stamp returns the flow of a packet about to be put on the TX ring or
+// held (Endpoint.mu is held): the flow may have been reaped since ensure,
+// then the packet is dropped. A SYN starts a new life of a 5-tuple flow; a
+// FIN or RST marks it closing.
+func (t *flowTable) stamp(k packet.Key, flags packet.TCPFlags) (*flowRec, bool) {
 	f, _ := t.find(k, flags)
 	if f == nil {
-		return id, false
+		return nil, false
 	}
 	if f.key == k && k.Proto == packet.ProtoTCP && flags&(packet.TCPSyn|packet.TCPFin|packet.TCPRst) != 0 {
 		t.mu.Lock()
@@ -113,7 +118,7 @@ func (t *flowTable) stamp(k packet.Key, flags packet.TCPFlags) (id [16]byte, ok 
 		}
 		t.mu.Unlock()
 	}
-	return f.id, true
+	return f, true
 }
 
 // reviveLocked starts a new life of f. t.mu is held for writing.
@@ -174,11 +179,11 @@ func (t *flowTable) registerOnce(e *Endpoint, k packet.Key, kind flow.Kind, auto
 		return nil, ErrStopped
 	default:
 	}
-	id, err := e.port.Register(k, kind)
+	fi, err := e.port.Register(k, kind)
 	if err != nil {
 		return nil, err
 	}
-	f = &flowRec{key: k, kind: kind, id: id, born: time.Now(), auto: auto}
+	f = &flowRec{key: k, kind: kind, id: fi.ID, adv: fi.Advisory, born: time.Now(), auto: auto}
 	t.mu.Lock()
 	t.flows[k] = f
 	t.mu.Unlock()
@@ -209,7 +214,7 @@ func (t *flowTable) release(e *Endpoint, k packet.Key) error {
 		}
 		keys = append(keys, k)
 		for _, ck := range keys {
-			t.forgetLocked(ck)
+			t.forgetLocked(e, ck)
 		}
 	}
 	t.mu.Unlock()
@@ -221,7 +226,13 @@ func (t *flowTable) release(e *Endpoint, k packet.Key) error {
 }
 
 // forgetLocked removes k from the table. reg, Endpoint.mu and t.mu are held.
-func (t *flowTable) forgetLocked(k packet.Key) {
+// The packets the flow held go with it (counted as TxNoFlow): its ID is
+// about to be torn down, and the nexus would refuse them.
+func (t *flowTable) forgetLocked(e *Endpoint, k packet.Key) {
+	if f := t.flows[k]; f != nil && len(f.held) > 0 {
+		e.stats.txNoFlow.Add(uint64(f.dropHeld()))
+		e.unholdLocked(f)
+	}
 	delete(t.flows, k)
 	delete(t.closing, k)
 }
@@ -248,7 +259,7 @@ func (t *flowTable) releaseAll(e *Endpoint) {
 	keys := make([]packet.Key, 0, len(t.flows))
 	for k := range t.flows {
 		keys = append(keys, k)
-		t.forgetLocked(k)
+		t.forgetLocked(e, k)
 	}
 	t.mu.Unlock()
 	e.mu.Unlock()
@@ -323,7 +334,7 @@ func (t *flowTable) reap(e *Endpoint, all bool) int {
 	t.mu.Lock()
 	for _, c := range dead {
 		if t.flows[c.f.key] == c.f && c.f.gen == c.gen {
-			t.forgetLocked(c.f.key)
+			t.forgetLocked(e, c.f.key)
 			keys = append(keys, c.f.key)
 		}
 	}

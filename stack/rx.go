@@ -11,7 +11,8 @@ import (
 
 // Receive path: the service goroutine polls the port and sleeps in
 // Port.Wait when a poll found nothing; each poll takes channel events, sends
-// what WritePackets left queued, and delivers one RX batch to netstack.
+// what WritePackets left queued and what resumed flows held, and delivers
+// one RX batch to netstack.
 
 // serve is the service goroutine: it polls the port and sleeps in
 // Port.Wait when a poll found nothing.
@@ -60,14 +61,16 @@ func (e *Endpoint) poll() bool {
 	if n, err := e.app.Events(e.events); err != nil {
 		e.appErr = err
 	} else if n > 0 {
-		// Segment events are handled by App.Events itself; advisories
-		// (DESIGN §7) are for issue #6.
+		// Segment events are handled by App.Events itself; an
+		// advisory's flow is looked at by flushLocked below, in the
+		// table, which says where the flow stands now.
+		e.countAdvisories(e.events[:n])
 		did = true
 	}
 	if len(e.freeq) > 0 {
 		did = e.freeLocked(nil) || did
 	}
-	if len(e.pending) > 0 || len(e.ready) > 0 {
+	if len(e.pending) > 0 || len(e.ready) > 0 || len(e.holding) > 0 {
 		did = e.flushLocked() || did
 	}
 	n := 0

@@ -102,24 +102,19 @@ func (e *Endpoint) classify(pkt *gstack.PacketBuffer) (_ txItem, ok bool, _ tcpi
 	return txItem{pkt: pkt, key: key, flags: flags, segs: segs}, true, nil
 }
 
-// flushLocked copies queued packets into channel buffers, in order, as far
-// as buffers allow, then puts the filled buffers on the TX ring as far as
-// it has room. It reports whether it made progress.
+// flushLocked sends what the flows the nexus let go again held back, then
+// copies queued packets into channel buffers, in order, as far as buffers
+// allow, holding those of suspended flows (see advisory.go), then puts the
+// filled buffers on the TX ring as far as it has room. It reports whether
+// it made progress.
 func (e *Endpoint) flushLocked() bool {
 	progress := false
-	if len(e.pending) > 0 && e.appErr == nil {
-		// One Alloc for the whole queue (up to a TX ring's worth).
-		need := 0
-		for i := range e.pending {
-			if need += e.pending[i].segs; need >= spareMax {
-				break
-			}
-		}
-		e.allocLocked(need)
+	if len(e.holding) > 0 && e.appErr == nil {
+		progress = e.resumeLocked()
 	}
 	for len(e.pending) > 0 && e.appErr == nil {
 		it := &e.pending[0]
-		id, ok := e.flows.stamp(it.key, it.flags)
+		f, ok := e.flows.stamp(it.key, it.flags)
 		if !ok {
 			// Reaped since WritePackets saw it: a packet of a
 			// connection netstack had let go.
@@ -129,16 +124,29 @@ func (e *Endpoint) flushLocked() bool {
 			e.pending = e.pending[1:]
 			continue
 		}
-		if len(e.spare) < it.segs {
-			break
+		// Behind packets the flow holds already, or suspended now:
+		// held, so the flow keeps its order and the nexus its queue.
+		if len(f.held) > 0 || !e.app.Admissible(f.adv) {
+			e.holdLocked(f, it)
+			*it = txItem{}
+			e.pending = e.pending[1:]
+			progress = true
+			continue
 		}
-		bufs := e.spare[len(e.spare)-it.segs:]
-		e.fill(it, id, bufs)
-		e.ready = append(e.ready, bufs...)
-		clear(bufs)
-		e.spare = e.spare[:len(e.spare)-it.segs]
-		it.pkt.DecRef()
-		*it = txItem{}
+		if len(e.spare) < it.segs {
+			// One Alloc for the rest of the queue (up to a TX
+			// ring's worth).
+			need := 0
+			for i := range e.pending {
+				if need += e.pending[i].segs; need >= spareMax {
+					break
+				}
+			}
+			if e.allocLocked(need); len(e.spare) < it.segs {
+				break
+			}
+		}
+		e.emitLocked(it, f.id)
 		e.pending = e.pending[1:]
 		progress = true
 	}
@@ -167,6 +175,19 @@ func (e *Endpoint) flushLocked() bool {
 		}
 	}
 	return progress
+}
+
+// emitLocked copies it's packet into it.segs spare buffers stamped with the
+// flow ID id, queues them for the TX ring, and releases it (the endpoint's
+// reference, and *it). There must be enough spare buffers.
+func (e *Endpoint) emitLocked(it *txItem, id [16]byte) {
+	bufs := e.spare[len(e.spare)-it.segs:]
+	e.fill(it, id, bufs)
+	e.ready = append(e.ready, bufs...)
+	clear(bufs)
+	e.spare = e.spare[:len(e.spare)-it.segs]
+	it.pkt.DecRef()
+	*it = txItem{}
 }
 
 // allocLocked tops the spare buffers up to need, as far as the alloc ring
