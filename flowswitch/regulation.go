@@ -3,6 +3,7 @@ package flowswitch
 import (
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"time"
 
@@ -365,8 +366,9 @@ func (p *pacer) wait(now int64) int64 {
 }
 
 // wake returns in how many ns the regulation's timed work is due.
+// With nothing due it returns MaxInt64: the caller's idle wait bounds it.
 func (r *regState) wake(now int64) int64 {
-	w := int64(idleWait)
+	w := int64(math.MaxInt64)
 	if r.rxHeld > 0 {
 		w = min(w, r.rxSince+r.mit.Hold(now)-now)
 	}
