@@ -70,6 +70,9 @@ var (
 )
 
 func runTCP(cfg Config) (Report, error) {
+	if cfg.Dev {
+		return runTCPDev(cfg)
+	}
 	rep := Report{Scenario: "tcp", Machine: Machine()}
 	rows := []string{tcpRowFsw, tcpRowFswKernel, tcpRowRPC}
 	var want []string

@@ -17,6 +17,9 @@ usage:
   skylane demo                     run the nexus on the in-memory link and report
   skylane bench SCENARIO [flags]   measure a scenario against its baseline
   skylane bench list               list the scenarios
+  skylane bench tcp --dev          the tcp rows on a veth pair (root): kernel client, user-space server
+  skylane serve --dev IF --driver afxdp|afpacket|tun --addr IP:PORT [--tls]
+                                   serve HTTP(S) from a user-space stack on a real interface (root)
 `
 
 func run(args []string) error {
@@ -29,6 +32,8 @@ func run(args []string) error {
 		return runBench(args[1:])
 	case "demo":
 		return runDemo(args[1:])
+	case "serve":
+		return runServe(args[1:])
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 		return nil
@@ -53,6 +58,7 @@ func runBench(args []string) error {
 	rounds := fs.Int("rounds", 3, "alternations of ours and baseline per point (median reported)")
 	asJSON := fs.Bool("json", false, "print one JSON object on stdout")
 	filter := fs.String("rows", "", "run only rows whose name contains this")
+	dev := fs.Bool("dev", false, "tcp only: run on a veth pair the bench makes (root) instead of memif")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -60,7 +66,7 @@ func runBench(args []string) error {
 		if s.Name != name {
 			continue
 		}
-		rep, err := s.Run(bench.Config{Duration: *dur, Rounds: *rounds, Progress: os.Stderr, Filter: *filter})
+		rep, err := s.Run(bench.Config{Duration: *dur, Rounds: *rounds, Progress: os.Stderr, Filter: *filter, Dev: *dev})
 		if err != nil {
 			return fmt.Errorf("bench %s: %w", name, err)
 		}

@@ -1,0 +1,323 @@
+package bench
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"time"
+
+	"github.com/skylane/skylane/client"
+	"github.com/skylane/skylane/flowswitch"
+	"github.com/skylane/skylane/netif"
+	"github.com/skylane/skylane/netif/afxdp"
+	"github.com/skylane/skylane/netif/drivers"
+	"github.com/skylane/skylane/nexus"
+)
+
+// The `tcp --dev` rows (issue #5): one TCP stream from a kernel client in
+// the peer namespace, across a veth pair, into a user-space server (a
+// client.Stack on a nexus on AF_XDP) in the local namespace; baseline: the
+// same kernel client into a kernel server on the same veth, in the same
+// run, alternating.
+//
+// A second row, tcp/afpacket/mtu=1500, runs the same over AF_PACKET, whose
+// driver completes the peer's partial checksums and splits its super
+// packets, so the peer keeps its offloads there: it shows what the
+// user-space side takes when the sender is not held back (see
+// peerOffloads).
+//
+// Register it under the tcp scenario's --dev flag (see the report): with
+// Config.Dev set, runTCP returns runTCPDev(cfg).
+var tcpDevRows = []struct {
+	name   string
+	driver string
+	// peerOffloads: whether the peer keeps its transmit checksum offload
+	// and TSO while it sends to the user-space server.
+	peerOffloads bool
+}{
+	{"tcp/afxdp/mtu=1500", drivers.AFXDP, false},
+	{"tcp/afpacket/mtu=1500", drivers.AFPacket, true},
+}
+
+const (
+	tcpDevBaseName = "kernel TCP server on the same veth (peer with its offloads: TSO, checksum)"
+	tcpDevUserPort = 5201
+	tcpDevKernPort = 5202
+	// tcpDevXDPMode: generic XDP runs in the local veth's receive path,
+	// native in the peer's transmit path (veth's NAPI), on the sender's
+	// core; on two cores generic leaves the sender its core (as for the
+	// udp rows).
+	tcpDevXDPMode = drivers.ModeGeneric
+	// tcpDevRing is the AF_XDP ring (and RX UMEM frames): at ~0.45 Mpps
+	// the default 2048 frames last 4.5 ms, less than a scheduling hiccup
+	// on two shared cores, and the kernel then drops on an empty fill
+	// ring (TCP recovers, slowly); 8192 frames absorb 18 ms.
+	tcpDevRing = 8192
+)
+
+// runTCPDev runs the tcp --dev rows. It needs root: it makes two network
+// namespaces and a veth pair, removed on every path.
+func runTCPDev(cfg Config) (rep Report, err error) {
+	rep = Report{Scenario: "tcp", Machine: Machine()}
+	wanted := false
+	for _, row := range tcpDevRows {
+		wanted = wanted || cfg.wants(row.name)
+	}
+	if !wanted {
+		return rep, nil
+	}
+	if os.Geteuid() != 0 {
+		return rep, errors.New("tcp --dev: needs root (network namespaces, AF_XDP, BPF): run skylane bench tcp --dev as root")
+	}
+	if _, err := exec.LookPath("ethtool"); err != nil {
+		return rep, fmt.Errorf("tcp --dev: ethtool is needed to set the peer veth's offloads: %w", err)
+	}
+	h, err := newUDPHosts() // the same two hosts as the udp rows
+	if err != nil {
+		return rep, fmt.Errorf("tcp --dev: %w", err)
+	}
+	defer func() { err = errors.Join(err, h.close()) }()
+	kernel, err := h.kernelStream()
+	if err != nil {
+		return rep, fmt.Errorf("tcp --dev: kernel baseline: %w", err)
+	}
+	defer kernel.close()
+	for _, row := range tcpDevRows {
+		if !cfg.wants(row.name) {
+			continue
+		}
+		cfg.progress("tcp --dev %s", row.name)
+		res, err := h.devRow(cfg, row.name, row.driver, row.peerOffloads, kernel)
+		if err != nil {
+			return rep, err
+		}
+		rep.Results = append(rep.Results, res)
+	}
+	return rep, h.peerOffloads(true)
+}
+
+// devRow measures one row: rounds of the user-space stream and of the
+// kernel baseline, alternating; for a row whose peer sends without
+// offloads, also the kernel baseline without them, for comparison.
+func (h *udpHosts) devRow(cfg Config, name, driver string, offloads bool, kernel *connPair) (Result, error) {
+	rounds := max(cfg.Rounds, 1)
+	d := cfg.Duration / time.Duration(rounds)
+	var ours, base, baseNoOffload []float64
+	var figs devFigures
+	for i := range rounds {
+		cfg.progress("  %s: round %d/%d", name, i+1, rounds)
+		r, f, err := h.userStream(driver, offloads, d)
+		if err != nil {
+			return Result{}, fmt.Errorf("%s: %w", name, err)
+		}
+		ours = append(ours, r.PerSecond())
+		figs.add(f)
+		variants := []bool{true}
+		if !offloads {
+			variants = append(variants, false)
+		}
+		for _, on := range variants {
+			if err := h.peerOffloads(on); err != nil {
+				return Result{}, err
+			}
+			if _, err := kernel.stream(tcpWarmup); err != nil {
+				return Result{}, fmt.Errorf("%s baseline warm-up: %w", name, err)
+			}
+			r, err := kernel.stream(d)
+			if err != nil {
+				return Result{}, fmt.Errorf("%s baseline: %w", name, err)
+			}
+			if on {
+				base = append(base, r.PerSecond())
+			} else {
+				baseNoOffload = append(baseNoOffload, r.PerSecond())
+			}
+		}
+	}
+	o, b := median(ours)/1e9, median(base)/1e9
+	res := Throughput(name, "Gbit/s", o, tcpDevBaseName, b)
+	res.Extra = map[string]any{
+		"peer_offloads_ours":      "on",
+		"rx_super_packets":        figs.superPackets,
+		"rx_frames_per_super":     round2(float64(figs.merged+figs.superPackets) / float64(max(figs.superPackets, 1))),
+		"switch_tx_drops":         figs.txDrops,
+		"server_stack_rx_packets": figs.stackRx,
+		"link_rx_drops":           figs.linkDrops,
+		"setup_ms_per_round":      figs.setupMs / uint64(rounds),
+	}
+	if driver == drivers.AFXDP {
+		res.Extra["xdp_mode"] = tcpDevXDPMode
+		res.Extra["afxdp_fill_ring_empty"] = figs.fillEmpty
+		res.Extra["afxdp_rx_ring_full"] = figs.xdpFull
+	}
+	if !offloads {
+		bn := median(baseNoOffload) / 1e9
+		res.Extra["peer_offloads_ours"] = "off (ethtool -K peer tx off: a veth hands XDP partial checksums and TSO super packets, a wire does not)"
+		res.Extra["baseline_no_offload_gbps"] = round2(bn)
+		res.Extra["ratio_vs_no_offload"] = round2(o / bn)
+	}
+	return res, nil
+}
+
+// devFigures are the user-space path's counters, summed over the rounds.
+type devFigures struct {
+	superPackets, merged uint64
+	fillEmpty, xdpFull   uint64 // AF_XDP: the kernel's drops for an empty fill ring, a full RX ring
+	linkDrops            uint64 // the link's RxDrops
+	txDrops              uint64
+	stackRx              uint64
+	setupMs              uint64
+}
+
+func (f *devFigures) add(g devFigures) {
+	f.superPackets += g.superPackets
+	f.merged += g.merged
+	f.fillEmpty += g.fillEmpty
+	f.xdpFull += g.xdpFull
+	f.linkDrops += g.linkDrops
+	f.txDrops += g.txDrops
+	f.stackRx += g.stackRx
+	f.setupMs += g.setupMs
+}
+
+// peerOffloads turns the peer veth's transmit checksum offload (and with
+// it TSO, which needs it) on or off. Off, the peer sends what a wire
+// carries: MTU-sized frames with complete checksums. On, a veth passes
+// CHECKSUM_PARTIAL super packets to the other end, which the kernel's
+// stack takes on trust but which XDP sees raw: netstack would drop every
+// segment as corrupt and AF_XDP every super packet as too long.
+func (h *udpHosts) peerOffloads(on bool) error {
+	v := "off"
+	if on {
+		v = "on"
+	}
+	out, err := exec.Command("ip", "netns", "exec", h.peerNS, "ethtool", "-K", h.peerIf, "tx", v).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("tcp --dev: ethtool -K %s tx %s: %w: %s", h.peerIf, v, err, out)
+	}
+	return nil
+}
+
+// kernelStream connects the kernel client in the peer namespace to a
+// kernel server in the local one, on the veth.
+func (h *udpHosts) kernelStream() (*connPair, error) {
+	var ln net.Listener
+	err := inNS(h.local, func() (err error) {
+		ln, err = net.Listen("tcp4", netip.AddrPortFrom(udpLocal, tcpDevKernPort).String())
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer ln.Close()
+	p := &connPair{}
+	if err := p.connect(ln, h.peerDial(tcpDevKernPort)); err != nil {
+		p.close()
+		return nil, err
+	}
+	return p, nil
+}
+
+// peerDial returns a dialer that connects from the peer namespace (the
+// socket stays there, and is used from any goroutine).
+func (h *udpHosts) peerDial(port uint16) func() (net.Conn, error) {
+	return func() (c net.Conn, err error) {
+		err = inNS(h.peer, func() (err error) {
+			c, err = net.DialTimeout("tcp4", netip.AddrPortFrom(udpLocal, port).String(), 10*time.Second)
+			return err
+		})
+		return c, err
+	}
+}
+
+// userStream builds the user-space server (AF_XDP link, nexus, stack),
+// connects the kernel client to it, streams for d after a warm-up, and
+// closes it all again, so that the baseline runs on a veth with no program
+// attached (generic XDP would otherwise linearize the baseline's super
+// packets).
+func (h *udpHosts) userStream(driver string, offloads bool, d time.Duration) (Rate, devFigures, error) {
+	var f devFigures
+	t0 := time.Now()
+	if err := h.peerOffloads(offloads); err != nil {
+		return Rate{}, f, err
+	}
+	spec := drivers.Spec{Driver: driver, Dev: h.localIf}
+	if driver == drivers.AFXDP {
+		spec.Mode, spec.RingSize = tcpDevXDPMode, tcpDevRing
+	}
+	var link netif.Link
+	err := inNS(h.local, func() (err error) {
+		link, err = drivers.Open(spec)
+		return err
+	})
+	if err != nil {
+		return Rate{}, f, err
+	}
+	nx, err := nexus.New(nexus.Options{Link: link, Addrs: []netip.Addr{udpLocal},
+		Switch: flowswitch.Options{SrcMAC: [6]byte(h.localMAC), DstMAC: [6]byte(h.peerMAC)}})
+	if err != nil {
+		link.Close()
+		return Rate{}, f, err
+	}
+	defer nx.Close()
+	// drivers.Steering: the nexus does not steer flows itself yet.
+	st, err := client.New(drivers.Steering(nx, link, nil), client.Options{Name: "tcpdev"})
+	if err != nil {
+		return Rate{}, f, err
+	}
+	defer st.Close()
+	ln, err := st.Listen("tcp4", ":"+strconv.Itoa(tcpDevUserPort))
+	if err != nil {
+		return Rate{}, f, err
+	}
+	p := &connPair{}
+	err = p.connect(ln, h.peerDial(tcpDevUserPort))
+	ln.Close()
+	defer p.close()
+	if err != nil {
+		return Rate{}, f, err
+	}
+	if _, err := p.stream(tcpWarmup); err != nil {
+		return Rate{}, f, fmt.Errorf("warm-up: %w", err)
+	}
+	f.setupMs = uint64(time.Since(t0).Milliseconds())
+	s0, err := nx.Stats()
+	if err != nil {
+		return Rate{}, f, err
+	}
+	var x0, x1 afxdp.Stats
+	xl, isXDP := link.(afxdp.Link)
+	if isXDP {
+		x0 = xl.XDPStats()
+	}
+	l0 := link.Stats()
+	rx0 := st.Endpoint().Stats().RxPackets
+	r, err := p.stream(d)
+	if err != nil {
+		return Rate{}, f, err
+	}
+	s1, err := nx.Stats()
+	if err != nil {
+		return Rate{}, f, err
+	}
+	if isXDP {
+		x1 = xl.XDPStats()
+	}
+	f.superPackets = s1.Switch.SuperPackets - s0.Switch.SuperPackets
+	f.merged = s1.Switch.Merged - s0.Switch.Merged
+	f.fillEmpty = x1.KernelFillEmpty - x0.KernelFillEmpty
+	f.xdpFull = x1.KernelRxFull - x0.KernelRxFull
+	f.linkDrops = link.Stats().RxDrops - l0.RxDrops
+	f.txDrops = sumTxDrops(s1.Switch.TxDrops) - sumTxDrops(s0.Switch.TxDrops)
+	f.stackRx = st.Endpoint().Stats().RxPackets - rx0
+	return r, f, nil
+}
+
+func sumTxDrops(d flowswitch.TxDrops) uint64 {
+	return d.Length + d.MTU + d.Parse + d.IPv4Options + d.SrcAddr + d.SrcPort + d.Proto +
+		d.NoFlow + d.NotOwner + d.FlowID + d.TornDown + d.ListenerData + d.SYNRate
+}
