@@ -1,17 +1,12 @@
 package bench
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"net/netip"
@@ -36,6 +31,7 @@ import (
 
 	"github.com/skylane/skylane/client"
 	"github.com/skylane/skylane/flowswitch"
+	"github.com/skylane/skylane/internal/selfsigned"
 	"github.com/skylane/skylane/netif/memif"
 	"github.com/skylane/skylane/nexus"
 	"github.com/skylane/skylane/stack"
@@ -704,7 +700,7 @@ func HTTPSDemo(size int) (HTTPSDemoReport, error) {
 	}
 	defer sb.Close()
 
-	cert, pool, err := demoCert(tcpHostA, a6)
+	cert, pool, err := selfsigned.New("skylane demo", time.Hour, tcpHostA, a6)
 	if err != nil {
 		return rep, err
 	}
@@ -768,37 +764,4 @@ func HTTPSDemo(size int) (HTTPSDemoReport, error) {
 	rep.ClientSuperPackets, rep.ClientMerged = stb.Switch.SuperPackets, stb.Switch.Merged
 	rep.TxDrops = txDropsTotal(sta.Switch.TxDrops) + txDropsTotal(stb.Switch.TxDrops)
 	return rep, nil
-}
-
-// demoCert makes a self-signed ECDSA certificate for the given addresses
-// and a pool that trusts it.
-func demoCert(addrs ...netip.Addr) (tls.Certificate, *x509.CertPool, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return tls.Certificate{}, nil, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "skylane demo"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	for _, a := range addrs {
-		tmpl.IPAddresses = append(tmpl.IPAddresses, a.AsSlice())
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return tls.Certificate{}, nil, err
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		return tls.Certificate{}, nil, err
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(leaf)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool, nil
 }

@@ -2,54 +2,17 @@ package client_test
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"io"
-	"math/big"
-	"net"
 	"net/http"
 	"testing"
 	"time"
 
 	"github.com/skylane/skylane/flowswitch"
+	"github.com/skylane/skylane/internal/selfsigned"
 )
-
-// selfSigned returns a TLS certificate for the given IP addresses and a
-// pool that trusts it, as httptest does, generated afresh for each test.
-func selfSigned(t testing.TB, ips ...net.IP) (tls.Certificate, *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "skylane test"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		IPAddresses:           ips,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: cert}, pool
-}
 
 // TestHTTPS serves HTTPS (net/http over crypto/tls, unchanged) from stack A
 // and fetches from stack B through both nexuses and the wire: a small
@@ -58,7 +21,10 @@ func selfSigned(t testing.TB, ips ...net.IP) (tls.Certificate, *x509.CertPool) {
 // either honest stack is dropped by a flowswitch check.
 func TestHTTPS(t *testing.T) {
 	w := newWorld(t)
-	cert, pool := selfSigned(t, addrA4.AsSlice(), addrA6.AsSlice())
+	cert, pool, err := selfsigned.New("skylane test", time.Hour, addrA4, addrA6)
+	if err != nil {
+		t.Fatal(err)
+	}
 	big := make([]byte, 4<<20)
 	rand.Read(big)
 	sum := sha256.Sum256(big)

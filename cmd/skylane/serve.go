@@ -2,20 +2,14 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"net/netip"
@@ -32,6 +26,7 @@ import (
 	"github.com/skylane/skylane/client"
 	"github.com/skylane/skylane/flow"
 	"github.com/skylane/skylane/flowswitch"
+	"github.com/skylane/skylane/internal/selfsigned"
 	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/netif/drivers"
 	"github.com/skylane/skylane/nexus"
@@ -415,27 +410,14 @@ func serveCert(cfg serveConfig, addrs []netip.Addr) (tls.Certificate, string, er
 		}
 		return c, "", nil
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	// Valid for a month: long enough for a demo server, short enough that a
+	// forgotten one does not stay trusted.
+	c, _, err := selfsigned.New("skylane serve", 30*24*time.Hour, addrs...)
 	if err != nil {
-		return tls.Certificate{}, "", err
+		return c, "", fmt.Errorf("serve: %w", err)
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: "skylane serve"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(30 * 24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	for _, a := range addrs {
-		tmpl.IPAddresses = append(tmpl.IPAddresses, a.AsSlice())
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return tls.Certificate{}, "", fmt.Errorf("serve: self-signed certificate: %w", err)
-	}
-	sum := sha256.Sum256(der)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, hex.EncodeToString(sum[:]), nil
+	sum := sha256.Sum256(c.Certificate[0])
+	return c, hex.EncodeToString(sum[:]), nil
 }
 
 func describeDriver(cfg serveConfig) string {
