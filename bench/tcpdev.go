@@ -264,8 +264,7 @@ func (h *udpHosts) userStream(driver string, offloads bool, d time.Duration) (Ra
 		return Rate{}, f, err
 	}
 	defer nx.Close()
-	// drivers.Steering: the nexus does not steer flows itself yet.
-	st, err := client.New(drivers.Steering(nx, link, nil), client.Options{Name: "tcpdev"})
+	st, err := client.New(client.InProcess(nx), client.Options{Name: "tcpdev"})
 	if err != nil {
 		return Rate{}, f, err
 	}

@@ -140,6 +140,7 @@ func newWorld(t *testing.T, driver string) *world {
 		}
 		t.Fatalf("open %s: %v", driver, err)
 	}
+	swo.PortTaken = w.kp.Taken
 	if w.nx, err = nexus.New(nexus.Options{Link: w.link, Addrs: addrs, Switch: swo}); err != nil {
 		w.link.Close()
 		w.kp.Close()
@@ -164,7 +165,7 @@ func newWorld(t *testing.T, driver string) *world {
 // newStack opens another user-space stack on the world's nexus.
 func (w *world) newStack(t *testing.T, name string) *client.Stack {
 	t.Helper()
-	st, err := client.New(drivers.Steering(w.nx, w.link, w.kp), client.Options{Name: name, TimeWait: time.Second})
+	st, err := client.New(client.InProcess(w.nx), client.Options{Name: name, TimeWait: time.Second})
 	if err != nil {
 		t.Fatalf("stack: %v", err)
 	}

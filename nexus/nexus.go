@@ -12,6 +12,7 @@ import (
 	"github.com/skylane/skylane/flow"
 	"github.com/skylane/skylane/flowswitch"
 	"github.com/skylane/skylane/netif"
+	"github.com/skylane/skylane/netif/steer"
 	"github.com/skylane/skylane/pool"
 )
 
@@ -50,7 +51,10 @@ type Options struct {
 	// as their local address, and apps learn them from Port.Addrs.
 	Addrs []netip.Addr
 	// Switch configures the flowswitch (batch sizes, merge limit, MACs,
-	// advisory slots, host link, TX queue, regulation). Its Link and
+	// advisory slots, host link, TX queue, regulation, PortTaken: give it
+	// the kernel's sockets, e.g. drivers.KernelPorts.Taken, when a kernel
+	// stack shares the device, so that listeners on their ports are
+	// refused). Its Link and
 	// LocalAddrs are set from the fields above and must be left zero. A
 	// TxQueue is flushed once per round; the worker does not wake for
 	// packets it holds back (see the package doc). The switch's timed work
@@ -77,8 +81,9 @@ type Options struct {
 type Nexus struct {
 	opts  Options // immutable after New
 	link  netif.Link
-	addrs []netip.Addr // immutable
-	mtu   int          // immutable
+	steer steer.FlowSteerer // the link, if it steers flows (AF_XDP, AF_PACKET); immutable
+	addrs []netip.Addr      // immutable
+	mtu   int               // immutable
 
 	ctrl   chan func()   // requests for the worker; unbuffered
 	bell   chan struct{} // 1-buffered: a port waiter woke, or an app kicked
@@ -149,6 +154,7 @@ func New(opts Options) (*Nexus, error) {
 	n := &Nexus{
 		opts:     opts,
 		link:     opts.Link,
+		steer:    steerer(opts.Link),
 		addrs:    append([]netip.Addr(nil), opts.Addrs...),
 		mtu:      opts.Link.MTU(),
 		ctrl:     make(chan func()),

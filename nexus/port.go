@@ -146,8 +146,13 @@ func (n *Nexus) openPort(name string, remote bool, o PortOptions) (*Port, error)
 
 // closePort tears down the port's flows, closes its channel and stops its
 // waiter. Worker only; the port's waiter must be disarmed.
-func (n *Nexus) closePort(p *port) {
+// It returns the errors of giving the port's flows back to the kernel.
+func (n *Nexus) closePort(p *port) error {
 	n.sw.RemovePort(p.id) // tears its flows down; the switch forgets the channel
+	var errs []error
+	for k := range p.flows {
+		errs = append(errs, n.unsteerFlow(k))
+	}
 	clear(p.flows)
 	p.ch.Close()
 	if p.remote {
@@ -161,6 +166,7 @@ func (n *Nexus) closePort(p *port) {
 		}
 	}
 	p.app.goneOnce.Do(func() { close(p.app.gone) })
+	return errors.Join(errs...)
 }
 
 // drainTX sends what the port's TX ring holds, up to one ring's worth (an
@@ -251,8 +257,12 @@ func (p *Port) MTU() int { return p.n.mtu }
 // the metadata of every packet of the flow (flowswitch.TxMetaFlowIDOff) and
 // the flow's entry in the channel's advisory table (channel.App.Admissible).
 // The entry starts admissible: a slot a torn-down flow left suspended is
-// cleared before it is handed out again. The errors wrap the flow
-// package's (flow.ErrPortInUse, flow.ErrNoAdvisorySlot, ...), or ErrClosed.
+// cleared before it is handed out again. If the link steers flows
+// (steer.FlowSteerer), the flow is in its steering map before Register
+// returns, and out of it once the flow is torn down, by Teardown or when
+// the port closes (Close, a defunct channel, a failed link, the nexus's
+// Close); a link without steering, or a key it cannot steer, leaves the
+// kernel seeing the flow too. The errors wrap the flow package's (flow.ErrPortInUse, flow.ErrNoAdvisorySlot, ...), or ErrClosed.
 func (p *Port) Register(key packet.Key, kind flow.Kind) (channel.FlowInfo, error) {
 	var fi channel.FlowInfo
 	err := p.n.do(func() error {
@@ -262,7 +272,7 @@ func (p *Port) Register(key packet.Key, kind flow.Kind) (channel.FlowInfo, error
 		}
 		e, err := p.n.sw.Register(p.id, key, kind)
 		if err != nil {
-			return err
+			return portHint(err)
 		}
 		// The flow table hands a freed advisory slot out again; its
 		// last state is the old flow's. A new flow has not been
@@ -271,6 +281,12 @@ func (p *Port) Register(key packet.Key, kind flow.Kind) (channel.FlowInfo, error
 		if err := q.ch.SetAdvisory(int(e.AdvisoryIndex()), channel.AdvisoryNone); err != nil {
 			p.n.sw.Teardown(e)
 			return fmt.Errorf("clear advisory %d: %w", e.AdvisoryIndex(), err)
+		}
+		// Only now may the device hand the flow's packets to user space
+		// alone; the app sends nothing before Register returns.
+		if err := p.n.steerFlow(key); err != nil {
+			p.n.sw.Teardown(e)
+			return err
 		}
 		q.flows[key] = e
 		fi = channel.FlowInfo{ID: e.ID(), Advisory: e.AdvisoryIndex()}
@@ -301,7 +317,9 @@ func (p *Port) Teardown(key packet.Key) error {
 		p.n.drainTX(q)
 		p.n.sw.Teardown(e)
 		delete(q.flows, key)
-		return nil
+		// The flow's last packets went first; now the kernel gets its
+		// packets again.
+		return p.n.unsteerFlow(key)
 	})
 	if err != nil {
 		return fmt.Errorf("port %s: teardown %v: %w", p.name, key, err)
@@ -366,15 +384,15 @@ func (p *Port) Wake() {
 	}
 }
 
-// Close tears down the port's flows, closes its channel and then its app
-// end. Call it once the app stopped using App. Safe to call more than once.
+// Close tears down the port's flows (and gives them back to the kernel),
+// closes its channel and then its app end. Call it once the app stopped using App. Safe to call more than once.
 func (p *Port) Close() error {
 	var err error
 	p.close.Do(func() {
 		rerr := p.n.do(func() error {
 			if q := p.n.ports[p.id]; q != nil {
 				q.disarm()
-				p.n.closePort(q)
+				return p.n.closePort(q)
 			}
 			return nil
 		})

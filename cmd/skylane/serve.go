@@ -281,15 +281,15 @@ func (s *served) open(cfg serveConfig, spec drivers.Spec, log io.Writer) error {
 		return fmt.Errorf("serve: %w", err)
 	}
 	s.dev = s.link.Name()
+	// The flow table refuses listeners on the kernel sockets' ports; the
+	// nexus steers its flows on the device itself.
+	swo.PortTaken = kp.Taken
 	nx, err := nexus.New(nexus.Options{Link: s.link, Addrs: s.addrs, Switch: swo})
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
-	link := s.link
 	s.nx, s.link = nx, nil // the nexus owns the link now
-	// drivers.Steering keeps the device's steering in step with the
-	// flows until the nexus does it itself.
-	if s.st, err = client.New(drivers.Steering(nx, link, kp), client.Options{Name: "serve"}); err != nil {
+	if s.st, err = client.New(client.InProcess(nx), client.Options{Name: "serve"}); err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
 	return nil

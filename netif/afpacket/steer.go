@@ -11,8 +11,9 @@ import (
 
 // ErrNoSteering is wrapped, together with steer.ErrUnsupported, by
 // SteerFlow and Counters on a Link opened without Options.Steer: the kernel
-// stack keeps receiving every flow the Link reads.
-var ErrNoSteering = errors.New("steering is off (open the link with Options.Steer)")
+// stack keeps receiving every flow the Link reads. It wraps
+// steer.ErrSteeringOff.
+var ErrNoSteering = fmt.Errorf("%w (open the link with Options.Steer)", steer.ErrSteeringOff)
 
 var _ steer.FlowSteerer = (*Link)(nil)
 

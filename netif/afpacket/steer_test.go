@@ -191,7 +191,7 @@ func (nopFeedback) SetTruncated() {}
 func TestSteerOff(t *testing.T) {
 	v, l := newLink(t, nettest.VethOptions{}, afpacket.Options{})
 	key := packet.MakeKey(packet.ProtoUDP, netip.AddrPortFrom(v.LocalAddr.Addr(), 1), netip.AddrPort{})
-	if err := l.SteerFlow(key); !errors.Is(err, afpacket.ErrNoSteering) || !errors.Is(err, steer.ErrUnsupported) {
+	if err := l.SteerFlow(key); !errors.Is(err, afpacket.ErrNoSteering) || !errors.Is(err, steer.ErrSteeringOff) || !errors.Is(err, steer.ErrUnsupported) {
 		t.Errorf("SteerFlow without Steer: %v", err)
 	}
 	if err := l.UnsteerFlow(key); err != nil {

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/skylane/skylane/channel"
 	"github.com/skylane/skylane/client"
 	"github.com/skylane/skylane/flow"
 	"github.com/skylane/skylane/flowswitch"
@@ -285,11 +286,13 @@ func TestKernelPortsNamespace(t *testing.T) {
 	}
 }
 
-// TestSteering: through drivers.Steering a stack's flows are in the
-// device's steering map exactly while they are registered: a listener from
-// Listen to Close, a dialed connection from before its SYN to its end,
-// everything until Stack.Close. A listener on a port a kernel socket holds
-// is refused. On AF_XDP, where nothing reaches the stack unsteered.
+// TestSteering: the nexus keeps a stack's flows in the device's steering
+// map exactly while they are registered: a listener from Listen to Close, a
+// dialed connection from before its SYN to its end, everything until
+// Stack.Close; a port's flows also leave it when its channel turns defunct,
+// and when the nexus closes. A listener on a port a kernel socket holds is
+// refused (flowswitch.Options.PortTaken). On AF_XDP, where nothing reaches
+// the stack unsteered.
 func TestSteering(t *testing.T) {
 	nettest.RequirePriv(t)
 	nettest.RequireCommand(t, "ethtool")
@@ -341,14 +344,15 @@ func TestSteering(t *testing.T) {
 			c.Close()
 		}
 	}()
-	nx, err := nexus.New(nexus.Options{Link: link, Addrs: []netip.Addr{local},
-		Switch: flowswitchMACs(v)})
+	swo := flowswitchMACs(v)
+	swo.PortTaken = kp.Taken
+	nx, err := nexus.New(nexus.Options{Link: link, Addrs: []netip.Addr{local}, Switch: swo})
 	if err != nil {
 		link.Close()
 		t.Fatal(err)
 	}
 	defer nx.Close()
-	st, err := client.New(drivers.Steering(nx, link, kp), client.Options{TimeWait: 100 * time.Millisecond})
+	st, err := client.New(client.InProcess(nx), client.Options{TimeWait: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -408,6 +412,51 @@ func TestSteering(t *testing.T) {
 	}
 	if steered(lk) {
 		t.Errorf("listener %v still steered after Stack.Close", lk)
+	}
+
+	// A port whose channel the nexus finds defunct: its flows go back to
+	// the kernel before the app closes the port.
+	bad, err := nx.OpenPort("bad")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bad.Close()
+	bk := packet.MakeKey(packet.ProtoUDP, netip.AddrPortFrom(local, 8002), netip.AddrPort{})
+	if _, err := bad.Register(bk, flow.Listener3); err != nil {
+		t.Fatal(err)
+	}
+	if !steered(bk) {
+		t.Errorf("raw port's listener %v not steered after Register", bk)
+	}
+	if _, err := bad.App().Send([]channel.Buf{{Index: 12345, Data: make([]byte, 60)}}); err != nil {
+		t.Fatal(err)
+	}
+	bad.Kick()
+	if err := bad.Wait(func() bool { return false }, 10*time.Second); !errors.Is(err, nexus.ErrClosed) {
+		t.Fatalf("wait on the defunct port: %v, want nexus.ErrClosed", err)
+	}
+	if steered(bk) {
+		t.Errorf("listener %v still steered after its channel turned defunct", bk)
+	}
+
+	// The nexus's Close unsteers the flows of the ports still open.
+	p, err := nx.OpenPort("open")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	pk := packet.MakeKey(packet.ProtoUDP, netip.AddrPortFrom(local, 8003), netip.AddrPort{})
+	if _, err := p.Register(pk, flow.Listener3); err != nil {
+		t.Fatal(err)
+	}
+	if !steered(pk) {
+		t.Errorf("listener %v not steered after Register", pk)
+	}
+	if err := nx.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if steered(pk) {
+		t.Errorf("listener %v still steered after the nexus closed", pk)
 	}
 }
 

@@ -47,9 +47,9 @@ import (
 //
 // key is the flow table's key: a connected 5-tuple, or a listener key
 // (packet.Key.Listener3, Listener2). SteerFlow returns an error wrapping
-// ErrUnsupported for a key the device cannot steer (not TCP or UDP): such
-// flows keep going to the kernel, and the nexus should refuse them or
-// accept that. Both methods may be called from any goroutine.
+// ErrUnsupported for a key the device cannot steer (not TCP or UDP), and
+// ErrSteeringOff as well when the link does no steering at all: such flows
+// keep going to the kernel, and the nexus accepts that. Both methods may be called from any goroutine.
 type FlowSteerer interface {
 	SteerFlow(key packet.Key) error
 	UnsteerFlow(key packet.Key) error
@@ -64,6 +64,11 @@ var (
 	ErrFull = errors.New("flow map full")
 	// ErrClosed: the Flows was closed.
 	ErrClosed = errors.New("steer: closed")
+	// ErrSteeringOff: the link can steer but was opened without steering
+	// (e.g. AF_PACKET without Options.Steer). SteerFlow wraps it together
+	// with ErrUnsupported: the kernel keeps seeing every flow, which the
+	// nexus accepts as it does an unsupported key.
+	ErrSteeringOff = errors.New("steering is off")
 )
 
 // DefaultMaxFlows is the default capacity of the flow map: 65536 keys of
