@@ -32,7 +32,24 @@ import (
 //   - baseline: the same switch without it, so the device's own FIFO of
 //     the same length (the memif queue, 2048 frames) is the transmit
 //     queue, tail-dropping when full;
-//   - idle: ours with the RPC flow alone, for its idle latency.
+//   - idle: ours with the RPC flow alone, for its idle latency;
+//   - unresponsive: ours plus one app that ignores advisories: its port
+//     is added without them (AddPortOptions.Advisories false) and it
+//     blasts raw UDP at burstBlastRate (twice the link's rate) whatever
+//     the switch says, as raw UDP without a stack does. The AQM can only
+//     drop its packets (early, or CoDel), never suspend it.
+//
+// The unresponsive app runs in its own regulated trial only, not in the
+// ours and FIFO trials the rows compare: the rows keep their meaning and
+// stay comparable with earlier figures. With it present, DRR gives it a
+// fair share of the link (one flow of nine), which would lower
+// bulk-utilisation by design rather than by any fault of regulation, and
+// under the FIFO its share would depend on the order the switch serves
+// the ports, not on anything the rows measure. Its trial's figures are
+// extras (unresp_*): the blaster's packets sent, delivered and dropped,
+// the AQM's drops (early, CoDel, overflow), the advisories, the eight
+// advisory flows' own AQM drops (zero: they are suspended instead) and
+// the RPC's p99 beside it (goal as for the row: idle p99 + 2 × target).
 //
 // The bulk apps are raw channel senders that honour advisories: they read
 // their flow's advisory entry before each batch and send nothing while it
@@ -70,6 +87,10 @@ const (
 	burstRPCPort   = 7777 // remote port of the RPC flow
 	burstRPCLocal  = 7000
 	burstBulkLocal = 9000 // + flow index
+	burstBlastPort = 5555 // remote port of the unresponsive app's flow
+	burstBlastLoc  = 5000
+	burstBlastRate = 2 * burstRate // bits/s of IP bytes the unresponsive app sends
+	burstBlastMax  = 64            // packets it may fall behind its rate before it gives them up
 )
 
 var (
@@ -95,8 +116,11 @@ type burstRig struct {
 	sw        *flowswitch.Switch
 	bulk      []*burstApp
 	rpc       *burstApp
+	blast     *burstApp // the unresponsive app; nil in most trials
 
 	bulkBytes [burstBulkFlows]atomic.Uint64 // frame bytes the peer received per bulk flow
+	blastSent atomic.Uint64                 // packets the unresponsive app put on its TX ring
+	blastRecv atomic.Uint64                 // of those, the packets the peer received
 
 	mu      sync.Mutex
 	rtts    []time.Duration // the RPC's round trips, in order
@@ -109,7 +133,7 @@ type burstRig struct {
 	runE chan error
 }
 
-func newBurstRig(regulated bool) (_ *burstRig, err error) {
+func newBurstRig(regulated, blaster bool) (_ *burstRig, err error) {
 	dev, peer, err := memif.NewPair(memif.Options{Name: "burst", QueueLen: burstQueue, Rate: burstRate})
 	if err != nil {
 		return nil, err
@@ -167,6 +191,11 @@ func newBurstRig(regulated bool) (_ *burstRig, err error) {
 		}
 		r.bulk = append(r.bulk, a)
 	}
+	if blaster { // no advisories: the AQM drops its excess early
+		if r.blast, err = mk("blast", false, burstBlastLoc, burstBlastPort, burstBulkSize); err != nil {
+			return nil, err
+		}
+	}
 	return r, nil
 }
 
@@ -180,6 +209,9 @@ func (r *burstRig) start(bulk bool) {
 		for _, a := range r.bulk {
 			r.goRun(func() error { return r.bulkLoop(a) })
 		}
+	}
+	if r.blast != nil {
+		r.goRun(r.blastLoop)
 	}
 	r.goRun(r.rpcLoop)
 }
@@ -212,7 +244,7 @@ func (r *burstRig) halt() error {
 }
 
 func (r *burstRig) close() {
-	for _, a := range append(slices.Clone(r.bulk), r.rpc) {
+	for _, a := range append(slices.Clone(r.bulk), r.rpc, r.blast) {
 		if a != nil {
 			a.app.Close()
 			a.ch.Close()
@@ -259,6 +291,8 @@ func (r *burstRig) peerLoop() error {
 			switch {
 			case dport == burstBulkPort && sport >= burstBulkLocal && sport < burstBulkLocal+burstBulkFlows:
 				r.bulkBytes[sport-burstBulkLocal].Add(uint64(len(f)))
+			case dport == burstBlastPort:
+				r.blastRecv.Add(1)
 			case dport == burstRPCPort:
 				swapBurst(f)
 				answers = append(answers, f)
@@ -332,6 +366,59 @@ func (r *burstRig) bulkLoop(a *burstApp) error {
 				return fmt.Errorf("bulk free: %w", err)
 			}
 			time.Sleep(burstFullWait)
+		}
+	}
+	return nil
+}
+
+// blastLoop is the unresponsive app: full-size packets at burstBlastRate,
+// paced by the clock, whatever its advisory entry says (its port has
+// none) and whatever the link takes. A full TX ring costs it the packets
+// (they are counted as not sent); falling more than burstBlastMax packets
+// behind its rate, it gives up the backlog rather than bursting it.
+func (r *burstRig) blastLoop() error {
+	a := r.blast
+	id := a.flow.ID()
+	bufs := make([]channel.Buf, 16)
+	evs := make([]channel.Event, 32)
+	pktTime := time.Duration(float64(len(a.pkt)*8) / burstBlastRate * float64(time.Second))
+	t0, issued := time.Now(), int64(0)
+	for !r.stopped() {
+		if _, err := a.app.Events(evs); err != nil { // read, never acted on
+			return fmt.Errorf("blast events: %w", err)
+		}
+		due := int64(time.Since(t0)/pktTime) - issued
+		if due > burstBlastMax {
+			issued += due - burstBlastMax
+			due = burstBlastMax
+		}
+		if due <= 0 {
+			time.Sleep(pktTime)
+			continue
+		}
+		k, err := a.app.Alloc(bufs[:min(int(due), len(bufs))])
+		if err != nil {
+			return fmt.Errorf("blast alloc: %w", err)
+		}
+		if k == 0 {
+			if _, err := a.app.WaitFor(channel.WaitAlloc, 10*time.Millisecond); err != nil {
+				return fmt.Errorf("blast wait: %w", err)
+			}
+			continue
+		}
+		if err := fillBurst(a, bufs[:k], &id); err != nil {
+			return err
+		}
+		sent, err := a.app.Send(bufs[:k])
+		if err != nil {
+			return fmt.Errorf("blast send: %w", err)
+		}
+		issued += int64(k) // a refused packet is lost, as with a full socket buffer
+		r.blastSent.Add(uint64(sent))
+		if sent < k {
+			if _, err := a.app.Free(bufs[sent:k]); err != nil {
+				return fmt.Errorf("blast free: %w", err)
+			}
 		}
 	}
 	return nil
@@ -447,6 +534,10 @@ type burstTrial struct {
 	elapsed time.Duration
 	snap    flowswitch.Snapshot
 	dev     netif.Stats // the switch's end of the wire
+
+	bulkAQMDrops uint64 // the bulk (advisory) flows' CoDel and overflow drops, per the flow table
+	blastSent    uint64 // the unresponsive app's packets sent and received by the peer, whole trial
+	blastRecv    uint64
 }
 
 func (t *burstTrial) utilisation() float64 {
@@ -461,8 +552,8 @@ func (t *burstTrial) jain() float64 { return regulate.Jain(t.bytes[:]) }
 
 // runBurstTrial builds a fresh rig, lets it settle for warmup, then
 // measures for d.
-func runBurstTrial(regulated, bulk bool, warmup, d time.Duration) (burstTrial, error) {
-	r, err := newBurstRig(regulated)
+func runBurstTrial(regulated, bulk, blaster bool, warmup, d time.Duration) (burstTrial, error) {
+	r, err := newBurstRig(regulated, blaster)
 	if err != nil {
 		return burstTrial{}, err
 	}
@@ -491,6 +582,16 @@ func runBurstTrial(regulated, bulk bool, warmup, d time.Duration) (burstTrial, e
 	}
 	tr.snap = r.sw.Snapshot()
 	tr.dev = r.dev.Stats()
+	bulkPorts := map[flow.PortID]bool{}
+	for _, a := range r.bulk {
+		bulkPorts[a.port] = true
+	}
+	for _, f := range tr.snap.Flows {
+		if bulkPorts[f.Port] {
+			tr.bulkAQMDrops += f.AQMDrops
+		}
+	}
+	tr.blastSent, tr.blastRecv = r.blastSent.Load(), r.blastRecv.Load()
 	return tr, nil
 }
 
@@ -516,15 +617,16 @@ func runBurst(cfg Config) (Report, error) {
 	// Long enough for the FIFO to fill (2048 frames at 100 Mbit/s take
 	// 250 ms) and the advisories to settle.
 	warmup := min(max(d/2, 100*time.Millisecond), 500*time.Millisecond)
-	var ours, base, idle []burstTrial
+	var ours, base, idle, mixed []burstTrial
 	for i := range rounds {
 		cfg.progress("  burst: round %d/%d", i+1, rounds)
 		for _, t := range []struct {
-			regulated, bulk bool
-			into            *[]burstTrial
-			name            string
-		}{{true, true, &ours, "regulated"}, {false, true, &base, "fifo"}, {true, false, &idle, "idle"}} {
-			tr, err := runBurstTrial(t.regulated, t.bulk, warmup, d)
+			regulated, bulk, blast bool
+			into                   *[]burstTrial
+			name                   string
+		}{{true, true, false, &ours, "regulated"}, {false, true, false, &base, "fifo"}, {true, false, false, &idle, "idle"},
+			{true, true, true, &mixed, "unresponsive"}} {
+			tr, err := runBurstTrial(t.regulated, t.bulk, t.blast, warmup, d)
 			if err != nil {
 				return rep, fmt.Errorf("burst %s trial: %w", t.name, err)
 			}
@@ -541,8 +643,9 @@ func runBurst(cfg Config) (Report, error) {
 	oR, oLost := pool(ours)
 	bR, bLost := pool(base)
 	iR, _ := pool(idle)
-	if len(oR) == 0 || len(bR) == 0 || len(iR) == 0 {
-		return rep, fmt.Errorf("burst: no RPC answered (ours %d, FIFO %d, idle %d)", len(oR), len(bR), len(iR))
+	mR, mLost := pool(mixed)
+	if len(oR) == 0 || len(bR) == 0 || len(iR) == 0 || len(mR) == 0 {
+		return rep, fmt.Errorf("burst: no RPC answered (ours %d, FIFO %d, idle %d, unresponsive %d)", len(oR), len(bR), len(iR), len(mR))
 	}
 	med := func(ts []burstTrial, f func(*burstTrial) float64) float64 {
 		v := make([]float64, len(ts))
@@ -553,8 +656,9 @@ func runBurst(cfg Config) (Report, error) {
 	}
 	// The AQM's and the FIFO's drops and the advisories, summed over the
 	// regulated trials (FIFO trials for the device drops).
-	var codel, overflow, early, susp, resume, backp, fifoDrops uint64
+	var codel, overflow, early, susp, resume, backp, fifoDrops, bulkDrops uint64
 	for _, t := range ours {
+		bulkDrops += t.bulkAQMDrops
 		if rg := t.snap.Regulation; rg != nil {
 			codel += rg.CoDelDrops
 			overflow += rg.OverflowDrops
@@ -567,17 +671,46 @@ func runBurst(cfg Config) (Report, error) {
 	for _, t := range base {
 		fifoDrops += t.dev.TxDrops
 	}
+	// The unresponsive trials: the same sums, and the blaster's packets.
+	var mCodel, mOverflow, mEarly, mSusp, mResume, mBulkDrops, bSent, bRecv uint64
+	for _, t := range mixed {
+		if rg := t.snap.Regulation; rg != nil {
+			mCodel += rg.CoDelDrops
+			mOverflow += rg.OverflowDrops
+			mEarly += rg.EarlyDrops
+			mSusp += rg.Suspends
+			mResume += rg.Resumes
+		}
+		mBulkDrops += t.bulkAQMDrops
+		bSent += t.blastSent
+		bRecv += t.blastRecv
+	}
+	target := float64(regulate.DefaultTarget) / 1e6
+	idleP99 := burstP99(iR)
 	extra := func() map[string]any {
 		return map[string]any{
+			"bulk_aqm_drops":         bulkDrops,
+			"unresp_rate_mbit_s":     burstBlastRate / 1e6,
+			"unresp_sent":            bSent,
+			"unresp_delivered":       bRecv,
+			"unresp_dropped":         bSent - min(bRecv, bSent), // sent − delivered: the AQM's drops plus the few in flight at the end
+			"unresp_aqm_codel_drops": mCodel, "unresp_aqm_overflow_drops": mOverflow, "unresp_aqm_early_drops": mEarly,
+			"unresp_advisory_suspends": mSusp, "unresp_advisory_resumes": mResume,
+			"unresp_bulk_aqm_drops":   mBulkDrops,
+			"unresp_rpc_p99_ms":       burstRound2(burstP99(mR)),
+			"unresp_rpc_goal_ms":      burstRound2(idleP99 + 2*target),
+			"unresp_rpc_lost":         mLost,
+			"unresp_bulk_utilisation": burstRound2(med(mixed, (*burstTrial).utilisation)),
+			"unresp_fairness":         burstRound2(med(mixed, (*burstTrial).jain)),
+
 			"aqm_codel_drops": codel, "aqm_overflow_drops": overflow, "aqm_early_drops": early,
 			"advisory_suspends": susp, "advisory_resumes": resume, "tx_backpressured": backp,
 			"fifo_tail_drops": fifoDrops, "link_mbit_s": burstRate / 1e6, "bulk_flows": burstBulkFlows,
 			"bulk_apps": "raw channel senders honouring advisories (netstack TCP: the stack's bench)",
 		}
 	}
-	target := float64(regulate.DefaultTarget) / 1e6
 	if cfg.wants(burstRowRPC) {
-		o, b, i := burstP99(oR), burstP99(bR), burstP99(iR)
+		o, b, i := burstP99(oR), burstP99(bR), idleP99
 		x := extra()
 		x["idle_p99_ms"], x["target_ms"] = burstRound2(i), target
 		x["goal_ms"] = burstRound2(i + 2*target) // issue #6: at most idle p99 + 2 × target

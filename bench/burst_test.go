@@ -45,6 +45,18 @@ func TestBurstScenario(t *testing.T) {
 	if x := rpc.Extra; x["advisory_suspends"].(uint64) == 0 || x["fifo_tail_drops"].(uint64) == 0 {
 		t.Errorf("the bulk flows were never held back, or the FIFO never overflowed: %v", x)
 	}
+	// The unresponsive app loses its excess to the AQM (early or CoDel
+	// drops), the advisory flows lose nothing at the queue.
+	x := rpc.Extra
+	if x["unresp_aqm_early_drops"].(uint64)+x["unresp_aqm_codel_drops"].(uint64) == 0 {
+		t.Errorf("the unresponsive app was never dropped by the AQM: %v", x)
+	}
+	if x["unresp_bulk_aqm_drops"].(uint64) != 0 || x["bulk_aqm_drops"].(uint64) != 0 {
+		t.Errorf("advisory flows lost packets at the queue: %v", x)
+	}
+	if s, d := x["unresp_sent"].(uint64), x["unresp_delivered"].(uint64); d == 0 || d >= s || x["unresp_dropped"].(uint64) == 0 {
+		t.Errorf("unresponsive app: sent %d, delivered %d: %v", s, d, x)
+	}
 	// Filtering runs nothing for other names.
 	if rep, err := runBurst(Config{Duration: time.Millisecond, Rounds: 1, Filter: "no-such-row"}); err != nil || len(rep.Results) != 0 {
 		t.Errorf("filtered run: %+v, %v", rep, err)

@@ -92,7 +92,7 @@ func buildDemo(packets int, idle time.Duration) (*demoReport, error) {
 	if h := rep.HTTPS; h.Status != 200 || !h.DigestOK || !h.IPv6OK || h.TxDrops != 0 {
 		return &rep, fmt.Errorf("demo https: status %d, digest ok %v, IPv6 ok %v, %d packets dropped by the transmit checks", h.Status, h.DigestOK, h.IPv6OK, h.TxDrops)
 	}
-	fmt.Fprintln(os.Stderr, "burst: 8 bulk apps and one RPC app on a 100 Mbit/s wire, regulated then a plain FIFO...")
+	fmt.Fprintln(os.Stderr, "burst: 8 bulk apps and one RPC app on a 100 Mbit/s wire, regulated then a plain FIFO, then regulated with an unresponsive UDP blaster...")
 	if rep.Burst, err = bench.BurstDemo(demoBurstTrial); err != nil {
 		return &rep, fmt.Errorf("demo burst: %w", err)
 	}
@@ -271,7 +271,12 @@ func printDemo(out io.Writer, rep *demoReport) error {
 	if len(rep.Burst.Results) > 0 {
 		x := rep.Burst.Results[0].Extra
 		fmt.Fprintf(w, "  advisories\t%v suspends and %v resumes told the bulk apps to pause instead of losing packets\n", x["advisory_suspends"], x["advisory_resumes"])
-		fmt.Fprintf(w, "  drops at the nexus queue\tCoDel %v, overflow %v, early %v; the FIFO tail-dropped %v frames\n\n", x["aqm_codel_drops"], x["aqm_overflow_drops"], x["aqm_early_drops"], x["fifo_tail_drops"])
+		fmt.Fprintf(w, "  drops at the nexus queue\tCoDel %v, overflow %v, early %v; the FIFO tail-dropped %v frames\n", x["aqm_codel_drops"], x["aqm_overflow_drops"], x["aqm_early_drops"], x["fifo_tail_drops"])
+		fmt.Fprintf(w, "  unresponsive app\tregulated again with one more app blasting raw UDP at %v Mbit/s with no advisories: %v sent, %v delivered, %v lost;"+
+			" the AQM dropped it (early %v, CoDel %v, overflow %v) while the 8 advisory apps lost %v at the queue (%v suspends, %v resumes); RPC p99 %v ms (goal %v)\n\n",
+			x["unresp_rate_mbit_s"], x["unresp_sent"], x["unresp_delivered"], x["unresp_dropped"],
+			x["unresp_aqm_early_drops"], x["unresp_aqm_codel_drops"], x["unresp_aqm_overflow_drops"], x["unresp_bulk_aqm_drops"],
+			x["unresp_advisory_suspends"], x["unresp_advisory_resumes"], x["unresp_rpc_p99_ms"], x["unresp_rpc_goal_ms"])
 	}
 
 	p := rep.Pools

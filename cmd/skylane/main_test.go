@@ -102,9 +102,23 @@ func TestDemoReport(t *testing.T) {
 	if n, _ := rpc.Extra["advisory_suspends"].(uint64); n == 0 {
 		t.Errorf("no advisory suspend during the burst: %v", rpc.Extra)
 	}
+	// The unresponsive app lost packets to the AQM (early or CoDel), the
+	// advisory apps none at the queue (per flow, from the flow table).
+	x := rpc.Extra
+	early, _ := x["unresp_aqm_early_drops"].(uint64)
+	codel, _ := x["unresp_aqm_codel_drops"].(uint64)
+	if early+codel == 0 {
+		t.Errorf("no AQM drop of the unresponsive app during the burst: %v", x)
+	}
+	if n, ok := x["unresp_bulk_aqm_drops"].(uint64); !ok || n != 0 {
+		t.Errorf("the advisory apps lost %v packets at the queue: %v", x["unresp_bulk_aqm_drops"], x)
+	}
 	var table strings.Builder
 	if err := printDemo(&table, rep); err != nil {
 		t.Fatal(err)
+	}
+	if !strings.Contains(table.String(), "unresponsive app") {
+		t.Errorf("printed report lacks the unresponsive app's line:\n%s", table.String())
 	}
 	if !strings.Contains(table.String(), "FLOWSWITCH COUNTERS") || !strings.Contains(table.String(), "syn_rate") {
 		t.Errorf("printed report lacks the counters table:\n%s", table.String())
