@@ -118,10 +118,17 @@ func TestChurn(t *testing.T) {
 	}{{"A", w.na, baseA}, {"B", w.nb, baseB}} {
 		var ps nexus.PortStats
 		bps := h.base.Pool.BuffersTotal / max(h.base.Pool.Segments, 1)
+		// Every segment with all its buffers free goes back to the OS
+		// (down to the minimum). Segments still holding a buffer stay:
+		// buffers parked in an idle app's alloc ring can pin a few, so
+		// the count is not tied to InUse.
 		eventually(t, 10*time.Second, "idle pool segments reaped", func() bool {
 			ps = portStats(t, h.n)
-			return ps.Pool.Segments <= (ps.InUse+bps-1)/bps+1
+			return ps.Pool.FreeSegments == 0 || ps.Pool.Segments <= 1
 		})
+		if fit := (ps.InUse+bps-1)/bps + 1; ps.Pool.Segments > fit {
+			t.Logf("host %s: %d segments hold %d buffers (%d would fit): alloc-ring buffers pin segments", h.name, ps.Pool.Segments, ps.InUse, fit)
+		}
 		if ps.InUse > channel.DefaultAllocSize {
 			t.Errorf("host %s: %d buffers out of the pool, more than the alloc ring holds (%d)", h.name, ps.InUse, channel.DefaultAllocSize)
 		}

@@ -151,6 +151,11 @@ func (p *Pool) Stats() Stats {
 	s.Segments = p.nActive
 	s.FreeBuffers = p.nfree
 	s.BuffersTotal = p.nActive * p.bps
+	for seg, on := range p.active {
+		if on && len(p.free[seg]) == p.bps {
+			s.FreeSegments++
+		}
+	}
 	return s
 }
 

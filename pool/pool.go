@@ -50,6 +50,10 @@ type Stats struct {
 	AddrLookups  uint64 // per-segment I/O address lookups (AddrCache misses)
 	PunchErrors  uint64 // hole punches the OS refused (memory kept)
 	BuffersTotal int    // buffers in active segments
+	// FreeSegments counts active segments with every buffer free: the
+	// reaper returns each once idle, down to MinSegments. A segment with
+	// one buffer out (an app's alloc ring included) is not counted.
+	FreeSegments int
 }
 
 // Pool is the nexus-side view of one application's packet memory.

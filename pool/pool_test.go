@@ -420,3 +420,28 @@ func TestHugePages(t *testing.T) {
 	}
 	p.Buffer(idx[0])[0] = 1
 }
+
+// FreeSegments counts exactly the active segments whose buffers are all
+// free: one buffer out keeps its segment out of the count.
+func TestFreeSegments(t *testing.T) {
+	p := newPool(t, pool.Options{MinSegments: 3})
+	bps := p.Stats().BuffersTotal / 3
+	if got := p.Stats().FreeSegments; got != 3 {
+		t.Fatalf("fresh pool: %d free segments, want 3", got)
+	}
+	out := make([]uint32, bps+1) // all of the lowest segment, one of the next
+	if n := p.Alloc(out, pool.Nexus); n != len(out) {
+		t.Fatalf("Alloc = %d, want %d", n, len(out))
+	}
+	// The allocation may have grown the pool under its low watermark:
+	// every segment but the two touched ones is free.
+	if st := p.Stats(); st.FreeSegments != st.Segments-2 {
+		t.Errorf("two segments touched: %d free of %d segments, want %d", st.FreeSegments, st.Segments, st.Segments-2)
+	}
+	for _, idx := range out[:bps] {
+		p.Free(idx)
+	}
+	if st := p.Stats(); st.FreeSegments != st.Segments-1 {
+		t.Errorf("one buffer still out: %d free of %d segments, want %d", st.FreeSegments, st.Segments, st.Segments-1)
+	}
+}
