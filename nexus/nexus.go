@@ -220,6 +220,19 @@ type PortStats struct {
 	Defunct bool
 }
 
+// Snapshot returns the switch's full counters: per flow, port, ring and
+// drop reason; metrics.New takes it as its snapshot function. It is taken by
+// the worker between two rounds, like Stats: the channels' counters it reads
+// are written by the worker outside the switch's lock.
+func (n *Nexus) Snapshot() (flowswitch.Snapshot, error) {
+	var snap flowswitch.Snapshot
+	err := n.do(func() error {
+		snap = n.sw.Snapshot()
+		return nil
+	})
+	return snap, err
+}
+
 // Stats returns a snapshot, taken by the worker between two rounds.
 func (n *Nexus) Stats() (Stats, error) {
 	var st Stats

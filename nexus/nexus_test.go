@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"runtime"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -453,5 +454,43 @@ func TestHostLink(t *testing.T) {
 	}
 	if st.Switch.HostDelivered != 3 || st.Switch.HostTx != 3 {
 		t.Fatalf("host port counters: delivered %d, sent %d", st.Switch.HostDelivered, st.Switch.HostTx)
+	}
+}
+
+// Snapshot lists the flows and ports the nexus holds, and may be taken from
+// another goroutine while apps work (run under -race).
+func TestSnapshot(t *testing.T) {
+	n, _ := newNexus(t, nexus.Options{})
+	a, err := n.OpenPort("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	k := packet.MakeKey(packet.ProtoUDP, netip.AddrPortFrom(local, 53), netip.AddrPort{})
+	if _, err := a.Register(k, flow.Listener3); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 50 {
+			a.Kick() // the worker runs rounds while snapshots are taken
+		}
+	}()
+	for range 50 {
+		snap, err := n.Snapshot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if snap.Totals.ActiveFlows != 1 || len(snap.Ports) != 1 || !strings.HasPrefix(snap.Ports[0].Channel, "a") {
+			t.Fatalf("snapshot: %d flows, ports %+v; want 1 flow on port a", snap.Totals.ActiveFlows, snap.Ports)
+		}
+	}
+	<-done
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.Snapshot(); err == nil {
+		t.Error("Snapshot after Close succeeded")
 	}
 }

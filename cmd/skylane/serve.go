@@ -21,12 +21,14 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 
 	"github.com/skylane/skylane/client"
 	"github.com/skylane/skylane/flow"
 	"github.com/skylane/skylane/flowswitch"
 	"github.com/skylane/skylane/internal/selfsigned"
+	"github.com/skylane/skylane/metrics"
 	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/netif/drivers"
 	"github.com/skylane/skylane/nexus"
@@ -49,6 +51,7 @@ flags:
 type serveConfig struct {
 	dev, driver, mode string
 	addr              string // [IP]:PORT as given
+	metrics           string // --metrics: kernel-stack address for Prometheus, or ""
 	host              netip.Addr
 	port              uint16
 	tls               bool
@@ -86,6 +89,7 @@ func parseServe(args []string, usageOut io.Writer) (serveConfig, error) {
 	fs.StringVar(&c.keyFile, "key", "", "PEM private key for HTTPS (implies --tls)")
 	fs.StringVar(&c.peerMAC, "peer-mac", "", "MAC of the next hop (afxdp, afpacket); default: the only neighbour in the kernel's table on --dev")
 	fs.StringVar(&c.tunAddr, "tun-addr", "", "the kernel's address on the TUN device, as a prefix (default: the other address of --addr's /31, or /127)")
+	fs.StringVar(&c.metrics, "metrics", "", "also serve Prometheus metrics of the nexus on this kernel-stack address, e.g. 127.0.0.1:9090")
 	fs.DurationVar(&c.shutdown, "shutdown-timeout", 5*time.Second, "how long requests in flight may take to finish on SIGINT/SIGTERM")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -215,6 +219,25 @@ func serve(ctx context.Context, cfg serveConfig, out, log io.Writer) (err error)
 		}
 	}
 	fmt.Fprintf(out, "user-space TCP/IP stack on %s (%s); SIGINT or SIGTERM stops it\n", s.dev, describeDriver(cfg))
+
+	if cfg.metrics != "" {
+		// On the kernel's stack, beside the user-space one, so an
+		// operator's scraper reaches it like any local service. Listened
+		// on here, in serve's own thread and so its network namespace.
+		reg := prometheus.NewRegistry()
+		if err := reg.Register(metrics.New(s.nx.Snapshot, metrics.Options{})); err != nil {
+			return fmt.Errorf("serve: metrics: %w", err)
+		}
+		mln, err := net.Listen("tcp", cfg.metrics)
+		if err != nil {
+			return fmt.Errorf("serve: --metrics %s: %w (is the address local and the port free?)", cfg.metrics, err)
+		}
+		msrv := &http.Server{Handler: metrics.Handler(reg), ReadHeaderTimeout: 10 * time.Second}
+		mdone := make(chan struct{})
+		go func() { defer close(mdone); msrv.Serve(mln) }()
+		defer func() { msrv.Close(); <-mdone }()
+		fmt.Fprintf(out, "metrics on http://%s/metrics\n", mln.Addr())
+	}
 
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()

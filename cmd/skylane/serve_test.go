@@ -132,6 +132,9 @@ func TestServe(t *testing.T) {
 			if c.tls {
 				args = append(args, "--tls")
 			}
+			if c.driver == drivers.AFPacket {
+				args = append(args, "--metrics", "127.0.0.1:9464")
+			}
 			srv := startServe(t, local, args)
 			if !strings.Contains(srv.out.String(), "listening on") {
 				t.Fatalf("no listening line: %q", srv.out.String())
@@ -146,6 +149,14 @@ func TestServe(t *testing.T) {
 			out, err := peer.Command(ctx, "curl", "-sS", "-k", "--max-time", "10", scheme+"://"+target+"/").CombinedOutput()
 			if err != nil || !strings.HasPrefix(string(out), "hello from skylane") {
 				t.Fatalf("curl %s://%s/: %v: %s\nserve said: %s", scheme, target, err, out, srv.out.String())
+			}
+			if c.driver == drivers.AFPacket {
+				// --metrics: Prometheus text from the kernel's stack in
+				// serve's namespace, counting the request just served.
+				out, err := local.Command(ctx, "curl", "-sS", "--max-time", "10", "http://127.0.0.1:9464/metrics").CombinedOutput()
+				if err != nil || !strings.Contains(string(out), "skylane_rx_packets_total") || !strings.Contains(string(out), `skylane_drops_total{dir="tx"`) {
+					t.Fatalf("metrics: %v: %.400s", err, out)
+				}
 			}
 			if err := srv.stop(); err != nil {
 				t.Fatalf("serve: %v", err)
