@@ -116,7 +116,7 @@ func (s *Switch) merge(dst []byte, seg []int32) int {
 	if f.IPVersion == 4 {
 		binary.BigEndian.PutUint16(ip[2:4], uint16(n))
 		ip[10], ip[11] = 0, 0
-		binary.BigEndian.PutUint16(ip[10:12], ^fold(sum16(ip, 0)))
+		binary.BigEndian.PutUint16(ip[10:12], ^packet.Fold(packet.Sum(ip, 0)))
 	} else {
 		binary.BigEndian.PutUint16(ip[4:6], uint16(n-f.IPHdrLen))
 	}
@@ -126,8 +126,8 @@ func (s *Switch) merge(dst []byte, seg []int32) int {
 	th[13] = byte(flags)
 	copy(th[14:16], lb[last.L4Off+14:last.L4Off+16]) // window
 	th[16], th[17] = 0, 0
-	c := pseudoSum(ip, f.IPVersion, n-f.IPHdrLen) + sum16(th, 0) + uint32(fold(payloadSum))
-	binary.BigEndian.PutUint16(th[16:18], ^fold(c))
+	c := pseudoSum(ip, f.IPVersion, n-f.IPHdrLen) + packet.Sum(th, 0) + uint32(packet.Fold(payloadSum))
+	binary.BigEndian.PutUint16(th[16:18], ^packet.Fold(c))
 	return n
 }
 
@@ -137,8 +137,8 @@ func (s *Switch) merge(dst []byte, seg []int32) int {
 // headers of b, the buffer q was parsed from.
 func segPayloadSum(q *packet.Parsed, b []byte) uint32 {
 	ip := b[q.L3Off : q.L3Off+q.IPHdrLen]
-	c := pseudoSum(ip, q.IPVersion, q.IPLen-q.IPHdrLen) + sum16(b[q.L4Off:q.PayloadOff], 0)
-	return uint32(^fold(c))
+	c := pseudoSum(ip, q.IPVersion, q.IPLen-q.IPHdrLen) + packet.Sum(b[q.L4Off:q.PayloadOff], 0)
+	return uint32(^packet.Fold(c))
 }
 
 // pseudoSum returns the unfolded sum of the TCP pseudo header of the IP
@@ -148,25 +148,5 @@ func pseudoSum(ip []byte, version uint8, tcpLen int) uint32 {
 	if version == 4 {
 		addrs = ip[12:20]
 	}
-	return sum16(addrs, uint32(packet.ProtoTCP)+uint32(tcpLen))
-}
-
-// sum16 adds b's big-endian 16-bit words (a last odd byte padded with zero)
-// to acc without folding. It does not overflow for b up to 64 KiB.
-func sum16(b []byte, acc uint32) uint32 {
-	for len(b) >= 2 {
-		acc += uint32(b[0])<<8 | uint32(b[1])
-		b = b[2:]
-	}
-	if len(b) == 1 {
-		acc += uint32(b[0]) << 8
-	}
-	return acc
-}
-
-// fold folds a 32-bit sum into a 16-bit one's complement sum.
-func fold(s uint32) uint16 {
-	s = s>>16 + s&0xffff
-	s = s>>16 + s&0xffff
-	return uint16(s)
+	return packet.Sum(addrs, uint32(packet.ProtoTCP)+uint32(tcpLen))
 }

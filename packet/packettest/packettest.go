@@ -201,8 +201,8 @@ func (f *Frame) Append(dst []byte) []byte {
 		copy(ip[12:16], s[:])
 		copy(ip[16:20], d[:])
 		copy(ip[20:ipHdr], f.IPOptions)
-		binary.BigEndian.PutUint16(ip[10:12], ^Fold(Sum(ip[:ipHdr], 0)))
-		pseudo = Sum(ip[12:20], 0)
+		binary.BigEndian.PutUint16(ip[10:12], ^packet.Fold(packet.Sum(ip[:ipHdr], 0)))
+		pseudo = packet.Sum(ip[12:20], 0)
 	} else {
 		binary.BigEndian.PutUint32(ip[0:4], 6<<28|uint32(f.TOS)<<20|f.FlowLabel&0xfffff)
 		binary.BigEndian.PutUint16(ip[4:6], uint16(len(ip)-IPv6Len))
@@ -211,7 +211,7 @@ func (f *Frame) Append(dst []byte) []byte {
 		s, d := f.Src.Addr().As16(), f.Dst.Addr().As16()
 		copy(ip[8:24], s[:])
 		copy(ip[24:40], d[:])
-		pseudo = Sum(ip[8:40], 0)
+		pseudo = packet.Sum(ip[8:40], 0)
 	}
 
 	var csum int // offset of the L4 checksum in l4
@@ -254,35 +254,14 @@ func (f *Frame) Append(dst []byte) []byte {
 	default:
 		return dst // no L4 header, no checksum
 	}
-	acc := Sum(l4, 0)
+	acc := packet.Sum(l4, 0)
 	if f.Proto != packet.ProtoICMP { // ICMP (v4) has no pseudo header
 		acc += pseudo + uint32(f.Proto) + uint32(l4Len)
 	}
-	c := ^Fold(acc)
+	c := ^packet.Fold(acc)
 	if c == 0 && f.Proto == packet.ProtoUDP {
 		c = 0xffff // RFC 768: a computed zero is sent as all ones
 	}
 	binary.BigEndian.PutUint16(l4[csum:csum+2], c)
 	return dst
-}
-
-// Sum adds b's big-endian 16-bit words (a last odd byte padded with zero) to
-// acc, unfolded: the Internet checksum's sum (RFC 1071). It does not overflow
-// for b up to 128 KiB.
-func Sum(b []byte, acc uint32) uint32 {
-	for len(b) >= 2 {
-		acc += uint32(b[0])<<8 | uint32(b[1])
-		b = b[2:]
-	}
-	if len(b) == 1 {
-		acc += uint32(b[0]) << 8
-	}
-	return acc
-}
-
-// Fold folds an unfolded sum into 16 bits, one's complement.
-func Fold(s uint32) uint16 {
-	s = s>>16 + s&0xffff
-	s = s>>16 + s&0xffff
-	return uint16(s)
 }
