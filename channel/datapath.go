@@ -85,6 +85,29 @@ func (c *Channel) Release(bufs []Buf) {
 	}
 }
 
+// RxRoom returns how many of n packets the RX ring could take now. The
+// flowswitch asks before it copies a batch, so that it spends no copy (and
+// no pool buffer) on packets a full ring would drop anyway. A corrupt ring
+// defuncts the channel, as Deliver does, and has no room.
+func (c *Channel) RxRoom(n int) int {
+	if c.err != nil {
+		return 0
+	}
+	k, err := c.rx.Reserve(n)
+	if err != nil {
+		c.Defunct(ReasonRingCorrupt, "rx ring: "+err.Error())
+		return 0
+	}
+	return k
+}
+
+// RefuseRx counts n packets dropped for a full RX ring before they were
+// copied (see RxRoom): they are RxDrops, as Deliver's tail drops are, so the
+// app and the stall check see one figure for "my ring was full".
+func (c *Channel) RefuseRx(n int) {
+	c.c.RxDrops += uint64(n)
+}
+
 // Deliver puts packets held by the nexus on the RX ring, in order, and
 // signals the app at most once. It takes ownership of all of bufs: those
 // that do not fit (ring full) are freed and counted as RxDrops (tail drop).

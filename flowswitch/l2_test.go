@@ -78,15 +78,7 @@ func newL2Pair(t testing.TB, now func() int64) (a, b *l2Node) {
 		if sw.Neighbors() == nil {
 			t.Fatal("no built-in resolver with SrcMAC set and DstMAC zero")
 		}
-		ch, err := channel.New(channel.Options{Name: "l2"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		app, err := ch.AttachLocal()
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { app.Close(); ch.Close() })
+		ch, app := newChannel(t, channel.Options{Name: "l2"})
 		n.rig = &rig{sw: sw, chans: []*channel.Channel{ch}, apps: []*channel.App{app}, ports: []flow.PortID{sw.AddPort(ch)}}
 		return n
 	}

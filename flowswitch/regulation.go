@@ -50,6 +50,9 @@ import (
 //     mark is left to traffic the policy can only drop (early, at fair
 //     share), which then cannot make the queue overflow into an advisory
 //     flow either.
+//   - Receive limits per channel (rxlimit.go): what a port's RX ring has
+//     no room for, what exceeds RxBudget per input batch, or what its
+//     AddPortOptions.RxRate bucket refuses is dropped before the copy.
 //   - Receive: adaptive batching (regulate.Mitigation): under a high
 //     packet rate the switch holds what it read, up to the mitigation
 //     level's hold, to deliver fuller batches (fewer notifications); at
@@ -116,6 +119,13 @@ type RegulationOptions struct {
 	// Mitigation tunes adaptive receive batching (zero fields: regulate's
 	// defaults: 10 ms samples, holds of 0 to 1000 µs).
 	Mitigation regulate.MitigationOptions
+	// RxBudget is the most output packets (ring slots; a merged super
+	// packet is one) one port receives per input batch; what its flows
+	// bring beyond it is dropped before the copy (rxlimit.go). 0 means no
+	// budget beyond the port's RX ring room. Receive cannot defer as
+	// transmit does, so a budget drops: set it to keep one flooded app
+	// from taking a whole batch's copy work, not as a default.
+	RxBudget int
 	// StallTimeout is how long a port's RX ring may stay undrained while
 	// packets wait before its channel is defunct: 0 means
 	// regulate.DefaultStallTimeout (10 s), negative disables the check.
@@ -136,6 +146,12 @@ type AddPortOptions struct {
 	// bucket's depth in bytes: 0 means DefaultPortBurst. Needs Regulation.
 	Rate  int64
 	Burst int
+	// RxRate caps the port's receive rate in bits per second of IP bytes
+	// delivered (a token bucket): what comes faster is dropped before the
+	// copy (rxlimit.go). 0 is no cap. RxBurst is the bucket's depth in
+	// bytes: 0 means DefaultPortBurst. Needs Regulation.
+	RxRate  int64
+	RxBurst int
 }
 
 // RegulationStats count the regulation layer (zero without Regulation).
@@ -182,6 +198,9 @@ type PortRegStats struct {
 	FullRounds uint64 `json:"tx_full_rounds"` // rounds it used its whole budget (it had more waiting)
 	Limited    uint64 `json:"tx_rate_limited"`
 	Backpress  uint64 `json:"tx_backpressured"` // rounds held back: the queue was at its high-water mark
+	RxRate     int64  `json:"rx_rate_bps,omitempty"`
+	RxBudget   uint64 `json:"rx_budget_drops"` // packets refused by the per-batch receive budget
+	RxLimited  uint64 `json:"rx_rate_drops"`   // packets refused by the receive token bucket
 	Suspends   uint64 `json:"advisory_suspends"`
 	Resumes    uint64 `json:"advisory_resumes"`
 }
@@ -392,11 +411,23 @@ func (r *regState) wake(now int64) int64 {
 // honours flow advisories, and a rate cap. Errors: ErrBadOptions for a
 // negative rate or burst, or a Rate without Regulation.
 func (s *Switch) AddPortWith(ch *channel.Channel, o AddPortOptions) (flow.PortID, error) {
-	if o.Rate < 0 || o.Burst < 0 {
-		return 0, fmt.Errorf("%w: port rate %d, burst %d", ErrBadOptions, o.Rate, o.Burst)
+	if o.Rate < 0 || o.Burst < 0 || o.RxRate < 0 || o.RxBurst < 0 {
+		return 0, fmt.Errorf("%w: port rate %d, burst %d, receive rate %d, burst %d", ErrBadOptions, o.Rate, o.Burst, o.RxRate, o.RxBurst)
 	}
-	if o.Rate > 0 && s.reg == nil {
+	if (o.Rate > 0 || o.RxRate > 0) && s.reg == nil {
 		return 0, fmt.Errorf("%w: a port rate needs Options.Regulation", ErrBadOptions)
+	}
+	var rb *regulate.TokenBucket
+	if o.RxRate > 0 {
+		burst := int64(o.RxBurst)
+		if burst == 0 {
+			burst = DefaultPortBurst
+		}
+		tb, err := regulate.NewTokenBucket(o.RxRate/8, burst, s.now())
+		if err != nil {
+			return 0, fmt.Errorf("%w: port receive rate: %w", ErrBadOptions, err)
+		}
+		rb = &tb
 	}
 	var b *pacer
 	if o.Rate > 0 {
@@ -415,6 +446,7 @@ func (s *Switch) AddPortWith(ch *channel.Channel, o AddPortOptions) (flow.PortID
 	id := s.addPort(ch)
 	p := s.ports[id]
 	p.reg.adv, p.reg.rate, p.reg.bucket = o.Advisories, o.Rate, b
+	p.rx.rate, p.rx.bucket = o.RxRate, rb
 	return id, nil
 }
 

@@ -66,15 +66,7 @@ func newRegRig(t testing.TB, rate int64, ro flowswitch.RegulationOptions, now fu
 	for i, honour := range adv {
 		co := chOpts
 		co.Name = fmt.Sprintf("reg%d", i)
-		ch, err := channel.New(co)
-		if err != nil {
-			t.Fatal(err)
-		}
-		app, err := ch.AttachLocal()
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { app.Close(); ch.Close() })
+		ch, app := newChannel(t, co)
 		id, err := sw.AddPortWith(ch, flowswitch.AddPortOptions{Advisories: honour})
 		if err != nil {
 			t.Fatal(err)

@@ -163,7 +163,7 @@ func (s *Switch) queueFor(e *flow.Entry) int32 {
 func (s *Switch) release(fq *flowQueue) {
 	p := fq.p
 	s.stats.FlowBatches++
-	runs := s.planRuns(fq.pkts, p.bufSize)
+	runs := s.rxAdmit(p, fq.pkts, s.planRuns(fq.pkts, p.bufSize))
 	out := s.allocBuf[:len(runs)]
 	got := p.ch.Alloc(out)
 	meta := p.ch.Pool()

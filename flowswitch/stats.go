@@ -188,6 +188,7 @@ func (s *Switch) Snapshot() Snapshot {
 		if s.reg != nil {
 			rs := p.reg.st
 			rs.Advisories, rs.Rate = p.reg.adv, p.reg.rate
+			rs.RxRate, rs.RxBudget, rs.RxLimited = p.rx.rate, p.rx.budgetDrops, p.rx.rateDrops
 			ps.Regulation = &rs
 		}
 		snap.Ports = append(snap.Ports, ps)
@@ -227,6 +228,8 @@ func drops(st *Stats) []Drop {
 	rx("oversize", st.Oversize)
 	rx("alloc_fail", st.AllocFails)
 	rx("rx_ring_full", st.RxRingDrops)
+	rx("rx_budget", st.RxBudgetDrops)
+	rx("rx_rate", st.RxRateDrops)
 	d := &st.TxDrops
 	tx("length", d.Length)
 	tx("mtu", d.MTU)

@@ -145,6 +145,10 @@ type Stats struct {
 	Oversize    uint64 // packets longer than the destination channel's buffers, dropped
 	AllocFails  uint64 // packets dropped because their channel's pool had no buffer
 	RxRingDrops uint64 // packets tail-dropped on full RX rings (sum of the channels' RxDrops)
+	// RxBudgetDrops and RxRateDrops are packets refused before the copy
+	// by a channel's receive budget per input batch and its receive token
+	// bucket (rxlimit.go).
+	RxBudgetDrops, RxRateDrops uint64
 	// SuperPackets counts TCP super packets formed (merge.go); Merged the
 	// segments absorbed into them after each one's first, so a flow batch
 	// of k packets becomes k - Merged output packets.
@@ -179,6 +183,7 @@ type port struct {
 	touched bool             // pending holds buffers (it is in Switch.touchedPorts)
 	tx      portTx           // transmit state (tx.go)
 	reg     portReg          // regulation state (regulation.go)
+	rx      portRx           // receive limits (rxlimit.go)
 
 	delivered uint64 // packets put on its RX ring
 }
@@ -243,6 +248,8 @@ type Switch struct {
 	tx     txState   // transmit scratch, allocated once by New (tx.go)
 	l2     l2State   // neighbour resolution (l2.go)
 	reg    *regState // nil without Options.Regulation (regulation.go)
+	// rxBudget is RegulationOptions.RxBudget (rxlimit.go); 0: none. Immutable.
+	rxBudget int
 
 	now   func() int64 // immutable: Options.Now
 	epoch time.Time    // immutable: the origin of the default clock
@@ -336,6 +343,9 @@ func New(opts Options) (*Switch, error) {
 		}
 		if s.reg, err = newRegState(opts, lt, s.now); err != nil {
 			return nil, err
+		}
+		if s.rxBudget = opts.Regulation.RxBudget; s.rxBudget < 0 {
+			return nil, fmt.Errorf("%w: negative RxBudget %d", ErrBadOptions, s.rxBudget)
 		}
 	} else if opts.LinkRate != 0 {
 		return nil, fmt.Errorf("%w: LinkRate %d without Regulation: only the AQM is paced", ErrBadOptions, opts.LinkRate)

@@ -52,20 +52,29 @@ func newRig(t testing.TB, opts flowswitch.Options, chOpts ...channel.Options) *r
 	r := &rig{sw: sw, peer: b}
 	for i, co := range chOpts {
 		co.Name = fmt.Sprintf("port%d", i)
-		ch, err := channel.New(co)
-		if err != nil {
-			t.Fatal(err)
-		}
-		app, err := ch.AttachLocal()
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { app.Close(); ch.Close() })
+		ch, app := newChannel(t, co)
 		r.chans = append(r.chans, ch)
 		r.apps = append(r.apps, app)
 		r.ports = append(r.ports, sw.AddPort(ch))
 	}
 	return r
+}
+
+// newChannel makes a channel and attaches its app end in this process,
+// both closed when the test ends.
+func newChannel(t testing.TB, o channel.Options) (*channel.Channel, *channel.App) {
+	t.Helper()
+	ch, err := channel.New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	app, err := ch.AttachLocal()
+	if err != nil {
+		ch.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { app.Close(); ch.Close() })
+	return ch, app
 }
 
 // register adds the UDP 5-tuple flow local:dport ← remote:sport for port i.
@@ -561,8 +570,12 @@ func TestRxRingOverflow(t *testing.T) {
 			wantB = append(wantB, tag)
 		}
 	}
+	allocs := r.chans[0].Pool().Stats().Allocs
 	r.write(t, frames...)
 	r.rxOnce(t, 25)
+	if got := r.chans[0].Pool().Stats().Allocs - allocs; got != 8 {
+		t.Errorf("small ring's pool handed out %d buffers, want 8: what the ring cannot take is refused before the copy", got)
+	}
 	if got := r.drain(t, 0); !equal(got, wantA) {
 		t.Errorf("small ring got %v, want %v", got, wantA)
 	}

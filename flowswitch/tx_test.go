@@ -57,15 +57,7 @@ func newTxRig(t testing.TB) (*rig, *hookLink) {
 	}
 	r := &rig{sw: sw, peer: b}
 	for range 2 {
-		ch, err := channel.New(channel.Options{Name: "tx"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		app, err := ch.AttachLocal()
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { app.Close(); ch.Close() })
+		ch, app := newChannel(t, channel.Options{Name: "tx"})
 		r.chans = append(r.chans, ch)
 		r.apps = append(r.apps, app)
 		r.ports = append(r.ports, sw.AddPort(ch))

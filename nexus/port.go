@@ -82,6 +82,11 @@ type PortOptions struct {
 	// default). A rate needs the switch's Regulation.
 	Rate  int64
 	Burst int
+	// RxRate caps the port's receive rate the same way (bits per second
+	// of IP bytes delivered; what comes faster is dropped before the
+	// copy), RxBurst its depth (flowswitch.AddPortOptions.RxRate).
+	RxRate  int64
+	RxBurst int
 }
 
 // OpenPortWith is OpenPort with options: whether the port's app honours
@@ -122,7 +127,7 @@ func (n *Nexus) openPort(name string, remote bool, o PortOptions) (*Port, error)
 		ch.Close()
 		return nil, err
 	}
-	id, err := n.sw.AddPortWith(ch, flowswitch.AddPortOptions{Advisories: o.Advisories, Rate: o.Rate, Burst: o.Burst})
+	id, err := n.sw.AddPortWith(ch, flowswitch.AddPortOptions{Advisories: o.Advisories, Rate: o.Rate, Burst: o.Burst, RxRate: o.RxRate, RxBurst: o.RxBurst})
 	if err != nil {
 		app.Close()
 		ch.Close()
