@@ -33,6 +33,10 @@ var (
 	// belongs to another port or a kernel socket (Options.PortTaken), or a
 	// listener overlaps one of the same port.
 	ErrPortInUse = errors.New("flow: local port in use")
+	// ErrKernelPort: the local port belongs to a kernel socket
+	// (Options.PortTaken). It wraps ErrPortInUse, so errors.Is matches
+	// either.
+	ErrKernelPort = fmt.Errorf("held by a kernel socket: %w", ErrPortInUse)
 	// ErrNoAdvisorySlot: the owner port has Options.AdvisorySlots flows
 	// already.
 	ErrNoAdvisorySlot = errors.New("flow: no free advisory slot")
@@ -200,7 +204,7 @@ func (t *Table) checkPort(req Request) error {
 			return fmt.Errorf("held by port %d: %w", o.port, ErrPortInUse)
 		}
 	} else if t.opts.PortTaken != nil && t.opts.PortTaken(k.Proto, k.LocalPort) {
-		return fmt.Errorf("held by a kernel socket: %w", ErrPortInUse)
+		return ErrKernelPort
 	}
 	switch req.Kind {
 	case Listener3:

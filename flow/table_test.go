@@ -128,7 +128,7 @@ func TestRegisterRules(t *testing.T) {
 		{"listener2 then listener3",
 			[]req{{1, lis(tcp, v6any, 80), Listener2}},
 			req{1, lis(tcp, v6a, 80), Listener3}, ErrPortInUse},
-		{"kernel socket holds the port", nil, req{1, lis(tcp, v4a, 22), Listener3}, ErrPortInUse},
+		{"kernel socket holds the port", nil, req{1, lis(tcp, v4a, 22), Listener3}, ErrKernelPort},
 
 		// Allowed sharing.
 		{"connected under own listener",

@@ -3,7 +3,6 @@ package nexus
 import (
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/skylane/skylane/flow"
 	"github.com/skylane/skylane/netif"
@@ -53,7 +52,7 @@ func (n *Nexus) unsteerFlow(key packet.Key) error {
 // portHint adds what to do to a Register error that names a kernel socket
 // (Options.Switch.PortTaken).
 func portHint(err error) error {
-	if errors.Is(err, flow.ErrPortInUse) && strings.Contains(err.Error(), "kernel socket") {
+	if errors.Is(err, flow.ErrKernelPort) {
 		return fmt.Errorf("%w; stop that kernel socket or use another port", err)
 	}
 	return err
