@@ -3,6 +3,41 @@
 // the frames of the flows user space registered to the socket and passes
 // every other frame to the kernel's stack, so both stacks share the device.
 //
+// Super packets (multi-buffer). Unless Options.SingleBuffer, the program is
+// loaded frags-aware and the socket bound with XDP_USE_SG (Linux 6.6 for
+// copy mode). In generic mode the kernel then hands XDP a GSO or GRO skb
+// whole, as a multi-buffer frame (a veth peer with TSO sends 64 KiB ones),
+// and the socket receives it as a chain of descriptors, each but the last
+// flagged XDP_PKT_CONTD. The link is a netif.SuperPacketLink: Read
+// assembles a chain into the caller's buffer and delivers a TCP super
+// packet whole into a buffer of MaxSuperPacketLen bytes, split by
+// netif/internal/vnet into MTU-sized segments for a shorter one. AF_XDP
+// carries no GSO size, so a UDP super packet (USO), which must be split at
+// its sender's datagram size, is dropped and counted (RxUDPSuper); TCP is
+// a byte stream and any MSS splits it validly. In native mode a veth peer
+// stops offering TSO to a device with an XDP program (veth_fix_features),
+// so frames arrive wire-sized there. WriteGSO cannot hand the kernel a
+// segmentation offload either: it cuts a super packet into MTU frames in
+// software, straight into the UMEM.
+//
+// Partial checksums. An skb the kernel built with CHECKSUM_PARTIAL (a veth
+// peer's transmit checksum offload, every GSO and GRO super packet) holds
+// only the folded pseudo-header sum in its TCP/UDP checksum field, and
+// AF_XDP gives no checksum status with the bytes (Linux 6.18 has no XDP
+// metadata kfunc for it, and the metadata kfuncs need native mode). So
+// Read recognises the state by its value: a checksum field equal to the
+// pseudo-header sum of the packet's own addresses and length is completed
+// over the payload (vnet.CompletePartial), counted in RxCsumCompleted. For
+// a packet whose complete checksum happens to equal that sum, completion
+// rewrites the same value; the residual risk is a packet corrupted on a
+// wire whose checksum field happens to equal the pseudo-header sum (2^-16
+// of corrupt packets, the same odds as any corruption that keeps the
+// checksum valid), which then verifies. Super packets are always
+// completed: they never crossed a wire, only the kernel built them. For
+// wire-sized frames Options.Checksums decides; by default on a veth only,
+// where no wire can corrupt a frame and a peer with offloads sends
+// CHECKSUM_PARTIAL ones.
+//
 // Invariants:
 //
 //   - The UMEM is a pool.Pool buffer region of fixed size: page-multiple
@@ -16,8 +51,10 @@
 //     it is copied out.
 //   - Everything read from the shared rings is checked before use: indices
 //     that claim more entries than a ring holds count as none, descriptors
-//     outside their frame are dropped and counted (Stats BadDescs); a bad
-//     value never panics and never touches memory outside the UMEM.
+//     outside their frame are dropped and counted (Stats BadDescs), a chain
+//     of more descriptors or bytes than a super packet may have is dropped
+//     through its last descriptor and counted (BadChains); a bad value
+//     never panics and never touches memory outside the UMEM.
 //   - The reader (Read, Wait) and the writer (Write) each hold their own
 //     lock, so they never contend with each other; Close takes both, after
 //     waking Wait, so memory is never unmapped under a Read or Write.
@@ -215,8 +252,7 @@ type xlink struct {
 	rxSkip bool       // guarded by rxMu; dropping the rest of a bad chain
 	// A super packet being split for buffers too short for it: staged in
 	// lim.stage, segments handed out across Read calls. Guarded by rxMu.
-	super      vnet.Super
-	next, left int
+	split vnet.Splitter
 
 	txMu    sync.Mutex // the writer: Write
 	tx      ring       // guarded by txMu
@@ -332,7 +368,7 @@ func (l *xlink) Read(bufs [][]byte, sizes []int) (int, error) {
 		if r.staged == 0 {
 			break // the ring is drained, bufs are full, or a chain is still arriving
 		}
-		if l.split(l.lim.stage[:r.staged]) {
+		if l.startSplit(l.lim.stage[:r.staged]) {
 			var k int
 			k, err = l.emitSegments(bufs[n:], sizes[n:])
 			n += k
@@ -390,10 +426,10 @@ func l3Offset(f []byte) int {
 	return 14
 }
 
-// split prepares the staged super packet f to be handed out as MTU-sized
+// startSplit prepares the staged super packet f to be handed out as MTU-sized
 // segments (vnet computes their checksums from scratch). A super packet
 // that is not TCP is dropped and counted. Called with rxMu held.
-func (l *xlink) split(f []byte) bool {
+func (l *xlink) startSplit(f []byte) bool {
 	l.superRx.Add(1)
 	if _, ok := l.superProto(f); !ok {
 		l.rxDrops.Add(1)
@@ -404,37 +440,26 @@ func (l *xlink) split(f []byte) bool {
 	if f[l3]>>4 == 6 {
 		h.GSOType = vnet.GSOTCPv6
 	}
-	if err := l.super.Init(f, l3, &h); err != nil {
+	if err := l.split.Init(f, l3, &h); err != nil {
 		l.badSuper.Add(1)
 		l.rxDrops.Add(1)
 		return false
 	}
 	l.superSplit.Add(1)
-	l.next, l.left = 0, l.super.Segments()
+	l.split.Start()
 	return true
 }
 
 // emitSegments hands out the next segments of the super packet being
 // split. Called with rxMu held.
 func (l *xlink) emitSegments(bufs [][]byte, sizes []int) (int, error) {
-	k := 0
-	var bytes uint64
-	for k < len(bufs) && l.left > 0 {
-		m, err := l.super.Segment(l.next, bufs[k])
-		l.next++
-		l.left--
-		if err != nil { // a buffer under MaxFrameLen: the caller broke the contract
-			l.rxDrops.Add(1)
-			l.rxPackets.Add(uint64(k))
-			l.rxBytes.Add(bytes)
-			return k, fmt.Errorf("afxdp %s: segment of %d bytes, buffer %d: %w", l.name, l.super.SegmentLen(l.next-1), len(bufs[k]), io.ErrShortBuffer)
-		}
-		sizes[k] = m
-		bytes += uint64(m)
-		k++
-	}
+	k, bytes, err := l.split.Emit(bufs, sizes)
 	l.rxPackets.Add(uint64(k))
 	l.rxBytes.Add(bytes)
+	if err != nil { // a buffer under MaxFrameLen: the caller broke the contract
+		l.rxDrops.Add(1)
+		return k, fmt.Errorf("afxdp %s: segment for a %d-byte buffer: %w: %w", l.name, len(bufs[k]), io.ErrShortBuffer, err)
+	}
 	return k, nil
 }
 

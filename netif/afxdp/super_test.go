@@ -2,6 +2,7 @@ package afxdp_test
 
 import (
 	"encoding/binary"
+	"errors"
 	"net"
 	"testing"
 	"time"
@@ -228,4 +229,42 @@ func sameSum(a, b uint16) bool {
 	return a == b || (a == 0 && b == 0xffff) || (a == 0xffff && b == 0)
 }
 
+// TestWriteGSO: a UDP super packet given a datagram size leaves as the
+// datagrams it stands for, cut in software (AF_XDP has no segmentation
+// offload); without a size, or on a single-buffer link, it is refused.
+func TestWriteGSO(t *testing.T) {
+	nettest.RequirePriv(t)
+	v := nettest.NewVeth(t, nettest.VethOptions{})
+	l := openLink(t, v, afxdp.Options{})
+	p9000 := udpIn(t, v.Peer, ap(peer4, 9000))
+	const seg, count = 1000, 5
+	payload := make([]byte, seg*count)
+	want := map[string]bool{}
+	for i := range count {
+		for j := range seg {
+			payload[i*seg+j] = byte('a' + i)
+		}
+		want[string(payload[i*seg:(i+1)*seg])] = true
+	}
+	super := buildUDP(t, v.LocalMAC, v.PeerMAC, ap(local4, 7000), ap(peer4, 9000), string(payload))
+	small := buildUDP(t, v.LocalMAC, v.PeerMAC, ap(local4, 7000), ap(peer4, 9000), "small")
+	want["small"] = true
+	if n, err := l.WriteGSO([][]byte{super, small}, []int{seg}); n != 2 || err != nil {
+		t.Fatalf("WriteGSO: %d, %v", n, err)
+	}
+	recvAll(t, p9000, want)
+	if s := l.XDPStats(); s.TxSuperPackets != 1 || s.TxPackets != count+1 {
+		t.Errorf("stats %+v: want 1 super packet, %d frames", s, count+1)
+	}
+	if n, err := l.Write([][]byte{small, super}); n != 1 || !errors.Is(err, netif.ErrFrameTooLarge) {
+		t.Errorf("Write of a UDP super packet without a size: %d, %v; want 1, ErrFrameTooLarge", n, err)
+	}
 
+	single := openLink(t, nettest.NewVeth(t, nettest.VethOptions{}), afxdp.Options{SingleBuffer: true})
+	if single.MaxSuperPacketLen() != netif.MaxFrameLen(single.MTU(), single.LinkType()) {
+		t.Errorf("single buffer: MaxSuperPacketLen %d", single.MaxSuperPacketLen())
+	}
+	if n, err := single.WriteGSO([][]byte{super}, []int{seg}); n != 0 || !errors.Is(err, netif.ErrFrameTooLarge) {
+		t.Errorf("single buffer WriteGSO: %d, %v; want ErrFrameTooLarge", n, err)
+	}
+}
