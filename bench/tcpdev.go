@@ -24,11 +24,11 @@ import (
 // same kernel client into a kernel server on the same veth, in the same
 // run, alternating.
 //
-// A second row, tcp/afpacket/mtu=1500, runs the same over AF_PACKET, whose
-// driver completes the peer's partial checksums and splits its super
-// packets, so the peer keeps its offloads there: it shows what the
-// user-space side takes when the sender is not held back (see
-// peerOffloads).
+// A second row, tcp/afpacket/mtu=1500, runs the same over AF_PACKET. In
+// both rows the peer keeps its offloads (TSO, checksum offload), as in the
+// baseline: AF_XDP receives its TSO super packets whole through generic
+// XDP with multi-buffer (XDP_USE_SG) and completes their partial
+// checksums, AF_PACKET through its virtio-net header.
 //
 // Register it under the tcp scenario's --dev flag (see the report): with
 // Config.Dev set, runTCP returns runTCPDev(cfg).
@@ -39,7 +39,7 @@ var tcpDevRows = []struct {
 	// and TSO while it sends to the user-space server.
 	peerOffloads bool
 }{
-	{"tcp/afxdp/mtu=1500", drivers.AFXDP, false},
+	{"tcp/afxdp/mtu=1500", drivers.AFXDP, true},
 	{"tcp/afpacket/mtu=1500", drivers.AFPacket, true},
 }
 
@@ -50,13 +50,19 @@ const (
 	// tcpDevXDPMode: generic XDP runs in the local veth's receive path,
 	// native in the peer's transmit path (veth's NAPI), on the sender's
 	// core; on two cores generic leaves the sender its core (as for the
-	// udp rows).
+	// udp rows). Generic also keeps the peer's TSO, so super packets
+	// arrive whole (multi-buffer); native makes the peer segment in
+	// software (measured: 5.5 Gbit/s native, 9.4 generic, same host).
 	tcpDevXDPMode = drivers.ModeGeneric
 	// tcpDevRing is the AF_XDP ring (and RX UMEM frames): at ~0.45 Mpps
 	// the default 2048 frames last 4.5 ms, less than a scheduling hiccup
 	// on two shared cores, and the kernel then drops on an empty fill
 	// ring (TCP recovers, slowly); 8192 frames absorb 18 ms.
 	tcpDevRing = 8192
+	// tcpDevFrame is the AF_XDP UMEM frame: a 64 KiB super packet takes 18
+	// descriptors of 4 KiB frames instead of 37 of 2 KiB ones (12 against
+	// 9.4 Gbit/s, measured on the shared 2-core host).
+	tcpDevFrame = 4096
 )
 
 // runTCPDev runs the tcp --dev rows. It needs root: it makes two network
@@ -153,6 +159,9 @@ func (h *udpHosts) devRow(cfg Config, name, driver string, offloads bool, kernel
 		res.Extra["xdp_mode"] = tcpDevXDPMode
 		res.Extra["afxdp_fill_ring_empty"] = figs.fillEmpty
 		res.Extra["afxdp_rx_ring_full"] = figs.xdpFull
+		res.Extra["afxdp_rx_super_packets"] = figs.xdpSuper
+		res.Extra["afxdp_rx_super_split"] = figs.xdpSplit
+		res.Extra["afxdp_rx_csum_completed"] = figs.xdpCsum
 	}
 	if !offloads {
 		bn := median(baseNoOffload) / 1e9
@@ -167,6 +176,8 @@ func (h *udpHosts) devRow(cfg Config, name, driver string, offloads bool, kernel
 type devFigures struct {
 	superPackets, merged uint64
 	fillEmpty, xdpFull   uint64 // AF_XDP: the kernel's drops for an empty fill ring, a full RX ring
+	xdpSuper, xdpSplit   uint64 // AF_XDP: super packets received (multi-buffer), of which split for short buffers
+	xdpCsum              uint64 // AF_XDP: partial checksums completed
 	linkDrops            uint64 // the link's RxDrops
 	txDrops              uint64
 	stackRx              uint64
@@ -178,6 +189,9 @@ func (f *devFigures) add(g devFigures) {
 	f.merged += g.merged
 	f.fillEmpty += g.fillEmpty
 	f.xdpFull += g.xdpFull
+	f.xdpSuper += g.xdpSuper
+	f.xdpSplit += g.xdpSplit
+	f.xdpCsum += g.xdpCsum
 	f.linkDrops += g.linkDrops
 	f.txDrops += g.txDrops
 	f.stackRx += g.stackRx
@@ -188,8 +202,8 @@ func (f *devFigures) add(g devFigures) {
 // it TSO, which needs it) on or off. Off, the peer sends what a wire
 // carries: MTU-sized frames with complete checksums. On, a veth passes
 // CHECKSUM_PARTIAL super packets to the other end, which the kernel's
-// stack takes on trust but which XDP sees raw: netstack would drop every
-// segment as corrupt and AF_XDP every super packet as too long.
+// stack takes on trust and which the drivers complete. Every row runs with
+// them on; a row with them off also measures the baseline without.
 func (h *udpHosts) peerOffloads(on bool) error {
 	v := "off"
 	if on {
@@ -247,7 +261,7 @@ func (h *udpHosts) userStream(driver string, offloads bool, d time.Duration) (Ra
 	}
 	spec := drivers.Spec{Driver: driver, Dev: h.localIf}
 	if driver == drivers.AFXDP {
-		spec.Mode, spec.RingSize = tcpDevXDPMode, tcpDevRing
+		spec.Mode, spec.RingSize, spec.FrameSize = tcpDevXDPMode, tcpDevRing, tcpDevFrame
 	}
 	var link netif.Link
 	err := inNS(h.local, func() (err error) {
@@ -310,6 +324,9 @@ func (h *udpHosts) userStream(driver string, offloads bool, d time.Duration) (Ra
 	f.merged = s1.Switch.Merged - s0.Switch.Merged
 	f.fillEmpty = x1.KernelFillEmpty - x0.KernelFillEmpty
 	f.xdpFull = x1.KernelRxFull - x0.KernelRxFull
+	f.xdpSuper = x1.RxSuperPackets - x0.RxSuperPackets
+	f.xdpSplit = x1.RxSuperSplit - x0.RxSuperSplit
+	f.xdpCsum = x1.RxCsumCompleted - x0.RxCsumCompleted
 	f.linkDrops = link.Stats().RxDrops - l0.RxDrops
 	f.txDrops = sumTxDrops(s1.Switch.TxDrops) - sumTxDrops(s0.Switch.TxDrops)
 	f.stackRx = st.Endpoint().Stats().RxPackets - rx0

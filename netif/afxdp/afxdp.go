@@ -3,6 +3,41 @@
 // the frames of the flows user space registered to the socket and passes
 // every other frame to the kernel's stack, so both stacks share the device.
 //
+// Super packets (multi-buffer). Unless Options.SingleBuffer, the program is
+// loaded frags-aware and the socket bound with XDP_USE_SG (Linux 6.6 for
+// copy mode). In generic mode the kernel then hands XDP a GSO or GRO skb
+// whole, as a multi-buffer frame (a veth peer with TSO sends 64 KiB ones),
+// and the socket receives it as a chain of descriptors, each but the last
+// flagged XDP_PKT_CONTD. The link is a netif.SuperPacketLink: Read
+// assembles a chain into the caller's buffer and delivers a TCP super
+// packet whole into a buffer of MaxSuperPacketLen bytes, split by
+// netif/internal/vnet into MTU-sized segments for a shorter one. AF_XDP
+// carries no GSO size, so a UDP super packet (USO), which must be split at
+// its sender's datagram size, is dropped and counted (RxUDPSuper); TCP is
+// a byte stream and any MSS splits it validly. In native mode a veth peer
+// stops offering TSO to a device with an XDP program (veth_fix_features),
+// so frames arrive wire-sized there. WriteGSO cannot hand the kernel a
+// segmentation offload either: it cuts a super packet into MTU frames in
+// software, straight into the UMEM.
+//
+// Partial checksums. An skb the kernel built with CHECKSUM_PARTIAL (a veth
+// peer's transmit checksum offload, every GSO and GRO super packet) holds
+// only the folded pseudo-header sum in its TCP/UDP checksum field, and
+// AF_XDP gives no checksum status with the bytes (Linux 6.18 has no XDP
+// metadata kfunc for it, and the metadata kfuncs need native mode). So
+// Read recognises the state by its value: a checksum field equal to the
+// pseudo-header sum of the packet's own addresses and length is completed
+// over the payload (vnet.CompletePartial), counted in RxCsumCompleted. For
+// a packet whose complete checksum happens to equal that sum, completion
+// rewrites the same value; the residual risk is a packet corrupted on a
+// wire whose checksum field happens to equal the pseudo-header sum (2^-16
+// of corrupt packets, the same odds as any corruption that keeps the
+// checksum valid), which then verifies. Super packets are always
+// completed: they never crossed a wire, only the kernel built them. For
+// wire-sized frames Options.Checksums decides; by default on a veth only,
+// where no wire can corrupt a frame and a peer with offloads sends
+// CHECKSUM_PARTIAL ones.
+//
 // Invariants:
 //
 //   - The UMEM is a pool.Pool buffer region of fixed size: page-multiple
@@ -16,8 +51,10 @@
 //     it is copied out.
 //   - Everything read from the shared rings is checked before use: indices
 //     that claim more entries than a ring holds count as none, descriptors
-//     outside their frame are dropped and counted (Stats BadDescs); a bad
-//     value never panics and never touches memory outside the UMEM.
+//     outside their frame are dropped and counted (Stats BadDescs), a chain
+//     of more descriptors or bytes than a super packet may have is dropped
+//     through its last descriptor and counted (BadChains); a bad value
+//     never panics and never touches memory outside the UMEM.
 //   - The reader (Read, Wait) and the writer (Write) each hold their own
 //     lock, so they never contend with each other; Close takes both, after
 //     waking Wait, so memory is never unmapped under a Read or Write.
@@ -39,6 +76,7 @@ import (
 
 	"github.com/skylane/skylane/internal/shm"
 	"github.com/skylane/skylane/netif"
+	"github.com/skylane/skylane/netif/internal/vnet"
 	"github.com/skylane/skylane/netif/steer"
 	"github.com/skylane/skylane/packet"
 	"github.com/skylane/skylane/pool"
@@ -92,6 +130,41 @@ type Options struct {
 	// BindTimeout bounds the retries of a bind that fails with EBUSY.
 	// Default DefaultBindTimeout.
 	BindTimeout time.Duration
+	// SingleBuffer turns multi-buffer off: the XDP program is loaded
+	// without frags and the socket bound without XDP_USE_SG, so a frame is
+	// one UMEM frame and a super packet never arrives (the kernel drops
+	// it, counted in KernelRxDropped). The link is then no super packet
+	// link: MaxSuperPacketLen is MaxFrameLen.
+	SingleBuffer bool
+	// Checksums says what Read does with a wire-sized TCP/UDP frame whose
+	// checksum field holds only the pseudo-header sum (CHECKSUM_PARTIAL:
+	// see the package doc). Default ChecksumAuto.
+	Checksums ChecksumMode
+}
+
+// ChecksumMode is Options.Checksums.
+type ChecksumMode int
+
+const (
+	// ChecksumAuto completes partial checksums on a veth, whose peer hands
+	// over CHECKSUM_PARTIAL packets, and leaves them elsewhere.
+	ChecksumAuto ChecksumMode = iota
+	// ChecksumComplete completes them on any device.
+	ChecksumComplete
+	// ChecksumLeave delivers wire-sized frames as they came.
+	ChecksumLeave
+)
+
+func (m ChecksumMode) String() string {
+	switch m {
+	case ChecksumAuto:
+		return "auto"
+	case ChecksumComplete:
+		return "complete"
+	case ChecksumLeave:
+		return "leave"
+	}
+	return fmt.Sprintf("ChecksumMode(%d)", int(m))
 }
 
 // Stats are the netif counters plus AF_XDP's own.
@@ -104,11 +177,20 @@ type Stats struct {
 	KernelFillEmpty uint64 // rx_fill_ring_empty_descs: times the fill ring had no frame
 	KernelTxInvalid uint64 // tx_invalid_descs
 	BindRetries     uint64 // binds that failed with EBUSY before Open's succeeded
+
+	RxSuperPackets  uint64 // frames longer than MaxFrameLen received (multi-buffer): delivered whole or split
+	RxSuperSplit    uint64 // of those, split into segments for a buffer shorter than MaxSuperPacketLen
+	RxCsumCompleted uint64 // partial checksums Read completed (super packets and, per Checksums, wire-sized frames)
+	RxUDPSuper      uint64 // UDP super packets dropped: AF_XDP carries no datagram size to split them by
+	RxBadSuper      uint64 // super packets dropped because they are not TCP/UDP over IP with headers that parse
+	BadChains       uint64 // multi-buffer frames dropped: more descriptors or bytes than a frame may have
+	TxSuperPackets  uint64 // super packets WriteGSO segmented in software
 }
 
 // Link is the AF_XDP link's own API beyond netif.Link.
 type Link interface {
 	netif.Link
+	netif.SuperPacketLink
 	steer.FlowSteerer
 	// XDPStats returns Stats with the AF_XDP counters.
 	XDPStats() Stats
@@ -116,6 +198,11 @@ type Link interface {
 	ZeroCopy() bool
 	// ZeroCopyError is why zero-copy was asked for and not obtained, or nil.
 	ZeroCopyError() error
+	// MultiBuffer reports whether the socket is bound with XDP_USE_SG.
+	MultiBuffer() bool
+	// CompletesChecksums reports whether Read completes the partial
+	// checksums of wire-sized frames (Options.Checksums, resolved).
+	CompletesChecksums() bool
 	// Counters returns the XDP program's counters.
 	Counters() (steer.Counters, error)
 }
@@ -139,6 +226,10 @@ type xlink struct {
 	umem        []byte
 	zc          bool
 	zcErr       error
+	sg          bool // bound with XDP_USE_SG: frames may span descriptors
+	maxSuper    int  // MaxSuperPacketLen: maxFrame without sg
+	csumAll     bool // complete partial checksums of wire-sized frames too
+	lim         rxLimits
 	bindRetries uint64 // binds that met EBUSY before one succeeded
 	ownFlows    bool
 	flows       *steer.Flows
@@ -158,21 +249,31 @@ type xlink struct {
 	rx     ring       // guarded by rxMu
 	fill   ring       // guarded by rxMu
 	rxFree []uint64   // guarded by rxMu; RX chunks waiting for room in the fill ring
+	rxSkip bool       // guarded by rxMu; dropping the rest of a bad chain
+	// A super packet being split for buffers too short for it: staged in
+	// lim.stage, segments handed out across Read calls. Guarded by rxMu.
+	split vnet.Splitter
 
-	txMu   sync.Mutex // the writer: Write
-	tx     ring       // guarded by txMu
-	comp   ring       // guarded by txMu
-	txFree []uint64   // guarded by txMu; TX chunks ready to be filled
+	txMu    sync.Mutex // the writer: Write
+	tx      ring       // guarded by txMu
+	comp    ring       // guarded by txMu
+	txFree  []uint64   // guarded by txMu; TX chunks ready to be filled
+	txSuper vnet.Super // guarded by txMu; the super packet WriteGSO is cutting
 
 	rxPackets, rxBytes, rxDrops atomic.Uint64
 	txPackets, txBytes, txDrops atomic.Uint64
 	badDescs, kickErrors        atomic.Uint64
+	superRx, superSplit         atomic.Uint64
+	csumDone, udpSuper          atomic.Uint64
+	badSuper, badChains         atomic.Uint64
+	superTx                     atomic.Uint64
 }
 
 var (
-	_ netif.Link        = (*xlink)(nil)
-	_ steer.FlowSteerer = (*xlink)(nil)
-	_ Link              = (*xlink)(nil)
+	_ netif.Link            = (*xlink)(nil)
+	_ netif.SuperPacketLink = (*xlink)(nil)
+	_ steer.FlowSteerer     = (*xlink)(nil)
+	_ Link                  = (*xlink)(nil)
 )
 
 // Name implements netif.Link.Name.
@@ -192,6 +293,17 @@ func (l *xlink) ZeroCopy() bool { return l.zc }
 
 // ZeroCopyError implements Link.ZeroCopyError.
 func (l *xlink) ZeroCopyError() error { return l.zcErr }
+
+// MultiBuffer implements Link.MultiBuffer.
+func (l *xlink) MultiBuffer() bool { return l.sg }
+
+// CompletesChecksums implements Link.CompletesChecksums.
+func (l *xlink) CompletesChecksums() bool { return l.csumAll }
+
+// MaxSuperPacketLen implements netif.SuperPacketLink: with multi-buffer,
+// an IP packet of up to 65535 bytes behind an Ethernet header (and a VLAN
+// tag); without, MaxFrameLen.
+func (l *xlink) MaxSuperPacketLen() int { return l.maxSuper }
 
 // SteerFlow implements steer.FlowSteerer.SteerFlow: from now on the
 // flow's frames come to Read instead of the kernel's stack.
@@ -214,40 +326,141 @@ func (l *xlink) UnsteerFlow(k packet.Key) error {
 // Counters implements Link.Counters.
 func (l *xlink) Counters() (steer.Counters, error) { return l.xdp.Counters() }
 
-// Read implements netif.Link.Read.
+// Read implements netif.Link.Read and netif.SuperPacketLink's Read: a
+// buffer of MaxSuperPacketLen bytes receives a TCP super packet whole, a
+// shorter one its segments.
 func (l *xlink) Read(bufs [][]byte, sizes []int) (int, error) {
 	l.rxMu.Lock()
 	defer l.rxMu.Unlock()
 	if l.closed.Load() {
 		return 0, netif.ErrClosed
 	}
-	avail, ok := l.rx.available()
-	if !ok {
-		l.badDescs.Add(1)
-	}
-	var r rxResult
-	if avail > 0 {
-		r = readRX(l.lay, l.rx.descs, l.rx.mask, l.rx.local, avail, l.umem, bufs, sizes, &l.rxFree)
+	limit := min(len(bufs), len(sizes))
+	bufs, sizes = bufs[:limit], sizes[:limit]
+	n, err := l.emitSegments(bufs, sizes)
+	for err == nil && n < limit {
+		avail, ok := l.rx.available()
+		if !ok {
+			l.badDescs.Add(1)
+		}
+		if avail == 0 {
+			break
+		}
+		r := readRX(l.lay, l.rx.descs, l.rx.mask, l.rx.local, avail, l.umem, bufs[n:], sizes[n:], l.lim, &l.rxSkip, &l.rxFree)
 		l.rx.release(uint32(r.consumed))
-	}
-	l.refill()
-	if r.filled > 0 {
 		var bytes int
-		for _, s := range sizes[:r.filled] {
+		for _, s := range sizes[n : n+r.filled] {
 			bytes += s
 		}
 		l.rxPackets.Add(uint64(r.filled))
 		l.rxBytes.Add(uint64(bytes))
+		n += r.filled
+		if drops := r.bad + r.badChains + r.refused; drops > 0 {
+			l.badDescs.Add(uint64(r.bad))
+			l.badChains.Add(uint64(r.badChains))
+			l.rxDrops.Add(uint64(drops))
+		}
+		if r.short {
+			l.rxDrops.Add(1)
+			err = fmt.Errorf("afxdp %s: %d-byte frame, buffer %d: %w", l.name, r.shortLen, len(bufs[n]), io.ErrShortBuffer)
+			break
+		}
+		if r.staged == 0 {
+			break // the ring is drained, bufs are full, or a chain is still arriving
+		}
+		if l.startSplit(l.lim.stage[:r.staged]) {
+			var k int
+			k, err = l.emitSegments(bufs[n:], sizes[n:])
+			n += k
+		}
 	}
-	if r.bad > 0 {
-		l.badDescs.Add(uint64(r.bad))
-		l.rxDrops.Add(uint64(r.bad))
+	l.refill()
+	return n, err
+}
+
+// keep is readRX's keep: it sees every frame delivered into a caller's
+// buffer. A super packet there is whole: it must be TCP (a UDP one stands
+// for datagrams whose size AF_XDP does not carry), and its checksum, the
+// pseudo-header sum GSO and GRO leave, is completed. A wire-sized frame's
+// partial checksum is completed when the link does that. Called with rxMu
+// held.
+func (l *xlink) keep(f []byte) bool {
+	if len(f) > l.maxFrame {
+		l.superRx.Add(1)
+		proto, ok := l.superProto(f)
+		if !ok || proto != packet.ProtoTCP {
+			return false
+		}
+	} else if !l.csumAll {
+		return true
 	}
-	if r.short {
+	if vnet.CompletePartial(f, l3Offset(f)) {
+		l.csumDone.Add(1)
+	}
+	return true
+}
+
+// superProto checks a super packet's headers and returns its L4 protocol,
+// counting a drop when it is no TCP super packet.
+func (l *xlink) superProto(f []byte) (uint8, bool) {
+	proto, _, _, _, err := vnet.L4(f, l3Offset(f))
+	switch {
+	case err != nil:
+		l.badSuper.Add(1)
+		return 0, false
+	case proto == packet.ProtoUDP:
+		l.udpSuper.Add(1)
+		return 0, false
+	}
+	return proto, true
+}
+
+// l3Offset is where the IP header of Ethernet frame f starts: after one
+// 802.1Q/802.1ad tag if it carries one (as packet.Parse allows).
+func l3Offset(f []byte) int {
+	if len(f) >= 18 {
+		if t := uint16(f[12])<<8 | uint16(f[13]); t == 0x8100 || t == 0x88a8 {
+			return 18
+		}
+	}
+	return 14
+}
+
+// startSplit prepares the staged super packet f to be handed out as MTU-sized
+// segments (vnet computes their checksums from scratch). A super packet
+// that is not TCP is dropped and counted. Called with rxMu held.
+func (l *xlink) startSplit(f []byte) bool {
+	l.superRx.Add(1)
+	if _, ok := l.superProto(f); !ok {
 		l.rxDrops.Add(1)
-		return r.filled, fmt.Errorf("afxdp %s: %d-byte frame, buffer %d: %w", l.name, r.shortLen, len(bufs[r.filled]), io.ErrShortBuffer)
+		return false
 	}
-	return r.filled, nil
+	l3 := l3Offset(f)
+	h := vnet.Hdr{GSOType: vnet.GSOTCPv4, GSOSize: uint16(vnet.DefaultMSS(f, l3, l.mtu))}
+	if f[l3]>>4 == 6 {
+		h.GSOType = vnet.GSOTCPv6
+	}
+	if err := l.split.Init(f, l3, &h); err != nil {
+		l.badSuper.Add(1)
+		l.rxDrops.Add(1)
+		return false
+	}
+	l.superSplit.Add(1)
+	l.split.Start()
+	return true
+}
+
+// emitSegments hands out the next segments of the super packet being
+// split. Called with rxMu held.
+func (l *xlink) emitSegments(bufs [][]byte, sizes []int) (int, error) {
+	k, bytes, err := l.split.Emit(bufs, sizes)
+	l.rxPackets.Add(uint64(k))
+	l.rxBytes.Add(bytes)
+	if err != nil { // a buffer under MaxFrameLen: the caller broke the contract
+		l.rxDrops.Add(1)
+		return k, fmt.Errorf("afxdp %s: segment for a %d-byte buffer: %w: %w", l.name, len(bufs[k]), io.ErrShortBuffer, err)
+	}
+	return k, nil
 }
 
 // refill moves free RX chunks into the fill ring, as far as it has room.
@@ -270,13 +483,20 @@ func (l *xlink) refill() {
 	}
 }
 
-// Write implements netif.Link.Write: it copies the frames into free TX
-// frames of the UMEM, queues them on the TX ring and wakes the kernel.
+// Write implements netif.Link.Write: WriteGSO(frames, nil).
+func (l *xlink) Write(frames [][]byte) (int, error) { return l.WriteGSO(frames, nil) }
+
+// WriteGSO implements netif.SuperPacketLink.WriteGSO: it copies the frames
+// into free TX frames of the UMEM, queues them on the TX ring and wakes the
+// kernel. AF_XDP hands the kernel no segmentation offload, so a super
+// packet (longer than MaxFrameLen, with multi-buffer) is segmented here,
+// straight into its TX frames (vnet), with complete checksums; it goes
+// whole or, when the ring lacks room for all its segments, not at all.
 // Frames the device did not take at once (it was busy) stay queued and
 // leave on the next Write, or Wait (in copy mode, poll drives
 // transmission); Write(nil) only flushes. A full TX ring or no free TX
 // frame tail-drops, counted in TxDrops.
-func (l *xlink) Write(frames [][]byte) (int, error) {
+func (l *xlink) WriteGSO(frames [][]byte, segSizes []int) (int, error) {
 	l.txMu.Lock()
 	defer l.txMu.Unlock()
 	if l.closed.Load() {
@@ -284,32 +504,87 @@ func (l *xlink) Write(frames [][]byte) (int, error) {
 	}
 	l.reclaim()
 	room := min(l.tx.room(), uint32(len(l.txFree)))
-	var n uint32
+	var n, queued uint32 // frames taken, descriptors queued
 	var bytes int
 	var err error
-	for _, f := range frames {
+	for i, f := range frames {
+		segs := uint32(1)
 		if len(f) > l.maxFrame {
-			err = fmt.Errorf("afxdp %s: frame %d of %d bytes, most %d: %w", l.name, n, len(f), l.maxFrame, netif.ErrFrameTooLarge)
+			seg := 0
+			if i < len(segSizes) {
+				seg = segSizes[i]
+			}
+			if segs, err = l.prepareSuper(f, seg); err != nil {
+				err = fmt.Errorf("afxdp %s: frame %d of %d bytes: %w", l.name, i, len(f), err)
+				break
+			}
+		}
+		if queued+segs > room {
+			l.txDrops.Add(uint64(len(frames) - i))
 			break
 		}
-		if n == room {
-			l.txDrops.Add(uint64(len(frames) - int(n)))
-			break
+		for j := range segs {
+			addr := l.txFree[len(l.txFree)-1]
+			l.txFree = l.txFree[:len(l.txFree)-1]
+			dst := l.umem[addr : addr+l.lay.frameSize]
+			var m int
+			if len(f) > l.maxFrame {
+				// prepareSuper checked every segment fits a frame.
+				m, _ = l.txSuper.Segment(int(j), dst)
+			} else {
+				m = copy(dst, f)
+			}
+			putTX(l.tx.descs, l.tx.mask, l.tx.local+queued, addr, uint32(m))
+			queued++
+			bytes += m
 		}
-		addr := l.txFree[len(l.txFree)-1]
-		l.txFree = l.txFree[:len(l.txFree)-1]
-		copy(l.umem[addr:addr+uint64(l.lay.frameSize)], f)
-		putTX(l.tx.descs, l.tx.mask, l.tx.local+n, addr, uint32(len(f)))
+		if len(f) > l.maxFrame {
+			l.superTx.Add(1)
+		}
 		n++
-		bytes += len(f)
 	}
-	if n > 0 {
-		l.tx.submit(n)
-		l.txPackets.Add(uint64(n))
+	if queued > 0 {
+		l.tx.submit(queued)
+		l.txPackets.Add(uint64(queued))
 		l.txBytes.Add(uint64(bytes))
 	}
 	l.kick()
 	return int(n), err
+}
+
+// prepareSuper readies l.txSuper to cut super packet f into seg-byte
+// payloads (0: TCP segments of MTU bytes) and returns how many segments it
+// makes. Every refusal wraps netif.ErrFrameTooLarge. Called with txMu held.
+func (l *xlink) prepareSuper(f []byte, seg int) (uint32, error) {
+	if len(f) > l.maxSuper {
+		return 0, fmt.Errorf("most %d: %w", l.maxSuper, netif.ErrFrameTooLarge)
+	}
+	l3 := l3Offset(f)
+	proto, l4, l4len, end, err := vnet.L4(f, l3)
+	if err != nil || end != len(f) {
+		return 0, fmt.Errorf("not a TCP/UDP super packet (%v): %w", err, netif.ErrFrameTooLarge)
+	}
+	h := vnet.Hdr{GSOSize: uint16(min(seg, 0xffff))}
+	switch {
+	case proto == packet.ProtoUDP && seg == 0:
+		return 0, fmt.Errorf("UDP super packet without a datagram size (WriteGSO): %w", netif.ErrFrameTooLarge)
+	case proto == packet.ProtoUDP:
+		h.GSOType = vnet.GSOUDPL4
+	case f[l3]>>4 == 6:
+		h.GSOType = vnet.GSOTCPv6
+	default:
+		h.GSOType = vnet.GSOTCPv4
+	}
+	if seg == 0 {
+		h.GSOSize = uint16(vnet.DefaultMSS(f, l3, l.mtu))
+	}
+	if h.GSOSize == 0 || l4+l4len+int(h.GSOSize) > l.maxFrame {
+		return 0, fmt.Errorf("segments of %d payload bytes exceed the %d-byte frame: %w", h.GSOSize, l.maxFrame, netif.ErrFrameTooLarge)
+	}
+	if err := l.txSuper.Init(f, l3, &h); err != nil {
+		return 0, fmt.Errorf("%v: %w", err, netif.ErrFrameTooLarge)
+	}
+	return uint32(l.txSuper.Segments()), nil
 }
 
 // reclaim takes completed TX chunks back. Called with txMu held.
@@ -385,6 +660,14 @@ func (l *xlink) XDPStats() Stats {
 		BadDescs:    l.badDescs.Load(),
 		KickErrors:  l.kickErrors.Load(),
 		BindRetries: l.bindRetries,
+
+		RxSuperPackets:  l.superRx.Load(),
+		RxSuperSplit:    l.superSplit.Load(),
+		RxCsumCompleted: l.csumDone.Load(),
+		RxUDPSuper:      l.udpSuper.Load(),
+		RxBadSuper:      l.badSuper.Load(),
+		BadChains:       l.badChains.Load(),
+		TxSuperPackets:  l.superTx.Load(),
 	}
 	l.fdMu.RLock()
 	defer l.fdMu.RUnlock()

@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/skylane/skylane/internal/fuzzbytes"
 )
 
@@ -38,25 +40,32 @@ func fzAddr(r *fuzzbytes.Reader) uint64 {
 	}
 }
 
-// FuzzReadRX feeds readRX arbitrary ring memory and indices: it must never
-// panic, copy only whole checked frames, and recycle only RX chunks.
+// FuzzReadRX feeds readRX arbitrary ring memory, indices, options bits
+// (XDP_PKT_CONTD chains) and limits: it must never panic, never write the
+// ring, recycle only RX chunks, and deliver exactly what rxModel, a plain
+// restatement of the framing rules over a decoded descriptor list, says.
 func FuzzReadRX(f *testing.F) {
-	valid := func(descs ...[2]uint64) []byte {
+	valid := func(maxDescs byte, descs ...[3]uint64) []byte {
 		b := []byte{0, 0, 0, 0, byte(len(descs)), 0, 0, 0, 8} // cons 0, prod len, 8 buffers
 		for range 8 {
 			b = append(b, 0xff) // buffers of 2040 bytes
 		}
-		b = append(b, 0) // mask: the ring's
+		b = append(b, 0, maxDescs, 0, 0) // mask: the ring's; maxDescs; stage 4 KiB; no skip
 		for _, d := range descs {
 			b = append(b, 0) // raw address
 			b = binary.LittleEndian.AppendUint64(b, d[0])
 			b = binary.LittleEndian.AppendUint32(b, uint32(d[1]))
+			b = binary.LittleEndian.AppendUint32(b, uint32(d[2]))
 		}
 		return b
 	}
-	f.Add(valid([2]uint64{256, 60}, [2]uint64{2048 + 256, 1514}, [2]uint64{7*2048 + 256, 64}))
-	f.Add(valid([2]uint64{256, 0}, [2]uint64{8 * 2048, 60}, [2]uint64{2047, 2}, [2]uint64{^uint64(0), 60}))
-	f.Add(valid([2]uint64{256, 4000}))                         // longer than its frame
+	f.Add(valid(1, [3]uint64{256, 60, 0}, [3]uint64{2048 + 256, 1514, 0}, [3]uint64{7*2048 + 256, 64, 0}))
+	f.Add(valid(1, [3]uint64{256, 0, 0}, [3]uint64{8 * 2048, 60, 0}, [3]uint64{2047, 2, 0}, [3]uint64{^uint64(0), 60, 0}))
+	f.Add(valid(1, [3]uint64{256, 4000, 0})) // longer than its frame
+	// A chain of three (a super packet for the stage), a chain cut by
+	// the end of the ring, a chain too long.
+	f.Add(valid(4, [3]uint64{256, 1792, 1}, [3]uint64{2048 + 256, 1792, 1}, [3]uint64{2*2048 + 256, 100, 0}, [3]uint64{3*2048 + 256, 1792, 1}))
+	f.Add(valid(2, [3]uint64{256, 100, 1}, [3]uint64{2048 + 256, 100, 1}, [3]uint64{2*2048 + 256, 100, 1}, [3]uint64{3*2048 + 256, 100, 0}, [3]uint64{4*2048 + 256, 60, 0}))
 	f.Add([]byte{0xfe, 0xff, 0xff, 0xff, 0x04, 0, 0, 0, 2})    // indices across the 2^32 wrap
 	f.Add([]byte{0, 0, 0, 0, 0xff, 0xff, 0, 0, 3, 1, 2, 3, 1}) // producer far ahead; a mask wider than the ring
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -72,11 +81,23 @@ func FuzzReadRX(f *testing.F) {
 		if r.Byte()%8 == 1 {
 			mask = 15 // wider than the descriptors there are
 		}
+		lim := rxLimits{maxFrame: 1514, maxDescs: int(r.Byte() % 6)}
+		switch r.Byte() % 3 {
+		case 0:
+			lim.stage = make([]byte, 4096)
+		case 1:
+			lim.stage = make([]byte, 1000+int(r.Byte())*16)
+		}
+		skip := r.Byte()%4 == 1
+		refuseOdd := r.Byte()%2 == 1 // keep refuses frames of odd length
+		if refuseOdd {
+			lim.keep = func(f []byte) bool { return len(f)%2 == 0 }
+		}
 		descs := make([]byte, fzSlots*rxDescLen)
 		for i := range fzSlots {
 			binary.NativeEndian.PutUint64(descs[i*rxDescLen:], fzAddr(r))
 			binary.NativeEndian.PutUint32(descs[i*rxDescLen+8:], r.U32()%4096)
-			binary.NativeEndian.PutUint32(descs[i*rxDescLen+12:], r.U32())
+			binary.NativeEndian.PutUint32(descs[i*rxDescLen+12:], r.U32()%4)
 		}
 		umem := fzUMEM()
 		orig := bytes.Clone(descs)
@@ -85,46 +106,31 @@ func FuzzReadRX(f *testing.F) {
 		if !ok && avail != 0 {
 			t.Fatalf("entries(%d, %d) = %d, false", prod, cons, avail)
 		}
+		var list []fzDesc
+		for i := range avail {
+			off := int((cons+i)&mask) * rxDescLen
+			if off+rxDescLen > len(descs) {
+				break
+			}
+			list = append(list, fzDesc{binary.NativeEndian.Uint64(descs[off:]), binary.NativeEndian.Uint32(descs[off+8:]), binary.NativeEndian.Uint32(descs[off+12:])&unix.XDP_PKT_CONTD != 0})
+		}
+		wantSkip := skip
+		want := rxModel(list, len(bufs), lens(bufs), lim, umem, &wantSkip)
 
-		res := readRX(fzLayout, descs, mask, cons, avail, umem, bufs, sizes, &free)
+		res := readRX(fzLayout, descs, mask, cons, avail, umem, bufs, sizes, lim, &skip, &free)
 
 		if !bytes.Equal(descs, orig) {
 			t.Fatal("readRX wrote to the ring")
 		}
-		short := 0
-		if res.short {
-			short = 1
+		got := fzResult{res: res, skip: skip}
+		for i := range res.filled {
+			got.frames = append(got.frames, bufs[i][:sizes[i]])
 		}
-		if res.filled > len(bufs) || uint32(res.consumed) > avail || res.filled+res.bad+short != res.consumed {
-			t.Fatalf("result %+v with %d bufs, %d available", res, len(bufs), avail)
+		if res.staged > 0 {
+			got.staged = lim.stage[:res.staged]
 		}
-		// Walk the consumed descriptors again: the filled ones must be
-		// exactly the frames that passed the checks, in order.
-		j := 0
-		for i := 0; i < res.consumed; i++ {
-			off := int((cons+uint32(i))&mask) * rxDescLen
-			addr := binary.NativeEndian.Uint64(descs[off:])
-			n := binary.NativeEndian.Uint32(descs[off+8:])
-			_, frameOK, _ := fzLayout.checkRX(addr, n)
-			if !frameOK {
-				continue
-			}
-			if j == res.filled {
-				if !res.short || i != res.consumed-1 || int(n) <= len(bufs[j]) {
-					t.Fatalf("descriptor %d (%#x, %d) not delivered: %+v", i, addr, n, res)
-				}
-				break
-			}
-			if sizes[j] != int(n) || !bytes.Equal(bufs[j][:n], umem[addr:addr+uint64(n)]) {
-				t.Fatalf("frame %d: got %d bytes, want %d from %#x", j, sizes[j], n, addr)
-			}
-			if addr+uint64(n) > fzLayout.chunk(addr)+fzFrame || addr >= fzLayout.rxEnd {
-				t.Fatalf("frame %d at %#x+%d escapes its RX frame", j, addr, n)
-			}
-			j++
-		}
-		if j != res.filled {
-			t.Fatalf("%d frames delivered, %d valid descriptors seen", res.filled, j)
+		if !want.equal(got) {
+			t.Fatalf("readRX: %+v, skip %v, %d frames\nmodel: %+v, skip %v, %d frames", got.res, got.skip, len(got.frames), want.res, want.skip, len(want.frames))
 		}
 		if len(free) > fzFrames {
 			t.Fatalf("free list grew to %d", len(free))
@@ -135,6 +141,117 @@ func FuzzReadRX(f *testing.F) {
 			}
 		}
 	})
+}
+
+type fzDesc struct {
+	addr  uint64
+	n     uint32
+	contd bool
+}
+
+type fzResult struct {
+	res    rxResult
+	frames [][]byte
+	staged []byte
+	skip   bool
+}
+
+func (a fzResult) equal(b fzResult) bool {
+	if a.res != b.res || a.skip != b.skip || len(a.frames) != len(b.frames) || !bytes.Equal(a.staged, b.staged) {
+		return false
+	}
+	for i := range a.frames {
+		if !bytes.Equal(a.frames[i], b.frames[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func lens(bufs [][]byte) []int {
+	l := make([]int, len(bufs))
+	for i, b := range bufs {
+		l[i] = len(b)
+	}
+	return l
+}
+
+// rxModel is the framing readRX implements, over a decoded list: skip the
+// rest of a bad chain; a frame is descriptors up to one without CONTD, at
+// most maxDescs of them (a longer chain is dropped through its end); a
+// chain whose end is not in the list yet stays; a frame with a descriptor
+// outside its RX frame is dropped, as is a chain longer than the stage; a
+// frame goes to its buffer when it fits (a super packet only into one at
+// least as long as the stage), to the stage when it is a super packet
+// that fits there (ending the batch), and is otherwise too short for its
+// buffer (ending the batch).
+func rxModel(list []fzDesc, nbufs int, bufLens []int, lim rxLimits, umem []byte, skip *bool) (out fzResult) {
+	r := &out.res
+	maxDescs := max(lim.maxDescs, 1)
+	i := 0
+	okDesc := func(d fzDesc) bool {
+		return d.addr < fzLayout.rxEnd && d.n > 0 && d.addr+uint64(d.n) <= fzLayout.chunk(d.addr)+fzFrame
+	}
+	defer func() { out.skip = *skip; r.consumed = i }()
+	for *skip && i < len(list) {
+		*skip = list[i].contd
+		i++
+	}
+	for i < len(list) && r.filled < nbufs {
+		j := i
+		for j < len(list) && j-i < maxDescs-1 && list[j].contd {
+			j++
+		}
+		if j == len(list) || (list[j].contd && j-i < maxDescs-1) {
+			return // the chain's end is not here yet
+		}
+		chain := list[i : j+1]
+		if list[j].contd { // maxDescs descriptors, still going
+			i = j + 1
+			r.badChains++
+			*skip = true
+			for *skip && i < len(list) {
+				*skip = list[i].contd
+				i++
+			}
+			continue
+		}
+		i = j + 1
+		var frame []byte
+		good := true
+		for _, d := range chain {
+			good = good && okDesc(d)
+		}
+		if !good {
+			r.bad++
+			continue
+		}
+		for _, d := range chain {
+			frame = append(frame, umem[d.addr:d.addr+uint64(d.n)]...)
+		}
+		if len(chain) > 1 && len(frame) > len(lim.stage) {
+			r.badChains++
+			continue
+		}
+		bl := bufLens[r.filled]
+		switch {
+		case len(frame) <= bl && (len(frame) <= lim.maxFrame || bl >= len(lim.stage)):
+		case len(frame) > lim.maxFrame && len(frame) <= len(lim.stage):
+			out.staged = frame
+			r.staged = len(frame)
+			return
+		default:
+			r.short, r.shortLen = true, len(frame)
+			return
+		}
+		if lim.keep != nil && !lim.keep(frame) {
+			r.refused++
+			continue
+		}
+		out.frames = append(out.frames, frame)
+		r.filled++
+	}
+	return
 }
 
 // FuzzReadComp feeds readComp arbitrary completion rings: only TX frame

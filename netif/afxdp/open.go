@@ -43,7 +43,7 @@ func Open(opts Options) (Link, error) {
 		return nil, fmt.Errorf("afxdp: %s: MTU %d needs %d-byte UMEM frames (frame %d + headroom %d), FrameSize is %d: %s",
 			o.Interface, ifc.MTU, need, maxFrame, xdpPacketHeadroom, o.FrameSize, hint)
 	}
-	l := &xlink{name: o.Interface, ifindex: ifc.Index, queue: o.Queue, mtu: ifc.MTU, maxFrame: maxFrame, fd: -1}
+	l := &xlink{name: o.Interface, ifindex: ifc.Index, queue: o.Queue, mtu: ifc.MTU, maxFrame: maxFrame, maxSuper: maxFrame, fd: -1}
 	defer func() {
 		if err != nil {
 			l.release()
@@ -79,6 +79,8 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("afxdp: FrameSize %d: want 2048 or 4096", o.FrameSize)
 	case o.RingSize < MinRingSize || o.RingSize > MaxRingSize || o.RingSize&(o.RingSize-1) != 0:
 		return o, fmt.Errorf("afxdp: RingSize %d: want a power of two in %d..%d", o.RingSize, MinRingSize, MaxRingSize)
+	case o.Checksums < ChecksumAuto || o.Checksums > ChecksumLeave:
+		return o, fmt.Errorf("afxdp: unknown checksum mode %d", o.Checksums)
 	case o.BindTimeout < 0:
 		return o, fmt.Errorf("afxdp: negative BindTimeout %v", o.BindTimeout)
 	case o.RequireZeroCopy && !o.ZeroCopy:
@@ -90,6 +92,7 @@ func (o Options) withDefaults() (Options, error) {
 // setup makes everything, in an order where each step's failure leaves
 // only what release undoes.
 func (l *xlink) setup(o *Options) (err error) {
+	l.lim = rxLimits{maxFrame: l.maxFrame, maxDescs: 1, keep: l.keep}
 	if l.wake, err = shm.NewEventFD(); err != nil {
 		return err
 	}
@@ -170,7 +173,10 @@ func (l *xlink) setup(o *Options) (err error) {
 		l.ownFlows = true
 	}
 	l.flows = o.Flows
-	if l.xdp, err = steer.LoadXDP(l.flows); err != nil {
+	if l.csumAll, err = completesChecksums(o); err != nil {
+		return err
+	}
+	if l.xdp, err = steer.LoadXDPWith(l.flows, steer.XDPOptions{Frags: !o.SingleBuffer}); err != nil {
 		return err
 	}
 	if err = l.bind(o); err != nil {
@@ -213,11 +219,63 @@ func (l *xlink) mapRings(n uint32) error {
 	return nil
 }
 
+// completesChecksums resolves o.Checksums for the device.
+func completesChecksums(o *Options) (bool, error) {
+	switch o.Checksums {
+	case ChecksumComplete:
+		return true, nil
+	case ChecksumLeave:
+		return false, nil
+	}
+	drv, err := driverName(o.Interface)
+	if err != nil {
+		return false, fmt.Errorf("checksum mode auto needs the device's driver (or set Options.Checksums): %w", err)
+	}
+	return drv == "veth", nil
+}
+
+// driverName returns the name of the driver of device ifname (in the
+// calling thread's network namespace), as ethtool -i prints it.
+func driverName(ifname string) (string, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return "", fmt.Errorf("socket for ethtool: %w", err)
+	}
+	defer unix.Close(fd)
+	info, err := unix.IoctlGetEthtoolDrvinfo(fd, ifname)
+	if err != nil {
+		return "", fmt.Errorf("ethtool driver info of %s: %w", ifname, err)
+	}
+	return unix.ByteSliceToString(info.Driver[:]), nil
+}
+
+// maxSuperIPLen is the longest IP packet a super packet carries: an IPv4
+// total length, or an IPv6 payload length plus its header, fits 16 bits
+// without BIG TCP (which veth does not enable unless asked).
+const maxSuperIPLen = 65535
+
+// enableSG sets up multi-buffer receive after a bind with XDP_USE_SG: the
+// super packet limits and the stage that holds a super packet a short
+// buffer cannot.
+func (l *xlink) enableSG() {
+	l.sg = true
+	l.maxSuper = maxSuperIPLen + netif.EthernetHeaderLen
+	// In copy mode every descriptor holds a UMEM frame less the kernel's
+	// headroom; one more for a frame that starts mid-chunk.
+	per := int(l.lay.frameSize) - xdpPacketHeadroom
+	l.lim.maxDescs = (l.maxSuper+per-1)/per + 1
+	l.lim.stage = make([]byte, l.maxSuper)
+}
+
 // bind binds the socket, retrying EBUSY with backoff until BindTimeout.
 func (l *xlink) bind(o *Options) error {
-	flags := uint16(unix.XDP_USE_NEED_WAKEUP | unix.XDP_COPY)
+	sg := uint16(unix.XDP_USE_SG)
+	if o.SingleBuffer {
+		sg = 0
+	}
+	flags := unix.XDP_USE_NEED_WAKEUP | unix.XDP_COPY | sg
 	if o.ZeroCopy {
-		flags = unix.XDP_USE_NEED_WAKEUP | unix.XDP_ZEROCOPY
+		flags = unix.XDP_USE_NEED_WAKEUP | unix.XDP_ZEROCOPY | sg
 	}
 	deadline := time.Now().Add(o.BindTimeout)
 	backoff := 10 * time.Millisecond
@@ -226,6 +284,9 @@ func (l *xlink) bind(o *Options) error {
 		switch {
 		case err == nil:
 			l.zc = flags&unix.XDP_ZEROCOPY != 0
+			if flags&unix.XDP_USE_SG != 0 {
+				l.enableSG()
+			}
 			return nil
 		case errors.Is(err, unix.EBUSY):
 			l.bindRetries++
@@ -241,7 +302,7 @@ func (l *xlink) bind(o *Options) error {
 				return zerr
 			}
 			l.zcErr = zerr
-			flags = unix.XDP_USE_NEED_WAKEUP | unix.XDP_COPY
+			flags = unix.XDP_USE_NEED_WAKEUP | unix.XDP_COPY | sg
 		case errors.Is(err, unix.EINVAL) && o.Queue > 0:
 			return fmt.Errorf("bind: %w (the device has no queue %d)", err, o.Queue)
 		default:

@@ -1,6 +1,10 @@
 package afxdp
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+
+	"golang.org/x/sys/unix"
+)
 
 // The four AF_XDP rings, as the kernel lays them out in memory it shares
 // with this process (Documentation/networking/af_xdp.rst):
@@ -70,44 +74,141 @@ func entries(prod, cons, size uint32) (n uint32, ok bool) {
 
 // rxResult is what readRX did.
 type rxResult struct {
-	filled   int  // frames copied into bufs[:filled]
-	consumed int  // descriptors taken from the ring
-	bad      int  // descriptors that failed checkRX (dropped)
-	short    bool // a frame did not fit its buffer (dropped; the batch ends there)
-	shortLen int  // that frame's length
+	filled    int  // frames copied into bufs[:filled]
+	consumed  int  // descriptors taken from the ring
+	bad       int  // frames dropped because a descriptor failed checkRX
+	badChains int  // frames dropped because their chain was too long (descriptors or bytes)
+	refused   int  // frames keep refused (dropped; counted by keep's owner)
+	short     bool // a frame did not fit its buffer (dropped; the batch ends there)
+	shortLen  int  // that frame's length
+	staged    int  // > 0: a frame of this length, longer than lim.maxFrame, was copied into stage; the batch ends there
+}
+
+// rxLimits are what readRX needs beyond the ring: how it frames and where
+// it puts what it reads.
+type rxLimits struct {
+	// maxFrame is the longest wire frame (MaxFrameLen). A longer frame is a
+	// super packet: it goes whole only into a buffer of at least
+	// len(stage) bytes, into stage otherwise (for the caller to split).
+	maxFrame int
+	// maxDescs is the most descriptors of one frame (multi-buffer,
+	// XDP_PKT_CONTD); 1 without XDP_USE_SG.
+	maxDescs int
+	// stage receives a super packet that its buffer cannot hold; its
+	// length is also the most bytes a chain may carry. Nil without
+	// multi-buffer: every frame is one descriptor, bounded by its chunk.
+	stage []byte
+	// keep, if not nil, sees each frame copied into a buffer and may
+	// refuse it (the buffer is then reused for the next frame).
+	keep func(frame []byte) bool
 }
 
 // readRX takes up to avail descriptors from an RX ring's descriptor area,
-// starting at index cons, copies their frames from umem into bufs, and
-// pushes each frame's chunk onto free (up to its capacity) for the fill
-// ring. It stops when bufs (or sizes) are full or at a frame too long for
-// its buffer. It never reads outside descs or umem, whatever they hold.
-func readRX(l layout, descs []byte, mask, cons, avail uint32, umem []byte, bufs [][]byte, sizes []int, free *[]uint64) (r rxResult) {
+// starting at index cons, and copies the frames they carry from umem into
+// bufs: a frame is one descriptor, or with multi-buffer a chain of them
+// (each but the last with XDP_PKT_CONTD in its options). Every
+// descriptor's chunk is pushed onto free (up to its capacity) for the fill
+// ring. It stops when bufs (or sizes) are full, at a frame too long for its
+// buffer, after staging a super packet, or at a chain whose end the kernel
+// has not produced yet (left in the ring). A chain that is too long is
+// dropped whole, through its last descriptor; *skip carries the dropping
+// over to the next call when the ring ends inside it. It never reads
+// outside descs or umem, whatever they hold.
+func readRX(l layout, descs []byte, mask, cons, avail uint32, umem []byte, bufs [][]byte, sizes []int, lim rxLimits, skip *bool, free *[]uint64) (r rxResult) {
 	limit := min(len(bufs), len(sizes))
-	for uint32(r.consumed) < avail && r.filled < limit {
-		off := int(((cons + uint32(r.consumed)) & mask)) * rxDescLen
+	maxDescs := max(lim.maxDescs, 1)
+	desc := func(i uint32) (addr uint64, n, opts uint32, ok bool) {
+		off := int(((cons + i) & mask)) * rxDescLen
 		if off+rxDescLen > len(descs) {
-			break // a mask wider than the ring: never from Open, but never a panic
+			return 0, 0, 0, false // a mask wider than the ring: never from Open, but never a panic
 		}
-		addr := binary.NativeEndian.Uint64(descs[off:])
-		n := binary.NativeEndian.Uint32(descs[off+8:])
-		r.consumed++
+		return binary.NativeEndian.Uint64(descs[off:]), binary.NativeEndian.Uint32(descs[off+8:]), binary.NativeEndian.Uint32(descs[off+12:]), true
+	}
+	// recycle gives descriptor i's chunk back and reports whether its
+	// frame bytes are inside one RX chunk of the UMEM.
+	recycle := func(addr uint64, n uint32) bool {
 		chunk, frameOK, chunkOK := l.checkRX(addr, n)
-		if frameOK && addr+uint64(n) > uint64(len(umem)) {
-			frameOK = false
-		}
 		if chunkOK {
 			pushFree(free, chunk)
 		}
-		if !frameOK {
+		return frameOK && addr+uint64(n) <= uint64(len(umem))
+	}
+	for *skip && uint32(r.consumed) < avail {
+		addr, n, opts, ok := desc(uint32(r.consumed))
+		if !ok {
+			return r
+		}
+		r.consumed++
+		recycle(addr, n)
+		*skip = opts&unix.XDP_PKT_CONTD != 0
+	}
+	for uint32(r.consumed) < avail && r.filled < limit {
+		// Find the chain's end without consuming anything.
+		start := uint32(r.consumed)
+		k, total, descsOK, ended := uint32(0), 0, true, false
+		for start+k < avail && k < uint32(maxDescs) {
+			addr, n, opts, ok := desc(start + k)
+			if !ok {
+				return r
+			}
+			k++
+			_, frameOK, _ := l.checkRX(addr, n)
+			descsOK = descsOK && frameOK && addr+uint64(n) <= uint64(len(umem))
+			total += int(n)
+			if opts&unix.XDP_PKT_CONTD == 0 {
+				ended = true
+				break
+			}
+		}
+		if !ended && k < uint32(maxDescs) {
+			return r // the rest of the chain is not in the ring yet
+		}
+		r.consumed += int(k)
+		for i := range k {
+			addr, n, _, _ := desc(start + i)
+			recycle(addr, n)
+		}
+		switch {
+		case !ended:
+			r.badChains++
+			*skip = true
+			for *skip && uint32(r.consumed) < avail {
+				addr, n, opts, _ := desc(uint32(r.consumed))
+				r.consumed++
+				recycle(addr, n)
+				*skip = opts&unix.XDP_PKT_CONTD != 0
+			}
+			continue
+		case !descsOK:
 			r.bad++
 			continue
+		case k > 1 && total > len(lim.stage):
+			r.badChains++
+			continue
 		}
-		if int(n) > len(bufs[r.filled]) {
-			r.short, r.shortLen = true, int(n)
-			break
+		dst, staged := bufs[r.filled], false
+		switch {
+		case total <= len(dst) && (total <= lim.maxFrame || len(dst) >= len(lim.stage)):
+		case total > lim.maxFrame && total <= len(lim.stage):
+			dst, staged = lim.stage, true
+		default:
+			r.short, r.shortLen = true, total
+			return r
 		}
-		sizes[r.filled] = copy(bufs[r.filled], umem[addr:addr+uint64(n)])
+		off := 0
+		for i := range k {
+			addr, n, _, _ := desc(start + i)
+			off += copy(dst[off:], umem[addr:addr+uint64(n)])
+		}
+		if staged {
+			r.staged = total
+			return r
+		}
+		if lim.keep != nil && !lim.keep(dst[:total]) {
+			r.refused++
+			continue
+		}
+		sizes[r.filled] = total
 		r.filled++
 	}
 	return r

@@ -105,6 +105,10 @@ type Spec struct {
 	// the UMEM (afxdp.Options.RingSize); 0 is afxdp.DefaultRingSize.
 	// AFXDP only.
 	RingSize int
+	// FrameSize is the AF_XDP UMEM frame size, 2048 or 4096
+	// (afxdp.Options.FrameSize); 0 is afxdp.DefaultFrameSize. 4096 halves
+	// the descriptors a multi-buffer super packet takes. AFXDP only.
+	FrameSize int
 	// Flows is the flow map the steering programs consult (AFXDP, and
 	// AFPacket in ModeSteer): several links may share one, and the caller
 	// closes it after them. Nil makes one the link owns.
@@ -174,7 +178,7 @@ func Open(s Spec) (netif.Link, error) {
 		if mode == ModeNative {
 			xm = steer.XDPNative
 		}
-		l, err := afxdp.Open(afxdp.Options{Interface: s.Dev, Queue: s.Queue, Mode: xm, Flows: s.Flows, RingSize: s.RingSize})
+		l, err := afxdp.Open(afxdp.Options{Interface: s.Dev, Queue: s.Queue, Mode: xm, Flows: s.Flows, RingSize: s.RingSize, FrameSize: s.FrameSize})
 		if err != nil {
 			return nil, classify(AFXDP, s.Dev, err)
 		}
@@ -231,8 +235,8 @@ func (s *Spec) check() error {
 		return bad("Addrs are the kernel's addresses on a TUN device; on %s give the interface its addresses with ip addr", s.Driver)
 	case ether && s.MTU != 0:
 		return bad("the MTU is the interface's (set it with ip link set %s mtu N)", s.Dev)
-	case (s.Queue != 0 || s.RingSize != 0) && s.Driver != AFXDP:
-		return bad("Queue and RingSize are for AF_XDP only")
+	case (s.Queue != 0 || s.RingSize != 0 || s.FrameSize != 0) && s.Driver != AFXDP:
+		return bad("Queue, RingSize and FrameSize are for AF_XDP only")
 	case s.Flows != nil && !ether:
 		return bad("Flows is for the steering drivers (afxdp, afpacket)")
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 )
 
 // XDPMode is where the XDP program runs.
@@ -47,8 +48,26 @@ type XDP struct {
 	link link.Link // guarded by mu; nil until attached, and after Close
 }
 
-// LoadXDP loads the XDP program over flows, without attaching it.
-func LoadXDP(flows *Flows) (_ *XDP, err error) {
+// XDPOptions configure LoadXDPWith.
+type XDPOptions struct {
+	// Frags loads the program frags-aware (BPF_F_XDP_HAS_FRAGS, the
+	// "xdp.frags" section of C programs): the kernel may then hand it a
+	// multi-buffer frame, e.g. a whole 64 KiB TSO/GRO super packet in
+	// generic mode, instead of linearizing the skb (generic) or refusing
+	// MTUs above a page (native). The program reads only the headers, which
+	// the first buffer always holds; an AF_XDP socket bound with
+	// XDP_USE_SG receives such a frame as a chain of descriptors, one
+	// without XDP_USE_SG drops it.
+	Frags bool
+}
+
+// LoadXDP loads the XDP program over flows, without attaching it: single
+// buffer (LoadXDPWith with the zero XDPOptions).
+func LoadXDP(flows *Flows) (*XDP, error) { return LoadXDPWith(flows, XDPOptions{}) }
+
+// LoadXDPWith loads the XDP program over flows with opts, without
+// attaching it.
+func LoadXDPWith(flows *Flows, opts XDPOptions) (_ *XDP, err error) {
 	x := &XDP{}
 	defer func() {
 		if err != nil {
@@ -67,12 +86,17 @@ func LoadXDP(flows *Flows) (_ *XDP, err error) {
 	if x.counters, err = newCounters("skylane_xdp_ctr"); err != nil {
 		return nil, err
 	}
+	var flags uint32
+	if opts.Frags {
+		flags = unix.BPF_F_XDP_HAS_FRAGS
+	}
 	err = flows.withMap(func(m *ebpf.Map) error {
 		x.prog, err = loadProgram(&ebpf.ProgramSpec{
 			Name:         "skylane_xdp",
 			Type:         ebpf.XDP,
 			Instructions: instructions(kindXDP, m, x.counters, x.xsks),
 			License:      "Dual MIT/GPL",
+			Flags:        flags,
 		})
 		return err
 	})

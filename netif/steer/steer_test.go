@@ -188,11 +188,17 @@ func TestPrograms(t *testing.T) {
 			t.Fatalf("Contains(%v) = %v, %v after Add", k, ok, err)
 		}
 	}
-	xdp, err := steer.LoadXDP(flows)
+	single, err := steer.LoadXDP(flows)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer xdp.Close()
+	defer single.Close()
+	// The frags-aware program (multi-buffer) must steer the same.
+	frags, err := steer.LoadXDPWith(flows, steer.XDPOptions{Frags: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer frags.Close()
 	tc, err := steer.LoadTC(flows)
 	if err != nil {
 		t.Fatal(err)
@@ -231,19 +237,25 @@ func TestPrograms(t *testing.T) {
 			if b == nil {
 				b = c.f.build(t)
 			}
-			checkRun(t, xdp, tc, b, c.want)
+			for _, xdp := range []*steer.XDP{single, frags} {
+				checkRun(t, xdp, tc, b, c.want)
+			}
 		})
 	}
 	// Truncations of a matching frame: every prefix must pass (unparsed),
 	// except those long enough to hold the ports.
 	full := frame{ipOptions: true, proto: udp, src: remote4, dst: local4, sport: 5000, dport: 7000}.build(t)
 	for n := 14; n < 14+24+4; n++ {
-		checkRun(t, xdp, tc, full[:n], unparsed)
+		for _, xdp := range []*steer.XDP{single, frags} {
+			checkRun(t, xdp, tc, full[:n], unparsed)
+		}
 	}
 	// An IHL below 5 is malformed.
 	bad := frame{proto: udp, src: remote4, dst: local4, sport: 5000, dport: 7000}.build(t)
 	bad[14] = 0x44
-	checkRun(t, xdp, tc, bad, unparsed)
+	for _, xdp := range []*steer.XDP{single, frags} {
+		checkRun(t, xdp, tc, bad, unparsed)
+	}
 
 	// Remove stops steering.
 	if err := flows.Remove(registered[0]); err != nil {
@@ -252,7 +264,9 @@ func TestPrograms(t *testing.T) {
 	if err := flows.Remove(registered[0]); err != nil {
 		t.Fatalf("second Remove: %v", err)
 	}
-	checkRun(t, xdp, tc, frame{proto: udp, src: remote4, dst: local4, sport: 5000, dport: 7000}.build(t), miss)
+	for _, xdp := range []*steer.XDP{single, frags} {
+		checkRun(t, xdp, tc, frame{proto: udp, src: remote4, dst: local4, sport: 5000, dport: 7000}.build(t), miss)
+	}
 }
 
 // checkRun runs both programs on b and checks the return code and which

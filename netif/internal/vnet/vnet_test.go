@@ -267,6 +267,7 @@ func FuzzSegment(f *testing.F) {
 	f.Fuzz(func(t *testing.T, pkt []byte, typ uint8, size, start, off uint16) {
 		h := Hdr{GSOType: typ, GSOSize: size, CsumStart: start, CsumOffset: off}
 		_ = CompleteChecksum(pkt, int(start), int(off))
+		_ = CompletePartial(pkt, int(start%64))
 		var hdr Hdr
 		_, _ = PrepareGSO(pkt, 0, int(size), true, &hdr, hdrs)
 		var s Super
