@@ -223,11 +223,9 @@ type reader struct {
 	active bool // iter walks rx[blk], which user space holds
 	iter   blockIter
 	hdr    vnet.Hdr
-	super  vnet.Super
-	next   int    // next segment of super to hand out
-	left   int    // segments of super not handed out
-	buf    []byte // a frame with its VLAN tag put back, being split
-	waited bool   // Wait's callback was called once
+	split  vnet.Splitter // a super packet being split
+	buf    []byte        // a frame with its VLAN tag put back, being split
+	waited bool          // Wait's callback was called once
 }
 
 // writer is the transmit side's state.

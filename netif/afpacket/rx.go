@@ -31,7 +31,7 @@ func (l *Link) Read(bufs [][]byte, sizes []int) (int, error) {
 	var bytes uint64
 	var err error
 	for n < limit {
-		if r.left > 0 {
+		if r.split.Left() > 0 {
 			k, m, serr := l.emitSegments(bufs[n:limit], sizes[n:limit])
 			n += k
 			bytes += m
@@ -131,11 +131,11 @@ func (l *Link) deliver(blk []byte, f *frameDesc, bufs [][]byte, sizes []int) (in
 	}
 	pkt := dst[:size]
 	if split {
-		if err := r.super.Init(pkt, 14+tag+l3Shift(pkt, tag), &r.hdr); err != nil {
+		if err := r.split.Init(pkt, 14+tag+l3Shift(pkt, tag), &r.hdr); err != nil {
 			c.rxDrops.Add(1)
 			return 0, 0, nil
 		}
-		r.next, r.left = 0, r.super.Segments()
+		r.split.Start()
 		return l.emitSegments(bufs, sizes)
 	}
 	if r.hdr.Flags&vnet.FlagNeedsCsum != 0 {
@@ -159,20 +159,10 @@ func l3Shift(pkt []byte, tag int) int {
 
 // emitSegments writes the next segments of the super packet being split.
 func (l *Link) emitSegments(bufs [][]byte, sizes []int) (int, uint64, error) {
-	r := &l.rxr
-	k := 0
-	var bytes uint64
-	for k < len(bufs) && r.left > 0 {
-		m, err := r.super.Segment(r.next, bufs[k])
-		r.next++
-		r.left--
-		if err != nil { // a buffer under MaxFrameLen: the caller broke the contract
-			l.stats.rxDrops.Add(1)
-			return k, bytes, io.ErrShortBuffer
-		}
-		sizes[k] = m
-		bytes += uint64(m)
-		k++
+	k, bytes, err := l.rxr.split.Emit(bufs, sizes)
+	if err != nil { // a buffer under MaxFrameLen: the caller broke the contract
+		l.stats.rxDrops.Add(1)
+		return k, bytes, io.ErrShortBuffer
 	}
 	return k, bytes, nil
 }
@@ -219,5 +209,5 @@ func (l *Link) waitOnce(uintptr) bool {
 // segments left, or the next block handed over.
 func (l *Link) readable() bool {
 	r := &l.rxr
-	return r.left > 0 || r.active || loadStatus(l.rx[r.blk], blkStatusOff)&statusUser != 0
+	return r.split.Left() > 0 || r.active || loadStatus(l.rx[r.blk], blkStatusOff)&statusUser != 0
 }

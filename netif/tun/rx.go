@@ -18,7 +18,7 @@ func (l *Link) Wait(timeout time.Duration) error {
 	if l.closed.Load() {
 		return netif.ErrClosed
 	}
-	if l.rxr.left > 0 || timeout == 0 {
+	if l.rxr.split.Left() > 0 || timeout == 0 {
 		return nil // segments of a split super packet are waiting, or no blocking asked
 	}
 	var dl time.Time
@@ -89,7 +89,7 @@ func (l *Link) readBatch(fd uintptr) bool {
 	r := &l.rxr
 	bufs, sizes := r.bufs, r.sizes
 	for r.n < len(bufs) {
-		if r.left > 0 {
+		if r.split.Left() > 0 {
 			k, err := l.emitSegments(bufs[r.n:], sizes[r.n:])
 			r.n += k
 			if err != nil {
@@ -160,11 +160,11 @@ func (l *Link) deliver(pkt []byte, direct bool, bufs [][]byte, sizes []int) (int
 			// costs nothing on the TCP path.
 			pkt = r.buf[vnet.HdrLen : vnet.HdrLen+copy(r.buf[vnet.HdrLen:], pkt)]
 		}
-		if err := r.super.Init(pkt, 0, &r.hdr); err != nil {
+		if err := r.split.Init(pkt, 0, &r.hdr); err != nil {
 			c.rxDrops.Add(1)
 			return 0, nil
 		}
-		r.next, r.left = 0, r.super.Segments()
+		r.split.Start()
 		return l.emitSegments(bufs, sizes)
 	}
 	if len(pkt) > len(bufs[0]) {
@@ -189,25 +189,13 @@ func (l *Link) deliver(pkt []byte, direct bool, bufs [][]byte, sizes []int) (int
 // emitSegments writes the next segments of the super packet being split
 // into bufs, as many as fit the batch.
 func (l *Link) emitSegments(bufs [][]byte, sizes []int) (int, error) {
-	r := &l.rxr
 	c := &l.stats
-	k := 0
-	var bytes uint64
-	for k < len(bufs) && r.left > 0 {
-		m, err := r.super.Segment(r.next, bufs[k])
-		r.next++
-		r.left--
-		if err != nil { // a buffer smaller than the MTU: the caller broke the contract
-			c.rxDrops.Add(1)
-			c.rxPackets.Add(uint64(k))
-			c.rxBytes.Add(bytes)
-			return k, io.ErrShortBuffer
-		}
-		sizes[k] = m
-		bytes += uint64(m)
-		k++
-	}
+	k, bytes, err := l.rxr.split.Emit(bufs, sizes)
 	c.rxPackets.Add(uint64(k))
 	c.rxBytes.Add(bytes)
+	if err != nil { // a buffer smaller than the MTU: the caller broke the contract
+		c.rxDrops.Add(1)
+		return k, io.ErrShortBuffer
+	}
 	return k, nil
 }

@@ -142,11 +142,9 @@ type counters struct {
 
 // reader is the state of the reading side.
 type reader struct {
-	buf   []byte     // rxBufLen: a frame read when the caller's buffer may not hold a super packet
-	hdr   vnet.Hdr   // header of the frame in buf
-	super vnet.Super // a super packet in buf being split
-	next  int        // next segment of super to hand out; == super.Segments() when none
-	left  int        // segments not handed out yet
+	buf   []byte        // rxBufLen: a frame read when the caller's buffer may not hold a super packet
+	hdr   vnet.Hdr      // header of the frame in buf
+	split vnet.Splitter // a super packet in buf being split
 	iov   [2]unix.Iovec
 
 	// Read's and Wait's arguments and results, for their callbacks.
