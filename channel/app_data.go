@@ -138,14 +138,14 @@ func (a *App) Events(out []Event) (int, error) {
 	for i := range n {
 		e := eventOf(a.event.At(i))
 		out[i] = e
-		if e.Arg >= uint32(a.desc.MaxSegments) {
-			continue
-		}
-		switch e.Kind {
-		case EventSegmentAdded:
+		segment := e.Arg < uint32(a.desc.MaxSegments)
+		switch {
+		case e.Kind == EventSegmentAdded && segment:
 			err = a.mapSegment(int(e.Arg))
-		case EventSegmentRemoved:
+		case e.Kind == EventSegmentRemoved && segment:
 			err = a.unmapSegment(int(e.Arg))
+		case e.Kind == EventRecall:
+			err = a.recall(e.Arg)
 		}
 		if err != nil {
 			return 0, a.fail(err)
@@ -153,6 +153,31 @@ func (a *App) Events(out []Event) (int, error) {
 	}
 	a.event.Release(n)
 	return n, nil
+}
+
+// recall hands up to n buffers of the alloc ring back through the free
+// ring (EventRecall), the oldest first; what the free ring has no room for
+// stays. The nexus checks every index it takes back, as for Free.
+func (a *App) recall(n uint32) error {
+	k, err := a.alloc.Peek(int(min(n, ring.MaxSize)))
+	if err != nil {
+		return err
+	}
+	k, err = a.free.Reserve(k)
+	if err != nil {
+		return err
+	}
+	for i := range k {
+		a.free.Set(i, ring.Slot{Index: a.alloc.At(i).Index})
+	}
+	if k > 0 {
+		a.free.Commit(k)
+		a.alloc.Release(k)
+		if a.free.NeedsWakeup() {
+			a.kickN.Signal()
+		}
+	}
+	return nil
 }
 
 // Meta returns the app-visible metadata of buffer idx (pool.UserMetaLen

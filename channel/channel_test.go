@@ -319,6 +319,77 @@ func TestAllocWorkingSet(t *testing.T) {
 	}
 }
 
+// TestAllocRecall: buffers an idle app leaves in its alloc ring come back
+// as the working set shrinks (EventRecall, handled in App.Events), so the
+// pool's reaper can return the segments they pinned; an app that reads no
+// events gets one recall, not one per window.
+func TestAllocRecall(t *testing.T) {
+	c, a := newPair(t, Options{Name: "recall", Pool: pool.Options{BufferSize: 2048, SegmentSize: 16 << 10, IdleTimeout: time.Second}})
+	c.Sync()
+	bufs := make([]Buf, 256)
+	for range 8 { // grow the working set: run the alloc ring dry, then give everything back
+		n, _ := a.Alloc(bufs)
+		a.Free(bufs[:n])
+		c.Sync()
+	}
+	grown := c.alloc.Pending()
+	if grown < 100 {
+		t.Fatalf("working set grew to %d only", grown)
+	}
+	segs := c.Pool().Stats().Segments
+	recalls := func() int {
+		n := 0
+		evs := make([]Event, 64)
+		for {
+			k, err := a.Events(evs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range evs[:k] {
+				if e.Kind == EventRecall {
+					n++
+				}
+			}
+			if k < len(evs) {
+				return n
+			}
+		}
+	}
+	t0 := time.Now()
+	c.Reap(t0)
+
+	// An app that reads no events is asked once, however long it stays idle.
+	for i := 1; i <= 3; i++ {
+		c.Reap(t0.Add(time.Duration(i) * 2 * time.Second))
+		c.Sync()
+	}
+	if got := recalls(); got != 1 {
+		t.Fatalf("%d recalls to an app that did not answer, want 1", got)
+	}
+	// Reading its events returned the buffers; from then on it answers each
+	// recall as it comes, and the ring shrinks to the minimum.
+	c.Sync()
+	for i := 4; i <= 40 && c.alloc.Pending() > workingSetMin; i++ {
+		c.Reap(t0.Add(time.Duration(i) * 2 * time.Second))
+		c.Sync()
+		recalls()
+		c.Sync()
+	}
+	if got := c.alloc.Pending(); got > workingSetMin {
+		t.Fatalf("alloc ring holds %d buffers after recalls, want at most %d", got, workingSetMin)
+	}
+	if st := c.Pool().Stats(); st.Segments >= segs {
+		t.Fatalf("pool kept %d segments (had %d): recalled buffers did not free any", st.Segments, segs)
+	}
+	if c.Err() != nil {
+		t.Fatal(c.Err())
+	}
+	// The app still works with what it has.
+	if n, err := a.Alloc(bufs[:4]); err != nil || n == 0 {
+		t.Fatalf("alloc after recall: %d, %v", n, err)
+	}
+}
+
 // TestAdvisories: the nexus's advisory writes reach the app's read-only
 // table, each change announced once on the event ring.
 func TestAdvisories(t *testing.T) {

@@ -217,6 +217,9 @@ func (c *Channel) refill() (wake bool, err error) {
 		c.ws = min(c.ws+c.ws/2, c.alloc.Size()) // the app ran dry
 	}
 	c.wsLow = min(c.wsLow, pending)
+	if c.idleLow < 0 || pending < c.idleLow {
+		c.idleLow = pending
+	}
 	want := c.ws - pending
 	if want <= 0 {
 		return false, nil
@@ -243,13 +246,30 @@ func (c *Channel) Reap(now time.Time) {
 	}
 	c.pool.Reap(now)
 	if c.wsSince.IsZero() {
-		c.wsSince, c.wsLow = now, c.ws
+		c.wsSince, c.wsLow, c.idleLow = now, c.ws, -1
+	}
+	if c.recalling {
+		if err := c.alloc.Refresh(); err != nil {
+			c.Defunct(ReasonRingCorrupt, "alloc ring: "+err.Error())
+			return
+		}
+		// Answered (or overtaken by the app's own Alloc) once the ring
+		// holds less than when the recall went out.
+		c.recalling = c.alloc.Pending() >= c.recallAt
 	}
 	if now.Sub(c.wsSince) >= workingSetShrink {
 		if c.wsLow >= c.ws/4 {
 			c.ws = max(workingSetMin, c.ws-c.ws/4)
 		}
-		c.wsSince, c.wsLow = now, c.ws
+		// What stayed in the alloc ring the whole window beyond the new
+		// working set is idle: ask for it back, one recall at a time, so
+		// that an app that reads no events gets one event, not one per
+		// window.
+		if extra := c.idleLow - c.ws; extra > 0 && !c.recalling {
+			c.Post(Event{Kind: EventRecall, Arg: uint32(extra)})
+			c.recalling, c.recallAt = true, c.alloc.Pending()
+		}
+		c.wsSince, c.wsLow, c.idleLow = now, c.ws, -1
 	}
 }
 

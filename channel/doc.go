@@ -12,7 +12,7 @@
 //	RX ring     nexus produces received packets; app consumes
 //	alloc ring  nexus hands empty buffers ahead; app consumes
 //	free ring   app gives buffers back;         nexus consumes
-//	event ring  nexus posts segment changes, advisories, defunct; app consumes
+//	event ring  nexus posts segment changes, advisories, recalls, defunct; app consumes
 //	advisories, stats, segment bitmap: nexus writes; sealed read-only for apps
 //
 // Invariants:
@@ -39,4 +39,12 @@
 //     segment when it first meets one of its buffers (or the event says it
 //     was added) and unmaps it when told it was released and the segment
 //     bitmap confirms it is still inactive.
+//   - The alloc ring holds the app's working set (DESIGN §2: 8 buffers at
+//     first, +50% when the app runs it dry, −25% after 2 s with a quarter
+//     unclaimed). The nexus cannot take back what it produced, so what an
+//     idle app leaves in the ring beyond a shrunk working set for a whole
+//     window is recalled (EventRecall; App.Events hands it back through the
+//     free ring), one recall outstanding at a time: an idle app does not
+//     pin pool segments for ever, and one that reads no events gets one
+//     event, not one per window.
 package channel

@@ -19,6 +19,12 @@ const (
 	EventAdvisory
 	// EventDefunct: the nexus closed this channel; Arg is the DefunctReason.
 	EventDefunct
+	// EventRecall: Arg is how many buffers the app should hand back from
+	// its alloc ring through the free ring: the nexus shrank the app's
+	// working set, and buffers parked in an idle app's alloc ring would
+	// otherwise pin their segments (the nexus cannot take back what it
+	// produced). App.Events does it.
+	EventRecall
 )
 
 // Event is one entry of the event ring (nexus → app).

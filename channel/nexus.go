@@ -81,6 +81,9 @@ type Channel struct {
 	ws          int  // alloc-ring working set target
 	wsLow       int  // least pending seen in this shrink window
 	wsSince     time.Time
+	idleLow     int  // least alloc-ring pending seen in this window, uncapped (-1: none seen)
+	recalling   bool // an EventRecall is out, not answered yet
+	recallAt    int  // the alloc ring's pending count when it was posted
 	lastReap    time.Time
 	idx         []uint32    // scratch for pool allocations
 	slots       []ring.Slot // scratch for ring batches
@@ -99,7 +102,7 @@ func New(opts Options) (_ *Channel, err error) {
 	if opts.Advisories < 0 || opts.Advisories > 1<<20 {
 		return nil, fmt.Errorf("new channel %q: %d advisories, want 0..%d", opts.Name, opts.Advisories, 1<<20)
 	}
-	c := &Channel{name: opts.Name, opts: opts, ws: workingSetMin}
+	c := &Channel{name: opts.Name, opts: opts, ws: workingSetMin, idleLow: -1}
 	defer func() {
 		if err != nil {
 			c.release()
