@@ -161,9 +161,13 @@ type Stats struct {
 
 	PortsRemoved uint64 // ports removed, by RemovePort or because their channel was defunct
 
-	TxPackets uint64  // packets TxOnce handed to the link (or TxQueue, or the AQM), which accepted them
-	TxBytes   uint64  // their L3 bytes
-	TxDrops   TxDrops // packets TxOnce rejected, one counter per check
+	TxPackets uint64 // packets TxOnce handed to the link (or TxQueue, or the AQM), which accepted them (a super packet once)
+	TxBytes   uint64 // their L3 bytes
+	// Super packets on transmit (txgso.go): TxSuper went to the link
+	// whole (WriteGSO); TxSegmented were cut by the switch, into
+	// TxSegments segments.
+	TxSuper, TxSegmented, TxSegments uint64
+	TxDrops                          TxDrops // packets TxOnce rejected, one counter per check
 
 	L2         L2Stats         // neighbour resolution (l2.go); zero without a resolver
 	Regulation RegulationStats // the AQM and its friends (regulation.go); zero without Regulation
