@@ -189,7 +189,16 @@ func (s *Switch) release(fq *flowQueue) {
 			i := seg[0]
 			start, n := int(s.start[i]), int(s.length[i])
 			if n > len(b.Data) {
-				s.stats.Oversize++
+				done, counted := s.rxSplit(p, b, i, &id) // a super packet, in pieces (rxgso.go)
+				if done {
+					bytes += uint64(n)
+					pkts++
+					last = s.flags[i]
+					continue
+				}
+				if !counted {
+					s.stats.Oversize++
+				}
 				p.ch.Release(out[j : j+1])
 				continue
 			}

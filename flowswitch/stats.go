@@ -229,6 +229,7 @@ func drops(st *Stats) []Drop {
 	rx("no_flow", st.NoFlow)
 	rx("host_full", st.HostDrops)
 	rx("oversize", st.Oversize)
+	rx("split_csum", st.SplitCsumDrops)
 	rx("alloc_fail", st.AllocFails)
 	rx("rx_ring_full", st.RxRingDrops)
 	d := &st.TxDrops

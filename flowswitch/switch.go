@@ -150,6 +150,11 @@ type Stats struct {
 	// of k packets becomes k - Merged output packets.
 	SuperPackets uint64
 	Merged       uint64
+	// Super packets the link delivered whole but that did not fit their
+	// channel's buffers (rxgso.go): Split were cut into SplitPieces
+	// pieces that do; SplitCsumDrops were dropped instead, their
+	// checksum wrong.
+	Split, SplitPieces, SplitCsumDrops uint64
 	// ParseDrops counts the frames packet.Parse rejected, indexed by the
 	// packet.Reason.
 	ParseDrops [packet.NumReasons]uint64
@@ -228,8 +233,9 @@ type Switch struct {
 	nHost    int
 	toHost   [][]byte // cap Batch
 
-	mergeLimit int     // immutable: bytes, 0 when merging is disabled
-	runs       []int32 // scratch for planRuns; cap FlowBatchLimit
+	mergeLimit int           // immutable: bytes, 0 when merging is disabled
+	runs       []int32       // scratch for planRuns; cap FlowBatchLimit
+	splitBuf   []channel.Buf // scratch for rxSplit's Alloc
 
 	// Per-batch state, reset by rxOnce; slices keep their capacity.
 	queues []flowQueue // queues[:nq] are the flows touched in this batch
@@ -296,7 +302,7 @@ func New(opts Options) (*Switch, error) {
 		limit:    opts.FlowBatchLimit,
 		table:    t,
 		ports:    []*port{HostPort: nil},
-		bufs:     frameBufs(n, netif.MaxFrameLen(opts.Link.MTU(), lt)),
+		bufs:     frameBufs(n, rxFrameLen(opts.Link)), // super packets whole (rxgso.go)
 		sizes:    make([]int, n),
 		start:    make([]int32, n),
 		length:   make([]int32, n),
