@@ -204,6 +204,9 @@ func (s *Switch) release(fq *flowQueue) {
 			}
 			copy(b.Data, s.bufs[i][start:start+n])
 			b.Data = b.Data[:n]
+			if n > s.tx.mtu { // read whole from the link (rxgso.go)
+				s.stats.SuperPackets++
+			}
 		}
 		b.Flags = 0
 		m := meta.UserMeta(b.Index)

@@ -117,8 +117,8 @@ func TestRxSuper(t *testing.T) {
 		t.Fatalf("%d pieces do not add up to the super packet", len(pieces))
 	}
 	st := sw.Stats()
-	if st.Split != 1 || st.SplitPieces != uint64(len(pieces)) || st.SplitCsumDrops != 1 || st.Oversize != 0 {
-		t.Errorf("split %d into %d, csum drops %d, oversize %d", st.Split, st.SplitPieces, st.SplitCsumDrops, st.Oversize)
+	if st.Split != 1 || st.SplitPieces != uint64(len(pieces)) || st.SplitCsumDrops != 1 || st.Oversize != 0 || st.SuperPackets != 1 {
+		t.Errorf("split %d into %d, csum drops %d, oversize %d, whole %d", st.Split, st.SplitPieces, st.SplitCsumDrops, st.Oversize, st.SuperPackets)
 	}
 }
 

@@ -145,9 +145,11 @@ type Stats struct {
 	Oversize    uint64 // packets longer than the destination channel's buffers, dropped
 	AllocFails  uint64 // packets dropped because their channel's pool had no buffer
 	RxRingDrops uint64 // packets tail-dropped on full RX rings (sum of the channels' RxDrops)
-	// SuperPackets counts TCP super packets formed (merge.go); Merged the
-	// segments absorbed into them after each one's first, so a flow batch
-	// of k packets becomes k - Merged output packets.
+	// SuperPackets counts the TCP super packets delivered: formed by
+	// merging (merge.go), or read whole from a link that carries them
+	// (rxgso.go); Merged the segments absorbed into merged ones after
+	// each one's first, so a flow batch of k packets becomes k - Merged
+	// output packets (and more when a super packet is Split).
 	SuperPackets uint64
 	Merged       uint64
 	// Super packets the link delivered whole but that did not fit their
