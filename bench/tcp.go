@@ -32,8 +32,10 @@ import (
 	"github.com/skylane/skylane/client"
 	"github.com/skylane/skylane/flowswitch"
 	"github.com/skylane/skylane/internal/selfsigned"
+	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/netif/memif"
 	"github.com/skylane/skylane/nexus"
+	"github.com/skylane/skylane/pool"
 	"github.com/skylane/skylane/stack"
 )
 
@@ -44,6 +46,10 @@ const (
 	tcpRowFsw       = "fsw/mtu=1500"
 	tcpRowFswKernel = "fsw-vs-kernel/mtu=1500"
 	tcpRowRPC       = "rpc/size=64"
+	// tcpRowFswCut is the fsw-vs-kernel stream on a wire without super
+	// packets: the sending nexus cuts netstack's super packets into MTU
+	// segments (netif/gso), the receiving one merges them again.
+	tcpRowFswCut = "fsw-cut-vs-kernel/mtu=1500"
 
 	tcpMTU     = 1500      // the wire MTU of every user-space path
 	tcpWrite   = 256 << 10 // bytes per Write of the stream's sender
@@ -57,6 +63,14 @@ const (
 	// TCP's loss recovery makes the figure swing by 2× (the flowswitch's
 	// AQM, DESIGN §7, is what will regulate this).
 	tcpWireQueue = 4096
+	// tcpSuperLen is the longest super packet the rows' wire carries
+	// whole (memif MaxSuperPacketLen): a channel buffer's worth, what a
+	// stack's super packet fills. The wire's MTU stays 1500: a super
+	// packet stands for MTU segments, as on a GSO-capable veth.
+	tcpSuperLen = pool.MaxBufferSize + netif.EthernetHeaderLen
+	// tcpSuperQueue is that wire's queue: 512 slots of 16 KiB (8 MiB per
+	// direction) hold a full TCP window.
+	tcpSuperQueue = 512
 )
 
 // RFC 2544 benchmarking addresses of the two user-space hosts.
@@ -70,7 +84,7 @@ func runTCP(cfg Config) (Report, error) {
 		return runTCPDev(cfg)
 	}
 	rep := Report{Scenario: "tcp", Machine: Machine()}
-	rows := []string{tcpRowFsw, tcpRowFswKernel, tcpRowRPC}
+	rows := []string{tcpRowFsw, tcpRowFswKernel, tcpRowFswCut, tcpRowRPC}
 	var want []string
 	for _, r := range rows {
 		if cfg.wants(r) {
@@ -80,7 +94,7 @@ func runTCP(cfg Config) (Report, error) {
 	if len(want) == 0 {
 		return rep, nil
 	}
-	sky, err := newSkyPair(client.Options{})
+	sky, err := newSkyPair(client.Options{}, true)
 	if err != nil {
 		return rep, fmt.Errorf("tcp: skylane path: %w", err)
 	}
@@ -113,6 +127,17 @@ func runTCP(cfg Config) (Report, error) {
 			rep.Results = append(rep.Results, r)
 		case tcpRowFswKernel:
 			r, err := streamRow(cfg, row, sky, kernel, "kernel TCP over loopback 127.0.0.1")
+			if err != nil {
+				return rep, err
+			}
+			rep.Results = append(rep.Results, r)
+		case tcpRowFswCut:
+			cut, err := newSkyPair(client.Options{}, false)
+			if err != nil {
+				return rep, fmt.Errorf("tcp: skylane path without super packets on the wire: %w", err)
+			}
+			r, err := streamRow(cfg, row, cut, kernel, "kernel TCP over loopback 127.0.0.1")
+			cut.close()
 			if err != nil {
 				return rep, err
 			}
@@ -276,21 +301,22 @@ func (p *connPair) rpc(d time.Duration) ([]time.Duration, error) {
 }
 
 // skyPair is the Skylane path: two nexuses on the two ends of a memif wire
-// (MTU 1500), a client stack on each, and the connections between them.
+// (MTU 1500, carrying super packets whole unless asked not to), a client
+// stack on each, and the connections between them.
 type skyPair struct {
 	connPair
 	na, nb *nexus.Nexus
 	sa, sb *client.Stack
 }
 
-func newSkyPair(opts client.Options) (_ *skyPair, err error) {
+func newSkyPair(opts client.Options, super bool) (_ *skyPair, err error) {
 	p := &skyPair{}
 	defer func() {
 		if err != nil {
 			p.close()
 		}
 	}()
-	if p.na, p.nb, p.sa, p.sb, err = skyHosts(opts); err != nil {
+	if p.na, p.nb, p.sa, p.sb, err = skyHosts(opts, super); err != nil {
 		return nil, err
 	}
 	p.closers = append(p.closers, func() { p.sa.Close(); p.sb.Close(); p.na.Close(); p.nb.Close() })
@@ -303,10 +329,14 @@ func newSkyPair(opts client.Options) (_ *skyPair, err error) {
 	return p, p.connect(ln, func() (net.Conn, error) { return p.sb.Dial("tcp4", addr) })
 }
 
-// skyHosts builds the two hosts of the Skylane path. On error what was built
-// is closed.
-func skyHosts(opts client.Options) (na, nb *nexus.Nexus, sa, sb *client.Stack, err error) {
-	la, lb, err := memif.NewPair(memif.Options{Name: "tcp", MTU: tcpMTU, QueueLen: tcpWireQueue})
+// skyHosts builds the two hosts of the Skylane path, on a wire that
+// carries super packets whole if super. On error what was built is closed.
+func skyHosts(opts client.Options, super bool) (na, nb *nexus.Nexus, sa, sb *client.Stack, err error) {
+	mo := memif.Options{Name: "tcp", MTU: tcpMTU, QueueLen: tcpWireQueue}
+	if super {
+		mo.MaxSuperPacketLen, mo.QueueLen = tcpSuperLen, tcpSuperQueue
+	}
+	la, lb, err := memif.NewPair(mo)
 	if err != nil {
 		return nil, nil, nil, nil, err
 	}
@@ -525,6 +555,10 @@ func (f skyFigures) since(b skyFigures) map[string]any {
 		"rx_super_packets":         f.rx.SuperPackets - b.rx.SuperPackets,
 		"tx_packets_per_send":      div(f.send.TxPackets-b.send.TxPackets, f.send.TxSends-b.send.TxSends),
 		"tx_gso_packets":           f.send.TxGSO - b.send.TxGSO,
+		"tx_super_whole":           f.tx.TxSuper - b.tx.TxSuper,
+		"tx_super_cut":             f.tx.TxSegmented - b.tx.TxSegmented,
+		"tx_segments_cut":          f.tx.TxSegments - b.tx.TxSegments,
+		"rx_super_split":           f.rx.Split - b.rx.Split,
 		"rx_packets_per_poll":      div(f.recv.RxPackets-b.recv.RxPackets, f.recv.RxPolls-b.recv.RxPolls),
 		"tx_drops":                 txDropsTotal(f.tx.TxDrops) + txDropsTotal(f.rx.TxDrops) - txDropsTotal(b.tx.TxDrops) - txDropsTotal(b.rx.TxDrops),
 		"wire_drops":               f.wireDrops - b.wireDrops,
@@ -551,7 +585,7 @@ func txDropsTotal(d flowswitch.TxDrops) uint64 {
 // connections opened and left idle, divided by n. n must stay within a
 // port's flows (512).
 func IdleConnRSS(n int) (float64, error) {
-	na, nb, sa, sb, err := skyHosts(client.Options{})
+	na, nb, sa, sb, err := skyHosts(client.Options{}, true)
 	if err != nil {
 		return 0, err
 	}

@@ -14,10 +14,10 @@ func TestTCPScenario(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep.Scenario != "tcp" || len(rep.Results) != 3 {
+	if rep.Scenario != "tcp" || len(rep.Results) != 4 {
 		t.Fatalf("report %+v", rep)
 	}
-	for i, name := range []string{tcpRowFsw, tcpRowFswKernel, tcpRowRPC} {
+	for i, name := range []string{tcpRowFsw, tcpRowFswKernel, tcpRowFswCut, tcpRowRPC} {
 		r := rep.Results[i]
 		if r.Name != name || r.Value <= 0 || r.BaselineValue <= 0 || r.BaselineName == "" {
 			t.Fatalf("row %+v not measured", r)
@@ -31,7 +31,7 @@ func TestTCPScenario(t *testing.T) {
 		}
 		t.Logf("%s: %.2f %s vs %.2f (%s): ratio %.2f %v", r.Name, r.Value, r.Unit, r.BaselineValue, r.BaselineName, r.Ratio, r.Extra)
 	}
-	if name := rep.Results[2].Name; name != tcpRowRPC || !rep.Results[2].LowerIsBetter {
+	if name := rep.Results[3].Name; name != tcpRowRPC || !rep.Results[3].LowerIsBetter {
 		t.Errorf("row %s is not lower-is-better", name)
 	}
 	x := rep.Results[0].Extra
@@ -40,6 +40,12 @@ func TestTCPScenario(t *testing.T) {
 	}
 	if x["tx_drops"].(uint64) != 0 {
 		t.Errorf("the flowswitch dropped packets of honest stacks: %v", x)
+	}
+	if x["tx_super_whole"].(uint64) == 0 || x["tx_super_cut"].(uint64) != 0 {
+		t.Errorf("the super packets did not cross the wire whole: %v", x)
+	}
+	if c := rep.Results[2].Extra; c["tx_super_cut"].(uint64) == 0 || c["tx_segments_cut"].(uint64) <= c["tx_super_cut"].(uint64) || c["tx_drops"].(uint64) != 0 {
+		t.Errorf("%s: the nexus cut no super packet: %v", tcpRowFswCut, c)
 	}
 	if _, ok := x["rss_per_idle_conn_kib"]; !ok {
 		t.Errorf("no idle-connection RSS: %v", x)

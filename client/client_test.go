@@ -44,7 +44,13 @@ func newWorld(t testing.TB) *world { return newWorldWith(t, nexus.Options{}) }
 // newWorldWith builds the two hosts; o's Link and Addrs are set per host.
 func newWorldWith(t testing.TB, o nexus.Options) *world {
 	t.Helper()
-	la, lb, err := memif.NewPair(memif.Options{Name: "w"})
+	return newWorldOn(t, o, memif.Options{Name: "w"})
+}
+
+// newWorldOn is newWorldWith on a wire of options mo.
+func newWorldOn(t testing.TB, o nexus.Options, mo memif.Options) *world {
+	t.Helper()
+	la, lb, err := memif.NewPair(mo)
 	if err != nil {
 		t.Fatal(err)
 	}

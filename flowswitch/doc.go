@@ -28,7 +28,10 @@
 // and advisory index, or the AQM). A port's last flow is cached with a
 // packet.Template of its headers, so most packets skip the full parse and
 // lookup. The host link's frames (the kernel's own traffic) go to the
-// device unchecked.
+// device unchecked. A TCP super packet with a segmentation size in its
+// metadata passes the same checks and travels whole to a link that takes
+// it (netif.SuperPacketLink), or is cut into MTU segments right before
+// the device write or the AQM (txgso.go).
 //
 // L2 (l2.go): on an Ethernet link without a static DstMAC, the switch owns
 // neighbour resolution (neigh.Resolver): ARP and NS/NA frames go to the

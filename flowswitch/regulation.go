@@ -479,7 +479,13 @@ func (s *Switch) enqueue(p *port, now int64) {
 		var n, bytes uint64
 		var last packet.TCPFlags
 		for x := j; x < j+r.n; x++ {
-			if q.Enqueue(t.out[x], tag, now) {
+			ok := false
+			if seg := t.outSeg[x]; seg != 0 {
+				ok = s.enqueueSuper(t.out[x], seg, tag, now) // cut into wire frames (txgso.go)
+			} else {
+				ok = q.Enqueue(t.out[x], tag, now)
+			}
+			if ok {
 				n++
 				bytes += uint64(len(t.out[x]) - t.l2Len)
 				last = t.flags[x]

@@ -189,12 +189,24 @@ func (s *Switch) release(fq *flowQueue) {
 			i := seg[0]
 			start, n := int(s.start[i]), int(s.length[i])
 			if n > len(b.Data) {
-				s.stats.Oversize++
+				done, counted := s.rxSplit(p, b, i, &id) // a super packet, in pieces (rxgso.go)
+				if done {
+					bytes += uint64(n)
+					pkts++
+					last = s.flags[i]
+					continue
+				}
+				if !counted {
+					s.stats.Oversize++
+				}
 				p.ch.Release(out[j : j+1])
 				continue
 			}
 			copy(b.Data, s.bufs[i][start:start+n])
 			b.Data = b.Data[:n]
+			if n > s.tx.mtu { // read whole from the link (rxgso.go)
+				s.stats.SuperPackets++
+			}
 		}
 		b.Flags = 0
 		m := meta.UserMeta(b.Index)

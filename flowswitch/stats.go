@@ -82,6 +82,9 @@ type SnapshotTotals struct {
 	HostTx        uint64 `json:"host_tx"`
 	TxPackets     uint64 `json:"tx_packets"`
 	TxBytes       uint64 `json:"tx_bytes"`
+	TxSuper       uint64 `json:"tx_super"`     // super packets handed to the link whole
+	TxSegmented   uint64 `json:"tx_segmented"` // super packets the switch cut
+	TxSegments    uint64 `json:"tx_segments"`  // segments it cut them into
 	PortsRemoved  uint64 `json:"ports_removed"`
 	ActiveFlows   int    `json:"active_flows"`
 }
@@ -145,6 +148,7 @@ func (s *Switch) Snapshot() Snapshot {
 		SuperPackets: st.SuperPackets, Merged: st.Merged,
 		HostDelivered: st.HostDelivered, HostTx: st.HostTx,
 		TxPackets: st.TxPackets, TxBytes: st.TxBytes,
+		TxSuper: st.TxSuper, TxSegmented: st.TxSegmented, TxSegments: st.TxSegments,
 		PortsRemoved: st.PortsRemoved, ActiveFlows: s.table.Len(),
 	}}
 	flows := map[flow.PortID]int{}
@@ -226,6 +230,7 @@ func drops(st *Stats) []Drop {
 	rx("no_flow", st.NoFlow)
 	rx("host_full", st.HostDrops)
 	rx("oversize", st.Oversize)
+	rx("split_csum", st.SplitCsumDrops)
 	rx("alloc_fail", st.AllocFails)
 	rx("rx_ring_full", st.RxRingDrops)
 	rx("rx_budget", st.RxBudgetDrops)
@@ -235,6 +240,8 @@ func drops(st *Stats) []Drop {
 	tx("mtu", d.MTU)
 	tx("parse", d.Parse)
 	tx("ipv4_options", d.IPv4Options)
+	tx("seg_proto", d.SegProto)
+	tx("seg_size", d.SegSize)
 	tx("src_addr", d.SrcAddr)
 	tx("src_port", d.SrcPort)
 	tx("proto", d.Proto)

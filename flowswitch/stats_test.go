@@ -72,7 +72,7 @@ func TestSnapshot(t *testing.T) {
 	}
 	// Every reason is listed: each parse reason, the other RX reasons,
 	// every TxDrops field, and the AQM's and the resolver's.
-	if n := int(packet.NumReasons) - 1 + 7 + 13 + 6; len(snap.Drops) != n {
+	if n := int(packet.NumReasons) - 1 + 8 + 15 + 6; len(snap.Drops) != n {
 		t.Errorf("%d drop reasons, want %d", len(snap.Drops), n)
 	}
 

@@ -149,11 +149,18 @@ type Stats struct {
 	// by a channel's receive budget per input batch and its receive token
 	// bucket (rxlimit.go).
 	RxBudgetDrops, RxRateDrops uint64
-	// SuperPackets counts TCP super packets formed (merge.go); Merged the
-	// segments absorbed into them after each one's first, so a flow batch
-	// of k packets becomes k - Merged output packets.
+	// SuperPackets counts the TCP super packets delivered: formed by
+	// merging (merge.go), or read whole from a link that carries them
+	// (rxgso.go); Merged the segments absorbed into merged ones after
+	// each one's first, so a flow batch of k packets becomes k - Merged
+	// output packets (and more when a super packet is Split).
 	SuperPackets uint64
 	Merged       uint64
+	// Super packets the link delivered whole but that did not fit their
+	// channel's buffers (rxgso.go): Split were cut into SplitPieces
+	// pieces that do; SplitCsumDrops were dropped instead, their
+	// checksum wrong.
+	Split, SplitPieces, SplitCsumDrops uint64
 	// ParseDrops counts the frames packet.Parse rejected, indexed by the
 	// packet.Reason.
 	ParseDrops [packet.NumReasons]uint64
@@ -165,9 +172,13 @@ type Stats struct {
 
 	PortsRemoved uint64 // ports removed, by RemovePort or because their channel was defunct
 
-	TxPackets uint64  // packets TxOnce handed to the link (or TxQueue, or the AQM), which accepted them
-	TxBytes   uint64  // their L3 bytes
-	TxDrops   TxDrops // packets TxOnce rejected, one counter per check
+	TxPackets uint64 // packets TxOnce handed to the link (or TxQueue, or the AQM), which accepted them (a super packet once)
+	TxBytes   uint64 // their L3 bytes
+	// Super packets on transmit (txgso.go): TxSuper went to the link
+	// whole (WriteGSO); TxSegmented were cut by the switch, into
+	// TxSegments segments.
+	TxSuper, TxSegmented, TxSegments uint64
+	TxDrops                          TxDrops // packets TxOnce rejected, one counter per check
 
 	L2         L2Stats         // neighbour resolution (l2.go); zero without a resolver
 	Regulation RegulationStats // the AQM and its friends (regulation.go); zero without Regulation
@@ -229,8 +240,9 @@ type Switch struct {
 	nHost    int
 	toHost   [][]byte // cap Batch
 
-	mergeLimit int     // immutable: bytes, 0 when merging is disabled
-	runs       []int32 // scratch for planRuns; cap FlowBatchLimit
+	mergeLimit int           // immutable: bytes, 0 when merging is disabled
+	runs       []int32       // scratch for planRuns; cap FlowBatchLimit
+	splitBuf   []channel.Buf // scratch for rxSplit's Alloc
 
 	// Per-batch state, reset by rxOnce; slices keep their capacity.
 	queues []flowQueue // queues[:nq] are the flows touched in this batch
@@ -299,7 +311,7 @@ func New(opts Options) (*Switch, error) {
 		limit:    opts.FlowBatchLimit,
 		table:    t,
 		ports:    []*port{HostPort: nil},
-		bufs:     frameBufs(n, netif.MaxFrameLen(opts.Link.MTU(), lt)),
+		bufs:     frameBufs(n, rxFrameLen(opts.Link)), // super packets whole (rxgso.go)
 		sizes:    make([]int, n),
 		start:    make([]int32, n),
 		length:   make([]int32, n),

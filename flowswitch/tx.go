@@ -1,6 +1,7 @@
 package flowswitch
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"github.com/skylane/skylane/flow"
 	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/packet"
+	"github.com/skylane/skylane/pool"
 )
 
 // Transmit path (DESIGN §6, anti-spoofing after US20190303221A1).
@@ -49,13 +51,26 @@ import (
 //
 //	bytes  0..15  flow ID: flow.Entry.ID() of the flow the packet belongs to,
 //	              as the nexus told the app when it registered the flow
-//	bytes 16..31  reserved: the app writes zeros, the nexus ignores them
+//	bytes 16..17  segmentation size, little endian: 0 for a packet within
+//	              the MTU; for a TCP super packet (IP length above the
+//	              MTU, up to the buffer) the MSS its segments carry
+//	bytes 18..31  reserved: the app writes zeros, the nexus ignores them
 //
-// The nexus copies the flow ID together with the packet, before checking.
+// The nexus copies the flow ID and the segmentation size together with the
+// packet, before checking. (Bytes 16..17 were reserved zeros before super
+// packets: an app that predates them sends what it always sent.)
 const (
-	TxMetaFlowIDOff = 0
-	TxMetaFlowIDLen = 16
+	TxMetaFlowIDOff  = 0
+	TxMetaFlowIDLen  = 16
+	TxMetaSegSizeOff = 16
+	TxMetaSegSizeLen = 2
 )
+
+// MinSegSize is the smallest segmentation size a super packet may name:
+// TCP's minimum MSS (gVisor's header.TCPMinimumMSS, Linux's TCP_MIN_MSS),
+// so that a 16 KiB super packet never costs the switch more than a few
+// hundred segments to cut.
+const MinSegSize = 88
 
 // TxBatch is the most packets TxOnce takes from one TX ring (DESIGN §6.1).
 // 64 packets amortise the ring refresh and the Link.Write call; the copies
@@ -73,14 +88,22 @@ type TxDrops struct {
 	// Length: the IP header claims more bytes than the app sent. (Claiming
 	// fewer is fine: the packet is trimmed to the IP length.)
 	Length uint64
-	// MTU: the IP length exceeds the link's MTU. (No segmentation offload
-	// yet, so there is no segmentation size that would allow it.)
+	// MTU: the IP length exceeds the link's MTU and no segmentation size
+	// is set.
 	MTU uint64
 	// Parse: packet.Parse rejected the (trimmed) packet, or it is not IPv4
 	// or IPv6 at all.
 	Parse uint64
 	// IPv4Options: an IPv4 header with options (IHL > 5).
 	IPv4Options uint64
+	// SegProto: a super packet (above the MTU, with a segmentation size)
+	// that is not unfragmented TCP straight after the IP header (no IPv6
+	// extension headers).
+	SegProto uint64
+	// SegSize: a TCP super packet whose segmentation size is below
+	// MinSegSize or makes segments (its IP and TCP headers plus the size)
+	// longer than the MTU.
+	SegSize uint64
 	// SrcAddr: the source address is not one of the switch's addresses.
 	SrcAddr uint64
 	// SrcPort: the source (local) port is not held by this port for this
@@ -148,16 +171,18 @@ type txState struct {
 	l2Len  int           // L2 header TxOnce writes: ethHeaderLen or 0; immutable
 	mtu    int           // the link's MTU; immutable
 	bufs   []channel.Buf // TakeTX output; len TxBatch
-	frames [][]byte      // the nexus's copies; each hdr+mtu bytes, the packet at [hdr:]
-	copies [][]byte      // copies[i]: frames[i][hdr:], where packet i is copied (MTU bytes); immutable
+	frames [][]byte      // the nexus's copies; each hdr+copyLen bytes, the packet at [hdr:]
+	copies [][]byte      // copies[i]: frames[i][hdr:], where packet i is copied (copyLen bytes); immutable
 	lens   []int         // bytes copied into copies[i]
 	ids    [][TxMetaFlowIDLen]byte
+	segs   []int             // segmentation size of copies[i] (TxMetaSegSizeOff)
 	ipLens []int             // Template.MatchEach results: 0, or the IP length
 	mflags []packet.TCPFlags // and the TCP flags
 
 	// The packets that passed, in order: out for Link.Write, flags and runs
 	// for the counters (runs: how many consecutive ones belong to a flow).
 	out    [][]byte          // cap TxBatch
+	outSeg []int             // parallel to out: the segmentation size of a super packet, else 0
 	flags  []packet.TCPFlags // parallel to out
 	runs   []txRun
 	tokens []uint32 // flow token of each of out, filled for TxQueue only
@@ -165,6 +190,8 @@ type txState struct {
 
 	now    time.Time // the clock for the SYN budget, read once per TxOnce when first needed
 	hasNow bool
+
+	gso txGSO // super packets on their way out (txgso.go)
 }
 
 // txRun is n consecutive passed packets of flow e, of bytes L3 bytes.
@@ -177,7 +204,9 @@ type txRun struct {
 func (t *txState) init(opts Options, lt packet.LinkType, mtu int) {
 	t.hdr, t.mtu = netif.HeaderLen(lt), mtu
 	t.bufs = make([]channel.Buf, TxBatch)
-	t.frames = frameBufs(TxBatch, netif.MaxFrameLen(mtu, lt))
+	// A copy holds a whole channel buffer: a super packet fills up to one
+	// (pool.MaxBufferSize), an MTU packet less.
+	t.frames = frameBufs(TxBatch, t.hdr+max(mtu, pool.MaxBufferSize))
 	if lt == packet.Ethernet {
 		// The MACs never change and nothing else writes in front of the
 		// copies: write them once; each packet then gets its EtherType.
@@ -194,13 +223,16 @@ func (t *txState) init(opts Options, lt packet.LinkType, mtu int) {
 	}
 	t.lens = make([]int, TxBatch)
 	t.ids = make([][TxMetaFlowIDLen]byte, TxBatch)
+	t.segs = make([]int, TxBatch)
 	t.ipLens = make([]int, TxBatch)
 	t.mflags = make([]packet.TCPFlags, TxBatch)
 	t.out = make([][]byte, 0, TxBatch)
+	t.outSeg = make([]int, 0, TxBatch)
 	t.flags = make([]packet.TCPFlags, 0, TxBatch)
 	t.runs = make([]txRun, 0, TxBatch)
 	t.tokens = make([]uint32, 0, TxBatch)
 	t.adv = make([]uint32, 0, TxBatch)
+	t.gso.init(opts.Link, lt, mtu)
 }
 
 // clock returns the time for this TxOnce's SYN budget checks, reading the
@@ -212,9 +244,11 @@ func (t *txState) clock() time.Time {
 	return t.now
 }
 
-// passed appends frame f of flow e, with TCP flags fl, to the output.
-func (t *txState) passed(f []byte, e *flow.Entry, fl packet.TCPFlags) {
+// passed appends frame f of flow e, with TCP flags fl and segmentation
+// size seg (0: not a super packet), to the output.
+func (t *txState) passed(f []byte, e *flow.Entry, fl packet.TCPFlags, seg int) {
 	t.out = append(t.out, f)
+	t.outSeg = append(t.outSeg, seg)
 	t.flags = append(t.flags, fl)
 	t.addRun(e, 1, uint64(len(f)-t.l2Len))
 }
@@ -284,12 +318,14 @@ func (s *Switch) txTake(p *port, limit int, now int64) (int, error) {
 	// Copy each packet and its flow ID out of the app-writable memory, then
 	// check the copies.
 	meta := ch.Pool()
-	dst, lens, ids := t.copies[:n], t.lens[:n], t.ids[:n]
+	dst, lens, ids, segs := t.copies[:n], t.lens[:n], t.ids[:n], t.segs[:n]
 	for i, b := range t.bufs[:n] {
-		// dst[i] is MTU bytes: more than that is not copied, and fails
-		// the length checks below either way.
+		// dst[i] holds a whole buffer; were it shorter, what is not
+		// copied fails the length checks below either way.
 		lens[i] = copy(dst[i], b.Data)
-		copy(ids[i][:], meta.UserMeta(b.Index)[TxMetaFlowIDOff:TxMetaFlowIDOff+TxMetaFlowIDLen])
+		m := meta.UserMeta(b.Index)
+		copy(ids[i][:], m[TxMetaFlowIDOff:TxMetaFlowIDOff+TxMetaFlowIDLen])
+		segs[i] = int(binary.LittleEndian.Uint16(m[TxMetaSegSizeOff:]))
 	}
 	ch.Release(t.bufs[:n])
 	clear(t.bufs[:n]) // drop the references into shared memory
@@ -317,10 +353,10 @@ func (s *Switch) txTake(p *port, limit int, now int64) (int, error) {
 				t.adv = append(t.adv, r.e.AdvisoryIndex())
 			}
 		}
-		w = s.txq.Enqueue(t.out, t.tokens, t.adv)
+		w = s.enqueueTxq()
 		t.tokens, t.adv = t.tokens[:0], t.adv[:0]
 	} else {
-		w, err = s.link.Write(t.out)
+		w, err = s.writeOut()
 	}
 	// Count the accepted prefix, one update per run of a flow.
 	var total uint64
@@ -356,7 +392,7 @@ func (s *Switch) txTake(p *port, limit int, now int64) (int, error) {
 // alive.
 func (t *txState) resetOut() {
 	clear(t.runs)
-	t.out, t.flags, t.runs = t.out[:0], t.flags[:0], t.runs[:0]
+	t.out, t.outSeg, t.flags, t.runs = t.out[:0], t.outSeg[:0], t.flags[:0], t.runs[:0]
 }
 
 // TxSync runs TxOnce on every user port once, in port order, and returns

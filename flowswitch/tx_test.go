@@ -110,6 +110,13 @@ func (p txPkt) build(t testing.TB) []byte {
 // metadata through the nexus's view of the same shared memory.
 func (r *rig) send(t testing.TB, i int, id [16]byte, pkts ...[]byte) []channel.Buf {
 	t.Helper()
+	return r.sendSeg(t, i, id, 0, pkts...)
+}
+
+// sendSeg is send with the segmentation size seg in every packet's
+// metadata (TxMetaSegSizeOff).
+func (r *rig) sendSeg(t testing.TB, i int, id [16]byte, seg uint16, pkts ...[]byte) []channel.Buf {
+	t.Helper()
 	bufs := make([]channel.Buf, len(pkts))
 	for got := 0; got < len(pkts); {
 		if err := r.chans[i].Sync(); err != nil { // refill the alloc ring
@@ -126,6 +133,7 @@ func (r *rig) send(t testing.TB, i int, id [16]byte, pkts ...[]byte) []channel.B
 		meta := r.chans[i].Pool().UserMeta(b.Index)
 		clear(meta)
 		copy(meta[flowswitch.TxMetaFlowIDOff:], id[:])
+		binary.LittleEndian.PutUint16(meta[flowswitch.TxMetaSegSizeOff:], seg)
 	}
 	if n, err := r.apps[i].Send(bufs); n != len(bufs) || err != nil {
 		t.Fatalf("app send: %d of %d, %v", n, len(bufs), err)

@@ -35,12 +35,13 @@ func (s *Switch) txChecks(p *port, n int) {
 			}
 		}
 		if e != nil && simple {
-			if j := t.fastRun(e, &id, p.tx.v6, i, n); j > i {
+			if j := t.fastRun(e, &id, p.tx.tcp, p.tx.v6, i, n); j > i {
 				i = j
 				continue
 			}
 		}
-		if ipLen := t.ipLens[i]; e != nil && ipLen > 0 && ipLen <= t.mtu && t.ids[i] == id {
+		if ipLen := t.ipLens[i]; e != nil && ipLen > 0 && t.ids[i] == id &&
+			(ipLen <= t.mtu || t.superOK(i, p.tx.tcp, p.tx.v6)) {
 			s.txPass(e, i, ipLen, t.mflags[i], p.tx.tcp, p.tx.v6)
 		} else {
 			s.txCheck(p, i)
@@ -51,16 +52,16 @@ func (s *Switch) txChecks(p *port, n int) {
 
 // fastRun frames packets i, i+1, ... of the batch while they need no check
 // beyond what Template.MatchEach did (t.ipLens, t.mflags): a flow ID equal
-// to id and no SYN, for Connected flow e. (A match is within the MTU: its
-// IP length is at most the copy's, which is at most the MTU.) It returns
-// the first packet it did not take.
-func (t *txState) fastRun(e *flow.Entry, id *[TxMetaFlowIDLen]byte, v6 bool, i, n int) int {
+// to id, no SYN, and within the MTU or a super packet superOK accepts, for
+// Connected flow e (of the template's protocol, tcp, and family, v6). It
+// returns the first packet it did not take.
+func (t *txState) fastRun(e *flow.Entry, id *[TxMetaFlowIDLen]byte, tcp, v6 bool, i, n int) int {
 	hdr, l2Len := t.hdr, t.l2Len
 	frames, ids, ipLens, mflags := t.frames[:n], t.ids[:n], t.ipLens[:n], t.mflags[:n]
 	le := binary.LittleEndian
 	id0, id1 := le.Uint64(id[0:8]), le.Uint64(id[8:16])
 	et := etherType(v6)
-	out := t.out
+	out, outSeg := t.out, t.outSeg
 	var bytes uint64
 	j := i
 	for ; j < n; j++ {
@@ -69,19 +70,47 @@ func (t *txState) fastRun(e *flow.Entry, id *[TxMetaFlowIDLen]byte, v6 bool, i, 
 			le.Uint64(ids[j][0:8]) != id0 || le.Uint64(ids[j][8:16]) != id1 {
 			break
 		}
+		seg := 0
+		if ipLen > t.mtu {
+			if !t.superOK(j, tcp, v6) {
+				break
+			}
+			seg = t.segs[j]
+		}
 		f := frames[j]
 		if l2Len == ethHeaderLen {
 			binary.BigEndian.PutUint16(f[hdr-2:hdr], et)
 		}
 		out = append(out, f[hdr-l2Len:hdr+ipLen])
+		outSeg = append(outSeg, seg)
 		bytes += uint64(ipLen)
 	}
 	if j > i {
-		t.out = out
+		t.out, t.outSeg = out, outSeg
 		t.flags = append(t.flags, mflags[i:j]...)
 		t.addRun(e, j-i, bytes)
 	}
 	return j
+}
+
+// superOK reports whether copy i, which a template of protocol tcp and
+// family v6 matched with an IP length above the MTU, is a super packet the
+// checks accept: TCP, with a segmentation size of at least MinSegSize that
+// keeps each segment (its headers, which the template says carry no IP
+// options or extension headers, plus the size) within the MTU. txCheck
+// applies the same rule to a parsed packet.
+func (t *txState) superOK(i int, tcp, v6 bool) bool {
+	seg := t.segs[i]
+	if !tcp || seg < MinSegSize {
+		return false
+	}
+	ipHdr := 20
+	if v6 {
+		ipHdr = 40
+	}
+	// The copy holds more than the headers: the match checked its length.
+	tcpHdr := int(t.copies[i][ipHdr+12]>>4) * 4
+	return ipHdr+tcpHdr+seg <= t.mtu
 }
 
 // etherType returns the EtherType of an IPv6 or IPv4 packet.
@@ -106,7 +135,7 @@ func (s *Switch) txCheck(p *port, i int) {
 	case ipLen < 0:
 		d.Parse++
 		return
-	case ipLen > t.mtu:
+	case ipLen > t.mtu && t.segs[i] == 0:
 		d.MTU++
 		return
 	case ipLen > len(pkt):
@@ -123,6 +152,19 @@ func (s *Switch) txCheck(p *port, i int) {
 	if ps.IPOptions {
 		d.IPv4Options++
 		return
+	}
+	if ipLen > t.mtu {
+		// A super packet: TCP (not a fragment, no IPv6 extension
+		// headers: what a segmenter takes) with a sane
+		// segmentation size (see superOK).
+		if ps.Proto != packet.ProtoTCP || !ps.HasL4 || ps.IsFragment() || ps.ExtHeaders != 0 {
+			d.SegProto++
+			return
+		}
+		if seg := t.segs[i]; seg < MinSegSize || ps.PayloadOff-ps.L3Off+seg > t.mtu {
+			d.SegSize++
+			return
+		}
 	}
 	var k packet.Key
 	ps.TxKeyTo(&k)
@@ -185,7 +227,11 @@ func (s *Switch) txPass(e *flow.Entry, i, ipLen int, fl packet.TCPFlags, tcp, v6
 	if t.l2Len == ethHeaderLen {
 		binary.BigEndian.PutUint16(f[12:14], etherType(v6))
 	}
-	t.passed(f, e, fl)
+	seg := 0
+	if ipLen > t.mtu {
+		seg = t.segs[i] // checked by the caller (superOK or txCheck)
+	}
+	t.passed(f, e, fl, seg)
 	return true
 }
 

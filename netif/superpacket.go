@@ -3,7 +3,7 @@ package netif
 // SuperPacketLink is implemented by a Link whose device moves GSO/GRO super
 // packets: one TCP (or UDP) packet with a single set of headers standing for
 // many wire-sized segments, up to MaxSuperPacketLen bytes (tun with
-// offloads, afpacket). It is optional: the nexus type-asserts its link, and
+// offloads, afpacket, memif with Options.MaxSuperPacketLen). It is optional: the nexus type-asserts its link, and
 // everything below is an extension of the Link contract, which otherwise
 // holds unchanged (buffers stay the caller's, Write never blocks, one
 // reader and one writer).
@@ -15,7 +15,8 @@ package netif
 // Who segments. On receive the Link does, in user space, only when it must
 // (the caller's buffer is too small, or the super packet is UDP); on
 // transmit it never does: the kernel (or the NIC) cuts the super packet
-// into segments after the Link hands it over with a virtio-net header.
+// into segments after the Link hands it over with a virtio-net header, or
+// an in-memory wire (memif) carries it whole to the other end's Read.
 //
 // Read. A bufs[i] of at least MaxSuperPacketLen bytes receives a TCP super
 // packet whole, as GRO would have built it: one valid frame whose IP length
@@ -38,7 +39,12 @@ package netif
 // segSizes[i]-byte pieces (the TCP MSS; for UDP the datagram payload) and
 // sends each with the headers copied and fixed up (lengths, IPv4 IDs, TCP
 // sequence numbers and flags, checksums); the caller's L4 checksum field
-// is ignored. segSizes[i] == 0, or i >= len(segSizes), means TCP segments
+// is ignored by a device that segments. A wire that carries the super
+// packet whole (memif) computes no checksum: the far end's Read delivers
+// the caller's bytes, so the caller completes the L4 checksum of a super
+// packet that must arrive valid (the flowswitch's do: package stack
+// completes them), and only the segments a Read has to cut get fresh
+// ones. segSizes[i] == 0, or i >= len(segSizes), means TCP segments
 // of MTU bytes; a UDP super packet must name its size. A frame that cannot
 // go as a super packet (not TCP/UDP, UDP without a size, headers that do
 // not parse, longer than MaxSuperPacketLen) stops the batch with

@@ -55,14 +55,8 @@ func (e *Endpoint) resumeLocked() bool {
 		}
 		for len(f.held) > 0 {
 			it := &f.held[0]
-			if len(e.spare) < it.segs {
-				need := 0
-				for j := range f.held {
-					if need += f.held[j].segs; need >= spareMax {
-						break
-					}
-				}
-				if e.allocLocked(need); len(e.spare) < it.segs || e.appErr != nil {
+			if len(e.spare) == 0 {
+				if e.allocLocked(min(len(f.held), spareMax)); len(e.spare) == 0 || e.appErr != nil {
 					return progress // out of buffers: the rest waits, held
 				}
 			}

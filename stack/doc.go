@@ -15,10 +15,15 @@
 // writes the packet's flow ID into the buffer's user metadata
 // (flowswitch.TxMetaFlowIDOff) and puts the batch on the TX ring with one
 // Send. The endpoint offers host GSO: netstack hands down TCP segments of up
-// to Options.GSOMaxSize bytes with a partial checksum, and the endpoint cuts
-// them into MSS-sized packets as it copies them into the TX ring, computing
-// each one's checksums (the nexus checks every packet against the MTU, so
-// segmentation happens here, at the last point the app controls).
+// to Options.GSOMaxSize bytes (at most the channel's buffer size) with a
+// partial checksum, and the endpoint puts each whole in one buffer, as a
+// super packet with its MSS as the segmentation size
+// (flowswitch.TxMetaSegSizeOff): the nexus hands it whole to a link that
+// takes super packets, or cuts it into MTU segments right before the
+// device. Checksums: the endpoint completes the super packet's TCP
+// checksum (one pass over the bytes it just copied), so a super packet
+// carried whole (memif) arrives valid at the far end; whoever cuts it
+// (the nexus's netif/gso, a kernel) computes each segment's own.
 //
 // Flows follow the stack: every packet leaves with the flow ID of the flow
 // it belongs to, or does not leave. The owner (package client) registers
@@ -38,7 +43,8 @@
 // Invariants:
 //
 //   - A packet the nexus would refuse never reaches the TX ring: no flow, a
-//     size above the MTU, a source address that is not the port's. Such a
+//     size above the MTU (but for a TCP super packet the nexus takes), a
+//     source address that is not the port's. Such a
 //     packet is dropped here and counted (Stats), so an honest app never
 //     sees a TX drop in the flowswitch.
 //   - Every PacketBuffer reference the endpoint takes is released on every

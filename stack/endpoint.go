@@ -56,7 +56,7 @@ const (
 	// DefaultMaxHeld bounds the packets held per suspended flow: a TCP
 	// window at the default 1 MiB send buffer in MTU packets (725 at 1500
 	// bytes) with room for the retransmissions netstack makes while it
-	// hears nothing; GSO packets carry up to 44 MTU packets each. A held
+	// hears nothing; a super packet carries up to a buffer's worth. A held
 	// TCP packet keeps alive data netstack keeps anyway for retransmission.
 	// Past it packets are dropped and counted (TCP retransmits them).
 	DefaultMaxHeld = 1024
@@ -84,8 +84,9 @@ type Options struct {
 	// required.
 	MTU int
 	// GSOMaxSize is the largest TCP segment netstack may hand down (host
-	// GSO, segmented here); 0 means DefaultGSOMaxSize, negative disables
-	// GSO.
+	// GSO: sent whole as a super packet, segmented by the nexus or the
+	// link), bounded by the channel's buffer size; 0 means
+	// DefaultGSOMaxSize, negative disables GSO.
 	GSOMaxSize int
 	// RxBatch is the most packets taken from the RX ring per poll; 0 means
 	// DefaultRxBatch.
@@ -111,11 +112,11 @@ type Stats struct {
 	RxDropped          uint64 // not IP, or no dispatcher attached
 	TxPackets, TxBytes uint64 // packets put on the TX ring (after segmentation)
 	TxSends            uint64 // Send calls that put at least one packet on the ring
-	TxGSO              uint64 // netstack packets segmented here
+	TxGSO              uint64 // super packets (netstack GSO packets above the MTU) put whole on the TX ring
 	TxWaits            uint64 // WritePackets calls that left packets waiting for ring space or buffers
 	TxNoFlow           uint64 // dropped: no flow the port registered (ICMP, stray RST, a flow torn down under queued or held packets)
 	TxRegisterFail     uint64 // dropped: registering its flow failed
-	TxOversize         uint64 // dropped: above the MTU and not GSO
+	TxOversize         uint64 // dropped: above the MTU and not a super packet the nexus takes, or above the buffer size
 	TxQueueFull        uint64 // dropped: MaxPending packets already waiting
 	TxClosed           uint64 // dropped: the endpoint was stopped
 	FlowsRegistered    uint64 // flows registered (by Register or on demand)
@@ -217,11 +218,15 @@ func New(opts Options) (*Endpoint, error) {
 		rxProtos: make([]tcpip.NetworkProtocolNumber, opts.RxBatch),
 		stop:     make(chan struct{}),
 	}
-	// A GSO packet must fit the buffers one flush can gather (spareMax):
-	// with the smallest MSS the MTU allows (its IPv6 and TCP headers with
-	// 40 bytes of options taken off), at most spareMax/2 segments.
-	if minMSS := opts.MTU - header.IPv6MinimumSize - header.TCPHeaderMaximumSize; opts.GSOMaxSize > 0 && minMSS > 0 {
-		e.gsoMax = uint32(min(opts.GSOMaxSize, DefaultGSOMaxSize, spareMax/2*minMSS))
+	// A GSO packet goes down whole, as one super packet in one channel
+	// buffer: netstack keeps its payload under GSOMaxSize less
+	// header.TCPTotalHeaderMaximumSize (160) bytes, more than any headers,
+	// so a GSOMaxSize of the buffer size always fits. GSO is on only when
+	// that leaves room for two full segments: below, super packets would
+	// not pay for their headers.
+	if g := min(opts.GSOMaxSize, DefaultGSOMaxSize, bufLen); opts.GSOMaxSize > 0 &&
+		g-header.TCPTotalHeaderMaximumSize-1 >= 2*(opts.MTU-header.IPv4MinimumSize-header.TCPMinimumSize) {
+		e.gsoMax = uint32(g)
 	}
 	e.mtu.Store(uint32(opts.MTU))
 	e.flows.init()
@@ -251,14 +256,14 @@ func (*Endpoint) SetLinkAddress(tcpip.LinkAddress) {}
 
 // Capabilities implements stack.LinkEndpoint.Capabilities: none. netstack
 // computes and verifies checksums (the flowswitch verifies nothing), except
-// for GSO segments, whose checksums the endpoint completes.
+// for GSO packets, whose partial TCP checksum the endpoint completes.
 func (*Endpoint) Capabilities() gstack.LinkEndpointCapabilities { return 0 }
 
 // GSOMaxSize implements stack.GSOEndpoint.GSOMaxSize.
 func (e *Endpoint) GSOMaxSize() uint32 { return e.gsoMax }
 
-// SupportedGSO implements stack.GSOEndpoint.SupportedGSO: host GSO, done
-// by this endpoint as it fills the TX ring.
+// SupportedGSO implements stack.GSOEndpoint.SupportedGSO: host GSO; the
+// nexus or its link segments (see the package doc).
 func (e *Endpoint) SupportedGSO() gstack.SupportedGSO {
 	if e.gsoMax == 0 {
 		return gstack.GSONotSupported

@@ -20,7 +20,7 @@ type txItem struct {
 	pkt   *gstack.PacketBuffer
 	key   packet.Key      // its flow's key
 	flags packet.TCPFlags // its TCP flags
-	segs  int             // channel buffers it needs (GSO segments, or 1)
+	seg   int             // segmentation size of a super packet (above the MTU), else 0
 }
 
 // WritePackets implements stack.LinkWriter.WritePackets. Each packet's
@@ -86,20 +86,24 @@ func (e *Endpoint) classify(pkt *gstack.PacketBuffer) (_ txItem, ok bool, _ tcpi
 		e.stats.txNoFlow.Add(1)
 		return txItem{}, false, nil
 	}
-	segs := 1
-	size := pkt.Size()
-	if g := pkt.GSOOptions; isTCPGSO(g) && g.MSS > 0 && pkt.Data().Size() > int(g.MSS) {
-		segs = (pkt.Data().Size() + int(g.MSS) - 1) / int(g.MSS)
-		size = pkt.Size() - pkt.Data().Size() + int(g.MSS)
+	// A packet above the MTU goes whole as a super packet when it is
+	// netstack's TCP GSO and the nexus will take it: it fits one buffer,
+	// and its segments (headers plus MSS) fit the MTU.
+	seg, size, mtu := 0, pkt.Size(), int(e.mtu.Load())
+	if g := pkt.GSOOptions; size > mtu && isTCPGSO(g) {
+		seg = int(g.MSS)
+		if seg < flowswitch.MinSegSize || size-pkt.Data().Size()+seg > mtu {
+			seg = -1
+		}
 	}
-	if size > int(e.mtu.Load()) || size > e.bufLen {
+	if (size > mtu && seg <= 0) || size > e.bufLen {
 		e.stats.txOversize.Add(1)
 		return txItem{}, false, &tcpip.ErrMessageTooLong{}
 	}
 	if !e.flows.ensure(e, key, flags) {
 		return txItem{}, false, nil
 	}
-	return txItem{pkt: pkt, key: key, flags: flags, segs: segs}, true, nil
+	return txItem{pkt: pkt, key: key, flags: flags, seg: seg}, true, nil
 }
 
 // flushLocked sends what the flows the nexus let go again held back, then
@@ -133,16 +137,10 @@ func (e *Endpoint) flushLocked() bool {
 			progress = true
 			continue
 		}
-		if len(e.spare) < it.segs {
+		if len(e.spare) == 0 {
 			// One Alloc for the rest of the queue (up to a TX
 			// ring's worth).
-			need := 0
-			for i := range e.pending {
-				if need += e.pending[i].segs; need >= spareMax {
-					break
-				}
-			}
-			if e.allocLocked(need); len(e.spare) < it.segs {
+			if e.allocLocked(min(len(e.pending), spareMax)); len(e.spare) == 0 {
 				break
 			}
 		}
@@ -177,15 +175,15 @@ func (e *Endpoint) flushLocked() bool {
 	return progress
 }
 
-// emitLocked copies it's packet into it.segs spare buffers stamped with the
-// flow ID id, queues them for the TX ring, and releases it (the endpoint's
-// reference, and *it). There must be enough spare buffers.
+// emitLocked copies it's packet into a spare buffer stamped with the flow
+// ID id, queues it for the TX ring, and releases it (the endpoint's
+// reference, and *it). There must be a spare buffer.
 func (e *Endpoint) emitLocked(it *txItem, id [16]byte) {
-	bufs := e.spare[len(e.spare)-it.segs:]
-	e.fill(it, id, bufs)
-	e.ready = append(e.ready, bufs...)
-	clear(bufs)
-	e.spare = e.spare[:len(e.spare)-it.segs]
+	last := len(e.spare) - 1
+	e.fill(it, id, &e.spare[last])
+	e.ready = append(e.ready, e.spare[last])
+	e.spare[last] = channel.Buf{}
+	e.spare = e.spare[:last]
 	it.pkt.DecRef()
 	*it = txItem{}
 }
@@ -216,31 +214,31 @@ func (e *Endpoint) allocLocked(need int) {
 	e.spare = e.spare[:at+k]
 }
 
-// fill copies it's packet into bufs (one buffer per segment) and stamps the
-// flow ID into each buffer's user metadata.
-func (e *Endpoint) fill(it *txItem, id [16]byte, bufs []channel.Buf) {
-	if it.segs > 1 {
+// fill copies it's packet into buf, whole (a GSO packet too: the nexus or
+// the link segments it), completes the TCP checksum netstack left partial
+// for GSO, so that a super packet carried whole verifies at the far end,
+// and stamps the flow ID and segmentation size into the buffer's user
+// metadata.
+func (e *Endpoint) fill(it *txItem, id [16]byte, buf *channel.Buf) {
+	n := copyPacket(it.pkt, buf.Data)
+	buf.Data = buf.Data[:n]
+	buf.Flags = 0
+	if isTCPGSO(it.pkt.GSOOptions) && it.pkt.GSOOptions.NeedsCsum {
+		finishTCPChecksum(buf.Data, len(it.pkt.NetworkHeader().Slice()))
+	}
+	if it.seg > 0 {
 		e.stats.txGSO.Add(1)
-		segment(it.pkt, bufs)
-	} else {
-		n := copyPacket(it.pkt, bufs[0].Data)
-		bufs[0].Data = bufs[0].Data[:n]
-		if isTCPGSO(it.pkt.GSOOptions) && it.pkt.GSOOptions.NeedsCsum {
-			finishTCPChecksum(bufs[0].Data, len(it.pkt.NetworkHeader().Slice()))
-		}
 	}
-	for i := range bufs {
-		bufs[i].Flags = 0
-		m, err := e.app.Meta(bufs[i].Index)
-		if err != nil {
-			// Only for a buffer outside the pool, which Alloc never
-			// hands out; the channel's error is sticky.
-			e.appErr = err
-			continue
-		}
-		copy(m[flowswitch.TxMetaFlowIDOff:flowswitch.TxMetaFlowIDOff+flowswitch.TxMetaFlowIDLen], id[:])
-		clear(m[flowswitch.TxMetaFlowIDOff+flowswitch.TxMetaFlowIDLen:]) // reserved: zeros
+	m, err := e.app.Meta(buf.Index)
+	if err != nil {
+		// Only for a buffer outside the pool, which Alloc never hands
+		// out; the channel's error is sticky.
+		e.appErr = err
+		return
 	}
+	copy(m[flowswitch.TxMetaFlowIDOff:flowswitch.TxMetaFlowIDOff+flowswitch.TxMetaFlowIDLen], id[:])
+	binary.LittleEndian.PutUint16(m[flowswitch.TxMetaSegSizeOff:], uint16(it.seg))
+	clear(m[flowswitch.TxMetaSegSizeOff+flowswitch.TxMetaSegSizeLen:]) // reserved: zeros
 }
 
 func isTCPGSO(g gstack.GSO) bool { return g.Type == gstack.GSOTCPv4 || g.Type == gstack.GSOTCPv6 }
@@ -260,71 +258,6 @@ func copyPacket(pkt *gstack.PacketBuffer, dst []byte) int {
 		off = 0
 	}
 	return n
-}
-
-// segment cuts the TCP GSO packet pkt into len(bufs) packets of at most MSS
-// payload bytes, as a NIC's TSO does: the headers are copied into each, the
-// IPv4 ID counts up, the sequence number advances, FIN and PSH stay on the
-// last segment and CWR on the first, and every length and checksum is
-// recomputed.
-func segment(pkt *gstack.PacketBuffer, bufs []channel.Buf) {
-	nh := pkt.NetworkHeader().Slice()
-	th := pkt.TransportHeader().Slice()
-	nl, hl := len(nh), len(nh)+len(th)
-	mss := int(pkt.GSOOptions.MSS)
-	seq0 := binary.BigEndian.Uint32(th[4:8])
-	flags := th[13]
-	v4 := pkt.NetworkProtocolNumber == header.IPv4ProtocolNumber
-	var id0 uint16
-	if v4 {
-		id0 = binary.BigEndian.Uint16(nh[4:6])
-	}
-	// Walk the payload views once, across the segments.
-	vl, off := pkt.AsViewList()
-	off += hl // skip the headers, which precede the payload
-	v := vl.Front()
-	for v != nil && off >= v.Size() {
-		off -= v.Size()
-		v = v.Next()
-	}
-	left := pkt.Data().Size()
-	for i := range bufs {
-		b := bufs[i].Data
-		copy(b, nh)
-		copy(b[nl:], th)
-		sz := min(mss, left)
-		left -= sz
-		for n := hl; n < hl+sz; {
-			s := v.AsSlice()[off:]
-			c := copy(b[n:hl+sz], s)
-			n += c
-			off += c
-			if off == v.Size() {
-				v, off = v.Next(), 0
-			}
-		}
-		b = b[:hl+sz]
-		bufs[i].Data = b
-		t := b[nl:hl]
-		binary.BigEndian.PutUint32(t[4:8], seq0+uint32(i*mss))
-		f := flags
-		if i < len(bufs)-1 {
-			f &^= uint8(header.TCPFlagFin | header.TCPFlagPsh)
-		}
-		if i > 0 {
-			f &^= uint8(header.TCPFlagCwr)
-		}
-		t[13] = f
-		if v4 {
-			binary.BigEndian.PutUint16(b[2:4], uint16(hl+sz))
-			binary.BigEndian.PutUint16(b[4:6], id0+uint16(i))
-			b[10], b[11] = 0, 0
-			binary.BigEndian.PutUint16(b[10:12], ^checksum.Checksum(b[:nl], 0))
-		} else {
-			binary.BigEndian.PutUint16(b[4:6], uint16(hl+sz-header.IPv6MinimumSize))
-		}
-		finishTCPChecksum(b, nl)
-	}
 }
 
 // finishTCPChecksum writes the full TCP checksum of the packet b whose TCP

@@ -475,6 +475,7 @@ func readWire(gen netif.Link) (frames, spoofed int, err error) {
 func txDropMap(d flowswitch.TxDrops) map[string]uint64 {
 	return map[string]uint64{
 		"length": d.Length, "mtu": d.MTU, "parse": d.Parse, "ipv4_options": d.IPv4Options,
+		"seg_proto": d.SegProto, "seg_size": d.SegSize,
 		"src_addr": d.SrcAddr, "src_port": d.SrcPort, "proto": d.Proto, "no_flow": d.NoFlow, "not_owner": d.NotOwner, "flow_id": d.FlowID, "torn_down": d.TornDown,
 		"listener_data": d.ListenerData, "syn_rate": d.SYNRate,
 	}

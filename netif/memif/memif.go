@@ -8,29 +8,46 @@
 //     netif.MaxFrameLen(MTU, LinkType) bytes, allocated by NewPair. Write
 //     copies frames in, Read copies them out; no frame is allocated, and
 //     neither end ever holds a caller's buffer after a call returns.
+//
 //   - One lock acquisition per batch, per direction; the two directions do
 //     not share a lock.
+//
 //   - Frames leave a direction in the order they entered it. With Rate or
 //     Delay each frame gets the time it becomes readable when it is written;
 //     those times never decrease, so Read only looks at the oldest frame.
+//
 //   - A full ring tail-drops: Write accepts a prefix and counts the rest in
 //     the writer's TxDrops. Frames that are queued but not yet due (Rate,
 //     Delay) occupy slots like any other.
+//
 //   - Close on either end closes the wire: both ends return netif.ErrClosed
 //     from then on, and queued frames are discarded.
 //
-// Memory is 2 × QueueLen × MaxFrameLen bytes per pair: about 3 MB with the
-// defaults, 128 MiB at MTU 65535 with the default QueueLen, so pairs that
-// carry super packets usually want a shorter queue.
+//   - Super packets (Options.MaxSuperPacketLen) cross whole: each end is a
+//     [netif.SuperPacketLink]. WriteGSO stores a super packet as written,
+//     with its segment size, in one slot; Read hands it over whole to a
+//     buffer that holds it, else cut into MTU segments (netif/gso), and
+//     always cuts a UDP super packet into its datagrams (the contract in
+//     netif/superpacket.go). The wire computes no checksum on the way: a
+//     super packet delivered whole carries the L4 checksum its writer put
+//     in it, and the flowswitch's are complete (package stack completes
+//     them); a segment cut on Read gets a checksum computed from its bytes.
+//
+// Memory is 2 × QueueLen × slot bytes per pair, a slot being
+// max(MaxFrameLen, MaxSuperPacketLen): about 3 MB with the defaults, 128 MiB
+// at MTU 65535 (or with 64 KiB super packets) with the default QueueLen,
+// so pairs that carry super packets usually want a shorter queue.
 package memif
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"sync"
 	"time"
 
 	"github.com/skylane/skylane/netif"
+	"github.com/skylane/skylane/netif/gso"
 	"github.com/skylane/skylane/packet"
 )
 
@@ -79,6 +96,11 @@ type Options struct {
 	Burst int
 	// Delay is how long after Write a frame becomes readable. 0 is none.
 	Delay time.Duration
+	// MaxSuperPacketLen is the longest super packet (link header included)
+	// the wire carries whole (netif.SuperPacketLink): from
+	// MaxFrameLen(MTU, LinkType) up to netif.HeaderLen(LinkType) + 65535.
+	// 0 means MaxFrameLen: no super packets, every frame at most the MTU.
+	MaxSuperPacketLen int
 }
 
 // NewPair returns the two ends of a new wire. Every option is checked before
@@ -110,13 +132,17 @@ func NewPair(opts Options) (a, b netif.Link, err error) {
 	case opts.Delay < 0:
 		return nil, nil, fmt.Errorf("memif: negative Delay %v", opts.Delay)
 	}
-	slot := netif.MaxFrameLen(opts.MTU, opts.LinkType)
+	frameLen := netif.MaxFrameLen(opts.MTU, opts.LinkType)
+	slot := max(frameLen, opts.MaxSuperPacketLen)
+	if opts.MaxSuperPacketLen != 0 && (opts.MaxSuperPacketLen < frameLen || opts.MaxSuperPacketLen > netif.HeaderLen(opts.LinkType)+0xffff) {
+		return nil, nil, fmt.Errorf("memif: MaxSuperPacketLen %d outside %d..%d", opts.MaxSuperPacketLen, frameLen, netif.HeaderLen(opts.LinkType)+0xffff)
+	}
 	if opts.QueueLen > MaxQueueBytes/slot {
 		return nil, nil, fmt.Errorf("memif: QueueLen %d of %d-byte frames exceeds %d bytes",
 			opts.QueueLen, slot, MaxQueueBytes)
 	}
 	if opts.Burst == 0 {
-		opts.Burst = slot
+		opts.Burst = frameLen
 	}
 
 	w := &wire{
@@ -124,6 +150,8 @@ func NewPair(opts Options) (a, b netif.Link, err error) {
 		done:  make(chan struct{}),
 		mtu:   opts.MTU,
 		lt:    opts.LinkType,
+		frame: frameLen,
+		super: slot,
 		batch: min(batchSize, opts.QueueLen),
 	}
 	for i := range w.q {
@@ -140,6 +168,8 @@ type wire struct {
 	epoch time.Time // monotonic origin of the due times
 	mtu   int
 	lt    packet.LinkType
+	frame int // MaxFrameLen(mtu, lt)
+	super int // MaxSuperPacketLen: the slot size, at least frame
 	batch int
 	done  chan struct{} // closed by Close; unblocks Wait
 
@@ -168,8 +198,16 @@ type queue struct {
 	head   int     // guarded by mu; slot of the oldest frame
 	count  int     // guarded by mu; frames queued, due or not
 	lens   []int32 // guarded by mu; frame length per slot
-	due    []int64 // guarded by mu; per slot, wire.now() at which it is readable; nil unless paced
-	tat    int64   // guarded by mu; token bucket's theoretical arrival time (GCRA), with Rate
+	segs   []int32 // guarded by mu; per slot, a super packet's segment size
+	udp    []bool  // guarded by mu; per slot, the super packet is UDP (always cut on Read)
+	// split is the head super packet while Read cuts it into segments
+	// across buffers and calls; next is the segment to write next.
+	// Guarded by mu.
+	split     gso.Super
+	splitting bool
+	next      int
+	due       []int64 // guarded by mu; per slot, wire.now() at which it is readable; nil unless paced
+	tat       int64   // guarded by mu; token bucket's theoretical arrival time (GCRA), with Rate
 
 	// Counters, guarded by mu. The writing end's Tx, the reading end's Rx.
 	txPackets, txBytes, txDrops uint64
@@ -180,6 +218,8 @@ func (q *queue) init(o *Options, slot int) {
 	q.slot = slot
 	q.buf = make([]byte, o.QueueLen*slot)
 	q.lens = make([]int32, o.QueueLen)
+	q.segs = make([]int32, o.QueueLen)
+	q.udp = make([]bool, o.QueueLen)
 	q.ready = make(chan struct{}, 1)
 	q.delay = int64(o.Delay)
 	if o.Rate > 0 {
@@ -217,7 +257,7 @@ type end struct {
 	timer *time.Timer // used by Wait only: owned by the reader goroutine
 }
 
-var _ netif.Link = (*end)(nil)
+var _ netif.SuperPacketLink = (*end)(nil)
 
 func (w *wire) newEnd(name string, tx, rx *queue) *end {
 	t := time.NewTimer(time.Hour)
@@ -237,8 +277,14 @@ func (e *end) LinkType() packet.LinkType { return e.w.lt }
 // BatchSize implements netif.Link.BatchSize.
 func (e *end) BatchSize() int { return e.w.batch }
 
+// MaxSuperPacketLen implements netif.SuperPacketLink.MaxSuperPacketLen:
+// Options.MaxSuperPacketLen, or MaxFrameLen without super packets.
+func (e *end) MaxSuperPacketLen() int { return e.w.super }
+
 // Read implements netif.Link.Read. It returns the frames that are due, in
-// order, up to min(len(bufs), len(sizes)).
+// order, up to min(len(bufs), len(sizes)). A super packet goes whole into
+// a buffer that holds it; otherwise, and always for UDP, it is cut into
+// segments of at most MaxFrameLen, across buffers and calls.
 func (e *end) Read(bufs [][]byte, sizes []int) (int, error) {
 	limit := min(len(bufs), len(sizes))
 	q := e.rx
@@ -259,17 +305,25 @@ func (e *end) Read(bufs [][]byte, sizes []int) (int, error) {
 			break
 		}
 		size := int(q.lens[h])
-		q.head++
-		if q.head == len(q.lens) {
-			q.head = 0
+		f := q.buf[h*q.slot : h*q.slot+size]
+		if size > e.w.frame && (q.splitting || q.udp[h] || size > len(bufs[n])) {
+			k, ok := q.segment(e.w, h, f, bufs[n])
+			if !ok {
+				err = io.ErrShortBuffer
+				break
+			}
+			sizes[n] = k
+			q.rxBytes += uint64(k)
+			n++
+			continue
 		}
-		q.count--
+		q.pop()
 		if size > len(bufs[n]) {
 			q.rxDrops++
 			err = io.ErrShortBuffer
 			break
 		}
-		copy(bufs[n], q.buf[h*q.slot:h*q.slot+size])
+		copy(bufs[n], f)
 		sizes[n] = size
 		q.rxBytes += uint64(size)
 		n++
@@ -279,14 +333,76 @@ func (e *end) Read(bufs [][]byte, sizes []int) (int, error) {
 	return n, err
 }
 
-// Write implements netif.Link.Write. Frames up to MaxFrameLen bytes are
-// accepted, including empty ones; a longer frame stops the batch with
-// netif.ErrFrameTooLarge.
-func (e *end) Write(frames [][]byte) (int, error) {
+// pop removes the head frame. Called with mu held.
+func (q *queue) pop() {
+	q.head++
+	if q.head == len(q.lens) {
+		q.head = 0
+	}
+	q.count--
+}
+
+// segment writes the next segment of the head super packet f (slot h) into
+// buf and returns its length; the super packet leaves the queue with its
+// last segment. ok is false when buf is too short for a segment (shorter
+// than MaxFrameLen, against the Link contract): the rest of the super
+// packet is dropped and counted. Called with mu held.
+func (q *queue) segment(w *wire, h int, f, buf []byte) (int, bool) {
+	if !q.splitting {
+		// WriteGSO checked the packet: Init fails only on a bug.
+		if q.split.Init(f, l3Off(f, w.lt), int(q.segs[h])) != nil {
+			q.pop()
+			q.rxDrops++
+			return 0, false
+		}
+		q.splitting, q.next = true, 0
+	}
+	k, err := q.split.Segment(q.next, buf)
+	q.next++
+	if err != nil || q.next == q.split.Segments() {
+		q.splitting = false
+		q.split = gso.Super{} // keep no reference to the slot
+		q.pop()
+	}
+	if err != nil {
+		q.rxDrops++
+		return 0, false
+	}
+	return k, true
+}
+
+// l3Off is where the IP header of frame f starts: after the Ethernet
+// header (and one 802.1Q tag), or at 0 on a raw IP link.
+func l3Off(f []byte, lt packet.LinkType) int {
+	if lt != packet.Ethernet {
+		return 0
+	}
+	if len(f) >= 14 && f[12] == 0x81 && f[13] == 0x00 {
+		return 18
+	}
+	return 14
+}
+
+// Write implements netif.Link.Write: WriteGSO(frames, nil). Frames up to
+// MaxFrameLen bytes are accepted, including empty ones; a longer one must
+// be a TCP super packet (see WriteGSO).
+func (e *end) Write(frames [][]byte) (int, error) { return e.WriteGSO(frames, nil) }
+
+// WriteGSO implements netif.SuperPacketLink.WriteGSO. A frame up to
+// MaxFrameLen is carried as it is, whatever it holds. A longer one, up to
+// MaxSuperPacketLen, must be a TCP or UDP super packet (see the package
+// doc) whose segSizes[i] (0 or absent: the MSS at the MTU, TCP only) makes
+// segments within the MTU; it is carried whole, with its segment size.
+// Any other frame stops the batch with netif.ErrFrameTooLarge.
+func (e *end) WriteGSO(frames [][]byte, segSizes []int) (int, error) {
 	q := e.tx
-	k := len(frames) // frames[:k] fit a slot
+	k := len(frames) // frames[:k] may go
+	var bad error
 	for i, f := range frames {
-		if len(f) > q.slot {
+		if len(f) <= e.w.frame {
+			continue
+		}
+		if _, _, bad = e.w.checkSuper(f, segSize(segSizes, i)); bad != nil {
 			k = i
 			break
 		}
@@ -305,9 +421,14 @@ func (e *end) Write(frames [][]byte) (int, error) {
 	if pos >= len(q.lens) {
 		pos -= len(q.lens)
 	}
-	for _, f := range frames[:n] {
+	for i, f := range frames[:n] {
 		copy(q.buf[pos*q.slot:], f)
 		q.lens[pos] = int32(len(f))
+		q.segs[pos], q.udp[pos] = 0, false
+		if len(f) > e.w.frame {
+			seg, udp, _ := e.w.checkSuper(f, segSize(segSizes, i))
+			q.segs[pos], q.udp[pos] = int32(seg), udp
+		}
 		if q.paced {
 			q.due[pos] = q.dueTime(now, len(f))
 		}
@@ -329,10 +450,51 @@ func (e *end) Write(frames [][]byte) (int, error) {
 		}
 	}
 	if k < len(frames) {
-		return n, fmt.Errorf("%s: write frame %d of %d bytes (max %d): %w",
-			e.name, k, len(frames[k]), q.slot, netif.ErrFrameTooLarge)
+		return n, fmt.Errorf("%s: write frame %d of %d bytes (max %d, super packets up to %d): %w: %w",
+			e.name, k, len(frames[k]), e.w.frame, e.w.super, netif.ErrFrameTooLarge, bad)
 	}
 	return n, nil
+}
+
+func segSize(segSizes []int, i int) int {
+	if i < len(segSizes) {
+		return segSizes[i]
+	}
+	return 0
+}
+
+// Why a frame longer than MaxFrameLen was refused (wrapped with
+// netif.ErrFrameTooLarge).
+var (
+	errSuperLen  = errors.New("longer than MaxSuperPacketLen")
+	errSuperUDP  = errors.New("UDP super packet without a segment size")
+	errSuperSize = errors.New("segments would exceed the MTU")
+)
+
+// checkSuper checks that f, longer than MaxFrameLen, can cross as a super
+// packet cut into seg-byte payloads (0: the MSS at the MTU, TCP only), and
+// returns the segment size and whether it is UDP.
+func (w *wire) checkSuper(f []byte, seg int) (int, bool, error) {
+	if len(f) > w.super {
+		return 0, false, errSuperLen
+	}
+	l3 := l3Off(f, w.lt)
+	given := seg
+	if seg == 0 {
+		seg = gso.MSS(f, l3, w.mtu)
+	}
+	var g gso.Super
+	if err := g.Init(f, l3, seg); err != nil {
+		return 0, false, err
+	}
+	udp := g.Proto() == gso.ProtoUDP
+	switch {
+	case udp && given == 0:
+		return 0, false, errSuperUDP
+	case g.HeaderLen()+seg > w.mtu:
+		return 0, false, errSuperSize
+	}
+	return seg, udp, nil
 }
 
 // Wait implements netif.Link.Wait. With Rate or Delay it also wakes when the
