@@ -29,7 +29,9 @@ package netif
 // batch runs out, the following Read calls. A UDP super packet (USO) is
 // always split into the datagrams it stands for, whatever the buffer size:
 // datagram boundaries are data, and one 60 KB datagram is not what its
-// sender sent.
+// sender sent. A link that learns no datagram size from its device (AF_XDP
+// carries none) cannot split one, and drops it with a named counter
+// instead; it never delivers it whole.
 //
 // WriteGSO. frames[i] up to MaxFrameLen goes out as it is (its checksums
 // are the caller's) and ignores segSizes. A longer frames[i], up to
