@@ -40,6 +40,7 @@ func (s *Switch) addPort(ch *channel.Channel) flow.PortID {
 	if s.reg != nil {
 		p.reg.stall, _ = regulate.NewStallDetector(s.reg.stallTimeout)
 	}
+	p.reg.segsPerSlot = max(1, (p.bufSize+s.tx.mtu-1)/s.tx.mtu)
 	s.ports = append(s.ports, p)
 	return id
 }

@@ -211,6 +211,12 @@ type portReg struct {
 	rate   int64
 	bucket *pacer // nil: no rate cap
 	st     PortRegStats
+	// segsPerSlot is how many queue entries one TX slot of the port
+	// became lately (a super packet is cut into its segments as it
+	// enters the AQM), at least 1: serve sizes advisory ports' chunks
+	// by it. It starts at the most a buffer can become, so a first
+	// chunk of super packets does not overshoot.
+	segsPerSlot int
 
 	stall        regulate.StallDetector
 	lastConsumed uint64 // the channel's RxPackets + Reclaimed at the last check
@@ -699,8 +705,23 @@ func (s *Switch) serve(grants []regulate.Grant, now int64) (int, error) {
 				break // removed: its channel turned defunct in this round
 			}
 			want := min(gr.Budget-taken, TxBatch)
+			if p.reg.adv {
+				// A super packet enters the AQM as its segments: size
+				// the chunk by the segments per slot the port had last,
+				// so the high-water mark is overshot by at most one
+				// misjudged chunk, never by a ring of super packets.
+				left := r.highWater - r.q.Len()
+				if left <= 0 {
+					break
+				}
+				want = min(want, max(1, left/p.reg.segsPerSlot))
+			}
+			before := r.q.Len()
 			n, err := s.txTake(p, want, now)
 			taken += n
+			if p.reg.adv && n > 0 {
+				p.reg.segsPerSlot = max(1, (r.q.Len()-before+n-1)/n)
+			}
 			// Tell the apps at once: a suspension seen now keeps the
 			// next ports' (and rounds') packets out of the queue.
 			s.publishTransitions()

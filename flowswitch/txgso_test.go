@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
@@ -16,6 +17,7 @@ import (
 	"github.com/skylane/skylane/packet"
 	"github.com/skylane/skylane/packet/packettest"
 	"github.com/skylane/skylane/pool"
+	"github.com/skylane/skylane/regulate"
 )
 
 // newSuperTxRig is newTxRig with one port whose channel has 16 KiB
@@ -285,4 +287,45 @@ func (r *rig) txFlows0(t testing.TB) *flow.Entry {
 		t.Fatal(err)
 	}
 	return e
+}
+
+// An advisory port's grant is room under the AQM's high-water mark, in
+// queue entries: its super packets count as the segments they become, so
+// a ring full of them fills the queue to the mark, not past its limit.
+func TestTxSuperAdvisoryBackpressure(t *testing.T) {
+	var clock int64
+	r := newSuperTxRig(t, memif.Options{}, flowswitch.Options{Regulation: &flowswitch.RegulationOptions{NoMitigation: true},
+		LinkRate: 10_000_000, Now: func() int64 { return clock }})
+	ch, app := newChannel(t, channel.Options{Name: "adv", Pool: pool.Options{BufferSize: pool.MaxBufferSize, SegmentSize: 16 * pool.MaxBufferSize}})
+	id, err := r.sw.AddPortWith(ch, flowswitch.AddPortOptions{Advisories: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.chans, r.apps, r.ports = append(r.chans, ch), append(r.apps, app), append(r.ports, id)
+	e, err := r.sw.Register(id, packet.MakeKey(packet.ProtoTCP, netip.AddrPortFrom(localIP, 7000), netip.AddrPortFrom(remoteIP, 8000)), flow.Connected)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const mss, segs, pkts = 1448, 10, 250 // 2500 segments: more than the queue's 2048
+	var batch [][]byte
+	for i := range pkts {
+		batch = append(batch, superTCP(uint32(i*mss*segs), mss*segs))
+	}
+	r.sendSeg(t, 1, e.ID(), mss, batch...)
+	for range 4 {
+		if _, err := r.sw.TxSync(); err != nil {
+			t.Fatal(err)
+		}
+		clock += int64(time.Millisecond)
+	}
+	snap := r.sw.Snapshot()
+	reg := snap.Regulation
+	highWater := regulate.DefaultLimit * 3 / 4
+	if reg == nil || reg.Queued < highWater-segs || reg.Queued > highWater+segs || reg.OverflowDrops != 0 {
+		t.Fatalf("queue holds %d (want the high-water mark %d ± one super packet's %d segments), overflow drops %d",
+			reg.Queued, highWater, segs, reg.OverflowDrops)
+	}
+	if ps := snap.Ports[1].Regulation; ps == nil || ps.Backpress == 0 {
+		t.Errorf("advisory port never held back: %+v", ps)
+	}
 }
