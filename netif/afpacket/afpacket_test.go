@@ -22,6 +22,7 @@ import (
 	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/netif/afpacket"
 	"github.com/skylane/skylane/packet"
+	"github.com/skylane/skylane/packet/packettest"
 )
 
 // newLink makes a veth pair between two namespaces and an AF_PACKET Link on
@@ -145,28 +146,7 @@ func udpTo(port uint16) func([]byte) bool {
 // decode parses an Ethernet frame with gopacket and checks its checksums.
 func decode(t testing.TB, b []byte) gopacket.Packet {
 	t.Helper()
-	p := gopacket.NewPacket(b, layers.LayerTypeEthernet, gopacket.Default)
-	if el := p.ErrorLayer(); el != nil {
-		t.Fatalf("gopacket: %v", el.Error())
-	}
-	if ip, ok := p.NetworkLayer().(*layers.IPv4); ok {
-		if err, r := ip.VerifyChecksum(); err != nil || !r.Valid {
-			t.Fatalf("IPv4 header checksum invalid (%v)", err)
-		}
-	}
-	switch l4 := p.TransportLayer().(type) {
-	case *layers.TCP:
-		_ = l4.SetNetworkLayerForChecksum(p.NetworkLayer())
-		if err, r := l4.VerifyChecksum(); err != nil || !r.Valid {
-			t.Fatalf("TCP checksum %#x invalid, want %#x (%v)", l4.Checksum, r.Correct, err)
-		}
-	case *layers.UDP:
-		_ = l4.SetNetworkLayerForChecksum(p.NetworkLayer())
-		if err, r := l4.VerifyChecksum(); err != nil || !r.Valid {
-			t.Fatalf("UDP checksum %#x invalid, want %#x (%v)", l4.Checksum, r.Correct, err)
-		}
-	}
-	return p
+	return packettest.Decode(t, b, packet.Ethernet)
 }
 
 // udpFrame builds an Ethernet/IP/UDP frame with gopacket.

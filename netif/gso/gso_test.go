@@ -9,6 +9,8 @@ import (
 	"github.com/gopacket/gopacket/layers"
 
 	"github.com/skylane/skylane/netif/gso"
+	"github.com/skylane/skylane/packet"
+	"github.com/skylane/skylane/packet/packettest"
 )
 
 // super builds a TCP (or UDP) super packet over IPv4 or IPv6
@@ -58,37 +60,7 @@ func super(t testing.TB, v6, udp bool, l2, payload int) []byte {
 // checksums, as an independent decoder.
 func decode(t testing.TB, pkt []byte) gopacket.Packet {
 	t.Helper()
-	first := layers.LayerTypeIPv4
-	if pkt[0]>>4 == 6 {
-		first = layers.LayerTypeIPv6
-	}
-	p := gopacket.NewPacket(pkt, first, gopacket.Default)
-	if el := p.ErrorLayer(); el != nil {
-		t.Fatalf("gopacket: %v", el.Error())
-	}
-	if ip, ok := p.NetworkLayer().(*layers.IPv4); ok {
-		if err, r := ip.VerifyChecksum(); err != nil || !r.Valid {
-			t.Fatalf("IPv4 header checksum %#x invalid (%v)", ip.Checksum, err)
-		}
-		if int(ip.Length) != len(pkt) {
-			t.Fatalf("IPv4 length %d, packet %d bytes", ip.Length, len(pkt))
-		}
-	}
-	switch l4 := p.TransportLayer().(type) {
-	case *layers.TCP:
-		_ = l4.SetNetworkLayerForChecksum(p.NetworkLayer())
-		if err, r := l4.VerifyChecksum(); err != nil || !r.Valid {
-			t.Fatalf("TCP checksum %#x invalid, want %#x (%v)", l4.Checksum, r.Correct, err)
-		}
-	case *layers.UDP:
-		_ = l4.SetNetworkLayerForChecksum(p.NetworkLayer())
-		if err, r := l4.VerifyChecksum(); err != nil || !r.Valid {
-			t.Fatalf("UDP checksum %#x invalid, want %#x (%v)", l4.Checksum, r.Correct, err)
-		}
-	default:
-		t.Fatalf("no TCP/UDP layer in %v", p)
-	}
-	return p
+	return packettest.Decode(t, pkt, packet.RawIP)
 }
 
 // TestSegment cuts super packets into MTU-sized segments and checks each

@@ -17,6 +17,7 @@ import (
 	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/netif/tun"
 	"github.com/skylane/skylane/packet"
+	"github.com/skylane/skylane/packet/packettest"
 )
 
 // The kernel's side of the TUN device holds .1; the user-space side (this
@@ -106,32 +107,7 @@ func readUntil(t *testing.T, l netif.Link, bufLen int, match func([]byte) bool) 
 // decode parses a raw IP frame with gopacket and checks its checksums.
 func decode(t *testing.T, b []byte) gopacket.Packet {
 	t.Helper()
-	first := layers.LayerTypeIPv4
-	if len(b) > 0 && b[0]>>4 == 6 {
-		first = layers.LayerTypeIPv6
-	}
-	p := gopacket.NewPacket(b, first, gopacket.Default)
-	if el := p.ErrorLayer(); el != nil {
-		t.Fatalf("gopacket: %v", el.Error())
-	}
-	if ip, ok := p.NetworkLayer().(*layers.IPv4); ok {
-		if err, r := ip.VerifyChecksum(); err != nil || !r.Valid {
-			t.Fatalf("IPv4 header checksum invalid (%v)", err)
-		}
-	}
-	switch l4 := p.TransportLayer().(type) {
-	case *layers.TCP:
-		_ = l4.SetNetworkLayerForChecksum(p.NetworkLayer())
-		if err, r := l4.VerifyChecksum(); err != nil || !r.Valid {
-			t.Fatalf("TCP checksum %#x invalid, want %#x (%v)", l4.Checksum, r.Correct, err)
-		}
-	case *layers.UDP:
-		_ = l4.SetNetworkLayerForChecksum(p.NetworkLayer())
-		if err, r := l4.VerifyChecksum(); err != nil || !r.Valid {
-			t.Fatalf("UDP checksum %#x invalid, want %#x (%v)", l4.Checksum, r.Correct, err)
-		}
-	}
-	return p
+	return packettest.Decode(t, b, packet.RawIP)
 }
 
 // build serializes an IP packet from user to kernel with gopacket.
