@@ -42,7 +42,8 @@ type Config struct {
 	Rounds   int           // alternations of ours and baseline per point
 	Progress io.Writer     // stderr; nil for silence
 	Filter   string        // run only rows whose name contains this
-	Dev      bool          // tcp: on a veth pair with the kernel drivers (root), not memif
+	Dev      bool          // tcp, burst: on a veth pair with the kernel drivers (root), not memif
+	Driver   string        // burst --dev: the nexus's driver on the veth (drivers.AFPacket, AFXDP); empty: AF_PACKET
 }
 
 func (c Config) progress(format string, args ...any) {
