@@ -739,7 +739,11 @@ func runBurstOn(cfg Config, w *burstWire) (Report, error) {
 	iR, _ := pool(idle)
 	mR, mLost := pool(mixed)
 	if len(oR) == 0 || len(bR) == 0 || len(iR) == 0 || len(mR) == 0 {
-		return rep, fmt.Errorf("burst: no RPC answered (ours %d, FIFO %d, idle %d, unresponsive %d)", len(oR), len(bR), len(iR), len(mR))
+		// The FIFO's requests take 250 ms to 1 s each (the full queue, and
+		// a retry for each one dropped at its tail): short windows may
+		// see none.
+		return rep, fmt.Errorf("burst: no RPC answered in a measured window (ours %d, FIFO %d, idle %d, unresponsive %d): give a longer --duration (at least 1 s per round)",
+			len(oR), len(bR), len(iR), len(mR))
 	}
 	med := func(ts []burstTrial, f func(*burstTrial) float64) float64 {
 		v := make([]float64, len(ts))
