@@ -42,7 +42,8 @@ type Config struct {
 	Rounds   int           // alternations of ours and baseline per point
 	Progress io.Writer     // stderr; nil for silence
 	Filter   string        // run only rows whose name contains this
-	Dev      bool          // tcp: on a veth pair with the kernel drivers (root), not memif
+	Dev      bool          // tcp, burst: on a veth pair with the kernel drivers (root), not memif
+	Driver   string        // burst --dev: the nexus's driver on the veth (drivers.AFPacket, AFXDP); empty: AF_PACKET
 }
 
 func (c Config) progress(format string, args ...any) {
@@ -156,7 +157,7 @@ func Scenarios() []Scenario {
 		{Name: "fsw-rx", Help: "packets/s from a memif link through the flowswitch to channels, one core; baseline a ring-to-ring copy", Run: runFswRx},
 		{Name: "fsw-tx", Help: "packets/s from a channel's TX ring through the flowswitch checks to a memif link, one core; baseline the same path with checks off", Run: runFswTx},
 		{Name: "tcp", Help: "one TCP stream and 64-byte RPCs between two user-space stacks through the flowswitch over memif; baselines gVisor link/pipe and kernel loopback", Run: runTCP},
-		{Name: "burst", Help: "regulation on a 100 Mbit/s memif: RPC p99 under 8 bulk flows, bulk utilisation, Jain's index of the 8; baseline a plain 2048-frame FIFO (regulation off), same run", Run: runBurst},
+		{Name: "burst", Help: "regulation on a 100 Mbit/s memif: RPC p99 under 8 bulk flows, bulk utilisation, Jain's index of the 8; baseline a plain 2048-frame FIFO (regulation off), same run; --dev: on a veth pair, the kernel's stack at the far end (root)", Run: runBurst},
 		{Name: "udp", Help: "64-byte UDP receive rate over a veth into a user-space consumer (AF_XDP, AF_PACKET); baseline a kernel UDP socket with recvmmsg, same veth; needs root", Run: runUDP},
 	}
 }

@@ -1,12 +1,15 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,6 +19,7 @@ import (
 	"github.com/skylane/skylane/flowswitch"
 	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/netif/memif"
+	"github.com/skylane/skylane/netif/steer"
 	"github.com/skylane/skylane/packet"
 	"github.com/skylane/skylane/packet/packettest"
 	"github.com/skylane/skylane/regulate"
@@ -66,6 +70,12 @@ import (
 // FIFO) and fairness/flows=8 (Jain's index of the eight bulk flows'
 // throughput). Extras: the AQM's drops (CoDel, overflow, early), the
 // advisory suspends and resumes published, the FIFO's tail drops.
+//
+// With Config.Dev (`skylane bench burst --dev`, root) the same trials run
+// on a veth pair instead, the far end the kernel's own stack in another
+// namespace, the rows prefixed "veth/" (burstveth.go: the wire, and how
+// the FIFO trial gets the same rate and queue length there). A burstWire
+// says where the trials run; everything else is shared.
 const (
 	burstScenario  = "burst"
 	burstRowRPC    = "rpc-p99-under-bulk"
@@ -109,10 +119,40 @@ type burstApp struct {
 	pkt  []byte // the IP packet it sends
 }
 
+// burstWire is where the scenario runs: the memif wire (memifBurstWire) or
+// a veth pair with the kernel's stack at the far end (burstveth.go).
+type burstWire struct {
+	prefix   string // of the row names: "" on memif
+	baseName string
+	remote   netip.Addr // the far end's address
+	// srcMAC and dstMAC are the switch's static Ethernet addresses.
+	srcMAC, dstMAC [6]byte
+	// open makes a trial's link and its far end: a netif.Link the peerLoop
+	// serves, or a kernel peer (exactly one of peer and kpeer is non-nil).
+	open func() (dev, peer netif.Link, kpeer *burstKernelPeer, err error)
+	// paceFIFO: the device has no rate of its own, so the FIFO trial puts
+	// a burstFIFO (2048 frames paced at burstRate) between the switch and
+	// the device; on memif the wire's own queue and rate are the FIFO.
+	paceFIFO bool
+	extra    map[string]any // added to every row's extras
+}
+
+// memifBurstWire is the memif wire limited to burstRate, its queue
+// burstQueue frames.
+func memifBurstWire() burstWire {
+	return burstWire{baseName: burstBaseName, remote: burstRemote, srcMAC: burstSrcMAC, dstMAC: burstDstMAC,
+		open: func() (netif.Link, netif.Link, *burstKernelPeer, error) {
+			dev, peer, err := memif.NewPair(memif.Options{Name: "burst", QueueLen: burstQueue, Rate: burstRate})
+			return dev, peer, nil, err
+		}}
+}
+
 // burstRig is one trial's wire, switch and apps.
 type burstRig struct {
 	regulated bool
 	dev, peer netif.Link
+	kpeer     *burstKernelPeer // the far end when it is the kernel's stack (peer nil)
+	fifo      *burstFIFO       // the FIFO trial's paced queue on a device with no rate of its own
 	sw        *flowswitch.Switch
 	bulk      []*burstApp
 	rpc       *burstApp
@@ -133,21 +173,27 @@ type burstRig struct {
 	runE chan error
 }
 
-func newBurstRig(regulated, blaster bool) (_ *burstRig, err error) {
-	dev, peer, err := memif.NewPair(memif.Options{Name: "burst", QueueLen: burstQueue, Rate: burstRate})
+func newBurstRig(w *burstWire, regulated, blaster bool) (_ *burstRig, err error) {
+	dev, peer, kpeer, err := w.open()
 	if err != nil {
 		return nil, err
 	}
-	r := &burstRig{regulated: regulated, dev: dev, peer: peer, stop: make(chan struct{}), errs: make(chan error, 16)}
+	r := &burstRig{regulated: regulated, dev: dev, peer: peer, kpeer: kpeer, stop: make(chan struct{}), errs: make(chan error, 16)}
 	defer func() {
 		if err != nil {
 			r.close()
 		}
 	}()
-	o := flowswitch.Options{Link: dev, LocalAddrs: []netip.Addr{burstLocal}, SrcMAC: burstSrcMAC, DstMAC: burstDstMAC,
+	o := flowswitch.Options{Link: dev, LocalAddrs: []netip.Addr{burstLocal}, SrcMAC: w.srcMAC, DstMAC: w.dstMAC,
 		IdleWait: burstIdleWait}
-	if regulated {
+	switch {
+	case regulated:
 		o.Regulation, o.LinkRate = &flowswitch.RegulationOptions{}, burstRate
+	case w.paceFIFO:
+		if r.fifo, err = newBurstFIFO(dev); err != nil {
+			return nil, err
+		}
+		o.TxQueue = r.fifo
 	}
 	if r.sw, err = flowswitch.New(o); err != nil {
 		return nil, err
@@ -167,11 +213,22 @@ func newBurstRig(regulated, blaster bool) (_ *burstRig, err error) {
 			ch.Close()
 			return nil, err
 		}
-		l, rm := netip.AddrPortFrom(burstLocal, lport), netip.AddrPortFrom(burstRemote, rport)
-		if a.flow, err = r.sw.Register(a.port, packet.MakeKey(packet.ProtoUDP, l, rm), flow.Connected); err != nil {
+		l, rm := netip.AddrPortFrom(burstLocal, lport), netip.AddrPortFrom(w.remote, rport)
+		key := packet.MakeKey(packet.ProtoUDP, l, rm)
+		if a.flow, err = r.sw.Register(a.port, key, flow.Connected); err != nil {
 			a.app.Close()
 			ch.Close()
 			return nil, fmt.Errorf("register %s: %w", name, err)
+		}
+		// A steering device (AF_XDP, AF_PACKET's TC program) hands the
+		// flow's packets to the switch, not to the kernel, as the nexus
+		// has it do; the device's close removes the entries.
+		if fs, ok := dev.(steer.FlowSteerer); ok {
+			if err := fs.SteerFlow(key); err != nil {
+				a.app.Close()
+				ch.Close()
+				return nil, fmt.Errorf("steer %s: %w", name, err)
+			}
 		}
 		f := packettest.Frame{Link: packet.RawIP, Src: l, Dst: rm, Proto: packet.ProtoUDP, Payload: make([]byte, 8), Size: size}
 		a.pkt = f.Bytes()
@@ -184,6 +241,9 @@ func newBurstRig(regulated, blaster bool) (_ *burstRig, err error) {
 	if r.rpc, err = mk("rpc", false, burstRPCLocal, burstRPCPort, burstRPCSize); err != nil {
 		return nil, err
 	}
+	// No UDP checksum (0, RFC 768): the RPC app writes a sequence number
+	// into each request, and a kernel peer checks checksums.
+	binary.BigEndian.PutUint16(r.rpc.pkt[26:28], 0)
 	for i := range burstBulkFlows {
 		a, err := mk(fmt.Sprintf("bulk%d", i), true, uint16(burstBulkLocal+i), burstBulkPort, burstBulkSize)
 		if err != nil {
@@ -204,7 +264,11 @@ func (r *burstRig) start(bulk bool) {
 	ctx, cancel := context.WithCancel(context.Background())
 	r.runC, r.runE = cancel, make(chan error, 1)
 	go func() { r.runE <- r.sw.Run(ctx) }()
-	r.goRun(r.peerLoop)
+	if r.peer != nil {
+		r.goRun(r.peerLoop)
+	} else {
+		r.kpeer.start(r)
+	}
 	if bulk {
 		for _, a := range r.bulk {
 			r.goRun(func() error { return r.bulkLoop(a) })
@@ -230,6 +294,9 @@ func (r *burstRig) goRun(f func() error) {
 // error any of them met.
 func (r *burstRig) halt() error {
 	close(r.stop)
+	if r.kpeer != nil {
+		r.kpeer.close() // unblocks its readers
+	}
 	r.wg.Wait()
 	r.runC()
 	err := <-r.runE
@@ -249,6 +316,9 @@ func (r *burstRig) close() {
 			a.app.Close()
 			a.ch.Close()
 		}
+	}
+	if r.kpeer != nil {
+		r.kpeer.close()
 	}
 	r.dev.Close()
 }
@@ -534,6 +604,9 @@ type burstTrial struct {
 	elapsed time.Duration
 	snap    flowswitch.Snapshot
 	dev     netif.Stats // the switch's end of the wire
+	// fifoDrops are the FIFO's tail drops: the memif queue's (dev's
+	// TxDrops), or the burstFIFO's and the device's.
+	fifoDrops uint64
 
 	bulkAQMDrops uint64 // the bulk (advisory) flows' CoDel and overflow drops, per the flow table
 	blastSent    uint64 // the unresponsive app's packets sent and received by the peer, whole trial
@@ -552,8 +625,8 @@ func (t *burstTrial) jain() float64 { return regulate.Jain(t.bytes[:]) }
 
 // runBurstTrial builds a fresh rig, lets it settle for warmup, then
 // measures for d.
-func runBurstTrial(regulated, bulk, blaster bool, warmup, d time.Duration) (burstTrial, error) {
-	r, err := newBurstRig(regulated, blaster)
+func runBurstTrial(w *burstWire, regulated, bulk, blaster bool, warmup, d time.Duration) (burstTrial, error) {
+	r, err := newBurstRig(w, regulated, blaster)
 	if err != nil {
 		return burstTrial{}, err
 	}
@@ -582,6 +655,10 @@ func runBurstTrial(regulated, bulk, blaster bool, warmup, d time.Duration) (burs
 	}
 	tr.snap = r.sw.Snapshot()
 	tr.dev = r.dev.Stats()
+	tr.fifoDrops = tr.dev.TxDrops
+	if r.fifo != nil {
+		tr.fifoDrops += r.fifo.drops
+	}
 	bulkPorts := map[flow.PortID]bool{}
 	for _, a := range r.bulk {
 		bulkPorts[a.port] = true
@@ -605,8 +682,25 @@ func burstP99(d []time.Duration) float64 {
 func burstRound2(x float64) float64 { return float64(int64(x*100+0.5)) / 100 }
 
 func runBurst(cfg Config) (Report, error) {
+	if cfg.Dev {
+		return runBurstDev(cfg)
+	}
+	if cfg.Driver != "" {
+		return Report{}, fmt.Errorf("burst: driver %q is for the veth rows: add --dev", cfg.Driver)
+	}
+	w := memifBurstWire()
+	return runBurstOn(cfg, &w)
+}
+
+// burstWanted reports whether cfg wants any of w's rows.
+func burstWanted(cfg Config, w *burstWire) bool {
+	return cfg.wants(w.prefix+burstRowRPC) || cfg.wants(w.prefix+burstRowUtil) || cfg.wants(w.prefix+burstRowFair)
+}
+
+// runBurstOn runs the scenario's trials on w and makes its rows.
+func runBurstOn(cfg Config, w *burstWire) (Report, error) {
 	rep := Report{Scenario: burstScenario, Machine: Machine()}
-	if !cfg.wants(burstRowRPC) && !cfg.wants(burstRowUtil) && !cfg.wants(burstRowFair) {
+	if !burstWanted(cfg, w) {
 		return rep, nil
 	}
 	rounds := max(cfg.Rounds, 1)
@@ -619,14 +713,14 @@ func runBurst(cfg Config) (Report, error) {
 	warmup := min(max(d/2, 100*time.Millisecond), 500*time.Millisecond)
 	var ours, base, idle, mixed []burstTrial
 	for i := range rounds {
-		cfg.progress("  burst: round %d/%d", i+1, rounds)
+		cfg.progress("  burst %s: round %d/%d", cmp.Or(strings.TrimSuffix(w.prefix, "/"), "memif"), i+1, rounds)
 		for _, t := range []struct {
 			regulated, bulk, blast bool
 			into                   *[]burstTrial
 			name                   string
 		}{{true, true, false, &ours, "regulated"}, {false, true, false, &base, "fifo"}, {true, false, false, &idle, "idle"},
 			{true, true, true, &mixed, "unresponsive"}} {
-			tr, err := runBurstTrial(t.regulated, t.bulk, t.blast, warmup, d)
+			tr, err := runBurstTrial(w, t.regulated, t.bulk, t.blast, warmup, d)
 			if err != nil {
 				return rep, fmt.Errorf("burst %s trial: %w", t.name, err)
 			}
@@ -645,7 +739,11 @@ func runBurst(cfg Config) (Report, error) {
 	iR, _ := pool(idle)
 	mR, mLost := pool(mixed)
 	if len(oR) == 0 || len(bR) == 0 || len(iR) == 0 || len(mR) == 0 {
-		return rep, fmt.Errorf("burst: no RPC answered (ours %d, FIFO %d, idle %d, unresponsive %d)", len(oR), len(bR), len(iR), len(mR))
+		// The FIFO's requests take 250 ms to 1 s each (the full queue, and
+		// a retry for each one dropped at its tail): short windows may
+		// see none.
+		return rep, fmt.Errorf("burst: no RPC answered in a measured window (ours %d, FIFO %d, idle %d, unresponsive %d): give a longer --duration (at least 1 s per round)",
+			len(oR), len(bR), len(iR), len(mR))
 	}
 	med := func(ts []burstTrial, f func(*burstTrial) float64) float64 {
 		v := make([]float64, len(ts))
@@ -669,7 +767,7 @@ func runBurst(cfg Config) (Report, error) {
 		}
 	}
 	for _, t := range base {
-		fifoDrops += t.dev.TxDrops
+		fifoDrops += t.fifoDrops
 	}
 	// The unresponsive trials: the same sums, and the blaster's packets.
 	var mCodel, mOverflow, mEarly, mSusp, mResume, mBulkDrops, bSent, bRecv uint64
@@ -688,7 +786,7 @@ func runBurst(cfg Config) (Report, error) {
 	target := float64(regulate.DefaultTarget) / 1e6
 	idleP99 := burstP99(iR)
 	extra := func() map[string]any {
-		return map[string]any{
+		x := map[string]any{
 			"bulk_aqm_drops":         bulkDrops,
 			"unresp_rate_mbit_s":     burstBlastRate / 1e6,
 			"unresp_sent":            bSent,
@@ -708,8 +806,10 @@ func runBurst(cfg Config) (Report, error) {
 			"fifo_tail_drops": fifoDrops, "link_mbit_s": burstRate / 1e6, "bulk_flows": burstBulkFlows,
 			"bulk_apps": "raw channel senders honouring advisories (netstack TCP: the stack's bench)",
 		}
+		maps.Copy(x, w.extra)
+		return x
 	}
-	if cfg.wants(burstRowRPC) {
+	if cfg.wants(w.prefix + burstRowRPC) {
 		o, b, i := burstP99(oR), burstP99(bR), idleP99
 		x := extra()
 		x["idle_p99_ms"], x["target_ms"] = burstRound2(i), target
@@ -717,21 +817,21 @@ func runBurst(cfg Config) (Report, error) {
 		x["round_trips"], x["baseline_round_trips"], x["idle_round_trips"] = len(oR), len(bR), len(iR)
 		x["lost"], x["baseline_lost"] = oLost, bLost
 		rep.Results = append(rep.Results, Result{
-			Name: burstRowRPC, Unit: "ms (p99)", Value: burstRound2(o), LowerIsBetter: true,
-			BaselineName: burstBaseName, BaselineValue: burstRound2(b), Ratio: b / o, Extra: x,
+			Name: w.prefix + burstRowRPC, Unit: "ms (p99)", Value: burstRound2(o), LowerIsBetter: true,
+			BaselineName: w.baseName, BaselineValue: burstRound2(b), Ratio: b / o, Extra: x,
 		})
 	}
-	if cfg.wants(burstRowUtil) {
+	if cfg.wants(w.prefix + burstRowUtil) {
 		o := med(ours, (*burstTrial).utilisation)
 		b := med(base, (*burstTrial).utilisation)
-		r := Throughput(burstRowUtil, "fraction of the link", o, burstBaseName, b)
+		r := Throughput(w.prefix+burstRowUtil, "fraction of the link", o, w.baseName, b)
 		r.Extra = extra()
 		rep.Results = append(rep.Results, r)
 	}
-	if cfg.wants(burstRowFair) {
+	if cfg.wants(w.prefix + burstRowFair) {
 		o := med(ours, (*burstTrial).jain)
 		b := med(base, (*burstTrial).jain)
-		r := Throughput(burstRowFair, "Jain's index", o, burstBaseName, b)
+		r := Throughput(w.prefix+burstRowFair, "Jain's index", o, w.baseName, b)
 		x := extra()
 		x["bulk_bytes_per_flow"] = ours[len(ours)/2].bytes
 		r.Extra = x

@@ -18,6 +18,8 @@ usage:
   skylane bench SCENARIO [flags]   measure a scenario against its baseline
   skylane bench list               list the scenarios
   skylane bench tcp --dev          the tcp rows on a veth pair (root): kernel client, user-space server
+  skylane bench burst --dev [--driver afpacket|afxdp]
+                                   the burst rows on a veth pair (root): the kernel's stack at the far end
   skylane serve --dev IF --driver afxdp|afpacket|tun --addr IP:PORT [--tls]
                                    serve HTTP(S) from a user-space stack on a real interface (root)
 `
@@ -58,7 +60,8 @@ func runBench(args []string) error {
 	rounds := fs.Int("rounds", 3, "alternations of ours and baseline per point (median reported)")
 	asJSON := fs.Bool("json", false, "print one JSON object on stdout")
 	filter := fs.String("rows", "", "run only rows whose name contains this")
-	dev := fs.Bool("dev", false, "tcp only: run on a veth pair the bench makes (root) instead of memif")
+	dev := fs.Bool("dev", false, "tcp, burst: run on a veth pair the bench makes (root) instead of memif")
+	driver := fs.String("driver", "", "burst --dev: the nexus's driver on the veth, afpacket (default) or afxdp")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -66,7 +69,7 @@ func runBench(args []string) error {
 		if s.Name != name {
 			continue
 		}
-		rep, err := s.Run(bench.Config{Duration: *dur, Rounds: *rounds, Progress: os.Stderr, Filter: *filter, Dev: *dev})
+		rep, err := s.Run(bench.Config{Duration: *dur, Rounds: *rounds, Progress: os.Stderr, Filter: *filter, Dev: *dev, Driver: *driver})
 		if err != nil {
 			return fmt.Errorf("bench %s: %w", name, err)
 		}
