@@ -8,6 +8,7 @@ package bench
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"runtime"
@@ -44,6 +45,25 @@ type Config struct {
 	Filter   string        // run only rows whose name contains this
 	Dev      bool          // tcp, burst: on a veth pair with the kernel drivers (root), not memif
 	Driver   string        // burst --dev: the nexus's driver on the veth (drivers.AFPacket, AFXDP); empty: AF_PACKET
+	// Stop, when closed (skylane bench closes it on SIGINT or SIGTERM),
+	// ends the run at the next round with ErrInterrupted, so that the
+	// scenario's cleanup (namespaces, veths, XDP programs) runs. nil: never.
+	Stop <-chan struct{}
+}
+
+// ErrInterrupted is returned by a scenario stopped through Config.Stop.
+var ErrInterrupted = errors.New("interrupted")
+
+// roundStart announces round i of rounds of name and returns
+// ErrInterrupted if the run was asked to stop.
+func (c Config) roundStart(name string, i, rounds int) error {
+	select {
+	case <-c.Stop:
+		return fmt.Errorf("%s: %w", name, ErrInterrupted)
+	default:
+	}
+	c.progress("  %s: round %d/%d", name, i+1, rounds)
+	return nil
 }
 
 func (c Config) progress(format string, args ...any) {
@@ -80,7 +100,9 @@ func Measure(cfg Config, name string, ours, base func(d time.Duration) (Rate, er
 	d := cfg.Duration / time.Duration(rounds)
 	var os, bs []float64
 	for i := range rounds {
-		cfg.progress("  %s: round %d/%d", name, i+1, rounds)
+		if err := cfg.roundStart(name, i, rounds); err != nil {
+			return 0, 0, err
+		}
 		r, err := ours(d)
 		if err != nil {
 			return 0, 0, fmt.Errorf("%s: %w", name, err)

@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"math"
 	"testing"
 	"time"
@@ -56,4 +57,20 @@ func TestChannelScenarioJSON(t *testing.T) {
 func TestMain(m *testing.M) {
 	RunChild()
 	m.Run()
+}
+
+// A closed Config.Stop ends a run before its next round, with
+// ErrInterrupted, so the scenario's cleanup runs.
+func TestMeasureStops(t *testing.T) {
+	stop := make(chan struct{})
+	close(stop)
+	calls := 0
+	run := func(time.Duration) (Rate, error) { calls++; return Rate{}, nil }
+	_, _, err := Measure(Config{Duration: time.Millisecond, Rounds: 3, Stop: stop}, "row", run, run)
+	if !errors.Is(err, ErrInterrupted) || calls != 0 {
+		t.Fatalf("Measure = %v after %d runs; want ErrInterrupted before any", err, calls)
+	}
+	if _, _, err := Measure(Config{Duration: time.Millisecond, Rounds: 2}, "row", run, run); err != nil || calls != 4 {
+		t.Fatalf("Measure without Stop = %v after %d runs; want 4 runs", err, calls)
+	}
 }

@@ -713,7 +713,9 @@ func runBurstOn(cfg Config, w *burstWire) (Report, error) {
 	warmup := min(max(d/2, 100*time.Millisecond), 500*time.Millisecond)
 	var ours, base, idle, mixed []burstTrial
 	for i := range rounds {
-		cfg.progress("  burst %s: round %d/%d", cmp.Or(strings.TrimSuffix(w.prefix, "/"), "memif"), i+1, rounds)
+		if err := cfg.roundStart("burst "+cmp.Or(strings.TrimSuffix(w.prefix, "/"), "memif"), i, rounds); err != nil {
+			return rep, err
+		}
 		for _, t := range []struct {
 			regulated, bulk, blast bool
 			into                   *[]burstTrial

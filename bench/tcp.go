@@ -480,7 +480,9 @@ func rpcRow(cfg Config, row string, sky *skyPair, kernel *connPair) (Result, err
 		}
 	}
 	for i := range rounds {
-		cfg.progress("  %s: round %d/%d", row, i+1, rounds)
+		if err := cfg.roundStart(row, i, rounds); err != nil {
+			return Result{}, err
+		}
 		l, err := sky.rpc(d)
 		if err != nil {
 			return Result{}, fmt.Errorf("%s: %w", row, err)

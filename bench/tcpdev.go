@@ -115,7 +115,9 @@ func (h *udpHosts) devRow(cfg Config, name, driver string, offloads bool, kernel
 	var ours, base, baseNoOffload []float64
 	var figs devFigures
 	for i := range rounds {
-		cfg.progress("  %s: round %d/%d", name, i+1, rounds)
+		if err := cfg.roundStart(name, i, rounds); err != nil {
+			return Result{}, err
+		}
 		r, f, err := h.userStream(driver, offloads, d)
 		if err != nil {
 			return Result{}, fmt.Errorf("%s: %w", name, err)

@@ -1,11 +1,14 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/skylane/skylane/bench"
@@ -69,7 +72,13 @@ func runBench(args []string) error {
 		if s.Name != name {
 			continue
 		}
-		rep, err := s.Run(bench.Config{Duration: *dur, Rounds: *rounds, Progress: os.Stderr, Filter: *filter, Dev: *dev, Driver: *driver})
+		// The first SIGINT/SIGTERM stops the run at the next round, so
+		// the scenario removes what it made (namespaces, veths, XDP
+		// programs); a second one kills as usual.
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		go func() { <-ctx.Done(); stop() }()
+		rep, err := s.Run(bench.Config{Duration: *dur, Rounds: *rounds, Progress: os.Stderr, Filter: *filter, Dev: *dev, Driver: *driver, Stop: ctx.Done()})
+		stop()
 		if err != nil {
 			return fmt.Errorf("bench %s: %w", name, err)
 		}
