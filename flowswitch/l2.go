@@ -279,14 +279,17 @@ func (s *Switch) resolveOut() {
 			for x := j; x < j+r.n; x++ {
 				f := t.out[x]
 				copy(f[0:6], mac[:])
-				t.out[w], t.flags[w] = f, t.flags[x]
+				t.out[w], t.flags[w], t.outSeg[w] = f, t.flags[x], t.outSeg[x]
 				w++
 			}
 			t.runs[rw] = r
 			rw++
 		} else {
-			for _, f := range t.out[j : j+r.n] {
-				if l.nb.Hold(ip, f[t.l2Len:]) {
+			for x, f := range t.out[j : j+r.n] {
+				// A super packet is not held: the resolver sends what it
+				// holds as it is, and only MTU frames go out that way.
+				// TCP sends it again.
+				if t.outSeg[j+x] == 0 && l.nb.Hold(ip, f[t.l2Len:]) {
 					l.stats.Held++
 					l.asked = true
 				} else {
@@ -298,4 +301,13 @@ func (s *Switch) resolveOut() {
 	}
 	clear(t.runs[rw:])
 	t.runs, t.out, t.flags = t.runs[:rw], t.out[:w], t.flags[:w]
+	if t.supers > 0 {
+		clear(t.outSeg[w:])
+		t.supers = 0
+		for _, seg := range t.outSeg[:w] {
+			if seg != 0 {
+				t.supers++
+			}
+		}
+	}
 }

@@ -167,22 +167,27 @@ type portTx struct {
 // txState is the transmit path's scratch, allocated once by New. Guarded by
 // the switch's lock like the rest of the Switch.
 type txState struct {
-	hdr    int           // headroom in front of each copy: netif.HeaderLen of the link; immutable
-	l2Len  int           // L2 header TxOnce writes: ethHeaderLen or 0; immutable
-	mtu    int           // the link's MTU; immutable
-	bufs   []channel.Buf // TakeTX output; len TxBatch
-	frames [][]byte      // the nexus's copies; each hdr+copyLen bytes, the packet at [hdr:]
-	copies [][]byte      // copies[i]: frames[i][hdr:], where packet i is copied (copyLen bytes); immutable
-	lens   []int         // bytes copied into copies[i]
-	ids    [][TxMetaFlowIDLen]byte
-	segs   []int             // segmentation size of copies[i] (TxMetaSegSizeOff)
-	ipLens []int             // Template.MatchEach results: 0, or the IP length
-	mflags []packet.TCPFlags // and the TCP flags
+	hdr            int           // headroom in front of each copy: netif.HeaderLen of the link; immutable
+	l2Len          int           // L2 header TxOnce writes: ethHeaderLen or 0; immutable
+	mtu            int           // the link's MTU; immutable
+	bufs           []channel.Buf // TakeTX output; len TxBatch
+	frames         [][]byte      // the nexus's copies of this batch: small[i] or big[i], the packet at [hdr:]
+	copies         [][]byte      // copies[i]: frames[i][hdr:], where packet i is copied
+	small          [][]byte      // hdr+MTU bytes each, MACs written; immutable
+	big            [][]byte      // hdr+pool.MaxBufferSize bytes each, for super packets; nil until the first
+	swapped        []int         // indices whose frames are big ones now (useBig); cap TxBatch
+	srcMAC, dstMAC [6]byte       // immutable
+	lens           []int         // bytes copied into copies[i]
+	ids            [][TxMetaFlowIDLen]byte
+	segs           []int             // segmentation size of copies[i] (TxMetaSegSizeOff)
+	ipLens         []int             // Template.MatchEach results: 0, or the IP length
+	mflags         []packet.TCPFlags // and the TCP flags
 
 	// The packets that passed, in order: out for Link.Write, flags and runs
 	// for the counters (runs: how many consecutive ones belong to a flow).
 	out    [][]byte          // cap TxBatch
-	outSeg []int             // parallel to out: the segmentation size of a super packet, else 0
+	outSeg []int             // len TxBatch; outSeg[i]: out[i]'s segmentation size if a super packet, else 0
+	supers int               // super packets in out: outSeg is all zeros when 0
 	flags  []packet.TCPFlags // parallel to out
 	runs   []txRun
 	tokens []uint32 // flow token of each of out, filled for TxQueue only
@@ -204,35 +209,67 @@ type txRun struct {
 func (t *txState) init(opts Options, lt packet.LinkType, mtu int) {
 	t.hdr, t.mtu = netif.HeaderLen(lt), mtu
 	t.bufs = make([]channel.Buf, TxBatch)
-	// A copy holds a whole channel buffer: a super packet fills up to one
-	// (pool.MaxBufferSize), an MTU packet less.
-	t.frames = frameBufs(TxBatch, t.hdr+max(mtu, pool.MaxBufferSize))
 	if lt == packet.Ethernet {
-		// The MACs never change and nothing else writes in front of the
-		// copies: write them once; each packet then gets its EtherType.
 		t.l2Len = ethHeaderLen
-		for _, f := range t.frames {
-			l2 := f[t.hdr-ethHeaderLen:]
-			copy(l2[0:6], opts.DstMAC[:])
-			copy(l2[6:12], opts.SrcMAC[:])
-		}
 	}
+	t.srcMAC, t.dstMAC = opts.SrcMAC, opts.DstMAC
+	// MTU-sized copies for the common case, packed (a batch of them stays
+	// within few pages: TLB misses, not copies, cost most at 64 bytes);
+	// copies of a whole channel buffer for super packets, made on the
+	// first one.
+	t.small = t.newFrames(netif.MaxFrameLen(mtu, lt))
+	t.frames = make([][]byte, TxBatch)
 	t.copies = make([][]byte, TxBatch)
-	for i, f := range t.frames {
-		t.copies[i] = f[t.hdr:]
+	for i, f := range t.small {
+		t.frames[i], t.copies[i] = f, f[t.hdr:]
 	}
+	t.swapped = make([]int, 0, TxBatch)
 	t.lens = make([]int, TxBatch)
 	t.ids = make([][TxMetaFlowIDLen]byte, TxBatch)
 	t.segs = make([]int, TxBatch)
 	t.ipLens = make([]int, TxBatch)
 	t.mflags = make([]packet.TCPFlags, TxBatch)
 	t.out = make([][]byte, 0, TxBatch)
-	t.outSeg = make([]int, 0, TxBatch)
+	t.outSeg = make([]int, TxBatch)
 	t.flags = make([]packet.TCPFlags, 0, TxBatch)
 	t.runs = make([]txRun, 0, TxBatch)
 	t.tokens = make([]uint32, 0, TxBatch)
 	t.adv = make([]uint32, 0, TxBatch)
 	t.gso.init(opts.Link, lt, mtu)
+}
+
+// useBig makes copy i a whole-buffer one, for a super packet, until the
+// next useSmall. (Only these swaps write the slices: a pointer store per
+// packet costs a write barrier check.)
+func (t *txState) useBig(i int) {
+	if t.big == nil {
+		t.big = t.newFrames(t.hdr + max(t.mtu, pool.MaxBufferSize))
+	}
+	t.frames[i], t.copies[i] = t.big[i], t.big[i][t.hdr:]
+	t.swapped = append(t.swapped, i)
+}
+
+// useSmall puts back the MTU-sized copies useBig swapped out.
+func (t *txState) useSmall() {
+	for _, i := range t.swapped {
+		t.frames[i], t.copies[i] = t.small[i], t.small[i][t.hdr:]
+	}
+	t.swapped = t.swapped[:0]
+}
+
+// newFrames allocates TxBatch copy frames of size bytes, their MACs
+// written: they never change and nothing else writes in front of the
+// copies, so each packet then gets only its EtherType.
+func (t *txState) newFrames(size int) [][]byte {
+	fs := frameBufs(TxBatch, size)
+	if t.l2Len == ethHeaderLen {
+		for _, f := range fs {
+			l2 := f[t.hdr-ethHeaderLen:]
+			copy(l2[0:6], t.dstMAC[:])
+			copy(l2[6:12], t.srcMAC[:])
+		}
+	}
+	return fs
 }
 
 // clock returns the time for this TxOnce's SYN budget checks, reading the
@@ -248,7 +285,10 @@ func (t *txState) clock() time.Time {
 // size seg (0: not a super packet), to the output.
 func (t *txState) passed(f []byte, e *flow.Entry, fl packet.TCPFlags, seg int) {
 	t.out = append(t.out, f)
-	t.outSeg = append(t.outSeg, seg)
+	if seg != 0 {
+		t.outSeg[len(t.out)-1] = seg
+		t.supers++
+	}
 	t.flags = append(t.flags, fl)
 	t.addRun(e, 1, uint64(len(f)-t.l2Len))
 }
@@ -318,11 +358,13 @@ func (s *Switch) txTake(p *port, limit int, now int64) (int, error) {
 	// Copy each packet and its flow ID out of the app-writable memory, then
 	// check the copies.
 	meta := ch.Pool()
-	dst, lens, ids, segs := t.copies[:n], t.lens[:n], t.ids[:n], t.segs[:n]
+	lens, ids, segs := t.lens[:n], t.ids[:n], t.segs[:n]
+	t.useSmall()
 	for i, b := range t.bufs[:n] {
-		// dst[i] holds a whole buffer; were it shorter, what is not
-		// copied fails the length checks below either way.
-		lens[i] = copy(dst[i], b.Data)
+		if len(b.Data) > len(t.copies[i]) { // a super packet (or too long: the checks drop it)
+			t.useBig(i)
+		}
+		lens[i] = copy(t.copies[i], b.Data)
 		m := meta.UserMeta(b.Index)
 		copy(ids[i][:], m[TxMetaFlowIDOff:TxMetaFlowIDOff+TxMetaFlowIDLen])
 		segs[i] = int(binary.LittleEndian.Uint16(m[TxMetaSegSizeOff:]))
@@ -392,7 +434,11 @@ func (s *Switch) txTake(p *port, limit int, now int64) (int, error) {
 // alive.
 func (t *txState) resetOut() {
 	clear(t.runs)
-	t.out, t.outSeg, t.flags, t.runs = t.out[:0], t.outSeg[:0], t.flags[:0], t.runs[:0]
+	if t.supers > 0 {
+		clear(t.outSeg)
+		t.supers = 0
+	}
+	t.out, t.flags, t.runs = t.out[:0], t.flags[:0], t.runs[:0]
 }
 
 // TxSync runs TxOnce on every user port once, in port order, and returns

@@ -61,7 +61,7 @@ func (t *txState) fastRun(e *flow.Entry, id *[TxMetaFlowIDLen]byte, tcp, v6 bool
 	le := binary.LittleEndian
 	id0, id1 := le.Uint64(id[0:8]), le.Uint64(id[8:16])
 	et := etherType(v6)
-	out, outSeg := t.out, t.outSeg
+	out := t.out
 	var bytes uint64
 	j := i
 	for ; j < n; j++ {
@@ -70,23 +70,22 @@ func (t *txState) fastRun(e *flow.Entry, id *[TxMetaFlowIDLen]byte, tcp, v6 bool
 			le.Uint64(ids[j][0:8]) != id0 || le.Uint64(ids[j][8:16]) != id1 {
 			break
 		}
-		seg := 0
 		if ipLen > t.mtu {
 			if !t.superOK(j, tcp, v6) {
 				break
 			}
-			seg = t.segs[j]
+			t.outSeg[len(out)] = t.segs[j]
+			t.supers++
 		}
 		f := frames[j]
 		if l2Len == ethHeaderLen {
 			binary.BigEndian.PutUint16(f[hdr-2:hdr], et)
 		}
 		out = append(out, f[hdr-l2Len:hdr+ipLen])
-		outSeg = append(outSeg, seg)
 		bytes += uint64(ipLen)
 	}
 	if j > i {
-		t.out, t.outSeg = out, outSeg
+		t.out = out
 		t.flags = append(t.flags, mflags[i:j]...)
 		t.addRun(e, j-i, bytes)
 	}

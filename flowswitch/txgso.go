@@ -63,12 +63,7 @@ func (g *txGSO) init(l netif.Link, lt packet.LinkType, mtu int) {
 
 // hasSuper reports whether the output batch holds a super packet.
 func (t *txState) hasSuper() bool {
-	for _, s := range t.outSeg {
-		if s != 0 {
-			return true
-		}
-	}
-	return false
+	return t.supers > 0
 }
 
 // writeOut writes the output batch (t.out) to the device link: as it is

@@ -424,8 +424,7 @@ func (e *end) WriteGSO(frames [][]byte, segSizes []int) (int, error) {
 	for i, f := range frames[:n] {
 		copy(q.buf[pos*q.slot:], f)
 		q.lens[pos] = int32(len(f))
-		q.segs[pos], q.udp[pos] = 0, false
-		if len(f) > e.w.frame {
+		if len(f) > e.w.frame { // segs and udp are read for such frames only
 			seg, udp, _ := e.w.checkSuper(f, segSize(segSizes, i))
 			q.segs[pos], q.udp[pos] = int32(seg), udp
 		}
