@@ -1,6 +1,8 @@
 package flowswitch
 
 import (
+	"encoding/binary"
+
 	"github.com/skylane/skylane/channel"
 	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/netif/gso"
@@ -24,8 +26,9 @@ import (
 //     a valid TCP packet carrying a whole number of wire MSS (the MTU less
 //     its headers) of payload, headers fixed up as a NIC's TSO would, and
 //     a checksum computed from its bytes. So that the cut launders no
-//     corruption, the super packet's own checksum is verified first, and
-//     one that fails is dropped (SplitCsumDrops).
+//     corruption, the super packet's own checksum is verified, from the
+//     pieces' fresh checksums (no second pass over the payload), and one
+//     that fails is dropped whole (SplitCsumDrops).
 //   - UDP super packets never come: the link cuts them into their
 //     datagrams (the SuperPacketLink contract).
 
@@ -40,6 +43,22 @@ func rxFrameLen(l netif.Link) int {
 	return n
 }
 
+// piecePayloadSum returns the folded one's complement sum of the payload
+// of piece, a TCP packet rxSplit just cut with a complete checksum,
+// without reading the payload: the checksum less the pseudo header and
+// the TCP header. off is where its payload starts in the super packet's:
+// at an odd offset the bytes pair the other way, so the sum is swapped.
+func piecePayloadSum(piece []byte, q *packet.Parsed, off int) uint32 {
+	th := piece[q.IPHdrLen : q.PayloadOff-q.L3Off]
+	total := uint32(binary.BigEndian.Uint16(th[16:18])) ^ 0xffff // the sum the checksum complements
+	hdr := packet.Fold(pseudoSum(piece, q.IPVersion, len(piece)-q.IPHdrLen) + packet.Sum(th[:16], 0) + packet.Sum(th[18:], 0))
+	sum := packet.Fold(total + uint32(^hdr))
+	if off&1 != 0 {
+		sum = sum>>8 | sum<<8
+	}
+	return uint32(sum)
+}
+
 // rxSplit cuts packet i of the input batch, a TCP super packet too large
 // for port p's buffers, into pieces that fit, writes the first into b (a
 // buffer of p's already allocated for it) and the others into buffers it
@@ -52,11 +71,6 @@ func (s *Switch) rxSplit(p *port, b channel.Buf, i int32, id *[16]byte) (done, c
 	pkt := s.bufs[i][q.L3Off : q.L3Off+q.IPLen]
 	if q.Proto != packet.ProtoTCP || !q.HasL4 {
 		return false, false
-	}
-	ip := pkt[:q.IPHdrLen]
-	if packet.Fold(pseudoSum(ip, q.IPVersion, q.IPLen-q.IPHdrLen)+packet.Sum(pkt[q.IPHdrLen:], 0)) != 0xffff {
-		s.stats.SplitCsumDrops++
-		return false, true
 	}
 	hdrs := q.PayloadOff - q.L3Off
 	room := len(b.Data) - hdrs
@@ -89,14 +103,33 @@ func (s *Switch) rxSplit(p *port, b channel.Buf, i int32, id *[16]byte) (done, c
 		}
 		more = more[:n+got]
 	}
+	// Cut first, then verify the super packet's checksum from the pieces'
+	// (each piece's payload sum falls out of its fresh checksum), rather
+	// than read 64 KiB once more: a corrupt super packet is dropped whole.
+	var paySum uint32
+	for x := range k {
+		buf := &b
+		if x > 0 {
+			buf = &more[x-1]
+		}
+		n, _ := g.Segment(x, buf.Data) // each piece fits: headers plus at most room
+		buf.Data = buf.Data[:n]
+		paySum += piecePayloadSum(buf.Data, q, x*piece)
+	}
+	th := pkt[q.IPHdrLen:hdrs]
+	if packet.Fold(pseudoSum(pkt, q.IPVersion, q.IPLen-q.IPHdrLen)+packet.Sum(th, 0)+paySum) != 0xffff {
+		p.ch.Release(more)
+		clear(more)
+		s.stats.SplitCsumDrops++
+		return false, true
+	}
 	meta := p.ch.Pool()
 	for x := range k {
 		buf := b
 		if x > 0 {
 			buf = more[x-1]
 		}
-		n, _ := g.Segment(x, buf.Data) // each piece fits: headers plus at most room
-		buf.Data, buf.Flags = buf.Data[:n], 0
+		buf.Flags = 0
 		m := meta.UserMeta(buf.Index)
 		copy(m[RxMetaFlowIDOff:RxMetaFlowIDOff+RxMetaFlowIDLen], id[:])
 		clear(m[RxMetaFlowIDOff+RxMetaFlowIDLen:])
