@@ -690,10 +690,13 @@ type HTTPSDemoReport struct {
 	Gbps       float64       `json:"gbit_per_s"`
 	IPv6OK     bool          `json:"ipv6_ok"` // the same page over IPv6 too
 
-	// The server's endpoint: packets it put on its TX ring, how many
-	// netstack GSO packets it cut into MTU segments, and the 5-tuple flows
-	// it registered for accepted connections.
+	// The server's endpoint: packets it put on its TX ring, how many of
+	// them were netstack GSO super packets (handed down whole), and the
+	// 5-tuple flows it registered for accepted connections; its nexus:
+	// the super packets it cut into MTU segments right before the wire
+	// (this wire carries none whole), and the segments.
 	ServerTxPackets, ServerGSOPackets, ServerFlowsAuto uint64
+	ServerCut, ServerSegments                          uint64
 	// The client's nexus: frames read from the wire, in how many input
 	// batches, and the TCP super packets it formed and the segments they
 	// absorbed; and the packets its endpoint received (super packets count
@@ -798,6 +801,7 @@ func HTTPSDemo(size int) (HTTPSDemoReport, error) {
 	}
 	rep.ClientFrames, rep.ClientBatches = stb.Switch.Packets, stb.Switch.Batches
 	rep.ClientSuperPackets, rep.ClientMerged = stb.Switch.SuperPackets, stb.Switch.Merged
+	rep.ServerCut, rep.ServerSegments = sta.Switch.TxSegmented, sta.Switch.TxSegments
 	rep.TxDrops = txDropsTotal(sta.Switch.TxDrops) + txDropsTotal(stb.Switch.TxDrops)
 	return rep, nil
 }

@@ -260,7 +260,8 @@ func printDemo(out io.Writer, rep *demoReport) error {
 	fmt.Fprintf(w, "request\tGET %s: %d, %s over %s, %d KiB in %v (%.1f Gbit/s), SHA-256 checked: %v; the same over IPv6: %v\n",
 		h.URL, h.Status, h.Proto, h.TLSVersion, h.Bytes>>10, h.Elapsed.Round(time.Microsecond), h.Gbps, h.DigestOK, h.IPv6OK)
 	fmt.Fprintf(w, "flows\t%d connection flows registered by the server's stack before its SYN-ACKs left; %d packets dropped by the transmit checks\n", h.ServerFlowsAuto, h.TxDrops)
-	fmt.Fprintf(w, "server transmit\t%d packets on its TX ring, cut from %d netstack GSO packets\n", h.ServerTxPackets, h.ServerGSOPackets)
+	fmt.Fprintf(w, "server transmit\t%d packets on its TX ring, %d of them netstack GSO super packets handed down whole; its nexus cut %d into %d MTU segments right before the wire\n",
+		h.ServerTxPackets, h.ServerGSOPackets, h.ServerCut, h.ServerSegments)
 	fmt.Fprintf(w, "client receive\t%d frames in %d input batches (%.1f per batch); %d segments merged into %d super packets: netstack saw %d packets\n\n",
 		h.ClientFrames, h.ClientBatches, ratio(h.ClientFrames, h.ClientBatches), h.ClientMerged, h.ClientSuperPackets, h.ClientRxPackets)
 
