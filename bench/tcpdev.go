@@ -151,6 +151,8 @@ func (h *udpHosts) devRow(cfg Config, name, driver string, offloads bool, kernel
 	res.Extra = map[string]any{
 		"peer_offloads_ours":      "on",
 		"rx_super_packets":        figs.superPackets,
+		"rx_super_split":          figs.split,
+		"rx_super_split_pieces":   figs.pieces,
 		"rx_frames_per_super":     round2(float64(figs.merged+figs.superPackets) / float64(max(figs.superPackets, 1))),
 		"switch_tx_drops":         figs.txDrops,
 		"server_stack_rx_packets": figs.stackRx,
@@ -177,6 +179,7 @@ func (h *udpHosts) devRow(cfg Config, name, driver string, offloads bool, kernel
 // devFigures are the user-space path's counters, summed over the rounds.
 type devFigures struct {
 	superPackets, merged uint64
+	split, pieces        uint64 // super packets the switch read whole and cut to the app's buffers, and the pieces
 	fillEmpty, xdpFull   uint64 // AF_XDP: the kernel's drops for an empty fill ring, a full RX ring
 	xdpSuper, xdpSplit   uint64 // AF_XDP: super packets received (multi-buffer), of which split for short buffers
 	xdpCsum              uint64 // AF_XDP: partial checksums completed
@@ -189,6 +192,8 @@ type devFigures struct {
 func (f *devFigures) add(g devFigures) {
 	f.superPackets += g.superPackets
 	f.merged += g.merged
+	f.split += g.split
+	f.pieces += g.pieces
 	f.fillEmpty += g.fillEmpty
 	f.xdpFull += g.xdpFull
 	f.xdpSuper += g.xdpSuper
@@ -324,6 +329,8 @@ func (h *udpHosts) userStream(driver string, offloads bool, d time.Duration) (Ra
 	}
 	f.superPackets = s1.Switch.SuperPackets - s0.Switch.SuperPackets
 	f.merged = s1.Switch.Merged - s0.Switch.Merged
+	f.split = s1.Switch.Split - s0.Switch.Split
+	f.pieces = s1.Switch.SplitPieces - s0.Switch.SplitPieces
 	f.fillEmpty = x1.KernelFillEmpty - x0.KernelFillEmpty
 	f.xdpFull = x1.KernelRxFull - x0.KernelRxFull
 	f.xdpSuper = x1.RxSuperPackets - x0.RxSuperPackets

@@ -33,8 +33,12 @@ func TestTCPDevScenario(t *testing.T) {
 		if !tcpDevRows[i].peerOffloads && x["baseline_no_offload_gbps"].(float64) <= 0 {
 			t.Errorf("%s: no baseline without offloads: %v", r.Name, x)
 		}
-		if x["rx_super_packets"].(uint64) == 0 {
-			t.Errorf("%s: no super packet formed: %v", r.Name, x)
+		// Super packets reach the switch whole from either driver: it
+		// delivers those that fit the app's buffers (or merges segments
+		// into them) and cuts the larger ones; a slow run (-race) may see
+		// only the one or the other.
+		if x["rx_super_packets"].(uint64)+x["rx_super_split"].(uint64) == 0 {
+			t.Errorf("%s: no super packet delivered or cut: %v", r.Name, x)
 		}
 		if x["switch_tx_drops"].(uint64) != 0 {
 			t.Errorf("%s: the transmit checks refused packets of an honest stack: %v", r.Name, x)
