@@ -360,8 +360,9 @@ func (s *Switch) txTake(p *port, limit int, now int64) (int, error) {
 	meta := ch.Pool()
 	lens, ids, segs := t.lens[:n], t.ids[:n], t.segs[:n]
 	t.useSmall()
+	small := len(t.small[0]) - t.hdr
 	for i, b := range t.bufs[:n] {
-		if len(b.Data) > len(t.copies[i]) { // a super packet (or too long: the checks drop it)
+		if len(b.Data) > small { // a super packet (or too long: the checks drop it)
 			t.useBig(i)
 		}
 		lens[i] = copy(t.copies[i], b.Data)

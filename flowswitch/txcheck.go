@@ -56,7 +56,7 @@ func (s *Switch) txChecks(p *port, n int) {
 // Connected flow e (of the template's protocol, tcp, and family, v6). It
 // returns the first packet it did not take.
 func (t *txState) fastRun(e *flow.Entry, id *[TxMetaFlowIDLen]byte, tcp, v6 bool, i, n int) int {
-	hdr, l2Len := t.hdr, t.l2Len
+	hdr, l2Len, mtu := t.hdr, t.l2Len, t.mtu
 	frames, ids, ipLens, mflags := t.frames[:n], t.ids[:n], t.ipLens[:n], t.mflags[:n]
 	le := binary.LittleEndian
 	id0, id1 := le.Uint64(id[0:8]), le.Uint64(id[8:16])
@@ -70,7 +70,7 @@ func (t *txState) fastRun(e *flow.Entry, id *[TxMetaFlowIDLen]byte, tcp, v6 bool
 			le.Uint64(ids[j][0:8]) != id0 || le.Uint64(ids[j][8:16]) != id1 {
 			break
 		}
-		if ipLen > t.mtu {
+		if ipLen > mtu {
 			if !t.superOK(j, tcp, v6) {
 				break
 			}
