@@ -329,3 +329,35 @@ func TestTxSuperAdvisoryBackpressure(t *testing.T) {
 		t.Errorf("advisory port never held back: %+v", ps)
 	}
 }
+
+// While the next hop is unresolved, MTU packets wait in the resolver and a
+// super packet is dropped, counted (the resolver sends what it holds as
+// it is, and only MTU frames go out that way); nothing reaches the wire.
+func TestTxSuperUnresolvedNeighbour(t *testing.T) {
+	a, b, err := memif.NewPair(memif.Options{QueueLen: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	sw, err := flowswitch.New(flowswitch.Options{Link: a, LocalAddrs: []netip.Addr{localIP}, SrcMAC: txSrcMAC})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, app := newChannel(t, channel.Options{Name: "l2super", Pool: pool.Options{BufferSize: pool.MaxBufferSize, SegmentSize: 16 * pool.MaxBufferSize}})
+	r := &rig{sw: sw, peer: b, chans: []*channel.Channel{ch}, apps: []*channel.App{app}, ports: []flow.PortID{sw.AddPort(ch)}}
+	e := r.txFlows0(t)
+	const mss = 1448
+	r.sendSeg(t, 0, e.ID(), mss, superTCP(0, 10*mss), superTCP(10*mss, mss))
+	if n := r.tx(t, 0); n != 2 {
+		t.Fatalf("took %d, want 2", n)
+	}
+	if st := sw.Stats().L2; st.Held != 1 || st.HoldDrops != 1 {
+		t.Fatalf("held %d, hold drops %d; want the MTU packet held and the super packet dropped", st.Held, st.HoldDrops)
+	}
+	for _, f := range r.wire(t) {
+		var p packet.Parsed
+		if packet.Parse(f, packet.Ethernet, &p) == nil && p.Proto == packet.ProtoTCP {
+			t.Fatalf("a TCP frame reached the wire before its neighbour was resolved: %d bytes", len(f))
+		}
+	}
+}
