@@ -37,15 +37,7 @@ func TestRxSuper(t *testing.T) {
 	var apps []*channel.App
 	var ports []flow.PortID
 	for _, size := range []int{pool.MaxBufferSize, 2048} {
-		ch, err := channel.New(channel.Options{Name: "rx", Pool: pool.Options{BufferSize: size, SegmentSize: 16 * size}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		app, err := ch.AttachLocal()
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { app.Close(); ch.Close() })
+		ch, app := newChannel(t, channel.Options{Name: "rx", Pool: pool.Options{BufferSize: size, SegmentSize: 16 * size}})
 		apps, ports = append(apps, app), append(ports, sw.AddPort(ch))
 	}
 	payload := make([]byte, 12000)

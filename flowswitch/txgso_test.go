@@ -37,15 +37,7 @@ func newSuperTxRig(t testing.TB, mo memif.Options, so flowswitch.Options) *rig {
 		t.Fatal(err)
 	}
 	r := &rig{sw: sw, peer: b}
-	ch, err := channel.New(channel.Options{Name: "super", Pool: pool.Options{BufferSize: pool.MaxBufferSize, SegmentSize: 16 * pool.MaxBufferSize}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	app, err := ch.AttachLocal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { app.Close(); ch.Close() })
+	ch, app := newChannel(t, channel.Options{Name: "super", Pool: pool.Options{BufferSize: pool.MaxBufferSize, SegmentSize: 16 * pool.MaxBufferSize}})
 	r.chans, r.apps, r.ports = append(r.chans, ch), append(r.apps, app), append(r.ports, sw.AddPort(ch))
 	return r
 }
