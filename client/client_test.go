@@ -17,8 +17,12 @@ import (
 )
 
 // TestMain fails the run if any netstack PacketBuffer (or buffer chunk)
-// is still referenced once every test has closed its stacks.
+// is still referenced once every test has closed its stacks. Re-run with
+// childEnv set, the binary is an app process of the cross-process tests.
 func TestMain(m *testing.M) {
+	if path := os.Getenv(childEnv); path != "" {
+		os.Exit(runChild(path))
+	}
 	refs.SetLeakMode(refs.LeaksPanic)
 	code := m.Run()
 	refs.DoLeakCheck()

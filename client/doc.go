@@ -11,14 +11,19 @@
 //
 // The Stack talks to its nexus only through the Nexus and Port interfaces:
 // open a port, register and tear down flows, wait for the nexus. InProcess
-// implements them for a nexus in this process; a transport over a Unix
-// socket (channel.Channel.Send / channel.Receive for the rings and memory,
-// a small request protocol for the rest) can implement them across
-// processes without changing this package: Port.Register returns the
-// flow's ID and advisory entry, Wake is channel.App.Interrupt, and Wait is
-// channel.App.WaitFor on the RX and event rings (with a short timeout while
-// the endpoint has packets waiting for room on the TX ring, a ring whose
-// consumer, the nexus, has no way to signal room).
+// implements them for a nexus in this process; Connect for a nexus in
+// another process serving its control socket (package nexus/control: the
+// channel's rings and memory arrive by channel.Receive, requests are
+// messages on the socket). There, Register's refusals unwrap to the flow
+// package's errors as in this process, Wake is channel.App.Interrupt, and
+// Wait is channel.App.WaitFor on the RX and event rings, at most
+// backlogPoll long after the endpoint kicked (it may have packets waiting
+// for room on the TX ring or for buffers, which the nexus does not signal).
+// The port lives as long as the session: if this process exits or crashes,
+// the nexus closes it and tears its flows down.
+//
+//	nx, _ := client.Connect("/run/skylane.sock") // skylane serve --socket
+//	st, _ := client.New(nx, client.Options{Name: "web"})
 //
 // Invariants:
 //

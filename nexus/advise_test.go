@@ -19,7 +19,7 @@ import (
 // gets it; Flow reports the flow's entry and counters.
 func TestAdvise(t *testing.T) {
 	t.Run("in-process", func(t *testing.T) { testAdvise(t, (*nexus.Nexus).OpenPort) })
-	t.Run("eventfd", func(t *testing.T) { testAdvise(t, (*nexus.Nexus).OpenRemotePort) })
+	t.Run("eventfd", func(t *testing.T) { testAdvise(t, (*nexus.Nexus).OpenEventfdPort) })
 }
 
 func testAdvise(t *testing.T, open func(*nexus.Nexus, string) (*nexus.Port, error)) {

@@ -30,9 +30,9 @@
 //     port waiter goroutine blocks in channel.Channel.Wait (need-wakeup flags
 //     armed) while the worker sleeps. The worker does not touch that channel
 //     meanwhile: on every wake-up it first kicks and joins every armed waiter
-//     ("disarm"), and only then runs the datapath or a request. (The
-//     transport that hands such ports to other processes is still to come;
-//     the tests drive this path with an app in this process.)
+//     ("disarm"), and only then runs the datapath or a request. Such ports
+//     are opened by OpenRemotePort and handed to apps over a Unix socket
+//     by package nexus/control.
 //   - Control requests arrive on a Go channel the parked worker selects on.
 //   - The switch's timed work (flowswitch.Switch.Service: the regulation
 //     layer's paced queue, receive batches held for adaptive batching,

@@ -164,7 +164,7 @@ func readFrame(t testing.TB, l netif.Link) []byte {
 // microseconds, not the 10 ms of a polling loop.
 func TestWakeUps(t *testing.T) {
 	t.Run("in-process", func(t *testing.T) { testWakeUps(t, (*nexus.Nexus).OpenPort) })
-	t.Run("eventfd", func(t *testing.T) { testWakeUps(t, (*nexus.Nexus).OpenRemotePort) })
+	t.Run("eventfd", func(t *testing.T) { testWakeUps(t, (*nexus.Nexus).OpenEventfdPort) })
 }
 
 func testWakeUps(t *testing.T, open func(*nexus.Nexus, string) (*nexus.Port, error)) {
@@ -337,7 +337,7 @@ func TestClose(t *testing.T) {
 	for i := range 4 {
 		open := n.OpenPort
 		if i%2 == 1 {
-			open = n.OpenRemotePort // with a port waiter goroutine
+			open = n.OpenEventfdPort // with a port waiter goroutine
 		}
 		p, err := open("p")
 		if err != nil {

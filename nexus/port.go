@@ -63,7 +63,7 @@ type Port struct {
 // blocks in channel.Channel.Wait while the worker sleeps. The Unix-socket
 // transport that hands such ports out is still to come; the tests drive
 // that path through an in-process app.)
-func (n *Nexus) OpenPort(name string) (*Port, error) { return n.open(name, false, PortOptions{}) }
+func (n *Nexus) OpenPort(name string) (*Port, error) { return n.open(name, false, true, PortOptions{}) }
 
 // PortOptions configure a port (OpenPortWith). The zero value is OpenPort's.
 type PortOptions struct {
@@ -92,10 +92,13 @@ type PortOptions struct {
 // OpenPortWith is OpenPort with options: whether the port's app honours
 // flow advisories, and a rate cap.
 func (n *Nexus) OpenPortWith(name string, o PortOptions) (*Port, error) {
-	return n.open(name, false, o)
+	return n.open(name, false, true, o)
 }
 
-func (n *Nexus) open(name string, remote bool, o PortOptions) (*Port, error) {
+// open opens a port. remote: woken through its channel's eventfd by a port
+// waiter; attach: attach the app end in this process (false only for an
+// app in another process, which gets the channel through RemotePort.Send).
+func (n *Nexus) open(name string, remote, attach bool, o PortOptions) (*Port, error) {
 	var (
 		p   *Port
 		err error
@@ -104,7 +107,7 @@ func (n *Nexus) open(name string, remote bool, o PortOptions) (*Port, error) {
 		if n.linkErr != nil {
 			return n.linkErr
 		}
-		p, err = n.openPort(name, remote, o)
+		p, err = n.openPort(name, remote, attach, o)
 		return err
 	})
 	if rerr != nil {
@@ -113,7 +116,7 @@ func (n *Nexus) open(name string, remote bool, o PortOptions) (*Port, error) {
 	return p, nil
 }
 
-func (n *Nexus) openPort(name string, remote bool, o PortOptions) (*Port, error) {
+func (n *Nexus) openPort(name string, remote, attach bool, o PortOptions) (*Port, error) {
 	n.seq++
 	co := n.opts.Channel
 	co.Name = fmt.Sprintf("%s-%d", name, n.seq)
@@ -122,14 +125,18 @@ func (n *Nexus) openPort(name string, remote bool, o PortOptions) (*Port, error)
 	if err != nil {
 		return nil, err
 	}
-	app, err := ch.AttachLocal()
-	if err != nil {
-		ch.Close()
-		return nil, err
+	var app *channel.App
+	if attach {
+		if app, err = ch.AttachLocal(); err != nil {
+			ch.Close()
+			return nil, err
+		}
 	}
 	id, err := n.sw.AddPortWith(ch, flowswitch.AddPortOptions{Advisories: o.Advisories, Rate: o.Rate, Burst: o.Burst, RxRate: o.RxRate, RxBurst: o.RxBurst})
 	if err != nil {
-		app.Close()
+		if app != nil {
+			app.Close()
+		}
 		ch.Close()
 		return nil, err
 	}
@@ -243,8 +250,8 @@ func (p *port) ring() {
 	}
 }
 
-// App returns the app end of the port's channel. The Port owns it: Close
-// closes it.
+// App returns the app end of the port's channel (nil for a RemotePort's).
+// The Port owns it: Close closes it.
 func (p *Port) App() *channel.App { return p.app }
 
 // Name returns the port's channel name.
@@ -405,6 +412,9 @@ func (p *Port) Close() error {
 			err = rerr
 		}
 		p.goneOnce.Do(func() { close(p.gone) })
+		if p.app == nil {
+			return // a RemotePort's: the app end is in the app's process
+		}
 		if cerr := p.app.Close(); cerr != nil && err == nil {
 			err = fmt.Errorf("port %s: close app end: %w", p.name, cerr)
 		}

@@ -32,6 +32,7 @@ import (
 	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/netif/drivers"
 	"github.com/skylane/skylane/nexus"
+	"github.com/skylane/skylane/nexus/control"
 	"github.com/skylane/skylane/packet"
 )
 
@@ -52,6 +53,7 @@ type serveConfig struct {
 	dev, driver, mode string
 	addr              string // [IP]:PORT as given
 	metrics           string // --metrics: kernel-stack address for Prometheus, or ""
+	socket            string // --socket: control socket path for apps in other processes, or ""
 	host              netip.Addr
 	port              uint16
 	tls               bool
@@ -90,6 +92,7 @@ func parseServe(args []string, usageOut io.Writer) (serveConfig, error) {
 	fs.StringVar(&c.peerMAC, "peer-mac", "", "MAC of the next hop (afxdp, afpacket); default: the only neighbour in the kernel's table on --dev")
 	fs.StringVar(&c.tunAddr, "tun-addr", "", "the kernel's address on the TUN device, as a prefix (default: the other address of --addr's /31, or /127)")
 	fs.StringVar(&c.metrics, "metrics", "", "also serve Prometheus metrics of the nexus on this kernel-stack address, e.g. 127.0.0.1:9090")
+	fs.StringVar(&c.socket, "socket", "", "also serve apps in other processes (client.Connect) on a control socket at this path, mode 0600; removed on exit")
 	fs.DurationVar(&c.shutdown, "shutdown-timeout", 5*time.Second, "how long requests in flight may take to finish on SIGINT/SIGTERM")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -218,6 +221,15 @@ func serve(ctx context.Context, cfg serveConfig, out, log io.Writer) (err error)
 			fmt.Fprintf(out, "listening on %s://%s/\n", scheme, netip.AddrPortFrom(a, cfg.port))
 		}
 	}
+	if cfg.socket != "" {
+		stop, err := serveSocket(cfg.socket, s.nx, log)
+		if err != nil {
+			return err
+		}
+		defer stop() // before s.close closes the nexus
+		fmt.Fprintf(out, "apps connect on %s\n", cfg.socket)
+	}
+
 	fmt.Fprintf(out, "user-space TCP/IP stack on %s (%s); SIGINT or SIGTERM stops it\n", s.dev, describeDriver(cfg))
 
 	if cfg.metrics != "" {
@@ -257,6 +269,30 @@ func serve(ctx context.Context, cfg serveConfig, out, log io.Writer) (err error)
 			requests.Load(), st.Switch.Packets, st.Switch.TxPackets, sumDrops(st.Switch.TxDrops))
 	}
 	return nil
+}
+
+// serveSocket serves the nexus's control socket at path until stop, which
+// ends every app session (their ports closed) and removes the socket file.
+func serveSocket(path string, nx *nexus.Nexus, log io.Writer) (stop func(), err error) {
+	cln, err := control.Listen(path)
+	if err != nil {
+		return nil, fmt.Errorf("serve: --socket: %w (a file left by a crashed run must be removed first)", err)
+	}
+	// Only the nexus's user may open ports until the operator says
+	// otherwise (chown or chmod the socket for the apps' users).
+	if err := os.Chmod(path, 0o600); err != nil {
+		cln.Close()
+		return nil, fmt.Errorf("serve: --socket: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := control.Serve(ctx, nx, cln); err != nil {
+			fmt.Fprintf(log, "skylane serve: apps can no longer connect: %v\n", err)
+		}
+	}()
+	return func() { cancel(); <-done }, nil
 }
 
 // open opens the driver, the nexus and the stack.

@@ -6,7 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/skylane/skylane/client"
 	"github.com/skylane/skylane/flow"
 	"github.com/skylane/skylane/internal/nettest"
 	"github.com/skylane/skylane/netif/drivers"
@@ -132,8 +137,9 @@ func TestServe(t *testing.T) {
 			if c.tls {
 				args = append(args, "--tls")
 			}
+			sock := filepath.Join(t.TempDir(), "nexus.sock")
 			if c.driver == drivers.AFPacket {
-				args = append(args, "--metrics", "127.0.0.1:9464")
+				args = append(args, "--metrics", "127.0.0.1:9464", "--socket", sock)
 			}
 			srv := startServe(t, local, args)
 			if !strings.Contains(srv.out.String(), "listening on") {
@@ -158,8 +164,17 @@ func TestServe(t *testing.T) {
 					t.Fatalf("metrics: %v: %.400s", err, out)
 				}
 			}
+			if c.driver == drivers.AFPacket {
+				// --socket: a stack of this process gets a port on
+				// serve's nexus, with its addresses, and a listener
+				// that serve's own does not hold.
+				checkSocket(t, sock, target)
+			}
 			if err := srv.stop(); err != nil {
 				t.Fatalf("serve: %v", err)
+			}
+			if _, err := os.Stat(sock); c.driver == drivers.AFPacket && !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("control socket left behind: %v", err)
 			}
 			if c.driver != drivers.TUN {
 				checkNoXDP(t, local, args[1])
@@ -329,4 +344,36 @@ func (s *syncBuffer) wait(text string) <-chan struct{} {
 		s.waiters[text] = ch
 	}
 	return ch
+}
+
+// checkSocket opens a Stack on serve's control socket at path: it must
+// have the address serve listens on (target, IP:PORT) and be refused that
+// port, and get another.
+func checkSocket(t *testing.T, path, target string) {
+	t.Helper()
+	nx, err := client.Connect(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := client.New(nx, client.Options{Name: "app"})
+	if err != nil {
+		t.Fatalf("stack over %s: %v", path, err)
+	}
+	defer st.Close()
+	ap, err := netip.ParseAddrPort(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(st.Addrs(), ap.Addr()) {
+		t.Errorf("app's addresses %v lack %v", st.Addrs(), ap.Addr())
+	}
+	if _, err := st.Listen("tcp", target); !errors.Is(err, flow.ErrPortInUse) {
+		t.Errorf("listen on serve's %s: %v, want flow.ErrPortInUse", target, err)
+	}
+	ln, err := st.Listen("tcp", netip.AddrPortFrom(ap.Addr(), ap.Port()+1).String())
+	if err != nil {
+		t.Fatalf("app listen: %v", err)
+	}
+	t.Logf("app over %s: addresses %v, listening on %v", path, st.Addrs(), ln.Addr())
+	ln.Close()
 }

@@ -1,0 +1,182 @@
+package control
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/skylane/skylane/flow"
+	"github.com/skylane/skylane/nexus"
+	"github.com/skylane/skylane/packet"
+)
+
+// MaxMessage bounds one message in either direction: a request is a few
+// hundred bytes of JSON, a reply a few hundred more with the addresses.
+// Anything longer is a protocol violation (the kernel flags it truncated).
+const MaxMessage = 4096
+
+// MaxNameLen bounds a port name: it becomes part of the channel's and its
+// memfds' names (the kernel allows 249 bytes for a memfd name).
+const MaxNameLen = 64
+
+// Request operations.
+const (
+	OpOpen     = "open"     // the session's first request, and only once
+	OpRegister = "register" // register a flow on the session's port
+	OpTeardown = "teardown" // tear down a flow the port registered
+	OpClose    = "close"    // close the port; the nexus then closes the session
+)
+
+// Request is one app → nexus message.
+type Request struct {
+	Op string `json:"op"`
+	// Open.
+	Name       string `json:"name,omitempty"`
+	Advisories bool   `json:"advisories,omitempty"` // the app honours flow advisories
+	// Register and Teardown.
+	Key  *Key      `json:"key,omitempty"`
+	Kind flow.Kind `json:"kind,omitempty"`
+}
+
+// Key is a packet.Key on the wire: its fields, the addresses as 16 bytes
+// (base64 in JSON) exactly as packet.Key holds them.
+type Key struct {
+	Local      []byte `json:"l"`
+	Remote     []byte `json:"r"`
+	LocalPort  uint16 `json:"lp"`
+	RemotePort uint16 `json:"rp"`
+	Version    uint8  `json:"v"`
+	Proto      uint8  `json:"p"`
+}
+
+func wireKey(k packet.Key) *Key {
+	return &Key{Local: k.Local[:], Remote: k.Remote[:], LocalPort: k.LocalPort, RemotePort: k.RemotePort, Version: k.Version, Proto: k.Proto}
+}
+
+// key returns the packet.Key; the flow table checks what it means.
+func (w *Key) key() (packet.Key, error) {
+	var k packet.Key
+	if len(w.Local) != len(k.Local) || len(w.Remote) != len(k.Remote) {
+		return k, fmt.Errorf("key addresses of %d and %d bytes, want %d", len(w.Local), len(w.Remote), len(k.Local))
+	}
+	copy(k.Local[:], w.Local)
+	copy(k.Remote[:], w.Remote)
+	k.LocalPort, k.RemotePort, k.Version, k.Proto = w.LocalPort, w.RemotePort, w.Version, w.Proto
+	return k, nil
+}
+
+// Reply is one nexus → app message, the answer to the request before it.
+// An open reply with OK is followed by the channel (channel.Channel.Send).
+type Reply struct {
+	OK bool `json:"ok"`
+	// Error and Code say why a request failed; Code names the sentinel
+	// error (see codes), empty for one without.
+	Error string `json:"error,omitempty"`
+	Code  string `json:"code,omitempty"`
+	// Open.
+	Name  string       `json:"name,omitempty"`
+	Addrs []netip.Addr `json:"addrs,omitempty"`
+	MTU   int          `json:"mtu,omitempty"`
+	// Register.
+	FlowID   []byte `json:"flow_id,omitempty"`
+	Advisory uint32 `json:"advisory,omitempty"`
+}
+
+// codes are the errors a reply names, so that errors.Is works in the app
+// as it does in the nexus's process. The first match wins: ErrKernelPort
+// wraps ErrPortInUse and must come before it.
+var codes = []struct {
+	code string
+	err  error
+}{
+	{"kernel-port", flow.ErrKernelPort},
+	{"port-in-use", flow.ErrPortInUse},
+	{"bad-key", flow.ErrBadKey},
+	{"address-not-local", flow.ErrAddressNotLocal},
+	{"multicast", flow.ErrMulticast},
+	{"no-advisory-slot", flow.ErrNoAdvisorySlot},
+	{"no-flow", nexus.ErrNoFlow},
+	{"closed", nexus.ErrClosed},
+}
+
+func codeOf(err error) string {
+	for _, c := range codes {
+		if errors.Is(err, c.err) {
+			return c.code
+		}
+	}
+	return ""
+}
+
+// RemoteError is a request the nexus refused. It unwraps to the sentinel
+// error its code names (flow.ErrPortInUse, nexus.ErrNoFlow, ...), if any.
+type RemoteError struct {
+	Msg  string // the nexus's error text
+	Code string // see codes
+}
+
+func (e *RemoteError) Error() string { return "nexus: " + e.Msg }
+
+// Unwrap returns the sentinel error Code names, or nil.
+func (e *RemoteError) Unwrap() error {
+	for _, c := range codes {
+		if c.code == e.Code {
+			return c.err
+		}
+	}
+	return nil
+}
+
+// ErrBadRequest: a request was malformed or out of order; the nexus
+// closes the session.
+var ErrBadRequest = errors.New("control: bad request")
+
+// DecodeRequest parses and checks one request message. It never panics.
+func DecodeRequest(b []byte) (Request, error) {
+	var r Request
+	if len(b) > MaxMessage {
+		return r, fmt.Errorf("%w: %d bytes, at most %d", ErrBadRequest, len(b), MaxMessage)
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		return r, fmt.Errorf("%w: %v", ErrBadRequest, err)
+	}
+	switch r.Op {
+	case OpOpen:
+		if err := checkName(r.Name); err != nil {
+			return r, err
+		}
+	case OpRegister:
+		if r.Kind < flow.Connected || r.Kind > flow.Listener2 {
+			return r, fmt.Errorf("%w: flow kind %d", ErrBadRequest, r.Kind)
+		}
+		fallthrough
+	case OpTeardown:
+		if r.Key == nil {
+			return r, fmt.Errorf("%w: %s without a key", ErrBadRequest, r.Op)
+		}
+		if _, err := r.Key.key(); err != nil {
+			return r, fmt.Errorf("%w: %v", ErrBadRequest, err)
+		}
+	case OpClose:
+	default:
+		return r, fmt.Errorf("%w: unknown op %q", ErrBadRequest, r.Op)
+	}
+	return r, nil
+}
+
+// checkName accepts 1 to MaxNameLen letters, digits, '.', '_' and '-':
+// the name ends up in memfd names and in the nexus's stats.
+func checkName(s string) error {
+	if len(s) == 0 || len(s) > MaxNameLen {
+		return fmt.Errorf("%w: port name of %d bytes, want 1..%d", ErrBadRequest, len(s), MaxNameLen)
+	}
+	for _, c := range []byte(s) {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '.', c == '_', c == '-':
+		default:
+			return fmt.Errorf("%w: port name %q: only letters, digits, '.', '_' and '-'", ErrBadRequest, s)
+		}
+	}
+	return nil
+}
