@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"slices"
 	"sync"
 	"testing"
@@ -15,6 +14,7 @@ import (
 	"github.com/skylane/skylane/channel"
 	"github.com/skylane/skylane/flow"
 	"github.com/skylane/skylane/flowswitch"
+	"github.com/skylane/skylane/internal/nettest"
 	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/netif/memif"
 	"github.com/skylane/skylane/packet"
@@ -570,16 +570,6 @@ func TestRegulationFairness(t *testing.T) {
 	}
 }
 
-// fdCount is the number of open file descriptors of the process.
-func fdCount(t testing.TB) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Skipf("no /proc/self/fd: %v", err)
-	}
-	return len(ents)
-}
-
 // An app that never drains its RX ring while packets keep coming is
 // declared stalled after the (shortened) timeout: its channel is defunct
 // with ReasonStalled, its port removed, its flows torn down and its memory
@@ -590,7 +580,7 @@ func TestRegulationStall(t *testing.T) {
 	const timeout = 2 * time.Second
 	r := newRegRig(t, 0, flowswitch.RegulationOptions{StallTimeout: timeout}, now, []bool{true}, channel.Options{})
 	healthy := r.ports[0]
-	fds := fdCount(t)
+	fds := nettest.OpenFDs(t)
 	ch, err := channel.New(channel.Options{Name: "stalled", RxSize: 64})
 	if err != nil {
 		t.Fatal(err)
@@ -659,7 +649,7 @@ func TestRegulationStall(t *testing.T) {
 		t.Error("the stalled port's flow is still active")
 	}
 	app.Close()
-	if n := fdCount(t); n != fds {
+	if n := nettest.OpenFDs(t); n != fds {
 		t.Errorf("%d file descriptors open, %d before the stalled channel: its memory is not returned", n, fds)
 	}
 	// The healthy app was never touched, and still receives.

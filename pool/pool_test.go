@@ -2,11 +2,11 @@ package pool_test
 
 import (
 	"math"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/skylane/skylane/internal/nettest"
 	"github.com/skylane/skylane/internal/shm"
 	"github.com/skylane/skylane/pool"
 )
@@ -41,15 +41,6 @@ func newPool(t testing.TB, o pool.Options) *pool.Pool {
 	return p
 }
 
-func openFDs(t *testing.T) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Skipf("cannot count fds: %v", err)
-	}
-	return len(ents)
-}
-
 func TestOptionsValidation(t *testing.T) {
 	tests := []struct {
 		name string
@@ -82,7 +73,7 @@ func TestOptionsValidation(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			tt.o.Name = "opts"
-			fds := openFDs(t)
+			fds := nettest.OpenFDs(t)
 			p, err := pool.New(tt.o)
 			if tt.want == "" {
 				if err != nil {
@@ -102,7 +93,7 @@ func TestOptionsValidation(t *testing.T) {
 				t.Errorf("error %q does not say %q (and name the pool)", err, tt.want)
 			}
 			// Refused before any memfd was made.
-			if n := openFDs(t); n != fds {
+			if n := nettest.OpenFDs(t); n != fds {
 				t.Errorf("open fds went from %d to %d on a refused New", fds, n)
 			}
 		})
@@ -129,14 +120,14 @@ func TestDefaults(t *testing.T) {
 }
 
 func TestCloseReleasesFDs(t *testing.T) {
-	before := openFDs(t)
+	before := nettest.OpenFDs(t)
 	for range 20 {
 		p, err := pool.New(pool.Options{Name: "leak"})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if openFDs(t) != before+3 {
-			t.Fatalf("a pool holds %d fds, want 3 (buffers, user and nexus metadata)", openFDs(t)-before)
+		if nettest.OpenFDs(t) != before+3 {
+			t.Fatalf("a pool holds %d fds, want 3 (buffers, user and nexus metadata)", nettest.OpenFDs(t)-before)
 		}
 		if err := p.Close(); err != nil {
 			t.Fatal(err)
@@ -145,7 +136,7 @@ func TestCloseReleasesFDs(t *testing.T) {
 			t.Fatalf("second Close: %v", err)
 		}
 	}
-	if after := openFDs(t); after != before {
+	if after := nettest.OpenFDs(t); after != before {
 		t.Fatalf("open fds %d -> %d after 20 pools", before, after)
 	}
 }

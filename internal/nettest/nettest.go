@@ -51,6 +51,18 @@ func RequirePriv(t testing.TB) {
 	t.Skip("needs root; run as root, or set SKYLANE_REQUIRE_PRIV=1 to make this a failure")
 }
 
+// OpenFDs returns how many file descriptors the process has open, for
+// tests that check a close path leaves none behind. It skips the test where
+// /proc/self/fd cannot be read.
+func OpenFDs(t testing.TB) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skipf("cannot count open fds: %v", err)
+	}
+	return len(ents)
+}
+
 // RequireCommand skips t when a program is not installed, failing instead
 // under SKYLANE_REQUIRE_PRIV=1 (make test installs it there).
 func RequireCommand(t testing.TB, name string) string {

@@ -17,16 +17,6 @@ import (
 	"github.com/skylane/skylane/packet"
 )
 
-// openFDs and mappings count the process's file descriptors and memory
-// mappings.
-func openFDs(t testing.TB) int {
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
-}
-
 // ringMappings counts the mappings of packet sockets' rings: they show in
 // /proc/self/maps with the socket as their file.
 func ringMappings(t testing.TB) int {
@@ -76,7 +66,7 @@ func TestCloseRaces(t *testing.T) {
 	} else {
 		l.Close()
 	}
-	fds := openFDs(t)
+	fds := nettest.OpenFDs(t)
 	frame := udpFrame(t, v.LocalMAC, v.PeerMAC, netip.AddrPortFrom(v.LocalAddr.Addr(), 1),
 		netip.AddrPortFrom(v.PeerAddr.Addr(), 9), []byte("race"))
 	super := ethFrame(t, v.LocalMAC, v.PeerMAC, v.LocalAddr.Addr(), v.PeerAddr.Addr(),
@@ -143,7 +133,7 @@ func TestCloseRaces(t *testing.T) {
 		}
 		wg.Wait()
 	}
-	if got := openFDs(t); got != fds {
+	if got := nettest.OpenFDs(t); got != fds {
 		t.Errorf("%d fds open, %d before", got, fds)
 	}
 	if got := ringMappings(t); got != 0 {

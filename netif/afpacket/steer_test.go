@@ -282,11 +282,11 @@ func TestSteerNewFails(t *testing.T) {
 		})
 	}
 	_ = open() // warm up what the runtime opens once
-	fds := openFDs(t)
+	fds := nettest.OpenFDs(t)
 	if err := open(); !errors.Is(err, steer.ErrClosed) {
 		t.Fatalf("New over a closed map: %v, want steer.ErrClosed", err)
 	}
-	if got := openFDs(t); got != fds {
+	if got := nettest.OpenFDs(t); got != fds {
 		t.Errorf("%d fds open after a failed New, %d before", got, fds)
 	}
 	if got := ringMappings(t); got != 0 {

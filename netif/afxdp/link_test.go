@@ -201,7 +201,7 @@ func TestListenerSteering(t *testing.T) {
 func TestCloseUnblocksWait(t *testing.T) {
 	nettest.RequirePriv(t)
 	v := nettest.NewVeth(t, nettest.VethOptions{})
-	fds := openFDs(t)
+	fds := nettest.OpenFDs(t)
 	l := openLink(t, v, afxdp.Options{})
 	waitErr := make(chan error, 1)
 	go func() { waitErr <- l.Wait(-1) }()
@@ -244,18 +244,9 @@ func TestCloseUnblocksWait(t *testing.T) {
 	}
 	_ = l.XDPStats()
 	requireNoXDP(t, v)
-	if got := openFDs(t); got != fds {
+	if got := nettest.OpenFDs(t); got != fds {
 		t.Errorf("%d fds open after Close, %d before Open", got, fds)
 	}
-}
-
-func openFDs(t *testing.T) int {
-	t.Helper()
-	es, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(es)
 }
 
 // TestReopen closes a link and opens another on the same queue at once:
@@ -287,7 +278,7 @@ func TestReopen(t *testing.T) {
 func TestOpenErrors(t *testing.T) {
 	nettest.RequirePriv(t)
 	v := nettest.NewVeth(t, nettest.VethOptions{})
-	fds := openFDs(t)
+	fds := nettest.OpenFDs(t)
 	open := func(o afxdp.Options) error {
 		return v.Local.Do(func() error {
 			l, err := afxdp.Open(o)
@@ -331,7 +322,7 @@ func TestOpenErrors(t *testing.T) {
 	}
 	l.Close()
 	requireNoXDP(t, v)
-	if got := openFDs(t); got != fds {
+	if got := nettest.OpenFDs(t); got != fds {
 		t.Errorf("%d fds open after the failed opens, %d before", got, fds)
 	}
 }

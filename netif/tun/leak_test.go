@@ -3,7 +3,6 @@ package tun_test
 import (
 	"errors"
 	"net/netip"
-	"os"
 	"sync"
 	"testing"
 	"time"
@@ -14,14 +13,6 @@ import (
 	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/netif/tun"
 )
-
-func openFDs(t testing.TB) int {
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
-}
 
 // TestCloseRaces closes devices while a reader (Wait, Read) and a writer
 // are busy on them, many times: every call returns, ErrClosed once closed,
@@ -40,7 +31,7 @@ func TestCloseRaces(t *testing.T) {
 		return l
 	}
 	open().Close() // the runtime's own fds (epoll) are open from here on
-	fds := openFDs(t)
+	fds := nettest.OpenFDs(t)
 	pkt := build(t, user4, kernel4.Addr(), &layers.UDP{SrcPort: 1, DstPort: 9}, []byte("race"))
 	for range 20 {
 		l := open()
@@ -78,7 +69,7 @@ func TestCloseRaces(t *testing.T) {
 		}
 		wg.Wait()
 	}
-	if got := openFDs(t); got != fds {
+	if got := nettest.OpenFDs(t); got != fds {
 		t.Errorf("%d fds open, %d before", got, fds)
 	}
 }
