@@ -3,6 +3,7 @@ package afpacket_test
 import (
 	"bytes"
 	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"testing"
@@ -197,14 +198,14 @@ func testSuperPacketToKernel(t *testing.T, mode afpacket.TxMode, v6 bool) {
 		t.Fatalf("Write: %d, %v (stats %+v)", n, err, l.Stats())
 	}
 	got := make([]byte, len(data))
-	if _, err := readFull(conn, got[:62000]); err != nil {
+	if _, err := io.ReadFull(conn, got[:62000]); err != nil {
 		t.Fatalf("kernel read: %v", err)
 	}
 	last := next(30000, func(tcp *layers.TCP) { tcp.PSH = true })
 	if n, err := l.WriteGSO([][]byte{last}, []int{1000}); n != 1 || err != nil {
 		t.Fatalf("WriteGSO: %d, %v", n, err)
 	}
-	if _, err := readFull(conn, got[62000:]); err != nil {
+	if _, err := io.ReadFull(conn, got[62000:]); err != nil {
 		t.Fatalf("kernel read: %v", err)
 	}
 	if !bytes.Equal(got, data) {
@@ -232,18 +233,6 @@ func testSuperPacketToKernel(t *testing.T, mode afpacket.TxMode, v6 bool) {
 	if !super {
 		t.Fatal("no super packet reached the peer: the kernel segmented before the veth")
 	}
-}
-
-func readFull(c net.Conn, b []byte) (int, error) {
-	n := 0
-	for n < len(b) {
-		m, err := c.Read(b[n:])
-		n += m
-		if err != nil {
-			return n, err
-		}
-	}
-	return n, nil
 }
 
 // TestUDPSuperPacketToKernel: a UDP super packet sent with WriteGSO arrives

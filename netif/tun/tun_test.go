@@ -3,6 +3,7 @@ package tun_test
 import (
 	"bytes"
 	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"strconv"
@@ -317,7 +318,7 @@ func TestTCPSuperPackets(t *testing.T) {
 			}
 			p.seq += 30000
 			got := make([]byte, len(data))
-			if _, err := readFull(conn, got); err != nil {
+			if _, err := io.ReadFull(conn, got); err != nil {
 				t.Fatalf("kernel read: %v", err)
 			}
 			if !bytes.Equal(got, data) {
@@ -366,18 +367,6 @@ func TestTCPSuperPackets(t *testing.T) {
 			}
 		})
 	}
-}
-
-func readFull(c net.Conn, b []byte) (int, error) {
-	n := 0
-	for n < len(b) {
-		m, err := c.Read(b[n:])
-		n += m
-		if err != nil {
-			return n, err
-		}
-	}
-	return n, nil
 }
 
 // TestUDPSegmentation: a kernel socket sending with UDP_SEGMENT hands the
