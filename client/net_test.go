@@ -3,7 +3,6 @@ package client_test
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -21,6 +20,7 @@ import (
 	"github.com/skylane/skylane/flowswitch"
 	"github.com/skylane/skylane/nexus"
 	"github.com/skylane/skylane/packet"
+	"github.com/skylane/skylane/packet/packettest"
 )
 
 // eventually polls cond until it holds or d passes: for state that settles
@@ -263,27 +263,9 @@ func rawSend(t testing.TB, app *channel.App, pkt []byte, id [16]byte) {
 	}
 }
 
-// udp4 builds an IPv4/UDP packet (checksums are not the flowswitch's
-// business; the IPv4 header checksum is set anyway).
+// udp4 builds an IPv4/UDP packet with valid checksums.
 func udp4(src, dst netip.AddrPort, payload []byte) []byte {
-	b := make([]byte, 28+len(payload))
-	b[0], b[8], b[9] = 0x45, 64, packet.ProtoUDP
-	binary.BigEndian.PutUint16(b[2:4], uint16(len(b)))
-	s4, d4 := src.Addr().As4(), dst.Addr().As4()
-	copy(b[12:16], s4[:])
-	copy(b[16:20], d4[:])
-	var sum uint32
-	for i := 0; i < 20; i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	sum = sum>>16 + sum&0xffff
-	sum += sum >> 16
-	binary.BigEndian.PutUint16(b[10:12], ^uint16(sum))
-	binary.BigEndian.PutUint16(b[20:22], src.Port())
-	binary.BigEndian.PutUint16(b[22:24], dst.Port())
-	binary.BigEndian.PutUint16(b[24:26], uint16(8+len(payload)))
-	copy(b[28:], payload)
-	return b
+	return (&packettest.Frame{Link: packet.RawIP, Src: src, Dst: dst, Proto: packet.ProtoUDP, Payload: payload}).Bytes()
 }
 
 // TestUDPFlood sends datagrams as fast as a writer can: when the endpoint

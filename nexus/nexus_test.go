@@ -1,7 +1,6 @@
 package nexus_test
 
 import (
-	"encoding/binary"
 	"errors"
 	"net/netip"
 	"runtime"
@@ -18,6 +17,7 @@ import (
 	"github.com/skylane/skylane/netif/memif"
 	"github.com/skylane/skylane/nexus"
 	"github.com/skylane/skylane/packet"
+	"github.com/skylane/skylane/packet/packettest"
 )
 
 // The nexus owns local; the test plays the peer at the other end of the
@@ -46,34 +46,14 @@ func newNexus(t *testing.T, o nexus.Options) (*nexus.Nexus, netif.Link) {
 	return n, b
 }
 
-// udpFrame builds an Ethernet/IPv4/UDP frame.
+// udpFrame builds an Ethernet/IPv4/UDP frame with valid checksums.
 func udpFrame(src, dst netip.AddrPort, payload []byte) []byte {
-	b := make([]byte, 14+28+len(payload))
-	binary.BigEndian.PutUint16(b[12:14], 0x0800)
-	copy(b[14:], udpPacket(src, dst, payload))
-	return b
+	return (&packettest.Frame{Src: src, Dst: dst, Proto: packet.ProtoUDP, Payload: payload}).Bytes()
 }
 
-// udpPacket builds an IPv4/UDP packet with a valid IPv4 header checksum.
+// udpPacket builds an IPv4/UDP packet with valid checksums.
 func udpPacket(src, dst netip.AddrPort, payload []byte) []byte {
-	b := make([]byte, 28+len(payload))
-	b[0], b[8], b[9] = 0x45, 64, packet.ProtoUDP
-	binary.BigEndian.PutUint16(b[2:4], uint16(len(b)))
-	s4, d4 := src.Addr().As4(), dst.Addr().As4()
-	copy(b[12:16], s4[:])
-	copy(b[16:20], d4[:])
-	var sum uint32
-	for i := 0; i < 20; i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	sum = sum>>16 + sum&0xffff
-	sum += sum >> 16
-	binary.BigEndian.PutUint16(b[10:12], ^uint16(sum))
-	binary.BigEndian.PutUint16(b[20:22], src.Port())
-	binary.BigEndian.PutUint16(b[22:24], dst.Port())
-	binary.BigEndian.PutUint16(b[24:26], uint16(8+len(payload)))
-	copy(b[28:], payload)
-	return b
+	return (&packettest.Frame{Link: packet.RawIP, Src: src, Dst: dst, Proto: packet.ProtoUDP, Payload: payload}).Bytes()
 }
 
 // receive waits on the port until one packet arrives and gives its buffer
