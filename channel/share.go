@@ -18,6 +18,15 @@ func (c *Channel) Send(conn *net.UnixConn) error {
 	if err != nil {
 		return err
 	}
+	return SendShared(conn, d, fds)
+}
+
+// SendShared sends a channel Share returned (its descriptor and fds) over
+// conn, for Receive at the other end, and closes fds on every path. It
+// lets a nexus take the Share where the channel lives (its worker) and
+// write to the socket elsewhere, so an app that stops reading stalls no
+// datapath.
+func SendShared(conn *net.UnixConn, d Descriptor, fds []int) error {
 	defer func() {
 		for _, fd := range fds {
 			shm.CloseFD(fd)
@@ -25,10 +34,10 @@ func (c *Channel) Send(conn *net.UnixConn) error {
 	}()
 	msg, err := json.Marshal(d)
 	if err != nil {
-		return fmt.Errorf("send channel %q: %w", c.name, err)
+		return fmt.Errorf("send channel %q: %w", d.Name, err)
 	}
 	if err := shm.SendFDs(conn, msg, fds); err != nil {
-		return fmt.Errorf("send channel %q: %w", c.name, err)
+		return fmt.Errorf("send channel %q: %w", d.Name, err)
 	}
 	return nil
 }

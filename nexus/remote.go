@@ -1,14 +1,12 @@
 package nexus
 
 import (
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
 
 	"github.com/skylane/skylane/channel"
 	"github.com/skylane/skylane/flow"
-	"github.com/skylane/skylane/internal/shm"
 	"github.com/skylane/skylane/packet"
 )
 
@@ -56,17 +54,8 @@ func (r *RemotePort) Send(conn *net.UnixConn) error {
 	if err != nil {
 		return fmt.Errorf("port %s: send channel: %w", r.p.name, err)
 	}
-	defer func() {
-		for _, fd := range fds {
-			shm.CloseFD(fd)
-		}
-	}()
-	msg, err := json.Marshal(d)
-	if err != nil {
-		return fmt.Errorf("port %s: send channel: %w", r.p.name, err)
-	}
-	if err := shm.SendFDs(conn, msg, fds); err != nil {
-		return fmt.Errorf("port %s: send channel: %w", r.p.name, err)
+	if err := channel.SendShared(conn, d, fds); err != nil {
+		return fmt.Errorf("port %s: %w", r.p.name, err)
 	}
 	return nil
 }
