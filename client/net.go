@@ -319,6 +319,11 @@ func (l *listener) Accept() (net.Conn, error) {
 		if err == nil {
 			return &tcpConn{TCPConn: c.(*gonet.TCPConn), a: a}, nil
 		}
+		select {
+		case <-l.done: // Close woke it
+			return nil, &net.OpError{Op: "accept", Net: l.network, Addr: inner.Addr(), Err: net.ErrClosed}
+		default:
+		}
 		gerr := a.Err()
 		if gerr == nil {
 			return nil, err

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"sync"
@@ -164,7 +165,11 @@ func (s *Session) read() {
 	if s.closing.Load() {
 		s.goneErr = ErrSessionClosed
 	} else {
-		s.goneErr = fmt.Errorf("control: nexus at %s: %v: %w", s.path, err, ErrNexusGone)
+		if errors.Is(err, errEnded) || errors.Is(err, io.EOF) {
+			s.goneErr = fmt.Errorf("control: the nexus at %s ended the session (it exited or was killed): %w", s.path, ErrNexusGone)
+		} else {
+			s.goneErr = fmt.Errorf("control: the nexus at %s: %v: %w", s.path, err, ErrNexusGone)
+		}
 		s.conn.Close() // a violation: make sure the nexus sees the end too
 	}
 	close(s.gone)
