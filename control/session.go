@@ -166,7 +166,7 @@ func (s *Session) read() {
 		s.goneErr = ErrSessionClosed
 	} else {
 		if errors.Is(err, errEnded) || errors.Is(err, io.EOF) {
-			s.goneErr = fmt.Errorf("control: the nexus at %s ended the session (it exited or was killed): %w", s.path, ErrNexusGone)
+			s.goneErr = fmt.Errorf("control: the nexus at %s ended the session (it stopped, exited or was killed): %w", s.path, ErrNexusGone)
 		} else {
 			s.goneErr = fmt.Errorf("control: the nexus at %s: %v: %w", s.path, err, ErrNexusGone)
 		}
