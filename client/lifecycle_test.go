@@ -371,3 +371,45 @@ func TestReattach(t *testing.T) {
 		return runtime.NumGoroutine() <= baseG && nettest.OpenFDs(t) <= baseFD
 	})
 }
+
+// TestInProcessNexusClosed: a Stack on a nexus in this process learns of
+// its Close as one in another process learns of a kill: a blocked Accept
+// and Read fail with ErrNexusGone within goneWithin.
+func TestInProcessNexusClosed(t *testing.T) {
+	w := newWorld(t)
+	ln, err := w.sa.Listen("tcp", ":80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	lb, err := w.sb.Listen("tcp", ":80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lb.Close()
+	c, err := w.sa.Dial("tcp", "198.18.0.2:80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	errs := make(chan error, 2)
+	go func() { _, err := ln.Accept(); errs <- err }()
+	go func() { _, err := c.Read(make([]byte, 1)); errs <- err }()
+	closed := time.Now()
+	if err := w.na.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		select {
+		case err := <-errs:
+			if !errors.Is(err, client.ErrNexusGone) {
+				t.Errorf("%v, want client.ErrNexusGone", err)
+			}
+			if took := time.Since(closed); took > goneWithin {
+				t.Errorf("returned %v after the nexus closed", took)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("still blocked 10 s after the nexus closed")
+		}
+	}
+}
