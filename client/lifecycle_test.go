@@ -413,3 +413,64 @@ func TestInProcessNexusClosed(t *testing.T) {
 		}
 	}
 }
+
+// TestCloseRacesNexusGone: the app closing its Stack and its nexus going
+// at the same moment, under connections that dial, write and read: every
+// call returns, each error of the stack's says ErrClosed or ErrNexusGone,
+// and nothing is left running.
+func TestCloseRacesNexusGone(t *testing.T) {
+	baseG := runtime.NumGoroutine()
+	for round := range 10 {
+		w := newWorld(t)
+		lb, err := w.sb.Listen("tcp", ":7")
+		if err != nil {
+			t.Fatal(err)
+		}
+		echoServer(t, lb)
+		errs := make(chan error, 64)
+		const workers = 8
+		for range workers {
+			go func() {
+				buf := make([]byte, 4<<10)
+				for {
+					c, err := w.sa.Dial("tcp", "198.18.0.2:7")
+					if err != nil {
+						errs <- err
+						return
+					}
+					for range 8 {
+						if _, err = c.Write(buf); err == nil {
+							_, err = io.ReadFull(c, buf)
+						}
+						if err != nil {
+							c.Close()
+							errs <- err
+							return
+						}
+					}
+					c.Close()
+				}
+			}()
+		}
+		eventually(t, 10*time.Second, "connections moving", func() bool { return w.sa.Endpoint().Stats().TxPackets > 100 })
+		done := make(chan error, 2)
+		go func() { done <- w.na.Close() }()
+		go func() { done <- w.sa.Close() }()
+		<-done
+		<-done
+		for range workers {
+			select {
+			case err := <-errs:
+				if !errors.Is(err, client.ErrClosed) && !errors.Is(err, client.ErrNexusGone) {
+					t.Errorf("round %d: %v, want client.ErrClosed or client.ErrNexusGone", round, err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatalf("round %d: a connection still running 10 s after Close", round)
+			}
+		}
+		lb.Close()
+		w.sb.Close()
+		w.nb.Close()
+	}
+	eventually(t, 10*time.Second, "goroutines back at the baseline", func() bool { return runtime.NumGoroutine() <= baseG })
+}
