@@ -310,12 +310,14 @@ func TestNexusKilled(t *testing.T) {
 // connection fails with ErrNexusGone when the nexus is killed, but its
 // listener's Accept goes on, and once a new nexus serves the socket the
 // listener is registered there again and serves a peer's connection.
+// Notify hears of both changes.
 func TestReattach(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "nexus.sock")
 	cmd, _ := startNexusChild(t, path, "hold")
 	baseG, baseFD := runtime.NumGoroutine(), nettest.OpenFDs(t)
 
-	st, ln := appOn(t, path, client.ConnectOptions{Reattach: true})
+	notes := make(chan error, 4)
+	st, ln := appOn(t, path, client.ConnectOptions{Reattach: true, Notify: func(err error) { notes <- err }})
 	accepted := make(chan error, 1)
 	go func() { // an echo server that lasts across nexuses
 		for {
@@ -346,6 +348,14 @@ func TestReattach(t *testing.T) {
 	}
 	cmd.Wait()
 
+	select {
+	case err := <-notes:
+		if !errors.Is(err, client.ErrNexusGone) {
+			t.Errorf("first notice %v, want client.ErrNexusGone", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("no notice of the nexus going")
+	}
 	_, lines := startNexusChild(t, path, "dial")
 	select {
 	case l := <-lines:
@@ -356,6 +366,14 @@ func TestReattach(t *testing.T) {
 		t.Fatalf("accept: %v", err)
 	case <-time.After(30 * time.Second):
 		t.Fatal("the re-attached listener served nothing in 30 s")
+	}
+	select {
+	case err := <-notes:
+		if err != nil {
+			t.Errorf("second notice %v, want nil (attached again)", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("no notice of the re-attach")
 	}
 	if got := st.Addrs(); len(got) != 1 || got[0] != addrA4 {
 		t.Errorf("addresses after re-attach: %v", got)

@@ -249,7 +249,17 @@ func serve(ctx context.Context, cfg serveConfig, out, log io.Writer) (err error)
 // cfg.reconnect, when the stack waits for a nexus to serve the socket
 // again and its listener goes on there.
 func serveOnNexus(ctx context.Context, cfg serveConfig, out, log io.Writer) (err error) {
-	nx, err := client.ConnectWith(cfg.nexus, client.ConnectOptions{Reattach: cfg.reconnect})
+	co := client.ConnectOptions{Reattach: cfg.reconnect}
+	if cfg.reconnect {
+		co.Notify = func(err error) {
+			if err != nil {
+				fmt.Fprintf(log, "skylane serve: %v; waiting for a nexus to serve %s again (--reconnect)\n", err, cfg.nexus)
+			} else {
+				fmt.Fprintf(log, "skylane serve: attached again to the nexus at %s; serving\n", cfg.nexus)
+			}
+		}
+	}
+	nx, err := client.ConnectWith(cfg.nexus, co)
 	if err != nil {
 		return fmt.Errorf("serve: --nexus: %w", err)
 	}
