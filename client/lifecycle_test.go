@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/skylane/skylane/client"
+	"github.com/skylane/skylane/flow"
 	"github.com/skylane/skylane/internal/nettest"
 	"github.com/skylane/skylane/netif/memif"
 	"github.com/skylane/skylane/nexus"
@@ -29,7 +30,8 @@ import (
 // nexusChildEnv names the control socket a child nexus process serves;
 // peerEnv what the host on the other end of its wire does: "hold" accepts
 // TCP on port 80 and never reads, "dial" also dials 198.18.0.1:80 over and
-// over, says "ping" and prints "served" once a reply came back.
+// over, says "ping" and prints "served" once a reply came back; "take" is
+// "hold" with an app of the nexus itself on 198.18.0.1's TCP port 80.
 const (
 	nexusChildEnv = "SKYLANE_CLIENT_TEST_NEXUS"
 	peerEnv       = "SKYLANE_CLIENT_TEST_PEER"
@@ -77,6 +79,16 @@ func runNexusChild(path, mode string) int {
 			held = append(held, c)
 		}
 	}()
+	if mode == "take" { // an app of this nexus holds TCP port 80 before any other
+		sa, err := client.New(inproc.Nexus(na), client.Options{Name: "taker"})
+		if err != nil {
+			return fail(err)
+		}
+		defer sa.Close()
+		if _, err := sa.Listen("tcp", ":80"); err != nil {
+			return fail(err)
+		}
+	}
 	os.Remove(path) // the socket of a nexus killed before
 	sl, err := server.Listen(path)
 	if err != nil {
@@ -491,4 +503,37 @@ func TestCloseRacesNexusGone(t *testing.T) {
 		w.nb.Close()
 	}
 	eventually(t, 10*time.Second, "goroutines back at the baseline", func() bool { return runtime.NumGoroutine() <= baseG })
+}
+
+// TestReattachPortTaken: when the port of a re-attaching Stack's listener
+// is taken on the new nexus before the Stack comes back, that listener's
+// Accept fails with the nexus's reason (flow.ErrPortInUse) rather than
+// wait for ever.
+func TestReattachPortTaken(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "nexus.sock")
+	cmd, _ := startNexusChild(t, path, "hold")
+	_, ln := appOn(t, path, client.ConnectOptions{Reattach: true})
+	accepted := make(chan error, 1)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				accepted <- err
+				return
+			}
+			c.Close()
+		}
+	}()
+	cmd.Process.Kill()
+	cmd.Wait()
+	startNexusChild(t, path, "take")
+	select {
+	case err := <-accepted:
+		if !errors.Is(err, flow.ErrPortInUse) || !strings.Contains(err.Error(), "listen again on port 80") {
+			t.Fatalf("accept: %v, want flow.ErrPortInUse saying it could not listen again", err)
+		}
+		t.Logf("accept: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("accept still waiting 30 s after the new nexus came up with its port taken")
+	}
 }

@@ -297,7 +297,7 @@ func (l *listener) relisten(a *attachment) {
 		return
 	}
 	if err := l.listenOn(a); err != nil {
-		l.err = fmt.Errorf("client: listen again on %s after the nexus came back: %w", l.inner.Addr(), err)
+		l.err = fmt.Errorf("client: listen again on port %d after the nexus came back: %w", l.sp.port, err)
 	}
 }
 
