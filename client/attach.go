@@ -86,6 +86,36 @@ func (a *attachment) wrap(err error) error {
 	return why
 }
 
+// relistener is a listening socket that moves to the attachment that
+// replaced its own: a TCP listener, a re-attaching Stack's ListenPacket
+// socket. relisten binds it on a (its port again); it keeps the error if
+// that fails, for its next Accept or ReadFrom.
+type relistener interface {
+	relisten(a *attachment)
+}
+
+// track adds r, listening on a, to the listeners a re-attach moves; if a
+// went (or the Stack closed) meanwhile, it returns why and r must close.
+func (s *Stack) track(r relistener, a *attachment) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	if err := a.Err(); err != nil {
+		return err
+	}
+	s.listeners[r] = struct{}{}
+	return nil
+}
+
+// untrack forgets a closed listener.
+func (s *Stack) untrack(r relistener) {
+	s.mu.Lock()
+	delete(s.listeners, r)
+	s.mu.Unlock()
+}
+
 // watch is the Stack's watcher goroutine, started by New when the port can
 // go by itself: when the nexus goes it tears the attachment down and, on a
 // re-attaching Stack, attaches again. Close stops it (quit).
@@ -146,7 +176,7 @@ func (s *Stack) reattachAfter(old *attachment) *attachment {
 			return nil
 		}
 		s.cur = a
-		ls := make([]*listener, 0, len(s.listeners))
+		ls := make([]relistener, 0, len(s.listeners))
 		for l := range s.listeners {
 			ls = append(ls, l)
 		}

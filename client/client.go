@@ -76,8 +76,9 @@ type Options struct {
 // later Accept, Read, Write and Dial returns an error wrapping
 // ErrNexusGone, and the attachment's memory, goroutines and descriptors
 // are released. With ConnectOptions.Reattach the Stack then opens a new
-// port whenever a nexus serves again, and registers its TCP listeners on
-// it: their Accept goes on; connections of the old attachment stay gone.
+// port whenever a nexus serves again, and registers its listeners (TCP
+// listeners, ListenPacket sockets) on it: their Accept and ReadFrom go on;
+// connections of the old attachment stay gone.
 type Stack struct {
 	nx       Nexus           // immutable
 	opts     Options         // immutable, defaults applied
@@ -88,8 +89,8 @@ type Stack struct {
 	watcher sync.WaitGroup // the watcher goroutine, if the port can go
 
 	mu        sync.Mutex
-	cur       *attachment            // never nil; dead once gone, until re-attached
-	listeners map[*listener]struct{} // open TCP listeners, registered again on re-attach
+	cur       *attachment             // never nil; dead once gone, until re-attached
+	listeners map[relistener]struct{} // open listeners, registered again on re-attach
 	closed    bool
 }
 
@@ -113,7 +114,7 @@ func New(nx Nexus, opts Options) (*Stack, error) {
 	if opts.Name == "" {
 		opts.Name = "stack"
 	}
-	s := &Stack{nx: nx, opts: opts, quit: make(chan struct{}), listeners: make(map[*listener]struct{})}
+	s := &Stack{nx: nx, opts: opts, quit: make(chan struct{}), listeners: make(map[relistener]struct{})}
 	if r, ok := nx.(interface{ connectOptions() ConnectOptions }); ok {
 		co := r.connectOptions()
 		s.reattach, s.notify = co.Reattach, co.Notify

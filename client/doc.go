@@ -44,7 +44,7 @@
 //     has released the port's netstack, goroutines, memory and descriptors
 //     before the app closes anything (TestNexusKilled). A Stack of
 //     ConnectWith(Reattach) then attaches again whenever a nexus serves,
-//     and its TCP listeners go on there (TestReattach).
+//     and its listeners go on there (TestReattach).
 //   - The app links only the contract (channel, ring, pool, packet, flow,
 //     control) and gVisor, never the nexus side (flowswitch, nexus,
 //     regulate, neigh, the netif drivers, cilium/ebpf): TestDeps holds it.

@@ -30,7 +30,8 @@ import (
 // nexusChildEnv names the control socket a child nexus process serves;
 // peerEnv what the host on the other end of its wire does: "hold" accepts
 // TCP on port 80 and never reads, "dial" also dials 198.18.0.1:80 over and
-// over, says "ping" and prints "served" once a reply came back; "take" is
+// over, says "ping" and prints "served" once a reply came back, then the
+// same over UDP to 198.18.0.1:53 ("served udp"); "take" is
 // "hold" with an app of the nexus itself on 198.18.0.1's TCP port 80.
 const (
 	nexusChildEnv = "SKYLANE_CLIENT_TEST_NEXUS"
@@ -100,12 +101,20 @@ func runNexusChild(path, mode string) int {
 	fmt.Println("ready")
 	if mode == "dial" {
 		go func() {
-			for i := 0; i < 1000; i++ { // bounded: 1000 tries, 100 s at most
-				if pingOnce(sb) == nil {
-					fmt.Println("served")
-					return
+			for _, p := range []struct {
+				ping func(*client.Stack) error
+				says string
+			}{{pingOnce, "served"}, {pingUDP, "served udp"}} {
+				for i := 0; ; i++ { // bounded: 1000 tries, 100 s at most
+					if p.ping(sb) == nil {
+						fmt.Println(p.says)
+						break
+					}
+					if i == 1000 {
+						return
+					}
+					time.Sleep(100 * time.Millisecond)
 				}
-				time.Sleep(100 * time.Millisecond)
 			}
 		}()
 	}
@@ -132,6 +141,28 @@ func pingOnce(st *client.Stack) error {
 	}
 	if string(b) != "ping" {
 		return fmt.Errorf("echo %q", b)
+	}
+	return nil
+}
+
+// pingUDP sends "ping" from st to 198.18.0.1:53 and reads the echo.
+func pingUDP(st *client.Stack) error {
+	pc, err := st.ListenPacket("udp4", ":0")
+	if err != nil {
+		return err
+	}
+	defer pc.Close()
+	pc.SetDeadline(time.Now().Add(time.Second))
+	if _, err := pc.WriteTo([]byte("ping"), &net.UDPAddr{IP: net.IPv4(198, 18, 0, 1), Port: 53}); err != nil {
+		return err
+	}
+	b := make([]byte, 16)
+	n, _, err := pc.ReadFrom(b)
+	if err != nil {
+		return err
+	}
+	if string(b[:n]) != "ping" {
+		return fmt.Errorf("echo %q", b[:n])
 	}
 	return nil
 }
@@ -320,9 +351,9 @@ func TestNexusKilled(t *testing.T) {
 
 // TestReattach: a Stack connected with Reattach outlives its nexus: its
 // connection fails with ErrNexusGone when the nexus is killed, but its
-// listener's Accept goes on, and once a new nexus serves the socket the
-// listener is registered there again and serves a peer's connection.
-// Notify hears of both changes.
+// listeners' Accept and ReadFrom go on, and once a new nexus serves the
+// socket they are registered there again and serve a peer's TCP connection
+// and UDP datagram. Notify hears of both changes.
 func TestReattach(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "nexus.sock")
 	cmd, _ := startNexusChild(t, path, "hold")
@@ -339,6 +370,23 @@ func TestReattach(t *testing.T) {
 				return
 			}
 			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+	pc, err := st.ListenPacket("udp", ":53")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	echoed := make(chan error, 1)
+	go func() { // a UDP echo that lasts across nexuses
+		buf := make([]byte, 64<<10)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				echoed <- err
+				return
+			}
+			pc.WriteTo(buf[:n], from)
 		}
 	}()
 	c, err := st.Dial("tcp", "198.18.0.2:80")
@@ -369,15 +417,19 @@ func TestReattach(t *testing.T) {
 		t.Error("no notice of the nexus going")
 	}
 	_, lines := startNexusChild(t, path, "dial")
-	select {
-	case l := <-lines:
-		if l != "served" {
-			t.Fatalf("new nexus's peer: %q", l)
+	for _, want := range []string{"served", "served udp"} {
+		select {
+		case l := <-lines:
+			if l != want {
+				t.Fatalf("new nexus's peer: %q, want %q", l, want)
+			}
+		case err := <-accepted:
+			t.Fatalf("accept: %v", err)
+		case err := <-echoed:
+			t.Fatalf("UDP read: %v", err)
+		case <-time.After(30 * time.Second):
+			t.Fatalf("the re-attached listeners: no %q in 30 s", want)
 		}
-	case err := <-accepted:
-		t.Fatalf("accept: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("the re-attached listener served nothing in 30 s")
 	}
 	select {
 	case err := <-notes:
@@ -393,6 +445,10 @@ func TestReattach(t *testing.T) {
 	ln.Close()
 	if err := <-accepted; !errors.Is(err, net.ErrClosed) {
 		t.Errorf("accept after Close: %v", err)
+	}
+	pc.Close()
+	if err := <-echoed; !errors.Is(err, net.ErrClosed) {
+		t.Errorf("UDP read after Close: %v", err)
 	}
 	if err := st.Close(); err != nil {
 		t.Errorf("close: %v", err)
@@ -535,5 +591,46 @@ func TestReattachPortTaken(t *testing.T) {
 		t.Logf("accept: %v", err)
 	case <-time.After(30 * time.Second):
 		t.Fatal("accept still waiting 30 s after the new nexus came up with its port taken")
+	}
+}
+
+// TestReattachGap: while a re-attaching Stack has no nexus, its
+// ListenPacket socket's write fails with ErrNexusGone and a read waits
+// until its deadline, then times out; Close ends a read waiting there.
+func TestReattachGap(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "nexus.sock")
+	cmd, _ := startNexusChild(t, path, "hold")
+	st, _ := appOn(t, path, client.ConnectOptions{Reattach: true})
+	pc, err := st.ListenPacket("udp", ":53")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	cmd.Process.Kill()
+	cmd.Wait()
+	to := &net.UDPAddr{IP: net.IPv4(198, 18, 0, 2), Port: 53}
+	eventually(t, 5*time.Second, "writes fail with ErrNexusGone", func() bool {
+		_, err := pc.WriteTo([]byte("x"), to)
+		return errors.Is(err, client.ErrNexusGone)
+	})
+	pc.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	start := time.Now()
+	if _, _, err := pc.ReadFrom(make([]byte, 16)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("read in the gap: %v, want a timeout", err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("read with a 200 ms deadline returned after %v", took)
+	}
+	pc.SetReadDeadline(time.Time{})
+	read := make(chan error, 1)
+	go func() { _, _, err := pc.ReadFrom(make([]byte, 16)); read <- err }()
+	pc.Close()
+	select {
+	case err := <-read:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Errorf("read ended by Close: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("read still waiting 5 s after Close")
 	}
 }

@@ -33,17 +33,10 @@ func (s *Stack) Listen(network, address string) (net.Listener, error) {
 	if err := l.listenOn(a); err != nil {
 		return nil, err
 	}
-	s.mu.Lock()
-	if gerr := a.Err(); gerr != nil || s.closed {
-		s.mu.Unlock()
+	if err := s.track(l, a); err != nil {
 		l.Close()
-		if gerr == nil {
-			gerr = ErrClosed
-		}
-		return nil, &net.OpError{Op: "listen", Net: network, Err: gerr}
+		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
 	}
-	s.listeners[l] = struct{}{}
-	s.mu.Unlock()
 	return l, nil
 }
 
@@ -153,9 +146,7 @@ func (l *listener) Close() error {
 	a, keys := l.a, l.keys
 	err := l.inner.Close()
 	l.mu.Unlock()
-	l.s.mu.Lock()
-	delete(l.s.listeners, l)
-	l.s.mu.Unlock()
+	l.s.untrack(l)
 	if rerr := a.releaseAll(keys); rerr != nil && err == nil && a.Err() == nil {
 		err = rerr
 	}

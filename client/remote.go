@@ -27,11 +27,13 @@ func Connect(path string) (Nexus, error) { return ConnectWith(path, ConnectOptio
 // ConnectOptions configure Connect.
 type ConnectOptions struct {
 	// Reattach makes a Stack on this nexus outlive it: when the nexus
-	// goes, the Stack's connections and UDP sockets fail with ErrNexusGone
-	// as ever, but the Stack retries (every second at most) until a nexus
-	// serves the socket again, opens a new port there and registers its
-	// TCP listeners on it again, on the same ports; their Accept waits
-	// meanwhile. Listen, Dial and ListenPacket fail while no nexus serves.
+	// goes, the Stack's connections (TCP, and UDP from Dial) fail with
+	// ErrNexusGone as ever, but the Stack retries (every second at most)
+	// until a nexus serves the socket again, opens a new port there and
+	// registers its listeners (TCP listeners, ListenPacket sockets) on it
+	// again, on the same ports. Meanwhile their Accept and ReadFrom wait
+	// (deadlines still apply), a ListenPacket socket's WriteTo fails with
+	// ErrNexusGone, and Listen, Dial and ListenPacket fail.
 	Reattach bool
 	// Notify, if set, is called from the Stack's watcher goroutine when
 	// the Stack loses its nexus (with why, wrapping ErrNexusGone) and,

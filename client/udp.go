@@ -32,6 +32,25 @@ func (s *Stack) ListenPacket(network, address string) (net.PacketConn, error) {
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
 	}
+	c, err := a.listenPacket(sp, network)
+	if err != nil {
+		return nil, err
+	}
+	if !s.reattach {
+		return c, nil
+	}
+	p := &packetListener{s: s, network: network, sp: sp, cur: c, done: make(chan struct{})}
+	p.sp.port = c.LocalAddr().(*net.UDPAddr).AddrPort().Port()
+	if err := s.track(p, a); err != nil {
+		c.Close()
+		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
+	}
+	return p, nil
+}
+
+// listenPacket binds a UDP socket on a as sp says and registers its
+// listener flows.
+func (a *attachment) listenPacket(sp endpointSpec, network string) (*udpConn, error) {
 	b, err := a.bindRegistered(udp.ProtocolNumber, sp, "listen", network, func(port uint16) ([]packet.Key, flow.Kind) {
 		return sp.listenKeys(packet.ProtoUDP, port)
 	})
@@ -43,8 +62,8 @@ func (s *Stack) ListenPacket(network, address string) (net.PacketConn, error) {
 
 // udpConn is gonet's UDPConn with the socket's flows, a WriteTo that
 // cannot miss its wake-up (see WriteTo), and errors that say why once its
-// attachment is gone (ErrNexusGone, ErrClosed). It does not move to a new
-// attachment: a re-attaching Stack's UDP sockets are gone with their nexus.
+// attachment is gone (ErrNexusGone, ErrClosed). It lives and dies with its
+// attachment; a packetListener moves from one to the next.
 type udpConn struct {
 	*gonet.UDPConn
 	a    *attachment
