@@ -1,0 +1,5 @@
+package peercred
+
+import "unsafe"
+
+func ptr(s []uint32) unsafe.Pointer { return unsafe.Pointer(unsafe.SliceData(s)) }
