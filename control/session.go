@@ -22,8 +22,9 @@ const requestTimeout = 10 * time.Second
 
 // OpenOptions are an app's wishes for its port.
 type OpenOptions struct {
-	// Advisories says the app honours flow advisories
-	// (nexus.PortOptions.Advisories).
+	// Advisories says the app honours flow advisories: it holds a
+	// suspended flow's packets back, so the nexus may suspend its flows
+	// rather than drop their packets.
 	Advisories bool
 }
 
@@ -58,7 +59,7 @@ func Open(path, name string, o OpenOptions) (_ *Session, err error) {
 			conn.Close()
 		}
 	}()
-	rep, err := roundTrip(conn, Request{Op: OpOpen, Name: name, Advisories: o.Advisories})
+	rep, err := roundTrip(conn, Request{Op: OpOpen, Name: name, Advisories: o.Advisories, Layout: channel.LayoutVersion})
 	if err != nil {
 		return nil, fmt.Errorf("control: open port %q: %w", name, err)
 	}
@@ -129,11 +130,12 @@ func (s *Session) Addrs() []netip.Addr { return append([]netip.Addr(nil), s.addr
 // MTU returns the largest IP packet the port may send.
 func (s *Session) MTU() int { return s.mtu }
 
-// Register registers a flow (nexus.Port.Register). A refused registration
-// is a *RemoteError that unwraps to the flow package's sentinel errors.
+// Register registers a flow on the port. A refused registration is a
+// *RemoteError that unwraps to the contract's sentinel errors (see
+// RemoteError).
 func (s *Session) Register(key packet.Key, kind flow.Kind) (channel.FlowInfo, error) {
 	var fi channel.FlowInfo
-	rep, err := s.request(Request{Op: OpRegister, Key: wireKey(key), Kind: kind})
+	rep, err := s.request(Request{Op: OpRegister, Key: WireKey(key), Kind: kind})
 	if err != nil {
 		return fi, fmt.Errorf("control: register %v: %w", key, err)
 	}
@@ -145,9 +147,9 @@ func (s *Session) Register(key packet.Key, kind flow.Kind) (channel.FlowInfo, er
 	return fi, nil
 }
 
-// Teardown tears down a flow the port registered (nexus.Port.Teardown).
+// Teardown tears down a flow the port registered.
 func (s *Session) Teardown(key packet.Key) error {
-	if _, err := s.request(Request{Op: OpTeardown, Key: wireKey(key)}); err != nil {
+	if _, err := s.request(Request{Op: OpTeardown, Key: WireKey(key)}); err != nil {
 		return fmt.Errorf("control: teardown %v: %w", key, err)
 	}
 	return nil
