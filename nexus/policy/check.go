@@ -57,17 +57,22 @@ func (p *Policy) Grant(c Cred) (*Grant, error) {
 	return nil, &Refusal{Who: c, What: "attach", Why: why}
 }
 
+// GrantAll returns a grant that allows c everything, as uid 0 has: for the
+// nexus's own user, who could do anything the nexus does anyway.
+func (p *Policy) GrantAll(c Cred) *Grant { return &Grant{Cred: c, pol: p} }
+
 // Rule returns the governing rule, nil for uid 0.
 func (g *Grant) Rule() *Rule { return g.rule }
 
-// Root reports whether the session is uid 0's, which may do everything.
+// Root reports whether the session may do everything: uid 0's, or a
+// GrantAll.
 func (g *Grant) Root() bool { return g.rule == nil }
 
 // Describe names the governing rule for logs: "rule 2 (policy.toml:7, uid
-// 65534)" or "root".
+// 65534)", or "unrestricted" for uid 0 (and GrantAll).
 func (g *Grant) Describe() string {
 	if g.rule == nil {
-		return "root"
+		return "unrestricted"
 	}
 	return describe(g.pol, g.rule)
 }

@@ -13,10 +13,13 @@ import (
 	"strings"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/skylane/skylane/control"
 )
 
-// ErrNotPermitted is what every refusal wraps.
-var ErrNotPermitted = errors.New("not permitted")
+// ErrNotPermitted is what every refusal wraps: the contract's error, so
+// that an app in another process sees errors.Is(err, client.ErrNotPermitted).
+var ErrNotPermitted = control.ErrNotPermitted
 
 // MaxFlowsLimit bounds max_flows: a flow table entry costs the nexus about
 // 200 bytes, and more flows than this in one app is a typo, not a plan.
