@@ -24,15 +24,15 @@ type flowKey struct {
 type session struct {
 	s       *Server
 	c       *net.UnixConn
-	id      uint64    // immutable
-	started time.Time // immutable
+	id      uint64      // immutable
+	started time.Time   // immutable
 	cred    policy.Cred // the peer's credentials; immutable
 
 	mu      sync.Mutex // guards the fields below: SetPolicy and stats read them
 	g       *policy.Grant
-	gErr    error              // why no rule matches, if g is nil
-	port    *nexus.RemotePort  // nil before open and after close
-	name    string             // the name the app opened its port with
+	gErr    error             // why no rule matches, if g is nil
+	port    *nexus.RemotePort // nil before open and after close
+	name    string            // the name the app opened its port with
 	flows   map[flowKey]struct{}
 	refused uint64 // requests the policy refused
 }
