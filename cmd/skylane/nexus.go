@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"os/user"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -187,6 +188,9 @@ func runNexusDaemon(ctx context.Context, cfg nexusConfig, hup <-chan os.Signal, 
 	}
 	defer sock.Close()
 	notes := &logWriter{log}
+	// Per-app rates need the switch's regulation layer; a policy that
+	// names none runs without it (adding the first rate takes a restart).
+	cfg.link.regulation = slices.ContainsFunc(pol.Rules, func(r *policy.Rule) bool { return r.Rate > 0 })
 	o, err := openNexus(cfg.link, notes)
 	if err != nil {
 		return fmt.Errorf("nexus: %w", err)

@@ -19,6 +19,7 @@ type linkConfig struct {
 	host              netip.Addr // the apps' address: one of dev's (afxdp, afpacket), the stack's (tun, memif), or invalid for all of dev's
 	peerMAC           string
 	tunAddr           string
+	regulation        bool // the switch's Regulation: needed for per-app rates
 }
 
 // ownedNexus is a nexus on a device, with what it needs: the parts
@@ -46,6 +47,9 @@ func openNexus(c linkConfig, notes io.Writer) (o *ownedNexus, err error) {
 		}
 	}()
 	swo := flowswitch.Options{}
+	if c.regulation {
+		swo.Regulation = &flowswitch.RegulationOptions{}
+	}
 	cfg := serveConfig{host: c.host, peerMAC: c.peerMAC, tunAddr: c.tunAddr}
 	switch c.driver {
 	case drivers.TUN, drivers.Memif:

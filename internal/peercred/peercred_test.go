@@ -4,11 +4,10 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"testing"
 
-	"golang.org/x/sys/unix"
+	"github.com/skylane/skylane/internal/asuser"
 )
 
 // TestGetSelf: a connection from this process has our credentials.
@@ -40,37 +39,15 @@ func TestGetOtherIDs(t *testing.T) {
 		t.Skip("needs root to change a thread's ids")
 	}
 	ln, path := listen(t)
-	type res struct {
-		c   *net.UnixConn
-		err error
+	var c *net.UnixConn
+	err := asuser.Do(65534, 65533, []uint32{4242, 4243}, func() (err error) {
+		c, err = net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: path, Net: "unixpacket"})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
-	done := make(chan res, 1)
-	go func() {
-		// This thread's ids change and it is never unlocked: the runtime
-		// ends the thread when the goroutine returns, so no other
-		// goroutine ever runs with these ids.
-		runtime.LockOSThread()
-		groups := []uint32{4242, 4243}
-		if _, _, e := unix.RawSyscall(unix.SYS_SETGROUPS, uintptr(len(groups)), uintptr(ptr(groups)), 0); e != 0 {
-			done <- res{err: e}
-			return
-		}
-		if _, _, e := unix.RawSyscall(unix.SYS_SETRESGID, 65533, 65533, 65533); e != 0 {
-			done <- res{err: e}
-			return
-		}
-		if _, _, e := unix.RawSyscall(unix.SYS_SETRESUID, 65534, 65534, 65534); e != 0 {
-			done <- res{err: e}
-			return
-		}
-		c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: path, Net: "unixpacket"})
-		done <- res{c, err}
-	}()
-	r := <-done
-	if r.err != nil {
-		t.Fatal(r.err)
-	}
-	defer r.c.Close()
+	defer c.Close()
 	cr, err := Get(accept(t, ln))
 	if err != nil {
 		t.Fatal(err)
