@@ -217,7 +217,8 @@ type PortStats struct {
 	Flows   int // flows the port registered and did not tear down
 	Channel channel.Counters
 	Pool    pool.Stats
-	InUse   int // buffers out of the pool: held by the app (alloc ring included) or the nexus
+	InUse   int   // buffers out of the pool: held by the app (alloc ring included) or the nexus
+	MaxPool int64 // bytes the pool may grow to (PortOptions.MaxPool)
 	Defunct bool
 }
 
@@ -242,10 +243,12 @@ func (n *Nexus) Stats() (Stats, error) {
 		st.Link = n.link.Stats()
 		n.sw.Do(func() { st.Flows = n.sw.Table().Len() })
 		for _, p := range n.order {
-			ps := p.ch.Pool().Stats()
+			pl := p.ch.Pool()
+			ps := pl.Stats()
 			st.Ports = append(st.Ports, PortStats{
 				Name: p.ch.Name(), Flows: len(p.flows), Channel: p.ch.Counters(), Pool: ps,
 				InUse: ps.BuffersTotal - ps.FreeBuffers, Defunct: p.ch.Err() != nil,
+				MaxPool: int64(pl.Options().MaxSegments) * int64(pl.SegmentSize()),
 			})
 		}
 		return nil

@@ -55,6 +55,7 @@ type SessionStats struct {
 	TxDrops     uint64     `json:"tx_drops"` // packets the transmit checks refused
 	Pool        pool.Stats `json:"pool"`
 	PoolInUse   int        `json:"pool_in_use"` // buffers out of the pool
+	PoolMax     int64      `json:"pool_max"`    // bytes the pool may grow to (max_pool)
 	Defunct     bool       `json:"defunct,omitempty"`
 }
 
@@ -144,7 +145,7 @@ func (s *Server) Stats() (Stats, error) {
 			x.Delivered, x.RxRingDrops, x.TxPackets, x.TxBytes, x.TxDrops = p.Delivered, p.RxRingDrops, p.TxPackets, p.TxBytes, p.TxDrops
 		}
 		if i, ok := pools[x.Channel]; ok && x.Channel != "" {
-			x.Pool, x.PoolInUse, x.Defunct = nst.Ports[i].Pool, nst.Ports[i].InUse, nst.Ports[i].Defunct
+			x.Pool, x.PoolInUse, x.PoolMax, x.Defunct = nst.Ports[i].Pool, nst.Ports[i].InUse, nst.Ports[i].MaxPool, nst.Ports[i].Defunct
 		}
 		st.Sessions = append(st.Sessions, x)
 	}
