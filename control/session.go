@@ -37,6 +37,7 @@ type Session struct {
 	name  string       // immutable
 	addrs []netip.Addr // immutable
 	mtu   int          // immutable
+	eph   [2]uint16    // immutable: Reply.Ephemeral
 
 	mu     sync.Mutex // serialises requests; guards conn and closed
 	conn   *net.UnixConn
@@ -71,7 +72,7 @@ func Open(path, name string, o OpenOptions) (_ *Session, err error) {
 		return nil, fmt.Errorf("control: open port %q: %w", name, err)
 	}
 	conn.SetDeadline(time.Time{})
-	return &Session{app: app, name: rep.Name, addrs: rep.Addrs, mtu: rep.MTU, conn: conn}, nil
+	return &Session{app: app, name: rep.Name, addrs: rep.Addrs, mtu: rep.MTU, eph: rep.Ephemeral, conn: conn}, nil
 }
 
 // roundTrip sends req and reads its reply; a refused request is a
@@ -129,6 +130,11 @@ func (s *Session) Addrs() []netip.Addr { return append([]netip.Addr(nil), s.addr
 
 // MTU returns the largest IP packet the port may send.
 func (s *Session) MTU() int { return s.mtu }
+
+// Ephemeral returns the local port range, [lo, hi], the nexus lets the
+// app's outgoing connections take (its stack should pick from it), or
+// zero if the nexus did not say.
+func (s *Session) Ephemeral() [2]uint16 { return s.eph }
 
 // Register registers a flow on the port. A refused registration is a
 // *RemoteError that unwraps to the contract's sentinel errors (see
