@@ -21,7 +21,13 @@ func watchLink(index int, dev string, log *slog.Logger) (gone <-chan string, sto
 	updates := make(chan netlink.LinkUpdate, 16)
 	done := make(chan struct{})
 	err = netlink.LinkSubscribeWithOptions(updates, done, netlink.LinkSubscribeOptions{
-		ErrorCallback: func(err error) { log.Warn("link watch", "dev", dev, "err", err) },
+		ErrorCallback: func(err error) {
+			select {
+			case <-done: // the socket closed by stop
+			default:
+				log.Warn("link watch", "dev", dev, "err", err)
+			}
+		},
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("watch %s: %w", dev, err)
@@ -45,7 +51,13 @@ func watchLink(index int, dev string, log *slog.Logger) (gone <-chan string, sto
 			case u.Header.Type == unix.RTM_DELLINK:
 				report(out, "deleted")
 			case u.Flags&unix.IFF_UP == 0:
-				report(out, "set down")
+				// Deleting a device first sets it down: say which it was
+				// if the kernel already knows.
+				if _, err := netlink.LinkByIndex(index); err != nil {
+					report(out, "deleted")
+				} else {
+					report(out, "set down")
+				}
 			case u.Flags&unix.IFF_LOWER_UP == 0 && carrier:
 				carrier = false
 				log.Warn("interface lost its carrier; waiting for it", "dev", dev)

@@ -203,9 +203,17 @@ func (ss *session) check(key packet.Key, kind flow.Kind) error {
 	_, l3 := ss.flows[flowKey{key.Listener3(), flow.Listener3}]
 	_, l2 := ss.flows[flowKey{key.Listener2(), flow.Listener2}]
 	ss.mu.Unlock()
-	if err := g.Flows(n); err != nil {
+	// What the flow is for first, its count last: a refusal names the
+	// most specific reason.
+	if err := ss.checkKind(g, key, kind, l3 || l2); err != nil {
 		return err
 	}
+	return g.Flows(n)
+}
+
+// checkKind is check without the flow count. listening: the session
+// holds a listener the key's local address and port fall under.
+func (ss *session) checkKind(g *policy.Grant, key packet.Key, kind flow.Kind, listening bool) error {
 	local, remote := key.LocalAddrPort(), key.RemoteAddrPort()
 	switch kind {
 	case flow.Listener2:
@@ -213,7 +221,7 @@ func (ss *session) check(key packet.Key, kind flow.Kind) error {
 	case flow.Listener3:
 		return g.Listen(key.Proto, local.Addr(), key.LocalPort)
 	}
-	if l3 || l2 {
+	if listening {
 		return nil // an accepted connection, or a reply from a bound port
 	}
 	if err := g.Dial(key.Proto, local.Addr(), remote.Addr()); err != nil {
