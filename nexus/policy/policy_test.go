@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 
@@ -14,8 +15,11 @@ import (
 // the machine's /etc/passwd.
 var testNames = Resolver{
 	User: func(n string) (uint32, error) {
-		if n == "web" {
+		switch n {
+		case "web":
 			return 1001, nil
+		case "prometheus":
+			return 1003, nil
 		}
 		return 0, fmt.Errorf("unknown user %q", n)
 	},
@@ -120,6 +124,35 @@ func TestParseErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestExampleFile: the example policy in deploy/ parses and means what
+// its comments say.
+func TestExampleFile(t *testing.T) {
+	b, err := os.ReadFile("../../deploy/policy.example.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := Parse("policy.example.toml", b, testNames)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Rules) != 3 {
+		t.Fatalf("%d rules, want 3", len(p.Rules))
+	}
+	web, _ := p.Grant(Cred{UID: 1001, GID: 2000})
+	if web.Rule() != p.Rules[0] || web.Listen(packet.ProtoTCP, netip.MustParseAddr("198.18.0.1"), 443) != nil ||
+		web.MaxPool() != 64<<20 || web.Rate() != 1e9 || web.Observe() == nil {
+		t.Errorf("web: %s", web.Describe())
+	}
+	prom, _ := p.Grant(Cred{UID: 1003, GID: 1003})
+	if prom.Observe() != nil || prom.Listen(packet.ProtoTCP, netip.Addr{}, 9000) == nil {
+		t.Errorf("prometheus: %s", prom.Describe())
+	}
+	member, _ := p.Grant(Cred{UID: 1500, GID: 1500, Groups: []uint32{2000}})
+	if member.Listen(packet.ProtoUDP, netip.Addr{}, 6001) != nil || member.Dial(packet.ProtoTCP, netip.Addr{}, netip.MustParseAddr("198.18.0.9")) == nil {
+		t.Errorf("group member: %s", member.Describe())
 	}
 }
 
