@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,9 +18,13 @@ import (
 	"testing"
 	"time"
 
+	ctl "github.com/skylane/skylane/control"
+	"github.com/skylane/skylane/flow"
+	"github.com/skylane/skylane/internal/asuser"
 	"github.com/skylane/skylane/internal/nettest"
 	"github.com/skylane/skylane/netif/drivers"
 	"github.com/skylane/skylane/nexus/control"
+	"github.com/skylane/skylane/packet"
 )
 
 // socketGroup is the --socket-group of the tests' nexus; the apps' processes
@@ -454,4 +459,68 @@ func appPID(t *testing.T, apps []*proc, uid uint32) int {
 	}
 	t.Fatalf("no app of uid %d", uid)
 	return 0
+}
+
+// TestNexusDaemonReload: SIGHUP reloads the policy without dropping
+// sessions; the open session's next request is checked against the new
+// rule; a policy that does not parse is refused and the old one kept.
+func TestNexusDaemonReload(t *testing.T) {
+	nettest.RequirePriv(t)
+	bin := skylaneBinary(t)
+	dir := sharedDir(t)
+	pol := filepath.Join(dir, "policy.toml")
+	write := func(s string) {
+		if err := os.WriteFile(pol, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("[[allow]]\nuid = 65534\ntcp = [\"8081\"]\n")
+	sock := filepath.Join(dir, "nexus.sock")
+	nx := startProc(t, exec.CommandContext, bin, []string{"nexus", "--driver", drivers.Memif, "--addr", "198.18.0.1",
+		"--socket", sock, "--socket-group", fmt.Sprint(socketGroup), "--policy", pol}, `msg="nexus started"`)
+
+	var s *ctl.Session
+	if err := asuser.Do(65534, 65534, []uint32{socketGroup}, func() (err error) {
+		s, err = ctl.Open(sock, "reload", ctl.OpenOptions{})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	lis := func(port uint16) error {
+		k := packet.MakeKey(packet.ProtoTCP, netip.AddrPortFrom(netip.MustParseAddr("198.18.0.1"), port), netip.AddrPort{}).Listener3()
+		_, err := s.Register(k, flow.Listener3)
+		return err
+	}
+	if err := lis(8081); err != nil {
+		t.Fatal(err)
+	}
+	if err := lis(8082); !errors.Is(err, ctl.ErrNotPermitted) {
+		t.Fatalf("8082 before reload: %v, want ErrNotPermitted", err)
+	}
+	reload := func(want string) {
+		t.Helper()
+		n := strings.Count(nx.text(), want)
+		nx.cmd.Process.Signal(syscall.SIGHUP)
+		deadline := time.Now().Add(opTimeout)
+		for strings.Count(nx.text(), want) == n {
+			if time.Now().After(deadline) {
+				t.Fatalf("no %q in the log %v after SIGHUP:\n%s", want, opTimeout, nx.text())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	write("[[allow]]\nuid = 65534\ntcp = [\"8081\", \"8082\"]\n")
+	reload(`msg="policy reloaded"`)
+	if err := lis(8082); err != nil {
+		t.Errorf("8082 after reload: %v", err)
+	}
+	write("[[allow]]\nuid = 65534\ntcp = [\"8081\", \"8082\", \"8083\"]\nports = 1\n")
+	reload(`msg="policy reload failed; keeping the old policy"`)
+	if err := lis(8083); !errors.Is(err, ctl.ErrNotPermitted) {
+		t.Errorf("8083 after a failed reload: %v, want ErrNotPermitted (old policy kept)", err)
+	}
+	if err := nx.terminate(t); err != nil {
+		t.Fatalf("nexus after SIGTERM: %v\n%s", err, nx.text())
+	}
 }
