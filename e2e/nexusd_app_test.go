@@ -12,6 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/skylane/skylane/channel"
+	"github.com/skylane/skylane/flow"
+	"github.com/skylane/skylane/packet/packettest"
+
 	"github.com/skylane/skylane/client"
 	"github.com/skylane/skylane/control"
 	"github.com/skylane/skylane/nexus"
@@ -35,7 +39,7 @@ type appConfig struct {
 // must answer.
 type probe struct {
 	Name    string
-	Op      string // "listen" (TCP), "listenpacket" (UDP), "dial" (TCP), "teardown" (another app's TCP listener, over a raw session)
+	Op      string // "listen" (TCP), "listenpacket" (UDP), "dial" (TCP), "teardown" (another app's TCP listener, over a raw session), "spoof" (see spoofFrom)
 	Address string // what the op takes
 	Want    string // "ok", "refused" (ErrNotPermitted) or "noflow" (nexus.ErrNoFlow)
 	Keep    bool   // keep what it opened until all probes ran (to fill max_flows)
@@ -126,6 +130,107 @@ func (p probe) run(c appConfig, st *client.Stack) (io.Closer, error) {
 		ap := netip.MustParseAddrPort(p.Address)
 		err = s.Teardown(packet.MakeKey(packet.ProtoTCP, ap, netip.AddrPort{}).Listener3())
 		return s, err
+	case "spoof":
+		return spoofFrom(c, netip.MustParseAddrPort(p.Address))
 	}
 	return nil, fmt.Errorf("unknown probe op %q", p.Op)
+}
+
+// Spoofing from an app process: spoofPerKind packets of each kind.
+const appSpoofs = 2 * spoofPerKind
+
+// spoofFrom sends, over a raw session of its own (as a misbehaving app
+// would, past its stack), packets on another app's flow: TCP from victim's
+// local port stamped with a flow ID of its own (a UDP dial from an
+// ephemeral port to the peer), and UDP on its own flow stamped with a flow
+// ID it made up. Every one carries tagSpoof; the nexus must drop them all.
+func spoofFrom(c appConfig, victim netip.AddrPort) (io.Closer, error) {
+	s, err := control.Open(c.Socket, c.Name+"-spoof", control.OpenOptions{})
+	if err != nil {
+		return nil, err
+	}
+	src := netip.AddrPortFrom(victim.Addr(), 40000)
+	dst := netip.MustParseAddrPort("198.18.0.2:9192")
+	fi, err := s.Register(packet.MakeKey(packet.ProtoUDP, src, dst), flow.Connected)
+	if err != nil {
+		return s, fmt.Errorf("register its own flow: %w", err)
+	}
+	var madeUp [16]byte
+	copy(madeUp[:], "made-up-flow-id!")
+	var tcp, udp [][]byte
+	for i := range spoofPerKind {
+		t := packettest.Frame{Link: packet.RawIP, Src: victim, Dst: dst, Proto: packet.ProtoTCP,
+			Flags: packet.TCPAck, Payload: fmt.Appendf(nil, "%sowner #%d", tagSpoof, i)}
+		u := packettest.Frame{Link: packet.RawIP, Src: src, Dst: dst, Proto: packet.ProtoUDP,
+			Payload: fmt.Appendf(nil, "%sflow-id #%d", tagSpoof, i)}
+		tcp, udp = append(tcp, t.Bytes()), append(udp, u.Bytes())
+	}
+	if err := sendApp(s.App(), fi.ID, tcp); err != nil {
+		return s, err
+	}
+	if err := sendApp(s.App(), madeUp, udp); err != nil {
+		return s, err
+	}
+	// Then one honest packet on its own flow: the peer's capture must see
+	// it, so it was capturing when the lies came through (the nexus takes
+	// a TX ring in order).
+	v := packettest.Frame{Link: packet.RawIP, Src: src, Dst: dst, Proto: packet.ProtoUDP, Payload: []byte(tagValid + "after-spoofs")}
+	if err := sendApp(s.App(), fi.ID, [][]byte{v.Bytes()}); err != nil {
+		return s, err
+	}
+	// Closing the session discards what its TX ring still holds: wait
+	// until the nexus took every packet off it.
+	for deadline := time.Now().Add(10 * time.Second); s.App().Counters().TxPackets < appSpoofs+1; {
+		if time.Now().After(deadline) {
+			return s, fmt.Errorf("the nexus took %d of %d packets off the TX ring in 10s", s.App().Counters().TxPackets, appSpoofs+1)
+		}
+		s.App().Kick()
+		s.App().Wait(10 * time.Millisecond)
+	}
+	return s, nil
+}
+
+// sendApp puts pkts on app's TX ring stamped with flow ID id, and kicks
+// the nexus.
+func sendApp(app *channel.App, id [16]byte, pkts [][]byte) error {
+	bufs := make([]channel.Buf, len(pkts))
+	deadline := time.Now().Add(10 * time.Second)
+	for got := 0; got < len(pkts); {
+		n, err := app.Alloc(bufs[got:])
+		if err != nil {
+			return err
+		}
+		got += n
+		if n == 0 {
+			if time.Now().After(deadline) {
+				return errors.New("no TX buffer within 10s")
+			}
+			app.Kick()
+			app.Wait(10 * time.Millisecond)
+		}
+	}
+	for i, b := range bufs {
+		b.Data = b.Data[:copy(b.Data[:cap(b.Data)], pkts[i])]
+		bufs[i] = b
+		m, err := app.Meta(b.Index)
+		if err != nil {
+			return err
+		}
+		copy(m[channel.TxMetaFlowIDOff:], id[:])
+	}
+	for sent := 0; sent < len(bufs); {
+		k, err := app.Send(bufs[sent:])
+		if err != nil {
+			return err
+		}
+		sent += k
+		app.Kick()
+		if k == 0 {
+			if time.Now().After(deadline) {
+				return errors.New("TX ring full for 10s")
+			}
+			app.Wait(10 * time.Millisecond)
+		}
+	}
+	return nil
 }

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -17,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/gopacket/gopacket/layers"
 
 	ctl "github.com/skylane/skylane/control"
 	"github.com/skylane/skylane/flow"
@@ -79,6 +82,7 @@ var daemonApps = []struct {
 		{Name: "a privileged port", Op: "listen", Address: "198.18.0.1:443", Want: "refused"},
 		{Name: "every address", Op: "listen", Address: ":8092", Want: "refused"},
 		{Name: "tear down a's listener", Op: "teardown", Address: "198.18.0.1:8081", Want: "noflow"},
+		{Name: "send on a's port", Op: "spoof", Address: "198.18.0.1:8081", Want: "ok"},
 	}}},
 	{65532, appConfig{Name: "c", Listen: "198.18.0.1:8083", Probes: []probe{
 		{Name: "another app's port", Op: "listen", Address: "198.18.0.1:8081", Want: "refused"},
@@ -129,6 +133,7 @@ func TestNexusDaemon(t *testing.T) {
 			args := []string{"nexus", "--driver", d, "--dev", v.LocalName, "--peer-mac", v.PeerMAC.String(),
 				"--socket", sock, "--socket-group", fmt.Sprint(socketGroup), "--policy", pol}
 			nx := startProc(t, v.Local.Command, bin, args, `msg="nexus started"`)
+			capt := startCapture(t, v.Peer, v.PeerName)
 
 			apps := make([]*proc, len(daemonApps))
 			for i, a := range daemonApps {
@@ -164,6 +169,44 @@ func TestNexusDaemon(t *testing.T) {
 			}
 			if st.Refused < 11 {
 				t.Errorf("nexus counted %d refusals, want at least 11", st.Refused)
+			}
+			// b's packets on a's port and on a made-up flow: all dropped
+			// by the transmit checks (which run when the nexus next
+			// serves b's ring: waited for), none on the wire.
+			for deadline := time.Now().Add(opTimeout); spoofDrops(st) < appSpoofs; st = nexusStats(t, bin, sock) {
+				if time.Now().After(deadline) {
+					t.Errorf("transmit checks dropped %d packets for owner, port or flow ID, want at least %d: %+v", spoofDrops(st), appSpoofs, st.Drops)
+					break
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			// tshark writes its file in its own time: wait until b's honest
+			// packet, which came after its lies, is in it.
+			for deadline := time.Now().Add(opTimeout); ; time.Sleep(20 * time.Millisecond) {
+				if b, _ := os.ReadFile(capt.file); bytes.Contains(b, []byte(tagValid+"after-spoofs")) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Errorf("b's honest packet after its spoofs is not in the capture after %v", opTimeout)
+					break
+				}
+			}
+			pkts, err := capt.stop(t)
+			if err != nil {
+				t.Fatalf("read capture: %v", err)
+			}
+			valid := 0 // b's honest packet after its lies
+			for _, p := range pkts {
+				if bytes.Contains(p.Data(), []byte(tagSpoof)) {
+					t.Errorf("a spoofed packet left: %v", p)
+				}
+				// (The peer's ICMP port unreachable quotes it again.)
+				if ul, ok := p.Layer(layers.LayerTypeUDP).(*layers.UDP); ok && string(ul.Payload) == tagValid+"after-spoofs" {
+					valid++
+				}
+			}
+			if valid != 1 {
+				t.Errorf("the capture saw b's honest packet after its spoofs %d times in %d frames, want once", valid, len(pkts))
 			}
 
 			// kill -9 of each app frees its port: a new app of the same
@@ -248,6 +291,18 @@ func TestNexusDaemonLinkGone(t *testing.T) {
 	if _, err := os.Lstat(sock); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("socket left behind: %v", err)
 	}
+}
+
+// spoofDrops counts the transmit checks' drops for a packet on another's
+// port or flow, or under a flow ID the app does not hold.
+func spoofDrops(st control.Stats) uint64 {
+	var n uint64
+	for _, d := range st.Drops {
+		if d.Dir == "tx" && (d.Reason == "src_port" || d.Reason == "not_owner" || d.Reason == "flow_id" || d.Reason == "proto") {
+			n += d.Packets
+		}
+	}
+	return n
 }
 
 // sharedDir is a directory the apps' uids can search, removed at the end.
