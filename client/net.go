@@ -44,7 +44,7 @@ type endpointSpec struct {
 // parse reads network ("tcp", "tcp4", "tcp6", or the udp ones) and an
 // address "host:port" whose host is empty, an IP literal of one of the
 // stack's addresses, or unspecified.
-func (s *Stack) parse(proto, network, address string, local bool) (endpointSpec, error) {
+func (a *attachment) parse(proto, network, address string, local bool) (endpointSpec, error) {
 	var sp endpointSpec
 	fam := 0
 	switch network {
@@ -66,45 +66,45 @@ func (s *Stack) parse(proto, network, address string, local bool) (endpointSpec,
 	}
 	sp.port = uint16(pn)
 	if host != "" {
-		a, err := netip.ParseAddr(host)
+		ip, err := netip.ParseAddr(host)
 		if err != nil {
 			return sp, fmt.Errorf("address %q: not an IP literal (a Skylane stack has no resolver): %w", host, err)
 		}
-		a = a.Unmap()
-		if a.Zone() != "" {
+		ip = ip.Unmap()
+		if ip.Zone() != "" {
 			return sp, fmt.Errorf("address %q: zones are not supported", host)
 		}
-		if (fam == 4 && !a.Is4()) || (fam == 6 && a.Is4()) {
+		if (fam == 4 && !ip.Is4()) || (fam == 6 && ip.Is4()) {
 			return sp, fmt.Errorf("address %q is not a %s address", host, network)
 		}
-		if !a.IsUnspecified() {
-			if local && !s.hasAddr(a) {
-				return sp, fmt.Errorf("address %v is not one of the stack's addresses %v", a, s.addrs)
+		if !ip.IsUnspecified() {
+			if local && !a.hasAddr(ip) {
+				return sp, fmt.Errorf("address %v is not one of the stack's addresses %v", ip, a.addrs)
 			}
-			sp.addr = a
+			sp.addr = ip
 			return sp, nil
 		}
 		fam = 4
-		if a.Is6() {
+		if ip.Is6() {
 			fam = 6
 		}
 	}
 	if !local {
 		return sp, fmt.Errorf("address %q: no host to connect to", address)
 	}
-	for _, a := range s.addrs {
-		sp.v4 = sp.v4 || (a.Is4() && fam != 6)
-		sp.v6 = sp.v6 || (a.Is6() && fam != 4)
+	for _, ip := range a.addrs {
+		sp.v4 = sp.v4 || (ip.Is4() && fam != 6)
+		sp.v6 = sp.v6 || (ip.Is6() && fam != 4)
 	}
 	if !sp.v4 && !sp.v6 {
-		return sp, fmt.Errorf("%s: the stack has no address of that family (it has %v)", network, s.addrs)
+		return sp, fmt.Errorf("%s: the stack has no address of that family (it has %v)", network, a.addrs)
 	}
 	return sp, nil
 }
 
-func (s *Stack) hasAddr(a netip.Addr) bool {
-	for _, b := range s.addrs {
-		if a == b {
+func (a *attachment) hasAddr(ip netip.Addr) bool {
+	for _, b := range a.addrs {
+		if ip == b {
 			return true
 		}
 	}
@@ -112,13 +112,13 @@ func (s *Stack) hasAddr(a netip.Addr) bool {
 }
 
 // localFor picks the stack's address of remote's family.
-func (s *Stack) localFor(remote netip.Addr) (netip.Addr, error) {
-	for _, a := range s.addrs {
-		if a.Is4() == remote.Is4() {
-			return a, nil
+func (a *attachment) localFor(remote netip.Addr) (netip.Addr, error) {
+	for _, ip := range a.addrs {
+		if ip.Is4() == remote.Is4() {
+			return ip, nil
 		}
 	}
-	return netip.Addr{}, fmt.Errorf("no local address of the family of %v (the stack has %v)", remote, s.addrs)
+	return netip.Addr{}, fmt.Errorf("no local address of the family of %v (the stack has %v)", remote, a.addrs)
 }
 
 // netProto is the netstack protocol a socket of this spec uses: IPv6 for
@@ -164,14 +164,11 @@ type bound struct {
 // bindRegistered creates a netstack endpoint, binds it as sp says and
 // registers the flows keys(port) returns, retrying with a fresh ephemeral
 // port while the nexus says another app holds the one netstack picked.
-func (s *Stack) bindRegistered(tp tcpip.TransportProtocolNumber, sp endpointSpec, op, network string,
+func (a *attachment) bindRegistered(tp tcpip.TransportProtocolNumber, sp endpointSpec, op, network string,
 	keys func(port uint16) ([]packet.Key, flow.Kind)) (*bound, error) {
-	if err := s.checkOpen(); err != nil {
-		return nil, err
-	}
 	for attempt := 1; ; attempt++ {
 		var wq waiter.Queue
-		ep, terr := s.ns.NewEndpoint(tp, sp.netProto(), &wq)
+		ep, terr := a.ns.NewEndpoint(tp, sp.netProto(), &wq)
 		if terr != nil {
 			return nil, opError(op, network, nil, terr)
 		}
@@ -188,23 +185,23 @@ func (s *Stack) bindRegistered(tp tcpip.TransportProtocolNumber, sp endpointSpec
 			return nil, opError(op, network, nil, terr)
 		}
 		ks, kind := keys(la.Port)
-		err := s.registerAll(ks, kind)
+		err := a.registerAll(ks, kind)
 		if err == nil {
 			return &bound{ep: ep, wq: &wq, port: la.Port, keys: ks}, nil
 		}
 		ep.Close()
 		if sp.port != 0 || !errors.Is(err, flow.ErrPortInUse) || attempt == bindAttempts {
-			return nil, &net.OpError{Op: op, Net: network, Err: err}
+			return nil, &net.OpError{Op: op, Net: network, Err: a.wrap(err)}
 		}
 	}
 }
 
 // registerAll registers keys with the endpoint, all or none.
-func (s *Stack) registerAll(keys []packet.Key, kind flow.Kind) error {
+func (a *attachment) registerAll(keys []packet.Key, kind flow.Kind) error {
 	for i, k := range keys {
-		if err := s.ep.Register(k, kind); err != nil {
+		if err := a.ep.Register(k, kind); err != nil {
 			for _, r := range keys[:i] {
-				s.ep.Release(r)
+				a.ep.Release(r)
 			}
 			return err
 		}
@@ -212,10 +209,10 @@ func (s *Stack) registerAll(keys []packet.Key, kind flow.Kind) error {
 	return nil
 }
 
-func (s *Stack) releaseAll(keys []packet.Key) error {
+func (a *attachment) releaseAll(keys []packet.Key) error {
 	var first error
 	for _, k := range keys {
-		if err := s.ep.Release(k); err != nil && first == nil {
+		if err := a.ep.Release(k); err != nil && first == nil {
 			first = err
 		}
 	}
@@ -226,42 +223,168 @@ func (s *Stack) releaseAll(keys []packet.Key) error {
 // ":port" (any address of the family, or both families for "tcp"), or one
 // of the stack's addresses. Port 0 picks a free port. The listener flow is
 // registered before netstack listens; Close tears it down (accepted
-// connections keep theirs).
+// connections keep theirs). On a re-attaching Stack the listener outlives
+// its nexus: its flows are registered again, on the same port, when a
+// nexus serves again, and Accept goes on.
 func (s *Stack) Listen(network, address string) (net.Listener, error) {
-	sp, err := s.parse("tcp", network, address, true)
+	a, err := s.live()
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
 	}
-	b, err := s.bindRegistered(tcp.ProtocolNumber, sp, "listen", network, func(port uint16) ([]packet.Key, flow.Kind) {
-		return sp.listenKeys(packet.ProtoTCP, port)
+	sp, err := a.parse("tcp", network, address, true)
+	if err != nil {
+		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
+	}
+	l := &listener{s: s, network: network, sp: sp, done: make(chan struct{})}
+	if err := l.listenOn(a); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	if gerr := a.Err(); gerr != nil || s.closed {
+		s.mu.Unlock()
+		l.Close()
+		if gerr == nil {
+			gerr = ErrClosed
+		}
+		return nil, &net.OpError{Op: "listen", Net: network, Err: gerr}
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	return l, nil
+}
+
+// listener is a TCP listener that may move from one attachment to the
+// next (re-attach): Accept takes from the current one.
+type listener struct {
+	s       *Stack        // immutable
+	network string        // immutable
+	done    chan struct{} // closed by Close
+
+	mu     sync.Mutex
+	sp     endpointSpec // the bound port once listening, so a re-listen takes it again
+	a      *attachment
+	inner  *gonet.TCPListener
+	keys   []packet.Key
+	err    error // re-listening on a new attachment failed
+	closed bool
+}
+
+// listenOn binds, registers and listens on a; l.mu held or l not shared.
+func (l *listener) listenOn(a *attachment) error {
+	b, err := a.bindRegistered(tcp.ProtocolNumber, l.sp, "listen", l.network, func(port uint16) ([]packet.Key, flow.Kind) {
+		return l.sp.listenKeys(packet.ProtoTCP, port)
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if terr := b.ep.Listen(listenBacklog); terr != nil {
 		b.ep.Close()
-		s.releaseAll(b.keys)
-		return nil, opError("listen", network, nil, terr)
+		a.releaseAll(b.keys)
+		return opError("listen", l.network, nil, terr)
 	}
-	return &listener{TCPListener: gonet.NewTCPListener(s.ns, b.wq, b.ep), s: s, keys: b.keys}, nil
+	l.sp.port = b.port
+	l.a, l.inner, l.keys = a, gonet.NewTCPListener(a.ns, b.wq, b.ep), b.keys
+	return nil
 }
 
-type listener struct {
-	*gonet.TCPListener
-	s    *Stack
-	keys []packet.Key
-	once sync.Once
+// relisten moves an open listener to a, the attachment that replaced its
+// own; Accept then returns the error if that fails (another app took the
+// port meanwhile, say).
+func (l *listener) relisten(a *attachment) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed || l.a == a {
+		return
+	}
+	if err := l.listenOn(a); err != nil {
+		l.err = fmt.Errorf("client: listen again on %s after the nexus came back: %w", l.inner.Addr(), err)
+	}
+}
+
+// Accept implements net.Listener.Accept. When the nexus goes, it returns
+// an error wrapping ErrNexusGone, or on a re-attaching Stack waits for
+// the listener to be registered on the next nexus.
+func (l *listener) Accept() (net.Conn, error) {
+	for {
+		l.mu.Lock()
+		a, inner, closed, rerr := l.a, l.inner, l.closed, l.err
+		l.mu.Unlock()
+		if closed {
+			return nil, &net.OpError{Op: "accept", Net: l.network, Addr: inner.Addr(), Err: net.ErrClosed}
+		}
+		if rerr != nil {
+			return nil, &net.OpError{Op: "accept", Net: l.network, Addr: inner.Addr(), Err: rerr}
+		}
+		c, err := inner.Accept()
+		if err == nil {
+			return &tcpConn{TCPConn: c.(*gonet.TCPConn), a: a}, nil
+		}
+		select {
+		case <-l.done: // Close woke it
+			return nil, &net.OpError{Op: "accept", Net: l.network, Addr: inner.Addr(), Err: net.ErrClosed}
+		default:
+		}
+		gerr := a.Err()
+		if gerr == nil {
+			return nil, err
+		}
+		if !l.s.reattach || errors.Is(gerr, ErrClosed) {
+			return nil, &net.OpError{Op: "accept", Net: l.network, Addr: inner.Addr(), Err: gerr}
+		}
+		select {
+		case <-a.replaced:
+		case <-l.done:
+		case <-l.s.quit:
+			return nil, &net.OpError{Op: "accept", Net: l.network, Addr: inner.Addr(), Err: ErrClosed}
+		}
+	}
+}
+
+// Addr implements net.Listener.Addr.
+func (l *listener) Addr() net.Addr {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.inner.Addr()
 }
 
 // Close closes the listener and tears down its flows.
 func (l *listener) Close() error {
-	err := l.TCPListener.Close()
-	l.once.Do(func() {
-		if rerr := l.s.releaseAll(l.keys); rerr != nil && err == nil && l.s.checkOpen() == nil {
-			err = rerr
-		}
-	})
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil
+	}
+	l.closed = true
+	close(l.done)
+	a, keys := l.a, l.keys
+	err := l.inner.Close()
+	l.mu.Unlock()
+	l.s.mu.Lock()
+	delete(l.s.listeners, l)
+	l.s.mu.Unlock()
+	if rerr := a.releaseAll(keys); rerr != nil && err == nil && a.Err() == nil {
+		err = rerr
+	}
 	return err
+}
+
+// tcpConn is gonet's TCPConn whose errors, once its attachment is gone,
+// say why (ErrNexusGone, ErrClosed).
+type tcpConn struct {
+	*gonet.TCPConn
+	a *attachment
+}
+
+// Read implements net.Conn.Read.
+func (c *tcpConn) Read(b []byte) (int, error) {
+	n, err := c.TCPConn.Read(b)
+	return n, c.a.wrap(err)
+}
+
+// Write implements net.Conn.Write.
+func (c *tcpConn) Write(b []byte) (int, error) {
+	n, err := c.TCPConn.Write(b)
+	return n, c.a.wrap(err)
 }
 
 // Dial connects to address on the named network ("tcp", "tcp4", "tcp6",
@@ -279,12 +402,16 @@ func (s *Stack) DialContext(ctx context.Context, network, address string) (net.C
 	if len(network) >= 3 && network[:3] == "udp" {
 		proto = "udp"
 	}
-	rsp, err := s.parse(proto, network, address, false)
+	a, err := s.live()
+	if err != nil {
+		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
+	}
+	rsp, err := a.parse(proto, network, address, false)
 	if err != nil {
 		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
 	}
 	remote := netip.AddrPortFrom(rsp.addr, rsp.port)
-	laddr, err := s.localFor(remote.Addr())
+	laddr, err := a.localFor(remote.Addr())
 	if err != nil {
 		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
 	}
@@ -293,7 +420,7 @@ func (s *Stack) DialContext(ctx context.Context, network, address string) (net.C
 	if proto == "udp" {
 		tp, pp = udp.ProtocolNumber, packet.ProtoUDP
 	}
-	b, err := s.bindRegistered(tp, sp, "dial", network, func(port uint16) ([]packet.Key, flow.Kind) {
+	b, err := a.bindRegistered(tp, sp, "dial", network, func(port uint16) ([]packet.Key, flow.Kind) {
 		return []packet.Key{packet.MakeKey(pp, netip.AddrPortFrom(laddr, port), remote)}, flow.Connected
 	})
 	if err != nil {
@@ -303,10 +430,10 @@ func (s *Stack) DialContext(ctx context.Context, network, address string) (net.C
 	if proto == "udp" {
 		if terr := b.ep.Connect(raddr); terr != nil {
 			b.ep.Close()
-			s.releaseAll(b.keys)
-			return nil, opError("dial", network, net.UDPAddrFromAddrPort(remote), terr)
+			a.releaseAll(b.keys)
+			return nil, a.wrap(opError("dial", network, net.UDPAddrFromAddrPort(remote), terr))
 		}
-		return newUDPConn(s, b), nil
+		return newUDPConn(a, b), nil
 	}
 	// As gonet.DialTCPWithBind does, with the flow registered in between.
 	entry, notify := waiter.NewChannelEntry(waiter.WritableEvents)
@@ -317,18 +444,21 @@ func (s *Stack) DialContext(ctx context.Context, network, address string) (net.C
 		select {
 		case <-ctx.Done():
 			b.ep.Close()
-			s.releaseAll(b.keys)
+			a.releaseAll(b.keys)
 			return nil, &net.OpError{Op: "dial", Net: network, Addr: net.TCPAddrFromAddrPort(remote), Err: ctx.Err()}
+		case <-a.gone:
+			b.ep.Close()
+			return nil, &net.OpError{Op: "dial", Net: network, Addr: net.TCPAddrFromAddrPort(remote), Err: a.Err()}
 		case <-notify:
 		}
 		terr = b.ep.LastError()
 	}
 	if terr != nil {
 		b.ep.Close()
-		s.releaseAll(b.keys)
-		return nil, opError("dial", network, net.TCPAddrFromAddrPort(remote), terr)
+		a.releaseAll(b.keys)
+		return nil, a.wrap(opError("dial", network, net.TCPAddrFromAddrPort(remote), terr))
 	}
-	return gonet.NewTCPConn(b.wq, b.ep), nil
+	return &tcpConn{TCPConn: gonet.NewTCPConn(b.wq, b.ep), a: a}, nil
 }
 
 // ListenPacket announces a UDP socket: network "udp", "udp4" or "udp6",
@@ -337,24 +467,30 @@ func (s *Stack) DialContext(ctx context.Context, network, address string) (net.C
 // first datagram leaves (the flowswitch lets a listener flow send nothing
 // but TCP resets). Close tears them all down.
 func (s *Stack) ListenPacket(network, address string) (net.PacketConn, error) {
-	sp, err := s.parse("udp", network, address, true)
+	a, err := s.live()
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
 	}
-	b, err := s.bindRegistered(udp.ProtocolNumber, sp, "listen", network, func(port uint16) ([]packet.Key, flow.Kind) {
+	sp, err := a.parse("udp", network, address, true)
+	if err != nil {
+		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
+	}
+	b, err := a.bindRegistered(udp.ProtocolNumber, sp, "listen", network, func(port uint16) ([]packet.Key, flow.Kind) {
 		return sp.listenKeys(packet.ProtoUDP, port)
 	})
 	if err != nil {
 		return nil, err
 	}
-	return newUDPConn(s, b), nil
+	return newUDPConn(a, b), nil
 }
 
-// udpConn is gonet's UDPConn with the socket's flows, and a WriteTo that
-// cannot miss its wake-up (see WriteTo).
+// udpConn is gonet's UDPConn with the socket's flows, a WriteTo that
+// cannot miss its wake-up (see WriteTo), and errors that say why once its
+// attachment is gone (ErrNexusGone, ErrClosed). It does not move to a new
+// attachment: a re-attaching Stack's UDP sockets are gone with their nexus.
 type udpConn struct {
 	*gonet.UDPConn
-	s    *Stack
+	a    *attachment
 	ep   tcpip.Endpoint
 	wq   *waiter.Queue
 	keys []packet.Key
@@ -362,8 +498,20 @@ type udpConn struct {
 	wdl  atomic.Int64 // write deadline in Unix nanoseconds; 0: none
 }
 
-func newUDPConn(s *Stack, b *bound) *udpConn {
-	return &udpConn{UDPConn: gonet.NewUDPConn(b.wq, b.ep), s: s, ep: b.ep, wq: b.wq, keys: b.keys}
+func newUDPConn(a *attachment, b *bound) *udpConn {
+	return &udpConn{UDPConn: gonet.NewUDPConn(b.wq, b.ep), a: a, ep: b.ep, wq: b.wq, keys: b.keys}
+}
+
+// Read implements net.Conn.Read.
+func (c *udpConn) Read(b []byte) (int, error) {
+	n, err := c.UDPConn.Read(b)
+	return n, c.a.wrap(err)
+}
+
+// ReadFrom implements net.PacketConn.ReadFrom.
+func (c *udpConn) ReadFrom(b []byte) (int, net.Addr, error) {
+	n, addr, err := c.UDPConn.ReadFrom(b)
+	return n, addr, c.a.wrap(err)
 }
 
 // SetDeadline implements net.Conn.SetDeadline.
@@ -424,7 +572,7 @@ func (c *udpConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 		n, terr := c.ep.Write(&r, opts)
 		if _, ok := terr.(*tcpip.ErrWouldBlock); !ok {
 			if terr != nil {
-				return int(n), opError("write", "udp", addr, terr)
+				return int(n), c.a.wrap(opError("write", "udp", addr, terr))
 			}
 			return int(n), nil
 		}
@@ -446,6 +594,8 @@ func (c *udpConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 		select {
 		case <-ready:
 		case <-fire:
+		case <-c.a.gone:
+			return 0, &net.OpError{Op: "write", Net: "udp", Addr: addr, Err: c.a.Err()}
 		}
 	}
 }
@@ -454,7 +604,7 @@ func (c *udpConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 func (c *udpConn) Close() error {
 	err := c.UDPConn.Close()
 	c.once.Do(func() {
-		if rerr := c.s.releaseAll(c.keys); rerr != nil && err == nil && c.s.checkOpen() == nil {
+		if rerr := c.a.releaseAll(c.keys); rerr != nil && err == nil && c.a.Err() == nil {
 			err = rerr
 		}
 	})

@@ -4,9 +4,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -31,16 +33,30 @@ type OpenOptions struct {
 // Session is an app's end of one control session: one port on the nexus
 // serving the socket, with the app end of its channel. Register, Teardown
 // and Close are safe from any goroutine (requests are serialised); App,
-// Name, Addrs and MTU at any time.
+// Name, Addrs, MTU, Gone and Err at any time.
+//
+// A reader goroutine, started by Open and joined by Close, owns the
+// socket's receiving side: it hands each reply to the request waiting for
+// it and notices at once when the nexus ends the session (it exited, was
+// killed, or closed the port): then Gone is closed, Err and every request
+// return an error wrapping ErrNexusGone, and the channel's waiter is
+// interrupted so that nothing sleeps on a nexus that is not there.
 type Session struct {
 	app   *channel.App // immutable
+	path  string       // immutable: the control socket, for errors
 	name  string       // immutable
 	addrs []netip.Addr // immutable
 	mtu   int          // immutable
 	eph   [2]uint16    // immutable: Reply.Ephemeral
+	conn  *net.UnixConn
 
-	mu     sync.Mutex // serialises requests; guards conn and closed
-	conn   *net.UnixConn
+	replies chan Reply     // the reader's replies; capacity 1: one request at a time
+	gone    chan struct{}  // closed by the reader when the session ends
+	goneErr error          // written by the reader before it closes gone
+	closing atomic.Bool    // Close began: the end of the session is ours
+	reader  sync.WaitGroup // the reader goroutine
+
+	mu     sync.Mutex // serialises requests; guards closed
 	closed bool
 }
 
@@ -72,51 +88,159 @@ func Open(path, name string, o OpenOptions) (_ *Session, err error) {
 		return nil, fmt.Errorf("control: open port %q: %w", name, err)
 	}
 	conn.SetDeadline(time.Time{})
-	return &Session{app: app, name: rep.Name, addrs: rep.Addrs, mtu: rep.MTU, eph: rep.Ephemeral, conn: conn}, nil
+	s := &Session{app: app, path: path, name: rep.Name, addrs: rep.Addrs, mtu: rep.MTU, eph: rep.Ephemeral, conn: conn,
+		replies: make(chan Reply, 1), gone: make(chan struct{})}
+	s.reader.Add(1)
+	go s.read()
+	return s, nil
 }
 
-// roundTrip sends req and reads its reply; a refused request is a
-// *RemoteError.
+// roundTrip sends req and reads its reply, before the reader runs; a
+// refused request is a *RemoteError.
 func roundTrip(conn *net.UnixConn, req Request) (Reply, error) {
-	var rep Reply
 	b, err := json.Marshal(req)
 	if err != nil {
-		return rep, err
+		return Reply{}, err
 	}
 	conn.SetDeadline(time.Now().Add(requestTimeout))
 	if _, err := conn.Write(b); err != nil {
-		return rep, fmt.Errorf("send %s: %w", req.Op, err)
+		return Reply{}, fmt.Errorf("send %s: %w", req.Op, err)
 	}
 	buf := make([]byte, MaxMessage+1)
-	k, _, flags, _, err := conn.ReadMsgUnix(buf, nil)
+	rep, err := readReply(conn, buf)
 	if err != nil {
 		return rep, fmt.Errorf("%s reply: %w", req.Op, err)
 	}
-	if k == 0 {
-		return rep, fmt.Errorf("%s reply: nexus closed the session", req.Op)
-	}
-	if flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
-		return rep, fmt.Errorf("%s reply: more than %d bytes", req.Op, MaxMessage)
+	return rep, replyErr(rep)
+}
+
+// errEnded: the nexus ended the session (the socket's end of file).
+var errEnded = errors.New("nexus ended the session")
+
+// readReply reads and decodes one reply. Nothing in it is trusted.
+func readReply(conn *net.UnixConn, buf []byte) (Reply, error) {
+	var rep Reply
+	k, _, flags, _, err := conn.ReadMsgUnix(buf, nil)
+	switch {
+	case err != nil:
+		return rep, err
+	case k == 0:
+		return rep, errEnded
+	case flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0:
+		return rep, fmt.Errorf("a reply of more than %d bytes, or with descriptors", MaxMessage)
 	}
 	if err := json.Unmarshal(buf[:k], &rep); err != nil {
-		return rep, fmt.Errorf("%s reply: %w", req.Op, err)
-	}
-	if !rep.OK {
-		return rep, &RemoteError{Msg: rep.Error, Code: rep.Code}
+		return rep, fmt.Errorf("bad reply: %w", err)
 	}
 	return rep, nil
+}
+
+func replyErr(rep Reply) error {
+	if !rep.OK {
+		return &RemoteError{Msg: rep.Error, Code: rep.Code}
+	}
+	return nil
+}
+
+// read is the reader goroutine: it passes replies on until the session
+// ends, then records why, closes gone and wakes the channel's waiter. A
+// reply nobody waits for (the one slot is full) is a protocol violation
+// that ends the session too.
+func (s *Session) read() {
+	defer s.reader.Done()
+	buf := make([]byte, MaxMessage+1)
+	var err error
+	for {
+		var rep Reply
+		if rep, err = readReply(s.conn, buf); err != nil {
+			break
+		}
+		if !rep.OK && rep.Code == CodeOf(ErrNexusGone) {
+			// The nexus's last word as it stops: why. A request waiting
+			// for its reply takes it as its answer; the session's error
+			// says it too.
+			select {
+			case s.replies <- rep:
+			default:
+			}
+			err = &RemoteError{Msg: rep.Error, Code: rep.Code}
+			break
+		}
+		select {
+		case s.replies <- rep:
+			continue
+		default:
+			err = errors.New("a reply nobody asked for")
+		}
+		break
+	}
+	if s.closing.Load() {
+		s.goneErr = ErrSessionClosed
+	} else {
+		if errors.Is(err, errEnded) || errors.Is(err, io.EOF) {
+			s.goneErr = fmt.Errorf("control: the nexus at %s ended the session (it stopped, exited or was killed): %w", s.path, ErrNexusGone)
+		} else {
+			s.goneErr = fmt.Errorf("control: the nexus at %s: %v: %w", s.path, err, ErrNexusGone)
+		}
+		s.conn.Close() // a violation: make sure the nexus sees the end too
+	}
+	close(s.gone)
+	s.app.Interrupt()
+}
+
+// Gone is closed when the session ended: the nexus went away (Err wraps
+// ErrNexusGone), or Close ended it.
+func (s *Session) Gone() <-chan struct{} { return s.gone }
+
+// Err returns nil while the session lives, then why it ended: an error
+// wrapping ErrNexusGone, or ErrSessionClosed after Close.
+func (s *Session) Err() error {
+	select {
+	case <-s.gone:
+		return s.goneErr
+	default:
+		return nil
+	}
 }
 
 // ErrSessionClosed is returned by requests after Close.
 var ErrSessionClosed = errors.New("control: session closed")
 
+// request sends req and waits for its reply from the reader. A nexus that
+// does not answer within requestTimeout is treated as gone: its session
+// ends, since a late reply would answer the next request.
 func (s *Session) request(req Request) (Reply, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return Reply{}, ErrSessionClosed
 	}
-	return roundTrip(s.conn, req)
+	if err := s.Err(); err != nil {
+		return Reply{}, err
+	}
+	b, err := json.Marshal(req)
+	if err != nil {
+		return Reply{}, err
+	}
+	s.conn.SetWriteDeadline(time.Now().Add(requestTimeout))
+	if _, err := s.conn.Write(b); err != nil {
+		if gerr := s.Err(); gerr != nil {
+			return Reply{}, gerr
+		}
+		return Reply{}, fmt.Errorf("send %s: %w", req.Op, err)
+	}
+	t := time.NewTimer(requestTimeout)
+	defer t.Stop()
+	select {
+	case rep := <-s.replies:
+		return rep, replyErr(rep)
+	case <-s.gone:
+		return Reply{}, s.goneErr
+	case <-t.C:
+		s.conn.Close() // the reader sees it and ends the session
+		<-s.gone
+		return Reply{}, fmt.Errorf("%s: no reply within %v: %w", req.Op, requestTimeout, s.goneErr)
+	}
 }
 
 // App returns the app end of the port's channel. The Session owns it.
@@ -162,8 +286,10 @@ func (s *Session) Teardown(key packet.Key) error {
 }
 
 // Close asks the nexus to close the port (its flows are torn down before
-// the reply), ends the session and detaches the channel. If the nexus is
-// gone the port went with it. Safe to call more than once.
+// the reply), ends the session, joins the reader and detaches the channel
+// (unmapping its memory, closing its descriptors). If the nexus is gone the
+// port went with it, and Close only releases this side. Safe to call more
+// than once.
 func (s *Session) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -171,12 +297,24 @@ func (s *Session) Close() error {
 		return nil
 	}
 	s.closed = true
-	_, err := roundTrip(s.conn, Request{Op: OpClose})
-	var re *RemoteError
-	if err != nil && !errors.As(err, &re) {
-		err = nil // the session is gone: the nexus closed the port with it
+	s.closing.Store(true) // before the request: the nexus ends the session after its reply
+	var err error
+	if s.Err() == nil {
+		b, _ := json.Marshal(Request{Op: OpClose})
+		s.conn.SetWriteDeadline(time.Now().Add(requestTimeout))
+		if _, werr := s.conn.Write(b); werr == nil {
+			t := time.NewTimer(requestTimeout)
+			select {
+			case rep := <-s.replies:
+				err = replyErr(rep)
+			case <-s.gone: // the nexus went: the port went with it
+			case <-t.C:
+			}
+			t.Stop()
+		}
 	}
 	s.conn.Close()
+	s.reader.Wait()
 	if cerr := s.app.Close(); cerr != nil && err == nil {
 		err = cerr
 	}

@@ -190,6 +190,11 @@ func (n *Nexus) Close() error {
 	return n.linkErr
 }
 
+// Done is closed once the nexus has closed (every port closed with it), so
+// that an app in this process learns it as one in another process learns
+// it from its control socket (package nexus/inproc).
+func (n *Nexus) Done() <-chan struct{} { return n.exited }
+
 // do runs f on the worker, between two datapath rounds, and returns its
 // error, or ErrClosed if the nexus is closed (then f did not run).
 func (n *Nexus) do(f func() error) error {

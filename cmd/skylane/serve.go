@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -32,19 +33,27 @@ import (
 	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/netif/drivers"
 	"github.com/skylane/skylane/nexus"
-	"github.com/skylane/skylane/nexus/control"
 	"github.com/skylane/skylane/nexus/inproc"
 	"github.com/skylane/skylane/packet"
 )
 
 const serveUsage = `usage: skylane serve --dev DEV --addr [IP]:PORT [flags]
+       skylane serve --nexus SOCKET --addr [IP]:PORT [--reconnect] [--tls ...]
 
-Serves HTTP (or HTTPS with --tls) from a user-space TCP/IP stack on a nexus
-on DEV, until SIGINT or SIGTERM. On an Ethernet interface (afxdp, afpacket)
-the stack shares the interface's kernel addresses and owns only its port:
-the kernel keeps every other flow. With --driver tun, DEV is a TUN device
-created for the run; the kernel gets --tun-addr on it and routes --addr's IP
-into it.
+Serves HTTP (or HTTPS with --tls) from a user-space TCP/IP stack, until
+SIGINT or SIGTERM.
+
+With --dev, on a nexus of its own on DEV (one process, as root). On an
+Ethernet interface (afxdp, afpacket) the stack shares the interface's kernel
+addresses and owns only its port: the kernel keeps every other flow. With
+--driver tun, DEV is a TUN device created for the run; the kernel gets
+--tun-addr on it and routes --addr's IP into it.
+
+With --nexus, as an app of the nexus serving its control socket at SOCKET
+(skylane nexus), as whatever user runs it: the nexus's policy decides what
+it may listen on. When that nexus goes away, serve exits non-zero naming
+it, or with --reconnect waits for a nexus to serve SOCKET again and serves
+on.
 
 flags:
 `
@@ -54,7 +63,8 @@ type serveConfig struct {
 	dev, driver, mode string
 	addr              string // [IP]:PORT as given
 	metrics           string // --metrics: kernel-stack address for Prometheus, or ""
-	socket            string // --socket: control socket path for apps in other processes, or ""
+	nexus             string // --nexus: a running nexus's control socket, or "" for a nexus of serve's own
+	reconnect         bool   // --reconnect: outlive the nexus of --nexus
 	host              netip.Addr
 	port              uint16
 	tls               bool
@@ -93,13 +103,27 @@ func parseServe(args []string, usageOut io.Writer) (serveConfig, error) {
 	fs.StringVar(&c.peerMAC, "peer-mac", "", "MAC of the next hop (afxdp, afpacket); default: the only neighbour in the kernel's table on --dev")
 	fs.StringVar(&c.tunAddr, "tun-addr", "", "the kernel's address on the TUN device, as a prefix (default: the other address of --addr's /31, or /127)")
 	fs.StringVar(&c.metrics, "metrics", "", "also serve Prometheus metrics of the nexus on this kernel-stack address, e.g. 127.0.0.1:9090")
-	fs.StringVar(&c.socket, "socket", "", "also serve apps in other processes (client.Connect) on a control socket at this path, mode 0600; removed on exit")
+	fs.StringVar(&c.nexus, "nexus", "", "serve as an app of the running nexus whose control socket is at this path, instead of on a nexus of serve's own")
+	fs.BoolVar(&c.reconnect, "reconnect", false, "with --nexus: when the nexus goes away, wait for one to serve the socket again and serve on, rather than exit")
 	fs.DurationVar(&c.shutdown, "shutdown-timeout", 5*time.Second, "how long requests in flight may take to finish on SIGINT/SIGTERM")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("serve: unexpected argument %q (flags only; see skylane serve -h)", fs.Arg(0))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if c.nexus != "" {
+		// The nexus owns the device; an app names none of it.
+		for _, f := range []string{"dev", "driver", "mode", "peer-mac", "tun-addr", "metrics"} {
+			if set[f] {
+				return c, fmt.Errorf("serve: --%s is the nexus's, not an app's: drop it with --nexus (skylane nexus takes it)", f)
+			}
+		}
+		c.driver = ""
+	} else if c.reconnect {
+		return c, errors.New("serve: --reconnect is for --nexus: a nexus of serve's own does not go away alone")
 	}
 	if c.driver == drivers.Memif {
 		return c, fmt.Errorf("serve: driver memif is an in-memory wire with no kernel on the other end: use afxdp, afpacket or tun")
@@ -131,6 +155,9 @@ func parseServe(args []string, usageOut io.Writer) (serveConfig, error) {
 	if c.certFile != "" {
 		c.tls = true
 	}
+	if c.nexus != "" {
+		return c, nil
+	}
 	if c.driver == drivers.TUN {
 		if !c.host.IsValid() {
 			return c, errors.New("serve: --driver tun needs the stack's IP in --addr (e.g. 198.18.1.2:8080): the kernel routes it into the device")
@@ -160,8 +187,12 @@ type served struct {
 // serve runs the server until ctx is done, then closes everything: the
 // HTTP server (requests in flight get cfg.shutdown to finish), the stack,
 // the nexus and with it the link (the XDP or TC program is detached, a
-// TUN device removed).
+// TUN device removed). With cfg.nexus it is an app of that nexus instead
+// (serveOnNexus).
 func serve(ctx context.Context, cfg serveConfig, out, log io.Writer) (err error) {
+	if cfg.nexus != "" {
+		return serveOnNexus(ctx, cfg, out, log)
+	}
 	spec := drivers.Spec{Driver: cfg.driver, Dev: cfg.dev, Mode: cfg.mode}
 	if err := drivers.CheckPrivileges(spec); err != nil {
 		return fmt.Errorf("serve: %w", err)
@@ -171,68 +202,6 @@ func serve(ctx context.Context, cfg serveConfig, out, log io.Writer) (err error)
 	if err := s.open(cfg, spec, log); err != nil {
 		return err
 	}
-
-	var requests atomic.Uint64
-	mux := http.NewServeMux()
-	mux.HandleFunc("/", func(rw http.ResponseWriter, r *http.Request) {
-		requests.Add(1)
-		fmt.Fprintf(rw, "hello from skylane: a user-space TCP/IP stack on %s (%s)\nyou are %s\n", s.dev, cfg.driver, r.RemoteAddr)
-	})
-	mux.HandleFunc("/stats", func(rw http.ResponseWriter, r *http.Request) {
-		requests.Add(1)
-		st, err := s.nx.Stats()
-		if err != nil {
-			http.Error(rw, err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		rw.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(rw)
-		enc.SetIndent("", "  ")
-		enc.Encode(struct {
-			Switch flowswitch.Stats
-			Link   netif.Stats
-			Flows  int
-		}{st.Switch, st.Link, st.Flows})
-	})
-	listen := netip.AddrPortFrom(cfg.host, cfg.port).String()
-	if !cfg.host.IsValid() {
-		listen = fmt.Sprintf(":%d", cfg.port)
-	}
-	ln, err := s.st.Listen("tcp", listen)
-	if err != nil {
-		return fmt.Errorf("serve: listen on %s: %w", cfg.addr, err)
-	}
-	scheme := "http"
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	if cfg.tls {
-		scheme = "https"
-		cert, fp, err := serveCert(cfg, s.addrs)
-		if err != nil {
-			ln.Close()
-			return err
-		}
-		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
-		ln = tls.NewListener(ln, srv.TLSConfig)
-		if fp != "" {
-			fmt.Fprintf(out, "self-signed certificate, SHA-256 %s\n", fp)
-		}
-	}
-	for _, a := range s.addrs {
-		if !cfg.host.IsValid() || a == cfg.host {
-			fmt.Fprintf(out, "listening on %s://%s/\n", scheme, netip.AddrPortFrom(a, cfg.port))
-		}
-	}
-	if cfg.socket != "" {
-		stop, err := serveSocket(cfg.socket, s.nx, log)
-		if err != nil {
-			return err
-		}
-		defer stop() // before s.close closes the nexus
-		fmt.Fprintf(out, "apps connect on %s\n", cfg.socket)
-	}
-
-	fmt.Fprintf(out, "user-space TCP/IP stack on %s (%s); SIGINT or SIGTERM stops it\n", s.dev, describeDriver(cfg))
-
 	if cfg.metrics != "" {
 		// On the kernel's stack, beside the user-space one, so an
 		// operator's scraper reaches it like any local service. Listened
@@ -251,6 +220,123 @@ func serve(ctx context.Context, cfg serveConfig, out, log io.Writer) (err error)
 		defer func() { msrv.Close(); <-mdone }()
 		fmt.Fprintf(out, "metrics on http://%s/metrics\n", mln.Addr())
 	}
+	return serveHTTP(ctx, cfg, httpOn{
+		st: s.st, addrs: s.addrs,
+		what: fmt.Sprintf("%s (%s)", s.dev, cfg.driver), where: fmt.Sprintf("%s (%s)", s.dev, describeDriver(cfg)),
+		stats: func() (any, error) {
+			st, err := s.nx.Stats()
+			if err != nil {
+				return nil, err
+			}
+			return struct {
+				Switch flowswitch.Stats
+				Link   netif.Stats
+				Flows  int
+			}{st.Switch, st.Link, st.Flows}, nil
+		},
+		bye: func(requests uint64) {
+			if st, err := s.nx.Stats(); err == nil {
+				fmt.Fprintf(log, "skylane serve: stopping after %d requests; switch: %d frames in, %d packets out, %d refused by the transmit checks\n",
+					requests, st.Switch.Packets, st.Switch.TxPackets, sumDrops(st.Switch.TxDrops))
+			}
+		},
+	}, out)
+}
+
+// serveOnNexus serves as an app of the nexus at cfg.nexus, with this
+// process's credentials, until ctx is done (nil) or the nexus goes away:
+// then an error naming it that wraps client.ErrNexusGone, unless
+// cfg.reconnect, when the stack waits for a nexus to serve the socket
+// again and its listener goes on there.
+func serveOnNexus(ctx context.Context, cfg serveConfig, out, log io.Writer) (err error) {
+	nx, err := client.ConnectWith(cfg.nexus, client.ConnectOptions{Reattach: cfg.reconnect})
+	if err != nil {
+		return fmt.Errorf("serve: --nexus: %w", err)
+	}
+	st, err := client.New(nx, client.Options{Name: "serve"})
+	if err != nil {
+		return fmt.Errorf("serve: attach to the nexus at %s: %w", cfg.nexus, err)
+	}
+	defer func() {
+		if cerr := st.Close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("serve: close: %w", cerr))
+		}
+	}()
+	addrs := st.Addrs()
+	if cfg.host.IsValid() && !slices.Contains(addrs, cfg.host) {
+		return fmt.Errorf("serve: %v is not an address of the nexus at %s (it has %v)", cfg.host, cfg.nexus, addrs)
+	}
+	where := "the nexus at " + cfg.nexus
+	// When the nexus goes, the error says so and names it (the control
+	// session's error, which wraps client.ErrNexusGone).
+	return serveHTTP(ctx, cfg, httpOn{
+		st: st, addrs: addrs, what: where, where: where,
+		stats: func() (any, error) { return st.Endpoint().Stats(), nil },
+		bye: func(requests uint64) {
+			fmt.Fprintf(log, "skylane serve: stopping after %d requests\n", requests)
+		},
+	}, out)
+}
+
+// httpOn is what serveHTTP serves on and reports.
+type httpOn struct {
+	st          *client.Stack
+	addrs       []netip.Addr
+	what, where string                // the stack's place, for the page and for the start line
+	stats       func() (any, error)   // the /stats page's JSON
+	bye         func(requests uint64) // the last words on a clean stop
+}
+
+// serveHTTP serves the hello and /stats pages on h.st until ctx is done
+// (nil, after a graceful shutdown) or the server fails (its error).
+func serveHTTP(ctx context.Context, cfg serveConfig, h httpOn, out io.Writer) error {
+	var requests atomic.Uint64
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(rw http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		fmt.Fprintf(rw, "hello from skylane: a user-space TCP/IP stack on %s\nyou are %s\n", h.what, r.RemoteAddr)
+	})
+	mux.HandleFunc("/stats", func(rw http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		v, err := h.stats()
+		if err != nil {
+			http.Error(rw, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		rw.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(rw)
+		enc.SetIndent("", "  ")
+		enc.Encode(v)
+	})
+	listen := netip.AddrPortFrom(cfg.host, cfg.port).String()
+	if !cfg.host.IsValid() {
+		listen = fmt.Sprintf(":%d", cfg.port)
+	}
+	ln, err := h.st.Listen("tcp", listen)
+	if err != nil {
+		return fmt.Errorf("serve: listen on %s: %w", cfg.addr, err)
+	}
+	scheme := "http"
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	if cfg.tls {
+		scheme = "https"
+		cert, fp, err := serveCert(cfg, h.addrs)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
+		ln = tls.NewListener(ln, srv.TLSConfig)
+		if fp != "" {
+			fmt.Fprintf(out, "self-signed certificate, SHA-256 %s\n", fp)
+		}
+	}
+	for _, a := range h.addrs {
+		if !cfg.host.IsValid() || a == cfg.host {
+			fmt.Fprintf(out, "listening on %s://%s/\n", scheme, netip.AddrPortFrom(a, cfg.port))
+		}
+	}
+	fmt.Fprintf(out, "user-space TCP/IP stack on %s; SIGINT or SIGTERM stops it\n", h.where)
 
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()
@@ -265,35 +351,8 @@ func serve(ctx context.Context, cfg serveConfig, out, log io.Writer) (err error)
 		srv.Close() // requests still running past the timeout are cut
 	}
 	<-done
-	if st, err := s.nx.Stats(); err == nil {
-		fmt.Fprintf(log, "skylane serve: stopping after %d requests; switch: %d frames in, %d packets out, %d refused by the transmit checks\n",
-			requests.Load(), st.Switch.Packets, st.Switch.TxPackets, sumDrops(st.Switch.TxDrops))
-	}
+	h.bye(requests.Load())
 	return nil
-}
-
-// serveSocket serves the nexus's control socket at path until stop, which
-// ends every app session (their ports closed) and removes the socket file.
-func serveSocket(path string, nx *nexus.Nexus, log io.Writer) (stop func(), err error) {
-	cln, err := control.Listen(path)
-	if err != nil {
-		return nil, fmt.Errorf("serve: --socket: %w (a file left by a crashed run must be removed first)", err)
-	}
-	// Only the nexus's user may open ports until the operator says
-	// otherwise (chown or chmod the socket for the apps' users).
-	if err := os.Chmod(path, 0o600); err != nil {
-		cln.Close()
-		return nil, fmt.Errorf("serve: --socket: %w", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := control.Serve(ctx, nx, cln); err != nil {
-			fmt.Fprintf(log, "skylane serve: apps can no longer connect: %v\n", err)
-		}
-	}()
-	return func() { cancel(); <-done }, nil
 }
 
 // open opens the driver, the nexus and the stack.

@@ -139,6 +139,9 @@ func TestSession(t *testing.T) {
 	if _, err := s.Register(lis, flow.Listener3); !errors.Is(err, control.ErrSessionClosed) {
 		t.Errorf("register after Close: %v", err)
 	}
+	if err := s.Err(); !errors.Is(err, control.ErrSessionClosed) {
+		t.Errorf("session error after Close: %v, want control.ErrSessionClosed", err)
+	}
 }
 
 // TestBadSessions: requests out of order or malformed end their session;
@@ -226,9 +229,22 @@ func TestServeStops(t *testing.T) {
 	if p, _ := flows(t, n); p != 0 {
 		t.Errorf("%d ports after Serve returned", p)
 	}
+	lis := packet.MakeKey(packet.ProtoTCP, netip.AddrPortFrom(addr4, 80), netip.AddrPort{}).Listener3()
 	for _, s := range ss {
 		if err := s.App().Err(); err == nil {
 			t.Error("app's channel not closed after Serve returned")
+		}
+		// The app learns it from the socket, not by asking.
+		select {
+		case <-s.Gone():
+		case <-time.After(5 * time.Second):
+			t.Fatal("session not gone 5 s after Serve returned")
+		}
+		if err := s.Err(); !errors.Is(err, control.ErrNexusGone) {
+			t.Errorf("session error %v, want control.ErrNexusGone", err)
+		}
+		if _, err := s.Register(lis, flow.Listener3); !errors.Is(err, control.ErrNexusGone) {
+			t.Errorf("register after the nexus went: %v, want control.ErrNexusGone", err)
 		}
 	}
 	if _, err := control.Open(path, "late", control.OpenOptions{}); err == nil {

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/skylane/skylane/control"
 	"github.com/skylane/skylane/flow"
@@ -268,8 +269,17 @@ func TestPolicy(t *testing.T) {
 	if _, err := raw.Read(buf); err == nil {
 		t.Error("session still open after the goodbye")
 	}
-	if _, err := dialer.Register(key(tcp, "198.18.0.1:40004", "198.18.0.9:80"), flow.Connected); err == nil {
-		t.Error("register after Shutdown succeeded")
+	// An app's session learns why, whether it was waiting or not.
+	select {
+	case <-dialer.Gone():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the dialer's session did not end after Shutdown")
+	}
+	if err := dialer.Err(); !errors.Is(err, control.ErrNexusGone) || !strings.Contains(err.Error(), "interface deleted") {
+		t.Errorf("dialer's session after Shutdown: %v, want ErrNexusGone saying why", err)
+	}
+	if _, err := dialer.Register(key(tcp, "198.18.0.1:40004", "198.18.0.9:80"), flow.Connected); !errors.Is(err, control.ErrNexusGone) {
+		t.Errorf("register after Shutdown: %v, want ErrNexusGone", err)
 	}
 }
 
