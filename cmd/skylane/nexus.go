@@ -218,12 +218,12 @@ func runNexusDaemon(ctx context.Context, cfg nexusConfig, hup <-chan os.Signal, 
 	}()
 
 	if cfg.metrics != "" {
-		stop, err := serveMetrics(cfg.metrics, o.nx)
+		at, stop, err := serveMetrics(cfg.metrics, o.nx)
 		if err != nil {
 			return fmt.Errorf("nexus: %w", err)
 		}
 		defer stop()
-		log.Info("metrics", "url", "http://"+cfg.metrics+"/metrics")
+		log.Info("metrics", "url", "http://"+at.String()+"/metrics")
 	}
 	log.Info("nexus started", "dev", o.dev, "driver", cfg.link.driver, "addrs", o.addrs, "socket", cfg.socket,
 		"policy", policyName(cfg.policy), "rules", len(pol.Rules), "pid", os.Getpid())
@@ -267,18 +267,19 @@ func (w *logWriter) Write(b []byte) (int, error) {
 }
 
 // serveMetrics serves the nexus's Prometheus metrics on the kernel's stack
-// at addr until stop.
-func serveMetrics(addr string, nx *nexus.Nexus) (stop func(), err error) {
+// at addr, in the calling thread's network namespace, until stop; at is
+// the address it listens on.
+func serveMetrics(addr string, nx *nexus.Nexus) (at net.Addr, stop func(), err error) {
 	reg := prometheus.NewRegistry()
 	if err := reg.Register(metrics.New(nx.Snapshot, metrics.Options{})); err != nil {
-		return nil, fmt.Errorf("metrics: %w", err)
+		return nil, nil, fmt.Errorf("metrics: %w", err)
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("--metrics %s: %w (is the address local and the port free?)", addr, err)
+		return nil, nil, fmt.Errorf("--metrics %s: %w (is the address local and the port free?)", addr, err)
 	}
 	srv := &http.Server{Handler: metrics.Handler(reg), ReadHeaderTimeout: 10 * time.Second}
 	done := make(chan struct{})
 	go func() { defer close(done); srv.Serve(ln) }()
-	return func() { srv.Close(); <-done }, nil
+	return ln.Addr(), func() { srv.Close(); <-done }, nil
 }

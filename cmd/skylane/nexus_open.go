@@ -20,6 +20,9 @@ type linkConfig struct {
 	peerMAC           string
 	tunAddr           string
 	regulation        bool // the switch's Regulation: needed for per-app rates
+	// checkPorts, if set, looks at the kernel's sockets before the link
+	// is opened (afxdp, afpacket).
+	checkPorts func(*drivers.KernelPorts) error
 }
 
 // ownedNexus is a nexus on a device, with what it needs: the parts
@@ -35,15 +38,15 @@ type ownedNexus struct {
 
 // openNexus opens the driver and a nexus on it, in the calling thread's
 // network namespace. notes gets advice that is not an error.
-func openNexus(c linkConfig, notes io.Writer) (o *ownedNexus, err error) {
+func openNexus(c linkConfig, notes io.Writer) (_ *ownedNexus, err error) {
 	spec := drivers.Spec{Driver: c.driver, Dev: c.dev, Mode: c.mode}
 	if err := drivers.CheckPrivileges(spec); err != nil {
 		return nil, err
 	}
-	o = &ownedNexus{}
+	o := &ownedNexus{}
 	defer func() {
 		if err != nil {
-			o.close()
+			o.close() // what was made so far
 		}
 	}()
 	swo := flowswitch.Options{}
@@ -87,6 +90,11 @@ func openNexus(c linkConfig, notes io.Writer) (o *ownedNexus, err error) {
 		// The kernel's sockets: the flow table refuses apps their ports.
 		if o.kp, err = drivers.NewKernelPorts(o.addrs); err != nil {
 			return nil, err
+		}
+		if c.checkPorts != nil {
+			if err := c.checkPorts(o.kp); err != nil {
+				return nil, err
+			}
 		}
 		swo.PortTaken = o.kp.Taken
 	}
