@@ -91,6 +91,7 @@ type Nexus struct {
 	parked atomic.Bool   // the worker is about to sleep or sleeps: kicks must ring
 	stop   chan struct{} // closed by Close
 	exited chan struct{} // closed when the worker has returned
+	failed chan struct{} // closed when the link failed; linkErr is set before and never changes after
 	once   sync.Once
 
 	// Owned by the worker goroutine.
@@ -162,6 +163,7 @@ func New(opts Options) (*Nexus, error) {
 		bell:     make(chan struct{}, 1),
 		stop:     make(chan struct{}),
 		exited:   make(chan struct{}),
+		failed:   make(chan struct{}),
 		sw:       sw,
 		ports:    make(map[flow.PortID]*port),
 		lastReap: time.Now(),
@@ -194,6 +196,21 @@ func (n *Nexus) Close() error {
 // that an app in this process learns it as one in another process learns
 // it from its control socket (package nexus/inproc).
 func (n *Nexus) Done() <-chan struct{} { return n.exited }
+
+// LinkFailed is closed when the link failed: the datapath stopped and every
+// port was closed (their apps see their channels closed); requests are
+// still answered, with LinkErr. A daemon exits on it.
+func (n *Nexus) LinkFailed() <-chan struct{} { return n.failed }
+
+// LinkErr returns why the link failed, or nil while it has not.
+func (n *Nexus) LinkErr() error {
+	select {
+	case <-n.failed:
+		return n.linkErr
+	default:
+		return nil
+	}
+}
 
 // do runs f on the worker, between two datapath rounds, and returns its
 // error, or ErrClosed if the nexus is closed (then f did not run).
@@ -368,6 +385,7 @@ func (n *Nexus) failLink(err error) {
 		return
 	}
 	n.linkErr = fmt.Errorf("nexus on %s: %w", n.link.Name(), err)
+	close(n.failed)
 	for len(n.order) > 0 {
 		n.closePort(n.order[0])
 	}

@@ -42,8 +42,8 @@ session is matched again, and its later requests are checked against the
 new rule (flows it already holds are not torn down; restart the app, or the
 nexus, to drop them).
 
-If the interface is deleted or set down, the nexus logs it, tells its apps
-why, and exits 1 (systemd's Restart=on-failure starts it again; it starts
+If the interface is deleted or set down (or the driver fails), the nexus
+logs it, tells its apps why, and exits 1 (systemd's Restart=on-failure starts it again; it starts
 once the interface is back). A socket left by a crashed nexus is replaced
 at once; one a live nexus serves is refused.
 
@@ -238,6 +238,11 @@ func runNexusDaemon(ctx context.Context, cfg nexusConfig, hup <-chan os.Signal, 
 			reason := fmt.Sprintf("interface %s %s", o.dev, why)
 			log.Error("nexus stopping", "reason", reason)
 			srv.Shutdown("nexus on " + o.dev + " stopping: " + reason)
+			return fmt.Errorf("nexus: %s: %w", reason, errLinkGone)
+		case <-o.nx.LinkFailed():
+			reason := o.nx.LinkErr().Error()
+			log.Error("nexus stopping: its link failed", "reason", reason)
+			srv.Shutdown("nexus stopping: " + reason)
 			return fmt.Errorf("nexus: %s: %w", reason, errLinkGone)
 		case <-hup:
 			p, err := loadPolicy(cfg.policy)
