@@ -190,7 +190,7 @@ func runNexusDaemon(ctx context.Context, cfg nexusConfig, hup <-chan os.Signal, 
 	notes := &logWriter{log}
 	// Per-app rates need the switch's regulation layer; a policy that
 	// names none runs without it (adding the first rate takes a restart).
-	cfg.link.regulation = slices.ContainsFunc(pol.Rules, func(r *policy.Rule) bool { return r.Rate > 0 })
+	cfg.link.regulation = hasRates(pol)
 	o, err := openNexus(cfg.link, notes)
 	if err != nil {
 		return fmt.Errorf("nexus: %w", err)
@@ -252,8 +252,15 @@ func runNexusDaemon(ctx context.Context, cfg nexusConfig, hup <-chan os.Signal, 
 			}
 			n := srv.SetPolicy(p)
 			log.Info("policy reloaded", "policy", policyName(cfg.policy), "rules", len(p.Rules), "sessions", n)
+			if !cfg.link.regulation && hasRates(p) {
+				log.Warn("the policy now has rates, but this nexus started without rate regulation: apps under a rate are refused until it is restarted")
+			}
 		}
 	}
+}
+
+func hasRates(p *policy.Policy) bool {
+	return slices.ContainsFunc(p.Rules, func(r *policy.Rule) bool { return r.Rate > 0 })
 }
 
 func policyName(p string) string {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/skylane/skylane/control"
 	"github.com/skylane/skylane/flow"
+	"github.com/skylane/skylane/flowswitch"
 	"github.com/skylane/skylane/internal/asuser"
 	"github.com/skylane/skylane/netif/memif"
 	"github.com/skylane/skylane/nexus"
@@ -61,6 +62,13 @@ type policyServer struct {
 
 func servePolicy(t *testing.T, src string) *policyServer {
 	t.Helper()
+	return servePolicyWith(t, src, nexus.Options{})
+}
+
+// servePolicyWith is servePolicy on a nexus with o (its Link and Addrs
+// set here).
+func servePolicyWith(t *testing.T, src string, o nexus.Options) *policyServer {
+	t.Helper()
 	if os.Getuid() != 0 {
 		if os.Getenv("SKYLANE_REQUIRE_PRIV") == "1" {
 			t.Fatal("needs root: apps of other uids")
@@ -76,7 +84,8 @@ func servePolicy(t *testing.T, src string) *policyServer {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { lb.Close() })
-	n, err := nexus.New(nexus.Options{Link: la, Addrs: []netip.Addr{addr4}})
+	o.Link, o.Addrs = la, []netip.Addr{addr4}
+	n, err := nexus.New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,6 +314,29 @@ func TestPolicyMaxPool(t *testing.T) {
 		}
 		if p.MaxPool != want {
 			t.Errorf("port %s: pool capped at %d bytes, want %d", p.Name, p.MaxPool, want)
+		}
+	}
+}
+
+// TestPolicyRate: a rule's rate caps its apps' ports (with the switch's
+// regulation, which the nexus daemon turns on for a policy with rates).
+func TestPolicyRate(t *testing.T) {
+	ps := servePolicyWith(t, "[[allow]]\nuid = 65534\nrate = \"10Mbit\"\n\n[[allow]]\nuid = 65533\n",
+		nexus.Options{Switch: flowswitch.Options{Regulation: &flowswitch.RegulationOptions{}}})
+	if _, err := ps.open(t, 65534, "capped"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ps.open(t, 65533, "free"); err != nil {
+		t.Fatal(err)
+	}
+	st, err := ps.srv.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range st.Sessions {
+		want := map[string]int64{"capped": 10e6, "free": 0}[s.App]
+		if s.Rate != want {
+			t.Errorf("%s: rate %d bit/s, want %d", s.App, s.Rate, want)
 		}
 	}
 }

@@ -52,7 +52,8 @@ type SessionStats struct {
 	RxRingDrops uint64     `json:"rx_ring_drops"`
 	TxPackets   uint64     `json:"tx_packets"`
 	TxBytes     uint64     `json:"tx_bytes"`
-	TxDrops     uint64     `json:"tx_drops"` // packets the transmit checks refused
+	TxDrops     uint64     `json:"tx_drops"`           // packets the transmit checks refused
+	Rate        int64      `json:"rate_bps,omitempty"` // its transmit cap (the policy's rate), 0 for none
 	Pool        pool.Stats `json:"pool"`
 	PoolInUse   int        `json:"pool_in_use"` // buffers out of the pool
 	PoolMax     int64      `json:"pool_max"`    // bytes the pool may grow to (max_pool)
@@ -143,6 +144,9 @@ func (s *Server) Stats() (Stats, error) {
 		ss.mu.Unlock()
 		if p, ok := ports[x.Channel]; ok && x.Channel != "" {
 			x.Delivered, x.RxRingDrops, x.TxPackets, x.TxBytes, x.TxDrops = p.Delivered, p.RxRingDrops, p.TxPackets, p.TxBytes, p.TxDrops
+			if p.Regulation != nil {
+				x.Rate = p.Regulation.Rate
+			}
 		}
 		if i, ok := pools[x.Channel]; ok && x.Channel != "" {
 			x.Pool, x.PoolInUse, x.PoolMax, x.Defunct = nst.Ports[i].Pool, nst.Ports[i].InUse, nst.Ports[i].MaxPool, nst.Ports[i].Defunct
