@@ -39,7 +39,7 @@ type appConfig struct {
 // must answer.
 type probe struct {
 	Name    string
-	Op      string // "listen" (TCP), "listenpacket" (UDP), "dial" (TCP), "teardown" (another app's TCP listener, over a raw session), "spoof" (see spoofFrom)
+	Op      string // "listen" (TCP), "listenpacket" (UDP), "dial" (TCP), "teardown" (another app's TCP listener, over a raw session), "spoof" (see spoofFrom), "hog" (see hog)
 	Address string // what the op takes
 	Want    string // "ok", "refused" (ErrNotPermitted) or "noflow" (nexus.ErrNoFlow)
 	Keep    bool   // keep what it opened until all probes ran (to fill max_flows)
@@ -132,6 +132,10 @@ func (p probe) run(c appConfig, st *client.Stack) (io.Closer, error) {
 		return s, err
 	case "spoof":
 		return spoofFrom(c, netip.MustParseAddrPort(p.Address))
+	case "hog":
+		var limit int
+		fmt.Sscan(p.Address, &limit)
+		return hog(c, limit)
 	}
 	return nil, fmt.Errorf("unknown probe op %q", p.Op)
 }
@@ -233,4 +237,36 @@ func sendApp(app *channel.App, id [16]byte, pkts [][]byte) error {
 		}
 	}
 	return nil
+}
+
+// hog takes every packet buffer the nexus hands a raw session of its own
+// and keeps them, until the nexus says its pool is at its cap (the
+// channel's AllocFails): the buffers it got must fit in limit bytes.
+func hog(c appConfig, limit int) (io.Closer, error) {
+	s, err := control.Open(c.Socket, c.Name+"-hog", control.OpenOptions{})
+	if err != nil {
+		return nil, err
+	}
+	app := s.App()
+	bufs := make([]channel.Buf, 256)
+	held := 0
+	for deadline := time.Now().Add(10 * time.Second); app.Counters().AllocFails == 0; {
+		n, err := app.Alloc(bufs)
+		if err != nil {
+			return s, err
+		}
+		held += n
+		if held*app.BufferSize() > 4*limit {
+			break // far past the cap: no need to go on
+		}
+		if time.Now().After(deadline) {
+			return s, fmt.Errorf("held %d buffers and the pool never ran short in 10 s", held)
+		}
+		app.Kick()
+		app.Wait(10 * time.Millisecond)
+	}
+	if got := held * app.BufferSize(); got > limit {
+		return s, fmt.Errorf("held %d buffers, %d bytes, over max_pool %d", held, got, limit)
+	}
+	return s, nil
 }

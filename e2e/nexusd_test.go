@@ -88,15 +88,17 @@ var daemonApps = []struct {
 		{Name: "another app's port", Op: "listen", Address: "198.18.0.1:8081", Want: "refused"},
 		{Name: "another address", Op: "listen", Address: "[2001:2::1]:8083", Want: "refused"},
 		{Name: "a dial without dial", Op: "dial", Address: "198.18.0.2:9191", Want: "refused"},
+		{Name: "over its memory limit", Op: "hog", Address: "1048576", Want: "ok"},
 	}}},
 }
 
 // TestNexusDaemon runs `skylane nexus` on a veth (AF_XDP, AF_PACKET) with
 // a policy and three app processes under three uids. Each serves its own
 // port to the kernel's curl in the peer namespace and is refused outside
-// its rule; kill -9 of each app frees its port for the next; kill -9 of
-// the nexus leaves a socket file a new nexus replaces at once; SIGTERM
-// leaves nothing behind.
+// its rule (its pool stops at max_pool); none can tear down or send on
+// another's flows (a capture at the peer shows none); kill -9 of each app
+// frees its port for the next; kill -9 of the nexus leaves a socket file
+// a new nexus replaces at once; SIGTERM leaves nothing behind.
 func TestNexusDaemon(t *testing.T) {
 	nettest.RequirePriv(t)
 	nettest.RequireCommand(t, "curl")
