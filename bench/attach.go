@@ -65,7 +65,7 @@ func runAttach(cfg Config) (rep Report, err error) {
 	}
 	defer sock.Close()
 	uid := os.Getuid()
-	pol, err := policy.Parse("bench.toml", fmt.Appendf(nil, "[[allow]]\nuid = %d\ntcp = [\"%d\"]\nmax_flows = 100\n", uid, attachPort), policy.OS)
+	pol, err := policy.Parse("bench.toml", fmt.Appendf(nil, "[[allow]]\nuid = %d\ntcp = [\"%d\"]\nmax_flows = 100\n", uid, attachPort), policy.System())
 	if err != nil {
 		return rep, fmt.Errorf("attach: %w", err)
 	}

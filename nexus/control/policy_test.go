@@ -75,7 +75,7 @@ func servePolicyWith(t *testing.T, src string, o nexus.Options) *policyServer {
 		}
 		t.Skip("needs root: apps of other uids")
 	}
-	pol, err := policy.Parse("test.toml", []byte(src), policy.OS)
+	pol, err := policy.Parse("test.toml", []byte(src), policy.System())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,7 +235,7 @@ func TestPolicy(t *testing.T) {
 	}
 
 	// Reload without rule 1: web keeps its flows, and is refused from now on.
-	p2, err := policy.Parse("test2.toml", []byte(testPolicy[strings.Index(testPolicy, "[[allow]]        # rule 2"):]), policy.OS)
+	p2, err := policy.Parse("test2.toml", []byte(testPolicy[strings.Index(testPolicy, "[[allow]]        # rule 2"):]), policy.System())
 	if err != nil {
 		t.Fatal(err)
 	}

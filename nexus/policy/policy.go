@@ -190,42 +190,46 @@ func parseUnits(text string, units []unit, what, example string) (int64, error) 
 }
 
 // Resolver looks users and groups up by name; Parse resolves every name
-// when the policy is loaded. OS uses the system's databases (os/user).
+// when the policy is loaded. System uses the system's databases.
 type Resolver struct {
 	User  func(name string) (uint32, error)
 	Group func(name string) (uint32, error)
 }
 
-// OS resolves names with os/user.
-var OS = Resolver{
-	User: func(name string) (uint32, error) {
-		u, err := user.Lookup(name)
-		if err != nil {
-			return 0, err
-		}
-		id, err := strconv.ParseUint(u.Uid, 10, 32)
-		return uint32(id), err
-	},
-	Group: func(name string) (uint32, error) {
-		g, err := user.LookupGroup(name)
-		if err != nil {
-			return 0, err
-		}
-		id, err := strconv.ParseUint(g.Gid, 10, 32)
-		return uint32(id), err
-	},
+// System resolves names with os/user (/etc/passwd, /etc/group, or NSS
+// with cgo).
+func System() Resolver {
+	return Resolver{
+		User: func(name string) (uint32, error) {
+			u, err := user.Lookup(name)
+			if err != nil {
+				return 0, err
+			}
+			id, err := strconv.ParseUint(u.Uid, 10, 32)
+			return uint32(id), err
+		},
+		Group: func(name string) (uint32, error) {
+			g, err := user.LookupGroup(name)
+			if err != nil {
+				return 0, err
+			}
+			id, err := strconv.ParseUint(g.Gid, 10, 32)
+			return uint32(id), err
+		},
+	}
 }
 
 // RootOnly is the policy without a file: no rule, so only uid 0 attaches.
 func RootOnly() *Policy { return &Policy{} }
 
-// Load reads and parses the policy file at path, resolving names with OS.
+// Load reads and parses the policy file at path, resolving names with
+// System.
 func Load(path string) (*Policy, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("policy: %w", err)
 	}
-	return Parse(path, b, OS)
+	return Parse(path, b, System())
 }
 
 // ruleFile is one [[allow]] table as decoded; check turns it into a Rule.
