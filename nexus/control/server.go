@@ -133,25 +133,26 @@ func (s *Server) Serve(ctx context.Context, ln *net.UnixListener) error {
 	return fmt.Errorf("control: accept: %w", err)
 }
 
+// add registers a new session and matches it against the policy, both
+// under s.mu, so that a SetPolicy either came before (the session gets the
+// new policy) or regrants it.
 func (s *Server) add(ss *session) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return false
 	}
+	ss.g, ss.gErr = s.grantLocked(ss.cred) // not shared yet: no ss.mu
 	s.sessions[ss] = struct{}{}
 	return true
 }
 
-// grant matches c against the current policy.
-func (s *Server) grant(c policy.Cred) (*policy.Grant, error) {
-	s.mu.Lock()
-	p := s.pol
-	s.mu.Unlock()
+// grantLocked matches c against the current policy; s.mu is held.
+func (s *Server) grantLocked(c policy.Cred) (*policy.Grant, error) {
 	if c.UID == s.self {
-		return p.GrantAll(c), nil
+		return s.pol.GrantAll(c), nil
 	}
-	return p.Grant(c)
+	return s.pol.Grant(c)
 }
 
 // SetPolicy replaces the policy and matches every open session against
@@ -161,15 +162,11 @@ func (s *Server) grant(c policy.Cred) (*policy.Grant, error) {
 // rule matches any more has every later request refused.
 func (s *Server) SetPolicy(p *policy.Policy) int {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.pol = p
-	ss := make([]*session, 0, len(s.sessions))
 	for x := range s.sessions {
-		ss = append(ss, x)
-	}
-	s.mu.Unlock()
-	for _, x := range ss {
-		g, err := s.grant(x.cred)
-		x.mu.Lock()
+		g, err := s.grantLocked(x.cred)
+		x.mu.Lock() // s.mu, then a session's mu: the one order
 		x.g, x.gErr = g, err
 		x.mu.Unlock()
 		if err != nil {
@@ -177,7 +174,7 @@ func (s *Server) SetPolicy(p *policy.Policy) int {
 				"session", x.id, "app", x.appName(), "uid", x.cred.UID, "pid", x.cred.PID, "err", err)
 		}
 	}
-	return len(ss)
+	return len(s.sessions)
 }
 
 // Refused returns how many requests the policy refused, in all sessions.

@@ -59,10 +59,7 @@ func (ss *session) run() {
 			"flows", flows, "refused", ss.refusedCount(), "secs", time.Since(ss.started).Round(time.Millisecond).Seconds(), "why", why)
 	}()
 	cred := ss.cred
-	g, gErr := s.grant(cred)
-	ss.mu.Lock()
-	ss.g, ss.gErr = g, gErr
-	ss.mu.Unlock()
+	g, _ := ss.grant()
 	rule := "none"
 	if g != nil {
 		rule = g.Describe()
