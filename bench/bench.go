@@ -1,4 +1,4 @@
-// Package bench runs the `skylane bench` scenarios (../shared/BENCH.md):
+// Package bench runs the `skylane bench` scenarios (docs/benchmarks.md):
 // each measures our path and its baseline in the same run, alternating
 // them, and reports the ratio (above 1 means we beat the baseline).
 //
@@ -74,7 +74,7 @@ func (c Config) progress(format string, args ...any) {
 
 func (c Config) wants(name string) bool { return c.Filter == "" || strings.Contains(name, c.Filter) }
 
-// Machine describes this machine the way BENCH.md asks.
+// Machine describes this machine as docs/benchmarks.md asks.
 func Machine() string {
 	return fmt.Sprintf("%s/%s, %d CPUs, %s", runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version())
 }

@@ -25,7 +25,7 @@ import (
 	"github.com/skylane/skylane/regulate"
 )
 
-// The burst scenario (issue #6 item 6, DESIGN §7): a memif wire limited to
+// The burst scenario (docs/design.md §7): a memif wire limited to
 // burstRate carries eight bulk flows, each from its own app (channel),
 // and one small request/response flow (RPC) from another app; the peer
 // end counts the bulk bytes per flow and answers each request at once.
@@ -815,7 +815,7 @@ func runBurstOn(cfg Config, w *burstWire) (Report, error) {
 		o, b, i := burstP99(oR), burstP99(bR), idleP99
 		x := extra()
 		x["idle_p99_ms"], x["target_ms"] = burstRound2(i), target
-		x["goal_ms"] = burstRound2(i + 2*target) // issue #6: at most idle p99 + 2 × target
+		x["goal_ms"] = burstRound2(i + 2*target) // the row's goal: at most idle p99 + 2 × target
 		x["round_trips"], x["baseline_round_trips"], x["idle_round_trips"] = len(oR), len(bR), len(iR)
 		x["lost"], x["baseline_lost"] = oLost, bLost
 		rep.Results = append(rep.Results, Result{

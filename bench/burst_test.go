@@ -9,7 +9,7 @@ import (
 )
 
 // TestBurstScenario runs the burst scenario briefly: every row is
-// measured, the ratios follow BENCH.md (baseline/value for the latency
+// measured, the ratios follow docs/benchmarks.md (baseline/value for the latency
 // row, value/baseline for the others), and the regulated run shows the
 // AQM at work.
 func TestBurstScenario(t *testing.T) {
@@ -37,7 +37,7 @@ func TestBurstScenario(t *testing.T) {
 //
 //   - the regulated RPC p99 well below the FIFO's: a full FIFO alone
 //     holds a request 2048 × 1514 B at 100 Mbit/s = 248 ms, which load
-//     only lengthens, while the regulated p99 is a few ms (issue #6's
+//     only lengthens, while the regulated p99 is a few ms (the row's
 //     goal: idle p99 + 20 ms, logged);
 //   - Jain's index of the regulated bulk flows at least 0.9 (target 0.95,
 //     logged; DRR gives the eight backlogged flows equal bytes, 1.00 here)
@@ -75,7 +75,7 @@ func TestBurstDevScenario(t *testing.T) {
 	if rpc.Extra["driver"] != "afpacket" {
 		t.Errorf("driver %v, want the default afpacket", rpc.Extra["driver"])
 	}
-	t.Logf("targets (issue #6): p99 %.2f ms ≤ goal %.2f ms, ratio %.1f ≥ 10; utilisation %.2f ≥ 0.9; Jain %.3f ≥ 0.95",
+	t.Logf("goals: p99 %.2f ms ≤ goal %.2f ms, ratio %.1f ≥ 10; utilisation %.2f ≥ 0.9; Jain %.3f ≥ 0.95",
 		rpc.Value, rpc.Extra["goal_ms"], rpc.Ratio, util.Value, fair.Value)
 
 	if rep, err := runBurst(Config{Duration: time.Millisecond, Rounds: 1, Dev: true, Filter: "no-such-row"}); err != nil || len(rep.Results) != 0 {
@@ -87,7 +87,7 @@ func TestBurstDevScenario(t *testing.T) {
 }
 
 // checkBurstReport checks the rows every burst run makes, named with
-// prefix: measured, the ratios as BENCH.md has them, the AQM at work
+// prefix: measured, the ratios as docs/benchmarks.md has them, the AQM at work
 // (advisories, the FIFO overflowing, the unresponsive app dropped, the
 // advisory flows never), and returns them by name.
 func checkBurstReport(t *testing.T, rep Report, prefix string) map[string]Result {

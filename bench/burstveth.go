@@ -17,8 +17,8 @@ import (
 	"github.com/skylane/skylane/regulate"
 )
 
-// The burst scenario on a veth pair (`skylane bench burst --dev`, issue #6
-// item 6): the same trials and rows as on memif (burst.go), prefixed
+// The burst scenario on a veth pair (`skylane bench burst --dev`):
+// the same trials and rows as on memif (burst.go), prefixed
 // "veth/" ("veth/afxdp/" with Config.Driver afxdp), between two network
 // namespaces the bench makes (udpHosts, as the udp and tcp --dev rows).
 //

@@ -39,7 +39,7 @@ import (
 	"github.com/skylane/skylane/stack"
 )
 
-// The tcp scenario's rows (issue #4). Register the scenario in Scenarios as
+// The tcp scenario's rows. Register the scenario in Scenarios as
 //
 //	{Name: "tcp", Help: "one TCP stream and 64-byte RPCs between two user-space stacks through the flowswitch over memif; baselines gVisor's link/pipe and kernel loopback", Run: runTCP},
 const (
@@ -61,7 +61,7 @@ const (
 	// hold a full TCP window at these rates. With memif's default 1024 the
 	// sender outruns the receiving nexus in bursts, the wire tail-drops and
 	// TCP's loss recovery makes the figure swing by 2× (the flowswitch's
-	// AQM, DESIGN §7, is what will regulate this).
+	// AQM, docs/design.md §7, is what will regulate this).
 	tcpWireQueue = 4096
 	// tcpSuperLen is the longest super packet the rows' wire carries
 	// whole (memif MaxSuperPacketLen): a channel buffer's worth, what a

@@ -18,7 +18,7 @@ import (
 	"github.com/skylane/skylane/nexus"
 )
 
-// The `tcp --dev` rows (issue #5): one TCP stream from a kernel client in
+// The `tcp --dev` rows: one TCP stream from a kernel client in
 // the peer namespace, across a veth pair, into a user-space server (a
 // client.Stack on a nexus on AF_XDP) in the local namespace; baseline: the
 // same kernel client into a kernel server on the same veth, in the same

@@ -1,5 +1,5 @@
 // Package client is what applications import to network over Skylane
-// (DESIGN §8): a Stack is a user-space TCP/IP stack (gVisor's netstack) on
+// (docs/design.md §8): a Stack is a user-space TCP/IP stack (gVisor's netstack) on
 // its own nexus port, offering the standard net.Listener, net.Conn and
 // net.PacketConn, so net/http and crypto/tls work unchanged.
 //
@@ -34,7 +34,7 @@
 //   - Flows are torn down when their socket is: a listener or packet conn on
 //     Close, a TCP connection once netstack lets it go (closed, or in
 //     TIME-WAIT: the last ACK has been sent), everything on Stack.Close.
-//   - A flow the nexus suspends (DESIGN §7 flow advisories) is held back in
+//   - A flow the nexus suspends (docs/design.md §7 flow advisories) is held back in
 //     the stack's endpoint rather than losing packets in the nexus: its TCP
 //     sender stops at its window, and resumes when the nexus lets it go.
 //     Other flows of the stack keep sending (stack.Endpoint's Stats and

@@ -1,4 +1,4 @@
-// Package flowswitch is the nexus's flowswitch (DESIGN §4–§6): it reads
+// Package flowswitch is the nexus's flowswitch (docs/design.md §4–§6): it reads
 // input batches from a device port (a netif.Link), steers each packet to the
 // flow registered for it, hands each flow's packets to the owner port's
 // channel in one batch (flow-based batching, US11606302B2), and checks every
@@ -39,7 +39,7 @@
 // destination: on-link only) is resolved, or the packet waits in the
 // resolver, bounded, until it is.
 //
-// Regulation (regulation.go, Options.Regulation, DESIGN §7): the transmit
+// Regulation (regulation.go, Options.Regulation, docs/design.md §7): the transmit
 // queue is an fq_codel AQM paced at Options.LinkRate; flows of ports whose
 // apps honour advisories are suspended (channel advisory table, events)
 // instead of dropped, and back-pressured at the queue's high-water mark;

@@ -6,7 +6,7 @@ import (
 	"io"
 )
 
-// Host port (DESIGN §4, §8): frames no user-space stack claimed belong to
+// Host port (docs/design.md §4, §8): frames no user-space stack claimed belong to
 // the kernel's own stack. With Options.HostLink set, rxOnce collects the
 // frames of no flow (ARP included) and writes them to the host link, as
 // they came from the device, in one Write at the end of the input batch;

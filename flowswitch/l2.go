@@ -10,7 +10,7 @@ import (
 	"github.com/skylane/skylane/packet"
 )
 
-// L2 on Ethernet links (DESIGN §6.4, issue #5 item 4): the nexus, not the
+// L2 on Ethernet links (docs/design.md §6.4, §8b): the nexus, not the
 // app, owns neighbour resolution and the Ethernet header.
 //
 // Receive. Every ARP frame, and every IPv6 frame carrying ICMPv6 (neighbour

@@ -62,7 +62,7 @@ func (s *Switch) RemovePort(p flow.PortID) error {
 // removePort is RemovePort with s.mu held, for a port that exists.
 func (s *Switch) removePort(id flow.PortID) {
 	p := s.ports[id]
-	// Port event (DESIGN §5.3): the port's queued packets are released.
+	// Port event (docs/design.md §5.3): the port's queued packets are released.
 	// Control runs between input batches, so this only matters if a
 	// datapath step ever removes a port mid-batch; the buffers go back to
 	// the pool either way.

@@ -108,7 +108,7 @@ const (
 // them (0: until stopped), at pps packets per second (0: as fast as the
 // TX ring takes them). An honouring sender reads its flow's advisory
 // entry before each batch and sends nothing while it is SUSPENDED (the
-// stack's side of DESIGN §7).
+// stack's side of docs/design.md §7).
 type sender struct {
 	p      *regPort
 	size   int

@@ -16,11 +16,11 @@ import (
 )
 
 const (
-	// DefaultBatch is the input batch size (DESIGN §5.1): 32 frames amortise
+	// DefaultBatch is the input batch size (docs/design.md §5.1): 32 frames amortise
 	// the per-batch work (one Read, one Deliver per channel) while keeping
 	// the batch's frames (32 × 1518 bytes) well inside a 64 KiB L2 cache.
 	DefaultBatch = 32
-	// MaxBatch is the largest input batch DESIGN §5.1 allows.
+	// MaxBatch is the largest input batch docs/design.md §5.1 allows.
 	MaxBatch = 256
 	// HostPort is the port ID of the kernel stack: frames of no flow go to
 	// Options.HostLink. It is reserved: AddPort never returns it and no
@@ -97,7 +97,7 @@ type Options struct {
 	// resolver does not answer for them (one answer, the kernel's), and
 	// requests for them go to the host port. See l2.go.
 	HostAddrs []netip.Addr
-	// Regulation, if set, makes the transmit queue the AQM of DESIGN §7
+	// Regulation, if set, makes the transmit queue the AQM of docs/design.md §7
 	// (regulation.go): fq_codel with flow advisories, round-robin transmit
 	// sync, adaptive receive batching and stall detection. Nil keeps the
 	// plain path: TxOnce writes to the link (or TxQueue) at once.
@@ -127,7 +127,7 @@ type Options struct {
 	// flow.ErrPortInUse instead of stealing the kernel's traffic.
 	PortTaken func(proto uint8, port uint16) bool
 	// MergeLimit is the largest TCP super packet, as an IP length
-	// (DESIGN §5.4, merge.go): at most MaxMergeLimit, 0 means
+	// (docs/design.md §5.4, merge.go): at most MaxMergeLimit, 0 means
 	// DefaultMergeLimit, negative disables merging. A super packet also
 	// fits the destination channel's buffers.
 	MergeLimit int

@@ -13,7 +13,7 @@ import (
 	"github.com/skylane/skylane/pool"
 )
 
-// Transmit path (DESIGN §6, anti-spoofing after US20190303221A1).
+// Transmit path (docs/design.md §6, anti-spoofing after US20190303221A1).
 //
 // An app sends IP packets (no L2 header, the same framing the receive path
 // delivers) on its channel's TX ring, each with its flow ID in the buffer's
@@ -72,7 +72,7 @@ const (
 // hundred segments to cut.
 const MinSegSize = 88
 
-// TxBatch is the most packets TxOnce takes from one TX ring (DESIGN §6.1).
+// TxBatch is the most packets TxOnce takes from one TX ring (docs/design.md §6.1).
 // 64 packets amortise the ring refresh and the Link.Write call; the copies
 // (64 × 1514 bytes at the default MTU) stay within a 128 KiB L2 cache.
 const TxBatch = 64
@@ -133,7 +133,7 @@ type TxDrops struct {
 }
 
 // TxQueue is the transmit queue between the checks and the device: the
-// regulation layer (the AQM of DESIGN §7) implements it and owns the device
+// regulation layer (the AQM of docs/design.md §7) implements it and owns the device
 // link's writing side. Without one (Options.TxQueue nil), TxOnce writes to
 // the link itself.
 type TxQueue interface {

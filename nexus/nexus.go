@@ -19,7 +19,7 @@ import (
 // Defaults of Options.
 const (
 	// DefaultReapInterval is how often the worker runs each channel's
-	// reaper (idle pool segments back to the OS, DESIGN §2).
+	// reaper (idle pool segments back to the OS, docs/design.md §2).
 	DefaultReapInterval = time.Second
 	// DefaultBufferSize is the port channels' buffer size: a TCP super
 	// packet of flowswitch.DefaultMergeLimit (16 KiB) fills one buffer, so
@@ -252,7 +252,7 @@ func (n *Nexus) Stats() (Stats, error) {
 	return st, err
 }
 
-// run is the worker: the datapath loop of DESIGN §5 and §6 with the
+// run is the worker: the datapath loop of docs/design.md §5 and §6 with the
 // requests served in between, parking when a round found nothing to do.
 func (n *Nexus) run() {
 	defer close(n.exited)

@@ -1,8 +1,8 @@
-// Package control is the control socket between apps and a nexus (DESIGN
-// §1, §3): how an app in another process gets a nexus port. The nexus side
-// is Serve, on a SOCK_SEQPACKET Unix socket (Listen); the app side is
-// Session (Open), which package client wraps as a client.Nexus
-// (client.Connect).
+// Package control is the control socket between apps and a nexus
+// (docs/design.md §1, §3): how an app in another process gets a nexus
+// port. The nexus side is Serve, on a SOCK_SEQPACKET Unix socket (Listen);
+// the app side is Session (Open), which package client wraps as a
+// client.Nexus (client.Connect).
 //
 // Protocol: one connection is one app session with at most one port. Each
 // message is one SOCK_SEQPACKET record of JSON, at most MaxMessage bytes;
