@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"reflect"
 	"runtime"
 	"runtime/debug"
 	"sort"
@@ -562,23 +561,10 @@ func (f skyFigures) since(b skyFigures) map[string]any {
 		"tx_segments_cut":          f.tx.TxSegments - b.tx.TxSegments,
 		"rx_super_split":           f.rx.Split - b.rx.Split,
 		"rx_packets_per_poll":      div(f.recv.RxPackets-b.recv.RxPackets, f.recv.RxPolls-b.recv.RxPolls),
-		"tx_drops":                 txDropsTotal(f.tx.TxDrops) + txDropsTotal(f.rx.TxDrops) - txDropsTotal(b.tx.TxDrops) - txDropsTotal(b.rx.TxDrops),
+		"tx_drops":                 f.tx.TxDrops.Total() + f.rx.TxDrops.Total() - b.tx.TxDrops.Total() - b.rx.TxDrops.Total(),
 		"wire_drops":               f.wireDrops - b.wireDrops,
 		"tcp_retransmits":          f.retransmits - b.retransmits,
 	}
-}
-
-// txDropsTotal sums every TxDrops counter, so a check added to the
-// flowswitch is counted without a change here.
-func txDropsTotal(d flowswitch.TxDrops) uint64 {
-	var n uint64
-	v := reflect.ValueOf(d)
-	for i := range v.NumField() {
-		if f := v.Field(i); f.Kind() == reflect.Uint64 {
-			n += f.Uint()
-		}
-	}
-	return n
 }
 
 // IdleConnRSS returns the resident memory one idle TCP connection between
@@ -802,6 +788,6 @@ func HTTPSDemo(size int) (HTTPSDemoReport, error) {
 	rep.ClientFrames, rep.ClientBatches = stb.Switch.Packets, stb.Switch.Batches
 	rep.ClientSuperPackets, rep.ClientMerged = stb.Switch.SuperPackets, stb.Switch.Merged
 	rep.ServerCut, rep.ServerSegments = sta.Switch.TxSegmented, sta.Switch.TxSegments
-	rep.TxDrops = txDropsTotal(sta.Switch.TxDrops) + txDropsTotal(stb.Switch.TxDrops)
+	rep.TxDrops = sta.Switch.TxDrops.Total() + stb.Switch.TxDrops.Total()
 	return rep, nil
 }

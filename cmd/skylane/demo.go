@@ -241,11 +241,7 @@ func printDemo(out io.Writer, rep *demoReport) error {
 	}
 	fmt.Fprintf(w, "  malformed\t%d of %d dropped: %s\n", mal, f.MalformedSent, countList(f.MalformedDropped))
 	t := f.Tx
-	var dropped uint64
-	for _, n := range t.Dropped {
-		dropped += n
-	}
-	fmt.Fprintf(w, "transmit\tapps sent %d packets: %d on the wire, %d dropped by the switch's checks\n", t.Sent, t.OnWire, dropped)
+	fmt.Fprintf(w, "transmit\tapps sent %d packets: %d on the wire, %d dropped by the switch's checks\n", t.Sent, t.OnWire, t.DroppedTotal)
 	for _, a := range t.Attempts {
 		note := ""
 		if a.Kind == "SYN flood" {
