@@ -2,8 +2,8 @@ package bench
 
 import (
 	"cmp"
-	"context"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"maps"
@@ -19,7 +19,7 @@ import (
 	"github.com/skylane/skylane/flowswitch"
 	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/netif/memif"
-	"github.com/skylane/skylane/netif/steer"
+	"github.com/skylane/skylane/nexus"
 	"github.com/skylane/skylane/packet"
 	"github.com/skylane/skylane/packet/packettest"
 	"github.com/skylane/skylane/regulate"
@@ -90,7 +90,6 @@ const (
 	burstRPCWait   = 2 * time.Second        // a request unanswered this long is lost
 	burstRPCRetry  = 200 * time.Millisecond // resent this often until answered (TCP's minimum RTO)
 	burstPoll      = 50 * time.Microsecond  // the RPC app's RX poll
-	burstIdleWait  = 100 * time.Microsecond
 	burstFullWait  = 200 * time.Microsecond // a bulk app whose TX ring is full tries again
 	burstEthLen    = 14
 	burstBulkPort  = 9999 // remote port of the bulk flows
@@ -110,12 +109,11 @@ var (
 	burstRemote = netip.MustParseAddr("198.19.0.2")
 )
 
-// burstApp is one app: its channel, the app end, its port and flow.
+// burstApp is one app: its nexus port, the port's app end and its flow.
 type burstApp struct {
-	ch   *channel.Channel
+	port *nexus.Port
 	app  *channel.App
-	port flow.PortID
-	flow *flow.Entry
+	flow channel.FlowInfo
 	pkt  []byte // the IP packet it sends
 }
 
@@ -147,16 +145,20 @@ func memifBurstWire() burstWire {
 		}}
 }
 
-// burstRig is one trial's wire, switch and apps.
+// burstRig is one trial's wire, nexus and apps. The nexus's worker runs
+// the datapath, as in `skylane serve`: the apps kick their ports after
+// they send or free, and sleep on their channels.
 type burstRig struct {
 	regulated bool
 	dev, peer netif.Link
 	kpeer     *burstKernelPeer // the far end when it is the kernel's stack (peer nil)
 	fifo      *burstFIFO       // the FIFO trial's paced queue on a device with no rate of its own
-	sw        *flowswitch.Switch
+	nx        *nexus.Nexus     // owns dev once made
+	nxErr     error            // nx.Close's error; nx is nil once closed
 	bulk      []*burstApp
 	rpc       *burstApp
 	blast     *burstApp // the unresponsive app; nil in most trials
+	ports     []*nexus.Port // every app's, for close
 
 	bulkBytes [burstBulkFlows]atomic.Uint64 // frame bytes the peer received per bulk flow
 	blastSent atomic.Uint64                 // packets the unresponsive app put on its TX ring
@@ -169,8 +171,6 @@ type burstRig struct {
 	stop chan struct{}
 	wg   sync.WaitGroup
 	errs chan error
-	runC context.CancelFunc
-	runE chan error
 }
 
 func newBurstRig(w *burstWire, regulated, blaster bool) (_ *burstRig, err error) {
@@ -184,8 +184,7 @@ func newBurstRig(w *burstWire, regulated, blaster bool) (_ *burstRig, err error)
 			r.close()
 		}
 	}()
-	o := flowswitch.Options{Link: dev, LocalAddrs: []netip.Addr{burstLocal}, SrcMAC: w.srcMAC, DstMAC: w.dstMAC,
-		IdleWait: burstIdleWait}
+	o := flowswitch.Options{SrcMAC: w.srcMAC, DstMAC: w.dstMAC}
 	switch {
 	case regulated:
 		o.Regulation, o.LinkRate = &flowswitch.RegulationOptions{}, burstRate
@@ -195,40 +194,21 @@ func newBurstRig(w *burstWire, regulated, blaster bool) (_ *burstRig, err error)
 		}
 		o.TxQueue = r.fifo
 	}
-	if r.sw, err = flowswitch.New(o); err != nil {
+	if r.nx, err = nexus.New(nexus.Options{Link: dev, Addrs: []netip.Addr{burstLocal}, Switch: o}); err != nil {
 		return nil, err
 	}
 	mk := func(name string, adv bool, lport, rport uint16, size int) (*burstApp, error) {
-		ch, err := channel.New(channel.Options{Name: name})
+		port, err := r.nx.OpenPortWith(name, nexus.PortOptions{Advisories: adv})
 		if err != nil {
 			return nil, err
 		}
-		a := &burstApp{ch: ch}
-		if a.app, err = ch.AttachLocal(); err != nil {
-			ch.Close()
-			return nil, err
-		}
-		if a.port, err = r.sw.AddPortWith(ch, flowswitch.AddPortOptions{Advisories: adv}); err != nil {
-			a.app.Close()
-			ch.Close()
-			return nil, err
-		}
+		a := &burstApp{port: port, app: port.App()}
+		r.ports = append(r.ports, port) // closed by r.close
 		l, rm := netip.AddrPortFrom(burstLocal, lport), netip.AddrPortFrom(w.remote, rport)
-		key := packet.MakeKey(packet.ProtoUDP, l, rm)
-		if a.flow, err = r.sw.Register(a.port, key, flow.Connected); err != nil {
-			a.app.Close()
-			ch.Close()
+		// On a steering device (AF_XDP, AF_PACKET's TC program) the nexus
+		// steers the flow's packets to itself, not to the kernel.
+		if a.flow, err = port.Register(packet.MakeKey(packet.ProtoUDP, l, rm), flow.Connected); err != nil {
 			return nil, fmt.Errorf("register %s: %w", name, err)
-		}
-		// A steering device (AF_XDP, AF_PACKET's TC program) hands the
-		// flow's packets to the switch, not to the kernel, as the nexus
-		// has it do; the device's close removes the entries.
-		if fs, ok := dev.(steer.FlowSteerer); ok {
-			if err := fs.SteerFlow(key); err != nil {
-				a.app.Close()
-				ch.Close()
-				return nil, fmt.Errorf("steer %s: %w", name, err)
-			}
 		}
 		f := packettest.Frame{Link: packet.RawIP, Src: l, Dst: rm, Proto: packet.ProtoUDP, Payload: make([]byte, 8), Size: size}
 		a.pkt = f.Bytes()
@@ -259,11 +239,9 @@ func newBurstRig(w *burstWire, regulated, blaster bool) (_ *burstRig, err error)
 	return r, nil
 }
 
-// start runs the switch, the peer and the apps (the bulk ones if bulk).
+// start runs the peer and the apps (the bulk ones if bulk); the nexus
+// runs already.
 func (r *burstRig) start(bulk bool) {
-	ctx, cancel := context.WithCancel(context.Background())
-	r.runC, r.runE = cancel, make(chan error, 1)
-	go func() { r.runE <- r.sw.Run(ctx) }()
 	if r.peer != nil {
 		r.goRun(r.peerLoop)
 	} else {
@@ -290,37 +268,43 @@ func (r *burstRig) goRun(f func() error) {
 	}()
 }
 
-// halt stops the apps, the peer and the switch, and returns the first
-// error any of them met.
+// halt stops the apps and the peer, and returns the errors they met.
 func (r *burstRig) halt() error {
 	close(r.stop)
 	if r.kpeer != nil {
 		r.kpeer.close() // unblocks its readers
 	}
 	r.wg.Wait()
-	r.runC()
-	err := <-r.runE
-	if errors.Is(err, context.Canceled) {
-		err = nil
-	}
 	close(r.errs)
+	var err error
 	for e := range r.errs {
 		err = errors.Join(err, e)
 	}
 	return err
 }
 
-func (r *burstRig) close() {
-	for _, a := range append(slices.Clone(r.bulk), r.rpc, r.blast) {
-		if a != nil {
-			a.app.Close()
-			a.ch.Close()
+// close closes the ports, the nexus (and with it the device) and the
+// kernel peer; it returns the nexus's error (a failed link). Safe to call
+// again: later calls return the same error.
+func (r *burstRig) close() error {
+	for _, p := range r.ports {
+		if err := p.Close(); err != nil {
+			r.nxErr = errors.Join(r.nxErr, err)
 		}
 	}
+	r.ports = nil
 	if r.kpeer != nil {
 		r.kpeer.close()
 	}
-	r.dev.Close()
+	switch {
+	case r.nx != nil:
+		r.nxErr = errors.Join(r.nxErr, r.nx.Close())
+		r.nx, r.dev = nil, nil
+	case r.dev != nil: // the nexus was never made: the device is ours
+		r.dev.Close()
+		r.dev = nil
+	}
+	return r.nxErr
 }
 
 func (r *burstRig) stopped() bool {
@@ -398,8 +382,7 @@ func swapBurst(f []byte) {
 // bulkLoop is a bulk app: full-size packets as fast as its TX ring takes
 // them, nothing while its flow is suspended.
 func (r *burstRig) bulkLoop(a *burstApp) error {
-	idx := a.flow.AdvisoryIndex()
-	id := a.flow.ID()
+	idx, id := a.flow.Advisory, a.flow.ID
 	bufs := make([]channel.Buf, 16)
 	evs := make([]channel.Event, 32)
 	for !r.stopped() {
@@ -419,6 +402,7 @@ func (r *burstRig) bulkLoop(a *burstApp) error {
 			return fmt.Errorf("bulk alloc: %w", err)
 		}
 		if k == 0 { // the nexus has not refilled the alloc ring yet
+			a.port.Kick()
 			if _, err := a.app.WaitFor(channel.WaitAlloc, 10*time.Millisecond); err != nil {
 				return fmt.Errorf("bulk wait: %w", err)
 			}
@@ -435,8 +419,11 @@ func (r *burstRig) bulkLoop(a *burstApp) error {
 			if _, err := a.app.Free(bufs[sent:k]); err != nil {
 				return fmt.Errorf("bulk free: %w", err)
 			}
+			a.port.Kick()
 			time.Sleep(burstFullWait)
+			continue
 		}
+		a.port.Kick()
 	}
 	return nil
 }
@@ -448,7 +435,7 @@ func (r *burstRig) bulkLoop(a *burstApp) error {
 // behind its rate, it gives up the backlog rather than bursting it.
 func (r *burstRig) blastLoop() error {
 	a := r.blast
-	id := a.flow.ID()
+	id := a.flow.ID
 	bufs := make([]channel.Buf, 16)
 	evs := make([]channel.Event, 32)
 	pktTime := time.Duration(float64(len(a.pkt)*8) / burstBlastRate * float64(time.Second))
@@ -471,6 +458,7 @@ func (r *burstRig) blastLoop() error {
 			return fmt.Errorf("blast alloc: %w", err)
 		}
 		if k == 0 {
+			a.port.Kick()
 			if _, err := a.app.WaitFor(channel.WaitAlloc, 10*time.Millisecond); err != nil {
 				return fmt.Errorf("blast wait: %w", err)
 			}
@@ -490,6 +478,7 @@ func (r *burstRig) blastLoop() error {
 				return fmt.Errorf("blast free: %w", err)
 			}
 		}
+		a.port.Kick()
 	}
 	return nil
 }
@@ -514,7 +503,7 @@ func fillBurst(a *burstApp, bufs []channel.Buf, id *[16]byte) error {
 // would), and the round trip from its first sending recorded.
 func (r *burstRig) rpcLoop() error {
 	a := r.rpc
-	id := a.flow.ID()
+	id := a.flow.ID
 	one := make([]channel.Buf, 1)
 	rx := make([]channel.Buf, 16)
 	evs := make([]channel.Event, 32)
@@ -530,6 +519,7 @@ func (r *burstRig) rpcLoop() error {
 			if k == 1 {
 				break
 			}
+			a.port.Kick()
 			if _, err := a.app.WaitFor(channel.WaitAlloc, 10*time.Millisecond); err != nil {
 				return fmt.Errorf("rpc wait: %w", err)
 			}
@@ -544,6 +534,7 @@ func (r *burstRig) rpcLoop() error {
 		if n, err := a.app.Send(one); err != nil || n != 1 {
 			return fmt.Errorf("rpc send: %d, %v", n, err)
 		}
+		a.port.Kick()
 		return nil
 	}
 	for seq := uint64(1); !r.stopped(); seq++ {
@@ -567,6 +558,7 @@ func (r *burstRig) rpcLoop() error {
 				if _, err := a.app.Free(rx[:n]); err != nil {
 					return fmt.Errorf("rpc free: %w", err)
 				}
+				a.port.Kick()
 			}
 			if answered {
 				rtt := time.Since(t0)
@@ -653,18 +645,28 @@ func runBurstTrial(w *burstWire, regulated, bulk, blaster bool, warmup, d time.D
 	if err := r.halt(); err != nil {
 		return tr, err
 	}
-	tr.snap = r.sw.Snapshot()
-	tr.dev = r.dev.Stats()
+	if tr.snap, err = r.nx.Snapshot(); err != nil {
+		return tr, err
+	}
+	st, err := r.nx.Stats()
+	if err != nil {
+		return tr, err
+	}
+	tr.dev = st.Link
 	tr.fifoDrops = tr.dev.TxDrops
+	// The FIFO is the worker's: read once the worker is gone.
+	if err := r.close(); err != nil {
+		return tr, err
+	}
 	if r.fifo != nil {
 		tr.fifoDrops += r.fifo.drops
 	}
-	bulkPorts := map[flow.PortID]bool{}
+	bulkFlows := map[string]bool{}
 	for _, a := range r.bulk {
-		bulkPorts[a.port] = true
+		bulkFlows[hex.EncodeToString(a.flow.ID[:])] = true
 	}
 	for _, f := range tr.snap.Flows {
-		if bulkPorts[f.Port] {
+		if bulkFlows[f.ID] {
 			tr.bulkAQMDrops += f.AQMDrops
 		}
 	}
