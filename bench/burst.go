@@ -157,7 +157,7 @@ type burstRig struct {
 	nxErr     error            // nx.Close's error; nx is nil once closed
 	bulk      []*burstApp
 	rpc       *burstApp
-	blast     *burstApp // the unresponsive app; nil in most trials
+	blast     *burstApp     // the unresponsive app; nil in most trials
 	ports     []*nexus.Port // every app's, for close
 
 	bulkBytes [burstBulkFlows]atomic.Uint64 // frame bytes the peer received per bulk flow
