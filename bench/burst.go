@@ -879,6 +879,10 @@ func runBurstOn(cfg Config, w *burstWire) (Report, error) {
 	return rep, nil
 }
 
+// BurstRPCWait is how long the burst scenario's RPC app waits for an answer
+// before it gives the request up as lost.
+const BurstRPCWait = burstRPCWait
+
 // BurstDemo runs the burst scenario once, d per trial, for `skylane demo`:
 // the same rows and extras (advisory suspends and resumes, AQM drops, the
 // FIFO's tail drops) as `skylane bench burst`.
