@@ -136,7 +136,7 @@ type Drop struct {
 }
 
 // Snapshot returns the switch's counters. It takes the switch's lock, so it
-// is safe while Run runs; it allocates (it is a control-plane call) and
+// is safe while the datapath runs; it allocates (it is a control-plane call) and
 // takes time in proportion to the number of flows.
 func (s *Switch) Snapshot() Snapshot {
 	s.mu.Lock()

@@ -185,8 +185,9 @@ type TxQueue interface {
 	// it keeps. It returns how many frames it accepted, a prefix; the rest
 	// are its drops, counted by it.
 	Enqueue(frames [][]byte, tokens, adv []uint32) int
-	// Flush writes to the device what the queue lets go now. Run calls it
-	// once per loop, after the ports' transmit; an error stops Run.
+	// Flush writes to the device what the queue lets go now. Round calls
+	// it once per round, after the ports' transmit; an error ends the
+	// round (the nexus then fails its link).
 	Flush() error
 }
 
