@@ -173,6 +173,10 @@ func TestBurstP99Bounds(t *testing.T) {
 		}
 	}
 
+	// A baseline that moved nothing gives no ratio (not 0, not +Inf).
+	if r := Throughput("x", "Mpps", 1, "b", 0); r.RatioBound != BoundUnknown || r.Ratio != 0 {
+		t.Errorf("Throughput over a zero baseline: ratio %v (bound %q)", r.Ratio, r.RatioBound)
+	}
 	// The FIFO unmeasured: the ratio is a lower bound; ours unmeasured: an
 	// upper one; both: unknown, no ratio printed.
 	for _, c := range []struct {
