@@ -29,7 +29,8 @@ import (
 // burstRate carries eight bulk flows, each from its own app (channel),
 // and one small request/response flow (RPC) from another app; the peer
 // end counts the bulk bytes per flow and answers each request at once.
-// Each round runs three trials on a fresh wire and switch:
+// Each round runs four trials, each on a fresh wire and nexus.Nexus (whose
+// worker runs the datapath, as in `skylane serve`):
 //
 //   - ours: the switch with Regulation (fq_codel AQM of 2048 packets,
 //     flow advisories, round-robin TX, paced at the link rate);
@@ -38,7 +39,7 @@ import (
 //     queue, tail-dropping when full;
 //   - idle: ours with the RPC flow alone, for its idle latency;
 //   - unresponsive: ours plus one app that ignores advisories: its port
-//     is added without them (AddPortOptions.Advisories false) and it
+//     is opened without them (nexus.PortOptions.Advisories false) and it
 //     blasts raw UDP at burstBlastRate (twice the link's rate) whatever
 //     the switch says, as raw UDP without a stack does. The AQM can only
 //     drop its packets (early, or CoDel), never suspend it.
@@ -65,7 +66,10 @@ import (
 // RX ring for each answer.
 //
 // Rows: rpc-p99-under-bulk (the RPC's p99 round trip in ms while the bulk
-// flows saturate the link; lower is better, ratio = FIFO / ours),
+// flows saturate the link; lower is better, ratio = FIFO / ours; a request
+// given up as lost counts as longer than burstRPCWait, and a trial kind
+// whose requests went unanswered is a lower bound, not an error:
+// burstP99),
 // bulk-utilisation (the bulk flows' share of the link, 0–1, ratio = ours /
 // FIFO) and fairness/flows=8 (Jain's index of the eight bulk flows'
 // throughput). Extras: the AQM's drops (CoDel, overflow, early), the
