@@ -271,7 +271,10 @@ func demoReceive(sw *flowswitch.Switch, gen netif.Link, apps []*demoApp, rep *sw
 		for _, a := range apps {
 			before += a.ch.Counters().Notifications
 		}
-		n, err := sw.RxOnce()
+		// The nexus worker's round, run by hand once per burst so that
+		// each burst is one input batch; the apps send nothing here, so
+		// what it moved is what it read.
+		n, _, err := sw.Round(flowswitch.ReadDevice)
 		if err != nil {
 			return err
 		}
@@ -369,8 +372,8 @@ func demoTransmit(sw *flowswitch.Switch, gen netif.Link, A, B *demoApp, tx *txRe
 			if err := send(); err != nil {
 				return fmt.Errorf("%s: %w", at.kind, err)
 			}
-			for { // one TxSync takes at most 64 per app
-				n, err := sw.TxSync()
+			for { // one round takes at most 64 per app; the generator's end is read below
+				n, _, err := sw.Round(0)
 				if err != nil {
 					return err
 				}
