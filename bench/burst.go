@@ -854,7 +854,7 @@ func runBurstOn(cfg Config, w *burstWire) (Report, error) {
 		o, b := burstP99(ours), burstP99(base)
 		x := extra()
 		x["idle_p99_ms"], x["target_ms"] = burstRound2(idleP99.ms), target
-		x["goal_ms"] = burstRound2(idleP99.ms + 2*target) // issue #6: at most idle p99 + 2 × target
+		x["goal_ms"] = burstRound2(idleP99.ms + 2*target) // the target: at most idle p99 + 2 × target
 		if idleP99.bound != "" {
 			x["idle_p99_bound"], x["goal_bound"] = idleP99.bound, idleP99.bound
 		}
