@@ -69,7 +69,7 @@ func (n *Nexus) OpenPort(name string) (*Port, error) { return n.open(name, false
 
 // PortOptions configure a port (OpenPortWith). The zero value is OpenPort's.
 type PortOptions struct {
-	// Advisories says the port's app honours flow advisories (DESIGN §7):
+	// Advisories says the port's app honours flow advisories (docs/design.md §7):
 	// it holds a flow's packets back while the flow's entry in its
 	// channel's advisory table is SUSPENDED, as package stack's endpoint
 	// (and so package client) does. With the switch's Regulation, the

@@ -223,7 +223,7 @@ func serve(ctx context.Context, cfg serveConfig, out, log io.Writer) (err error)
 		bye: func(requests uint64) {
 			if st, err := s.nx.Stats(); err == nil {
 				fmt.Fprintf(log, "skylane serve: stopping after %d requests; switch: %d frames in, %d packets out, %d refused by the transmit checks\n",
-					requests, st.Switch.Packets, st.Switch.TxPackets, sumDrops(st.Switch.TxDrops))
+					requests, st.Switch.Packets, st.Switch.TxPackets, st.Switch.TxDrops.Total())
 			}
 		},
 	}, out)
@@ -504,9 +504,4 @@ func describeDriver(cfg serveConfig) string {
 func isVeth(dev string) bool {
 	l, err := netlink.LinkByName(dev)
 	return err == nil && l.Type() == "veth"
-}
-
-func sumDrops(d flowswitch.TxDrops) uint64 {
-	return d.Length + d.MTU + d.Parse + d.IPv4Options + d.SrcAddr + d.SrcPort + d.Proto +
-		d.NoFlow + d.NotOwner + d.FlowID + d.TornDown + d.ListenerData + d.SYNRate
 }
