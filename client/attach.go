@@ -102,10 +102,19 @@ func (s *Stack) watch(a *attachment) {
 			why = e.Err()
 		}
 		a.teardown(why)
+		if s.notify != nil {
+			s.notify(why)
+		}
 		if !s.reattach {
 			return
 		}
-		if a = s.reattachAfter(a); a == nil || a.portGone == nil {
+		if a = s.reattachAfter(a); a == nil {
+			return
+		}
+		if s.notify != nil {
+			s.notify(nil)
+		}
+		if a.portGone == nil {
 			return
 		}
 	}

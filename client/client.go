@@ -79,9 +79,10 @@ type Options struct {
 // port whenever a nexus serves again, and registers its TCP listeners on
 // it: their Accept goes on; connections of the old attachment stay gone.
 type Stack struct {
-	nx       Nexus   // immutable
-	opts     Options // immutable, defaults applied
-	reattach bool    // immutable: re-open a port when the nexus went
+	nx       Nexus           // immutable
+	opts     Options         // immutable, defaults applied
+	reattach bool            // immutable: re-open a port when the nexus went
+	notify   func(err error) // immutable: ConnectOptions.Notify, or nil
 
 	quit    chan struct{}  // closed by Close: stops the watcher
 	watcher sync.WaitGroup // the watcher goroutine, if the port can go
@@ -113,8 +114,9 @@ func New(nx Nexus, opts Options) (*Stack, error) {
 		opts.Name = "stack"
 	}
 	s := &Stack{nx: nx, opts: opts, quit: make(chan struct{}), listeners: make(map[*listener]struct{})}
-	if r, ok := nx.(interface{ reattaches() bool }); ok {
-		s.reattach = r.reattaches()
+	if r, ok := nx.(interface{ connectOptions() ConnectOptions }); ok {
+		co := r.connectOptions()
+		s.reattach, s.notify = co.Reattach, co.Notify
 	}
 	a, err := s.attach()
 	if err != nil {

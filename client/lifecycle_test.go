@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/skylane/skylane/client"
+	"github.com/skylane/skylane/flow"
 	"github.com/skylane/skylane/internal/nettest"
 	"github.com/skylane/skylane/netif/memif"
 	"github.com/skylane/skylane/nexus"
@@ -29,7 +30,8 @@ import (
 // nexusChildEnv names the control socket a child nexus process serves;
 // peerEnv what the host on the other end of its wire does: "hold" accepts
 // TCP on port 80 and never reads, "dial" also dials 198.18.0.1:80 over and
-// over, says "ping" and prints "served" once a reply came back.
+// over, says "ping" and prints "served" once a reply came back; "take" is
+// "hold" with an app of the nexus itself on 198.18.0.1's TCP port 80.
 const (
 	nexusChildEnv = "SKYLANE_CLIENT_TEST_NEXUS"
 	peerEnv       = "SKYLANE_CLIENT_TEST_PEER"
@@ -77,6 +79,16 @@ func runNexusChild(path, mode string) int {
 			held = append(held, c)
 		}
 	}()
+	if mode == "take" { // an app of this nexus holds TCP port 80 before any other
+		sa, err := client.New(inproc.Nexus(na), client.Options{Name: "taker"})
+		if err != nil {
+			return fail(err)
+		}
+		defer sa.Close()
+		if _, err := sa.Listen("tcp", ":80"); err != nil {
+			return fail(err)
+		}
+	}
 	os.Remove(path) // the socket of a nexus killed before
 	sl, err := server.Listen(path)
 	if err != nil {
@@ -310,12 +322,14 @@ func TestNexusKilled(t *testing.T) {
 // connection fails with ErrNexusGone when the nexus is killed, but its
 // listener's Accept goes on, and once a new nexus serves the socket the
 // listener is registered there again and serves a peer's connection.
+// Notify hears of both changes.
 func TestReattach(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "nexus.sock")
 	cmd, _ := startNexusChild(t, path, "hold")
 	baseG, baseFD := runtime.NumGoroutine(), nettest.OpenFDs(t)
 
-	st, ln := appOn(t, path, client.ConnectOptions{Reattach: true})
+	notes := make(chan error, 4)
+	st, ln := appOn(t, path, client.ConnectOptions{Reattach: true, Notify: func(err error) { notes <- err }})
 	accepted := make(chan error, 1)
 	go func() { // an echo server that lasts across nexuses
 		for {
@@ -346,6 +360,14 @@ func TestReattach(t *testing.T) {
 	}
 	cmd.Wait()
 
+	select {
+	case err := <-notes:
+		if !errors.Is(err, client.ErrNexusGone) {
+			t.Errorf("first notice %v, want client.ErrNexusGone", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("no notice of the nexus going")
+	}
 	_, lines := startNexusChild(t, path, "dial")
 	select {
 	case l := <-lines:
@@ -356,6 +378,14 @@ func TestReattach(t *testing.T) {
 		t.Fatalf("accept: %v", err)
 	case <-time.After(30 * time.Second):
 		t.Fatal("the re-attached listener served nothing in 30 s")
+	}
+	select {
+	case err := <-notes:
+		if err != nil {
+			t.Errorf("second notice %v, want nil (attached again)", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("no notice of the re-attach")
 	}
 	if got := st.Addrs(); len(got) != 1 || got[0] != addrA4 {
 		t.Errorf("addresses after re-attach: %v", got)
@@ -411,5 +441,99 @@ func TestInProcessNexusClosed(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatal("still blocked 10 s after the nexus closed")
 		}
+	}
+}
+
+// TestCloseRacesNexusGone: the app closing its Stack and its nexus going
+// at the same moment, under connections that dial, write and read: every
+// call returns, each error of the stack's says ErrClosed or ErrNexusGone,
+// and nothing is left running.
+func TestCloseRacesNexusGone(t *testing.T) {
+	baseG := runtime.NumGoroutine()
+	for round := range 10 {
+		w := newWorld(t)
+		lb, err := w.sb.Listen("tcp", ":7")
+		if err != nil {
+			t.Fatal(err)
+		}
+		echoServer(t, lb)
+		errs := make(chan error, 64)
+		const workers = 8
+		for range workers {
+			go func() {
+				buf := make([]byte, 4<<10)
+				for {
+					c, err := w.sa.Dial("tcp", "198.18.0.2:7")
+					if err != nil {
+						errs <- err
+						return
+					}
+					for range 8 {
+						if _, err = c.Write(buf); err == nil {
+							_, err = io.ReadFull(c, buf)
+						}
+						if err != nil {
+							c.Close()
+							errs <- err
+							return
+						}
+					}
+					c.Close()
+				}
+			}()
+		}
+		eventually(t, 10*time.Second, "connections moving", func() bool { return w.sa.Endpoint().Stats().TxPackets > 100 })
+		done := make(chan error, 2)
+		go func() { done <- w.na.Close() }()
+		go func() { done <- w.sa.Close() }()
+		<-done
+		<-done
+		for range workers {
+			select {
+			case err := <-errs:
+				if !errors.Is(err, client.ErrClosed) && !errors.Is(err, client.ErrNexusGone) {
+					t.Errorf("round %d: %v, want client.ErrClosed or client.ErrNexusGone", round, err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatalf("round %d: a connection still running 10 s after Close", round)
+			}
+		}
+		lb.Close()
+		w.sb.Close()
+		w.nb.Close()
+	}
+	eventually(t, 10*time.Second, "goroutines back at the baseline", func() bool { return runtime.NumGoroutine() <= baseG })
+}
+
+// TestReattachPortTaken: when the port of a re-attaching Stack's listener
+// is taken on the new nexus before the Stack comes back, that listener's
+// Accept fails with the nexus's reason (flow.ErrPortInUse) rather than
+// wait for ever.
+func TestReattachPortTaken(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "nexus.sock")
+	cmd, _ := startNexusChild(t, path, "hold")
+	_, ln := appOn(t, path, client.ConnectOptions{Reattach: true})
+	accepted := make(chan error, 1)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				accepted <- err
+				return
+			}
+			c.Close()
+		}
+	}()
+	cmd.Process.Kill()
+	cmd.Wait()
+	startNexusChild(t, path, "take")
+	select {
+	case err := <-accepted:
+		if !errors.Is(err, flow.ErrPortInUse) || !strings.Contains(err.Error(), "listen again on port 80") {
+			t.Fatalf("accept: %v, want flow.ErrPortInUse saying it could not listen again", err)
+		}
+		t.Logf("accept: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("accept still waiting 30 s after the new nexus came up with its port taken")
 	}
 }

@@ -33,6 +33,11 @@ type ConnectOptions struct {
 	// TCP listeners on it again, on the same ports; their Accept waits
 	// meanwhile. Listen, Dial and ListenPacket fail while no nexus serves.
 	Reattach bool
+	// Notify, if set, is called from the Stack's watcher goroutine when
+	// the Stack loses its nexus (with why, wrapping ErrNexusGone) and,
+	// with Reattach, when it has attached again (with nil). It must not
+	// block for long: re-attaching waits for it.
+	Notify func(err error)
 }
 
 // ConnectWith is Connect with options.
@@ -44,16 +49,16 @@ func ConnectWith(path string, o ConnectOptions) (Nexus, error) {
 	if fi.Mode()&os.ModeSocket == 0 {
 		return nil, fmt.Errorf("client: connect: %s is not a socket: give the path the nexus serves (skylane nexus --socket)", path)
 	}
-	return remoteNexus{path: path, reattach: o.Reattach}, nil
+	return remoteNexus{path: path, o: o}, nil
 }
 
 type remoteNexus struct {
-	path     string
-	reattach bool
+	path string
+	o    ConnectOptions
 }
 
-// reattaches tells New that a Stack on r re-attaches (ConnectOptions).
-func (r remoteNexus) reattaches() bool { return r.reattach }
+// connectOptions tells New how a Stack on r lives (re-attach, notify).
+func (r remoteNexus) connectOptions() ConnectOptions { return r.o }
 
 // OpenPort opens a port honouring flow advisories (a Stack's endpoint
 // does) over a new control session.

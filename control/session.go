@@ -117,6 +117,16 @@ func roundTrip(conn *net.UnixConn, req Request) (Reply, error) {
 // errEnded: the nexus ended the session (the socket's end of file).
 var errEnded = errors.New("nexus ended the session")
 
+// goodbye is the reason a nexus gives in its last message, a reply with
+// ErrNexusGone's code that answers no request, before it ends a session
+// (it is stopping, its interface went).
+type goodbye string
+
+func (g goodbye) Error() string { return string(g) }
+
+// goneCode is ErrNexusGone's code: a reply with it is a goodbye.
+var goneCode = CodeOf(ErrNexusGone)
+
 // readReply reads and decodes one reply. Nothing in it is trusted.
 func readReply(conn *net.UnixConn, buf []byte) (Reply, error) {
 	var rep Reply
@@ -143,9 +153,9 @@ func replyErr(rep Reply) error {
 }
 
 // read is the reader goroutine: it passes replies on until the session
-// ends, then records why, closes gone and wakes the channel's waiter. A
-// reply nobody waits for (the one slot is full) is a protocol violation
-// that ends the session too.
+// ends, then records why (the nexus's goodbye, if it sent one), closes
+// gone and wakes the channel's waiter. A reply nobody waits for (the one
+// slot is full) is a protocol violation that ends the session too.
 func (s *Session) read() {
 	defer s.reader.Done()
 	buf := make([]byte, MaxMessage+1)
@@ -155,15 +165,8 @@ func (s *Session) read() {
 		if rep, err = readReply(s.conn, buf); err != nil {
 			break
 		}
-		if !rep.OK && rep.Code == CodeOf(ErrNexusGone) {
-			// The nexus's last word as it stops: why. A request waiting
-			// for its reply takes it as its answer; the session's error
-			// says it too.
-			select {
-			case s.replies <- rep:
-			default:
-			}
-			err = &RemoteError{Msg: rep.Error, Code: rep.Code}
+		if !rep.OK && rep.Code == goneCode {
+			err = goodbye(rep.Error) // the nexus says why it ends the session
 			break
 		}
 		select {
@@ -177,7 +180,10 @@ func (s *Session) read() {
 	if s.closing.Load() {
 		s.goneErr = ErrSessionClosed
 	} else {
-		if errors.Is(err, errEnded) || errors.Is(err, io.EOF) {
+		var bye goodbye
+		if errors.As(err, &bye) {
+			s.goneErr = fmt.Errorf("control: the nexus at %s ended the session: %s: %w", s.path, string(bye), ErrNexusGone)
+		} else if errors.Is(err, errEnded) || errors.Is(err, io.EOF) {
 			s.goneErr = fmt.Errorf("control: the nexus at %s ended the session (it stopped, exited or was killed): %w", s.path, ErrNexusGone)
 		} else {
 			s.goneErr = fmt.Errorf("control: the nexus at %s: %v: %w", s.path, err, ErrNexusGone)
@@ -235,6 +241,13 @@ func (s *Session) request(req Request) (Reply, error) {
 	case rep := <-s.replies:
 		return rep, replyErr(rep)
 	case <-s.gone:
+		// The reader passes a reply on before it ends the session: a
+		// nexus that answered and then hung up did answer.
+		select {
+		case rep := <-s.replies:
+			return rep, replyErr(rep)
+		default:
+		}
 		return Reply{}, s.goneErr
 	case <-t.C:
 		s.conn.Close() // the reader sees it and ends the session

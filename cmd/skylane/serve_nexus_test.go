@@ -148,7 +148,17 @@ func TestServeOnNexus(t *testing.T) {
 				}
 				return
 			}
+			select {
+			case <-srv.out.wait("waiting for a nexus to serve"):
+			case <-time.After(5 * time.Second):
+				t.Fatalf("serve --reconnect did not say it lost its nexus:\n%s", srv.out.String())
+			}
 			h.serve(t)
+			select {
+			case <-srv.out.wait("attached again"):
+			case <-time.After(30 * time.Second):
+				t.Fatalf("serve --reconnect did not attach again in 30 s:\n%s", srv.out.String())
+			}
 			deadline := time.Now().Add(30 * time.Second)
 			for {
 				page, err = h.get("http://198.18.0.1:8080/")
