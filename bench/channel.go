@@ -13,7 +13,7 @@ import (
 	"github.com/skylane/skylane/ring"
 )
 
-// The channel scenario's rows (issue #2).
+// The channel scenario's rows (docs/benchmarks.md).
 var channelRows = []struct {
 	name        string
 	batch, size int

@@ -6,7 +6,7 @@ import (
 	"unsafe"
 )
 
-// Flow advisories (DESIGN §7). The table has Descriptor.Advisories entries
+// Flow advisories (docs/design.md §7). The table has Descriptor.Advisories entries
 // of AdvisoryLen bytes: the state word (offset 0) and a generation that
 // counts its changes (offset 4). Only the nexus writes it; the app maps it
 // read-only and reads each word with one atomic load.

@@ -7,14 +7,14 @@ import (
 	"github.com/skylane/skylane/ring"
 )
 
-// Ring defaults and names (DESIGN §3).
+// Ring defaults and names (docs/design.md §3).
 const (
 	DefaultTxSize    = 256
 	DefaultRxSize    = 1024
 	DefaultAllocSize = 256
 	DefaultFreeSize  = 256
 	DefaultEventSize = 32
-	// DefaultAdvisories is the flow-advisory table's entry count (DESIGN §7).
+	// DefaultAdvisories is the flow-advisory table's entry count (docs/design.md §7).
 	DefaultAdvisories = 512
 	// AdvisoryLen is the bytes per advisory entry: state uint32, generation uint32.
 	AdvisoryLen = 8

@@ -176,6 +176,14 @@ func (s *Stack) attach() (_ *attachment, err error) {
 			return nil, fmt.Errorf("client: tcp option %T: %s", o, terr)
 		}
 	}
+	// Outgoing connections take local ports from the range the nexus
+	// allows (a remote nexus refuses others).
+	if e, ok := port.(interface{ Ephemeral() [2]uint16 }); ok && e.Ephemeral()[0] != 0 {
+		r := e.Ephemeral()
+		if terr := a.ns.SetPortRange(r[0], r[1]); terr != nil {
+			return nil, fmt.Errorf("client: ephemeral ports %d-%d from the nexus: %s", r[0], r[1], terr)
+		}
+	}
 	if opts.TimeWait > 0 {
 		tw := tcpip.TCPTimeWaitTimeoutOption(opts.TimeWait)
 		if terr := a.ns.SetTransportProtocolOption(tcp.ProtocolNumber, &tw); terr != nil {

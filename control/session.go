@@ -47,6 +47,7 @@ type Session struct {
 	name  string       // immutable
 	addrs []netip.Addr // immutable
 	mtu   int          // immutable
+	eph   [2]uint16    // immutable: Reply.Ephemeral
 	conn  *net.UnixConn
 
 	replies chan Reply     // the reader's replies; capacity 1: one request at a time
@@ -87,7 +88,7 @@ func Open(path, name string, o OpenOptions) (_ *Session, err error) {
 		return nil, fmt.Errorf("control: open port %q: %w", name, err)
 	}
 	conn.SetDeadline(time.Time{})
-	s := &Session{app: app, path: path, name: rep.Name, addrs: rep.Addrs, mtu: rep.MTU, conn: conn,
+	s := &Session{app: app, path: path, name: rep.Name, addrs: rep.Addrs, mtu: rep.MTU, eph: rep.Ephemeral, conn: conn,
 		replies: make(chan Reply, 1), gone: make(chan struct{})}
 	s.reader.Add(1)
 	go s.read()
@@ -266,6 +267,11 @@ func (s *Session) Addrs() []netip.Addr { return append([]netip.Addr(nil), s.addr
 
 // MTU returns the largest IP packet the port may send.
 func (s *Session) MTU() int { return s.mtu }
+
+// Ephemeral returns the local port range, [lo, hi], the nexus lets the
+// app's outgoing connections take (its stack should pick from it), or
+// zero if the nexus did not say.
+func (s *Session) Ephemeral() [2]uint16 { return s.eph }
 
 // Register registers a flow on the port. A refused registration is a
 // *RemoteError that unwraps to the contract's sentinel errors (see

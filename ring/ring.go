@@ -55,7 +55,7 @@ const (
 	// Magic marks an initialised ring ("SKYR", version 1 in the low byte).
 	Magic = 0x534B5901
 
-	// MinSize and MaxSize bound the number of slots (DESIGN §3).
+	// MinSize and MaxSize bound the number of slots (docs/design.md §3).
 	MinSize = 2
 	MaxSize = 16384
 )

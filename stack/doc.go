@@ -1,4 +1,4 @@
-// Package stack binds gVisor's netstack to a Skylane channel (DESIGN §8): an
+// Package stack binds gVisor's netstack to a Skylane channel (docs/design.md §8): an
 // Endpoint is a netstack LinkEndpoint whose wire is the app end of a nexus
 // port. Raw IP packets go both ways (the nexus writes the L2 header).
 //
@@ -33,7 +33,7 @@
 // connection, a UDP reply), synchronously, before the packet reaches the TX
 // ring. A reaper tears down TCP flows whose connection is gone (Options.Alive).
 //
-// Flow advisories (DESIGN §7) are honoured: Port.Register returns each
+// Flow advisories (docs/design.md §7) are honoured: Port.Register returns each
 // flow's entry in the channel's advisory table, and a packet of a flow the
 // nexus suspended is held in the endpoint, per flow and bounded
 // (Options.MaxHeld), instead of reaching the TX ring; the flow sends what it

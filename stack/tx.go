@@ -190,7 +190,7 @@ func (e *Endpoint) emitLocked(it *txItem, id [16]byte) {
 // allocLocked tops the spare buffers up to need, as far as the alloc ring
 // allows (App.Alloc asks the nexus for more when it falls short). Spares
 // are only what a short Alloc left over: the alloc ring is the hand-ahead,
-// sized by the nexus (DESIGN §2), so the endpoint hoards nothing.
+// sized by the nexus (docs/design.md §2), so the endpoint hoards nothing.
 func (e *Endpoint) allocLocked(need int) {
 	want := need - len(e.spare)
 	if want <= 0 {

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -19,17 +18,14 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 
 	"github.com/skylane/skylane/client"
 	"github.com/skylane/skylane/flow"
 	"github.com/skylane/skylane/flowswitch"
 	"github.com/skylane/skylane/internal/selfsigned"
-	"github.com/skylane/skylane/metrics"
 	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/netif/drivers"
-	"github.com/skylane/skylane/nexus"
 	"github.com/skylane/skylane/nexus/inproc"
 	"github.com/skylane/skylane/packet"
 )
@@ -173,12 +169,8 @@ func parseServe(args []string, usageOut io.Writer) (serveConfig, error) {
 
 // served is a running server: the parts serve closes, in order.
 type served struct {
-	link  netif.Link
-	nx    *nexus.Nexus
-	kp    *drivers.KernelPorts
-	st    *client.Stack
-	addrs []netip.Addr
-	dev   string
+	*ownedNexus
+	st *client.Stack
 }
 
 // serve runs the server until ctx is done, then closes everything: the
@@ -203,19 +195,12 @@ func serve(ctx context.Context, cfg serveConfig, out, log io.Writer) (err error)
 		// On the kernel's stack, beside the user-space one, so an
 		// operator's scraper reaches it like any local service. Listened
 		// on here, in serve's own thread and so its network namespace.
-		reg := prometheus.NewRegistry()
-		if err := reg.Register(metrics.New(s.nx.Snapshot, metrics.Options{})); err != nil {
-			return fmt.Errorf("serve: metrics: %w", err)
-		}
-		mln, err := net.Listen("tcp", cfg.metrics)
+		at, stop, err := serveMetrics(cfg.metrics, s.nx)
 		if err != nil {
-			return fmt.Errorf("serve: --metrics %s: %w (is the address local and the port free?)", cfg.metrics, err)
+			return fmt.Errorf("serve: %w", err)
 		}
-		msrv := &http.Server{Handler: metrics.Handler(reg), ReadHeaderTimeout: 10 * time.Second}
-		mdone := make(chan struct{})
-		go func() { defer close(mdone); msrv.Serve(mln) }()
-		defer func() { msrv.Close(); <-mdone }()
-		fmt.Fprintf(out, "metrics on http://%s/metrics\n", mln.Addr())
+		defer stop()
+		fmt.Fprintf(out, "metrics on http://%s/metrics\n", at)
 	}
 	return serveHTTP(ctx, cfg, httpOn{
 		st: s.st, addrs: s.addrs,
@@ -234,66 +219,28 @@ func serve(ctx context.Context, cfg serveConfig, out, log io.Writer) (err error)
 		bye: func(requests uint64) {
 			if st, err := s.nx.Stats(); err == nil {
 				fmt.Fprintf(log, "skylane serve: stopping after %d requests; switch: %d frames in, %d packets out, %d refused by the transmit checks\n",
-					requests, st.Switch.Packets, st.Switch.TxPackets, sumDrops(st.Switch.TxDrops))
+					requests, st.Switch.Packets, st.Switch.TxPackets, st.Switch.TxDrops.Total())
 			}
 		},
 	}, out)
 }
 
 // open opens the driver, the nexus and the stack.
-func (s *served) open(cfg serveConfig, spec drivers.Spec, log io.Writer) error {
-	swo := flowswitch.Options{}
-	if cfg.driver == drivers.TUN {
-		kernel, err := tunKernelAddr(cfg)
-		if err != nil {
-			return err
-		}
-		spec.Addrs = []netip.Prefix{kernel}
-		s.addrs = []netip.Addr{cfg.host}
-	} else {
-		ifc, err := net.InterfaceByName(cfg.dev)
-		if err != nil {
-			return fmt.Errorf("serve: interface %q: %w in this network namespace (%w): list them with `ip link`; for another namespace, run under `ip netns exec NS`",
-				cfg.dev, drivers.ErrNoInterface, err)
-		}
-		if s.addrs, err = interfaceAddrs(ifc, cfg.host); err != nil {
-			return err
-		}
-		if len(ifc.HardwareAddr) != 6 {
-			return fmt.Errorf("serve: %s is not an Ethernet interface (%w for %s): use --driver tun for raw-IP devices", cfg.dev, drivers.ErrUnsupported, cfg.driver)
-		}
-		swo.SrcMAC = [6]byte(ifc.HardwareAddr)
-		if swo.DstMAC, err = serveNextHop(cfg, ifc); err != nil {
-			return err
-		}
-		if cfg.driver == drivers.AFXDP && isVeth(cfg.dev) {
-			fmt.Fprintf(log, "note: %s is a veth: its peer must send complete checksums and no TSO super packets (ethtool -K PEER tx off), as a wire does; XDP sees frames as the peer wrote them\n", cfg.dev)
-		}
-	}
-	// The kernel's sockets, before anything is attached: a taken port is
-	// the most common mistake, and the cheapest to report.
-	kp, err := drivers.NewKernelPorts(s.addrs)
-	if err != nil {
+func (s *served) open(cfg serveConfig, spec drivers.Spec, log io.Writer) (err error) {
+	lc := linkConfig{dev: cfg.dev, driver: cfg.driver, mode: cfg.mode, host: cfg.host, peerMAC: cfg.peerMAC, tunAddr: cfg.tunAddr,
+		// A taken port is the most common mistake, and the cheapest to
+		// report: before anything is attached.
+		checkPorts: func(kp *drivers.KernelPorts) error {
+			if who, taken := kp.Holder(packet.ProtoTCP, cfg.port); taken {
+				return fmt.Errorf("port %d/tcp is held by a kernel socket (%s): %w; stop that server or choose another port in --addr",
+					cfg.port, who, flow.ErrPortInUse)
+			}
+			return nil
+		}}
+	if s.ownedNexus, err = openNexus(lc, log); err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
-	s.kp = kp
-	if who, taken := kp.Holder(packet.ProtoTCP, cfg.port); taken {
-		return fmt.Errorf("serve: port %d/tcp is held by a kernel socket (%s): %w; stop that server or choose another port in --addr",
-			cfg.port, who, flow.ErrPortInUse)
-	}
-	if s.link, err = drivers.Open(spec); err != nil {
-		return fmt.Errorf("serve: %w", err)
-	}
-	s.dev = s.link.Name()
-	// The flow table refuses listeners on the kernel sockets' ports; the
-	// nexus steers its flows on the device itself.
-	swo.PortTaken = kp.Taken
-	nx, err := nexus.New(nexus.Options{Link: s.link, Addrs: s.addrs, Switch: swo})
-	if err != nil {
-		return fmt.Errorf("serve: %w", err)
-	}
-	s.nx, s.link = nx, nil // the nexus owns the link now
-	if s.st, err = client.New(inproc.Nexus(nx), client.Options{Name: "serve"}); err != nil {
+	if s.st, err = client.New(inproc.Nexus(s.nx), client.Options{Name: "serve"}); err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
 	return nil
@@ -305,14 +252,8 @@ func (s *served) close() error {
 	if s.st != nil {
 		errs = append(errs, s.st.Close())
 	}
-	if s.nx != nil {
-		errs = append(errs, s.nx.Close())
-	}
-	if s.link != nil {
-		errs = append(errs, s.link.Close())
-	}
-	if s.kp != nil {
-		errs = append(errs, s.kp.Close())
+	if s.ownedNexus != nil {
+		errs = append(errs, s.ownedNexus.close())
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("serve: close: %w", err)
@@ -447,9 +388,4 @@ func describeDriver(cfg serveConfig) string {
 func isVeth(dev string) bool {
 	l, err := netlink.LinkByName(dev)
 	return err == nil && l.Type() == "veth"
-}
-
-func sumDrops(d flowswitch.TxDrops) uint64 {
-	return d.Length + d.MTU + d.Parse + d.IPv4Options + d.SrcAddr + d.SrcPort + d.Proto +
-		d.NoFlow + d.NotOwner + d.FlowID + d.TornDown + d.ListenerData + d.SYNRate
 }

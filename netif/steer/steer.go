@@ -1,5 +1,5 @@
 // Package steer keeps the flows that user space owns in a BPF hash map, and
-// provides the programs that steer a device's frames by it (DESIGN §8–§9):
+// provides the programs that steer a device's frames by it (docs/design.md §8–§9):
 // an XDP program that redirects the frames of registered flows to an
 // AF_XDP socket and passes every other frame to the kernel (XDP_PASS), and
 // a TC ingress program that drops registered flows' frames before the
