@@ -28,7 +28,9 @@ usage:
   skylane stats --nexus SOCKET [--json] [--watch 1s]
                                    a running nexus's counters, per app
   skylane serve --dev IF --driver afxdp|afpacket|tun --addr IP:PORT [--tls]
-                                   serve HTTP(S) from a user-space stack on a real interface (root)
+                                   serve HTTP(S) from a user-space stack on a nexus of its own (root)
+  skylane serve --nexus SOCKET --addr [IP]:PORT [--reconnect] [--tls]
+                                   serve HTTP(S) as an app of a running nexus (any user its policy allows)
 `
 
 func run(args []string) error {
