@@ -87,3 +87,10 @@ func (c *Consumer) SetNeedWakeup(on bool) {
 	}
 	atomic.StoreUint32(c.flags, v)
 }
+
+// NeedsRoom reports whether the producer asked to be signalled when there
+// is room. Call it after Release. The word is the producer's to write: only
+// its FlagNeedRoom bit is looked at.
+func (c *Consumer) NeedsRoom() bool {
+	return atomic.LoadUint32(c.pflags)&FlagNeedRoom != 0
+}

@@ -69,6 +69,17 @@ func (p *Producer) NeedsWakeup() bool {
 	return atomic.LoadUint32(p.flags)&FlagNeedWakeup != 0
 }
 
+// SetNeedRoom sets or clears the request for a signal on the consumer's
+// next release. After setting it, Reserve again before sleeping: a release
+// may have raced.
+func (p *Producer) SetNeedRoom(on bool) {
+	var v uint32
+	if on {
+		v = FlagNeedRoom
+	}
+	atomic.StoreUint32(p.pflags, v)
+}
+
 // Enqueue reserves, fills and commits up to len(s) slots and returns how many.
 func (p *Producer) Enqueue(s []Slot) (int, error) {
 	k, err := p.Reserve(len(s))
