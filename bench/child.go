@@ -64,21 +64,22 @@ func runChild(role string) error {
 
 // pumpProcess is pumpChannel with the app in a child process that received
 // the channel's memory over a Unix socket.
-func pumpProcess(batch, size int, d time.Duration) (Rate, error) {
+func pumpProcess(batch, size int, d time.Duration) (pumpStats, error) {
+	cpu0, wall0 := processCPU(), time.Now()
 	c, err := channel.New(channel.Options{Name: "bench-proc"})
 	if err != nil {
-		return Rate{}, err
+		return pumpStats{}, err
 	}
 	defer c.Close()
 	mine, theirs, err := shm.SocketPair()
 	if err != nil {
-		return Rate{}, err
+		return pumpStats{}, err
 	}
 	defer mine.Close()
 	exe, err := os.Executable()
 	if err != nil {
 		theirs.Close()
-		return Rate{}, fmt.Errorf("find own executable to re-exec: %w", err)
+		return pumpStats{}, fmt.Errorf("find own executable to re-exec: %w", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), d+30*time.Second)
 	defer cancel()
@@ -94,20 +95,24 @@ func pumpProcess(batch, size int, d time.Duration) (Rate, error) {
 	err = cmd.Start()
 	theirs.Close()
 	if err != nil {
-		return Rate{}, fmt.Errorf("start child: %w", err)
+		return pumpStats{}, fmt.Errorf("start child: %w", err)
 	}
 	conn, err := shm.UnixConn(mine)
 	if err == nil {
 		defer conn.Close()
 		err = c.Send(conn)
 	}
-	var r Rate
+	var st pumpStats
 	if err == nil {
-		r, err = nexusConsumer(c, batch, d)
+		st, err = nexusConsumer(c, batch, d)
 	}
 	c.Close()
 	if werr := cmd.Wait(); werr != nil && err == nil {
 		err = fmt.Errorf("child: %w", werr)
 	}
-	return r, err
+	st.CPU, st.Wall = processCPU()-cpu0, time.Since(wall0)
+	if ps := cmd.ProcessState; ps != nil {
+		st.CPU += ps.UserTime() + ps.SystemTime()
+	}
+	return st, err
 }

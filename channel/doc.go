@@ -36,8 +36,10 @@
 //     (WaitAlloc), events, and room on a full TX or free ring
 //     (WaitTxRoom, WaitFreeRoom: the ring's FlagNeedRoom, answered by the
 //     Sync after the nexus took from that ring); the nexus sleeps in
-//     Channel.Wait until the app kicks. A side that spins instead of
-//     sleeping starves a peer sharing its CPU (see bench's Idle).
+//     Channel.Wait until the app kicks. A loop that polls must give the
+//     CPU up when its peer is late (sched_yield, then sleep): an end in
+//     another process may be waiting for that very CPU, and a poll that
+//     holds it for its time slice moves one ring's worth per slice.
 //   - The advisory table is read-only to the app and changes only with an
 //     event posted after it: an app that reads an entry after an
 //     EventAdvisory sees the change. App.Admissible bounds-checks the index
