@@ -58,6 +58,11 @@ func (a *App) Wait(timeout time.Duration) error {
 // the app waits for, and a busy pair makes no system call. A wake-up that
 // finds none of them ready (a signal meant for an earlier wait) sends it
 // back to sleep rather than returning.
+//
+// It reads the RX and event rings as their consumer, but the alloc, TX and
+// free rings through their shared index words only, changing nothing: an
+// app whose sending side runs on other goroutines (under a lock of its
+// own, as one owner) may wait for room or buffers while they work.
 func (a *App) WaitFor(what WaitSet, timeout time.Duration) (WaitSet, error) {
 	if err := a.Err(); err != nil {
 		return 0, err
@@ -116,35 +121,34 @@ func (a *App) arm(what WaitSet, on bool) {
 	}
 }
 
-// ready returns the rings in what that have entries (or room) now.
+// ready returns the rings in what that have entries (or room) now. The
+// alloc, TX and free rings are looked at through their shared words only
+// (see WaitFor).
 func (a *App) ready(what WaitSet) (WaitSet, error) {
 	var ready WaitSet
-	for i, c := range a.waitRings() {
-		if what&(1<<i) == 0 {
+	for _, r := range []struct {
+		bit WaitSet
+		c   *ring.Consumer
+	}{{WaitRX, a.rx}, {WaitEvents, a.event}} {
+		if what&r.bit == 0 {
 			continue
 		}
-		n, err := c.Peek(1)
+		n, err := r.c.Peek(1)
 		if err != nil {
 			return 0, err
 		}
 		if n > 0 {
-			ready |= 1 << i
-		}
-	}
-	for _, r := range []struct {
-		bit WaitSet
-		p   *ring.Producer
-	}{{WaitTxRoom, a.tx}, {WaitFreeRoom, a.free}} {
-		if what&r.bit == 0 {
-			continue
-		}
-		k, err := r.p.Reserve(1)
-		if err != nil {
-			return 0, err
-		}
-		if k > 0 {
 			ready |= r.bit
 		}
+	}
+	if what&WaitAlloc != 0 && a.alloc.HasEntries() {
+		ready |= WaitAlloc
+	}
+	if what&WaitTxRoom != 0 && a.tx.HasRoom() {
+		ready |= WaitTxRoom
+	}
+	if what&WaitFreeRoom != 0 && a.free.HasRoom() {
+		ready |= WaitFreeRoom
 	}
 	return ready, nil
 }

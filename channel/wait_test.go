@@ -211,6 +211,37 @@ func TestWaitForTxRoom(t *testing.T) {
 	}
 }
 
+// TestShort: Short names the rings whose last call came up short, and
+// forgets one once a call on it gets all it asked for.
+func TestShort(t *testing.T) {
+	c, a := newPair(t, Options{Name: "short", TxSize: 4, FreeSize: 4, Pool: pool.Options{MinSegments: 4}})
+	c.Sync()
+	bufs := make([]Buf, 64)
+	n, err := a.Alloc(bufs)
+	if err != nil || n == 0 || n == len(bufs) {
+		t.Fatalf("Alloc = %d, %v; want some of %d", n, err, len(bufs))
+	}
+	if a.Short() != WaitAlloc {
+		t.Fatalf("after a short Alloc: %v", a.Short())
+	}
+	if k, _ := a.Send(bufs[:min(n, 6)]); k != 4 || a.Short() != WaitAlloc|WaitTxRoom {
+		t.Fatalf("Send 6 on a ring of 4 = %d; Short %v", k, a.Short())
+	}
+	if k, _ := a.Free(bufs[4:min(n, 6)]); k != 2 || a.Short() != WaitAlloc|WaitTxRoom {
+		t.Fatalf("Free = %d; Short %v", k, a.Short())
+	}
+	out := make([]Buf, 4)
+	k, _ := c.TakeTX(out)
+	c.Release(out[:k])
+	c.Sync()
+	if k, _ := a.Alloc(bufs[:1]); k != 1 {
+		t.Fatal("no buffer after the refill")
+	}
+	if k, _ := a.Send(bufs[:1]); k != 1 || a.Short() != 0 {
+		t.Fatalf("after calls that got all they asked: Send %d, Short %v", k, a.Short())
+	}
+}
+
 // TestWaitForFreeRoom: the same for the free ring, whose room the nexus
 // makes in Sync itself (reclaim).
 func TestWaitForFreeRoom(t *testing.T) {

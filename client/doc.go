@@ -16,9 +16,9 @@
 // channel's rings and memory arrive by channel.Receive, requests are
 // messages on the socket). There, Register's refusals unwrap to the flow
 // package's errors as in this process, Wake is channel.App.Interrupt, and
-// Wait is channel.App.WaitFor on the RX and event rings, at most
-// backlogPoll long after the endpoint kicked (it may have packets waiting
-// for room on the TX ring or for buffers, which the nexus does not signal).
+// Wait is channel.App.WaitFor on the RX and event rings and, when the
+// endpoint has packets left over, on the buffers or ring room they wait
+// for (the nexus signals those too).
 // The port lives as long as the session: if this process exits or crashes,
 // the nexus closes it and tears its flows down.
 //

@@ -139,6 +139,9 @@ func FuzzConsumer(f *testing.F) {
 			if (c.Err() != nil) != mBad {
 				t.Fatalf("Err() = %v, model corrupt = %v", c.Err(), mBad)
 			}
+			if c.HasEntries() != (word(mem, offProd) != word(mem, offCons)) {
+				t.Fatalf("HasEntries = %v with prod %#x, cons %#x", c.HasEntries(), word(mem, offProd), word(mem, offCons))
+			}
 		}
 	})
 }
@@ -290,6 +293,9 @@ func FuzzProducer(f *testing.F) {
 			}
 			if (p.Err() != nil) != mBad {
 				t.Fatalf("Err() = %v, model corrupt = %v", p.Err(), mBad)
+			}
+			if p.HasRoom() != (word(mem, offProd)-word(mem, offCons) != usz) {
+				t.Fatalf("HasRoom = %v with prod %#x, cons %#x, size %d", p.HasRoom(), word(mem, offProd), word(mem, offCons), size)
 			}
 			if pend := p.Pending(); !mBad && (pend < 0 || pend > size || pend != int(mProd-mCons)) {
 				t.Fatalf("Pending = %d, model %d, size %d", pend, mProd-mCons, size)

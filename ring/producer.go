@@ -80,6 +80,15 @@ func (p *Producer) SetNeedRoom(on bool) {
 	atomic.StoreUint32(p.pflags, v)
 }
 
+// HasRoom reports whether the ring has a free slot, from the shared index
+// words alone: it changes nothing in this end, so a waiter may call it
+// while the producing goroutine works (it is a hint for whether to sleep,
+// and Reserve is what validates the consumer's index: an index out of
+// range reads as room, for Reserve to refuse).
+func (p *Producer) HasRoom() bool {
+	return atomic.LoadUint32(p.view.prod)-atomic.LoadUint32(p.cons) != p.size
+}
+
 // Enqueue reserves, fills and commits up to len(s) slots and returns how many.
 func (p *Producer) Enqueue(s []Slot) (int, error) {
 	k, err := p.Reserve(len(s))
