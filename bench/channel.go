@@ -38,6 +38,7 @@ const (
 	procRow         = "processes/batch=32/size=64"
 	minVsGoroutines = 0.8
 	goChanName      = "Go buffered chan (alloc/free through a chan too)"
+	altsPerRound    = 3
 )
 
 func runChannel(cfg Config) (Report, error) {
@@ -84,27 +85,34 @@ func runChannel(cfg Config) (Report, error) {
 
 // runProcessRow measures the processes row, its reference (the goroutines
 // row of the same batch and size) and their common baseline in turn, in
-// each round, so that the ratio between the two compares runs a few
-// seconds apart on the same busy host. Both rows carry the CPU time the
-// pair got per second (2 is two whole CPUs): a low figure shows a host
-// too busy to give it, and says which row the host starved.
+// short alternations (altsPerRound per round, the two rows in ABBA order),
+// so that the ratio between the two compares runs less than a second apart
+// on the same busy host, and a drift of its load favours neither. Both
+// rows carry the CPU time the pair got per second (2 is two whole CPUs): a
+// low figure shows a host too busy to give it, and which row it starved.
 func runProcessRow(cfg Config) ([]Result, error) {
 	cfg.progress("channel %s, with %s as its reference", procRow, refRow)
 	rounds := max(cfg.Rounds, 1)
-	d := cfg.Duration / time.Duration(rounds)
+	alts := rounds * altsPerRound
+	d := cfg.Duration / time.Duration(alts)
 	var gs, ps []pumpStats
 	var bs []float64
-	for i := range rounds {
-		if err := cfg.roundStart(procRow, i, rounds); err != nil {
-			return nil, err
+	for i := range alts {
+		if i%altsPerRound == 0 {
+			if err := cfg.roundStart(procRow, i/altsPerRound, rounds); err != nil {
+				return nil, err
+			}
 		}
-		g, err := pumpChannel(32, 64, d)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", refRow, err)
-		}
-		p, err := pumpProcess(32, 64, d)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", procRow, err)
+		var g, p pumpStats
+		var err error
+		for j := range 2 {
+			if (i+j)%2 == 0 {
+				if g, err = pumpChannel(32, 64, d); err != nil {
+					return nil, fmt.Errorf("%s: %w", refRow, err)
+				}
+			} else if p, err = pumpProcess(32, 64, d); err != nil {
+				return nil, fmt.Errorf("%s: %w", procRow, err)
+			}
 		}
 		b, err := pumpGoChan(64, d)
 		if err != nil {
