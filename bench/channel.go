@@ -205,9 +205,10 @@ func appProducer(a *channel.App, batch, size int, stop *atomic.Bool) error {
 }
 
 // nexusConsumer is the nexus's loop: take from TX, check and read the
-// payload, release, refill; for d after the first packet. With nothing on
-// the TX ring it waits as idle says: yield, then sleep in Channel.Wait.
-// The sleeps and signals it reports are those of the measured window.
+// payload, release, refill; for d after the first packet, and at least
+// minWindowPackets. With nothing on the TX ring it waits as idle says:
+// yield, then sleep in Channel.Wait. The sleeps and signals it reports are
+// those of the measured window.
 func nexusConsumer(c *channel.Channel, batch int, d time.Duration) (pumpStats, error) {
 	bufs := make([]channel.Buf, max(batch, 64))
 	var seq, seq0, sink uint64
@@ -247,7 +248,7 @@ func nexusConsumer(c *channel.Channel, batch int, d time.Duration) (pumpStats, e
 				} else if now.Sub(began) > 10*time.Second {
 					return pumpStats{}, fmt.Errorf("no packet from the app within 10s")
 				}
-			} else if now.Sub(start) >= d {
+			} else if el := now.Sub(start); el >= d && seq-seq0 >= minWindowPackets {
 				_ = sink
 				c1 := c.Counters()
 				return pumpStats{
@@ -255,10 +256,17 @@ func nexusConsumer(c *channel.Channel, batch int, d time.Duration) (pumpStats, e
 					Sleeps:  c1.Wakeups - c0.Wakeups,
 					Signals: c1.Notifications - c0.Notifications,
 				}, nil
+			} else if el > d+10*time.Second {
+				return pumpStats{}, fmt.Errorf("%d packets in %v: the app stalled", seq-seq0, el)
 			}
 		}
 	}
 }
+
+// minWindowPackets extends a measured window that saw fewer packets (a
+// host so busy that it barely ran the pair): its rate would say nothing.
+// A pair that runs at all passes it within microseconds.
+const minWindowPackets = 1024
 
 // idleSleep bounds one sleep of a bench loop, so it looks at its clock and
 // stop flag at least this often.
