@@ -10,7 +10,7 @@ import (
 )
 
 // TestChannelScenarioJSON runs two rows briefly and checks the report's
-// shape: BENCH.md's fields, measured values and the ratio they imply.
+// shape: the fields of docs/benchmarks.md, measured values and the ratio they imply.
 func TestChannelScenarioJSON(t *testing.T) {
 	rep, err := runChannel(Config{Duration: 100 * time.Millisecond, Rounds: 1, Filter: "batch=32/size=64"})
 	if err != nil {

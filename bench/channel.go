@@ -16,7 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The channel scenario's rows (issue #2).
+// The channel scenario's rows (docs/benchmarks.md).
 var channelRows = []struct {
 	name        string
 	batch, size int

@@ -7,7 +7,7 @@ import (
 )
 
 // TestTCPScenario runs every row briefly and checks each was measured, with
-// its baseline, the ratio BENCH.md defines (value/baseline for throughput,
+// its baseline, the ratio docs/benchmarks.md defines (value/baseline for throughput,
 // baseline/value for latency) and the batching figures.
 func TestTCPScenario(t *testing.T) {
 	rep, err := runTCP(Config{Duration: 200 * time.Millisecond, Rounds: 1})

@@ -16,9 +16,10 @@ import (
 	"github.com/skylane/skylane/netif/afxdp"
 	"github.com/skylane/skylane/netif/drivers"
 	"github.com/skylane/skylane/nexus"
+	"github.com/skylane/skylane/nexus/inproc"
 )
 
-// The `tcp --dev` rows (issue #5): one TCP stream from a kernel client in
+// The `tcp --dev` rows: one TCP stream from a kernel client in
 // the peer namespace, across a veth pair, into a user-space server (a
 // client.Stack on a nexus on AF_XDP) in the local namespace; baseline: the
 // same kernel client into a kernel server on the same veth, in the same
@@ -285,7 +286,7 @@ func (h *udpHosts) userStream(driver string, offloads bool, d time.Duration) (Ra
 		return Rate{}, f, err
 	}
 	defer nx.Close()
-	st, err := client.New(client.InProcess(nx), client.Options{Name: "tcpdev"})
+	st, err := client.New(inproc.Nexus(nx), client.Options{Name: "tcpdev"})
 	if err != nil {
 		return Rate{}, f, err
 	}
@@ -337,12 +338,7 @@ func (h *udpHosts) userStream(driver string, offloads bool, d time.Duration) (Ra
 	f.xdpSplit = x1.RxSuperSplit - x0.RxSuperSplit
 	f.xdpCsum = x1.RxCsumCompleted - x0.RxCsumCompleted
 	f.linkDrops = link.Stats().RxDrops - l0.RxDrops
-	f.txDrops = sumTxDrops(s1.Switch.TxDrops) - sumTxDrops(s0.Switch.TxDrops)
+	f.txDrops = s1.Switch.TxDrops.Total() - s0.Switch.TxDrops.Total()
 	f.stackRx = st.Endpoint().Stats().RxPackets - rx0
 	return r, f, nil
-}
-
-func sumTxDrops(d flowswitch.TxDrops) uint64 {
-	return d.Length + d.MTU + d.Parse + d.IPv4Options + d.SrcAddr + d.SrcPort + d.Proto +
-		d.NoFlow + d.NotOwner + d.FlowID + d.TornDown + d.ListenerData + d.SYNRate
 }

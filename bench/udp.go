@@ -28,7 +28,7 @@ import (
 	"github.com/skylane/skylane/packet"
 )
 
-// The udp scenario (issue #5): 64-byte UDP frames from an AF_XDP batch
+// The udp scenario: 64-byte UDP frames from an AF_XDP batch
 // sender in a peer namespace, across a veth pair, into a user-space
 // consumer in the local namespace; baseline: a kernel UDP socket on the
 // same veth reading with recvmmsg, in the same run. The sender is the same

@@ -286,7 +286,7 @@ func TestWaitWakes(t *testing.T) {
 
 // TestAllocWorkingSet: the alloc ring starts with 8 buffers handed ahead,
 // grows by half each time the app runs it dry, and shrinks by a quarter
-// after 2 s in which a quarter of it stayed unclaimed (DESIGN §2).
+// after 2 s in which a quarter of it stayed unclaimed (docs/design.md §2).
 func TestAllocWorkingSet(t *testing.T) {
 	c, a := newPair(t, Options{Name: "ws"})
 	c.Sync()

@@ -1,5 +1,5 @@
 // Package channel binds one application to one nexus port through shared
-// memory (DESIGN §3): five rings (TX, RX, alloc, free, event), the app's
+// memory (docs/design.md §3): five rings (TX, RX, alloc, free, event), the app's
 // packet pool, a flow-advisory table and statistics, all in memfds the
 // nexus made. Channel is the nexus's end, App the application's; the same
 // code serves an app in this process (Channel.AttachLocal) and one in
@@ -48,7 +48,7 @@
 //     segment when it first meets one of its buffers (or the event says it
 //     was added) and unmaps it when told it was released and the segment
 //     bitmap confirms it is still inactive.
-//   - The alloc ring holds the app's working set (DESIGN §2: 8 buffers at
+//   - The alloc ring holds the app's working set (docs/design.md §2: 8 buffers at
 //     first, +50% when the app runs it dry, −25% after 2 s with a quarter
 //     unclaimed). The nexus cannot take back what it produced, so what an
 //     idle app leaves in the ring beyond a shrunk working set for a whole

@@ -48,7 +48,7 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
-// Working set of the alloc ring, after Skywalk (DESIGN §2): start with 8
+// Working set of the alloc ring, after Skywalk (docs/design.md §2): start with 8
 // buffers handed ahead, +50% when the app runs dry, −25% after 2 s in which
 // a quarter stayed unclaimed.
 const (

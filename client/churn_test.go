@@ -14,8 +14,8 @@ import (
 	"github.com/skylane/skylane/pool"
 )
 
-// churnConns is the number of connections TestChurn opens and closes (issue
-// #4: 10,000), churnWorkers how many are open at once: well under a port's
+// churnConns is the number of connections TestChurn opens and closes
+// (10,000), churnWorkers how many are open at once: well under a port's
 // 512 flows, so flows waiting for the reaper never fill it.
 const (
 	churnConns   = 10000

@@ -15,7 +15,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
-	"github.com/skylane/skylane/nexus"
+	"github.com/skylane/skylane/control"
 	"github.com/skylane/skylane/packet"
 	"github.com/skylane/skylane/stack"
 )
@@ -35,25 +35,10 @@ type Port interface {
 }
 
 // Nexus opens ports: the control interface between an app and a nexus.
+// Connect returns one for a nexus in another process; package nexus/inproc
+// one for a nexus in this process (the nexus side, which apps do not link).
 type Nexus interface {
 	OpenPort(name string) (Port, error)
-}
-
-// InProcess returns the Nexus interface of a nexus running in this process.
-// Its ports are opened as honouring flow advisories
-// (nexus.PortOptions.Advisories): a Stack's endpoint holds a suspended
-// flow's packets back, so the nexus suspends its flows rather than dropping
-// their packets.
-func InProcess(n *nexus.Nexus) Nexus { return inProcess{n} }
-
-type inProcess struct{ n *nexus.Nexus }
-
-func (l inProcess) OpenPort(name string) (Port, error) {
-	p, err := l.n.OpenPortWith(name, nexus.PortOptions{Advisories: true})
-	if err != nil {
-		return nil, err
-	}
-	return p, nil
 }
 
 // Defaults of Options.
@@ -84,24 +69,37 @@ type Options struct {
 
 // Stack is a user-space TCP/IP stack on one nexus port. Its methods are
 // safe for concurrent use.
+//
+// The port, its endpoint and the netstack on it are one attachment. When
+// the nexus goes away (a Port with a Gone channel, as Connect's), a
+// watcher goroutine tears the attachment down at once: every blocked and
+// later Accept, Read, Write and Dial returns an error wrapping
+// ErrNexusGone, and the attachment's memory, goroutines and descriptors
+// are released. With ConnectOptions.Reattach the Stack then opens a new
+// port whenever a nexus serves again, and registers its TCP listeners on
+// it: their Accept goes on; connections of the old attachment stay gone.
 type Stack struct {
-	port  Port            // immutable
-	ep    *stack.Endpoint // immutable
-	ns    *gstack.Stack   // immutable
-	nic   tcpip.NICID     // immutable
-	addrs []netip.Addr    // immutable
+	nx       Nexus           // immutable
+	opts     Options         // immutable, defaults applied
+	reattach bool            // immutable: re-open a port when the nexus went
+	notify   func(err error) // immutable: ConnectOptions.Notify, or nil
 
-	mu     sync.Mutex
-	closed bool
+	quit    chan struct{}  // closed by Close: stops the watcher
+	watcher sync.WaitGroup // the watcher goroutine, if the port can go
+
+	mu        sync.Mutex
+	cur       *attachment            // never nil; dead once gone, until re-attached
+	listeners map[*listener]struct{} // open TCP listeners, registered again on re-attach
+	closed    bool
 }
 
 const nicID tcpip.NICID = 1
 
 // New opens a port on nx and builds a netstack on it: IPv4 and IPv6, TCP
 // and UDP, the port's addresses, a default route per family.
-func New(nx Nexus, opts Options) (_ *Stack, err error) {
+func New(nx Nexus, opts Options) (*Stack, error) {
 	if nx == nil {
-		return nil, fmt.Errorf("client: no nexus: pass client.InProcess(n) for a nexus in this process")
+		return nil, fmt.Errorf("client: no nexus: pass client.Connect(socket), or inproc.Nexus(n) for a nexus in this process")
 	}
 	if opts.BufferSize < 0 || opts.BufferSize > MaxBufferSize {
 		return nil, fmt.Errorf("client: buffer size %d outside 0..%d", opts.BufferSize, MaxBufferSize)
@@ -115,26 +113,49 @@ func New(nx Nexus, opts Options) (_ *Stack, err error) {
 	if opts.Name == "" {
 		opts.Name = "stack"
 	}
-	port, err := nx.OpenPort(opts.Name)
+	s := &Stack{nx: nx, opts: opts, quit: make(chan struct{}), listeners: make(map[*listener]struct{})}
+	if r, ok := nx.(interface{ connectOptions() ConnectOptions }); ok {
+		co := r.connectOptions()
+		s.reattach, s.notify = co.Reattach, co.Notify
+	}
+	a, err := s.attach()
+	if err != nil {
+		return nil, err
+	}
+	s.cur = a
+	if a.portGone != nil {
+		s.watcher.Add(1)
+		go s.watch(a)
+	}
+	return s, nil
+}
+
+// attach opens a port on the nexus and builds a netstack on it.
+func (s *Stack) attach() (_ *attachment, err error) {
+	port, err := s.nx.OpenPort(s.opts.Name)
 	if err != nil {
 		return nil, fmt.Errorf("client: %w", err)
 	}
-	s := &Stack{port: port, nic: nicID, addrs: port.Addrs()}
+	a := &attachment{port: port, nic: nicID, addrs: port.Addrs(), gone: make(chan struct{}), replaced: make(chan struct{})}
+	if g, ok := port.(interface{ Gone() <-chan struct{} }); ok {
+		a.portGone = g.Gone()
+	}
 	defer func() {
 		if err != nil {
-			if s.ns != nil {
-				s.ns.Close()
+			if a.ns != nil {
+				a.ns.Close()
 			}
-			if s.ep != nil {
-				s.ep.Stop()
+			if a.ep != nil {
+				a.ep.Stop()
 			}
-			if s.ns != nil {
-				s.ns.Wait()
+			if a.ns != nil {
+				a.ns.Wait()
 			}
 			port.Close()
 		}
 	}()
-	s.ns = gstack.New(gstack.Options{
+	opts := s.opts
+	a.ns = gstack.New(gstack.Options{
 		NetworkProtocols: []gstack.NetworkProtocolFactory{
 			ipv4.NewProtocol,
 			// No duplicate address detection: the nexus owns the
@@ -150,39 +171,47 @@ func New(nx Nexus, opts Options) (_ *Stack, err error) {
 		&tcpip.TCPReceiveBufferSizeRangeOption{Min: 4 << 10, Default: opts.BufferSize, Max: MaxBufferSize},
 		&tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: opts.BufferSize, Max: MaxBufferSize},
 	} {
-		if terr := s.ns.SetTransportProtocolOption(tcp.ProtocolNumber, o); terr != nil {
+		if terr := a.ns.SetTransportProtocolOption(tcp.ProtocolNumber, o); terr != nil {
 			return nil, fmt.Errorf("client: tcp option %T: %s", o, terr)
+		}
+	}
+	// Outgoing connections take local ports from the range the nexus
+	// allows (a remote nexus refuses others).
+	if e, ok := port.(interface{ Ephemeral() [2]uint16 }); ok && e.Ephemeral()[0] != 0 {
+		r := e.Ephemeral()
+		if terr := a.ns.SetPortRange(r[0], r[1]); terr != nil {
+			return nil, fmt.Errorf("client: ephemeral ports %d-%d from the nexus: %s", r[0], r[1], terr)
 		}
 	}
 	if opts.TimeWait > 0 {
 		tw := tcpip.TCPTimeWaitTimeoutOption(opts.TimeWait)
-		if terr := s.ns.SetTransportProtocolOption(tcp.ProtocolNumber, &tw); terr != nil {
+		if terr := a.ns.SetTransportProtocolOption(tcp.ProtocolNumber, &tw); terr != nil {
 			return nil, fmt.Errorf("client: tcp TIME-WAIT: %s", terr)
 		}
 	}
-	s.ep, err = stack.New(stack.Options{Port: port, MTU: port.MTU(), GSOMaxSize: opts.GSOMaxSize, Alive: s.alive})
+	a.ep, err = stack.New(stack.Options{Port: port, MTU: port.MTU(), GSOMaxSize: opts.GSOMaxSize, Alive: a.alive})
 	if err != nil {
 		return nil, fmt.Errorf("client: %w", err)
 	}
-	if terr := s.ns.CreateNICWithOptions(s.nic, s.ep, gstack.NICOptions{Name: port.Name()}); terr != nil {
+	if terr := a.ns.CreateNICWithOptions(a.nic, a.ep, gstack.NICOptions{Name: port.Name()}); terr != nil {
 		return nil, fmt.Errorf("client: create NIC: %s", terr)
 	}
 	var routes []tcpip.Route
-	for _, a := range s.addrs {
-		pa := tcpip.ProtocolAddress{Protocol: ipv4.ProtocolNumber, AddressWithPrefix: tcpAddr(a).WithPrefix()}
+	for _, ad := range a.addrs {
+		pa := tcpip.ProtocolAddress{Protocol: ipv4.ProtocolNumber, AddressWithPrefix: tcpAddr(ad).WithPrefix()}
 		dst := header.IPv4EmptySubnet
-		if !a.Is4() {
+		if !ad.Is4() {
 			pa.Protocol, dst = ipv6.ProtocolNumber, header.IPv6EmptySubnet
 		}
-		if terr := s.ns.AddProtocolAddress(s.nic, pa, gstack.AddressProperties{}); terr != nil {
-			return nil, fmt.Errorf("client: add address %v: %s", a, terr)
+		if terr := a.ns.AddProtocolAddress(a.nic, pa, gstack.AddressProperties{}); terr != nil {
+			return nil, fmt.Errorf("client: add address %v: %s", ad, terr)
 		}
 		if !hasRoute(routes, dst) {
-			routes = append(routes, tcpip.Route{Destination: dst, NIC: s.nic})
+			routes = append(routes, tcpip.Route{Destination: dst, NIC: a.nic})
 		}
 	}
-	s.ns.SetRouteTable(routes)
-	return s, nil
+	a.ns.SetRouteTable(routes)
+	return a, nil
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -199,9 +228,24 @@ func hasRoute(rs []tcpip.Route, dst tcpip.Subnet) bool {
 // ErrClosed is returned by the Stack's methods after Close.
 var ErrClosed = errors.New("client: stack closed")
 
+// Errors of the nexus that apps test with errors.Is, whether their nexus
+// runs in this process or in another (they are the contract's, package
+// control).
+var (
+	// ErrNotPermitted: the nexus's policy refused the request for this
+	// app's credentials (a port, an address, a dial, a limit); the error
+	// text says what and which rule would allow it.
+	ErrNotPermitted = control.ErrNotPermitted
+	// ErrNexusGone: the nexus exited or was killed. Blocked and later
+	// Accept, Read, Write and Dial of the Stack return an error wrapping
+	// it, and the Stack releases its memory, goroutines and descriptors.
+	ErrNexusGone = control.ErrNexusGone
+)
+
 // Close aborts every connection (their peers get a reset), tears down
 // every flow, stops the endpoint and netstack's goroutines and closes the
-// port. Safe to call more than once.
+// port; a re-attaching Stack stops waiting for its nexus. Safe to call
+// more than once.
 func (s *Stack) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -210,35 +254,48 @@ func (s *Stack) Close() error {
 	}
 	s.closed = true
 	s.mu.Unlock()
-	s.ns.Close() // aborts: resets still leave, the flows are up
-	s.ep.Stop()  // before ns.Wait, which holds netstack's lock while it stops the NIC
-	s.ns.Wait()
-	return s.port.Close()
+	close(s.quit)
+	s.watcher.Wait()
+	// The watcher is gone: cur is final.
+	return s.cur.teardown(ErrClosed)
 }
 
-func (s *Stack) checkOpen() error {
+// live returns the current attachment if it serves: else ErrClosed after
+// Close, or why the nexus went (wrapping ErrNexusGone).
+func (s *Stack) live() (*attachment, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return ErrClosed
+		return nil, ErrClosed
 	}
-	return nil
+	if err := s.cur.Err(); err != nil {
+		return nil, err
+	}
+	return s.cur, nil
 }
 
-// Addrs returns the stack's local addresses.
-func (s *Stack) Addrs() []netip.Addr { return append([]netip.Addr(nil), s.addrs...) }
+func (s *Stack) current() *attachment {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cur
+}
 
-// Endpoint returns the stack's link endpoint, for its statistics.
-func (s *Stack) Endpoint() *stack.Endpoint { return s.ep }
+// Addrs returns the stack's local addresses (its current port's).
+func (s *Stack) Addrs() []netip.Addr { return append([]netip.Addr(nil), s.current().addrs...) }
 
-// Netstack returns the gVisor stack, for its statistics and options.
-func (s *Stack) Netstack() *gstack.Stack { return s.ns }
+// Endpoint returns the stack's link endpoint, for its statistics. After a
+// re-attach it is the new port's.
+func (s *Stack) Endpoint() *stack.Endpoint { return s.current().ep }
+
+// Netstack returns the gVisor stack, for its statistics and options. After
+// a re-attach it is the new port's.
+func (s *Stack) Netstack() *gstack.Stack { return s.current().ns }
 
 // alive reports whether netstack has a live connection for the TCP 5-tuple
 // k: found (not the listener that would take a new one), not closed, not in
 // TIME-WAIT. It reads only the demultiplexer and the endpoint's state word,
 // so it never waits for a connection's lock.
-func (s *Stack) alive(k packet.Key) bool {
+func (a *attachment) alive(k packet.Key) bool {
 	la, ra := k.LocalAddrPort(), k.RemoteAddrPort()
 	id := gstack.TransportEndpointID{
 		LocalPort: la.Port(), LocalAddress: tcpAddr(la.Addr()),
@@ -248,7 +305,7 @@ func (s *Stack) alive(k packet.Key) bool {
 	if k.Version == 6 {
 		np = ipv6.ProtocolNumber
 	}
-	ep := s.ns.FindTransportEndpoint(np, tcp.ProtocolNumber, id, s.nic)
+	ep := a.ns.FindTransportEndpoint(np, tcp.ProtocolNumber, id, a.nic)
 	if ep == nil {
 		return false
 	}

@@ -14,14 +14,19 @@ import (
 	"github.com/skylane/skylane/client"
 	"github.com/skylane/skylane/netif/memif"
 	"github.com/skylane/skylane/nexus"
+	"github.com/skylane/skylane/nexus/inproc"
 )
 
 // TestMain fails the run if any netstack PacketBuffer (or buffer chunk)
 // is still referenced once every test has closed its stacks. Re-run with
-// childEnv set, the binary is an app process of the cross-process tests.
+// childEnv set, the binary is an app process of the cross-process tests;
+// with nexusChildEnv set, a nexus process of the lifecycle tests.
 func TestMain(m *testing.M) {
 	if path := os.Getenv(childEnv); path != "" {
 		os.Exit(runChild(path))
+	}
+	if path := os.Getenv(nexusChildEnv); path != "" {
+		os.Exit(runNexusChild(path, os.Getenv(peerEnv)))
 	}
 	refs.SetLeakMode(refs.LeaksPanic)
 	code := m.Run()
@@ -69,11 +74,11 @@ func newWorldOn(t testing.TB, o nexus.Options, mo memif.Options) *world {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { w.nb.Close() })
-	if w.sa, err = client.New(client.InProcess(w.na), client.Options{Name: "a"}); err != nil {
+	if w.sa, err = client.New(inproc.Nexus(w.na), client.Options{Name: "a"}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { w.sa.Close() })
-	if w.sb, err = client.New(client.InProcess(w.nb), client.Options{Name: "b"}); err != nil {
+	if w.sb, err = client.New(inproc.Nexus(w.nb), client.Options{Name: "b"}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { w.sb.Close() })

@@ -1,29 +1,28 @@
 // Package client is what applications import to network over Skylane
-// (DESIGN §8): a Stack is a user-space TCP/IP stack (gVisor's netstack) on
+// (docs/design.md §8): a Stack is a user-space TCP/IP stack (gVisor's netstack) on
 // its own nexus port, offering the standard net.Listener, net.Conn and
 // net.PacketConn, so net/http and crypto/tls work unchanged.
 //
-//	nx, _ := nexus.New(nexus.Options{Link: link, Addrs: addrs})
-//	st, _ := client.New(client.InProcess(nx), client.Options{Name: "web"})
+//	nx, _ := client.Connect("/run/skylane.sock") // skylane nexus --socket
+//	st, _ := client.New(nx, client.Options{Name: "web"})
 //	defer st.Close()
 //	ln, _ := st.Listen("tcp", ":443")
 //	http.Serve(tls.NewListener(ln, cfg), handler)
 //
 // The Stack talks to its nexus only through the Nexus and Port interfaces:
-// open a port, register and tear down flows, wait for the nexus. InProcess
-// implements them for a nexus in this process; Connect for a nexus in
-// another process serving its control socket (package nexus/control: the
-// channel's rings and memory arrive by channel.Receive, requests are
-// messages on the socket). There, Register's refusals unwrap to the flow
-// package's errors as in this process, Wake is channel.App.Interrupt, and
-// Wait is channel.App.WaitFor on the RX and event rings and, when the
-// endpoint has packets left over, on the buffers or ring room they wait
-// for (the nexus signals those too).
-// The port lives as long as the session: if this process exits or crashes,
+// open a port, register and tear down flows, wait for the nexus. Connect
+// implements them for a nexus in another process serving its control
+// socket (the contract is package control: the channel's rings and memory
+// arrive by channel.Receive, requests are messages on the socket).
+// Register's refusals unwrap to the contract's errors as in the nexus's
+// process (flow.ErrPortInUse, ErrNotPermitted, ...), Wake is
+// channel.App.Interrupt, and Wait is channel.App.WaitFor on the RX and
+// event rings and, when the endpoint has packets left over, on the
+// buffers or ring room they wait for (the nexus signals those too). The
+// port lives as long as the session: if this process exits or crashes,
 // the nexus closes it and tears its flows down.
-//
-//	nx, _ := client.Connect("/run/skylane.sock") // skylane serve --socket
-//	st, _ := client.New(nx, client.Options{Name: "web"})
+// For a nexus in this process, package nexus/inproc implements Nexus; it
+// is the nexus side, which an app that only connects does not link.
 //
 // Invariants:
 //
@@ -34,11 +33,21 @@
 //   - Flows are torn down when their socket is: a listener or packet conn on
 //     Close, a TCP connection once netstack lets it go (closed, or in
 //     TIME-WAIT: the last ACK has been sent), everything on Stack.Close.
-//   - A flow the nexus suspends (DESIGN §7 flow advisories) is held back in
-//     the stack's endpoint rather than losing packets in the nexus: its TCP
-//     sender stops at its window, and resumes when the nexus lets it go.
-//     Other flows of the stack keep sending (stack.Endpoint's Stats and
-//     Suspended show it).
+//   - A flow the nexus suspends (docs/design.md §7 flow advisories) is held
+//     back in the stack's endpoint rather than losing packets in the nexus:
+//     its TCP sender stops at its window, and resumes when the nexus lets
+//     it go. Other flows of the stack keep sending (stack.Endpoint's Stats
+//     and Suspended show it).
+//   - An app learns at once that its nexus went (the control socket's end,
+//     or Nexus.Done in this process): blocked and later Accept, Read,
+//     Write and Dial return an error wrapping ErrNexusGone, and the Stack
+//     has released the port's netstack, goroutines, memory and descriptors
+//     before the app closes anything (TestNexusKilled). A Stack of
+//     ConnectWith(Reattach) then attaches again whenever a nexus serves,
+//     and its TCP listeners go on there (TestReattach).
+//   - The app links only the contract (channel, ring, pool, packet, flow,
+//     control) and gVisor, never the nexus side (flowswitch, nexus,
+//     regulate, neigh, the netif drivers, cilium/ebpf): TestDeps holds it.
 //   - Addresses are IP literals; there is no resolver. A local address must
 //     be one of the nexus's interface addresses (Stack.Addrs).
 package client

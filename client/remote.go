@@ -7,26 +7,51 @@ import (
 	"time"
 
 	"github.com/skylane/skylane/channel"
-	"github.com/skylane/skylane/nexus/control"
+	"github.com/skylane/skylane/control"
 )
 
 // Connect returns the Nexus interface of a nexus in another process that
-// serves its control socket at path (nexus/control.Serve; `skylane serve
-// --socket PATH`). Each OpenPort is one session on that socket: the port
-// lives as long as the session, and the nexus closes it, tearing its flows
-// down, when this process closes it or exits.
-func Connect(path string) (Nexus, error) {
+// serves its control socket at path (`skylane nexus --socket PATH`). Each
+// OpenPort is one session on that socket: the port lives as long as the
+// session, and the nexus closes it, tearing its flows down, when this
+// process closes it or exits. It is ConnectWith(path, ConnectOptions{}).
+func Connect(path string) (Nexus, error) { return ConnectWith(path, ConnectOptions{}) }
+
+// ConnectOptions configure Connect.
+type ConnectOptions struct {
+	// Reattach makes a Stack on this nexus outlive it: when the nexus
+	// goes, the Stack's connections and UDP sockets fail with ErrNexusGone
+	// as ever, but the Stack retries (every second at most) until a nexus
+	// serves the socket again, opens a new port there and registers its
+	// TCP listeners on it again, on the same ports; their Accept waits
+	// meanwhile. Listen, Dial and ListenPacket fail while no nexus serves.
+	Reattach bool
+	// Notify, if set, is called from the Stack's watcher goroutine when
+	// the Stack loses its nexus (with why, wrapping ErrNexusGone) and,
+	// with Reattach, when it has attached again (with nil). It must not
+	// block for long: re-attaching waits for it.
+	Notify func(err error)
+}
+
+// ConnectWith is Connect with options.
+func ConnectWith(path string, o ConnectOptions) (Nexus, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return nil, fmt.Errorf("client: connect: %w", err)
 	}
 	if fi.Mode()&os.ModeSocket == 0 {
-		return nil, fmt.Errorf("client: connect: %s is not a socket: give the path the nexus serves (skylane serve --socket)", path)
+		return nil, fmt.Errorf("client: connect: %s is not a socket: give the path the nexus serves (skylane nexus --socket)", path)
 	}
-	return remoteNexus{path}, nil
+	return remoteNexus{path: path, o: o}, nil
 }
 
-type remoteNexus struct{ path string }
+type remoteNexus struct {
+	path string
+	o    ConnectOptions
+}
+
+// connectOptions tells New how a Stack on r lives (re-attach, notify).
+func (r remoteNexus) connectOptions() ConnectOptions { return r.o }
 
 // OpenPort opens a port honouring flow advisories (a Stack's endpoint
 // does) over a new control session.
@@ -52,8 +77,13 @@ var _ Port = (*remotePort)(nil)
 // the rings the endpoint ran short on (App.Short: buffers, TX or free
 // room, which its packets left over wait for). WaitFor arms their wake-up
 // flags and looks at them again before it sleeps, so nothing that came
-// after check is missed. A closed channel is an error.
+// after check is missed. A closed channel is an error, and so is the end
+// of the session (ErrNexusGone): the session interrupts the wait when it
+// ends.
 func (p *remotePort) Wait(check func() bool, timeout time.Duration) error {
+	if err := p.Err(); err != nil {
+		return err
+	}
 	if check() {
 		return nil
 	}
@@ -61,8 +91,10 @@ func (p *remotePort) Wait(check func() bool, timeout time.Duration) error {
 	if p.kicked.Swap(false) {
 		what |= p.App().Short()
 	}
-	_, err := p.App().WaitFor(what, timeout)
-	return err
+	if _, err := p.App().WaitFor(what, timeout); err != nil {
+		return err
+	}
+	return p.Err()
 }
 
 // Wake implements stack.Port.Wake: channel.App.Interrupt.

@@ -1,4 +1,4 @@
-// Package e2e holds Skylane's privileged end-to-end tests (issue #5): a
+// Package e2e holds Skylane's privileged end-to-end tests: a
 // user-space stack (client.Stack on a nexus) on each kernel-facing driver
 // (AF_XDP, AF_PACKET with steering, TUN), against the real kernel stack of
 // a peer network namespace, with the kernel's own tools (curl, tshark) as

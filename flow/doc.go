@@ -1,4 +1,4 @@
-// Package flow is the flowswitch's flow table (DESIGN §4): the entries the
+// Package flow is the flowswitch's flow table (docs/design.md §4): the entries the
 // nexus registers for apps before any data moves, and the lookup that steers
 // each received or transmitted packet to its entry.
 //

@@ -64,7 +64,7 @@ type Counters struct {
 	PacketsOut, BytesOut uint64
 }
 
-// SYN limit (DESIGN §6.3): an app may send at most SYNRate SYNs per second
+// SYN limit (docs/design.md §6.3): an app may send at most SYNRate SYNs per second
 // on one flow, with bursts of SYNBurst. 20/s is far above what a legitimate
 // connect or its retransmissions need (Linux retransmits a SYN after 1 s)
 // and low enough that one flow cannot turn the device into a SYN flooder.

@@ -6,7 +6,7 @@ import (
 	"io"
 )
 
-// Host port (DESIGN §4, §8): frames no user-space stack claimed belong to
+// Host port (docs/design.md §4, §8): frames no user-space stack claimed belong to
 // the kernel's own stack. With Options.HostLink set, rxOnce collects the
 // frames of no flow (ARP included) and writes them to the host link, as
 // they came from the device, in one Write at the end of the input batch;
@@ -67,7 +67,7 @@ func (s *Switch) flushHost() error {
 // writes them to the device link unchanged (with Regulation, files them in
 // the AQM), and returns how many it read.
 // Without a host link it does nothing. Like RxOnce it never blocks (but for
-// the switch's lock); Run calls it once per loop.
+// the switch's lock); Round calls it once per round.
 func (s *Switch) HostOnce() (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

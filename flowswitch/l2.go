@@ -10,7 +10,7 @@ import (
 	"github.com/skylane/skylane/packet"
 )
 
-// L2 on Ethernet links (DESIGN §6.4, issue #5 item 4): the nexus, not the
+// L2 on Ethernet links (docs/design.md §6.4, §8b): the nexus, not the
 // app, owns neighbour resolution and the Ethernet header.
 //
 // Receive. Every ARP frame, and every IPv6 frame carrying ICMPv6 (neighbour
@@ -44,7 +44,7 @@ import (
 // frame (so packets held for an address that just resolved leave before
 // any later packet of the same flow: no reordering), right after a
 // transmit that held packets (so a new address's solicitation leaves at
-// once), and at least every neigh.PollInterval (Run, or Service).
+// once), and at least every neigh.PollInterval (Service, from Round).
 //
 // A static Options.DstMAC overrides resolution for transmit: every frame
 // carries it (point-to-point wires: the memif tests and benches).

@@ -6,7 +6,7 @@ import (
 	"github.com/skylane/skylane/packet"
 )
 
-// TCP receive merge (DESIGN §5.4).
+// TCP receive merge (docs/design.md §5.4).
 //
 // When a flow batch is released, runs of consecutive in-order TCP data
 // segments of the flow are merged into one super packet: the first segment's

@@ -13,7 +13,7 @@ import (
 	"github.com/skylane/skylane/regulate"
 )
 
-// Regulation in bursty conditions (DESIGN §7, US20190306281A1), opt-in with
+// Regulation in bursty conditions (docs/design.md §7, US20190306281A1), opt-in with
 // Options.Regulation. The pieces are package regulate's; this file wires
 // them into the switch:
 //
@@ -83,9 +83,9 @@ const (
 	// small stream.
 	DefaultPortBurst = 64 << 10
 	// stallCheckMax is the longest period of the stall check (the nexus's
-	// reaper tick, DESIGN §7).
+	// reaper tick, docs/design.md §7).
 	stallCheckMax = time.Second
-	// fullBackoff is how long Run waits before retrying a device that
+	// fullBackoff is how long the pacer waits before retrying a device that
 	// refused frames (full): the device needs a frame time or so.
 	fullBackoff = 50 * time.Microsecond
 	// transitionBatch is how many advisory transitions are published per
@@ -93,8 +93,8 @@ const (
 	transitionBatch = 64
 )
 
-// RegulationOptions configure the switch's regulation (DESIGN §7). The
-// zero value is DESIGN's defaults: fq_codel with a 2048-packet limit,
+// RegulationOptions configure the switch's regulation (docs/design.md §7). The
+// zero value is the defaults of docs/design.md §7: fq_codel with a 2048-packet limit,
 // 1514-byte quantum, 10 ms target, 100 ms interval; TX budgets of TxBatch
 // per port per round; adaptive receive batching; a 10 s stall timeout.
 type RegulationOptions struct {
@@ -137,7 +137,7 @@ type AddPortOptions struct {
 	// Advisories says the port's app honours flow advisories: it reads
 	// its channel's advisory table (or EventAdvisory) and stops sending
 	// on a SUSPENDED flow until the entry clears. Its flows are then
-	// suspended by the AQM instead of dropped (DESIGN §7). Set it only for
+	// suspended by the AQM instead of dropped (docs/design.md §7). Set it only for
 	// an app that listens: a suspended flow whose sender goes on is held
 	// only by the queue limit. Without Regulation it has no effect.
 	Advisories bool

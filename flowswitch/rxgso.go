@@ -9,7 +9,7 @@ import (
 	"github.com/skylane/skylane/packet"
 )
 
-// Super packets on receive (DESIGN §5.4, §8).
+// Super packets on receive (docs/design.md §5.4, §8).
 //
 // A link that moves super packets (netif.SuperPacketLink: tun with
 // offloads, afpacket, memif with MaxSuperPacketLen) is read with buffers

@@ -4,7 +4,7 @@ import (
 	"github.com/skylane/skylane/regulate"
 )
 
-// Receive limits per channel (DESIGN §7, "receive limited per channel").
+// Receive limits per channel (docs/design.md §7, "receive limited per channel").
 //
 // Unlike transmit, receive cannot defer: the link's buffers are reused by
 // the next input batch, so a packet a channel may not take now is dropped.

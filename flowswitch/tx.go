@@ -13,7 +13,7 @@ import (
 	"github.com/skylane/skylane/pool"
 )
 
-// Transmit path (DESIGN §6, anti-spoofing after US20190303221A1).
+// Transmit path (docs/design.md §6, anti-spoofing after US20190303221A1).
 //
 // An app sends IP packets (no L2 header, the same framing the receive path
 // delivers) on its channel's TX ring, each with its flow ID in the buffer's
@@ -46,33 +46,22 @@ import (
 //   - The fast path accepts only what the full path accepts.
 //   - No allocation per packet (or per batch) in steady state.
 
-// User metadata layout of a TX buffer (channel pool.UserMetaLen = 32 bytes,
-// app-writable shared memory), written by the app before Send:
-//
-//	bytes  0..15  flow ID: flow.Entry.ID() of the flow the packet belongs to,
-//	              as the nexus told the app when it registered the flow
-//	bytes 16..17  segmentation size, little endian: 0 for a packet within
-//	              the MTU; for a TCP super packet (IP length above the
-//	              MTU, up to the buffer) the MSS its segments carry
-//	bytes 18..31  reserved: the app writes zeros, the nexus ignores them
-//
-// The nexus copies the flow ID and the segmentation size together with the
-// packet, before checking. (Bytes 16..17 were reserved zeros before super
-// packets: an app that predates them sends what it always sent.)
+// User metadata of a TX buffer, written by the app before Send: the
+// channel's layout (channel.TxMetaFlowIDOff), named here for the switch's
+// code. The nexus copies the flow ID and the segmentation size together
+// with the packet, before checking.
 const (
-	TxMetaFlowIDOff  = 0
-	TxMetaFlowIDLen  = 16
-	TxMetaSegSizeOff = 16
-	TxMetaSegSizeLen = 2
+	TxMetaFlowIDOff  = channel.TxMetaFlowIDOff
+	TxMetaFlowIDLen  = channel.TxMetaFlowIDLen
+	TxMetaSegSizeOff = channel.TxMetaSegSizeOff
+	TxMetaSegSizeLen = channel.TxMetaSegSizeLen
 )
 
-// MinSegSize is the smallest segmentation size a super packet may name:
-// TCP's minimum MSS (gVisor's header.TCPMinimumMSS, Linux's TCP_MIN_MSS),
-// so that a 16 KiB super packet never costs the switch more than a few
-// hundred segments to cut.
-const MinSegSize = 88
+// MinSegSize is channel.MinSegSize: the smallest segmentation size a super
+// packet may name.
+const MinSegSize = channel.MinSegSize
 
-// TxBatch is the most packets TxOnce takes from one TX ring (DESIGN §6.1).
+// TxBatch is the most packets TxOnce takes from one TX ring (docs/design.md §6.1).
 // 64 packets amortise the ring refresh and the Link.Write call; the copies
 // (64 × 1514 bytes at the default MTU) stay within a 128 KiB L2 cache.
 const TxBatch = 64
@@ -132,8 +121,48 @@ type TxDrops struct {
 	SYNRate uint64
 }
 
+// TxDrop is one transmit check's drop counter, under the name the JSON
+// snapshot (Drop.Reason) and the metrics (reason label) give it.
+type TxDrop struct {
+	Reason  string
+	Packets uint64
+}
+
+// List returns every counter of d, zero or not, in the order the checks
+// run. It is the one place that names them: Total, Reasons, Snapshot.Drops
+// and the metrics all read it, so a new check is counted everywhere once it
+// is added here (a test fails until it is).
+func (d TxDrops) List() []TxDrop {
+	return []TxDrop{
+		{"length", d.Length}, {"mtu", d.MTU}, {"parse", d.Parse}, {"ipv4_options", d.IPv4Options},
+		{"seg_proto", d.SegProto}, {"seg_size", d.SegSize},
+		{"src_addr", d.SrcAddr}, {"src_port", d.SrcPort}, {"proto", d.Proto}, {"no_flow", d.NoFlow},
+		{"not_owner", d.NotOwner}, {"flow_id", d.FlowID}, {"torn_down", d.TornDown},
+		{"listener_data", d.ListenerData}, {"syn_rate", d.SYNRate},
+	}
+}
+
+// Total returns the packets the transmit checks dropped, all reasons.
+func (d TxDrops) Total() uint64 {
+	var n uint64
+	for _, r := range d.List() {
+		n += r.Packets
+	}
+	return n
+}
+
+// Reasons returns every counter of d by its name (List's), zero or not.
+func (d TxDrops) Reasons() map[string]uint64 {
+	l := d.List()
+	m := make(map[string]uint64, len(l))
+	for _, r := range l {
+		m[r.Reason] = r.Packets
+	}
+	return m
+}
+
 // TxQueue is the transmit queue between the checks and the device: the
-// regulation layer (the AQM of DESIGN §7) implements it and owns the device
+// regulation layer (the AQM of docs/design.md §7) implements it and owns the device
 // link's writing side. Without one (Options.TxQueue nil), TxOnce writes to
 // the link itself.
 type TxQueue interface {
@@ -145,8 +174,9 @@ type TxQueue interface {
 	// it keeps. It returns how many frames it accepted, a prefix; the rest
 	// are its drops, counted by it.
 	Enqueue(frames [][]byte, tokens, adv []uint32) int
-	// Flush writes to the device what the queue lets go now. Run calls it
-	// once per loop, after the ports' transmit; an error stops Run.
+	// Flush writes to the device what the queue lets go now. Round calls
+	// it once per round, after the ports' transmit; an error ends the
+	// round (the nexus then fails its link).
 	Flush() error
 }
 

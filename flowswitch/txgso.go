@@ -7,7 +7,7 @@ import (
 	"github.com/skylane/skylane/regulate"
 )
 
-// Super packets on transmit (DESIGN §6.3, §8).
+// Super packets on transmit (docs/design.md §6.3, §8).
 //
 // An app may send a TCP super packet: one buffer holding a packet longer
 // than the MTU, with the MSS of its segments as the segmentation size in

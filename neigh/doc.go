@@ -1,5 +1,5 @@
 // Package neigh is the nexus's neighbour resolution for Ethernet links
-// (DESIGN §6.4: the nexus, not the app, writes the L2 header): ARP (RFC 826)
+// (docs/design.md §6.4: the nexus, not the app, writes the L2 header): ARP (RFC 826)
 // for IPv4 and neighbour discovery (RFC 4861) for IPv6. It has three parts:
 //
 //   - Wire formats: ParseARP/PutARP and ParseNDP/PutNDP read and write

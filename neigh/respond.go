@@ -117,7 +117,7 @@ func (r *Resolver) handleNDP(m *NDP, reply []byte) int {
 		Flags: FlagSolicited | FlagOverride, LL: r.o.MAC, HasLL: true,
 	}
 	switch {
-	case dad: // a duplicate address probe: tell everyone (§7.2.4)
+	case dad: // a duplicate address probe: tell everyone (RFC 4861 §7.2.4)
 		out.Dst, out.EthDst, out.Flags = allNodes, MulticastMAC(allNodes), FlagOverride
 	case m.HasLL:
 		out.Dst, out.EthDst = m.Src, m.LL

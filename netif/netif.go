@@ -1,5 +1,5 @@
 // Package netif holds the small interface every Skylane device driver
-// implements (DESIGN §9): a [Link] moves batches of whole frames between the
+// implements (docs/design.md §9): a [Link] moves batches of whole frames between the
 // nexus and a device. Drivers live in packages under netif/ (memif, tun,
 // afpacket, afxdp) and import only this package; netif never imports them.
 // The shape follows wireguard-go's batch tun.Device and gVisor's link

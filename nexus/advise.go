@@ -9,7 +9,7 @@ import (
 )
 
 // Advise sets the advisory of the flow registered under key, whichever port
-// holds it (DESIGN §7): suspended marks it SUSPENDED in the port's advisory
+// holds it (docs/design.md §7): suspended marks it SUSPENDED in the port's advisory
 // table, so the app's stack holds the flow's packets back; false clears the
 // mark, so it sends them. A change posts an advisory event, which wakes the
 // app (its bell, or its channel's eventfd).

@@ -1,4 +1,4 @@
-// Package nexus is the privileged side of Skylane as a library (DESIGN §1):
+// Package nexus is the privileged side of Skylane as a library (docs/design.md §1):
 // a Nexus owns one device (a netif.Link) and one flowswitch.Switch, runs
 // them in a single worker goroutine, makes a channel for each application
 // port, and serves the control requests of applications: open a port,
@@ -38,7 +38,7 @@
 //     layer's paced queue, receive batches held for adaptive batching,
 //     stall checks, neighbour resolution) runs every round, and the parked
 //     worker's timer is set to when Service says it is next due.
-//   - A flowswitch TxQueue (the regulation layer, DESIGN §7) is flushed once
+//   - A flowswitch TxQueue (the regulation layer, docs/design.md §7) is flushed once
 //     per round. It has no way yet to wake a parked worker for packets it
 //     holds back (pacing): until it has one, it must let everything go in
 //     Flush, or the worker must be kept awake by traffic.
@@ -60,14 +60,14 @@
 //   - A port's flows are the flows it registered and did not tear down;
 //     closing the port tears them all down before its channel is closed, so
 //     no packet is ever steered to a closed channel.
-//   - If the link steers flows (steer.FlowSteerer: AF_XDP, AF_PACKET with
+//   - If the link steers flows (netif.FlowSteerer: AF_XDP, AF_PACKET with
 //     steering), a flow is in the device's steering map from before
 //     Register returns until it is torn down, on every path: Teardown,
 //     Port.Close, a defunct channel, a failed link and Close. A link opened
-//     without steering, or a key it cannot steer (steer.ErrSteeringOff,
-//     steer.ErrUnsupported), leaves the kernel seeing the flow too; any
+//     without steering, or a key it cannot steer (netif.ErrSteeringOff,
+//     netif.ErrNotSteerable), leaves the kernel seeing the flow too; any
 //     other steering error fails Register, the flow torn down.
-//   - A flow's advisory entry (DESIGN §7) is clear when Register hands it
+//   - A flow's advisory entry (docs/design.md §7) is clear when Register hands it
 //     out, whatever the flow that held the slot before left in it. Only the
 //     worker writes advisories: the switch's regulation layer as its queue
 //     builds and drains, and Advise for tests and operators.

@@ -1,7 +1,6 @@
 package nexus
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 	"sync"
@@ -9,17 +8,17 @@ import (
 	"time"
 
 	"github.com/skylane/skylane/channel"
+	"github.com/skylane/skylane/control"
 	"github.com/skylane/skylane/flow"
 	"github.com/skylane/skylane/flowswitch"
 	"github.com/skylane/skylane/netif"
-	"github.com/skylane/skylane/netif/steer"
 	"github.com/skylane/skylane/pool"
 )
 
 // Defaults of Options.
 const (
 	// DefaultReapInterval is how often the worker runs each channel's
-	// reaper (idle pool segments back to the OS, DESIGN §2).
+	// reaper (idle pool segments back to the OS, docs/design.md §2).
 	DefaultReapInterval = time.Second
 	// DefaultBufferSize is the port channels' buffer size: a TCP super
 	// packet of flowswitch.DefaultMergeLimit (16 KiB) fills one buffer, so
@@ -37,8 +36,10 @@ const (
 )
 
 // ErrClosed is returned by every request once the nexus (or the port) is
-// closed.
-var ErrClosed = errors.New("nexus closed")
+// closed. It is the contract's control.ErrClosed, so an app tells it by
+// errors.Is in this process and in another; it is also
+// control.ErrNexusGone.
+var ErrClosed = control.ErrClosed
 
 // Options configures a Nexus.
 type Options struct {
@@ -81,7 +82,7 @@ type Options struct {
 type Nexus struct {
 	opts  Options // immutable after New
 	link  netif.Link
-	steer steer.FlowSteerer // the link, if it steers flows (AF_XDP, AF_PACKET); immutable
+	steer netif.FlowSteerer // the link, if it steers flows (AF_XDP, AF_PACKET); immutable
 	addrs []netip.Addr      // immutable
 	mtu   int               // immutable
 
@@ -90,6 +91,7 @@ type Nexus struct {
 	parked atomic.Bool   // the worker is about to sleep or sleeps: kicks must ring
 	stop   chan struct{} // closed by Close
 	exited chan struct{} // closed when the worker has returned
+	failed chan struct{} // closed when the link failed; linkErr is set before and never changes after
 	once   sync.Once
 
 	// Owned by the worker goroutine.
@@ -126,9 +128,10 @@ func New(opts Options) (*Nexus, error) {
 	so := opts.Switch
 	so.Link, so.LocalAddrs = opts.Link, opts.Addrs
 	if so.IdleWait == 0 {
-		// The switch's idle wait bounds how late its own Run notices an
-		// app's transmit; the worker is woken by the apps themselves, so
-		// it only caps Service's answer: make it the reaper's period.
+		// The switch's idle wait bounds how long a caller sleeping on the
+		// link alone may sleep; the worker is woken by the apps
+		// themselves, so it only caps Round's answer: make it the
+		// reaper's period.
 		so.IdleWait = opts.ReapInterval
 	}
 	sw, err := flowswitch.New(so)
@@ -161,6 +164,7 @@ func New(opts Options) (*Nexus, error) {
 		bell:     make(chan struct{}, 1),
 		stop:     make(chan struct{}),
 		exited:   make(chan struct{}),
+		failed:   make(chan struct{}),
 		sw:       sw,
 		ports:    make(map[flow.PortID]*port),
 		lastReap: time.Now(),
@@ -187,6 +191,26 @@ func (n *Nexus) Close() error {
 	n.once.Do(func() { close(n.stop) })
 	<-n.exited
 	return n.linkErr
+}
+
+// Done is closed once the nexus has closed (every port closed with it), so
+// that an app in this process learns it as one in another process learns
+// it from its control socket (package nexus/inproc).
+func (n *Nexus) Done() <-chan struct{} { return n.exited }
+
+// LinkFailed is closed when the link failed: the datapath stopped and every
+// port was closed (their apps see their channels closed); requests are
+// still answered, with LinkErr. A daemon exits on it.
+func (n *Nexus) LinkFailed() <-chan struct{} { return n.failed }
+
+// LinkErr returns why the link failed, or nil while it has not.
+func (n *Nexus) LinkErr() error {
+	select {
+	case <-n.failed:
+		return n.linkErr
+	default:
+		return nil
+	}
 }
 
 // do runs f on the worker, between two datapath rounds, and returns its
@@ -216,7 +240,8 @@ type PortStats struct {
 	Flows   int // flows the port registered and did not tear down
 	Channel channel.Counters
 	Pool    pool.Stats
-	InUse   int // buffers out of the pool: held by the app (alloc ring included) or the nexus
+	InUse   int   // buffers out of the pool: held by the app (alloc ring included) or the nexus
+	MaxPool int64 // bytes the pool may grow to (PortOptions.MaxPool)
 	Defunct bool
 }
 
@@ -241,10 +266,12 @@ func (n *Nexus) Stats() (Stats, error) {
 		st.Link = n.link.Stats()
 		n.sw.Do(func() { st.Flows = n.sw.Table().Len() })
 		for _, p := range n.order {
-			ps := p.ch.Pool().Stats()
+			pl := p.ch.Pool()
+			ps := pl.Stats()
 			st.Ports = append(st.Ports, PortStats{
 				Name: p.ch.Name(), Flows: len(p.flows), Channel: p.ch.Counters(), Pool: ps,
 				InUse: ps.BuffersTotal - ps.FreeBuffers, Defunct: p.ch.Err() != nil,
+				MaxPool: int64(pl.Options().MaxSegments) * int64(pl.SegmentSize()),
 			})
 		}
 		return nil
@@ -252,7 +279,7 @@ func (n *Nexus) Stats() (Stats, error) {
 	return st, err
 }
 
-// run is the worker: the datapath loop of DESIGN §5 and §6 with the
+// run is the worker: the datapath loop of docs/design.md §5 and §6 with the
 // requests served in between, parking when a round found nothing to do.
 func (n *Nexus) run() {
 	defer close(n.exited)
@@ -285,45 +312,29 @@ func (n *Nexus) run() {
 	}
 }
 
-// round runs the datapath once: one input batch from the link, one TX sync
-// over every port, each channel's housekeeping, the apps' bells and, when
-// due, the reaper. It reports whether it moved any packet.
+// round runs the datapath once: the switch's Round (one input batch from
+// the link, one TX sync over every port, the host link's frames, the TX
+// queue's flush and the switch's timed work), then each channel's
+// housekeeping, the apps' bells and, when due, the reaper. It reports
+// whether it moved any packet.
 func (n *Nexus) round() bool {
 	moved := 0
-	if n.dev.held && n.linkErr == nil {
-		k, err := n.sw.RxOnce()
+	if n.linkErr == nil {
+		// The links the worker holds the reader role of; the timed work
+		// runs before the channels' Sync, which signals what it
+		// delivered and publishes its advisories' events.
+		var read flowswitch.Reads
+		if n.dev.held {
+			read |= flowswitch.ReadDevice
+		}
+		if n.host != nil && n.host.held {
+			read |= flowswitch.ReadHost
+		}
+		k, w, err := n.sw.Round(read)
 		if err != nil {
 			n.failLink(err)
 		}
 		moved += k
-	}
-	if n.linkErr == nil {
-		t, err := n.sw.TxSync()
-		if err != nil {
-			n.failLink(err)
-		}
-		moved += t
-	}
-	if n.host != nil && n.host.held && n.linkErr == nil {
-		h, err := n.sw.HostOnce()
-		if err != nil {
-			n.failLink(err)
-		}
-		moved += h
-	}
-	if q := n.opts.Switch.TxQueue; q != nil && n.linkErr == nil {
-		if err := q.Flush(); err != nil {
-			n.failLink(fmt.Errorf("tx queue: %w", err))
-		}
-	}
-	if n.linkErr == nil {
-		// The paced queue, held receive frames, neighbour resolution and
-		// stall checks; before the channels' Sync, which signals what it
-		// delivered and publishes its advisories' events.
-		w, err := n.sw.Service()
-		if err != nil {
-			n.failLink(err)
-		}
 		n.svcDue = time.Now().Add(w)
 		if w == 0 {
 			moved++ // due again at once (a queue draining into the device)
@@ -359,6 +370,7 @@ func (n *Nexus) failLink(err error) {
 		return
 	}
 	n.linkErr = fmt.Errorf("nexus on %s: %w", n.link.Name(), err)
+	close(n.failed)
 	for len(n.order) > 0 {
 		n.closePort(n.order[0])
 	}

@@ -9,9 +9,11 @@ import (
 	"time"
 
 	"github.com/skylane/skylane/channel"
+	"github.com/skylane/skylane/control"
 	"github.com/skylane/skylane/flow"
 	"github.com/skylane/skylane/flowswitch"
 	"github.com/skylane/skylane/packet"
+	"github.com/skylane/skylane/pool"
 )
 
 // port is the worker's side of one application port.
@@ -67,7 +69,7 @@ func (n *Nexus) OpenPort(name string) (*Port, error) { return n.open(name, false
 
 // PortOptions configure a port (OpenPortWith). The zero value is OpenPort's.
 type PortOptions struct {
-	// Advisories says the port's app honours flow advisories (DESIGN §7):
+	// Advisories says the port's app honours flow advisories (docs/design.md §7):
 	// it holds a flow's packets back while the flow's entry in its
 	// channel's advisory table is SUSPENDED, as package stack's endpoint
 	// (and so package client) does. With the switch's Regulation, the
@@ -87,6 +89,12 @@ type PortOptions struct {
 	// copy), RxBurst its depth (flowswitch.AddPortOptions.RxRate).
 	RxRate  int64
 	RxBurst int
+	// MaxPool caps the port's packet pool in bytes of buffers: its
+	// MaxSegments becomes the most whole segments that fit, at least one,
+	// and never more than the nexus's Channel.Pool.MaxSegments (0: that).
+	// An app at its cap gets fewer buffers (pool.Stats.AllocFails), not
+	// more memory.
+	MaxPool int64
 }
 
 // OpenPortWith is OpenPort with options: whether the port's app honours
@@ -121,6 +129,17 @@ func (n *Nexus) openPort(name string, remote, attach bool, o PortOptions) (*Port
 	co := n.opts.Channel
 	co.Name = fmt.Sprintf("%s-%d", name, n.seq)
 	co.Pool.Name = ""
+	if o.MaxPool > 0 {
+		seg := co.Pool.SegmentSize
+		if seg == 0 { // the pool's default
+			seg = pool.DefaultSegmentSize
+			if co.Pool.HugePages {
+				seg = pool.HugeSegmentSize
+			}
+		}
+		co.Pool.MaxSegments = int(max(1, min(int64(co.Pool.MaxSegments), o.MaxPool/int64(seg))))
+		co.Pool.MinSegments = min(co.Pool.MinSegments, co.Pool.MaxSegments)
+	}
 	ch, err := channel.New(co)
 	if err != nil {
 		return nil, err
@@ -270,7 +289,7 @@ func (p *Port) MTU() int { return p.n.mtu }
 // the flow's entry in the channel's advisory table (channel.App.Admissible).
 // The entry starts admissible: a slot a torn-down flow left suspended is
 // cleared before it is handed out again. If the link steers flows
-// (steer.FlowSteerer), the flow is in its steering map before Register
+// (netif.FlowSteerer), the flow is in its steering map before Register
 // returns, and out of it once the flow is torn down, by Teardown or when
 // the port closes (Close, a defunct channel, a failed link, the nexus's
 // Close); a link without steering, or a key it cannot steer, leaves the
@@ -310,8 +329,9 @@ func (p *Port) Register(key packet.Key, kind flow.Kind) (channel.FlowInfo, error
 	return fi, nil
 }
 
-// ErrNoFlow is returned by Teardown for a key the port did not register.
-var ErrNoFlow = errors.New("no such flow on this port")
+// ErrNoFlow is returned by Teardown for a key the port did not register:
+// the contract's control.ErrNoFlow, which apps test in any process.
+var ErrNoFlow = control.ErrNoFlow
 
 // Teardown tears down a flow this port registered under key. The packets
 // the app put on its TX ring before it asked are sent first: a flow goes

@@ -1,5 +1,5 @@
 // Package packet parses packet headers for the flowswitch and builds the flow
-// keys it looks packets up by (DESIGN §4).
+// keys it looks packets up by (docs/design.md §4).
 //
 // [Parse] reads an Ethernet (one optional 802.1Q tag) or raw IP frame: IPv4
 // with options and fragments, IPv6 with its extension headers, and TCP, UDP,

@@ -8,7 +8,7 @@ import (
 	"strconv"
 )
 
-// Key identifies a flow from the local side (DESIGN §4). It is comparable,
+// Key identifies a flow from the local side (docs/design.md §4). It is comparable,
 // holds no pointers and has a fixed size (40 bytes), so it can be a Go map
 // key and be copied into shared tables.
 //

@@ -39,7 +39,7 @@ func (f TCPFlags) String() string {
 	return sb.String()
 }
 
-// The helpers below serve the receive merge (DESIGN §5.4): in-order TCP
+// The helpers below serve the receive merge (docs/design.md §5.4): in-order TCP
 // data segments of one flow are merged into a super packet that carries the
 // first segment's headers, so every segment must have headers that the first
 // one's stand for. The merger itself owns the size limit, the batch boundary

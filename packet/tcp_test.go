@@ -44,7 +44,7 @@ func segment(t *testing.T, seq uint32, n int, edit func(*layers.IPv4, *layers.TC
 	return &p, b
 }
 
-// TestCanAppend follows DESIGN §5.4: in-order data segments of one flow
+// TestCanAppend follows docs/design.md §5.4: in-order data segments of one flow
 // merge; any flag but ACK/PSH, zero payload, a sequence gap or a changed IP
 // header ends the merge.
 func TestCanAppend(t *testing.T) {

@@ -8,7 +8,7 @@ import (
 	"github.com/skylane/skylane/internal/shm"
 )
 
-// Defaults (DESIGN §2).
+// Defaults (docs/design.md §2).
 const (
 	DefaultBufferSize   = 2048
 	MinBufferSize       = 512

@@ -1,6 +1,6 @@
 // Package pool is the packet memory of one application: an arena of regions,
 // each a memfd made of equal segments, the buffer segments divided into
-// fixed-size buffers (DESIGN §2).
+// fixed-size buffers (docs/design.md §2).
 //
 // Invariants:
 //   - A buffer is named by its index idx = segment × buffersPerSegment + i; it

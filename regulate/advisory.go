@@ -5,7 +5,7 @@ import (
 	"time"
 )
 
-// Flow advisories (DESIGN §7). A flow whose sender can be paused (a channel
+// Flow advisories (docs/design.md §7). A flow whose sender can be paused (a channel
 // flow with an entry in its port's advisory table) is regulated by asking
 // it to pause, not by dropping its packets:
 //

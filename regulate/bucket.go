@@ -5,7 +5,7 @@ import (
 	"math"
 )
 
-// TokenBucket caps a channel's rate (DESIGN §7): Rate bytes per second on
+// TokenBucket caps a channel's rate (docs/design.md §7): Rate bytes per second on
 // average, bursts of up to Burst bytes. Credit is kept in nanobytes (bytes
 // × 1e9), so one nanosecond earns exactly Rate of them: no rounding, ever,
 // and the answers are exact under a synthetic clock. A clock that goes

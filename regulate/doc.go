@@ -1,5 +1,5 @@
 // Package regulate holds the nexus's traffic regulation for bursty
-// conditions (DESIGN §7, after US20190306281A1): the transmit queue of a
+// conditions (docs/design.md §7, after US20190306281A1): the transmit queue of a
 // netif (an fq_codel-style AQM, RFC 8290 with CoDel per RFC 8289), the flow
 // advisory policy that asks a sender to pause instead of losing its packets,
 // a token bucket per channel, a round robin over channels, adaptive receive

@@ -5,7 +5,7 @@ import (
 	"time"
 )
 
-// Adaptive receive batching (DESIGN §7 RX bursts), after Skywalk's netif
+// Adaptive receive batching (docs/design.md §7 RX bursts), after Skywalk's netif
 // mitigation: the packet rate is sampled every Sample, smoothed by an EWMA,
 // and mapped through a table of levels to a hold time: how long the receive
 // loop may wait for more packets before it delivers what it has. Quiet
@@ -36,7 +36,7 @@ func DefaultMitigationLevels() []MitigationLevel {
 		{Hold: 100 * time.Microsecond, Down: 50, Up: 1000},   // ~10-100 kpps
 		{Hold: 250 * time.Microsecond, Down: 500, Up: 3000},  // ~100-300 kpps
 		{Hold: 500 * time.Microsecond, Down: 2000, Up: 6000}, // ~300-600 kpps
-		{Hold: 1000 * time.Microsecond, Down: 4000, Up: 0},   // above: the most DESIGN allows
+		{Hold: 1000 * time.Microsecond, Down: 4000, Up: 0},   // above: the most docs/design.md §7 allows
 	}
 }
 
@@ -44,7 +44,7 @@ func DefaultMitigationLevels() []MitigationLevel {
 const (
 	DefaultSample   = 10 * time.Millisecond
 	DefaultEWMAStep = 2                       // each sample weighs 1/4: a step settles in ~8 samples (80 ms)
-	MaxHold         = 1000 * time.Microsecond // DESIGN §7: holds of 0 to 1000 µs
+	MaxHold         = 1000 * time.Microsecond // docs/design.md §7: holds of 0 to 1000 µs
 	ewmaFrac        = 8                       // fixed-point bits of the EWMA
 	maxDecay        = 64                      // idle samples (640 ms by default) after which the rate is 0, whatever the weight
 )
@@ -179,7 +179,7 @@ func (m *Mitigation) Release(pending, batch int, oldest, now int64) bool {
 	return h == 0 || now-oldest >= h
 }
 
-// StallDetector tells when a channel is stalled (DESIGN §7): packets wait
+// StallDetector tells when a channel is stalled (docs/design.md §7): packets wait
 // in its RX ring and the app has not drained any for Timeout. The nexus
 // then defuncts it (channel.ReasonStalled). The zero value is not usable:
 // NewStallDetector.
@@ -190,7 +190,7 @@ type StallDetector struct {
 	consumed uint64
 }
 
-// DefaultStallTimeout is DESIGN's 10 s: far beyond any scheduling delay,
+// DefaultStallTimeout is 10 s (docs/design.md §7): far beyond any scheduling delay,
 // short enough that a dead app's buffers come back soon.
 const DefaultStallTimeout = 10 * time.Second
 

@@ -13,9 +13,9 @@ import (
 // Test with errors.Is.
 var ErrInvalid = errors.New("regulate: invalid option")
 
-// Defaults of the transmit queue (DESIGN §7; RFC 8290 §5 for fq_codel's).
+// Defaults of the transmit queue (docs/design.md §7; RFC 8290 §5 for fq_codel's).
 const (
-	// DefaultLimit is the most packets the queue holds: DESIGN's 2048, a
+	// DefaultLimit is the most packets the queue holds: 2048 (docs/design.md §7), a
 	// fifth of fq_codel's 10240 because a user-space nexus copies each
 	// packet into the queue's slab (2048 × 1518 B ≈ 3 MiB per netif).
 	DefaultLimit = 2048
@@ -27,7 +27,7 @@ const (
 	// frame at MTU 1500 (1500 + 14), so a bulk flow sends one MTU frame
 	// per round.
 	DefaultQuantum = 1514
-	// DefaultTarget is CoDel's target sojourn: DESIGN's 10 ms (RFC 8290
+	// DefaultTarget is CoDel's target sojourn: 10 ms (docs/design.md §7; RFC 8290
 	// says 5 ms; a user-space nexus's scheduling jitter is larger).
 	DefaultTarget = 10 * time.Millisecond
 	// DefaultInterval is CoDel's interval: a worst-case RTT, RFC 8289.

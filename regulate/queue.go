@@ -6,7 +6,7 @@ import (
 	"github.com/skylane/skylane/packet"
 )
 
-// Queue is a netif's transmit queue (DESIGN §7): fq_codel after RFC 8290.
+// Queue is a netif's transmit queue (docs/design.md §7): fq_codel after RFC 8290.
 // Enqueue copies each frame into the queue's slab and files it under its
 // flow; Dequeue serves the flows by deficit round robin (a Quantum of bytes
 // per turn, flows that just became active first) and runs CoDel on each

@@ -2,7 +2,7 @@ package regulate
 
 import "fmt"
 
-// RoundRobin plans rounds of work over channels (DESIGN §7 fairness): each
+// RoundRobin plans rounds of work over channels (docs/design.md §7 fairness): each
 // round every channel with work gets a grant of up to Budget packets, in an
 // order that rotates from round to round. When a round's total is smaller
 // than the grants, it is split evenly and the remainder goes to the

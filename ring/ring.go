@@ -66,7 +66,7 @@ const (
 	// never answer it, so it is refused at attach.
 	Magic = 0x534B5902
 
-	// MinSize and MaxSize bound the number of slots (DESIGN §3).
+	// MinSize and MaxSize bound the number of slots (docs/design.md §3).
 	MinSize = 2
 	MaxSize = 16384
 )

@@ -2,7 +2,7 @@ package stack
 
 import "github.com/skylane/skylane/channel"
 
-// Flow advisories (DESIGN §7). When the nexus's transmit queue builds up
+// Flow advisories (docs/design.md §7). When the nexus's transmit queue builds up
 // behind a flow, it marks the flow SUSPENDED in the channel's advisory table
 // and posts an event; when the queue drains, it clears the mark and posts
 // another. The endpoint reads the table as it takes each packet from its

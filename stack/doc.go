@@ -1,4 +1,4 @@
-// Package stack binds gVisor's netstack to a Skylane channel (DESIGN §8): an
+// Package stack binds gVisor's netstack to a Skylane channel (docs/design.md §8): an
 // Endpoint is a netstack LinkEndpoint whose wire is the app end of a nexus
 // port. Raw IP packets go both ways (the nexus writes the L2 header).
 //
@@ -13,12 +13,12 @@
 // Transmit: WritePackets copies each packet into channel buffers (the one
 // copy out of netstack's memory, which keeps sent data for retransmission),
 // writes the packet's flow ID into the buffer's user metadata
-// (flowswitch.TxMetaFlowIDOff) and puts the batch on the TX ring with one
+// (channel.TxMetaFlowIDOff) and puts the batch on the TX ring with one
 // Send. The endpoint offers host GSO: netstack hands down TCP segments of up
 // to Options.GSOMaxSize bytes (at most the channel's buffer size) with a
 // partial checksum, and the endpoint puts each whole in one buffer, as a
 // super packet with its MSS as the segmentation size
-// (flowswitch.TxMetaSegSizeOff): the nexus hands it whole to a link that
+// (channel.TxMetaSegSizeOff): the nexus hands it whole to a link that
 // takes super packets, or cuts it into MTU segments right before the
 // device. Checksums: the endpoint completes the super packet's TCP
 // checksum (one pass over the bytes it just copied), so a super packet
@@ -33,7 +33,7 @@
 // connection, a UDP reply), synchronously, before the packet reaches the TX
 // ring. A reaper tears down TCP flows whose connection is gone (Options.Alive).
 //
-// Flow advisories (DESIGN §7) are honoured: Port.Register returns each
+// Flow advisories (docs/design.md §7) are honoured: Port.Register returns each
 // flow's entry in the channel's advisory table, and a packet of a flow the
 // nexus suspended is held in the endpoint, per flow and bounded
 // (Options.MaxHeld), instead of reaching the TX ring; the flow sends what it

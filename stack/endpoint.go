@@ -123,7 +123,7 @@ type Stats struct {
 	FlowsAuto          uint64 // of which on demand, for a listener's port
 	FlowsReleased      uint64 // flows torn down (Release, reaper, Stop)
 	FlowsReaped        uint64 // of which by the reaper
-	// Flow advisories (DESIGN §7).
+	// Flow advisories (docs/design.md §7).
 	TxHeld         uint64 // packets held back because their flow was suspended
 	TxHeldSent     uint64 // held packets sent once their flow was admissible again
 	TxHeldDrops    uint64 // dropped: MaxHeld packets of their flow already held

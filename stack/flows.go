@@ -59,7 +59,7 @@ func (t *flowTable) len() int {
 
 // find returns the flow an outgoing packet with key k belongs to, as the
 // flowswitch will look it up: the 5-tuple's flow, else a listener's, which
-// may send only TCP RSTs (DESIGN §6.3). need is set when k has no flow but
+// may send only TCP RSTs (docs/design.md §6.3). need is set when k has no flow but
 // comes from a listener's port: its 5-tuple must be registered first (the
 // SYN-ACK of an accepted connection, a UDP reply).
 func (t *flowTable) find(k packet.Key, flags packet.TCPFlags) (f *flowRec, need bool) {

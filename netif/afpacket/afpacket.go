@@ -1,5 +1,5 @@
 // Package afpacket is a [netif.Link] on an AF_PACKET socket bound to one
-// interface (DESIGN §9): Ethernet frames, received through a TPACKET_V3
+// interface (docs/design.md §9): Ethernet frames, received through a TPACKET_V3
 // mmapped ring and sent through a TPACKET_V3 transmit ring (or sendmmsg).
 // It works on any interface and is the portable fallback where AF_XDP is
 // missing.

@@ -1,5 +1,5 @@
 // Package afxdp is a netif.Link over an AF_XDP socket bound to one queue of
-// a Linux network device (DESIGN §9). An XDP program (netif/steer) sends
+// a Linux network device (docs/design.md §9). An XDP program (netif/steer) sends
 // the frames of the flows user space registered to the socket and passes
 // every other frame to the kernel's stack, so both stacks share the device.
 //

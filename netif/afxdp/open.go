@@ -16,7 +16,7 @@ import (
 )
 
 // umemSegmentSize is the pool segment size of the UMEM: the pool's default
-// (DESIGN §2), a whole number of 2 and 4 KiB frames.
+// (docs/design.md §2), a whole number of 2 and 4 KiB frames.
 const umemSegmentSize = pool.DefaultSegmentSize
 
 // Open binds an AF_XDP socket to opts.Interface and opts.Queue, attaches

@@ -1,4 +1,4 @@
-// Package drivers opens a netif.Link by driver name (DESIGN §9): the one
+// Package drivers opens a netif.Link by driver name (docs/design.md §9): the one
 // place that knows every driver, so that commands (skylane serve), tests and
 // benches choose a device with a Spec instead of each importing and
 // configuring the drivers themselves. netif and the drivers never import it.
@@ -53,7 +53,7 @@ const (
 	AFXDP    = "afxdp"
 )
 
-// Names lists the drivers Open knows, in the order of DESIGN §9.
+// Names lists the drivers Open knows, in the order of docs/design.md §9.
 func Names() []string { return []string{Memif, TUN, AFPacket, AFXDP} }
 
 // Modes of Spec.Mode, per driver. The empty mode is each driver's default

@@ -1,5 +1,5 @@
 // Package memif is an in-memory link pair: a wire with a [netif.Link] at each
-// end, the embedded default device of DESIGN §9 and the fake that tests and
+// end, the embedded default device of docs/design.md §9 and the fake that tests and
 // benchmarks use. Frames written on one end are read on the other, in order.
 //
 // Invariants:

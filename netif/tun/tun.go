@@ -1,4 +1,4 @@
-// Package tun is a [netif.Link] on a Linux TUN device (DESIGN §9): raw IP
+// Package tun is a [netif.Link] on a Linux TUN device (docs/design.md §9): raw IP
 // frames (packet.RawIP), read and written with a virtio-net header
 // (IFF_VNET_HDR) so that GSO/GRO super packets cross the device whole in
 // both directions.

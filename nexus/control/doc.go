@@ -1,39 +1,47 @@
-// Package control is the control socket between apps and a nexus (DESIGN
-// §1, §3): how an app in another process gets a nexus port. The nexus side
-// is Serve, on a SOCK_SEQPACKET Unix socket (Listen); the app side is
-// Session (Open), which package client wraps as a client.Nexus
-// (client.Connect).
+// Package control is the nexus's half of the control socket (docs/design.md
+// §1, §3): a Server answers app sessions on a SOCK_SEQPACKET Unix socket
+// (ListenSocket for a daemon, Listen for tests), each of which opens one
+// nexus port and receives its channel. The protocol, its messages and
+// errors, and the app's half (Session) are the contract apps link, package
+// github.com/skylane/skylane/control; this package is linked only by the
+// nexus.
 //
-// Protocol: one connection is one app session with at most one port. Each
-// message is one SOCK_SEQPACKET record of JSON, at most MaxMessage bytes;
-// the app sends a Request and the nexus answers each with one Reply, in
-// order, one request at a time:
-//
-//	open {name, advisories}  → {ok, name, addrs, mtu}, then the channel
-//	                            (channel.Channel.Send: descriptor JSON and
-//	                            its memfds and eventfds as SCM_RIGHTS)
-//	register {key, kind}     → {ok, flow_id, advisory}
-//	teardown {key}           → {ok}
-//	close {}                 → {ok}; the nexus then ends the session
-//
-// A refused request gets {error, code}; code names the sentinel error
-// (flow.ErrPortInUse, flow.ErrKernelPort, nexus.ErrNoFlow, ...), which the
-// app's *RemoteError unwraps to, so errors.Is works across processes.
-// Everything else moves through the channel's shared memory and eventfds,
-// not this socket.
+// Authorisation: each session is the kernel's peer credentials of its
+// connection (SO_PEERCRED, SO_PEERGROUPS), matched against the policy
+// (package nexus/policy) when it connects and again on every SetPolicy.
+// The open is refused if no rule matches; the port gets the rule's
+// max_pool and rate. Every register is checked: a listener's port and
+// address against the rule's; a connected flow on a port the session
+// listens on is an accepted connection (allowed); any other connected
+// flow is an outgoing connection, which needs dial (and dial_to) and a
+// local port from the ephemeral range the open reply names, or one the
+// rule lets it bind; and no more than max_flows flows at once. stats
+// needs observe. uid 0 and the nexus's own uid may do everything.
 //
 // Invariants:
 //
 //   - Nothing read from the socket is trusted: a message longer than
-//     MaxMessage, one carrying descriptors (the kernel closes them), one
-//     that does not decode (DecodeRequest), or one out of order (register
-//     before open, a second open) ends that session only. Keys and kinds
-//     are checked again by the flow table, and a session can only tear
-//     down its own port's flows.
+//     control.MaxMessage, one carrying descriptors (the kernel closes them), one
+//     that does not decode (control.DecodeRequest), or one out of order
+//     (register before open, a second open) ends that session only. Keys
+//     and kinds are checked again by the flow table, and a session can only
+//     tear down its own port's flows.
+//   - A refusal by the policy is a reply whose code is control.ErrNotPermitted's,
+//     with a text naming the rule that governs the app and one that would
+//     allow the request; it is counted (Server.Refused, the session's stats)
+//     and logged, and the session goes on.
+//   - An open naming another channel layout version is refused
+//     (control.ErrLayout) before a channel is made.
 //   - When a session ends, for whatever reason (close, the connection
 //     dropping because the app exited or crashed, a protocol violation,
 //     Serve stopping), its port is closed, which tears down its flows
 //     before the channel is closed: a dead app holds no flow and no port.
+//     Shutdown first sends every app a last message with
+//     control.ErrNexusGone's code and the reason.
+//   - A reloaded policy (SetPolicy) applies to later requests only: flows
+//     and ports sessions hold are kept.
+//   - The socket file is guarded by PATH.lock, flocked for the nexus's life:
+//     a stale file (its nexus died) is replaced, a live nexus's refused.
 //   - The nexus's worker never blocks on a socket: it only duplicates the
 //     channel's descriptors (nexus.RemotePort.Send); replies and the
 //     channel are written by the session's goroutine, with a deadline.
