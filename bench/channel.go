@@ -4,8 +4,11 @@ import (
 	"cmp"
 	"encoding/binary"
 	"fmt"
+	"os"
 	"runtime"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -88,8 +91,9 @@ func runChannel(cfg Config) (Report, error) {
 // short alternations (altsPerRound per round, the two rows in ABBA order),
 // so that the ratio between the two compares runs less than a second apart
 // on the same busy host, and a drift of its load favours neither. Both
-// rows carry the CPU time the pair got per second (2 is two whole CPUs): a
-// low figure shows a host too busy to give it, and which row it starved.
+// rows carry the CPU time the pair got per second (2 is two whole CPUs)
+// and per packet: a low first figure with an unchanged second shows a
+// host too busy to give the pair its CPUs, and which row it starved.
 func runProcessRow(cfg Config) ([]Result, error) {
 	cfg.progress("channel %s, with %s as its reference", procRow, refRow)
 	rounds := max(cfg.Rounds, 1)
@@ -207,13 +211,22 @@ func appProducer(a *channel.App, batch, size int, stop *atomic.Bool) error {
 // nexusConsumer is the nexus's loop: take from TX, check and read the
 // payload, release, refill; for d after the first packet, and at least
 // minWindowPackets. With nothing on the TX ring it waits as idle says:
-// yield, then sleep in Channel.Wait. The sleeps and signals it reports are
-// those of the measured window.
-func nexusConsumer(c *channel.Channel, batch int, d time.Duration) (pumpStats, error) {
+// yield, then sleep in Channel.Wait. The sleeps, signals and CPU time it
+// reports are those of the measured window: the CPU time of this process,
+// and of the app's process through peerCPU if it has one of its own (nil:
+// it is in this process).
+func nexusConsumer(c *channel.Channel, batch int, d time.Duration, peerCPU func() time.Duration) (pumpStats, error) {
 	bufs := make([]channel.Buf, max(batch, 64))
 	var seq, seq0, sink uint64
 	var start time.Time
 	var c0 channel.Counters
+	var cpu0 time.Duration
+	pairCPU := func() time.Duration {
+		if peerCPU == nil {
+			return processCPU()
+		}
+		return processCPU() + peerCPU()
+	}
 	var idle idler
 	began := time.Now()
 	for iter := 0; ; iter++ {
@@ -244,7 +257,7 @@ func nexusConsumer(c *channel.Channel, batch int, d time.Duration) (pumpStats, e
 			now := time.Now()
 			if start.IsZero() {
 				if seq > 0 {
-					start, seq0, c0 = now, seq, c.Counters()
+					start, seq0, c0, cpu0 = now, seq, c.Counters(), pairCPU()
 				} else if now.Sub(began) > 10*time.Second {
 					return pumpStats{}, fmt.Errorf("no packet from the app within 10s")
 				}
@@ -252,7 +265,8 @@ func nexusConsumer(c *channel.Channel, batch int, d time.Duration) (pumpStats, e
 				_ = sink
 				c1 := c.Counters()
 				return pumpStats{
-					Rate:    Rate{Count: float64(seq - seq0), Elapsed: now.Sub(start)},
+					Rate:    Rate{Count: float64(seq - seq0), Elapsed: el},
+					CPU:     pairCPU() - cpu0,
 					Sleeps:  c1.Wakeups - c0.Wakeups,
 					Signals: c1.Notifications - c0.Notifications,
 				}, nil
@@ -314,25 +328,33 @@ func (w *idler) wait(sleep func() error) error {
 	return nil
 }
 
-// pumpStats is what a channel pump measured: its rate, the CPU time both
-// ends used over the wall time of the whole pump (set-up included), and
-// how often, in the measured window, the nexus side slept (Channel.Wait)
-// and signalled the app.
+// pumpStats is what a channel pump measured in its window: its rate, the
+// CPU time both ends used, and how often the nexus side slept
+// (Channel.Wait) and signalled the app.
 type pumpStats struct {
 	Rate
-	CPU, Wall       time.Duration
+	CPU             time.Duration
 	Sleeps, Signals uint64
 }
 
 func (p pumpStats) cpuPerSecond() float64 {
-	if p.Wall <= 0 {
+	if p.Elapsed <= 0 {
 		return 0
 	}
-	return round2(p.CPU.Seconds() / p.Wall.Seconds())
+	return round2(p.CPU.Seconds() / p.Elapsed.Seconds())
+}
+
+// cpuPerPacket returns the CPU time both ends spent per packet.
+func (p pumpStats) cpuPerPacket() time.Duration {
+	if p.Count <= 0 {
+		return 0
+	}
+	return time.Duration(float64(p.CPU) / p.Count)
 }
 
 // extra returns the figures a row reports beside its rate: sleeps and
-// signals per million packets, CPU seconds per second.
+// signals per million packets, CPU seconds per second and CPU nanoseconds
+// per packet.
 func (p pumpStats) extra() map[string]any {
 	perM := func(n uint64) float64 {
 		if p.Count <= 0 {
@@ -342,6 +364,7 @@ func (p pumpStats) extra() map[string]any {
 	}
 	return map[string]any{
 		"cpu_per_s":             p.cpuPerSecond(),
+		"cpu_ns_per_pkt":        round2(float64(p.cpuPerPacket())),
 		"nexus_sleeps_per_mpkt": perM(p.Sleeps),
 		"app_signals_per_mpkt":  perM(p.Signals),
 	}
@@ -363,8 +386,34 @@ func processCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// childCPU returns the CPU time the live threads of process pid used so
+// far, to the nanosecond (the first field of each thread's schedstat; the
+// process-wide figures in /proc/pid/stat count 10 ms ticks). 0 when it
+// cannot be read.
+func childCPU(pid int) time.Duration {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return 0
+	}
+	var sum time.Duration
+	for _, t := range tasks {
+		b, err := os.ReadFile(dir + "/" + t.Name() + "/schedstat")
+		if err != nil {
+			continue // the thread exited
+		}
+		f := strings.Fields(string(b))
+		if len(f) == 0 {
+			continue
+		}
+		if ns, err := strconv.ParseInt(f[0], 10, 64); err == nil {
+			sum += time.Duration(ns)
+		}
+	}
+	return sum
+}
+
 func pumpChannel(batch, size int, d time.Duration) (pumpStats, error) {
-	cpu0, wall0 := processCPU(), time.Now()
 	c, err := channel.New(channel.Options{Name: "bench"})
 	if err != nil {
 		return pumpStats{}, err
@@ -379,14 +428,13 @@ func pumpChannel(batch, size int, d time.Duration) (pumpStats, error) {
 	var wg sync.WaitGroup
 	var perr error
 	wg.Go(func() { perr = appProducer(a, batch, size, &stop) })
-	st, err := nexusConsumer(c, batch, d)
+	st, err := nexusConsumer(c, batch, d, nil)
 	stop.Store(true)
 	a.Interrupt() // the producer may sleep for buffers nobody will provide now
 	wg.Wait()
 	if err == nil {
 		err = perr
 	}
-	st.CPU, st.Wall = processCPU()-cpu0, time.Since(wall0)
 	return st, err
 }
 
