@@ -56,7 +56,7 @@ func TestChannelScenarioJSON(t *testing.T) {
 	// same report, the bar and whether it cleared it.
 	g, p := got.Results[0], got.Results[1]
 	vs, ok := p.Extra["vs_goroutines_batch32"].(float64)
-	if !ok || math.Abs(vs-round2(p.Value/g.Value)) > 1e-9 {
+	if !ok || math.Abs(vs-math.Round(p.Value/g.Value*1000)/1000) > 1e-9 {
 		t.Fatalf("vs_goroutines_batch32 = %v, want %v/%v", p.Extra["vs_goroutines_batch32"], p.Value, g.Value)
 	}
 	if p.Extra["vs_goroutines_min"] != minVsGoroutines || p.Extra["vs_goroutines_ok"] != (p.Value/g.Value >= minVsGoroutines) {

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"encoding/binary"
 	"fmt"
+	"math"
 	"os"
 	"runtime"
 	"slices"
@@ -134,7 +135,8 @@ func runProcessRow(cfg Config) ([]Result, error) {
 	if ref.Value > 0 {
 		vs = r.Value / ref.Value
 	}
-	r.Extra["vs_goroutines_batch32"] = round2(vs)
+	// Three decimals: at two, 0.796 would print as the 0.8 it missed.
+	r.Extra["vs_goroutines_batch32"] = math.Round(vs*1000) / 1000
 	r.Extra["vs_goroutines_min"] = minVsGoroutines
 	r.Extra["vs_goroutines_ok"] = vs >= minVsGoroutines
 	if vs < minVsGoroutines {
