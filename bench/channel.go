@@ -42,7 +42,7 @@ const (
 	procRow         = "processes/batch=32/size=64"
 	minVsGoroutines = 0.8
 	goChanName      = "Go buffered chan (alloc/free through a chan too)"
-	altsPerRound    = 3
+	altsPerRound    = 6
 )
 
 func runChannel(cfg Config) (Report, error) {
