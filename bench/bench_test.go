@@ -24,12 +24,13 @@ func TestChannelScenarioJSON(t *testing.T) {
 		Scenario string `json:"scenario"`
 		Machine  string `json:"machine"`
 		Results  []struct {
-			Name          string  `json:"name"`
-			Value         float64 `json:"value"`
-			Unit          string  `json:"unit"`
-			BaselineName  string  `json:"baseline_name"`
-			BaselineValue float64 `json:"baseline_value"`
-			Ratio         float64 `json:"ratio"`
+			Name          string         `json:"name"`
+			Value         float64        `json:"value"`
+			Unit          string         `json:"unit"`
+			BaselineName  string         `json:"baseline_name"`
+			BaselineValue float64        `json:"baseline_value"`
+			Ratio         float64        `json:"ratio"`
+			Extra         map[string]any `json:"extra"`
 		} `json:"results"`
 	}
 	if err := json.Unmarshal(out.Bytes(), &got); err != nil {
@@ -50,6 +51,35 @@ func TestChannelScenarioJSON(t *testing.T) {
 	}
 	if !names["goroutines/batch=32/size=64"] || !names["processes/batch=32/size=64"] {
 		t.Fatalf("rows %v", names)
+	}
+	// The processes row carries its ratio to the goroutines row of the
+	// same report, the bar and whether it cleared it.
+	g, p := got.Results[0], got.Results[1]
+	vs, ok := p.Extra["vs_goroutines_batch32"].(float64)
+	if !ok || math.Abs(vs-math.Round(p.Value/g.Value*1000)/1000) > 1e-9 {
+		t.Fatalf("vs_goroutines_batch32 = %v, want %v/%v", p.Extra["vs_goroutines_batch32"], p.Value, g.Value)
+	}
+	if p.Extra["vs_goroutines_min"] != minVsGoroutines || p.Extra["vs_goroutines_ok"] != (p.Value/g.Value >= minVsGoroutines) {
+		t.Fatalf("check fields %v", p.Extra)
+	}
+	for _, r := range got.Results {
+		if cpu, _ := r.Extra["cpu_per_s"].(float64); cpu <= 0 {
+			t.Fatalf("row %s: cpu_per_s %v", r.Name, r.Extra["cpu_per_s"])
+		}
+	}
+}
+
+// --rows processes measures the goroutines row too: it is the reference.
+func TestProcessesRowBringsItsReference(t *testing.T) {
+	rep, err := runChannel(Config{Duration: 60 * time.Millisecond, Rounds: 1, Filter: "processes"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Results) != 2 || rep.Results[0].Name != refRow || rep.Results[1].Name != procRow {
+		t.Fatalf("rows %+v", rep.Results)
+	}
+	if rep.Results[0].BaselineValue != rep.Results[1].BaselineValue {
+		t.Fatal("the two rows measured with one baseline report different ones")
 	}
 }
 

@@ -64,29 +64,48 @@ func runChild(role string) error {
 
 // pumpProcess is pumpChannel with the app in a child process that received
 // the channel's memory over a Unix socket.
-func pumpProcess(batch, size int, d time.Duration) (Rate, error) {
+func pumpProcess(batch, size int, d time.Duration) (pumpStats, error) {
 	c, err := channel.New(channel.Options{Name: "bench-proc"})
 	if err != nil {
-		return Rate{}, err
+		return pumpStats{}, err
 	}
 	defer c.Close()
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1)) // as the child's, see startApp
+	ctx, cancel := context.WithTimeout(context.Background(), d+30*time.Second)
+	defer cancel()
+	cmd, err := startApp(ctx, c, batch, size)
+	var st pumpStats
+	if err == nil {
+		st, err = nexusConsumer(c, batch, d, func() time.Duration { return childCPU(cmd.Process.Pid) })
+	}
+	c.Close()
+	if cmd != nil {
+		if werr := cmd.Wait(); werr != nil && err == nil {
+			err = fmt.Errorf("child: %w", werr)
+		}
+	}
+	return st, err
+}
+
+// startApp starts a child process running appProducer on c, which it
+// receives over a Unix socket; it ends when c is closed (or ctx ends).
+// The caller waits for the returned command, also on error when it is
+// not nil.
+func startApp(ctx context.Context, c *channel.Channel, batch, size int) (*exec.Cmd, error) {
 	mine, theirs, err := shm.SocketPair()
 	if err != nil {
-		return Rate{}, err
+		return nil, err
 	}
 	defer mine.Close()
 	exe, err := os.Executable()
 	if err != nil {
 		theirs.Close()
-		return Rate{}, fmt.Errorf("find own executable to re-exec: %w", err)
+		return nil, fmt.Errorf("find own executable to re-exec: %w", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), d+30*time.Second)
-	defer cancel()
 	cmd := exec.CommandContext(ctx, exe)
 	// One busy goroutine per process: with a second P the runtime bounces
 	// it between threads on every Gosched, competing with the other process.
 	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=channel-app:%d:%d", childEnv, batch, size), "GOMAXPROCS=1")
-	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
 	cmd.ExtraFiles = []*os.File{theirs}
 	// The child must not outlive this process (a spinning orphan).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -94,20 +113,15 @@ func pumpProcess(batch, size int, d time.Duration) (Rate, error) {
 	err = cmd.Start()
 	theirs.Close()
 	if err != nil {
-		return Rate{}, fmt.Errorf("start child: %w", err)
+		return nil, fmt.Errorf("start child: %w", err)
 	}
 	conn, err := shm.UnixConn(mine)
 	if err == nil {
 		defer conn.Close()
 		err = c.Send(conn)
 	}
-	var r Rate
-	if err == nil {
-		r, err = nexusConsumer(c, batch, d)
+	if err != nil {
+		cmd.Process.Kill()
 	}
-	c.Close()
-	if werr := cmd.Wait(); werr != nil && err == nil {
-		err = fmt.Errorf("child: %w", werr)
-	}
-	return r, err
+	return cmd, err
 }

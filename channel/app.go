@@ -41,6 +41,9 @@ type App struct {
 	closed  atomic.Bool
 	// interrupted is set by Interrupt and taken by the Wait it ends.
 	interrupted atomic.Bool
+	// short holds the WaitSet bits of the rings the last call came up
+	// short on (Short).
+	short atomic.Uint32
 }
 
 // ErrBadSlot means the nexus handed the app a slot outside the pool; the

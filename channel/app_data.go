@@ -57,6 +57,7 @@ func (a *App) Alloc(out []Buf) (int, error) {
 		out[i] = Buf{Index: s.Index, Data: b}
 	}
 	a.alloc.Release(n)
+	a.noteShort(WaitAlloc, n < len(out))
 	if n < len(out) {
 		if a.tx.NeedsWakeup() {
 			a.kickN.Signal()
@@ -65,20 +66,39 @@ func (a *App) Alloc(out []Buf) (int, error) {
 	return n, nil
 }
 
+// noteShort records whether the last call on a ring got all it asked for
+// (see Short). Only the owner calls it; others only read.
+func (a *App) noteShort(bit WaitSet, short bool) {
+	old := WaitSet(a.short.Load())
+	nw := old &^ bit
+	if short {
+		nw |= bit
+	}
+	if nw != old {
+		a.short.Store(uint32(nw))
+	}
+}
+
+// Short returns the rings the app's last Alloc, Send or Free on them came
+// up short on (fewer buffers, or less room, than asked): WaitAlloc,
+// WaitTxRoom, WaitFreeRoom. An app with packets left over waits for these
+// besides what it receives. Safe from any goroutine.
+func (a *App) Short() WaitSet { return WaitSet(a.short.Load()) }
+
 // Send puts up to len(bufs) packets on the TX ring (length len(Data)) and
 // returns how many; the nexus owns those buffers from then on. It kicks the
 // nexus only if it sleeps.
 func (a *App) Send(bufs []Buf) (int, error) {
-	return a.produce(a.tx, bufs, true)
+	return a.produce(a.tx, WaitTxRoom, bufs, true)
 }
 
 // Free gives buffers back to the nexus through the free ring and returns how
 // many fit.
 func (a *App) Free(bufs []Buf) (int, error) {
-	return a.produce(a.free, bufs, false)
+	return a.produce(a.free, WaitFreeRoom, bufs, false)
 }
 
-func (a *App) produce(p *ring.Producer, bufs []Buf, withLen bool) (int, error) {
+func (a *App) produce(p *ring.Producer, room WaitSet, bufs []Buf, withLen bool) (int, error) {
 	if err := a.Err(); err != nil {
 		return 0, err
 	}
@@ -96,6 +116,7 @@ func (a *App) produce(p *ring.Producer, bufs []Buf, withLen bool) (int, error) {
 	if k > 0 {
 		p.Commit(k)
 	}
+	a.noteShort(room, k < len(bufs))
 	// Kick a sleeping nexus to take the slots, or to make room.
 	if (k > 0 || len(bufs) > 0) && p.NeedsWakeup() {
 		a.kickN.Signal()

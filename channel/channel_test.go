@@ -12,8 +12,8 @@ import (
 	"github.com/skylane/skylane/pool"
 )
 
-// ringWord points at a ring's shared index word (0: prod, 0x40: cons), to
-// play a corrupt peer.
+// ringWord points at a ring's shared header word (0: prod, 4: producer
+// flags, 0x40: cons), to play a corrupt peer.
 func (a *App) ringWord(r, off int) *uint32 {
 	return (*uint32)(unsafe.Pointer(&a.maps[0].Bytes()[a.desc.Rings[r].Offset+off]))
 }

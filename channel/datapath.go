@@ -39,6 +39,7 @@ func (c *Channel) TakeTX(out []Buf) (int, error) {
 		bytes += uint64(s.Len)
 	}
 	c.tx.Release(n)
+	c.txTook = c.txTook || n > 0
 	c.c.TxPackets += uint64(n)
 	c.c.TxBytes += bytes
 	return n, nil
@@ -151,18 +152,26 @@ func (c *Channel) notify(needed bool) {
 // Sync does the channel's housekeeping: it takes back buffers from the free
 // ring, refills the alloc ring to the working set, flushes waiting events,
 // publishes the counters, and signals the app once if it waits for any of
-// that. Call it once per loop of the nexus worker.
+// that, or for the room TakeTX and the reclaim made on the TX and free
+// rings. Call it once per loop of the nexus worker.
 func (c *Channel) Sync() error {
 	if c.err != nil {
 		return c.err
 	}
-	if err := c.reclaim(); err != nil {
-		return err
-	}
-	wake, err := c.refill()
+	freed, err := c.reclaim()
 	if err != nil {
 		return err
 	}
+	// The room flags are read after the releases that made the room (in
+	// TakeTX, in reclaim): an app that armed its flag after them saw the
+	// room when it re-checked, one that armed it before is seen here.
+	wake := c.txTook && c.tx.NeedsRoom() || freed && c.free.NeedsRoom()
+	c.txTook = false
+	refilled, err := c.refill()
+	if err != nil {
+		return err
+	}
+	wake = wake || refilled
 	if len(c.backlog) > 0 {
 		n, err := c.event.Reserve(len(c.backlog))
 		if err != nil {
@@ -189,20 +198,23 @@ func (c *Channel) Sync() error {
 	return nil
 }
 
-func (c *Channel) reclaim() error {
+// reclaim takes back what the free ring holds and reports whether it took
+// anything.
+func (c *Channel) reclaim() (took bool, err error) {
 	for {
 		n, err := c.free.Dequeue(c.slots[:c.free.Size()])
 		if err != nil {
-			return c.Defunct(ReasonRingCorrupt, "free ring: "+err.Error())
+			return took, c.Defunct(ReasonRingCorrupt, "free ring: "+err.Error())
 		}
 		for _, s := range c.slots[:n] {
 			if !c.pool.Reclaim(s.Index, pool.App) {
-				return c.Defunct(c.badIndexReason(s.Index), fmt.Sprintf("free ring buffer %d (double free or foreign)", s.Index))
+				return took, c.Defunct(c.badIndexReason(s.Index), fmt.Sprintf("free ring buffer %d (double free or foreign)", s.Index))
 			}
 		}
 		c.c.Reclaimed += uint64(n)
+		took = took || n > 0
 		if n < c.free.Size() {
-			return nil
+			return took, nil
 		}
 	}
 }

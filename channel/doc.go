@@ -31,6 +31,15 @@
 //     call: eventfds are signalled only when the other side armed its
 //     need-wakeup flag, and an app waits only for the rings it names
 //     (App.WaitFor), so an idle app's full alloc ring does not wake it.
+//   - Neither side has to poll for the other: an app short of anything
+//     can sleep until the nexus provides it, packets (WaitRX), buffers
+//     (WaitAlloc), events, and room on a full TX or free ring
+//     (WaitTxRoom, WaitFreeRoom: the ring's FlagNeedRoom, answered by the
+//     Sync after the nexus took from that ring); the nexus sleeps in
+//     Channel.Wait until the app kicks. A loop that polls must give the
+//     CPU up when its peer is late (sched_yield, then sleep): an end in
+//     another process may be waiting for that very CPU, and a poll that
+//     holds it for its time slice moves one ring's worth per slice.
 //   - The advisory table is read-only to the app and changes only with an
 //     event posted after it: an app that reads an entry after an
 //     EventAdvisory sees the change. App.Admissible bounds-checks the index

@@ -13,19 +13,21 @@ import (
 var smallOptions = Options{Name: "fuzz", TxSize: 16, FreeSize: 16, RxSize: 16, AllocSize: 16, EventSize: 8, Pool: pool.Options{MaxSegments: 4}}
 
 // FuzzNexusReads plays a hostile app: the fuzzer's bytes are written as the
-// app's ring indices and slots (TX and free rings). The nexus must never
-// panic, must either accept or defunct, and must keep its buffer accounting
-// exact while it accepts.
+// app's ring indices, slots and room flags (TX and free rings). The nexus
+// must never panic, must either accept or defunct, must keep its buffer
+// accounting exact while it accepts, and signals the app at most once per
+// Sync whatever the flags say.
 func FuzzNexusReads(f *testing.F) {
 	f.Add([]byte{1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})
 	f.Add([]byte{2, 0, 0, 0, 9, 0, 0, 0, 64, 0, 0, 0, 9, 0, 0, 0, 64, 0, 0, 0})
 	f.Add([]byte{255, 255, 255, 255, 0, 0, 0, 128, 0, 1, 0, 0})
+	f.Add([]byte{4, 255, 255, 255, 3, 8, 0, 0, 5, 1, 0, 0, 3, 4, 0, 0})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, a := newPair(t, smallOptions)
 		c.Sync() // hand out some buffers first
 		bufs := make([]Buf, 16)
 		for len(data) >= 4 {
-			op := data[0] % 4
+			op := data[0] % 6
 			arg := binary.LittleEndian.Uint32(data)
 			data = data[4:]
 			switch op {
@@ -39,7 +41,12 @@ func FuzzNexusReads(f *testing.F) {
 			case 3: // honest traffic in between
 				n, _ := a.Alloc(bufs[:arg%16])
 				a.Send(bufs[:n])
+			case 4: // any value in the TX ring's producer flags word
+				*a.ringWord(RingTX, 4) = arg
+			case 5: // and in the free ring's
+				*a.ringWord(RingFree, 4) = arg
 			}
+			before := c.Counters().Notifications
 			n, err := c.TakeTX(bufs)
 			if err == nil {
 				if n > len(bufs) {
@@ -53,6 +60,9 @@ func FuzzNexusReads(f *testing.F) {
 					t.Fatalf("error is not a defunct: %v", err)
 				}
 				return
+			}
+			if got := c.Counters().Notifications - before; got > 1 {
+				t.Fatalf("%d signals in one round", got)
 			}
 			st := c.Pool().Stats()
 			if st.FreeBuffers > st.BuffersTotal || st.FreeBuffers < 0 {

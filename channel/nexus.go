@@ -78,6 +78,7 @@ type Channel struct {
 
 	backlog     []Event
 	unsignalled bool // events went on the ring since Sync last looked at the app's wake-up flag
+	txTook      bool // TakeTX made room on the TX ring since Sync last looked at the app's room flag
 	ws          int  // alloc-ring working set target
 	wsLow       int  // least pending seen in this shrink window
 	wsSince     time.Time

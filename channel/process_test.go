@@ -60,7 +60,9 @@ func runChild(role string) error {
 }
 
 // childExchange sends n packets and receives n, both sides checking every
-// byte and the order. It sleeps in Wait when there is nothing to do.
+// byte and the order. With nothing to do it sleeps in WaitFor for what it
+// lacks: packets, and buffers or TX room while it has packets to send. A
+// lost wake-up leaves it asleep: the 10 s wait fails the test.
 func childExchange(a *App, total uint64) error {
 	bufs := make([]Buf, 32)
 	var sent, got uint64
@@ -101,17 +103,32 @@ func childExchange(a *App, total uint64) error {
 			}
 			off += k
 			if k == 0 {
-				runtime.Gosched() // free ring full: the nexus was kicked
+				if err := childSleep(a, WaitFreeRoom); err != nil {
+					return err
+				}
 			}
 		}
 		progress = progress || n > 0
 		if !progress {
-			if err := a.Wait(100 * time.Millisecond); err != nil {
+			what := WaitRX | WaitEvents
+			if sent < total {
+				what |= a.Short() & (WaitAlloc | WaitTxRoom)
+			}
+			if err := childSleep(a, what); err != nil {
 				return err
 			}
 		}
 	}
 	return nil
+}
+
+// childSleep waits for what; nothing within 10 s is a lost wake-up.
+func childSleep(a *App, what WaitSet) error {
+	ready, err := a.WaitFor(what, 10*time.Second)
+	if err == nil && ready == 0 {
+		err = fmt.Errorf("no wake-up in 10s waiting for %b", what)
+	}
+	return err
 }
 
 // childCorrupt misbehaves in one way, then waits to be told it is defunct.
@@ -249,15 +266,25 @@ func (x *exchanger) step() (bool, error) {
 }
 
 // serveUntilExit serves the child's channel until the child exits (it may
-// still be handing buffers back after the last packet) and returns its
-// exit error.
+// still be handing buffers back after the last packet) and its rings are
+// drained, and returns its exit error.
 func serveUntilExit(ctx context.Context, p *childProc, x *exchanger) error {
 	exited := make(chan error, 1)
 	go func() { exited <- p.cmd.Wait() }()
 	for {
 		select {
 		case err := <-exited:
-			return err
+			// What it sent last may still be on the TX ring: the
+			// memory is the nexus's and outlives the child.
+			for {
+				moved, serr := x.step()
+				if serr != nil {
+					return errors.Join(err, serr)
+				}
+				if !moved {
+					return err
+				}
+			}
 		default:
 		}
 		moved, err := x.step()
@@ -336,15 +363,20 @@ func TestMisbehavingProcess(t *testing.T) {
 		if !strings.Contains(bad.out.String(), "defunct") {
 			t.Fatalf("%s child was told %q", kind, bad.out.String())
 		}
-		// The good child kept going meanwhile (when it was not already done).
-		for i := 0; i < 1000 && x.got == gotBefore && !x.done; i++ {
-			if _, err := x.step(); err != nil {
+		// The good child keeps going (when it was not already done): it
+		// may be asleep, so serve it as the nexus would, sleeping in
+		// Wait when nothing moved, for up to 10 s.
+		for deadline := time.Now().Add(10 * time.Second); x.got == gotBefore && !x.done && time.Now().Before(deadline); {
+			moved, err := x.step()
+			if err != nil {
 				t.Fatal(err)
 			}
-			runtime.Gosched()
+			if !moved {
+				good.ch.Wait(10 * time.Millisecond)
+			}
 		}
 		if x.got == gotBefore && !x.done {
-			t.Fatalf("good child made no progress around %s", kind)
+			t.Fatalf("good child made no progress around %s in 10s", kind)
 		}
 	}
 	if err := serveUntilExit(ctx, good, x); err != nil || !x.done {

@@ -143,6 +143,148 @@ func TestWaitForEvents(t *testing.T) {
 	}
 }
 
+// TestWaitForTxRoom: an app that filled its TX ring sleeps in
+// WaitFor(WaitTxRoom); a Sync that took nothing does not signal it, the one
+// after TakeTX made room does, once, and the app then finds the room.
+func TestWaitForTxRoom(t *testing.T) {
+	c, a := newPair(t, Options{Name: "txroom", TxSize: 8, Pool: pool.Options{MinSegments: 4}})
+	sent := 0
+	bufs := make([]Buf, 8)
+	for sent < 8 {
+		c.Sync()
+		n, err := a.Alloc(bufs[:8-sent])
+		if err != nil {
+			t.Fatal(err)
+		}
+		k, err := a.Send(bufs[:n])
+		if err != nil || k != n {
+			t.Fatalf("Send = %d of %d, %v", k, n, err)
+		}
+		sent += k
+	}
+	if k, _ := a.tx.Reserve(1); k != 0 {
+		t.Fatal("TX ring not full")
+	}
+	ev := make([]Event, 8)
+	a.Events(ev) // the pool's segment events, if any: not what this waits for
+	done := waitAsync(t, a, WaitTxRoom, 0)
+	for !c.tx.NeedsRoom() {
+		select {
+		case r := <-done:
+			t.Fatalf("wait ended before it slept: %v %v", r.ready, r.err)
+		default:
+		}
+		runtime.Gosched()
+	}
+	before := c.Counters()
+	if err := c.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Counters().Notifications; got != before.Notifications {
+		t.Fatalf("a Sync that made no room signalled the app (%d → %d)", before.Notifications, got)
+	}
+	out := make([]Buf, 3)
+	n, err := c.TakeTX(out)
+	if err != nil || n != 3 {
+		t.Fatalf("TakeTX = %d, %v", n, err)
+	}
+	c.Release(out[:n])
+	if err := c.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-done; r.err != nil || r.ready != WaitTxRoom {
+		t.Fatalf("after TakeTX: %v %v, want WaitTxRoom", r.ready, r.err)
+	}
+	if got := c.Counters().Notifications - before.Notifications; got != 1 {
+		t.Fatalf("%d notifications for one batch of room", got)
+	}
+	if c.tx.NeedsRoom() {
+		t.Fatal("the app left its room flag armed after the wait")
+	}
+	if k, _ := a.tx.Reserve(8); k != 3 {
+		t.Fatalf("room for %d after the nexus took 3", k)
+	}
+	// Nothing taken since: the next Sync stays silent.
+	c.Sync()
+	if got := c.Counters().Notifications - before.Notifications; got != 1 {
+		t.Fatalf("%d notifications after a quiet Sync", got)
+	}
+}
+
+// TestShort: Short names the rings whose last call came up short, and
+// forgets one once a call on it gets all it asked for.
+func TestShort(t *testing.T) {
+	c, a := newPair(t, Options{Name: "short", TxSize: 4, FreeSize: 4, Pool: pool.Options{MinSegments: 4}})
+	c.Sync()
+	bufs := make([]Buf, 64)
+	n, err := a.Alloc(bufs)
+	if err != nil || n == 0 || n == len(bufs) {
+		t.Fatalf("Alloc = %d, %v; want some of %d", n, err, len(bufs))
+	}
+	if a.Short() != WaitAlloc {
+		t.Fatalf("after a short Alloc: %v", a.Short())
+	}
+	if k, _ := a.Send(bufs[:min(n, 6)]); k != 4 || a.Short() != WaitAlloc|WaitTxRoom {
+		t.Fatalf("Send 6 on a ring of 4 = %d; Short %v", k, a.Short())
+	}
+	if k, _ := a.Free(bufs[4:min(n, 6)]); k != 2 || a.Short() != WaitAlloc|WaitTxRoom {
+		t.Fatalf("Free = %d; Short %v", k, a.Short())
+	}
+	out := make([]Buf, 4)
+	k, _ := c.TakeTX(out)
+	c.Release(out[:k])
+	c.Sync()
+	if k, _ := a.Alloc(bufs[:1]); k != 1 {
+		t.Fatal("no buffer after the refill")
+	}
+	if k, _ := a.Send(bufs[:1]); k != 1 || a.Short() != 0 {
+		t.Fatalf("after calls that got all they asked: Send %d, Short %v", k, a.Short())
+	}
+}
+
+// TestWaitForFreeRoom: the same for the free ring, whose room the nexus
+// makes in Sync itself (reclaim).
+func TestWaitForFreeRoom(t *testing.T) {
+	c, a := newPair(t, Options{Name: "freeroom", FreeSize: 4, Pool: pool.Options{MinSegments: 4}})
+	var held []Buf
+	bufs := make([]Buf, 8)
+	for len(held) < 5 {
+		c.Sync()
+		n, err := a.Alloc(bufs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, bufs[:n]...)
+	}
+	if k, err := a.Free(held[:5]); err != nil || k != 4 {
+		t.Fatalf("Free = %d, %v; want 4 (ring of 4)", k, err)
+	}
+	ev := make([]Event, 8)
+	a.Events(ev)
+	done := waitAsync(t, a, WaitFreeRoom, 0)
+	for !c.free.NeedsRoom() {
+		select {
+		case r := <-done:
+			t.Fatalf("wait ended before it slept: %v %v", r.ready, r.err)
+		default:
+		}
+		runtime.Gosched()
+	}
+	before := c.Counters()
+	if err := c.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-done; r.err != nil || r.ready != WaitFreeRoom {
+		t.Fatalf("after the reclaim: %v %v, want WaitFreeRoom", r.ready, r.err)
+	}
+	if got := c.Counters().Notifications - before.Notifications; got != 1 {
+		t.Fatalf("%d notifications for one reclaim", got)
+	}
+	if k, err := a.Free(held[4:5]); err != nil || k != 1 {
+		t.Fatalf("Free after the wait = %d, %v", k, err)
+	}
+}
+
 // TestAdmissible: only the SUSPENDED bit holds a flow back; reserved bits
 // are ignored, and an index outside the table reads as admissible rather than stalling a flow no event could resume.
 func TestAdmissible(t *testing.T) {

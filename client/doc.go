@@ -17,10 +17,10 @@
 // Register's refusals unwrap to the contract's errors as in the nexus's
 // process (flow.ErrPortInUse, ErrNotPermitted, ...), Wake is
 // channel.App.Interrupt, and Wait is channel.App.WaitFor on the RX and
-// event rings, at most backlogPoll long after the endpoint kicked (it may
-// have packets waiting for room on the TX ring or for buffers, which the
-// nexus does not signal). The port lives as long as the session: if this
-// process exits or crashes, the nexus closes it and tears its flows down.
+// event rings and, when the endpoint has packets left over, on the
+// buffers or ring room they wait for (the nexus signals those too). The
+// port lives as long as the session: if this process exits or crashes,
+// the nexus closes it and tears its flows down.
 // For a nexus in this process, package nexus/inproc implements Nexus; it
 // is the nexus side, which an app that only connects does not link.
 //

@@ -10,13 +10,6 @@ import (
 	"github.com/skylane/skylane/control"
 )
 
-// backlogPoll bounds a Wait after the endpoint kicked (it sent, freed, or
-// ran short of buffers): the nexus signals the app's eventfd for RX
-// packets and events only, not for room on the TX ring or buffers, so an
-// endpoint with packets waiting for either looks again this soon. An idle
-// endpoint's next Wait (no kick since) sleeps until signalled.
-const backlogPoll = 500 * time.Microsecond
-
 // Connect returns the Nexus interface of a nexus in another process that
 // serves its control socket at path (`skylane nexus --socket PATH`). Each
 // OpenPort is one session on that socket: the port lives as long as the
@@ -82,12 +75,13 @@ type remotePort struct {
 var _ Port = (*remotePort)(nil)
 
 // Wait implements stack.Port.Wait: check runs first, then the app sleeps
-// in channel.App.WaitFor on the RX and event rings, which arms their
-// need-wakeup flags and looks at them again before it sleeps, so a packet
-// or event that came after check is not missed. After a Kick the sleep is
-// at most backlogPoll (see there). A closed channel is an error, and so
-// is the end of the session (ErrNexusGone): the session interrupts the
-// wait when it ends.
+// in channel.App.WaitFor on the RX and event rings and, after a Kick, on
+// the rings the endpoint ran short on (App.Short: buffers, TX or free
+// room, which its packets left over wait for). WaitFor arms their wake-up
+// flags and looks at them again before it sleeps, so nothing that came
+// after check is missed. A closed channel is an error, and so is the end
+// of the session (ErrNexusGone): the session interrupts the wait when it
+// ends.
 func (p *remotePort) Wait(check func() bool, timeout time.Duration) error {
 	if err := p.Err(); err != nil {
 		return err
@@ -95,10 +89,11 @@ func (p *remotePort) Wait(check func() bool, timeout time.Duration) error {
 	if check() {
 		return nil
 	}
-	if p.kicked.Swap(false) && (timeout == 0 || timeout > backlogPoll) {
-		timeout = backlogPoll
+	what := channel.WaitRX | channel.WaitEvents
+	if p.kicked.Swap(false) {
+		what |= p.App().Short()
 	}
-	if _, err := p.App().WaitFor(channel.WaitRX|channel.WaitEvents, timeout); err != nil {
+	if _, err := p.App().WaitFor(what, timeout); err != nil {
 		return err
 	}
 	return p.Err()

@@ -119,6 +119,118 @@ func TestNeedWakeupProtocol(t *testing.T) {
 	t.Logf("%d slots, %d sleeps, %d signals", total, sleeps, signals)
 }
 
+func TestNeedRoomFlag(t *testing.T) {
+	mem, p, c := newRing(t, 8)
+	if c.NeedsRoom() {
+		t.Fatal("NeedsRoom on a fresh ring")
+	}
+	p.SetNeedRoom(true)
+	if !c.NeedsRoom() || word(mem, offPFlags) != ring.FlagNeedRoom {
+		t.Fatalf("after SetNeedRoom(true): NeedsRoom %v, producer flags word %#x", c.NeedsRoom(), word(mem, offPFlags))
+	}
+	if p.NeedsWakeup() || word(mem, offFlags) != 0 {
+		t.Fatal("SetNeedRoom touched the consumer's flags")
+	}
+	p.SetNeedRoom(false)
+	if c.NeedsRoom() || word(mem, offPFlags) != 0 {
+		t.Fatalf("after SetNeedRoom(false): NeedsRoom %v, producer flags word %#x", c.NeedsRoom(), word(mem, offPFlags))
+	}
+	// Only bit 0 means "wake me"; other bits a peer may set are ignored.
+	putWord(mem, offPFlags, 0xFFFFFFFE)
+	if c.NeedsRoom() {
+		t.Fatal("NeedsRoom with bit 0 clear")
+	}
+	putWord(mem, offPFlags, 0x80000001)
+	if !c.NeedsRoom() {
+		t.Fatal("NeedsRoom false with bit 0 set")
+	}
+	// The flag shares the producer's cache line but not its index.
+	if word(mem, offProd) != 0 || word(mem, offCons) != 0 {
+		t.Fatal("flags write touched an index")
+	}
+	if n, err := p.Enqueue([]ring.Slot{seqSlot(0)}); n != 1 || err != nil || word(mem, offPFlags) != 0x80000001 {
+		t.Fatalf("Enqueue = %d, %v; producer flags %#x", n, err, word(mem, offPFlags))
+	}
+}
+
+// TestNeedRoomProtocol is TestNeedWakeupProtocol the other way round: the
+// producer fills a small ring, sets FlagNeedRoom, reserves again, then
+// waits; the consumer signals after Release only when asked. No wake-up may
+// be lost (the wait would time out).
+func TestNeedRoomProtocol(t *testing.T) {
+	const total = 2000
+	_, p, c := newRing(t, 8)
+	efd, err := shm.NewEventFD()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer efd.Close()
+
+	errc := make(chan error, 1)
+	var sleeps int
+	var stop atomic.Bool // a failed producer stops the consumer
+	go func() {
+		defer stop.Store(true)
+		for sent := uint32(0); sent < total; {
+			burst := []ring.Slot{seqSlot(sent), seqSlot(sent + 1), seqSlot(sent + 2)}
+			n, err := p.Enqueue(burst)
+			if err != nil {
+				errc <- err
+				return
+			}
+			sent += uint32(n)
+			if n > 0 {
+				continue
+			}
+			p.SetNeedRoom(true)
+			if k, _ := p.Reserve(1); k > 0 { // a release raced with the flag
+				p.SetNeedRoom(false)
+				continue
+			}
+			sleeps++
+			if _, err := efd.Wait(10 * time.Second); err != nil {
+				errc <- fmt.Errorf("wait after %d slots: %w (lost wake-up)", sent, err)
+				return
+			}
+			p.SetNeedRoom(false)
+		}
+		errc <- nil
+	}()
+
+	var signals int
+	out := make([]ring.Slot, 3)
+	for got := uint32(0); got < total && !stop.Load(); {
+		n, err := c.Dequeue(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range n {
+			if out[i] != seqSlot(got) {
+				t.Fatalf("slot %d = %+v", got, out[i])
+			}
+			got++
+		}
+		if n > 0 && c.NeedsRoom() {
+			signals++
+			if err := efd.Signal(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got%64 == 0 {
+			time.Sleep(50 * time.Microsecond) // let the producer fill the ring and sleep
+		} else {
+			runtime.Gosched()
+		}
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if sleeps == 0 || signals == 0 {
+		t.Fatalf("the producer slept %d times and was signalled %d times; the sleep path was not exercised", sleeps, signals)
+	}
+	t.Logf("%d slots, %d sleeps, %d signals", total, sleeps, signals)
+}
+
 // TestConcurrentSequence moves a million slots between two goroutines in
 // batches of varying size and checks every sequence number (run with -race:
 // the slot writes must be ordered before the index store that publishes them).

@@ -64,6 +64,15 @@ func (c *Consumer) Release(k int) {
 	atomic.StoreUint32(c.view.cons, c.cons)
 }
 
+// HasEntries reports whether the ring has a filled slot, from the shared
+// index words alone: it changes nothing in this end, so a waiter may call
+// it while the consuming goroutine works (it is a hint for whether to
+// sleep, and Peek is what validates the producer's index: an index out of
+// range reads as an entry, for Peek to refuse).
+func (c *Consumer) HasEntries() bool {
+	return atomic.LoadUint32(c.prod) != atomic.LoadUint32(c.view.cons)
+}
+
 // Dequeue copies up to len(out) ready slots into out, releases them and
 // returns how many.
 func (c *Consumer) Dequeue(out []Slot) (int, error) {
@@ -86,4 +95,11 @@ func (c *Consumer) SetNeedWakeup(on bool) {
 		v = FlagNeedWakeup
 	}
 	atomic.StoreUint32(c.flags, v)
+}
+
+// NeedsRoom reports whether the producer asked to be signalled when there
+// is room. Call it after Release. The word is the producer's to write: only
+// its FlagNeedRoom bit is looked at.
+func (c *Consumer) NeedsRoom() bool {
+	return atomic.LoadUint32(c.pflags)&FlagNeedRoom != 0
 }

@@ -19,6 +19,7 @@ const (
 	cDequeue
 	cRelease
 	cWakeup
+	cPeerPFlags // producer's flags word = any uint32
 	cNumOps
 )
 
@@ -34,6 +35,7 @@ func FuzzConsumer(f *testing.F) {
 	f.Add(uint8(1), uint32(0), []byte{cPeerSlot, 1, 1, 2, 3, 4, 5, 6, 7, 8, cPeerProdAny, 2, 0, 0, 0, cDequeue, 4})
 	f.Add(uint8(4), uint32(1<<31), []byte{cPeerConsWord, 9, 9, 9, 9, cPeerProdDelta, 1, cDequeue, 1, cWakeup, 1})
 	f.Add(uint8(2), uint32(0), []byte{cPeerProdAny, 0xFF, 0xFF, 0xFF, 0xFF, cPeek, 1, cPeek, 1})
+	f.Add(uint8(1), uint32(0), []byte{cPeerPFlags, 0xFE, 0xFF, 0xFF, 0xFF, cPeerProdDelta, 2, cDequeue, 2, cPeerPFlags, 1, 0, 0, 0x80, cRelease, 0})
 	f.Fuzz(func(t *testing.T, sizeLog uint8, start uint32, ops []byte) {
 		size := 2 << (sizeLog % 6) // 2..64
 		mem := alignedMem(ring.MemSize(size))
@@ -127,9 +129,18 @@ func FuzzConsumer(f *testing.F) {
 				if (word(mem, offFlags) == ring.FlagNeedWakeup) != on {
 					t.Fatalf("flags word %#x after SetNeedWakeup(%v)", word(mem, offFlags), on)
 				}
+			case cPeerPFlags:
+				v := r.U32()
+				putWord(mem, offPFlags, v)
+				if c.NeedsRoom() != (v&ring.FlagNeedRoom != 0) {
+					t.Fatalf("NeedsRoom = %v with producer flags %#x", c.NeedsRoom(), v)
+				}
 			}
 			if (c.Err() != nil) != mBad {
 				t.Fatalf("Err() = %v, model corrupt = %v", c.Err(), mBad)
+			}
+			if c.HasEntries() != (word(mem, offProd) != word(mem, offCons)) {
+				t.Fatalf("HasEntries = %v with prod %#x, cons %#x", c.HasEntries(), word(mem, offProd), word(mem, offCons))
 			}
 		}
 	})
@@ -161,6 +172,7 @@ const (
 	pCommit
 	pEnqueue
 	pRefresh
+	pNeedRoom // SetNeedRoom(byte&1)
 	pNumOps
 )
 
@@ -173,6 +185,7 @@ func FuzzProducer(f *testing.F) {
 	f.Add(uint8(2), uint32(0), []byte{pReserve, 8, pCommit, 3, pPeerConsDelta, 2, pReserve, 8, pCommit, 8, pRefresh})
 	f.Add(uint8(3), uint32(0xFFFFFFFC), []byte{pEnqueue, 16, pPeerConsDelta, 10, pEnqueue, 16, pPeerConsDelta, 0xFE, pRefresh})
 	f.Add(uint8(0), uint32(7), []byte{pEnqueue, 2, pPeerConsDelta, 3, pReserve, 2})
+	f.Add(uint8(0), uint32(0), []byte{pEnqueue, 2, pNeedRoom, 1, pPeerConsDelta, 1, pReserve, 1, pNeedRoom, 0})
 	f.Add(uint8(1), uint32(0), []byte{pPeerFlags, 1, 0, 0, 0, pEnqueue, 1, pPeerFlags, 2, 0, 0, 0, pEnqueue, 1})
 	f.Add(uint8(4), uint32(1<<31), []byte{pPeerProdWord, 1, 2, 3, 4, pEnqueue, 3, pPeerConsAny, 1, 0, 0, 0x80, pRefresh})
 	f.Fuzz(func(t *testing.T, sizeLog uint8, start uint32, ops []byte) {
@@ -265,6 +278,12 @@ func FuzzProducer(f *testing.F) {
 				if got > 0 && word(mem, offProd) != mProd {
 					t.Fatalf("prod word %#x after Enqueue, want %#x", word(mem, offProd), mProd)
 				}
+			case pNeedRoom:
+				on := r.Byte()&1 == 1
+				p.SetNeedRoom(on)
+				if (word(mem, offPFlags) == ring.FlagNeedRoom) != on {
+					t.Fatalf("producer flags word %#x after SetNeedRoom(%v)", word(mem, offPFlags), on)
+				}
 			case pRefresh:
 				_, ok := look(0, true)
 				err := p.Refresh()
@@ -274,6 +293,9 @@ func FuzzProducer(f *testing.F) {
 			}
 			if (p.Err() != nil) != mBad {
 				t.Fatalf("Err() = %v, model corrupt = %v", p.Err(), mBad)
+			}
+			if p.HasRoom() != (word(mem, offProd)-word(mem, offCons) != usz) {
+				t.Fatalf("HasRoom = %v with prod %#x, cons %#x, size %d", p.HasRoom(), word(mem, offProd), word(mem, offCons), size)
 			}
 			if pend := p.Pending(); !mBad && (pend < 0 || pend > size || pend != int(mProd-mCons)) {
 				t.Fatalf("Pending = %d, model %d, size %d", pend, mProd-mCons, size)

@@ -69,6 +69,26 @@ func (p *Producer) NeedsWakeup() bool {
 	return atomic.LoadUint32(p.flags)&FlagNeedWakeup != 0
 }
 
+// SetNeedRoom sets or clears the request for a signal on the consumer's
+// next release. After setting it, Reserve again before sleeping: a release
+// may have raced.
+func (p *Producer) SetNeedRoom(on bool) {
+	var v uint32
+	if on {
+		v = FlagNeedRoom
+	}
+	atomic.StoreUint32(p.pflags, v)
+}
+
+// HasRoom reports whether the ring has a free slot, from the shared index
+// words alone: it changes nothing in this end, so a waiter may call it
+// while the producing goroutine works (it is a hint for whether to sleep,
+// and Reserve is what validates the consumer's index: an index out of
+// range reads as room, for Reserve to refuse).
+func (p *Producer) HasRoom() bool {
+	return atomic.LoadUint32(p.view.prod)-atomic.LoadUint32(p.cons) != p.size
+}
+
 // Enqueue reserves, fills and commits up to len(s) slots and returns how many.
 func (p *Producer) Enqueue(s []Slot) (int, error) {
 	k, err := p.Reserve(len(s))

@@ -6,6 +6,7 @@
 // line):
 //
 //	0x000  prod   uint32  written by the producer only
+//	0x004  pflags uint32  written by the producer only (FlagNeedRoom)
 //	0x040  cons   uint32  written by the consumer only
 //	0x080  flags  uint32  written by the consumer only (FlagNeedWakeup)
 //	0x0C0  magic  uint32  written once by the creator (Init); informational
@@ -29,10 +30,17 @@
 // touch the shared indices once per batch, not once per slot, and a cached
 // copy of the other side's index avoids even that while it suffices.
 //
-// Wake-ups: a consumer about to sleep sets FlagNeedWakeup, re-checks, then
-// blocks on its eventfd; a producer checks the flag after Commit and signals
-// only then. A busy consumer never sets the flag, so a busy pair makes no
-// system call.
+// Wake-ups go both ways. A consumer about to sleep for slots sets
+// FlagNeedWakeup, re-checks, then blocks on its eventfd; the producer checks
+// the flag after Commit and signals only then. A producer about to sleep
+// for room (ring full) sets FlagNeedRoom in its own word, re-checks, then
+// blocks; the consumer checks it after Release and signals only then. Each
+// side stores its flag before it re-reads the other's index, and the other
+// stores its index before it reads the flag (all sequentially consistent
+// atomics), so at least one of them sees the other: no wake-up is lost. A
+// busy pair sets no flag and makes no system call. A flag word is only ever
+// tested for its bit: any value a peer writes there costs at most a
+// signal, never a wrong index.
 package ring
 
 import (
@@ -45,6 +53,7 @@ import (
 // Layout offsets; see the package comment.
 const (
 	offProd   = 0x000
+	offPFlags = 0x004
 	offCons   = 0x040
 	offFlags  = 0x080
 	offMagic  = 0x0C0
@@ -52,17 +61,24 @@ const (
 	HeaderLen = 0x100
 	SlotLen   = 8
 
-	// Magic marks an initialised ring ("SKYR", version 1 in the low byte).
-	Magic = 0x534B5901
+	// Magic marks an initialised ring ("SKYR", layout version in the low
+	// byte). 2: the producer's FlagNeedRoom; a peer of version 1 would
+	// never answer it, so it is refused at attach.
+	Magic = 0x534B5902
 
 	// MinSize and MaxSize bound the number of slots (docs/design.md §3).
 	MinSize = 2
 	MaxSize = 16384
 )
 
-// FlagNeedWakeup in the flags word asks the producer to signal the
-// consumer's eventfd after its next commit.
+// FlagNeedWakeup in the consumer's flags word asks the producer to signal
+// the consumer's eventfd after its next commit.
 const FlagNeedWakeup = 1
+
+// FlagNeedRoom in the producer's flags word asks the consumer to signal the
+// producer's eventfd after its next release: the producer found the ring
+// full and sleeps until there is room.
+const FlagNeedRoom = 1
 
 // ErrCorrupt means the other side moved an index out of its allowed range.
 var ErrCorrupt = errors.New("ring: peer index out of range")
@@ -117,12 +133,13 @@ func (h header) word(off int) *uint32 { return (*uint32)(unsafe.Pointer(&h[off])
 
 // view is what both endpoints share: the index words and the slot array.
 type view struct {
-	prod  *uint32
-	cons  *uint32
-	flags *uint32
-	slots []uint64
-	mask  uint32
-	size  uint32
+	prod   *uint32
+	cons   *uint32
+	flags  *uint32 // the consumer's
+	pflags *uint32 // the producer's
+	slots  []uint64
+	mask   uint32
+	size   uint32
 }
 
 func newView(mem []byte, size int) (view, error) {
@@ -142,12 +159,13 @@ func newView(mem []byte, size int) (view, error) {
 		return view{}, fmt.Errorf("%w: magic %#x size %d, want %#x size %d", ErrNotRing, m, n, Magic, size)
 	}
 	return view{
-		prod:  h.word(offProd),
-		cons:  h.word(offCons),
-		flags: h.word(offFlags),
-		slots: unsafe.Slice((*uint64)(unsafe.Pointer(&mem[HeaderLen])), size),
-		mask:  uint32(size - 1),
-		size:  uint32(size),
+		prod:   h.word(offProd),
+		pflags: h.word(offPFlags),
+		cons:   h.word(offCons),
+		flags:  h.word(offFlags),
+		slots:  unsafe.Slice((*uint64)(unsafe.Pointer(&mem[HeaderLen])), size),
+		mask:   uint32(size - 1),
+		size:   uint32(size),
 	}, nil
 }
 

@@ -13,12 +13,13 @@ import (
 // contract with the other process, so the test must not borrow the
 // package's constants.
 const (
-	offProd  = 0x000
-	offCons  = 0x040
-	offFlags = 0x080
-	offMagic = 0x0C0
-	offSize  = 0x0C4
-	offSlots = 0x100
+	offProd   = 0x000
+	offPFlags = 0x004
+	offCons   = 0x040
+	offFlags  = 0x080
+	offMagic  = 0x0C0
+	offSize   = 0x0C4
+	offSlots  = 0x100
 )
 
 // alignedMem returns n zeroed bytes starting on a 64-byte boundary, as
@@ -98,8 +99,8 @@ func TestLayoutBytes(t *testing.T) {
 	}
 
 	want := make([]byte, end)
-	// 0x0C0 magic: "SKYR" version 1, 0x534B5901 little-endian.
-	copy(want[offMagic:], []byte{0x01, 0x59, 0x4B, 0x53})
+	// 0x0C0 magic: "SKYR" version 2, 0x534B5902 little-endian.
+	copy(want[offMagic:], []byte{0x02, 0x59, 0x4B, 0x53})
 	// 0x0C4 size: 8 slots.
 	copy(want[offSize:], []byte{0x08, 0x00, 0x00, 0x00})
 	// Everything else zero: indices 0, no flags, empty slots, padding.
@@ -140,7 +141,10 @@ func TestLayoutBytes(t *testing.T) {
 	c.SetNeedWakeup(true)
 	// 0x080 flags: FlagNeedWakeup (bit 0).
 	copy(want[offFlags:], []byte{0x01, 0x00, 0x00, 0x00})
-	checkBytes(t, "after Dequeue 2 and SetNeedWakeup", mem[:end], want)
+	p.SetNeedRoom(true)
+	// 0x004 producer flags: FlagNeedRoom (bit 0).
+	copy(want[offPFlags:], []byte{0x01, 0x00, 0x00, 0x00})
+	checkBytes(t, "after Dequeue 2, SetNeedWakeup and SetNeedRoom", mem[:end], want)
 
 	// Seven more: prod goes 3 -> 10, so sequence numbers 8 and 9 land in
 	// positions 0 and 1 again (index & 7).
@@ -161,6 +165,9 @@ func TestLayoutBytes(t *testing.T) {
 	c.SetNeedWakeup(false)
 	// 0x080 flags: cleared.
 	copy(want[offFlags:], []byte{0x00, 0x00, 0x00, 0x00})
+	p.SetNeedRoom(false)
+	// 0x004 producer flags: cleared.
+	copy(want[offPFlags:], []byte{0x00, 0x00, 0x00, 0x00})
 	checkBytes(t, "after wrapping the slot array", mem[:end], want)
 	if mem[end] != 0xEE {
 		t.Errorf("the ring wrote past its %d bytes", end)
