@@ -1,6 +1,7 @@
 package flowswitch_test
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -45,13 +46,19 @@ type regRig struct {
 	ports []*regPort
 }
 
-// newRegRig builds the rig: link rate bits/s on the wire (0: none) and the
-// same as the switch's LinkRate; one port per entry of adv, which says
-// whether its app honours advisories. chOpts, if set, configures every
-// channel.
+// newRegRig builds the rig: link rate bits/s (0: none) as the switch's
+// LinkRate and, on the real clock (now nil), the wire's too; on a
+// synthetic clock the wire is unpaced (memif's bucket runs on the real
+// clock) and the switch's pacer is the link. One port per entry of adv,
+// which says whether its app honours advisories. chOpts, if set,
+// configures every channel.
 func newRegRig(t testing.TB, rate int64, ro flowswitch.RegulationOptions, now func() int64, adv []bool, chOpts channel.Options) *regRig {
 	t.Helper()
-	a, b, err := memif.NewPair(memif.Options{Name: "reg", QueueLen: 4096, Rate: rate})
+	wireRate := rate
+	if now != nil {
+		wireRate = 0
+	}
+	a, b, err := memif.NewPair(memif.Options{Name: "reg", QueueLen: 4096, Rate: wireRate})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +117,8 @@ const (
 // them (0: until stopped), at pps packets per second (0: as fast as the
 // TX ring takes them). An honouring sender reads its flow's advisory
 // entry before each batch and sends nothing while it is SUSPENDED (the
-// stack's side of docs/design.md §7).
+// stack's side of docs/design.md §7). Its clock is the time since epoch:
+// the real one (run) or a synthetic one (step, from a simRig).
 type sender struct {
 	p      *regPort
 	size   int
@@ -123,104 +131,136 @@ type sender struct {
 	sent      int // packets the TX ring took
 	suspended int // times it found its flow suspended
 	events    int // EventAdvisory seen
+
+	started      bool
+	start        time.Duration // the first step's time: pacing counts from it
+	wasSuspended bool
+	pkt          []byte
+	bufs         []channel.Buf
+	evs          []channel.Event
 }
 
-func (s *sender) run(stop <-chan struct{}) error {
+// stepResult says why a sender's step sent nothing more, what it waits for.
+type stepResult int
+
+const (
+	stepSent      stepResult = iota // it sent what it could: step again
+	stepDone                        // total sent
+	stepSuspended                   // SUSPENDED: wait for an advisory event
+	stepNotDue                      // paced: the next packet is not due yet
+	stepFull                        // no free buffer, or the TX ring is full
+)
+
+// step makes one attempt, at time now, without blocking: it reads the
+// app's events (advisory changes, and segments to map: reading them keeps
+// the event ring from overflowing) and, unless its flow is suspended,
+// sends what is due, stamped with now.
+func (s *sender) step(now time.Duration) (stepResult, error) {
 	app := s.p.app
 	idx := int(s.p.flow.AdvisoryIndex())
-	id := s.p.flow.ID()
-	tmpl := txPkt{proto: packet.ProtoUDP, src: localIP, dst: remoteIP, sport: s.p.sport, dport: 6000, size: s.size}
-	pkt := tmpl.buildRaw()
-	batch := s.batch
-	if batch == 0 {
-		batch = 16
+	if !s.started {
+		s.started, s.start = true, now
+		tmpl := txPkt{proto: packet.ProtoUDP, src: localIP, dst: remoteIP, sport: s.p.sport, dport: 6000, size: s.size}
+		s.pkt = tmpl.buildRaw()
+		s.bufs = make([]channel.Buf, cmp.Or(s.batch, 16))
+		s.evs = make([]channel.Event, 32)
 	}
-	bufs := make([]channel.Buf, batch)
-	evs := make([]channel.Event, 32)
-	start := time.Now()
-	wasSuspended := false
-	for s.total == 0 || s.sent < s.total {
+	if s.total > 0 && s.sent >= s.total {
+		return stepDone, nil
+	}
+	n, err := app.Events(s.evs)
+	if err != nil {
+		return 0, err
+	}
+	for _, e := range s.evs[:n] {
+		if e.Kind == channel.EventAdvisory && int(e.Arg) == idx {
+			s.events++
+		}
+	}
+	if s.honour {
+		if !app.Admissible(uint32(idx)) {
+			if !s.wasSuspended {
+				s.suspended++
+				s.wasSuspended = true
+			}
+			return stepSuspended, nil
+		}
+		s.wasSuspended = false
+	}
+	want := len(s.bufs)
+	if s.total > 0 {
+		want = min(want, s.total-s.sent)
+	}
+	if s.pps > 0 {
+		due := int((now-s.start).Seconds()*s.pps) + 1 - s.sent
+		if due <= 0 {
+			return stepNotDue, nil
+		}
+		want = min(want, due)
+	}
+	bufs := s.bufs[:want]
+	k, err := app.Alloc(bufs)
+	if err != nil || k == 0 {
+		return stepFull, err
+	}
+	id := s.p.flow.ID()
+	for i := range k {
+		b := &bufs[i]
+		b.Data = b.Data[:copy(b.Data, s.pkt)]
+		pl := b.Data[28:]
+		binary.LittleEndian.PutUint64(pl[payloadSeq:], uint64(s.sent+i))
+		binary.LittleEndian.PutUint64(pl[payloadTime:], uint64(now))
+		m, err := app.Meta(b.Index)
+		if err != nil {
+			return 0, err
+		}
+		clear(m)
+		copy(m[flowswitch.TxMetaFlowIDOff:], id[:])
+	}
+	got, err := app.Send(bufs[:k])
+	if err != nil {
+		return 0, err
+	}
+	s.sent += got
+	if got < k { // the TX ring is full: give the rest back
+		if _, err := app.Free(bufs[got:k]); err != nil {
+			return 0, err
+		}
+		return stepFull, nil
+	}
+	return stepSent, nil
+}
+
+// run steps the sender on the real clock until it has sent its total or
+// stop closes, waiting as each step says.
+func (s *sender) run(stop <-chan struct{}) error {
+	for {
 		select {
 		case <-stop:
 			return nil
 		default:
 		}
-		// Events: advisory changes, and segments to map. Reading them
-		// keeps the event ring from overflowing.
-		n, err := app.Events(evs)
+		r, err := s.step(time.Since(s.epoch))
 		if err != nil {
 			return err
 		}
-		for _, e := range evs[:n] {
-			if e.Kind == channel.EventAdvisory && int(e.Arg) == idx {
-				s.events++
-			}
-		}
-		if s.honour {
-			if !app.Admissible(uint32(idx)) {
-				if !wasSuspended {
-					s.suspended++
-					wasSuspended = true
-				}
-				// The resume posts an event: sleep until one comes (the
-				// events were read above). The timeout is a safety net.
-				if _, err := app.WaitFor(channel.WaitEvents, 50*time.Millisecond); err != nil {
-					return err
-				}
-				continue
-			}
-			wasSuspended = false
-		}
-		want := batch
-		if s.total > 0 {
-			want = min(want, s.total-s.sent)
-		}
-		if s.pps > 0 {
-			due := int(time.Since(start).Seconds()*s.pps) + 1 - s.sent
-			if due <= 0 {
-				time.Sleep(time.Duration(float64(time.Second) / s.pps)) // pacing the offered load
-				continue
-			}
-			want = min(want, due)
-		}
-		k, err := app.Alloc(bufs[:want])
-		if err != nil {
-			return err
-		}
-		if k == 0 {
-			if err := app.Wait(time.Millisecond); err != nil {
+		switch r {
+		case stepDone:
+			return nil
+		case stepSuspended:
+			// The resume posts an event: sleep until one comes (the
+			// events were read by the step). The timeout is a safety net.
+			if _, err := s.p.app.WaitFor(channel.WaitEvents, 50*time.Millisecond); err != nil {
 				return err
 			}
-			continue
-		}
-		for i := range k {
-			b := &bufs[i]
-			b.Data = b.Data[:copy(b.Data, pkt)]
-			pl := b.Data[28:]
-			binary.LittleEndian.PutUint64(pl[payloadSeq:], uint64(s.sent+i))
-			binary.LittleEndian.PutUint64(pl[payloadTime:], uint64(time.Since(s.epoch)))
-			m, err := app.Meta(b.Index)
-			if err != nil {
-				return err
-			}
-			clear(m)
-			copy(m[flowswitch.TxMetaFlowIDOff:], id[:])
-		}
-		got, err := app.Send(bufs[:k])
-		if err != nil {
-			return err
-		}
-		s.sent += got
-		if got < k { // the TX ring is full: give the rest back, wait for room
-			if _, err := app.Free(bufs[got:k]); err != nil {
-				return err
-			}
-			if err := app.Wait(time.Millisecond); err != nil {
+		case stepNotDue:
+			time.Sleep(time.Duration(float64(time.Second) / s.pps)) // pacing the offered load
+		case stepFull:
+			if err := s.p.app.Wait(time.Millisecond); err != nil {
 				return err
 			}
 		}
 	}
-	return nil
 }
 
 // buildRaw is build without a testing.TB, for sender goroutines.
@@ -255,25 +295,83 @@ type flowRecord struct {
 	sojourn        []time.Duration // when recorded
 }
 
-// wireReader reads everything arriving at the peer end, per flow (UDP
-// source port).
-type wireReader struct {
-	link   netif.Link
-	epoch  time.Time
+// flowLog is what arrived at the peer end, per flow (UDP source port).
+type flowLog struct {
 	record map[uint16]bool // flows whose sojourns are kept
+	flows  map[uint16]*flowRecord
+}
 
-	mu    sync.Mutex
-	flows map[uint16]*flowRecord
-	done  chan error
-	stop  chan struct{}
+func newFlowLog(record ...uint16) flowLog {
+	l := flowLog{record: map[uint16]bool{}, flows: map[uint16]*flowRecord{}}
+	for _, p := range record {
+		l.record[p] = true
+	}
+	return l
+}
+
+// add records frame f, arrived at now (on the senders' clock: their
+// payload's send times are since the same epoch).
+func (l *flowLog) add(f []byte, now time.Duration) {
+	if len(f) < 14+28+payloadMin {
+		return
+	}
+	sport := binary.BigEndian.Uint16(f[14+20:])
+	pl := f[14+28:]
+	seq := binary.LittleEndian.Uint64(pl[payloadSeq:])
+	r := l.flows[sport]
+	if r == nil {
+		r = &flowRecord{}
+		l.flows[sport] = r
+	}
+	r.packets++
+	r.bytes += uint64(len(f))
+	switch {
+	case seq > r.next:
+		r.gaps += seq - r.next
+		r.next = seq + 1
+	case seq < r.next:
+		r.reordered++
+	default:
+		r.next++
+	}
+	if l.record[sport] {
+		r.sojourn = append(r.sojourn, now-time.Duration(binary.LittleEndian.Uint64(pl[payloadTime:])))
+	}
+}
+
+// snapshot returns a copy of one flow's record.
+func (l *flowLog) snapshot(sport uint16) flowRecord {
+	r := l.flows[sport]
+	if r == nil {
+		return flowRecord{}
+	}
+	c := *r
+	c.sojourn = slices.Clone(r.sojourn)
+	return c
+}
+
+// reset clears one flow's recorded sojourns.
+func (l *flowLog) reset(sport uint16) {
+	if r := l.flows[sport]; r != nil {
+		r.sojourn = r.sojourn[:0]
+	}
+}
+
+// wireReader reads everything arriving at the peer end, in real time, into
+// a flowLog.
+type wireReader struct {
+	link  netif.Link
+	epoch time.Time
+
+	mu   sync.Mutex
+	log  flowLog // guarded by mu
+	done chan error
+	stop chan struct{}
 }
 
 func startReader(link netif.Link, epoch time.Time, record ...uint16) *wireReader {
-	w := &wireReader{link: link, epoch: epoch, record: map[uint16]bool{}, flows: map[uint16]*flowRecord{},
+	w := &wireReader{link: link, epoch: epoch, log: newFlowLog(record...),
 		done: make(chan error, 1), stop: make(chan struct{})}
-	for _, p := range record {
-		w.record[p] = true
-	}
 	go func() { w.done <- w.loop() }()
 	return w
 }
@@ -300,32 +398,7 @@ func (w *wireReader) loop() error {
 		now := time.Since(w.epoch)
 		w.mu.Lock()
 		for i, f := range bufs[:n] {
-			f = f[:sizes[i]]
-			if len(f) < 14+28+payloadMin {
-				continue
-			}
-			sport := binary.BigEndian.Uint16(f[14+20:])
-			pl := f[14+28:]
-			seq := binary.LittleEndian.Uint64(pl[payloadSeq:])
-			r := w.flows[sport]
-			if r == nil {
-				r = &flowRecord{}
-				w.flows[sport] = r
-			}
-			r.packets++
-			r.bytes += uint64(len(f))
-			switch {
-			case seq > r.next:
-				r.gaps += seq - r.next
-				r.next = seq + 1
-			case seq < r.next:
-				r.reordered++
-			default:
-				r.next++
-			}
-			if w.record[sport] {
-				r.sojourn = append(r.sojourn, now-time.Duration(binary.LittleEndian.Uint64(pl[payloadTime:])))
-			}
+			w.log.add(f[:sizes[i]], now)
 		}
 		w.mu.Unlock()
 	}
@@ -335,22 +408,14 @@ func (w *wireReader) loop() error {
 func (w *wireReader) snapshot(sport uint16) flowRecord {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	r := w.flows[sport]
-	if r == nil {
-		return flowRecord{}
-	}
-	c := *r
-	c.sojourn = slices.Clone(r.sojourn)
-	return c
+	return w.log.snapshot(sport)
 }
 
 // reset clears one flow's recorded sojourns.
 func (w *wireReader) reset(sport uint16) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if r := w.flows[sport]; r != nil {
-		r.sojourn = r.sojourn[:0]
-	}
+	w.log.reset(sport)
 }
 
 func (w *wireReader) close(t testing.TB) {
