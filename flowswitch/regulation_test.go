@@ -467,10 +467,15 @@ func startSenders(t testing.TB, ss ...*sender) (stop func(), done <-chan struct{
 
 const testLinkRate = 10_000_000 // 10 Mbit/s: ~830 frames/s of 1514 bytes
 
-// One app bursting at 10× the link's capacity (raw UDP: no advisories)
-// does not change another app's loss (zero) and adds less than the AQM
-// target to its latency: the victim's sparse flow is served ahead of the
-// bulk (DRR's new flows), and the burst is dropped early, at the queue.
+// One app bursting at 10× the link's capacity (raw UDP: no advisories),
+// on real time through the datapath the nexus runs, does not change
+// another app's loss (zero): the burst is dropped early, at the queue,
+// never from the victim's flow, and the paced queue never overruns the
+// device. The latency the burst adds is logged only: on real time it is
+// the host's as much as the switch's (a loaded 2-core machine delays any
+// goroutine by tens of ms). Its bound (the AQM target) is checked on
+// synthetic time by TestRegulationBurstIsolationSim and measured by
+// `skylane bench burst` (rpc-p99-under-bulk).
 func TestRegulationBurstIsolation(t *testing.T) {
 	r := newRegRig(t, testLinkRate, flowswitch.RegulationOptions{}, nil, []bool{false, false}, channel.Options{})
 	epoch := time.Now()
@@ -499,17 +504,15 @@ func TestRegulationBurstIsolation(t *testing.T) {
 	loaded := w.snapshot(victim.sport)
 	stopV()
 
+	// The sender catches up after any delay (it sends what is due), so
+	// only a machine some 5× too slow offers less than twice the link,
+	// which the queue must drop from: a rig failure, not the switch's.
 	offered := float64(bs.sent) * (burstSize + 14) * 8 / elapsed.Seconds()
-	if offered < 5*testLinkRate {
-		t.Fatalf("the burst offered only %.1f× the link (%d packets in %v): the machine is too slow for this test",
-			offered/testLinkRate, bs.sent, elapsed)
+	if offered < 2*testLinkRate {
+		t.Fatalf("rig: the burst offered only %.1f× the link (%d packets in %v)", offered/testLinkRate, bs.sent, elapsed)
 	}
-	under := p99(loaded.sojourn)
-	target := regulate.DefaultTarget
-	t.Logf("victim p99 idle %v, under a %.1f× burst %v (%d samples); burst sent %d", idle, offered/testLinkRate, under, len(loaded.sojourn), bs.sent)
-	if under > idle+target {
-		t.Errorf("victim p99 %v under the burst, idle %v: more than the target %v apart", under, idle, target)
-	}
+	t.Logf("victim p99 idle %v, under a %.1f× burst %v (%d samples); burst sent %d",
+		idle, offered/testLinkRate, p99(loaded.sojourn), len(loaded.sojourn), bs.sent)
 	// Every victim packet sent arrives: give the last ones their sojourn.
 	waitFor(t, 2*time.Second, func() bool { return w.snapshot(victim.sport).packets == uint64(vs.sent) })
 	final := w.snapshot(victim.sport)
@@ -546,7 +549,11 @@ func waitFor(t testing.TB, d time.Duration, cond func() bool) {
 // A sender that honours advisories (stops on SUSPENDED, starts again when
 // the entry clears) loses no packet at the nexus queue, however much
 // faster than the link it would go: the queue suspends it instead of
-// dropping, and it is resumed before the link runs dry.
+// dropping, and resumes it. The share of the link it kept busy is logged
+// only: on real time it is the host's as much as the switch's. That it
+// is resumed before the link runs dry is checked on synthetic time by
+// TestRegulationAdvisoryNoLossSim and measured by `skylane bench burst`
+// (bulk-utilisation).
 func TestRegulationAdvisoryNoLoss(t *testing.T) {
 	const rate = 20_000_000
 	r := newRegRig(t, rate, flowswitch.RegulationOptions{}, nil, []bool{true}, channel.Options{})
@@ -580,16 +587,15 @@ func TestRegulationAdvisoryNoLoss(t *testing.T) {
 		t.Errorf("the sender was never held back: %d suspends, %d resumes published; it saw %d suspensions, %d events",
 			rg.Suspends, rg.Resumes, s.suspended, s.events)
 	}
-	// Held back, not starved: the link stayed busy.
 	util := float64(total*(size+14)*8) / elapsed.Seconds() / rate
 	t.Logf("%d packets in %v: %.2f of the link; %d suspends, %d resumes", total, elapsed, util, rg.Suspends, rg.Resumes)
-	if util < 0.8 {
-		t.Errorf("utilisation %.2f while held back by advisories", util)
-	}
 }
 
-// Eight bulk flows from eight channels share a rate-limited link fairly:
-// Jain's index of their throughput ≥ 0.95.
+// Eight bulk flows from eight channels share a rate-limited link fairly,
+// on real time: Jain's index of their throughput ≥ 0.95 (a ratio among
+// the flows, which a slow host slows alike). The utilisation is logged
+// only; TestRegulationFairnessSim checks it on synthetic time, and
+// `skylane bench burst` (fairness/flows=8) measures both.
 func TestRegulationFairness(t *testing.T) {
 	const rate = 20_000_000
 	adv := make([]bool, 8)
@@ -628,9 +634,6 @@ func TestRegulationFairness(t *testing.T) {
 	t.Logf("bytes per flow %v: Jain %.3f, utilisation %.2f", got, j, util)
 	if j < 0.95 {
 		t.Errorf("Jain's index %.3f < 0.95: %v", j, got)
-	}
-	if util < 0.8 {
-		t.Errorf("utilisation %.2f", util)
 	}
 	if rg := r.sw.Snapshot().Regulation; rg.OverflowDrops+rg.CoDelDrops+rg.EarlyDrops != 0 {
 		t.Errorf("advisory flows lost packets at the queue: %+v", rg)
