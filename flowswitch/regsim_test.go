@@ -178,17 +178,7 @@ func TestRegulationAdvisoryNoLossSim(t *testing.T) {
 	s := &sender{p: p, size: size, total: total, honour: true, batch: 16}
 	r.until(t, 5*time.Second, func() bool { return r.log.snapshot(p.sport).packets == total }, s)
 	rec := r.log.snapshot(p.sport)
-	if rec.gaps != 0 || rec.reordered != 0 {
-		t.Errorf("lost %d, reordered %d", rec.gaps, rec.reordered)
-	}
-	rg := r.sw.Snapshot().Regulation
-	if rg.CoDelDrops+rg.OverflowDrops+rg.EarlyDrops != 0 {
-		t.Errorf("queue drops: %+v", rg)
-	}
-	if rg.Suspends == 0 || rg.Resumes == 0 || s.suspended == 0 || s.events == 0 {
-		t.Errorf("the sender was never held back: %d suspends, %d resumes published; it saw %d suspensions, %d events",
-			rg.Suspends, rg.Resumes, s.suspended, s.events)
-	}
+	rg := checkHeldBack(t, r.sw, rec, s)
 	// From the first round to the last packet's arrival, less a step:
 	// the sender reacts within one.
 	util := utilisation(rec.bytes, r.now()-simStep, rate)
