@@ -22,11 +22,15 @@ import (
 )
 
 // Regulation tests. The real-time ones run the switch's datapath (Round,
-// driven as the nexus does: drive) on one end of a rate-limited memif wire (the wire's own token bucket is the link) and
-// read the other end in a goroutine; apps are goroutines on real channels.
-// Each packet carries its sequence number and send time in its payload, so
-// the reader measures loss, order and sojourn per flow. The others drive
-// the datapath by hand under a synthetic clock.
+// driven as the nexus does: drive) on one end of a rate-limited memif wire
+// (the wire's own token bucket is the link) and read the other end in a
+// goroutine; apps are goroutines on real channels. Each packet carries its
+// sequence number and send time in its payload, so the reader measures
+// loss, order and sojourn per flow. They assert only what a loaded host
+// cannot break (loss, order, drops, advisories, shares); their latency and
+// utilisation figures are logged, and bounded on a synthetic clock by
+// regsim_test.go. The others drive the datapath by hand under a synthetic
+// clock.
 
 // regPort is one app: its channel, its port and its one UDP flow,
 // localIP:sport → remoteIP:6000.
@@ -488,7 +492,7 @@ func TestRegulationBurstIsolation(t *testing.T) {
 	// Idle: the victim alone, 200 packets/s of 200 bytes (a small RPC).
 	vs := &sender{p: victim, size: 200, pps: 200, epoch: epoch, batch: 1}
 	stopV, _ := startSenders(t, vs)
-	waitFor(t, 2*time.Second, func() bool { return w.snapshot(victim.sport).packets >= 100 })
+	waitFor(t, 10*time.Second, func() bool { return w.snapshot(victim.sport).packets >= 100 })
 	idle := p99(w.snapshot(victim.sport).sojourn)
 	w.reset(victim.sport)
 
@@ -514,7 +518,7 @@ func TestRegulationBurstIsolation(t *testing.T) {
 	t.Logf("victim p99 idle %v, under a %.1f× burst %v (%d samples); burst sent %d",
 		idle, offered/testLinkRate, p99(loaded.sojourn), len(loaded.sojourn), bs.sent)
 	// Every victim packet sent arrives: give the last ones their sojourn.
-	waitFor(t, 2*time.Second, func() bool { return w.snapshot(victim.sport).packets == uint64(vs.sent) })
+	waitFor(t, 10*time.Second, func() bool { return w.snapshot(victim.sport).packets == uint64(vs.sent) })
 	final := w.snapshot(victim.sport)
 	if final.gaps != 0 || final.reordered != 0 {
 		t.Errorf("victim lost %d and reordered %d of %d packets", final.gaps, final.reordered, vs.sent)
