@@ -757,10 +757,9 @@ func TestRegulationAdvisoryEvents(t *testing.T) {
 	now := func() int64 { return clock }
 	const rate = 8_000_000 // 1 MB/s: a 1014-byte frame every ~1 ms
 	ro := flowswitch.RegulationOptions{Queue: regulate.Options{Limit: 64}, NoMitigation: true}
-	r := newRegRig(t, 0, ro, now, []bool{true}, channel.Options{})
 	// The wire is unpaced (memif's clock is real); the switch's pacer is
 	// the link, on the synthetic clock.
-	r.sw = mustSwitch(t, r, ro, now, rate)
+	r := newRegRig(t, rate, ro, now, []bool{true}, channel.Options{})
 	p := r.ports[0]
 	rg := &rig{sw: r.sw, peer: r.peer, chans: []*channel.Channel{p.ch}, apps: []*channel.App{p.app}, ports: []flow.PortID{p.id}}
 	idx := int(p.flow.AdvisoryIndex())
@@ -824,33 +823,6 @@ func TestRegulationAdvisoryEvents(t *testing.T) {
 	if q := r.sw.Stats().Regulation.Queue; q.Forgotten != uint64(queued) || q.Packets != 0 {
 		t.Errorf("after the teardown: %d queued before, %+v", queued, q)
 	}
-}
-
-// mustSwitch replaces r's switch by one with a pacer at rate on the
-// synthetic clock, the same ports re-added (their flows re-registered).
-func mustSwitch(t testing.TB, r *regRig, ro flowswitch.RegulationOptions, now func() int64, rate int64) *flowswitch.Switch {
-	t.Helper()
-	a, b, err := memif.NewPair(memif.Options{Name: "regsyn", QueueLen: 4096})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close() })
-	sw, err := flowswitch.New(flowswitch.Options{Link: a, LocalAddrs: []netip.Addr{localIP},
-		SrcMAC: txSrcMAC, DstMAC: txDstMAC, Regulation: &ro, LinkRate: rate, Now: now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.peer = b
-	for _, p := range r.ports {
-		r.sw.RemovePort(p.id)
-		if p.id, err = sw.AddPortWith(p.ch, flowswitch.AddPortOptions{Advisories: true}); err != nil {
-			t.Fatal(err)
-		}
-		if p.flow, err = sw.Register(p.id, p.flow.Key(), flow.Connected); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return sw
 }
 
 // advisoryEvents reads the app's events and counts the advisory ones for
@@ -1004,10 +976,7 @@ func TestRegulationNoAllocs(t *testing.T) {
 	for _, rate := range []int64{0, 1_000_000_000} {
 		var clock int64
 		now := func() int64 { return clock }
-		r := newRegRig(t, 0, flowswitch.RegulationOptions{NoMitigation: true}, now, []bool{true}, channel.Options{})
-		if rate > 0 {
-			r.sw = mustSwitch(t, r, flowswitch.RegulationOptions{NoMitigation: true}, now, rate)
-		}
+		r := newRegRig(t, rate, flowswitch.RegulationOptions{NoMitigation: true}, now, []bool{true}, channel.Options{})
 		p := r.ports[0]
 		pkt := txPkt{proto: packet.ProtoUDP, src: localIP, dst: remoteIP, sport: p.sport, dport: 6000, size: 1000}.build(t)
 		id := p.flow.ID()
