@@ -25,6 +25,13 @@ import (
 // frame's time at 10 Mbit/s, fine enough for latencies of a few frames.
 const simStep = 100 * time.Microsecond
 
+// simWakeLag is how long an app of the advisory tests takes to act on a
+// resume: a late wake-up on a busy host. The queue resumes a flow while
+// it still holds more than that of the link's time (AdvisoryPolicy's
+// ResumeBacklog, 64 packets: 26 ms of 1014-byte frames at 20 Mbit/s), so
+// the link does not run dry meanwhile.
+const simWakeLag = 10 * time.Millisecond
+
 // simRig is a regRig on a synthetic clock, with what arrived on the wire.
 type simRig struct {
 	*regRig
@@ -175,7 +182,7 @@ func TestRegulationAdvisoryNoLossSim(t *testing.T) {
 	const rate, total, size = 20_000_000, 2500, 1000
 	r := newSimRig(t, rate, flowswitch.RegulationOptions{}, []bool{true})
 	p := r.ports[0]
-	s := &sender{p: p, size: size, total: total, honour: true, batch: 16}
+	s := &sender{p: p, size: size, total: total, honour: true, batch: 16, lag: simWakeLag}
 	r.until(t, 5*time.Second, func() bool { return r.log.snapshot(p.sport).packets == total }, s)
 	rec := r.log.snapshot(p.sport)
 	rg := checkHeldBack(t, r.sw, rec, s)
@@ -200,7 +207,7 @@ func TestRegulationFairnessSim(t *testing.T) {
 	r := newSimRig(t, rate, flowswitch.RegulationOptions{}, adv)
 	var ss []*sender
 	for _, p := range r.ports {
-		ss = append(ss, &sender{p: p, size: 1200, honour: true, batch: 16})
+		ss = append(ss, &sender{p: p, size: 1200, honour: true, batch: 16, lag: simWakeLag})
 	}
 	r.run(t, 500*time.Millisecond, ss...) // warm-up: every flow has a queue
 	before := make([]uint64, len(r.ports))

@@ -131,6 +131,7 @@ type sender struct {
 	honour bool
 	batch  int
 	epoch  time.Time
+	lag    time.Duration // how long it takes to act on a resume (waking up); 0: at once
 
 	sent      int // packets the TX ring took
 	suspended int // times it found its flow suspended
@@ -139,6 +140,7 @@ type sender struct {
 	started      bool
 	start        time.Duration // the first step's time: pacing counts from it
 	wasSuspended bool
+	resumed      time.Duration // when it found its flow admissible again; -1: not suspended
 	pkt          []byte
 	bufs         []channel.Buf
 	evs          []channel.Event
@@ -187,7 +189,16 @@ func (s *sender) step(now time.Duration) (stepResult, error) {
 				s.suspended++
 				s.wasSuspended = true
 			}
+			s.resumed = -1
 			return stepSuspended, nil
+		}
+		if s.wasSuspended {
+			if s.resumed < 0 {
+				s.resumed = now
+			}
+			if now-s.resumed < s.lag {
+				return stepSuspended, nil
+			}
 		}
 		s.wasSuspended = false
 	}
