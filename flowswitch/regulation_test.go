@@ -1,6 +1,7 @@
 package flowswitch_test
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -21,11 +22,15 @@ import (
 )
 
 // Regulation tests. The real-time ones run the switch's datapath (Round,
-// driven as the nexus does: drive) on one end of a rate-limited memif wire (the wire's own token bucket is the link) and
-// read the other end in a goroutine; apps are goroutines on real channels.
-// Each packet carries its sequence number and send time in its payload, so
-// the reader measures loss, order and sojourn per flow. The others drive
-// the datapath by hand under a synthetic clock.
+// driven as the nexus does: drive) on one end of a rate-limited memif wire
+// (the wire's own token bucket is the link) and read the other end in a
+// goroutine; apps are goroutines on real channels. Each packet carries its
+// sequence number and send time in its payload, so the reader measures
+// loss, order and sojourn per flow. They assert only what a loaded host
+// cannot break (loss, order, drops, advisories, shares); their latency and
+// utilisation figures are logged, and bounded on a synthetic clock by
+// regsim_test.go. The others drive the datapath by hand under a synthetic
+// clock.
 
 // regPort is one app: its channel, its port and its one UDP flow,
 // localIP:sport → remoteIP:6000.
@@ -45,13 +50,19 @@ type regRig struct {
 	ports []*regPort
 }
 
-// newRegRig builds the rig: link rate bits/s on the wire (0: none) and the
-// same as the switch's LinkRate; one port per entry of adv, which says
-// whether its app honours advisories. chOpts, if set, configures every
-// channel.
+// newRegRig builds the rig: link rate bits/s (0: none) as the switch's
+// LinkRate and, on the real clock (now nil), the wire's too; on a
+// synthetic clock the wire is unpaced (memif's bucket runs on the real
+// clock) and the switch's pacer is the link. One port per entry of adv,
+// which says whether its app honours advisories. chOpts, if set,
+// configures every channel.
 func newRegRig(t testing.TB, rate int64, ro flowswitch.RegulationOptions, now func() int64, adv []bool, chOpts channel.Options) *regRig {
 	t.Helper()
-	a, b, err := memif.NewPair(memif.Options{Name: "reg", QueueLen: 4096, Rate: rate})
+	wireRate := rate
+	if now != nil {
+		wireRate = 0
+	}
+	a, b, err := memif.NewPair(memif.Options{Name: "reg", QueueLen: 4096, Rate: wireRate})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +121,8 @@ const (
 // them (0: until stopped), at pps packets per second (0: as fast as the
 // TX ring takes them). An honouring sender reads its flow's advisory
 // entry before each batch and sends nothing while it is SUSPENDED (the
-// stack's side of docs/design.md §7).
+// stack's side of docs/design.md §7). Its clock is the time since epoch:
+// the real one (run) or a synthetic one (step, from a simRig).
 type sender struct {
 	p      *regPort
 	size   int
@@ -119,108 +131,151 @@ type sender struct {
 	honour bool
 	batch  int
 	epoch  time.Time
+	lag    time.Duration // how long it takes to act on a resume (waking up); 0: at once
 
 	sent      int // packets the TX ring took
 	suspended int // times it found its flow suspended
 	events    int // EventAdvisory seen
+
+	started      bool
+	start        time.Duration // the first step's time: pacing counts from it
+	wasSuspended bool
+	resumed      time.Duration // when it found its flow admissible again; -1: not suspended
+	pkt          []byte
+	bufs         []channel.Buf
+	evs          []channel.Event
 }
 
-func (s *sender) run(stop <-chan struct{}) error {
+// stepResult says why a sender's step sent nothing more, what it waits for.
+type stepResult int
+
+const (
+	stepSent      stepResult = iota // it sent what it could: step again
+	stepDone                        // total sent
+	stepSuspended                   // SUSPENDED: wait for an advisory event
+	stepNotDue                      // paced: the next packet is not due yet
+	stepFull                        // no free buffer, or the TX ring is full
+)
+
+// step makes one attempt, at time now, without blocking: it reads the
+// app's events (advisory changes, and segments to map: reading them keeps
+// the event ring from overflowing) and, unless its flow is suspended,
+// sends what is due, stamped with now.
+func (s *sender) step(now time.Duration) (stepResult, error) {
 	app := s.p.app
 	idx := int(s.p.flow.AdvisoryIndex())
-	id := s.p.flow.ID()
-	tmpl := txPkt{proto: packet.ProtoUDP, src: localIP, dst: remoteIP, sport: s.p.sport, dport: 6000, size: s.size}
-	pkt := tmpl.buildRaw()
-	batch := s.batch
-	if batch == 0 {
-		batch = 16
+	if !s.started {
+		s.started, s.start = true, now
+		tmpl := txPkt{proto: packet.ProtoUDP, src: localIP, dst: remoteIP, sport: s.p.sport, dport: 6000, size: s.size}
+		s.pkt = tmpl.buildRaw()
+		s.bufs = make([]channel.Buf, cmp.Or(s.batch, 16))
+		s.evs = make([]channel.Event, 32)
 	}
-	bufs := make([]channel.Buf, batch)
-	evs := make([]channel.Event, 32)
-	start := time.Now()
-	wasSuspended := false
-	for s.total == 0 || s.sent < s.total {
+	if s.total > 0 && s.sent >= s.total {
+		return stepDone, nil
+	}
+	n, err := app.Events(s.evs)
+	if err != nil {
+		return 0, err
+	}
+	for _, e := range s.evs[:n] {
+		if e.Kind == channel.EventAdvisory && int(e.Arg) == idx {
+			s.events++
+		}
+	}
+	if s.honour {
+		if !app.Admissible(uint32(idx)) {
+			if !s.wasSuspended {
+				s.suspended++
+				s.wasSuspended = true
+			}
+			s.resumed = -1
+			return stepSuspended, nil
+		}
+		if s.wasSuspended {
+			if s.resumed < 0 {
+				s.resumed = now
+			}
+			if now-s.resumed < s.lag {
+				return stepSuspended, nil
+			}
+		}
+		s.wasSuspended = false
+	}
+	want := len(s.bufs)
+	if s.total > 0 {
+		want = min(want, s.total-s.sent)
+	}
+	if s.pps > 0 {
+		due := int((now-s.start).Seconds()*s.pps) + 1 - s.sent
+		if due <= 0 {
+			return stepNotDue, nil
+		}
+		want = min(want, due)
+	}
+	bufs := s.bufs[:want]
+	k, err := app.Alloc(bufs)
+	if err != nil || k == 0 {
+		return stepFull, err
+	}
+	id := s.p.flow.ID()
+	for i := range k {
+		b := &bufs[i]
+		b.Data = b.Data[:copy(b.Data, s.pkt)]
+		pl := b.Data[28:]
+		binary.LittleEndian.PutUint64(pl[payloadSeq:], uint64(s.sent+i))
+		binary.LittleEndian.PutUint64(pl[payloadTime:], uint64(now))
+		m, err := app.Meta(b.Index)
+		if err != nil {
+			return 0, err
+		}
+		clear(m)
+		copy(m[flowswitch.TxMetaFlowIDOff:], id[:])
+	}
+	got, err := app.Send(bufs[:k])
+	if err != nil {
+		return 0, err
+	}
+	s.sent += got
+	if got < k { // the TX ring is full: give the rest back
+		if _, err := app.Free(bufs[got:k]); err != nil {
+			return 0, err
+		}
+		return stepFull, nil
+	}
+	return stepSent, nil
+}
+
+// run steps the sender on the real clock until it has sent its total or
+// stop closes, waiting as each step says.
+func (s *sender) run(stop <-chan struct{}) error {
+	for {
 		select {
 		case <-stop:
 			return nil
 		default:
 		}
-		// Events: advisory changes, and segments to map. Reading them
-		// keeps the event ring from overflowing.
-		n, err := app.Events(evs)
+		r, err := s.step(time.Since(s.epoch))
 		if err != nil {
 			return err
 		}
-		for _, e := range evs[:n] {
-			if e.Kind == channel.EventAdvisory && int(e.Arg) == idx {
-				s.events++
-			}
-		}
-		if s.honour {
-			if !app.Admissible(uint32(idx)) {
-				if !wasSuspended {
-					s.suspended++
-					wasSuspended = true
-				}
-				// The resume posts an event: sleep until one comes (the
-				// events were read above). The timeout is a safety net.
-				if _, err := app.WaitFor(channel.WaitEvents, 50*time.Millisecond); err != nil {
-					return err
-				}
-				continue
-			}
-			wasSuspended = false
-		}
-		want := batch
-		if s.total > 0 {
-			want = min(want, s.total-s.sent)
-		}
-		if s.pps > 0 {
-			due := int(time.Since(start).Seconds()*s.pps) + 1 - s.sent
-			if due <= 0 {
-				time.Sleep(time.Duration(float64(time.Second) / s.pps)) // pacing the offered load
-				continue
-			}
-			want = min(want, due)
-		}
-		k, err := app.Alloc(bufs[:want])
-		if err != nil {
-			return err
-		}
-		if k == 0 {
-			if err := app.Wait(time.Millisecond); err != nil {
+		switch r {
+		case stepDone:
+			return nil
+		case stepSuspended:
+			// The resume posts an event: sleep until one comes (the
+			// events were read by the step). The timeout is a safety net.
+			if _, err := s.p.app.WaitFor(channel.WaitEvents, 50*time.Millisecond); err != nil {
 				return err
 			}
-			continue
-		}
-		for i := range k {
-			b := &bufs[i]
-			b.Data = b.Data[:copy(b.Data, pkt)]
-			pl := b.Data[28:]
-			binary.LittleEndian.PutUint64(pl[payloadSeq:], uint64(s.sent+i))
-			binary.LittleEndian.PutUint64(pl[payloadTime:], uint64(time.Since(s.epoch)))
-			m, err := app.Meta(b.Index)
-			if err != nil {
-				return err
-			}
-			clear(m)
-			copy(m[flowswitch.TxMetaFlowIDOff:], id[:])
-		}
-		got, err := app.Send(bufs[:k])
-		if err != nil {
-			return err
-		}
-		s.sent += got
-		if got < k { // the TX ring is full: give the rest back, wait for room
-			if _, err := app.Free(bufs[got:k]); err != nil {
-				return err
-			}
-			if err := app.Wait(time.Millisecond); err != nil {
+		case stepNotDue:
+			time.Sleep(time.Duration(float64(time.Second) / s.pps)) // pacing the offered load
+		case stepFull:
+			if err := s.p.app.Wait(time.Millisecond); err != nil {
 				return err
 			}
 		}
 	}
-	return nil
 }
 
 // buildRaw is build without a testing.TB, for sender goroutines.
@@ -255,25 +310,83 @@ type flowRecord struct {
 	sojourn        []time.Duration // when recorded
 }
 
-// wireReader reads everything arriving at the peer end, per flow (UDP
-// source port).
-type wireReader struct {
-	link   netif.Link
-	epoch  time.Time
+// flowLog is what arrived at the peer end, per flow (UDP source port).
+type flowLog struct {
 	record map[uint16]bool // flows whose sojourns are kept
+	flows  map[uint16]*flowRecord
+}
 
-	mu    sync.Mutex
-	flows map[uint16]*flowRecord
-	done  chan error
-	stop  chan struct{}
+func newFlowLog(record ...uint16) flowLog {
+	l := flowLog{record: map[uint16]bool{}, flows: map[uint16]*flowRecord{}}
+	for _, p := range record {
+		l.record[p] = true
+	}
+	return l
+}
+
+// add records frame f, arrived at now (on the senders' clock: their
+// payload's send times are since the same epoch).
+func (l *flowLog) add(f []byte, now time.Duration) {
+	if len(f) < 14+28+payloadMin {
+		return
+	}
+	sport := binary.BigEndian.Uint16(f[14+20:])
+	pl := f[14+28:]
+	seq := binary.LittleEndian.Uint64(pl[payloadSeq:])
+	r := l.flows[sport]
+	if r == nil {
+		r = &flowRecord{}
+		l.flows[sport] = r
+	}
+	r.packets++
+	r.bytes += uint64(len(f))
+	switch {
+	case seq > r.next:
+		r.gaps += seq - r.next
+		r.next = seq + 1
+	case seq < r.next:
+		r.reordered++
+	default:
+		r.next++
+	}
+	if l.record[sport] {
+		r.sojourn = append(r.sojourn, now-time.Duration(binary.LittleEndian.Uint64(pl[payloadTime:])))
+	}
+}
+
+// snapshot returns a copy of one flow's record.
+func (l *flowLog) snapshot(sport uint16) flowRecord {
+	r := l.flows[sport]
+	if r == nil {
+		return flowRecord{}
+	}
+	c := *r
+	c.sojourn = slices.Clone(r.sojourn)
+	return c
+}
+
+// reset clears one flow's recorded sojourns.
+func (l *flowLog) reset(sport uint16) {
+	if r := l.flows[sport]; r != nil {
+		r.sojourn = r.sojourn[:0]
+	}
+}
+
+// wireReader reads everything arriving at the peer end, in real time, into
+// a flowLog.
+type wireReader struct {
+	link  netif.Link
+	epoch time.Time
+
+	mu   sync.Mutex
+	log  flowLog // guarded by mu
+	done chan error
+	stop chan struct{}
 }
 
 func startReader(link netif.Link, epoch time.Time, record ...uint16) *wireReader {
-	w := &wireReader{link: link, epoch: epoch, record: map[uint16]bool{}, flows: map[uint16]*flowRecord{},
+	w := &wireReader{link: link, epoch: epoch, log: newFlowLog(record...),
 		done: make(chan error, 1), stop: make(chan struct{})}
-	for _, p := range record {
-		w.record[p] = true
-	}
 	go func() { w.done <- w.loop() }()
 	return w
 }
@@ -300,32 +413,7 @@ func (w *wireReader) loop() error {
 		now := time.Since(w.epoch)
 		w.mu.Lock()
 		for i, f := range bufs[:n] {
-			f = f[:sizes[i]]
-			if len(f) < 14+28+payloadMin {
-				continue
-			}
-			sport := binary.BigEndian.Uint16(f[14+20:])
-			pl := f[14+28:]
-			seq := binary.LittleEndian.Uint64(pl[payloadSeq:])
-			r := w.flows[sport]
-			if r == nil {
-				r = &flowRecord{}
-				w.flows[sport] = r
-			}
-			r.packets++
-			r.bytes += uint64(len(f))
-			switch {
-			case seq > r.next:
-				r.gaps += seq - r.next
-				r.next = seq + 1
-			case seq < r.next:
-				r.reordered++
-			default:
-				r.next++
-			}
-			if w.record[sport] {
-				r.sojourn = append(r.sojourn, now-time.Duration(binary.LittleEndian.Uint64(pl[payloadTime:])))
-			}
+			w.log.add(f[:sizes[i]], now)
 		}
 		w.mu.Unlock()
 	}
@@ -335,22 +423,14 @@ func (w *wireReader) loop() error {
 func (w *wireReader) snapshot(sport uint16) flowRecord {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	r := w.flows[sport]
-	if r == nil {
-		return flowRecord{}
-	}
-	c := *r
-	c.sojourn = slices.Clone(r.sojourn)
-	return c
+	return w.log.snapshot(sport)
 }
 
 // reset clears one flow's recorded sojourns.
 func (w *wireReader) reset(sport uint16) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if r := w.flows[sport]; r != nil {
-		r.sojourn = r.sojourn[:0]
-	}
+	w.log.reset(sport)
 }
 
 func (w *wireReader) close(t testing.TB) {
@@ -402,10 +482,15 @@ func startSenders(t testing.TB, ss ...*sender) (stop func(), done <-chan struct{
 
 const testLinkRate = 10_000_000 // 10 Mbit/s: ~830 frames/s of 1514 bytes
 
-// One app bursting at 10× the link's capacity (raw UDP: no advisories)
-// does not change another app's loss (zero) and adds less than the AQM
-// target to its latency: the victim's sparse flow is served ahead of the
-// bulk (DRR's new flows), and the burst is dropped early, at the queue.
+// One app bursting at 10× the link's capacity (raw UDP: no advisories),
+// on real time through the datapath the nexus runs, does not change
+// another app's loss (zero): the burst is dropped early, at the queue,
+// never from the victim's flow, and the paced queue never overruns the
+// device. The latency the burst adds is logged only: on real time it is
+// the host's as much as the switch's (a loaded 2-core machine delays any
+// goroutine by tens of ms). Its bound (the AQM target) is checked on
+// synthetic time by TestRegulationBurstIsolationSim and measured by
+// `skylane bench burst` (rpc-p99-under-bulk).
 func TestRegulationBurstIsolation(t *testing.T) {
 	r := newRegRig(t, testLinkRate, flowswitch.RegulationOptions{}, nil, []bool{false, false}, channel.Options{})
 	epoch := time.Now()
@@ -418,7 +503,7 @@ func TestRegulationBurstIsolation(t *testing.T) {
 	// Idle: the victim alone, 200 packets/s of 200 bytes (a small RPC).
 	vs := &sender{p: victim, size: 200, pps: 200, epoch: epoch, batch: 1}
 	stopV, _ := startSenders(t, vs)
-	waitFor(t, 2*time.Second, func() bool { return w.snapshot(victim.sport).packets >= 100 })
+	waitFor(t, 10*time.Second, func() bool { return w.snapshot(victim.sport).packets >= 100 })
 	idle := p99(w.snapshot(victim.sport).sojourn)
 	w.reset(victim.sport)
 
@@ -434,19 +519,17 @@ func TestRegulationBurstIsolation(t *testing.T) {
 	loaded := w.snapshot(victim.sport)
 	stopV()
 
+	// The sender catches up after any delay (it sends what is due), so
+	// only a machine some 5× too slow offers less than twice the link,
+	// which the queue must drop from: a rig failure, not the switch's.
 	offered := float64(bs.sent) * (burstSize + 14) * 8 / elapsed.Seconds()
-	if offered < 5*testLinkRate {
-		t.Fatalf("the burst offered only %.1f× the link (%d packets in %v): the machine is too slow for this test",
-			offered/testLinkRate, bs.sent, elapsed)
+	if offered < 2*testLinkRate {
+		t.Fatalf("rig: the burst offered only %.1f× the link (%d packets in %v)", offered/testLinkRate, bs.sent, elapsed)
 	}
-	under := p99(loaded.sojourn)
-	target := regulate.DefaultTarget
-	t.Logf("victim p99 idle %v, under a %.1f× burst %v (%d samples); burst sent %d", idle, offered/testLinkRate, under, len(loaded.sojourn), bs.sent)
-	if under > idle+target {
-		t.Errorf("victim p99 %v under the burst, idle %v: more than the target %v apart", under, idle, target)
-	}
+	t.Logf("victim p99 idle %v, under a %.1f× burst %v (%d samples); burst sent %d",
+		idle, offered/testLinkRate, p99(loaded.sojourn), len(loaded.sojourn), bs.sent)
 	// Every victim packet sent arrives: give the last ones their sojourn.
-	waitFor(t, 2*time.Second, func() bool { return w.snapshot(victim.sport).packets == uint64(vs.sent) })
+	waitFor(t, 10*time.Second, func() bool { return w.snapshot(victim.sport).packets == uint64(vs.sent) })
 	final := w.snapshot(victim.sport)
 	if final.gaps != 0 || final.reordered != 0 {
 		t.Errorf("victim lost %d and reordered %d of %d packets", final.gaps, final.reordered, vs.sent)
@@ -481,7 +564,11 @@ func waitFor(t testing.TB, d time.Duration, cond func() bool) {
 // A sender that honours advisories (stops on SUSPENDED, starts again when
 // the entry clears) loses no packet at the nexus queue, however much
 // faster than the link it would go: the queue suspends it instead of
-// dropping, and it is resumed before the link runs dry.
+// dropping, and resumes it. The share of the link it kept busy is logged
+// only: on real time it is the host's as much as the switch's. That it
+// is resumed before the link runs dry is checked on synthetic time by
+// TestRegulationAdvisoryNoLossSim and measured by `skylane bench burst`
+// (bulk-utilisation).
 func TestRegulationAdvisoryNoLoss(t *testing.T) {
 	const rate = 20_000_000
 	r := newRegRig(t, rate, flowswitch.RegulationOptions{}, nil, []bool{true}, channel.Options{})
@@ -504,10 +591,21 @@ func TestRegulationAdvisoryNoLoss(t *testing.T) {
 	waitFor(t, 5*time.Second, func() bool { return w.snapshot(p.sport).packets == total })
 	elapsed := time.Since(t0)
 	rec := w.snapshot(p.sport)
+	rg := checkHeldBack(t, r.sw, rec, s)
+	util := float64(total*(size+14)*8) / elapsed.Seconds() / rate
+	t.Logf("%d packets in %v: %.2f of the link; %d suspends, %d resumes", total, elapsed, util, rg.Suspends, rg.Resumes)
+}
+
+// checkHeldBack checks what an honouring sender's run shows on any
+// clock, given what reached the wire of its flow: nothing lost or
+// reordered, no drop at the queue, and the sender suspended and resumed.
+// It returns the regulation's counters.
+func checkHeldBack(t testing.TB, sw *flowswitch.Switch, rec flowRecord, s *sender) *flowswitch.SnapshotRegulation {
+	t.Helper()
 	if rec.gaps != 0 || rec.reordered != 0 {
 		t.Errorf("lost %d, reordered %d", rec.gaps, rec.reordered)
 	}
-	rg := r.sw.Snapshot().Regulation
+	rg := sw.Snapshot().Regulation
 	if rg.CoDelDrops+rg.OverflowDrops+rg.EarlyDrops != 0 {
 		t.Errorf("queue drops: %+v", rg)
 	}
@@ -515,16 +613,14 @@ func TestRegulationAdvisoryNoLoss(t *testing.T) {
 		t.Errorf("the sender was never held back: %d suspends, %d resumes published; it saw %d suspensions, %d events",
 			rg.Suspends, rg.Resumes, s.suspended, s.events)
 	}
-	// Held back, not starved: the link stayed busy.
-	util := float64(total*(size+14)*8) / elapsed.Seconds() / rate
-	t.Logf("%d packets in %v: %.2f of the link; %d suspends, %d resumes", total, elapsed, util, rg.Suspends, rg.Resumes)
-	if util < 0.8 {
-		t.Errorf("utilisation %.2f while held back by advisories", util)
-	}
+	return rg
 }
 
-// Eight bulk flows from eight channels share a rate-limited link fairly:
-// Jain's index of their throughput ≥ 0.95.
+// Eight bulk flows from eight channels share a rate-limited link fairly,
+// on real time: Jain's index of their throughput ≥ 0.95 (a ratio among
+// the flows, which a slow host slows alike). The utilisation is logged
+// only; TestRegulationFairnessSim checks it on synthetic time, and
+// `skylane bench burst` (fairness/flows=8) measures both.
 func TestRegulationFairness(t *testing.T) {
 	const rate = 20_000_000
 	adv := make([]bool, 8)
@@ -563,9 +659,6 @@ func TestRegulationFairness(t *testing.T) {
 	t.Logf("bytes per flow %v: Jain %.3f, utilisation %.2f", got, j, util)
 	if j < 0.95 {
 		t.Errorf("Jain's index %.3f < 0.95: %v", j, got)
-	}
-	if util < 0.8 {
-		t.Errorf("utilisation %.2f", util)
 	}
 	if rg := r.sw.Snapshot().Regulation; rg.OverflowDrops+rg.CoDelDrops+rg.EarlyDrops != 0 {
 		t.Errorf("advisory flows lost packets at the queue: %+v", rg)
@@ -675,10 +768,9 @@ func TestRegulationAdvisoryEvents(t *testing.T) {
 	now := func() int64 { return clock }
 	const rate = 8_000_000 // 1 MB/s: a 1014-byte frame every ~1 ms
 	ro := flowswitch.RegulationOptions{Queue: regulate.Options{Limit: 64}, NoMitigation: true}
-	r := newRegRig(t, 0, ro, now, []bool{true}, channel.Options{})
 	// The wire is unpaced (memif's clock is real); the switch's pacer is
 	// the link, on the synthetic clock.
-	r.sw = mustSwitch(t, r, ro, now, rate)
+	r := newRegRig(t, rate, ro, now, []bool{true}, channel.Options{})
 	p := r.ports[0]
 	rg := &rig{sw: r.sw, peer: r.peer, chans: []*channel.Channel{p.ch}, apps: []*channel.App{p.app}, ports: []flow.PortID{p.id}}
 	idx := int(p.flow.AdvisoryIndex())
@@ -742,33 +834,6 @@ func TestRegulationAdvisoryEvents(t *testing.T) {
 	if q := r.sw.Stats().Regulation.Queue; q.Forgotten != uint64(queued) || q.Packets != 0 {
 		t.Errorf("after the teardown: %d queued before, %+v", queued, q)
 	}
-}
-
-// mustSwitch replaces r's switch by one with a pacer at rate on the
-// synthetic clock, the same ports re-added (their flows re-registered).
-func mustSwitch(t testing.TB, r *regRig, ro flowswitch.RegulationOptions, now func() int64, rate int64) *flowswitch.Switch {
-	t.Helper()
-	a, b, err := memif.NewPair(memif.Options{Name: "regsyn", QueueLen: 4096})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close() })
-	sw, err := flowswitch.New(flowswitch.Options{Link: a, LocalAddrs: []netip.Addr{localIP},
-		SrcMAC: txSrcMAC, DstMAC: txDstMAC, Regulation: &ro, LinkRate: rate, Now: now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.peer = b
-	for _, p := range r.ports {
-		r.sw.RemovePort(p.id)
-		if p.id, err = sw.AddPortWith(p.ch, flowswitch.AddPortOptions{Advisories: true}); err != nil {
-			t.Fatal(err)
-		}
-		if p.flow, err = sw.Register(p.id, p.flow.Key(), flow.Connected); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return sw
 }
 
 // advisoryEvents reads the app's events and counts the advisory ones for
@@ -922,10 +987,7 @@ func TestRegulationNoAllocs(t *testing.T) {
 	for _, rate := range []int64{0, 1_000_000_000} {
 		var clock int64
 		now := func() int64 { return clock }
-		r := newRegRig(t, 0, flowswitch.RegulationOptions{NoMitigation: true}, now, []bool{true}, channel.Options{})
-		if rate > 0 {
-			r.sw = mustSwitch(t, r, flowswitch.RegulationOptions{NoMitigation: true}, now, rate)
-		}
+		r := newRegRig(t, rate, flowswitch.RegulationOptions{NoMitigation: true}, now, []bool{true}, channel.Options{})
 		p := r.ports[0]
 		pkt := txPkt{proto: packet.ProtoUDP, src: localIP, dst: remoteIP, sport: p.sport, dport: 6000, size: 1000}.build(t)
 		id := p.flow.ID()
