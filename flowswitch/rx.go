@@ -59,6 +59,9 @@ func (s *Switch) rxDeliver(n int) error {
 	s.stats.Packets += uint64(n)
 	s.stats.Batches++
 	s.gen++
+	if s.capt.on {
+		s.capRx(n)
+	}
 
 	// Parse every frame, then look all the keys up at once (LookupBatch
 	// overlaps the flow table's cache misses), then queue each packet on
@@ -68,6 +71,7 @@ func (s *Switch) rxDeliver(n int) error {
 		p := &s.rx[i]
 		if err := packet.Parse(s.bufs[i][:s.sizes[i]], s.linkType, p); err != nil {
 			s.stats.ParseDrops[packet.ReasonOf(err)]++
+			s.capParseDrop(i, err)
 			continue
 		}
 		if p.IPVersion == 0 { // ARP: the resolver's, or the host port's business
@@ -108,6 +112,9 @@ func (s *Switch) rxDeliver(n int) error {
 		if fq := &s.queues[i]; len(fq.pkts) > 0 {
 			s.release(fq)
 		}
+	}
+	if s.capt.on {
+		s.capAppRx()
 	}
 	for _, p := range s.touchedPorts {
 		if len(p.pending) > 0 { // nothing staged when every Alloc failed
@@ -178,6 +185,7 @@ func (s *Switch) release(fq *flowQueue) {
 		at += int(rl)
 		if j >= got {
 			s.stats.AllocFails += uint64(rl)
+			s.capRxPkts(p, seg, "alloc_fail")
 			continue
 		}
 		b := out[j]
@@ -198,6 +206,7 @@ func (s *Switch) release(fq *flowQueue) {
 				}
 				if !counted {
 					s.stats.Oversize++
+					s.capRxPkts(p, seg, "oversize")
 				}
 				p.ch.Release(out[j : j+1])
 				continue

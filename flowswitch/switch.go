@@ -252,6 +252,7 @@ type Switch struct {
 	tx     txState   // transmit scratch, allocated once by New (tx.go)
 	l2     l2State   // neighbour resolution (l2.go)
 	reg    *regState // nil without Options.Regulation (regulation.go)
+	capt   capState  // packet captures (capture.go)
 	// rxBudget is RegulationOptions.RxBudget (rxlimit.go); 0: none. Immutable.
 	rxBudget int
 
