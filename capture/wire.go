@@ -27,11 +27,12 @@ import (
 const (
 	batchHeaderLen  = 24
 	recordHeaderLen = 20
-	// MaxBatch bounds one batch message: the kernel's default socket send
-	// buffer (net.core.wmem_default, 208 KiB) holds it whole; a record of
-	// MaxSnaplen bytes fits.
-	MaxBatch = 128 << 10
+	maxNames        = 2 * 255
 )
+
+// MaxRecordLen is the most bytes a record of a capture of snaplen bytes
+// takes in a batch.
+func MaxRecordLen(snaplen int) int { return recordHeaderLen + maxNames + snaplen }
 
 var batchMagic = [4]byte{'S', 'K', 'C', '1'}
 
