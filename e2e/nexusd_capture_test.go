@@ -165,6 +165,20 @@ func TestNexusCapture(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), "device-rx") || !strings.Contains(string(out), "app-rx\tapp=a-") {
 		t.Errorf("tshark's HTTP requests: %v\n%s", err, out)
 	}
+
+	// -w - streams: tshark reads the pipe; -c ends the capture.
+	pipe := startProc(t, exec.CommandContext, "sh", []string{"-c", bin + " capture --nexus " + sock +
+		" --point device-rx --app - -c 3 -w - | " + tshark + " -r - -T fields -e frame.interface_name -e tcp.dstport"}, "capturing on")
+	checkCurl(t, v.Peer, cfgA, 65534)
+	select {
+	case <-pipe.exited:
+	case <-time.After(opTimeout):
+		t.Fatalf("skylane capture -c 3 | tshark still running after %v:\n%s", opTimeout, pipe.text())
+	}
+	t.Logf("skylane capture -c 3 -w - | tshark -r -:\n%s", pipe.text())
+	if pipe.err != nil || strings.Count(pipe.text(), "device-rx\t8081") < 1 || !strings.Contains(pipe.text(), "3 frames written") {
+		t.Errorf("skylane capture -c 3 -w - | tshark -r -: %v\n%s", pipe.err, pipe.text())
+	}
 }
 
 // readNexusCapture reads a pcapng file of skylane capture with gopacket.

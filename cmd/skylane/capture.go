@@ -185,7 +185,11 @@ func captureTo(ctx context.Context, sock string, req control.CaptureRequest, cou
 			werr = fmt.Errorf("capture: write: %w", err)
 		}
 	}
-	fmt.Fprintf(progress, "skylane capture: %d frames written; the nexus matched %d, its capture ring dropped %d (the reader fell behind)\n",
-		written, last.Matched, last.Drops)
+	behind := ""
+	if last.Drops > 0 {
+		behind = " (this reader fell behind: a larger --ring or a narrower filter helps)"
+	}
+	fmt.Fprintf(progress, "skylane capture: %d frames written; the nexus matched %d, its capture ring dropped %d%s\n",
+		written, last.Matched, last.Drops, behind)
 	return werr
 }

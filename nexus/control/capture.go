@@ -101,11 +101,13 @@ func (ss *session) capture(req *control.CaptureRequest) {
 		reply(ss.c, control.Failure(fmt.Errorf("%w: %v", control.ErrBadRequest, err)))
 		return
 	}
+	// Capturing before the reply: a client sees every frame after it.
+	s.n.AddCapture(ring)
 	if !reply(ss.c, control.Reply{OK: true, Capture: &control.CaptureReply{
 		LinkType: uint8(s.n.LinkType()), Snaplen: ring.Snaplen(), Apps: own}}) {
+		s.n.RemoveCapture(ring)
 		return
 	}
-	s.n.AddCapture(ring)
 	start := time.Now()
 	s.log.Info("capture start", "session", ss.id, "uid", ss.cred.UID, "pid", ss.cred.PID, "own", !all,
 		"points", req.Points, "apps", f.Apps, "snaplen", ring.Snaplen())
