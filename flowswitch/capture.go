@@ -13,13 +13,13 @@ import (
 // filter them before the copy and drop, counted, what a full ring cannot
 // take: a capture never slows or blocks the datapath beyond its copies.
 // With no capture running, each hook is one predictable branch per batch
-// (or per dropped packet, on the drop paths), on capState.on.
+// (per flow batch in release, per dropped packet on the drop paths), on
+// capState.on.
 //
 // Capture points and where they are:
 //   - device-rx: every frame of an input batch, as read (rxDeliver).
 //   - app-rx: every buffer staged for an app's RX ring, before the
-//     Deliver (what a full ring tail-drops then is counted as
-//     rx_ring_full, not captured).
+//     Deliver.
 //   - app-tx: the switch's copy of every packet an app sent, before the
 //     checks.
 //   - drop-tx: a packet the checks refused, with the reason its counter
@@ -30,8 +30,12 @@ import (
 //     sending app; the kernel's frames, read from the host link.
 //   - kernel-rx, kernel-tx: the frames to and from the host link.
 //   - drop-rx: frames that failed to parse (parse_<reason>), of no flow
-//     without a host link (no_flow), too large for their channel
-//     (oversize) or refused for want of a buffer (alloc_fail).
+//     without a host link (no_flow), and, with their port's channel,
+//     refused by its receive limits (rx_rate, rx_budget) or its full RX
+//     ring (rx_ring_full), too large for it (oversize) or refused for want
+//     of a buffer (alloc_fail). Not captured: what the AQM, the device
+//     or the neighbour resolver drop after device-tx (aqm_*,
+//     device_full, neigh_hold_full), and split_csum.
 
 // capState is the switch's captures, guarded by its lock.
 type capState struct {
@@ -113,7 +117,7 @@ func (s *Switch) capParseDrop(i int, err error) {
 // capRxPkts captures the packets pkts of the input batch (their L3
 // packets), dropped for reason on their way to port p.
 func (s *Switch) capRxPkts(p *port, pkts []int32, reason string) {
-	if !s.capt.on {
+	if !s.capt.on || len(pkts) == 0 {
 		return
 	}
 	t := capNow()
@@ -121,6 +125,26 @@ func (s *Switch) capRxPkts(p *port, pkts []int32, reason string) {
 		s.capPut(t, capture.DropRx, s.linkType, p.ch.Name(), reason, s.bufs[i][:s.sizes[i]])
 	}
 	s.capWake()
+}
+
+// capAdmit is rxAdmit, capturing with a capture running the packets it
+// refuses: rxAdmit keeps a prefix of the runs and refuses, in this order
+// behind it, those over the rate (rx_rate), over the budget (rx_budget)
+// and beyond the RX ring's room (rx_ring_full, counted by the channel).
+func (s *Switch) capAdmit(p *port, pkts []int32, runs []int32) []int32 {
+	if !s.capt.on {
+		return s.rxAdmit(p, pkts, runs)
+	}
+	rate, budget := p.rx.rateDrops, p.rx.budgetDrops
+	kept := s.rxAdmit(p, pkts, runs)
+	at := int(packetsIn(kept))
+	rate, budget = p.rx.rateDrops-rate, p.rx.budgetDrops-budget
+	s.capRxPkts(p, pkts[at:at+int(rate)], "rx_rate")
+	at += int(rate)
+	s.capRxPkts(p, pkts[at:at+int(budget)], "rx_budget")
+	at += int(budget)
+	s.capRxPkts(p, pkts[at:], "rx_ring_full")
+	return kept
 }
 
 // capAppRx captures the buffers staged for the touched ports' RX rings.

@@ -179,3 +179,24 @@ func TestCaptureRingFull(t *testing.T) {
 		t.Errorf("a removed capture matched %d more", ring.Matched()-64)
 	}
 }
+
+// What a full RX ring refuses is captured at drop-rx as rx_ring_full,
+// with its port's channel; what it takes at app-rx.
+func TestCaptureRxRingFull(t *testing.T) {
+	r := newRig(t, flowswitch.Options{}, channel.Options{RxSize: 8})
+	r.register(t, 0, 1000, 53)
+	ring := newCapture(t, r.sw, capture.Options{Filter: capture.Filter{Apps: []string{"port0"}}})
+	var frames [][]byte
+	for range 20 {
+		frames = append(frames, udpFrame(t, 1000, 53, "a", 0))
+	}
+	r.write(t, frames...)
+	r.rxOnce(t, 20)
+	recs := readCapture(ring)
+	if count(recs, capture.AppRx, "port0", "") != 8 || count(recs, capture.DropRx, "port0", "rx_ring_full") != 12 || len(recs) != 20 {
+		t.Errorf("captured %+v; want 8 at app-rx, 12 rx_ring_full drops", recs)
+	}
+	if st := r.sw.Stats(); st.RxRingDrops != 12 {
+		t.Errorf("RxRingDrops %d, want 12", st.RxRingDrops)
+	}
+}

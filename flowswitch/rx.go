@@ -170,7 +170,7 @@ func (s *Switch) queueFor(e *flow.Entry) int32 {
 func (s *Switch) release(fq *flowQueue) {
 	p := fq.p
 	s.stats.FlowBatches++
-	runs := s.rxAdmit(p, fq.pkts, s.planRuns(fq.pkts, p.bufSize))
+	runs := s.capAdmit(p, fq.pkts, s.planRuns(fq.pkts, p.bufSize)) // rxAdmit, captured
 	out := s.allocBuf[:len(runs)]
 	got := p.ch.Alloc(out)
 	meta := p.ch.Pool()
