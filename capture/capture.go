@@ -19,11 +19,10 @@ import (
 	"strings"
 )
 
-// Point is a capture point of the datapath. The names are the switch's
-// view: "rx" is what the device, an app's port or the kernel hands to the
-// switch... except for the app and kernel points, whose rx and tx are the
-// app's and the kernel's own view, as their counters say (an app's RX ring
-// receives what the switch delivers).
+// Point is a capture point of the datapath. rx and tx are the device's,
+// the app's and the kernel's own view, as their counters say: app-rx is
+// what an app's RX ring receives from the switch, kernel-tx what the
+// kernel sends through it. Inbound says the switch's view.
 type Point uint8
 
 const (
