@@ -58,6 +58,7 @@ func (s *Switch) rxDeliver(n int) error {
 	}
 	s.stats.Packets += uint64(n)
 	s.stats.Batches++
+	s.hist.rxBatch.Observe(float64(n))
 	s.gen++
 	if s.capt.on {
 		s.capRx(n)
@@ -192,6 +193,7 @@ func (s *Switch) release(fq *flowQueue) {
 		if rl > 1 {
 			b.Data = b.Data[:s.merge(b.Data, seg)]
 			s.stats.SuperPackets++
+			s.hist.super.Observe(float64(len(b.Data)))
 			s.stats.Merged += uint64(rl - 1)
 		} else {
 			i := seg[0]
@@ -215,6 +217,7 @@ func (s *Switch) release(fq *flowQueue) {
 			b.Data = b.Data[:n]
 			if n > s.tx.mtu { // read whole from the link (rxgso.go)
 				s.stats.SuperPackets++
+				s.hist.super.Observe(float64(n))
 			}
 		}
 		b.Flags = 0
