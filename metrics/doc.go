@@ -15,6 +15,10 @@
 //	tx_packets_total, tx_bytes_total, ports_removed_total,
 //	active_flows, ports
 //
+// Histograms (flowswitch.SnapshotHists): rx_batch_size (frames per input
+// batch), rx_super_packet_bytes (each super packet delivered) and, with
+// Regulation, aqm_sojourn_seconds (each packet's wait in the AQM).
+//
 // Drops, one family with every reason of the snapshot, zero or not:
 //
 //	drops_total{dir="rx"|"tx", reason}
@@ -94,8 +98,8 @@
 //     Options.MaxFlows > 0, and then at most MaxFlows flows are exported,
 //     the busiest (packets in + out) first. The regulation and neighbour
 //     series exist only when the snapshot has those sections.
-//   - Counters are exported as counters and gauges as gauges, and every
-//     name passes promlint.
+//   - Counters are exported as counters, gauges as gauges and histograms
+//     as histograms, and every name passes promlint.
 //   - Describe sends a fixed set of descriptors, so the collector is a
 //     checked one: the registry verifies every sample against them.
 //

@@ -100,6 +100,8 @@ type Collector struct {
 	portReg []family[portReg]
 	flowReg []family[flowSt]
 	l2      []family[l2Tot]
+	// Histograms (hist.go).
+	hRxBatch, hSuper, hSojourn *prometheus.Desc
 }
 
 var _ prometheus.Collector = (*Collector)(nil)
@@ -115,6 +117,7 @@ func New(snap func() (flowswitch.Snapshot, error), opts Options) *Collector {
 		b.ns = DefaultNamespace
 	}
 	c := &Collector{snap: snap, maxFlows: max(opts.MaxFlows, 0)}
+	c.newHists(b)
 
 	c.totals = []family[totals]{
 		counter(b, nil, "rx_packets_total", "Frames read from the link.",
@@ -330,6 +333,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	describe(ch, c.portReg)
 	describe(ch, c.flowReg)
 	describe(ch, c.l2)
+	c.describeHists(ch)
 }
 
 // collect sends one sample of each family of fams, read from x.
@@ -383,6 +387,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	if snap.L2 != nil {
 		collect(ch, c.l2, snap.L2)
 	}
+	c.collectHists(ch, &snap)
 }
 
 // collectDrops sends one sample per drop reason. The snapshot lists each
