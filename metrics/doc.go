@@ -35,6 +35,11 @@
 //	channel_alloc_handed_buffers_total,
 //	channel_segments_added_total, channel_segments_freed_total
 //
+// With Options.Apps, per exported port, port_info{port, channel, app, uid}
+// (value 1): join it to the port series on {port, channel} for their app.
+// Past Options.MaxPorts ports (default 256), the quietest are folded into
+// one set of port series labelled port="other", channel="other", summed.
+//
 // With Options.MaxFlows > 0, per flow, labels {port, flow (the key), kind}:
 //
 //	flow_rx_packets_total, flow_rx_bytes_total,
@@ -94,7 +99,7 @@
 //   - Bounded cardinality: the switch-wide series are fixed; the drop
 //     series are the snapshot's fixed list of reasons; the port series are
 //     one set per live user port (port IDs are never reused, so a removed
-//     port's series just end); per-flow series are off unless
+//     port's series just end), at most MaxPorts sets; per-flow series are off unless
 //     Options.MaxFlows > 0, and then at most MaxFlows flows are exported,
 //     the busiest (packets in + out) first. The regulation and neighbour
 //     series exist only when the snapshot has those sections.

@@ -242,7 +242,7 @@ func label(m *dto.Metric, name string) string {
 func TestLintAndTypes(t *testing.T) {
 	r := newRig(t, channel.Options{}, true)
 	r.traffic(t)
-	c := metrics.New(metrics.SwitchSnapshot(r.sw), metrics.Options{MaxFlows: 10})
+	c := metrics.New(metrics.SwitchSnapshot(r.sw), metrics.Options{MaxFlows: 10, Apps: testApps})
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(c)
 	for _, p := range lint(t, reg) {
