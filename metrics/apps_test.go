@@ -1,10 +1,14 @@
 package metrics_test
 
 import (
+	"encoding/json"
+	"os"
+	"regexp"
 	"strconv"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/skylane/skylane/channel"
 	"github.com/skylane/skylane/metrics"
@@ -65,5 +69,55 @@ func TestPortAppsAndFolding(t *testing.T) {
 		if len(k) > len("skylane_port_info") && k[:len("skylane_port_info")] == "skylane_port_info" {
 			t.Errorf("a folded port has its info: %s", k)
 		}
+	}
+}
+
+// The Grafana dashboard in deploy/ is JSON and queries only metrics the
+// collector exports (histograms by their _bucket, _sum and _count series).
+func TestGrafanaDashboard(t *testing.T) {
+	b, err := os.ReadFile("../deploy/grafana-skylane.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d struct {
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+	}
+	if err := json.Unmarshal(b, &d); err != nil {
+		t.Fatalf("dashboard: %v", err)
+	}
+	r := newRig(t, channel.Options{}, true)
+	r.traffic(t)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(metrics.New(metrics.SwitchSnapshot(r.sw), metrics.Options{Apps: testApps}))
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, mf := range mfs {
+		have[mf.GetName()] = true
+		if mf.GetType() == dto.MetricType_HISTOGRAM {
+			for _, s := range []string{"_bucket", "_sum", "_count"} {
+				have[mf.GetName()+s] = true
+			}
+		}
+	}
+	name := regexp.MustCompile(`skylane_[a-z_]+`)
+	n := 0
+	for _, p := range d.Panels {
+		for _, tg := range p.Targets {
+			for _, m := range name.FindAllString(tg.Expr, -1) {
+				n++
+				if !have[m] {
+					t.Errorf("panel %q queries %s, which the collector does not export", p.Title, m)
+				}
+			}
+		}
+	}
+	if n == 0 {
+		t.Fatal("the dashboard queries no skylane metric")
 	}
 }
