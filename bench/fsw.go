@@ -16,14 +16,18 @@ import (
 )
 
 // The fsw-rx scenario's rows: size is the Ethernet frame length in bytes.
+// A capture row measures the switch with a capture running against the
+// same switch without one (fswcapture.go).
 var fswRows = []struct {
 	name        string
 	flows, size int
+	capture     bool
 }{
-	{"flows=1/size=64", 1, 64},
-	{"flows=1024/size=64", 1024, 64},
-	{"flows=100000/size=64", 100000, 64},
-	{"flows=1024/size=1500", 1024, 1500},
+	{"flows=1/size=64", 1, 64, false},
+	{"flows=1024/size=64", 1024, 64, false},
+	{"flows=1024/size=64/capture", 1024, 64, true},
+	{"flows=100000/size=64", 100000, 64, false},
+	{"flows=1024/size=1500", 1024, 1500, false},
 }
 
 const (
@@ -299,12 +303,16 @@ func (c *fswCopy) step() (int, error) {
 
 func runFswRx(cfg Config) (Report, error) {
 	rep := Report{Scenario: "fsw-rx", Machine: Machine()}
-	for _, row := range fswRows {
-		if !cfg.wants(row.name) {
+	for _, r := range fswRows {
+		if !cfg.wants(r.name) {
 			continue
 		}
-		cfg.progress("fsw-rx %s", row.name)
-		r, err := fswRow(cfg, row.name, row.flows, row.size)
+		cfg.progress("fsw-rx %s", r.name)
+		row := fswRow
+		if r.capture {
+			row = fswCaptureRow
+		}
+		r, err := row(cfg, r.name, r.flows, r.size)
 		if err != nil {
 			return rep, err
 		}

@@ -44,6 +44,8 @@ type Request struct {
 	// Register and Teardown.
 	Key  *Key      `json:"key,omitempty"`
 	Kind flow.Kind `json:"kind,omitempty"`
+	// Capture (OpCapture).
+	Capture *CaptureRequest `json:"capture,omitempty"`
 }
 
 // Key is a packet.Key on the wire: its fields, the addresses as 16 bytes
@@ -95,6 +97,8 @@ type Reply struct {
 	// Register.
 	FlowID   []byte `json:"flow_id,omitempty"`
 	Advisory uint32 `json:"advisory,omitempty"`
+	// Capture.
+	Capture *CaptureReply `json:"capture,omitempty"`
 }
 
 // ErrBadRequest: a request was malformed or out of order; the nexus
@@ -126,6 +130,13 @@ func DecodeRequest(b []byte) (Request, error) {
 		}
 		if _, err := r.Key.PacketKey(); err != nil {
 			return r, fmt.Errorf("%w: %v", ErrBadRequest, err)
+		}
+	case OpCapture:
+		if r.Capture == nil {
+			return r, fmt.Errorf("%w: capture without its filter", ErrBadRequest)
+		}
+		if err := r.Capture.check(); err != nil {
+			return r, err
 		}
 	case OpClose, OpStats:
 	default:

@@ -16,6 +16,9 @@ func FuzzDecodeRequest(f *testing.F) {
 	f.Add([]byte(`{"op":"teardown","key":{"l":"","r":""}}`))
 	f.Add([]byte(`{"op":"close"}`))
 	f.Add([]byte(`{"op":"open","name":""}`))
+	f.Add([]byte(`{"op":"capture","capture":{"points":["drop","device-tx"],"apps":["web"],"proto":6,"host":"198.18.0.1","port":80,"reasons":["src_addr"],"snaplen":128,"slots":64}}`))
+	f.Add([]byte(`{"op":"capture","capture":{"snaplen":-1}}`))
+	f.Add([]byte(`{"op":"capture"}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, err := control.DecodeRequest(b)
 		if err != nil {
@@ -36,7 +39,19 @@ func FuzzDecodeRequest(f *testing.F) {
 			if r.Op == control.OpRegister && (r.Kind < flow.Connected || r.Kind > flow.Listener2) {
 				t.Fatalf("kind %d accepted", r.Kind)
 			}
-		case control.OpClose:
+		case control.OpCapture:
+			c := r.Capture
+			if c == nil || c.Snaplen < 0 || c.Snaplen > 65535 || c.Slots < 0 || c.Slots > 1<<16 {
+				t.Fatalf("capture %+v accepted", c)
+			}
+			for _, l := range [][]string{c.Points, c.Apps, c.Reasons} {
+				for _, n := range l {
+					if len(n) == 0 || len(n) > 64 || len(l) > 32 {
+						t.Fatalf("capture list %q accepted", l)
+					}
+				}
+			}
+		case control.OpClose, control.OpStats:
 		default:
 			t.Fatalf("op %q accepted", r.Op)
 		}

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	"github.com/skylane/skylane/capture"
 )
 
 // Host port (docs/design.md §4, §8): frames no user-space stack claimed belong to
@@ -32,6 +34,7 @@ func (h *hostState) init(n, frameLen int) {
 func (s *Switch) noFlow(i int) {
 	if s.host == nil {
 		s.stats.NoFlow++
+		s.capRxDrop(i, "no_flow")
 		return
 	}
 	s.hostMark[i] = true
@@ -52,6 +55,9 @@ func (s *Switch) flushHost() error {
 		}
 	}
 	s.nHost = 0
+	if s.capt.on {
+		s.capFrames(capture.KernelRx, "", s.toHost)
+	}
 	w, err := s.host.Write(s.toHost)
 	s.stats.HostDelivered += uint64(w)
 	s.stats.HostDrops += uint64(len(s.toHost) - w)
@@ -88,6 +94,9 @@ func (s *Switch) hostOnce() (int, error) {
 	}
 	for i := range n {
 		h.out = append(h.out, h.bufs[i][:h.sizes[i]])
+	}
+	if s.capt.on {
+		s.capHostTx(h.out)
 	}
 	var w int
 	if s.reg != nil {

@@ -58,7 +58,11 @@ func (s *Switch) rxDeliver(n int) error {
 	}
 	s.stats.Packets += uint64(n)
 	s.stats.Batches++
+	s.hist.rxBatch.Observe(float64(n))
 	s.gen++
+	if s.capt.on {
+		s.capRx(n)
+	}
 
 	// Parse every frame, then look all the keys up at once (LookupBatch
 	// overlaps the flow table's cache misses), then queue each packet on
@@ -68,6 +72,7 @@ func (s *Switch) rxDeliver(n int) error {
 		p := &s.rx[i]
 		if err := packet.Parse(s.bufs[i][:s.sizes[i]], s.linkType, p); err != nil {
 			s.stats.ParseDrops[packet.ReasonOf(err)]++
+			s.capParseDrop(i, err)
 			continue
 		}
 		if p.IPVersion == 0 { // ARP: the resolver's, or the host port's business
@@ -108,6 +113,9 @@ func (s *Switch) rxDeliver(n int) error {
 		if fq := &s.queues[i]; len(fq.pkts) > 0 {
 			s.release(fq)
 		}
+	}
+	if s.capt.on {
+		s.capAppRx()
 	}
 	for _, p := range s.touchedPorts {
 		if len(p.pending) > 0 { // nothing staged when every Alloc failed
@@ -163,7 +171,7 @@ func (s *Switch) queueFor(e *flow.Entry) int32 {
 func (s *Switch) release(fq *flowQueue) {
 	p := fq.p
 	s.stats.FlowBatches++
-	runs := s.rxAdmit(p, fq.pkts, s.planRuns(fq.pkts, p.bufSize))
+	runs := s.capAdmit(p, fq.pkts, s.planRuns(fq.pkts, p.bufSize)) // rxAdmit, captured
 	out := s.allocBuf[:len(runs)]
 	got := p.ch.Alloc(out)
 	meta := p.ch.Pool()
@@ -178,12 +186,14 @@ func (s *Switch) release(fq *flowQueue) {
 		at += int(rl)
 		if j >= got {
 			s.stats.AllocFails += uint64(rl)
+			s.capRxPkts(p, seg, "alloc_fail")
 			continue
 		}
 		b := out[j]
 		if rl > 1 {
 			b.Data = b.Data[:s.merge(b.Data, seg)]
 			s.stats.SuperPackets++
+			s.hist.super.Observe(float64(len(b.Data)))
 			s.stats.Merged += uint64(rl - 1)
 		} else {
 			i := seg[0]
@@ -198,6 +208,7 @@ func (s *Switch) release(fq *flowQueue) {
 				}
 				if !counted {
 					s.stats.Oversize++
+					s.capRxPkts(p, seg, "oversize")
 				}
 				p.ch.Release(out[j : j+1])
 				continue
@@ -206,6 +217,7 @@ func (s *Switch) release(fq *flowQueue) {
 			b.Data = b.Data[:n]
 			if n > s.tx.mtu { // read whole from the link (rxgso.go)
 				s.stats.SuperPackets++
+				s.hist.super.Observe(float64(n))
 			}
 		}
 		b.Flags = 0

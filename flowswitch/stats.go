@@ -9,6 +9,7 @@ import (
 
 	"github.com/skylane/skylane/channel"
 	"github.com/skylane/skylane/flow"
+	"github.com/skylane/skylane/histogram"
 	"github.com/skylane/skylane/neigh"
 	"github.com/skylane/skylane/packet"
 )
@@ -29,6 +30,8 @@ type Snapshot struct {
 	Regulation *SnapshotRegulation `json:"regulation,omitempty"`
 	// L2 is neighbour resolution's figures; nil without a resolver.
 	L2 *SnapshotL2 `json:"l2,omitempty"`
+	// Hists are the datapath's histograms (hist.go).
+	Hists SnapshotHists `json:"hists"`
 }
 
 // SnapshotRegulation are the regulation layer's counters (RegulationStats)
@@ -59,7 +62,10 @@ type SnapshotRegulation struct {
 	Held           uint64  `json:"rx_held_batches"` // input batches adaptive batching held
 	Level          int     `json:"rx_mitigation_level"`
 	RxRate         float64 `json:"rx_mitigation_pps"` // the smoothed receive rate
-	Stalled        uint64  `json:"stalled_ports"`
+	// Sojourn is the AQM's histogram of each dequeued packet's wait, in
+	// seconds.
+	Sojourn histogram.Snapshot `json:"sojourn"`
+	Stalled uint64             `json:"stalled_ports"`
 }
 
 // SnapshotL2 are neighbour resolution's counters: the switch's side and
@@ -198,6 +204,7 @@ func (s *Switch) Snapshot() Snapshot {
 		snap.Ports = append(snap.Ports, ps)
 	}
 	snap.Drops = drops(&st)
+	snap.Hists = SnapshotHists{RxBatch: s.hist.rxBatch.Snapshot(), SuperPacket: s.hist.super.Snapshot()}
 	if s.reg != nil {
 		r, q := &st.Regulation, &st.Regulation.Queue
 		snap.Regulation = &SnapshotRegulation{
@@ -212,6 +219,7 @@ func (s *Switch) Snapshot() Snapshot {
 		if m := s.reg.mit; m != nil {
 			snap.Regulation.RxRate = m.Rate()
 		}
+		snap.Regulation.Sojourn = s.reg.q.Sojourn()
 	}
 	if s.l2.nb != nil {
 		snap.L2 = &SnapshotL2{Switch: st.L2, Resolver: s.l2.nb.Stats()}

@@ -252,6 +252,8 @@ type Switch struct {
 	tx     txState   // transmit scratch, allocated once by New (tx.go)
 	l2     l2State   // neighbour resolution (l2.go)
 	reg    *regState // nil without Options.Regulation (regulation.go)
+	capt   capState  // packet captures (capture.go)
+	hist   hists     // histograms (hist.go)
 	// rxBudget is RegulationOptions.RxBudget (rxlimit.go); 0: none. Immutable.
 	rxBudget int
 
@@ -326,6 +328,7 @@ func New(opts Options) (*Switch, error) {
 		s.hostIn.init(n, netif.MaxFrameLen(s.host.MTU(), lt))
 	}
 	s.mergeLimit = mergeLimit(opts.MergeLimit)
+	s.hist.init()
 	s.tx.init(opts, lt, opts.Link.MTU())
 	if opts.IdleWait < 0 {
 		return nil, fmt.Errorf("%w: negative idle wait %v", ErrBadOptions, opts.IdleWait)

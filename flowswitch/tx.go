@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/skylane/skylane/capture"
 	"github.com/skylane/skylane/channel"
 	"github.com/skylane/skylane/flow"
 	"github.com/skylane/skylane/netif"
@@ -403,10 +404,17 @@ func (s *Switch) txTake(p *port, limit int, now int64) (int, error) {
 	ch.Release(t.bufs[:n])
 	clear(t.bufs[:n]) // drop the references into shared memory
 	t.hasNow = false
-	s.txChecks(p, n)
+	if s.capt.on {
+		s.capTxChecks(p, n)
+	} else {
+		s.txChecks(p, n)
+	}
 	p.tx.drops += uint64(n - len(t.out))
 	if s.l2.dynamic && len(t.out) > 0 {
 		s.resolveOut() // packets with no next hop yet wait in the resolver
+	}
+	if s.capt.on && len(t.out) > 0 {
+		s.capFrames(capture.DeviceTx, p.ch.Name(), t.out)
 	}
 
 	if len(t.out) == 0 {

@@ -15,6 +15,10 @@
 //	tx_packets_total, tx_bytes_total, ports_removed_total,
 //	active_flows, ports
 //
+// Histograms (flowswitch.SnapshotHists): rx_batch_size (frames per input
+// batch), rx_super_packet_bytes (each super packet delivered) and, with
+// Regulation, aqm_sojourn_seconds (each packet's wait in the AQM).
+//
 // Drops, one family with every reason of the snapshot, zero or not:
 //
 //	drops_total{dir="rx"|"tx", reason}
@@ -30,6 +34,11 @@
 //	channel_wakeups_total, channel_reclaimed_buffers_total,
 //	channel_alloc_handed_buffers_total,
 //	channel_segments_added_total, channel_segments_freed_total
+//
+// With Options.Apps, per exported port, port_info{port, channel, app, uid}
+// (value 1): join it to the port series on {port, channel} for their app.
+// Past Options.MaxPorts ports (default 256), the quietest are folded into
+// one set of port series labelled port="other", channel="other", summed.
 //
 // With Options.MaxFlows > 0, per flow, labels {port, flow (the key), kind}:
 //
@@ -90,12 +99,12 @@
 //   - Bounded cardinality: the switch-wide series are fixed; the drop
 //     series are the snapshot's fixed list of reasons; the port series are
 //     one set per live user port (port IDs are never reused, so a removed
-//     port's series just end); per-flow series are off unless
+//     port's series just end), at most MaxPorts sets; per-flow series are off unless
 //     Options.MaxFlows > 0, and then at most MaxFlows flows are exported,
 //     the busiest (packets in + out) first. The regulation and neighbour
 //     series exist only when the snapshot has those sections.
-//   - Counters are exported as counters and gauges as gauges, and every
-//     name passes promlint.
+//   - Counters are exported as counters, gauges as gauges and histograms
+//     as histograms, and every name passes promlint.
 //   - Describe sends a fixed set of descriptors, so the collector is a
 //     checked one: the registry verifies every sample against them.
 //

@@ -26,6 +26,16 @@ type Options struct {
 	// ConstLabels are added to every series, e.g. to tell two switches of
 	// one process apart.
 	ConstLabels prometheus.Labels
+	// Apps, if set, names the app and uid of each port by its channel
+	// (the nexus's control server knows them; apps.go): one
+	// port_info{port, channel, app, uid} series per exported port. It is
+	// called once per scrape.
+	Apps func() map[string]App
+	// MaxPorts caps the ports exported one by one, the busiest (packets
+	// delivered + sent) first; the others are folded into one set of
+	// series labelled port="other", channel="other", their values summed.
+	// 0 means DefaultMaxPorts.
+	MaxPorts int
 }
 
 // SnapshotFunc returns the counters of one switch at one instant.
@@ -90,6 +100,9 @@ func b2f(b bool) float64 {
 type Collector struct {
 	snap     SnapshotFunc
 	maxFlows int
+	maxPorts int
+	apps     func() map[string]App
+	portInfo *prometheus.Desc
 
 	totals  []family[totals]
 	ports   family[flowswitch.Snapshot] // the number of ports
@@ -100,6 +113,8 @@ type Collector struct {
 	portReg []family[portReg]
 	flowReg []family[flowSt]
 	l2      []family[l2Tot]
+	// Histograms (hist.go).
+	hRxBatch, hSuper, hSojourn *prometheus.Desc
 }
 
 var _ prometheus.Collector = (*Collector)(nil)
@@ -114,7 +129,12 @@ func New(snap func() (flowswitch.Snapshot, error), opts Options) *Collector {
 	if b.ns == "" {
 		b.ns = DefaultNamespace
 	}
-	c := &Collector{snap: snap, maxFlows: max(opts.MaxFlows, 0)}
+	c := &Collector{snap: snap, maxFlows: max(opts.MaxFlows, 0), maxPorts: opts.MaxPorts, apps: opts.Apps}
+	if c.maxPorts <= 0 {
+		c.maxPorts = DefaultMaxPorts
+	}
+	c.portInfo = b.desc("port_info", "1 for each port exported: its app's name and uid.", []string{"port", "channel", "app", "uid"})
+	c.newHists(b)
 
 	c.totals = []family[totals]{
 		counter(b, nil, "rx_packets_total", "Frames read from the link.",
@@ -330,6 +350,8 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	describe(ch, c.portReg)
 	describe(ch, c.flowReg)
 	describe(ch, c.l2)
+	c.describeHists(ch)
+	ch <- c.portInfo
 }
 
 // collect sends one sample of each family of fams, read from x.
@@ -362,14 +384,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	collect(ch, c.totals, &snap.Totals)
 	send(ch, c.ports.desc, c.ports.vt, c.ports.value(&snap))
 	c.collectDrops(ch, snap.Drops)
-	for i := range snap.Ports {
-		p := &snap.Ports[i]
-		id := strconv.FormatUint(uint64(p.Port), 10)
-		collect(ch, c.port, p, id, p.Channel)
-		if p.Regulation != nil {
-			collect(ch, c.portReg, p.Regulation, id, p.Channel)
-		}
-	}
+	c.collectPorts(ch, snap.Ports)
 	for _, f := range c.topFlows(snap.Flows) {
 		id := strconv.FormatUint(uint64(f.Port), 10)
 		collect(ch, c.flow, f, id, f.Key, f.Kind)
@@ -383,6 +398,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	if snap.L2 != nil {
 		collect(ch, c.l2, snap.L2)
 	}
+	c.collectHists(ch, &snap)
 }
 
 // collectDrops sends one sample per drop reason. The snapshot lists each

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -27,6 +28,7 @@ import (
 	"github.com/skylane/skylane/channel"
 	"github.com/skylane/skylane/flow"
 	"github.com/skylane/skylane/flowswitch"
+	"github.com/skylane/skylane/histogram"
 	"github.com/skylane/skylane/metrics"
 	"github.com/skylane/skylane/netif/memif"
 	"github.com/skylane/skylane/nexus"
@@ -240,7 +242,7 @@ func label(m *dto.Metric, name string) string {
 func TestLintAndTypes(t *testing.T) {
 	r := newRig(t, channel.Options{}, true)
 	r.traffic(t)
-	c := metrics.New(metrics.SwitchSnapshot(r.sw), metrics.Options{MaxFlows: 10})
+	c := metrics.New(metrics.SwitchSnapshot(r.sw), metrics.Options{MaxFlows: 10, Apps: testApps})
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(c)
 	for _, p := range lint(t, reg) {
@@ -252,7 +254,9 @@ func TestLintAndTypes(t *testing.T) {
 	}
 	for _, mf := range mfs {
 		counter := strings.HasSuffix(mf.GetName(), "_total")
-		if counter != (mf.GetType() == dto.MetricType_COUNTER) || (!counter && mf.GetType() != dto.MetricType_GAUGE) {
+		hist := mf.GetType() == dto.MetricType_HISTOGRAM &&
+			(strings.HasSuffix(mf.GetName(), "_seconds") || strings.HasSuffix(mf.GetName(), "_bytes") || strings.HasSuffix(mf.GetName(), "_size"))
+		if counter != (mf.GetType() == dto.MetricType_COUNTER) || (!counter && !hist && mf.GetType() != dto.MetricType_GAUGE) {
 			t.Errorf("%s is a %v", mf.GetName(), mf.GetType())
 		}
 		if !strings.HasPrefix(mf.GetName(), "skylane_") || mf.GetHelp() == "" {
@@ -590,6 +594,39 @@ func checkSnapshot(t *testing.T, mfs map[string]*dto.MetricFamily, snap *flowswi
 		check("skylane_neigh_pending_overflow_total", v.PendingOverflow)
 		check("skylane_neigh_pending_expired_total", v.PendingExpired)
 		check("skylane_neigh_bad_frames_total", v.BadFrames)
+	}
+	checkHist := func(name string, h histogram.Snapshot) {
+		t.Helper()
+		n++
+		mf := mfs[name]
+		if mf == nil || len(mf.Metric) != 1 || mf.Metric[0].Histogram == nil {
+			t.Errorf("%s: no histogram", name)
+			return
+		}
+		g := mf.Metric[0].Histogram
+		if g.GetSampleCount() != h.Count || g.GetSampleSum() != h.Sum {
+			t.Errorf("%s: count %d sum %v; snapshot %+v", name, g.GetSampleCount(), g.GetSampleSum(), h)
+		}
+		cum, finite := h.Cumulative(), 0
+		for _, b := range g.Bucket { // the text format adds +Inf
+			if ub := b.GetUpperBound(); !math.IsInf(ub, 1) {
+				finite++
+				if b.GetCumulativeCount() != cum[ub] {
+					t.Errorf("%s: bucket le=%v holds %d, snapshot %d", name, ub, b.GetCumulativeCount(), cum[ub])
+				}
+			}
+		}
+		if finite != len(h.Bounds) {
+			t.Errorf("%s: %d buckets, snapshot %d", name, finite, len(h.Bounds))
+		}
+	}
+	checkHist("skylane_rx_batch_size", snap.Hists.RxBatch)
+	checkHist("skylane_rx_super_packet_bytes", snap.Hists.SuperPacket)
+	if snap.Regulation != nil {
+		checkHist("skylane_aqm_sojourn_seconds", snap.Regulation.Sojourn)
+	}
+	if snap.Hists.RxBatch.Count != snap.Totals.Batches {
+		t.Errorf("rx batch histogram counts %d batches, totals %d", snap.Hists.RxBatch.Count, snap.Totals.Batches)
 	}
 	total := 0
 	for _, mf := range mfs {

@@ -3,6 +3,7 @@ package regulate
 import (
 	"fmt"
 
+	"github.com/skylane/skylane/histogram"
 	"github.com/skylane/skylane/packet"
 )
 
@@ -19,6 +20,9 @@ import (
 //
 // A Queue belongs to one goroutine (the nexus's transmit loop).
 type Queue struct {
+	// sojournHist: the sojourn of every packet dequeued, in seconds.
+	sojournHist histogram.H
+
 	// Immutable after New.
 	limit, quantum, dropBatch, batch, maxFrame int
 	target, interval                           int64 // ns
@@ -145,6 +149,7 @@ func New(opts Options) (*Queue, error) {
 	for i := slots - 1; i > sharedFlow; i-- {
 		q.freeSlots = append(q.freeSlots, int32(i))
 	}
+	q.sojournHist = histogram.New(SojournBounds...)
 	return q, nil
 }
 
@@ -166,6 +171,14 @@ func (q *Queue) MaxFrame() int { return q.maxFrame }
 func (q *Queue) Len() int { return q.packets }
 
 // Stats returns the counters.
+// SojournBounds are the sojourn histogram's buckets, in seconds: from
+// 50 µs, well under the default target, to a second.
+var SojournBounds = []float64{50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1}
+
+// Sojourn returns the histogram of the sojourn of every packet dequeued,
+// in seconds (it allocates: a control path's call).
+func (q *Queue) Sojourn() histogram.Snapshot { return q.sojournHist.Snapshot() }
+
 func (q *Queue) Stats() Stats {
 	s := q.stats
 	s.Packets, s.Bytes, s.ActiveFlows = q.packets, q.bytes, q.active
@@ -411,6 +424,7 @@ func (q *Queue) take(f *flowSlot, now int64) int32 {
 	b := q.popHead(f)
 	if b >= 0 {
 		f.sojourn = max(now-q.pts[b], 0) // a clock that went back counts as no wait
+		q.sojournHist.Observe(float64(f.sojourn) / 1e9)
 	}
 	return b
 }

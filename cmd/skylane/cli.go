@@ -27,6 +27,8 @@ usage:
                                    own the interface and serve apps on a control socket (root)
   skylane stats --nexus SOCKET [--json] [--watch 1s]
                                    a running nexus's counters, per app
+  skylane capture --nexus SOCKET [--point P] [--app A] [--host IP] [--port N] [--reason R] [-c N] -w FILE|-
+                                   what the nexus sees, as pcapng: device, apps, kernel and drops
   skylane serve --dev IF --driver afxdp|afpacket|tun --addr IP:PORT [--tls]
                                    serve HTTP(S) from a user-space stack on a nexus of its own (root)
   skylane serve --nexus SOCKET --addr [IP]:PORT [--reconnect] [--tls]
@@ -49,6 +51,8 @@ func run(args []string) error {
 		return runNexus(args[1:])
 	case "stats":
 		return runStats(args[1:])
+	case "capture":
+		return runCapture(args[1:])
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 		return nil

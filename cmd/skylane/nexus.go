@@ -218,7 +218,7 @@ func runNexusDaemon(ctx context.Context, cfg nexusConfig, hup <-chan os.Signal, 
 	}()
 
 	if cfg.metrics != "" {
-		at, stop, err := serveMetrics(cfg.metrics, o.nx)
+		at, stop, err := serveMetrics(cfg.metrics, o.nx, srv)
 		if err != nil {
 			return fmt.Errorf("nexus: %w", err)
 		}
@@ -280,10 +280,22 @@ func (w *logWriter) Write(b []byte) (int, error) {
 
 // serveMetrics serves the nexus's Prometheus metrics on the kernel's stack
 // at addr, in the calling thread's network namespace, until stop; at is
-// the address it listens on.
-func serveMetrics(addr string, nx *nexus.Nexus) (at net.Addr, stop func(), err error) {
+// the address it listens on. ctl, if not nil, names the ports' apps.
+func serveMetrics(addr string, nx *nexus.Nexus, ctl *control.Server) (at net.Addr, stop func(), err error) {
 	reg := prometheus.NewRegistry()
-	if err := reg.Register(metrics.New(nx.Snapshot, metrics.Options{})); err != nil {
+	var o metrics.Options
+	if ctl != nil {
+		// Port series carry their app's name and uid (port_info), from
+		// the control server's sessions.
+		o.Apps = func() map[string]metrics.App {
+			m := map[string]metrics.App{}
+			for ch, a := range ctl.PortApps() {
+				m[ch] = metrics.App{Name: a.Name, UID: a.UID}
+			}
+			return m
+		}
+	}
+	if err := reg.Register(metrics.New(nx.Snapshot, o)); err != nil {
 		return nil, nil, fmt.Errorf("metrics: %w", err)
 	}
 	ln, err := net.Listen("tcp", addr)

@@ -195,7 +195,7 @@ func serve(ctx context.Context, cfg serveConfig, out, log io.Writer) (err error)
 		// On the kernel's stack, beside the user-space one, so an
 		// operator's scraper reaches it like any local service. Listened
 		// on here, in serve's own thread and so its network namespace.
-		at, stop, err := serveMetrics(cfg.metrics, s.nx)
+		at, stop, err := serveMetrics(cfg.metrics, s.nx, nil)
 		if err != nil {
 			return fmt.Errorf("serve: %w", err)
 		}

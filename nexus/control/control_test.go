@@ -19,6 +19,7 @@ import (
 	"github.com/skylane/skylane/channel"
 	"github.com/skylane/skylane/control"
 	"github.com/skylane/skylane/flow"
+	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/netif/memif"
 	"github.com/skylane/skylane/nexus"
 	server "github.com/skylane/skylane/nexus/control"
@@ -51,6 +52,14 @@ func TestMain(m *testing.M) {
 // it if the test did not, then closes the nexus.
 func serve(t *testing.T) (n *nexus.Nexus, path string, stop func()) {
 	t.Helper()
+	n, path, stop, _ = servePeer(t)
+	return n, path, stop
+}
+
+// servePeer is serve, also returning the wire's other end: frames written
+// there reach the nexus.
+func servePeer(t *testing.T) (n *nexus.Nexus, path string, stop func(), peer netif.Link) {
+	t.Helper()
 	la, lb, err := memif.NewPair(memif.Options{Name: "ctl"})
 	if err != nil {
 		t.Fatal(err)
@@ -79,7 +88,7 @@ func serve(t *testing.T) (n *nexus.Nexus, path string, stop func()) {
 		})
 	}
 	t.Cleanup(stop)
-	return n, path, stop
+	return n, path, stop, lb
 }
 
 func flows(t *testing.T, n *nexus.Nexus) (ports, flows int) {

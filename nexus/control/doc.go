@@ -16,7 +16,10 @@
 // flow is an outgoing connection, which needs dial (and dial_to) and a
 // local port from the ephemeral range the open reply names, or one the
 // rule lets it bind; and no more than max_flows flows at once. stats
-// needs observe. uid 0 and the nexus's own uid may do everything.
+// needs observe; a capture (skylane capture, capture.go) observe, or
+// observe = "own" for the frames of the ports of the session's own uid's
+// apps open when it starts. uid 0 and the nexus's own uid may do
+// everything.
 //
 // Invariants:
 //
@@ -44,7 +47,10 @@
 //     a stale file (its nexus died) is replaced, a live nexus's refused.
 //   - The nexus's worker never blocks on a socket: it only duplicates the
 //     channel's descriptors (nexus.RemotePort.Send); replies and the
-//     channel are written by the session's goroutine, with a deadline.
+//     channel are written by the session's goroutine, with a deadline. A
+//     capture's frames go through a bounded ring the worker never waits
+//     for (a full ring drops, counted); the session's goroutine sends
+//     them, at most 4 captures run at once.
 //   - Every session goroutine is owned by Serve: cancelling its context or
 //     closing the listener closes every session, and Serve returns only
 //     after all of them exited.

@@ -72,8 +72,9 @@ type Server struct {
 	self uint32    // the nexus's uid; immutable
 	wg   sync.WaitGroup
 
-	refused atomic.Uint64 // requests the policy refused, all sessions
-	seq     atomic.Uint64 // session ids
+	refused  atomic.Uint64 // requests the policy refused, all sessions
+	seq      atomic.Uint64 // session ids
+	captures atomic.Int64  // captures running (capture.go)
 
 	mu       sync.Mutex
 	pol      *policy.Policy        // guarded by mu

@@ -102,6 +102,10 @@ func (ss *session) run() {
 				return
 			}
 			continue
+		case control.OpCapture:
+			ss.capture(req.Capture) // the session's last request
+			why = "capture ended"
+			return
 		case control.OpClose:
 			rep = control.Reply{OK: true}
 			ss.mu.Lock()

@@ -155,6 +155,19 @@ func (g *Grant) Flows(have int) error { return g.check(flows(have)) }
 // Observe checks reading the nexus's stats.
 func (g *Grant) Observe() error { return g.check(observe{}) }
 
+// Capture checks a packet capture: all says whether it may capture every
+// frame (observe = true), else only its own user's apps' (observe =
+// "own").
+func (g *Grant) Capture() (all bool, err error) {
+	if g.check(observe{}) == nil {
+		return true, nil
+	}
+	if err := g.check(observeOwn{}); err != nil {
+		return false, err
+	}
+	return false, nil
+}
+
 type listen struct {
 	proto uint8
 	addr  netip.Addr
@@ -250,6 +263,17 @@ func (f flows) allowedBy(r *Rule) (bool, string) {
 }
 
 type observe struct{}
+
+type observeOwn struct{}
+
+func (observeOwn) String() string { return "capture its own apps' frames" }
+
+func (observeOwn) allowedBy(r *Rule) (bool, string) {
+	if !r.Observe && !r.ObserveOwn {
+		return false, `it has neither observe = true nor observe = "own"`
+	}
+	return true, ""
+}
 
 func (observe) String() string { return "observe the nexus's stats" }
 

@@ -15,7 +15,8 @@
 //	rate = "1Gbit"
 //	dial = true              # may open outgoing connections
 //	dial_to = ["198.18.0.0/15"]  # optional: only to these prefixes
-//	observe = false          # may read the nexus's stats
+//	observe = false          # true: may read the nexus's stats and capture every
+//	                         # frame; "own": may capture its own user's apps' frames
 //
 // Matching: the FIRST rule, in file order, whose selector matches the app's
 // credentials governs the whole session: its ports, addresses, limits and

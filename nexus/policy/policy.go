@@ -46,7 +46,10 @@ type Rule struct {
 	MaxFlows int   // flows registered at once
 	MaxPool  int64 // bytes of packet pool
 	Rate     int64 // transmit bits per second
-	Observe  bool  // may read the nexus's stats
+	Observe  bool  // may read the nexus's stats and capture every frame
+	// ObserveOwn (observe = "own"): may capture the frames of its own
+	// user's apps only (their ports' frames), and read no stats.
+	ObserveOwn bool
 }
 
 // selector is what a rule matches: exactly one of a uid, a gid (primary
@@ -246,7 +249,7 @@ type ruleFile struct {
 	Rate     *Rate          `toml:"rate"`
 	Dial     bool           `toml:"dial"`
 	DialTo   []netip.Prefix `toml:"dial_to"`
-	Observe  bool           `toml:"observe"`
+	Observe  any            `toml:"observe"` // true, false or "own"
 }
 
 // ruleKeys are ruleFile's keys, spelled exactly (the decoder would also
@@ -365,7 +368,18 @@ func (rf *ruleFile) check(r *Rule, res Resolver) error {
 	if rf.Rate != nil {
 		r.Rate = int64(*rf.Rate)
 	}
-	r.Observe = rf.Observe
+	switch v := rf.Observe.(type) {
+	case nil:
+	case bool:
+		r.Observe = v
+	case string:
+		if v != "own" {
+			return fmt.Errorf(`observe = %q: want true, false or "own"`, v)
+		}
+		r.ObserveOwn = true
+	default:
+		return fmt.Errorf(`observe = %v: want true, false or "own"`, v)
+	}
 	return nil
 }
 
