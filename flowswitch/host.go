@@ -6,6 +6,7 @@ import (
 	"io"
 
 	"github.com/skylane/skylane/capture"
+	"github.com/skylane/skylane/netif"
 )
 
 // Host port (docs/design.md §4, §8): frames no user-space stack claimed belong to
@@ -33,12 +34,22 @@ func (h *hostState) init(n, frameLen int) {
 // to the host link at the end of the batch, or is dropped and counted.
 func (s *Switch) noFlow(i int) {
 	if s.host == nil {
+		if s.kernTap {
+			s.stats.KernelKept++ // the kernel got its own copy
+			return
+		}
 		s.stats.NoFlow++
 		s.capRxDrop(i, "no_flow")
 		return
 	}
 	s.hostMark[i] = true
 	s.nHost++
+}
+
+// isKernelTap reports whether l's frames of no flow are the kernel's.
+func isKernelTap(l netif.Link) bool {
+	t, ok := l.(netif.KernelTap)
+	return ok && t.KernelGetsCopies()
 }
 
 // flushHost writes the frames marked for the host link, in the order they
