@@ -176,9 +176,10 @@ type tapLink struct{ netif.Link }
 
 func (tapLink) KernelGetsCopies() bool { return true }
 
-// A frame of no flow read from a netif.KernelTap is the kernel's: counted
-// as passed (KernelKept, Totals.KernelPassed), not as a no_flow drop. From
-// any other link without a host port it is a no_flow drop.
+// A frame of no flow, or of an EtherType the switch does not parse, read
+// from a netif.KernelTap is the kernel's: counted as passed (KernelKept,
+// Totals.KernelPassed), not as a drop. From any other link without a host
+// port it is a no_flow or parse drop.
 func TestSnapshotKernelKept(t *testing.T) {
 	for _, tap := range []bool{false, true} {
 		a, b, err := memif.NewPair(memif.Options{QueueLen: 64})
@@ -195,28 +196,33 @@ func TestSnapshotKernelKept(t *testing.T) {
 			t.Fatal(err)
 		}
 		f := udpFrame(t, 6000, 5000, "kernel's", 0)
-		if n, err := b.Write([][]byte{f, f, f}); n != 3 || err != nil {
+		lldp := bytes.Clone(f)
+		lldp[12], lldp[13] = 0x88, 0xcc // an EtherType only the kernel speaks
+		if n, err := b.Write([][]byte{f, f, f, lldp}); n != 4 || err != nil {
 			t.Fatalf("write: %d, %v", n, err)
 		}
-		if n, err := sw.RxOnce(); n != 3 || err != nil {
+		if n, err := sw.RxOnce(); n != 4 || err != nil {
 			t.Fatalf("RxOnce: %d, %v", n, err)
 		}
 		st, snap := sw.Stats(), sw.Snapshot()
-		var noFlow uint64
+		var noFlow, ether uint64
 		for _, d := range snap.Drops {
-			if d.Dir == "rx" && d.Reason == "no_flow" {
+			switch d.Dir + "/" + d.Reason {
+			case "rx/no_flow":
 				noFlow = d.Packets
+			case "rx/parse_" + packet.ReasonUnsupportedEtherType.String():
+				ether = d.Packets
 			}
 		}
-		want := [3]uint64{0, 0, 3} // kept, passed, no_flow drops
+		want := [4]uint64{0, 0, 3, 1} // kept, passed, no_flow and ethertype drops
 		if tap {
-			want = [3]uint64{3, 3, 0}
+			want = [4]uint64{4, 4, 0, 0}
 		}
-		if got := [3]uint64{st.KernelKept, snap.Totals.KernelPassed, noFlow}; got != want || st.NoFlow != noFlow {
-			t.Errorf("tap=%v: kept, passed, no_flow = %v, want %v (NoFlow %d)", tap, got, want, st.NoFlow)
+		if got := [4]uint64{st.KernelKept, snap.Totals.KernelPassed, noFlow, ether}; got != want || st.NoFlow != noFlow {
+			t.Errorf("tap=%v: kept, passed, no_flow, ethertype = %v, want %v (NoFlow %d)", tap, got, want, st.NoFlow)
 		}
-		if snap.Link.RxPackets != 3 {
-			t.Errorf("tap=%v: snapshot's link read %d frames, want 3", tap, snap.Link.RxPackets)
+		if snap.Link.RxPackets != 4 {
+			t.Errorf("tap=%v: snapshot's link read %d frames, want 4", tap, snap.Link.RxPackets)
 		}
 	}
 }

@@ -134,7 +134,7 @@ type Stats struct {
 	Deliveries  uint64 // channel.Deliver calls: at most one per channel per input batch
 	Delivered   uint64 // packets put on an RX ring
 	NoFlow      uint64 // packets of no registered flow (ARP included), dropped: no host link
-	KernelKept  uint64 // packets of no flow the kernel's stack has its own copy of (netif.KernelTap): passed, not dropped
+	KernelKept  uint64 // frames of no flow, or of an EtherType Parse does not know, the kernel has its own copy of (netif.KernelTap): passed, not dropped
 	Oversize    uint64 // packets longer than the destination channel's buffers, dropped
 	AllocFails  uint64 // packets dropped because their channel's pool had no buffer
 	RxRingDrops uint64 // packets tail-dropped on full RX rings (sum of the channels' RxDrops)
