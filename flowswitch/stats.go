@@ -2,6 +2,7 @@ package flowswitch
 
 import (
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"sort"
@@ -248,6 +249,20 @@ func (s *Switch) Snapshot() Snapshot {
 		snap.L2 = &SnapshotL2{Switch: st.L2, Resolver: s.l2.nb.Stats()}
 	}
 	return snap
+}
+
+// ParseDrops counts frames packet.Parse rejected, indexed by packet.Reason.
+type ParseDrops [packet.NumReasons]uint64
+
+// MarshalJSON implements json.Marshaler: every reason by its name (as
+// Drop.Reason has it, without the "parse_" prefix), zero or not, rather
+// than an array whose indexes say nothing.
+func (p ParseDrops) MarshalJSON() ([]byte, error) {
+	m := make(map[string]uint64, len(p)-1)
+	for r := packet.Reason(1); r < packet.NumReasons; r++ {
+		m[r.String()] = p[r]
+	}
+	return json.Marshal(m)
 }
 
 // drops lists every drop reason of st, in check order, and the link's.

@@ -96,6 +96,15 @@ func TestSnapshot(t *testing.T) {
 		}
 	}
 
+	// The switch's Stats too name each parse reason in JSON.
+	js, err = json.Marshal(r.sw.Stats())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k := `"` + packet.ReasonTruncatedIPv4.String() + `":1`; !bytes.Contains(js, []byte(`"ParseDrops":{`)) || !bytes.Contains(js, []byte(k)) {
+		t.Errorf("Stats JSON lacks ParseDrops by name (%s): %.300s", k, js)
+	}
+
 	var tb strings.Builder
 	if err := snap.WriteTable(&tb, -1); err != nil {
 		t.Fatal(err)

@@ -155,8 +155,8 @@ type Stats struct {
 	// checksum wrong.
 	Split, SplitPieces, SplitCsumDrops uint64
 	// ParseDrops counts the frames packet.Parse rejected, indexed by the
-	// packet.Reason.
-	ParseDrops [packet.NumReasons]uint64
+	// packet.Reason; in JSON, an object keyed by the reasons' names.
+	ParseDrops ParseDrops
 
 	// Host port (Options.HostLink).
 	HostDelivered uint64 // frames of no flow the host link accepted
