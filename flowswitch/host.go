@@ -35,7 +35,7 @@ func (h *hostState) init(n, frameLen int) {
 func (s *Switch) noFlow(i int) {
 	if s.host == nil {
 		if s.kernTap {
-			s.stats.KernelKept++ // the kernel got its own copy
+			s.kernelKeeps(i)
 			return
 		}
 		s.stats.NoFlow++
@@ -44,6 +44,17 @@ func (s *Switch) noFlow(i int) {
 	}
 	s.hostMark[i] = true
 	s.nHost++
+}
+
+// kernelKeeps counts frame i of the input batch as the kernel's, passed
+// and not dropped: read from a netif.KernelTap, the kernel's stack has its
+// own copy. A capture sees it at kernel-rx.
+func (s *Switch) kernelKeeps(i int) {
+	s.stats.KernelKept++
+	if s.capt.on {
+		s.capPut(capNow(), capture.KernelRx, s.linkType, "", "", s.bufs[i][:s.sizes[i]])
+		s.capWake()
+	}
 }
 
 // isKernelTap reports whether l's frames of no flow are the kernel's.

@@ -73,7 +73,7 @@ func (s *Switch) rxDeliver(n int) error {
 		if err := packet.Parse(s.bufs[i][:s.sizes[i]], s.linkType, p); err != nil {
 			r := packet.ReasonOf(err)
 			if r == packet.ReasonUnsupportedEtherType && s.kernTap {
-				s.stats.KernelKept++ // LLDP, 802.1X, ...: the kernel's protocols, and it has its copy
+				s.kernelKeeps(i) // LLDP, 802.1X, ...: the kernel's protocols
 				continue
 			}
 			s.stats.ParseDrops[r]++
