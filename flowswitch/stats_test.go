@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/skylane/skylane/capture"
 	"github.com/skylane/skylane/flowswitch"
 	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/netif/memif"
@@ -188,7 +189,7 @@ func (tapLink) KernelGetsCopies() bool { return true }
 // A frame of no flow, or of an EtherType the switch does not parse, read
 // from a netif.KernelTap is the kernel's: counted as passed (KernelKept,
 // Totals.KernelPassed), not as a drop. From any other link without a host
-// port it is a no_flow or parse drop.
+// port it is a no_flow or parse drop. A capture shows each where it went.
 func TestSnapshotKernelKept(t *testing.T) {
 	for _, tap := range []bool{false, true} {
 		a, b, err := memif.NewPair(memif.Options{QueueLen: 64})
@@ -204,6 +205,7 @@ func TestSnapshotKernelKept(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		ring := newCapture(t, sw, capture.Options{})
 		f := udpFrame(t, 6000, 5000, "kernel's", 0)
 		lldp := bytes.Clone(f)
 		lldp[12], lldp[13] = 0x88, 0xcc // an EtherType only the kernel speaks
@@ -229,6 +231,21 @@ func TestSnapshotKernelKept(t *testing.T) {
 		}
 		if got := [4]uint64{st.KernelKept, snap.Totals.KernelPassed, noFlow, ether}; got != want || st.NoFlow != noFlow {
 			t.Errorf("tap=%v: kept, passed, no_flow, ethertype = %v, want %v (NoFlow %d)", tap, got, want, st.NoFlow)
+		}
+		// A capture sees the kernel's frames at kernel-rx, the drops at
+		// drop-rx.
+		recs := readCapture(ring)
+		kernel, dropped := 0, 0
+		for _, r := range recs {
+			switch r.point {
+			case capture.KernelRx:
+				kernel++
+			case capture.DropRx:
+				dropped++
+			}
+		}
+		if wantKernel := int(want[0]); kernel != wantKernel || dropped != 4-wantKernel {
+			t.Errorf("tap=%v: captured %d at kernel-rx, %d at drop-rx; want %d and %d", tap, kernel, dropped, wantKernel, 4-wantKernel)
 		}
 		if snap.Link.RxPackets != 4 {
 			t.Errorf("tap=%v: snapshot's link read %d frames, want 4", tap, snap.Link.RxPackets)
