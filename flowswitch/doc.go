@@ -20,7 +20,9 @@
 //  4. At the end of the input batch, one channel.Deliver per channel, holding
 //     that channel's flow batches in the order they were released; the frames
 //     of no flow (ARP included) go to Options.HostLink in one Write, in
-//     arrival order, or are dropped and counted (NoFlow) without a host link.
+//     arrival order; without a host link they are counted as kept by the
+//     kernel (KernelKept) when the link is a netif.KernelTap (the kernel
+//     has its own copy), else dropped and counted (NoFlow).
 //
 // Transmit path (tx.go): each packet and its flow ID are copied out of the
 // app's memory before any check, every refusal is counted by reason, and the

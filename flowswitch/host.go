@@ -6,6 +6,7 @@ import (
 	"io"
 
 	"github.com/skylane/skylane/capture"
+	"github.com/skylane/skylane/netif"
 )
 
 // Host port (docs/design.md §4, §8): frames no user-space stack claimed belong to
@@ -33,12 +34,33 @@ func (h *hostState) init(n, frameLen int) {
 // to the host link at the end of the batch, or is dropped and counted.
 func (s *Switch) noFlow(i int) {
 	if s.host == nil {
+		if s.kernTap {
+			s.kernelKeeps(i)
+			return
+		}
 		s.stats.NoFlow++
 		s.capRxDrop(i, "no_flow")
 		return
 	}
 	s.hostMark[i] = true
 	s.nHost++
+}
+
+// kernelKeeps counts frame i of the input batch as the kernel's, passed
+// and not dropped: read from a netif.KernelTap, the kernel's stack has its
+// own copy. A capture sees it at kernel-rx.
+func (s *Switch) kernelKeeps(i int) {
+	s.stats.KernelKept++
+	if s.capt.on {
+		s.capPut(capNow(), capture.KernelRx, s.linkType, "", "", s.bufs[i][:s.sizes[i]])
+		s.capWake()
+	}
+}
+
+// isKernelTap reports whether l's frames of no flow are the kernel's.
+func isKernelTap(l netif.Link) bool {
+	t, ok := l.(netif.KernelTap)
+	return ok && t.KernelGetsCopies()
 }
 
 // flushHost writes the frames marked for the host link, in the order they

@@ -71,7 +71,12 @@ func (s *Switch) rxDeliver(n int) error {
 	for i := range n {
 		p := &s.rx[i]
 		if err := packet.Parse(s.bufs[i][:s.sizes[i]], s.linkType, p); err != nil {
-			s.stats.ParseDrops[packet.ReasonOf(err)]++
+			r := packet.ReasonOf(err)
+			if r == packet.ReasonUnsupportedEtherType && s.kernTap {
+				s.kernelKeeps(i) // LLDP, 802.1X, ...: the kernel's protocols
+				continue
+			}
+			s.stats.ParseDrops[r]++
 			s.capParseDrop(i, err)
 			continue
 		}

@@ -2,6 +2,7 @@ package flowswitch
 
 import (
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"sort"
@@ -11,6 +12,7 @@ import (
 	"github.com/skylane/skylane/flow"
 	"github.com/skylane/skylane/histogram"
 	"github.com/skylane/skylane/neigh"
+	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/packet"
 )
 
@@ -22,9 +24,13 @@ type Snapshot struct {
 	Totals SnapshotTotals `json:"totals"`
 	Ports  []PortStats    `json:"ports"`
 	Flows  []FlowStats    `json:"flows"`
+	// Link is the device link's own counters (netif.Stats): what it read
+	// and wrote, what it lost, what its steering passed to the kernel.
+	Link netif.Stats `json:"link"`
 	// Drops has every drop reason, in the order the checks run, zero or
 	// not: RX parse reasons, then the other RX reasons, then every TX
-	// check, then the transmit queue's and neighbour resolution's.
+	// check, then the transmit queue's and neighbour resolution's, and
+	// last the link's own receive losses.
 	Drops []Drop `json:"drops"`
 	// Regulation is the AQM's figures; nil without Options.Regulation.
 	Regulation *SnapshotRegulation `json:"regulation,omitempty"`
@@ -85,14 +91,19 @@ type SnapshotTotals struct {
 	SuperPackets  uint64 `json:"rx_super_packets"`
 	Merged        uint64 `json:"rx_merged"`
 	HostDelivered uint64 `json:"host_delivered"`
-	HostTx        uint64 `json:"host_tx"`
-	TxPackets     uint64 `json:"tx_packets"`
-	TxBytes       uint64 `json:"tx_bytes"`
-	TxSuper       uint64 `json:"tx_super"`     // super packets handed to the link whole
-	TxSegmented   uint64 `json:"tx_segmented"` // super packets the switch cut
-	TxSegments    uint64 `json:"tx_segments"`  // segments it cut them into
-	PortsRemoved  uint64 `json:"ports_removed"`
-	ActiveFlows   int    `json:"active_flows"`
+	// KernelPassed counts the frames left to the kernel's stack, passed
+	// and not dropped: those of no flow the switch read from a
+	// netif.KernelTap (Stats.KernelKept), and those the link's steering
+	// program never gave user space (netif.Stats.KernelPassed).
+	KernelPassed uint64 `json:"kernel_passed"`
+	HostTx       uint64 `json:"host_tx"`
+	TxPackets    uint64 `json:"tx_packets"`
+	TxBytes      uint64 `json:"tx_bytes"`
+	TxSuper      uint64 `json:"tx_super"`     // super packets handed to the link whole
+	TxSegmented  uint64 `json:"tx_segmented"` // super packets the switch cut
+	TxSegments   uint64 `json:"tx_segments"`  // segments it cut them into
+	PortsRemoved uint64 `json:"ports_removed"`
+	ActiveFlows  int    `json:"active_flows"`
 }
 
 // PortStats are one user port's counters.
@@ -136,10 +147,21 @@ type FlowStats struct {
 
 // Drop is one drop reason's counter.
 type Drop struct {
-	Dir     string `json:"dir"`    // "rx" or "tx"
-	Reason  string `json:"reason"` // snake_case, stable
+	Dir string `json:"dir"` // "rx" or "tx"
+	// Place is where the packet was lost: "switch" (its checks, queues
+	// and the host port), "port" (a user port's limits, ring, pool and
+	// transmit checks) or "link" (the device refused or lost it).
+	Place   string `json:"place"`
+	Reason  string `json:"reason"` // snake_case, stable; unique per Dir
 	Packets uint64 `json:"packets"`
 }
+
+// Places of Drop.Place.
+const (
+	PlaceSwitch = "switch"
+	PlacePort   = "port"
+	PlaceLink   = "link"
+)
 
 // Snapshot returns the switch's counters. It takes the switch's lock, so it
 // is safe while the datapath runs; it allocates (it is a control-plane call) and
@@ -152,7 +174,7 @@ func (s *Switch) Snapshot() Snapshot {
 		Packets: st.Packets, Batches: st.Batches, FlowBatches: st.FlowBatches,
 		Deliveries: st.Deliveries, Delivered: st.Delivered,
 		SuperPackets: st.SuperPackets, Merged: st.Merged,
-		HostDelivered: st.HostDelivered, HostTx: st.HostTx,
+		HostDelivered: st.HostDelivered, HostTx: st.HostTx, KernelPassed: st.KernelKept,
 		TxPackets: st.TxPackets, TxBytes: st.TxBytes,
 		TxSuper: st.TxSuper, TxSegmented: st.TxSegmented, TxSegments: st.TxSegments,
 		PortsRemoved: st.PortsRemoved, ActiveFlows: s.table.Len(),
@@ -203,7 +225,9 @@ func (s *Switch) Snapshot() Snapshot {
 		}
 		snap.Ports = append(snap.Ports, ps)
 	}
-	snap.Drops = drops(&st)
+	snap.Link = s.link.Stats()
+	snap.Totals.KernelPassed += snap.Link.KernelPassed
+	snap.Drops = drops(&st, &snap.Link)
 	snap.Hists = SnapshotHists{RxBatch: s.hist.rxBatch.Snapshot(), SuperPacket: s.hist.super.Snapshot()}
 	if s.reg != nil {
 		r, q := &st.Regulation, &st.Regulation.Queue
@@ -227,32 +251,52 @@ func (s *Switch) Snapshot() Snapshot {
 	return snap
 }
 
-// drops lists every drop reason of st, in check order.
-func drops(st *Stats) []Drop {
-	var out []Drop
-	rx := func(reason string, n uint64) { out = append(out, Drop{"rx", reason, n}) }
-	tx := func(reason string, n uint64) { out = append(out, Drop{"tx", reason, n}) }
+// ParseDrops counts frames packet.Parse rejected, indexed by packet.Reason.
+type ParseDrops [packet.NumReasons]uint64
+
+// MarshalJSON implements json.Marshaler: every reason by its name (as
+// Drop.Reason has it, without the "parse_" prefix), zero or not, rather
+// than an array whose indexes say nothing.
+func (p ParseDrops) MarshalJSON() ([]byte, error) {
+	m := make(map[string]uint64, len(p)-1)
 	for r := packet.Reason(1); r < packet.NumReasons; r++ {
-		rx("parse_"+r.String(), st.ParseDrops[r])
+		m[r.String()] = p[r]
 	}
-	rx("no_flow", st.NoFlow)
-	rx("host_full", st.HostDrops)
-	rx("oversize", st.Oversize)
-	rx("split_csum", st.SplitCsumDrops)
-	rx("alloc_fail", st.AllocFails)
-	rx("rx_ring_full", st.RxRingDrops)
-	rx("rx_budget", st.RxBudgetDrops)
-	rx("rx_rate", st.RxRateDrops)
+	return json.Marshal(m)
+}
+
+// drops lists every drop reason of st, in check order, and the link's.
+func drops(st *Stats, link *netif.Stats) []Drop {
+	var out []Drop
+	add := func(dir, place, reason string, n uint64) { out = append(out, Drop{dir, place, reason, n}) }
+	for r := packet.Reason(1); r < packet.NumReasons; r++ {
+		add("rx", PlaceSwitch, "parse_"+r.String(), st.ParseDrops[r])
+	}
+	add("rx", PlaceSwitch, "no_flow", st.NoFlow)
+	add("rx", PlaceSwitch, "host_full", st.HostDrops)
+	add("rx", PlacePort, "oversize", st.Oversize)
+	add("rx", PlaceSwitch, "split_csum", st.SplitCsumDrops)
+	add("rx", PlacePort, "alloc_fail", st.AllocFails)
+	add("rx", PlacePort, "rx_ring_full", st.RxRingDrops)
+	add("rx", PlacePort, "rx_budget", st.RxBudgetDrops)
+	add("rx", PlacePort, "rx_rate", st.RxRateDrops)
 	for _, r := range st.TxDrops.List() {
-		tx(r.Reason, r.Packets)
+		add("tx", PlacePort, r.Reason, r.Packets)
 	}
 	q := &st.Regulation.Queue
-	tx("aqm_codel", q.CoDelDrops)
-	tx("aqm_overflow", q.OverflowDrops)
-	tx("aqm_early", q.EarlyDrops+q.Refused)
-	tx("aqm_forgotten", q.Forgotten)
-	tx("device_full", st.Regulation.LinkDrops+st.L2.DeviceDrops)
-	tx("neigh_hold_full", st.L2.HoldDrops)
+	add("tx", PlaceSwitch, "aqm_codel", q.CoDelDrops)
+	add("tx", PlaceSwitch, "aqm_overflow", q.OverflowDrops)
+	add("tx", PlaceSwitch, "aqm_early", q.EarlyDrops+q.Refused)
+	add("tx", PlaceSwitch, "aqm_forgotten", q.Forgotten)
+	// Every frame the device refused is in the link's TxDrops (the
+	// netif.Link contract), whoever wrote it: the switch's direct writes
+	// too, which the switch does not count. The switch's own count (AQM,
+	// resolver) is the floor, for a link that counts less.
+	add("tx", PlaceLink, "device_full", max(st.Regulation.LinkDrops+st.L2.DeviceDrops, link.TxDrops))
+	add("tx", PlaceSwitch, "neigh_hold_full", st.L2.HoldDrops)
+	// The link's receive losses happen before the switch reads: no room
+	// in its ring or buffer (the kernel's counts included).
+	add("rx", PlaceLink, "link_rx_lost", link.RxDrops)
 	return out
 }
 

@@ -3,11 +3,15 @@ package flowswitch_test
 import (
 	"bytes"
 	"encoding/json"
+	"net/netip"
 	"reflect"
 	"strings"
 	"testing"
 
+	"github.com/skylane/skylane/capture"
 	"github.com/skylane/skylane/flowswitch"
+	"github.com/skylane/skylane/netif"
+	"github.com/skylane/skylane/netif/memif"
 	"github.com/skylane/skylane/packet"
 )
 
@@ -61,7 +65,11 @@ func TestSnapshot(t *testing.T) {
 		"tx/src_port": 1,
 	}
 	seen := map[string]bool{}
+	places := map[string]bool{flowswitch.PlaceSwitch: true, flowswitch.PlacePort: true, flowswitch.PlaceLink: true}
 	for _, d := range snap.Drops {
+		if !places[d.Place] {
+			t.Errorf("drop %s/%s has place %q", d.Dir, d.Reason, d.Place)
+		}
 		k := d.Dir + "/" + d.Reason
 		if seen[k] {
 			t.Errorf("drop reason %s twice", k)
@@ -72,8 +80,8 @@ func TestSnapshot(t *testing.T) {
 		}
 	}
 	// Every reason is listed: each parse reason, the other RX reasons,
-	// every TxDrops field, and the AQM's and the resolver's.
-	if n := int(packet.NumReasons) - 1 + 8 + reflect.TypeFor[flowswitch.TxDrops]().NumField() + 6; len(snap.Drops) != n {
+	// every TxDrops field, the AQM's and the resolver's, and the link's.
+	if n := int(packet.NumReasons) - 1 + 8 + reflect.TypeFor[flowswitch.TxDrops]().NumField() + 6 + 1; len(snap.Drops) != n {
 		t.Errorf("%d drop reasons, want %d", len(snap.Drops), n)
 	}
 
@@ -82,10 +90,20 @@ func TestSnapshot(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, k := range []string{`"reason":"torn_down","packets":0`, `"reason":"syn_rate","packets":0`,
-		`"reason":"parse_bad_udp_length","packets":0`, `"rx_delivered":3`, `"packets_in":3`} {
+		`"place":"switch","reason":"parse_bad_udp_length","packets":0`, `"place":"link","reason":"link_rx_lost"`,
+		`"rx_delivered":3`, `"packets_in":3`, `"link":{"RxPackets":5`} {
 		if !bytes.Contains(js, []byte(k)) {
 			t.Errorf("JSON lacks %s", k)
 		}
+	}
+
+	// The switch's Stats too name each parse reason in JSON.
+	js, err = json.Marshal(r.sw.Stats())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k := `"` + packet.ReasonTruncatedIPv4.String() + `":1`; !bytes.Contains(js, []byte(`"ParseDrops":{`)) || !bytes.Contains(js, []byte(k)) {
+		t.Errorf("Stats JSON lacks ParseDrops by name (%s): %.300s", k, js)
 	}
 
 	var tb strings.Builder
@@ -158,6 +176,79 @@ func TestTxDropsCountsEveryField(t *testing.T) {
 		// The name is the field's in snake case (SYNRate: syn_rate).
 		if flat := strings.ReplaceAll(name, "_", ""); !strings.EqualFold(flat, field) {
 			t.Errorf("reason %q holds field %s", name, field)
+		}
+	}
+}
+
+// tapLink is a memif link that says the kernel gets a copy of each frame,
+// as AF_PACKET's does.
+type tapLink struct{ netif.Link }
+
+func (tapLink) KernelGetsCopies() bool { return true }
+
+// A frame of no flow, or of an EtherType the switch does not parse, read
+// from a netif.KernelTap is the kernel's: counted as passed (KernelKept,
+// Totals.KernelPassed), not as a drop. From any other link without a host
+// port it is a no_flow or parse drop. A capture shows each where it went.
+func TestSnapshotKernelKept(t *testing.T) {
+	for _, tap := range []bool{false, true} {
+		a, b, err := memif.NewPair(memif.Options{QueueLen: 64})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { a.Close() })
+		var l netif.Link = a
+		if tap {
+			l = tapLink{a}
+		}
+		sw, err := flowswitch.New(flowswitch.Options{Link: l, LocalAddrs: []netip.Addr{localIP}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ring := newCapture(t, sw, capture.Options{})
+		f := udpFrame(t, 6000, 5000, "kernel's", 0)
+		lldp := bytes.Clone(f)
+		lldp[12], lldp[13] = 0x88, 0xcc // an EtherType only the kernel speaks
+		if n, err := b.Write([][]byte{f, f, f, lldp}); n != 4 || err != nil {
+			t.Fatalf("write: %d, %v", n, err)
+		}
+		if n, err := sw.RxOnce(); n != 4 || err != nil {
+			t.Fatalf("RxOnce: %d, %v", n, err)
+		}
+		st, snap := sw.Stats(), sw.Snapshot()
+		var noFlow, ether uint64
+		for _, d := range snap.Drops {
+			switch d.Dir + "/" + d.Reason {
+			case "rx/no_flow":
+				noFlow = d.Packets
+			case "rx/parse_" + packet.ReasonUnsupportedEtherType.String():
+				ether = d.Packets
+			}
+		}
+		want := [4]uint64{0, 0, 3, 1} // kept, passed, no_flow and ethertype drops
+		if tap {
+			want = [4]uint64{4, 4, 0, 0}
+		}
+		if got := [4]uint64{st.KernelKept, snap.Totals.KernelPassed, noFlow, ether}; got != want || st.NoFlow != noFlow {
+			t.Errorf("tap=%v: kept, passed, no_flow, ethertype = %v, want %v (NoFlow %d)", tap, got, want, st.NoFlow)
+		}
+		// A capture sees the kernel's frames at kernel-rx, the drops at
+		// drop-rx.
+		recs := readCapture(ring)
+		kernel, dropped := 0, 0
+		for _, r := range recs {
+			switch r.point {
+			case capture.KernelRx:
+				kernel++
+			case capture.DropRx:
+				dropped++
+			}
+		}
+		if wantKernel := int(want[0]); kernel != wantKernel || dropped != 4-wantKernel {
+			t.Errorf("tap=%v: captured %d at kernel-rx, %d at drop-rx; want %d and %d", tap, kernel, dropped, wantKernel, 4-wantKernel)
+		}
+		if snap.Link.RxPackets != 4 {
+			t.Errorf("tap=%v: snapshot's link read %d frames, want 4", tap, snap.Link.RxPackets)
 		}
 	}
 }

@@ -134,6 +134,7 @@ type Stats struct {
 	Deliveries  uint64 // channel.Deliver calls: at most one per channel per input batch
 	Delivered   uint64 // packets put on an RX ring
 	NoFlow      uint64 // packets of no registered flow (ARP included), dropped: no host link
+	KernelKept  uint64 // frames of no flow, or of an EtherType Parse does not know, the kernel has its own copy of (netif.KernelTap): passed, not dropped
 	Oversize    uint64 // packets longer than the destination channel's buffers, dropped
 	AllocFails  uint64 // packets dropped because their channel's pool had no buffer
 	RxRingDrops uint64 // packets tail-dropped on full RX rings (sum of the channels' RxDrops)
@@ -154,8 +155,8 @@ type Stats struct {
 	// checksum wrong.
 	Split, SplitPieces, SplitCsumDrops uint64
 	// ParseDrops counts the frames packet.Parse rejected, indexed by the
-	// packet.Reason.
-	ParseDrops [packet.NumReasons]uint64
+	// packet.Reason; in JSON, an object keyed by the reasons' names.
+	ParseDrops ParseDrops
 
 	// Host port (Options.HostLink).
 	HostDelivered uint64 // frames of no flow the host link accepted
@@ -208,6 +209,7 @@ type Switch struct {
 
 	link     netif.Link      // immutable
 	host     netif.Link      // immutable; nil without a host port
+	kernTap  bool            // immutable; link is a netif.KernelTap: frames of no flow are the kernel's
 	txq      TxQueue         // immutable; nil: TxOnce writes to link
 	linkType packet.LinkType // immutable
 	batch    int             // immutable
@@ -299,6 +301,7 @@ func New(opts Options) (*Switch, error) {
 	s := &Switch{
 		link:     opts.Link,
 		host:     opts.HostLink,
+		kernTap:  isKernelTap(opts.Link),
 		txq:      opts.TxQueue,
 		linkType: lt,
 		batch:    n,

@@ -12,8 +12,16 @@
 //	rx_deliveries_total, rx_delivered_packets_total,
 //	rx_super_packets_total, rx_merged_packets_total,
 //	host_delivered_packets_total (host in), host_tx_packets_total (host out),
+//	kernel_passed_packets_total (left to the kernel's stack: not drops),
 //	tx_packets_total, tx_bytes_total, ports_removed_total,
 //	active_flows, ports
+//
+// The device link's own counters (netif.Stats; not link_*, which are the
+// AQM's writes to it):
+//
+//	netif_rx_packets_total, netif_rx_bytes_total, netif_rx_drops_total,
+//	netif_tx_packets_total, netif_tx_bytes_total, netif_tx_drops_total,
+//	netif_kernel_passed_packets_total
 //
 // Histograms (flowswitch.SnapshotHists): rx_batch_size (frames per input
 // batch), rx_super_packet_bytes (each super packet delivered) and, with
@@ -21,7 +29,12 @@
 //
 // Drops, one family with every reason of the snapshot, zero or not:
 //
-//	drops_total{dir="rx"|"tx", reason}
+//	drops_total{dir="rx"|"tx", place="switch"|"port"|"link", reason}
+//
+// Parse drops are reasons of their own (rx, parse_<packet.Reason>). A
+// frame of no flow on a link the kernel also reads (AF_PACKET), or one the
+// steering program passed (AF_XDP), is not a drop but
+// kernel_passed_packets_total.
 //
 // Per user port, labels {port, channel}; the port's own counters, then its
 // channel's (channel.Counters):
@@ -84,7 +97,9 @@
 // Each packet drop is exported once, in drops_total: the channel's RxDrops
 // is port_rx_ring_drops_total (PortStats.RxRingDrops is a copy of it), and
 // the AQM's and the resolver's drops, and the device's refusals, are the
-// tx reasons aqm_*, neigh_hold_full and device_full. The channel's TX
+// tx reasons aqm_*, neigh_hold_full and device_full (the link's TxDrops:
+// netif_tx_drops_total counts the same frames), and the link's receive
+// losses are link_rx_lost (netif_rx_drops_total, the same). The channel's TX
 // counters count what the switch took from the TX ring, the port's what
 // passed the checks.
 //

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/skylane/skylane/flowswitch"
+	"github.com/skylane/skylane/netif"
 )
 
 // DefaultNamespace prefixes every metric name when Options.Namespace is
@@ -75,7 +76,7 @@ func gauge[T any](b builder, labels []string, name, help string, v func(*T) floa
 var (
 	portLabels = []string{"port", "channel"}
 	flowLabels = []string{"port", "flow", "kind"}
-	dropLabels = []string{"dir", "reason"}
+	dropLabels = []string{"dir", "place", "reason"}
 )
 
 type (
@@ -105,6 +106,7 @@ type Collector struct {
 	portInfo *prometheus.Desc
 
 	totals  []family[totals]
+	link    []family[netif.Stats]
 	ports   family[flowswitch.Snapshot] // the number of ports
 	drops   *prometheus.Desc
 	port    []family[portSt]
@@ -155,6 +157,8 @@ func New(snap func() (flowswitch.Snapshot, error), opts Options) *Collector {
 			func(t *totals) uint64 { return t.HostDelivered }),
 		counter(b, nil, "host_tx_packets_total", "Frames read from the host link and accepted by the device link.",
 			func(t *totals) uint64 { return t.HostTx }),
+		counter(b, nil, "kernel_passed_packets_total", "Frames left to the kernel's stack, passed and not dropped: of no flow on a link the kernel also reads, or passed by the steering program.",
+			func(t *totals) uint64 { return t.KernelPassed }),
 		counter(b, nil, "tx_packets_total", "Packets that passed the transmit checks and were accepted by the link or the queue.",
 			func(t *totals) uint64 { return t.TxPackets }),
 		counter(b, nil, "tx_bytes_total", "L3 bytes of the packets counted by tx_packets_total.",
@@ -164,9 +168,27 @@ func New(snap func() (flowswitch.Snapshot, error), opts Options) *Collector {
 		gauge(b, nil, "active_flows", "Flows in the flow table.",
 			func(t *totals) float64 { return float64(t.ActiveFlows) }),
 	}
+	// netif_*: the device link's own counters. Not link_*: those are the
+	// AQM's writes to the link (c.reg).
+	c.link = []family[netif.Stats]{
+		counter(b, nil, "netif_rx_packets_total", "Frames the device link read.",
+			func(l *netif.Stats) uint64 { return l.RxPackets }),
+		counter(b, nil, "netif_rx_bytes_total", "Bytes of the frames the device link read, link header included.",
+			func(l *netif.Stats) uint64 { return l.RxBytes }),
+		counter(b, nil, "netif_rx_drops_total", "Frames the device link lost on receive (its ring or buffers full, the kernel's counts included); also drops_total{reason=\"link_rx_lost\"}.",
+			func(l *netif.Stats) uint64 { return l.RxDrops }),
+		counter(b, nil, "netif_tx_packets_total", "Frames the device link accepted for transmission.",
+			func(l *netif.Stats) uint64 { return l.TxPackets }),
+		counter(b, nil, "netif_tx_bytes_total", "Bytes of the frames the device link accepted, link header included.",
+			func(l *netif.Stats) uint64 { return l.TxBytes }),
+		counter(b, nil, "netif_tx_drops_total", "Frames the device link refused because the device was full.",
+			func(l *netif.Stats) uint64 { return l.TxDrops }),
+		counter(b, nil, "netif_kernel_passed_packets_total", "Frames the device's steering program gave the kernel's stack, never read by user space.",
+			func(l *netif.Stats) uint64 { return l.KernelPassed }),
+	}
 	c.ports = gauge(b, nil, "ports", "User ports.",
 		func(s *flowswitch.Snapshot) float64 { return float64(len(s.Ports)) })
-	c.drops = b.desc("drops_total", "Packets dropped, by direction (rx, tx) and reason; every reason is listed, zero or not.",
+	c.drops = b.desc("drops_total", "Packets dropped, by direction (rx, tx), place (switch, port, link) and reason; every reason is listed, zero or not.",
 		dropLabels)
 
 	pl := portLabels
@@ -342,6 +364,7 @@ func describe[T any](ch chan<- *prometheus.Desc, fams []family[T]) {
 // Describe sends the descriptor of every family the collector may export.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	describe(ch, c.totals)
+	describe(ch, c.link)
 	ch <- c.ports.desc
 	ch <- c.drops
 	describe(ch, c.port)
@@ -382,6 +405,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	collect(ch, c.totals, &snap.Totals)
+	collect(ch, c.link, &snap.Link)
 	send(ch, c.ports.desc, c.ports.vt, c.ports.value(&snap))
 	c.collectDrops(ch, snap.Drops)
 	c.collectPorts(ch, snap.Ports)
@@ -405,18 +429,18 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 // reason once; a repeat is summed, since a duplicate series would fail the
 // whole scrape.
 func (c *Collector) collectDrops(ch chan<- prometheus.Metric, drops []flowswitch.Drop) {
-	type key struct{ dir, reason string }
+	type key struct{ dir, place, reason string }
 	sum := make(map[key]uint64, len(drops))
 	order := make([]key, 0, len(drops))
 	for _, d := range drops {
-		k := key{d.Dir, d.Reason}
+		k := key{d.Dir, d.Place, d.Reason}
 		if _, ok := sum[k]; !ok {
 			order = append(order, k)
 		}
 		sum[k] += d.Packets
 	}
 	for _, k := range order {
-		send(ch, c.drops, prometheus.CounterValue, float64(sum[k]), k.dir, k.reason)
+		send(ch, c.drops, prometheus.CounterValue, float64(sum[k]), k.dir, k.place, k.reason)
 	}
 }
 

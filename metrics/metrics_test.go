@@ -205,12 +205,23 @@ skylane_flow_tx_bytes_total{flow=%[2]q,kind="connected",port="%[4]d"} 150
 	want := map[string]float64{
 		"rx/no_flow": 1, "rx/parse_" + packet.ReasonTruncatedIPv4.String(): 1, "tx/src_port": 1,
 	}
+	// Each drop names its place: parse and no_flow the switch, a transmit
+	// check the port, the link's own losses the link.
+	places := map[string]string{"rx/no_flow": "switch", "rx/parse_" + packet.ReasonTruncatedIPv4.String(): "switch",
+		"tx/src_port": "port", "rx/rx_ring_full": "port", "rx/link_rx_lost": "link", "tx/device_full": "link"}
 	for _, m := range drops.Metric {
 		k := label(m, "dir") + "/" + label(m, "reason")
+		if p, ok := places[k]; (ok && label(m, "place") != p) || label(m, "place") == "" {
+			t.Errorf("drops %s in place %q, want %q", k, label(m, "place"), p)
+		}
+		delete(places, k)
 		if v := m.GetCounter().GetValue(); v != want[k] {
 			t.Errorf("drops %s = %v, want %v", k, v, want[k])
 		}
 		delete(want, k)
+	}
+	if len(places) != 0 {
+		t.Errorf("drop reasons missing: %v", places)
 	}
 	if len(want) != 0 {
 		t.Errorf("drop series missing: %v", want)
@@ -492,13 +503,22 @@ func checkSnapshot(t *testing.T, mfs map[string]*dto.MetricFamily, snap *flowswi
 	check("skylane_rx_merged_packets_total", tt.Merged)
 	check("skylane_host_delivered_packets_total", tt.HostDelivered)
 	check("skylane_host_tx_packets_total", tt.HostTx)
+	check("skylane_kernel_passed_packets_total", tt.KernelPassed)
+	l := &snap.Link
+	check("skylane_netif_rx_packets_total", l.RxPackets)
+	check("skylane_netif_rx_bytes_total", l.RxBytes)
+	check("skylane_netif_rx_drops_total", l.RxDrops)
+	check("skylane_netif_tx_packets_total", l.TxPackets)
+	check("skylane_netif_tx_bytes_total", l.TxBytes)
+	check("skylane_netif_tx_drops_total", l.TxDrops)
+	check("skylane_netif_kernel_passed_packets_total", l.KernelPassed)
 	check("skylane_tx_packets_total", tt.TxPackets)
 	check("skylane_tx_bytes_total", tt.TxBytes)
 	check("skylane_ports_removed_total", tt.PortsRemoved)
 	check("skylane_active_flows", uint64(tt.ActiveFlows))
 	check("skylane_ports", uint64(len(snap.Ports)))
 	for _, d := range snap.Drops {
-		check("skylane_drops_total", d.Packets, "dir", d.Dir, "reason", d.Reason)
+		check("skylane_drops_total", d.Packets, "dir", d.Dir, "place", d.Place, "reason", d.Reason)
 	}
 	for _, p := range snap.Ports {
 		l := []string{"port", strconv.Itoa(int(p.Port)), "channel", p.Channel}
@@ -766,7 +786,7 @@ func TestScrapeWhileRunning(t *testing.T) {
 		for _, m := range mfs["skylane_port_rx_delivered_packets_total"].GetMetric() {
 			delivered += m.GetCounter().GetValue()
 		}
-		full, _ := value(mfs, "skylane_drops_total", "dir", "rx", "reason", "rx_ring_full")
+		full, _ := value(mfs, "skylane_drops_total", "dir", "rx", "place", "port", "reason", "rx_ring_full")
 		total, _ := value(mfs, "skylane_rx_delivered_packets_total")
 		if ringDrops != full || delivered != total {
 			t.Errorf("scrape %d inconsistent: ring drops %v vs rx_ring_full %v, delivered %v vs %v",
@@ -793,7 +813,7 @@ func TestScrapeWhileRunning(t *testing.T) {
 	if last["skylane_rx_packets_total[]"] == 0 {
 		t.Errorf("no traffic seen: %v", last)
 	}
-	if v, _ := value(scrape(t, srv.URL+"/metrics"), "skylane_drops_total", "dir", "rx", "reason", "rx_ring_full"); v == 0 {
+	if v, _ := value(scrape(t, srv.URL+"/metrics"), "skylane_drops_total", "dir", "rx", "place", "port", "reason", "rx_ring_full"); v == 0 {
 		t.Errorf("the undrained RX rings never dropped")
 	}
 }

@@ -121,4 +121,20 @@ type Stats struct {
 	TxBytes   uint64 // bytes of those frames
 	TxDrops   uint64 // frames Write dropped because the device was full
 	RxDrops   uint64 // frames lost on receive (no room, buffer too small)
+	// KernelPassed counts the frames the device's steering program gave
+	// the kernel's stack instead of this link (XDP_PASS): passed, not
+	// dropped, and never seen by Read. Zero for a link without such a
+	// program, and for a KernelTap, whose Read sees those frames too.
+	KernelPassed uint64
+}
+
+// KernelTap is implemented by a Link whose Read returns copies: the
+// kernel's stack receives each frame as well, unless the flow was steered
+// away from it (AF_PACKET). A frame no user-space flow claims is then the
+// kernel's to handle, not a drop: the flowswitch counts it as kept by the
+// kernel.
+type KernelTap interface {
+	// KernelGetsCopies reports whether the kernel's stack receives its
+	// own copy of every frame Read returns that was not steered away.
+	KernelGetsCopies() bool
 }

@@ -22,9 +22,7 @@ import (
 
 	"github.com/skylane/skylane/client"
 	"github.com/skylane/skylane/flow"
-	"github.com/skylane/skylane/flowswitch"
 	"github.com/skylane/skylane/internal/selfsigned"
-	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/netif/drivers"
 	"github.com/skylane/skylane/nexus/inproc"
 	"github.com/skylane/skylane/packet"
@@ -205,17 +203,6 @@ func serve(ctx context.Context, cfg serveConfig, out, log io.Writer) (err error)
 	return serveHTTP(ctx, cfg, httpOn{
 		st: s.st, addrs: s.addrs,
 		what: fmt.Sprintf("%s (%s)", s.dev, cfg.driver), where: fmt.Sprintf("%s (%s)", s.dev, describeDriver(cfg)),
-		stats: func() (any, error) {
-			st, err := s.nx.Stats()
-			if err != nil {
-				return nil, err
-			}
-			return struct {
-				Switch flowswitch.Stats
-				Link   netif.Stats
-				Flows  int
-			}{st.Switch, st.Link, st.Flows}, nil
-		},
 		bye: func(requests uint64) {
 			if st, err := s.nx.Stats(); err == nil {
 				fmt.Fprintf(log, "skylane serve: stopping after %d requests; switch: %d frames in, %d packets out, %d refused by the transmit checks\n",

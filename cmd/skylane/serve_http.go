@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -54,7 +53,6 @@ func serveOnNexus(ctx context.Context, cfg serveConfig, out, log io.Writer) (err
 	// session's error, which wraps client.ErrNexusGone).
 	return serveHTTP(ctx, cfg, httpOn{
 		st: st, addrs: addrs, what: where, where: where,
-		stats: func() (any, error) { return st.Endpoint().Stats(), nil },
 		bye: func(requests uint64) {
 			fmt.Fprintf(log, "skylane serve: stopping after %d requests\n", requests)
 		},
@@ -66,30 +64,21 @@ type httpOn struct {
 	st          *client.Stack
 	addrs       []netip.Addr
 	what, where string                // the stack's place, for the page and for the start line
-	stats       func() (any, error)   // the /stats page's JSON
 	bye         func(requests uint64) // the last words on a clean stop
 }
 
-// serveHTTP serves the hello and /stats pages on h.st until ctx is done
+// serveHTTP serves the hello page on h.st until ctx is done
 // (nil, after a graceful shutdown) or the server fails (its error).
 func serveHTTP(ctx context.Context, cfg serveConfig, h httpOn, out io.Writer) error {
 	var requests atomic.Uint64
 	mux := http.NewServeMux()
-	mux.HandleFunc("/", func(rw http.ResponseWriter, r *http.Request) {
+	// Only the hello page: the nexus's counters are not served here, on
+	// the user-space port, which is unreachable exactly when the service
+	// is down; they come from the nexus (skylane stats, or --metrics on a
+	// kernel address).
+	mux.HandleFunc("/{$}", func(rw http.ResponseWriter, r *http.Request) {
 		requests.Add(1)
 		fmt.Fprintf(rw, "hello from skylane: a user-space TCP/IP stack on %s\nyou are %s\n", h.what, r.RemoteAddr)
-	})
-	mux.HandleFunc("/stats", func(rw http.ResponseWriter, r *http.Request) {
-		requests.Add(1)
-		v, err := h.stats()
-		if err != nil {
-			http.Error(rw, err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		rw.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(rw)
-		enc.SetIndent("", "  ")
-		enc.Encode(v)
 	})
 	listen := netip.AddrPortFrom(cfg.host, cfg.port).String()
 	if !cfg.host.IsValid() {

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -135,7 +136,7 @@ func TestServe(t *testing.T) {
 			if c.tls {
 				args = append(args, "--tls")
 			}
-			if c.driver == drivers.AFPacket {
+			if c.driver != drivers.TUN {
 				args = append(args, "--metrics", "127.0.0.1:9464")
 			}
 			srv := startServe(t, local, args)
@@ -153,13 +154,14 @@ func TestServe(t *testing.T) {
 			if err != nil || !strings.HasPrefix(string(out), "hello from skylane") {
 				t.Fatalf("curl %s://%s/: %v: %s\nserve said: %s", scheme, target, err, out, srv.out.String())
 			}
-			if c.driver == drivers.AFPacket {
-				// --metrics: Prometheus text from the kernel's stack in
-				// serve's namespace, counting the request just served.
-				out, err := local.Command(ctx, "curl", "-sS", "--max-time", "10", "http://127.0.0.1:9464/metrics").CombinedOutput()
-				if err != nil || !strings.Contains(string(out), "skylane_rx_packets_total") || !strings.Contains(string(out), `skylane_drops_total{dir="tx"`) {
-					t.Fatalf("metrics: %v: %.400s", err, out)
-				}
+			// The nexus's counters are not served on the user-space port.
+			out, err = peer.Command(ctx, "curl", "-sS", "-k", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}",
+				scheme+"://"+target+"/stats").CombinedOutput()
+			if err != nil || string(out) != "404" {
+				t.Errorf("GET /stats on the user-space port: %v: %s, want 404", err, out)
+			}
+			if c.driver != drivers.TUN {
+				checkKernelPassed(t, ctx, local, peer, strings.TrimSuffix(target, ":8080"))
 			}
 			if err := srv.stop(); err != nil {
 				t.Fatalf("serve: %v", err)
@@ -169,6 +171,56 @@ func TestServe(t *testing.T) {
 			}
 		})
 	}
+}
+
+// checkKernelPassed connects to the kernel on the shared interface (addr):
+// the kernel answers, and --metrics (Prometheus text from the kernel's stack
+// in serve's namespace) counts those frames as passed to the kernel, never
+// as no_flow drops: on AF_PACKET the switch reads them and leaves them to
+// the kernel's copy, on AF_XDP the program passes them.
+func checkKernelPassed(t *testing.T, ctx context.Context, local, peer *nettest.NS, addr string) {
+	t.Helper()
+	// Port 8081 is no flow's: the kernel has it, refuses each connection
+	// (a RST: it did receive the SYN).
+	const tries = 3
+	for range tries {
+		out, _ := peer.Command(ctx, "curl", "-sS", "--max-time", "5", "http://"+addr+":8081/").CombinedOutput()
+		if !strings.Contains(string(out), "(7)") { // curl's "couldn't connect": refused
+			t.Fatalf("curl to the kernel's port %s:8081: %s, want the connection refused", addr, out)
+		}
+	}
+	out, err := local.Command(ctx, "curl", "-sS", "--max-time", "10", "http://127.0.0.1:9464/metrics").CombinedOutput()
+	if err != nil {
+		t.Fatalf("metrics: %v: %.400s", err, out)
+	}
+	text := string(out)
+	for _, c := range []struct {
+		series string
+		ok     func(float64) bool
+		want   string
+	}{
+		{"skylane_kernel_passed_packets_total", func(v float64) bool { return v >= tries }, fmt.Sprintf(">= %d", tries)},
+		{`skylane_drops_total{dir="rx",place="switch",reason="no_flow"}`, func(v float64) bool { return v == 0 }, "0"},
+		{"skylane_netif_rx_packets_total", func(v float64) bool { return v > 0 }, "> 0"},
+		{"skylane_netif_rx_drops_total", func(v float64) bool { return v >= 0 }, "present"},
+	} {
+		v, ok := promValue(text, c.series)
+		if !ok || !c.ok(v) {
+			t.Errorf("metrics: %s = %v (present %v), want %s", c.series, v, ok, c.want)
+		}
+	}
+}
+
+// promValue returns the value of series (a name with its labels, as the
+// text format writes them) in Prometheus text.
+func promValue(text, series string) (float64, bool) {
+	for _, line := range strings.Split(text, "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f, err == nil
+		}
+	}
+	return 0, false
 }
 
 // TestServeErrors: a missing interface, a port a kernel socket holds and an

@@ -18,7 +18,8 @@ import (
 
 const statsUsage = `usage: skylane stats --nexus SOCKET [--json] [--watch 1s]
 
-Prints a running nexus's counters: the switch's, drops by reason, and each
+Prints a running nexus's counters: the switch's, the device link's, drops
+by direction, place (switch, port, link) and reason, and each
 app session with its app's name, uid and pid, flows, drops and pool. The
 nexus's policy must allow you to observe (root always may).
 
@@ -82,12 +83,16 @@ func writeStats(out io.Writer, st control.Stats) {
 	t := st.Totals
 	fmt.Fprintf(out, "%s  nexus on %v: %d flows, %d requests refused by the policy\n",
 		st.Time.Format(time.RFC3339), st.Addrs, t.ActiveFlows, st.Refused)
-	fmt.Fprintf(out, "  rx %d packets, %d delivered to apps, %d to the kernel; tx %d packets, %d bytes\n",
-		t.Packets, t.Delivered, t.HostDelivered, t.TxPackets, t.TxBytes)
+	fmt.Fprintf(out, "  rx %d packets, %d delivered to apps, %d to the host port, %d passed to the kernel; tx %d packets, %d bytes\n",
+		t.Packets, t.Delivered, t.HostDelivered, t.KernelPassed, t.TxPackets, t.TxBytes)
+	l := st.Link
+	fmt.Fprintf(out, "  link: rx %d frames, %d lost; tx %d frames, %d refused (device full); %d passed to the kernel by its program\n",
+		l.RxPackets, l.RxDrops, l.TxPackets, l.TxDrops, l.KernelPassed)
 	if len(st.Drops) > 0 {
+		// dir/place/reason: where each was lost (switch, port, link).
 		fmt.Fprint(out, "  drops:")
 		for _, d := range st.Drops {
-			fmt.Fprintf(out, " %s/%s=%d", d.Dir, d.Reason, d.Packets)
+			fmt.Fprintf(out, " %s/%s/%s=%d", d.Dir, d.Place, d.Reason, d.Packets)
 		}
 		fmt.Fprintln(out)
 	}

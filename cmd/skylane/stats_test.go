@@ -14,6 +14,8 @@ import (
 	"github.com/skylane/skylane/netif/memif"
 	"github.com/skylane/skylane/nexus"
 	"github.com/skylane/skylane/nexus/control"
+	"github.com/skylane/skylane/packet"
+	"github.com/skylane/skylane/packet/packettest"
 )
 
 // TestStats: skylane stats prints a running nexus's sessions, as a table
@@ -54,7 +56,35 @@ func TestStats(t *testing.T) {
 	}
 	defer ln.Close()
 
+	// Two frames from the wire: one of no flow, one cut short. The table
+	// names each drop with its place and reason, parse drops included.
+	none := (&packettest.Frame{Src: netip.MustParseAddrPort("198.18.0.2:6000"), Dst: netip.MustParseAddrPort("198.18.0.1:9999"),
+		Proto: packet.ProtoUDP, Payload: []byte("no flow")}).Bytes()
+	if n, err := lb.Write([][]byte{none, none[:14+10]}); n != 2 || err != nil {
+		t.Fatalf("write: %d, %v", n, err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		s, err := control.FetchStats(sock.Path())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.Totals.Packets >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the nexus read %d of 2 frames in 10 s", s.Totals.Packets)
+		}
+	}
 	var out bytes.Buffer
+	if err := printStats(context.Background(), sock.Path(), false, 0, &out); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"link: rx 2 frames, 0 lost", " rx/switch/no_flow=1", " rx/switch/parse_" + packet.ReasonTruncatedIPv4.String() + "=1"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, out.String())
+		}
+	}
+	out.Reset()
 	if err := printStats(context.Background(), sock.Path(), false, 0, &out); err != nil {
 		t.Fatal(err)
 	}

@@ -469,6 +469,15 @@ func bitsFor(n int) int {
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
+var _ netif.KernelTap = (*Link)(nil)
+
+// KernelGetsCopies implements netif.KernelTap: an AF_PACKET socket is a
+// tap, so the kernel's stack receives every frame Read returns except
+// those the TC program drops for a steered flow (or, in tap mode, any
+// frame it has no use for, which is the kernel's business, not a drop of
+// ours).
+func (l *Link) KernelGetsCopies() bool { return true }
+
 // Name implements netif.Link.Name: the interface's name.
 func (l *Link) Name() string { return l.name }
 

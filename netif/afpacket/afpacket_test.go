@@ -556,3 +556,37 @@ func TestErrors(t *testing.T) {
 		t.Fatalf("oversized frame: %d, %v", n, err)
 	}
 }
+
+// TestRxDropsAfterFlood: a flood into a ring nobody reads overflows it,
+// and the kernel's drops (PACKET_STATISTICS) show in Stats.RxDrops, which
+// the switch's snapshot exports as the link's own losses. The kernel's
+// stack still got each frame: the Link is a netif.KernelTap.
+func TestRxDropsAfterFlood(t *testing.T) {
+	v, l := newLink(t, nettest.VethOptions{}, afpacket.Options{BlockSize: 128 << 10, NumBlocks: 2})
+	if !l.KernelGetsCopies() {
+		t.Error("an AF_PACKET link is a tap: KernelGetsCopies = false")
+	}
+	// 256 KiB of ring holds about 200 frames of 1200 bytes; send ten times
+	// that, and read none.
+	const n = 2000
+	c := listenUDP(t, v.Peer, v.PeerAddr.Addr())
+	payload := make([]byte, 1200)
+	dst := netip.AddrPortFrom(v.LocalAddr.Addr(), 9999)
+	for range n {
+		if _, err := c.WriteToUDPAddrPort(payload, dst); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The frames cross the veth in the sender's softirq, but the last
+	// ones may still be in flight: wait until the figure holds, bounded.
+	var s netif.Stats
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if s = l.Stats(); s.RxDrops >= n/4 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if s.RxDrops < n/4 || s.RxDrops > n {
+		t.Errorf("stats %+v after %d frames into an unread ring: want between %d and %d receive drops", s, n, n/4, n)
+	}
+	t.Logf("%d of %d frames dropped by the full ring", s.RxDrops, n)
+}

@@ -682,6 +682,14 @@ func (l *xlink) XDPStats() Stats {
 	s.KernelFillEmpty = k.Rx_fill_ring_empty_descs
 	s.KernelTxInvalid = k.Tx_invalid_descs
 	s.RxDrops += k.Rx_dropped + k.Rx_ring_full
+	// What the program passed to the kernel: no flow, not parsed, or
+	// no socket on the queue. The program's map goes with Close: after
+	// it, the figure reads as zero.
+	if l.xdp != nil {
+		if c, err := l.xdp.Counters(); err == nil {
+			s.KernelPassed = c.Miss + c.Unparsed + c.HitNoSocket
+		}
+	}
 	return s
 }
 

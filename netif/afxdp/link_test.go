@@ -80,6 +80,12 @@ func TestReceiveAndCoexist(t *testing.T) {
 			if s.RxPackets < n || s.RxDrops != 0 {
 				t.Errorf("stats %+v: want ≥ %d received, no drops", s, n)
 			}
+			// The kernel's 2n datagrams (and ARP, ICMP) were passed, not
+			// dropped, and counted so: at least what the counters said a
+			// moment before.
+			if passed := c.Miss + c.Unparsed + c.HitNoSocket; s.KernelPassed < 2*n || s.KernelPassed < passed {
+				t.Errorf("stats %+v: KernelPassed %d, want ≥ %d and ≥ the program's %d passes", s, s.KernelPassed, 2*n, passed)
+			}
 		})
 	}
 }
