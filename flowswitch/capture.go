@@ -33,9 +33,12 @@ import (
 //     without a host link (no_flow), and, with their port's channel,
 //     refused by its receive limits (rx_rate, rx_budget) or its full RX
 //     ring (rx_ring_full), too large for it (oversize) or refused for want
-//     of a buffer (alloc_fail). Not captured: what the AQM, the device
-//     or the neighbour resolver drop after device-tx (aqm_*,
-//     device_full, neigh_hold_full), and split_csum.
+//     of a buffer (alloc_fail).
+//   - drop-tx also: what the AQM drops or refuses after device-tx
+//     (aqm_codel, aqm_overflow, aqm_early), through its drop hook, set
+//     only while a capture runs. Not captured: what the device itself or
+//     the neighbour resolver drop after device-tx (device_full,
+//     neigh_hold_full), and split_csum.
 
 // capState is the switch's captures, guarded by its lock.
 type capState struct {
@@ -58,6 +61,9 @@ func (s *Switch) AddCapture(r *capture.Ring) {
 	}
 	c.rings = append(slices.Clone(c.rings), r)
 	c.on = true
+	if s.reg != nil {
+		s.reg.q.SetDropHook(s.capAQMDrop)
+	}
 }
 
 // RemoveCapture stops copying into r: once it returns, the switch no
@@ -68,6 +74,17 @@ func (s *Switch) RemoveCapture(r *capture.Ring) {
 	c := &s.capt
 	c.rings = slices.DeleteFunc(slices.Clone(c.rings), func(x *capture.Ring) bool { return x == r })
 	c.on = len(c.rings) > 0
+	if !c.on && s.reg != nil {
+		s.reg.q.SetDropHook(nil)
+	}
+}
+
+// capAQMDrop captures at drop-tx a packet the AQM dropped or refused
+// (regulate.Queue's drop hook: called in the round, with s.mu held). The
+// AQM holds frames as the device takes them; it does not know their app.
+func (s *Switch) capAQMDrop(frame []byte, reason string) {
+	s.capPut(capNow(), capture.DropTx, s.linkType, "", reason, frame)
+	s.capWake()
 }
 
 // LinkType returns the device link's type: the framing of the frames at

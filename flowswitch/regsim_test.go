@@ -1,9 +1,11 @@
 package flowswitch_test
 
 import (
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/skylane/skylane/capture"
 	"github.com/skylane/skylane/channel"
 	"github.com/skylane/skylane/flowswitch"
 	"github.com/skylane/skylane/netif"
@@ -134,6 +136,8 @@ func TestRegulationBurstIsolationSim(t *testing.T) {
 	// Burst: 10× the link in 1500-byte packets, for a second and a half.
 	const burstSize, window = 1500, 1500 * time.Millisecond
 	bs := &sender{p: burst, size: burstSize, pps: 10 * float64(testLinkRate) / 8 / (burstSize + 14), batch: 32}
+	// A capture of the transmit drops sees every packet the AQM drops.
+	aqm := newCapture(t, r.sw, capture.Options{Filter: capture.Filter{Points: 1 << capture.DropTx}})
 	wire0 := r.wire
 	r.run(t, window, vs, bs)
 	loaded := r.log.snapshot(victim.sport)
@@ -168,6 +172,14 @@ func TestRegulationBurstIsolationSim(t *testing.T) {
 	snap := r.sw.Snapshot()
 	if rg := snap.Regulation; rg.EarlyDrops+rg.CoDelDrops+rg.OverflowDrops == 0 {
 		t.Errorf("a 10× burst was not dropped at the queue: %+v", rg)
+	}
+	if rg := snap.Regulation; aqm.Matched() != rg.EarlyDrops+rg.CoDelDrops+rg.OverflowDrops {
+		t.Errorf("the capture saw %d AQM drops, the queue counted %+v", aqm.Matched(), rg)
+	}
+	for _, rec := range readCapture(aqm) {
+		if rec.point != capture.DropTx || !strings.HasPrefix(rec.reason, "aqm_") || rec.len < burstSize {
+			t.Fatalf("captured drop %s %q of %d bytes: want the burst's, dropped by the AQM", rec.point, rec.reason, rec.len)
+		}
 	}
 	if f := snapFlow(snap, victim.flow); f == nil || f.AQMDrops != 0 {
 		t.Errorf("the victim's flow at the queue: %+v", f)

@@ -14,6 +14,7 @@ import (
 	"github.com/skylane/skylane/neigh"
 	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/packet"
+	"github.com/skylane/skylane/regulate"
 )
 
 // Snapshot is a copy of every counter of the switch at one instant: the
@@ -284,9 +285,9 @@ func drops(st *Stats, link *netif.Stats) []Drop {
 		add("tx", PlacePort, r.Reason, r.Packets)
 	}
 	q := &st.Regulation.Queue
-	add("tx", PlaceSwitch, "aqm_codel", q.CoDelDrops)
-	add("tx", PlaceSwitch, "aqm_overflow", q.OverflowDrops)
-	add("tx", PlaceSwitch, "aqm_early", q.EarlyDrops+q.Refused)
+	add("tx", PlaceSwitch, regulate.ReasonCoDel, q.CoDelDrops)
+	add("tx", PlaceSwitch, regulate.ReasonOverflow, q.OverflowDrops)
+	add("tx", PlaceSwitch, regulate.ReasonEarly, q.EarlyDrops+q.Refused)
 	add("tx", PlaceSwitch, "aqm_forgotten", q.Forgotten)
 	// Every frame the device refused is in the link's TxDrops (the
 	// netif.Link contract), whoever wrote it: the switch's direct writes

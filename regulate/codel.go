@@ -113,6 +113,7 @@ func (q *Queue) codelDequeue(id int32, now int64) int32 {
 
 // drop frees packet b of flow f, counted as a CoDel drop.
 func (q *Queue) drop(f *flowSlot, b int32) {
+	q.dropped(b, ReasonCoDel)
 	q.freeBuf(b)
 	q.stats.CoDelDrops++
 	f.codelDrops++

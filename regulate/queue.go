@@ -23,6 +23,9 @@ type Queue struct {
 	// sojournHist: the sojourn of every packet dequeued, in seconds.
 	sojournHist histogram.H
 
+	// dropHook, if set, sees each packet the queue drops (SetDropHook).
+	dropHook func(frame []byte, reason string)
+
 	// Immutable after New.
 	limit, quantum, dropBatch, batch, maxFrame int
 	target, interval                           int64 // ns
@@ -185,6 +188,28 @@ func (q *Queue) Stats() Stats {
 	return s
 }
 
+// Drop reasons as the drop counters name them (the flowswitch's
+// snapshot), passed to a drop hook.
+const (
+	ReasonCoDel    = "aqm_codel"
+	ReasonOverflow = "aqm_overflow"
+	ReasonEarly    = "aqm_early"
+)
+
+// SetDropHook makes the queue show h every packet it drops or refuses
+// (CoDel, overflow, early drops and refusals), with its drop counter's
+// name, before the packet's buffer is reused; frame is valid only during
+// the call. A capture uses it to see what the AQM drops. nil (the default)
+// turns it off, at the cost of one branch per dropped packet.
+func (q *Queue) SetDropHook(h func(frame []byte, reason string)) { q.dropHook = h }
+
+// dropped shows packet b to the drop hook, if any.
+func (q *Queue) dropped(b int32, reason string) {
+	if q.dropHook != nil {
+		q.dropHook(q.frame(b), reason)
+	}
+}
+
 // frame returns packet b's bytes in the slab.
 func (q *Queue) frame(b int32) []byte {
 	o := int(b) * q.maxFrame
@@ -205,6 +230,9 @@ func (q *Queue) Enqueue(frame []byte, tag Tag, now int64) bool {
 	n := len(frame)
 	if n == 0 || n > q.maxFrame {
 		q.stats.Refused++
+		if q.dropHook != nil && n > 0 {
+			q.dropHook(frame, ReasonEarly)
+		}
 		return false
 	}
 	id, keyed := int32(sharedFlow), true
@@ -230,6 +258,9 @@ func (q *Queue) Enqueue(frame []byte, tag Tag, now int64) bool {
 		early = f.adv.suspended
 		if early && (!q.ecn || !ecnCapable(frame, q.linkType)) {
 			q.stats.EarlyDrops++
+			if q.dropHook != nil {
+				q.dropHook(frame, ReasonEarly)
+			}
 			q.settle(id) // a fresh slot the policy held at once stays reusable
 			return false
 		}
@@ -299,6 +330,7 @@ func (q *Queue) overflow() {
 	for i := 0; i < q.dropBatch && f.packets > 0 && (i == 0 || dropped < half); i++ {
 		b := q.popHead(f)
 		dropped += int(q.plen[b])
+		q.dropped(b, ReasonOverflow)
 		q.freeBuf(b)
 		q.stats.OverflowDrops++
 		f.overflowDrops++

@@ -142,6 +142,13 @@ func TestOverflowHeadDrop(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			q := newQueue(t, Options{Limit: 20, DropBatch: c.dropBatch, Advisory: quiet})
+			// The drop hook (a capture's view) sees exactly the packets
+			// dropped, with their counter's name, before reuse.
+			var hooked []string
+			q.SetDropHook(func(f []byte, reason string) {
+				s, seq := trailer(f)
+				hooked = append(hooked, fmt.Sprintf("%s:%d/%d", reason, s, seq))
+			})
 			// Fat: 8 × 1400 B = 11200 B. Many: 11 × 100 B, more packets,
 			// fewer bytes. New: 1 packet, then the one that overflows.
 			for s := range 8 {
@@ -162,6 +169,14 @@ func TestOverflowHeadDrop(t *testing.T) {
 			if fat.OverflowDrops != uint64(c.wantDrops) || q.Stats().OverflowDrops != uint64(c.wantDrops) {
 				t.Fatalf("fat flow %+v, stats %+v", fat, q.Stats())
 			}
+			var want []string
+			for i := range c.wantDrops {
+				want = append(want, fmt.Sprintf("%s:1/%d", ReasonOverflow, i))
+			}
+			if fmt.Sprint(hooked) != fmt.Sprint(want) {
+				t.Fatalf("drop hook saw %v, want %v", hooked, want)
+			}
+			q.SetDropHook(nil)
 			// Everything else arrives whole, and the fat flow's survivors
 			// are its newest packets, in order.
 			got := map[uint32][]uint64{}
