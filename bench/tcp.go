@@ -35,6 +35,7 @@ import (
 	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/netif/memif"
 	"github.com/skylane/skylane/nexus"
+	"github.com/skylane/skylane/nexus/inproc"
 	"github.com/skylane/skylane/pool"
 	"github.com/skylane/skylane/stack"
 )
@@ -361,12 +362,12 @@ func skyHosts(opts client.Options, super bool) (na, nb *nexus.Nexus, sa, sb *cli
 		return nil, nil, nil, nil, err
 	}
 	opts.Name = "a"
-	if sa, err = client.New(client.InProcess(na), opts); err != nil {
+	if sa, err = client.New(inproc.Nexus(na), opts); err != nil {
 		closeAll()
 		return nil, nil, nil, nil, err
 	}
 	opts.Name = "b"
-	if sb, err = client.New(client.InProcess(nb), opts); err != nil {
+	if sb, err = client.New(inproc.Nexus(nb), opts); err != nil {
 		closeAll()
 		return nil, nil, nil, nil, err
 	}
@@ -728,12 +729,12 @@ func HTTPSDemo(size int) (HTTPSDemoReport, error) {
 		return rep, err
 	}
 	defer nb.Close()
-	sa, err := client.New(client.InProcess(na), client.Options{Name: "https-server"})
+	sa, err := client.New(inproc.Nexus(na), client.Options{Name: "https-server"})
 	if err != nil {
 		return rep, err
 	}
 	defer sa.Close()
-	sb, err := client.New(client.InProcess(nb), client.Options{Name: "https-client"})
+	sb, err := client.New(inproc.Nexus(nb), client.Options{Name: "https-client"})
 	if err != nil {
 		return rep, err
 	}

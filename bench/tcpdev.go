@@ -16,6 +16,7 @@ import (
 	"github.com/skylane/skylane/netif/afxdp"
 	"github.com/skylane/skylane/netif/drivers"
 	"github.com/skylane/skylane/nexus"
+	"github.com/skylane/skylane/nexus/inproc"
 )
 
 // The `tcp --dev` rows: one TCP stream from a kernel client in
@@ -285,7 +286,7 @@ func (h *udpHosts) userStream(driver string, offloads bool, d time.Duration) (Ra
 		return Rate{}, f, err
 	}
 	defer nx.Close()
-	st, err := client.New(client.InProcess(nx), client.Options{Name: "tcpdev"})
+	st, err := client.New(inproc.Nexus(nx), client.Options{Name: "tcpdev"})
 	if err != nil {
 		return Rate{}, f, err
 	}

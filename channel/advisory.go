@@ -21,7 +21,7 @@ const (
 
 // FlowInfo is what an app needs to send on a flow it registered over this
 // channel: the flow ID to stamp into the user metadata of every packet of
-// the flow (flowswitch.TxMetaFlowIDOff), and the flow's entry in the
+// the flow (TxMetaFlowIDOff), and the flow's entry in the
 // channel's advisory table (App.Admissible). The nexus hands it out when
 // it registers the flow; both stay fixed for the flow's life.
 type FlowInfo struct {

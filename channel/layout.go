@@ -30,10 +30,48 @@ const (
 	numRings
 )
 
-// LayoutVersion changes whenever the shared layout changes; Attach refuses
-// any other. 2: three more counters (Events, Suspends, Resumes) move the
-// segment bitmap.
-const LayoutVersion = 2
+// LayoutVersion changes whenever the shared layout changes, the buffers'
+// metadata below included; Receive refuses any other, and so does the
+// nexus when an app names another at open (its control protocol). 2: three
+// more counters (Events, Suspends, Resumes) move the segment bitmap. 3: the
+// metadata offsets are part of the layout.
+const LayoutVersion = 3
+
+// Buffer metadata (pool.UserMetaLen = 32 bytes per buffer, shared memory
+// the app may write), the part of the layout the nexus and the app read
+// and write per packet.
+//
+// An RX buffer's, written by the nexus before delivery:
+//
+//	bytes  0..15  flow ID: the ID the nexus gave the flow at registration
+//	bytes 16..31  zero (reserved)
+//
+// A TX buffer's, written by the app before Send:
+//
+//	bytes  0..15  flow ID: the ID of the flow the packet belongs to, as
+//	              the nexus told the app when it registered the flow
+//	bytes 16..17  segmentation size, little endian: 0 for a packet within
+//	              the MTU; for a TCP super packet (IP length above the
+//	              MTU, up to the buffer) the MSS its segments carry, at
+//	              least MinSegSize
+//	bytes 18..31  reserved: the app writes zeros, the nexus ignores them
+//
+// The nexus copies the flow ID and the segmentation size together with the
+// packet, before checking them: the app may change them at any time.
+const (
+	RxMetaFlowIDOff  = 0
+	RxMetaFlowIDLen  = 16
+	TxMetaFlowIDOff  = 0
+	TxMetaFlowIDLen  = 16
+	TxMetaSegSizeOff = 16
+	TxMetaSegSizeLen = 2
+)
+
+// MinSegSize is the smallest segmentation size a TX super packet may name:
+// TCP's minimum MSS (gVisor's header.TCPMinimumMSS, Linux's TCP_MIN_MSS),
+// so that a 16 KiB super packet never costs the nexus more than a few
+// hundred segments to cut.
+const MinSegSize = 88
 
 // RingDesc places one ring inside the rings region.
 type RingDesc struct {
@@ -108,7 +146,7 @@ var ringNames = [numRings]string{"tx", "rx", "alloc", "free", "event"}
 func (d *Descriptor) validate(fileSizes [numFDs]int64) error {
 	switch {
 	case d.Version != LayoutVersion:
-		return fmt.Errorf("channel layout version %d, this library speaks %d", d.Version, LayoutVersion)
+		return fmt.Errorf("channel layout version %d, this library speaks %d: the app and the nexus come from different Skylane versions; rebuild the app against the nexus's", d.Version, LayoutVersion)
 	case d.BufferSize < pool.MinBufferSize || d.BufferSize > pool.MaxBufferSize || d.SegmentSize <= 0 || d.SegmentSize%d.BufferSize != 0:
 		return fmt.Errorf("channel descriptor: bad buffer/segment size %d/%d", d.BufferSize, d.SegmentSize)
 	case d.MaxSegments <= 0 || d.MaxSegments*(d.SegmentSize/d.BufferSize) > pool.MaxBuffers:

@@ -15,7 +15,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
-	"github.com/skylane/skylane/nexus"
+	"github.com/skylane/skylane/control"
 	"github.com/skylane/skylane/packet"
 	"github.com/skylane/skylane/stack"
 )
@@ -35,25 +35,10 @@ type Port interface {
 }
 
 // Nexus opens ports: the control interface between an app and a nexus.
+// Connect returns one for a nexus in another process; package nexus/inproc
+// one for a nexus in this process (the nexus side, which apps do not link).
 type Nexus interface {
 	OpenPort(name string) (Port, error)
-}
-
-// InProcess returns the Nexus interface of a nexus running in this process.
-// Its ports are opened as honouring flow advisories
-// (nexus.PortOptions.Advisories): a Stack's endpoint holds a suspended
-// flow's packets back, so the nexus suspends its flows rather than dropping
-// their packets.
-func InProcess(n *nexus.Nexus) Nexus { return inProcess{n} }
-
-type inProcess struct{ n *nexus.Nexus }
-
-func (l inProcess) OpenPort(name string) (Port, error) {
-	p, err := l.n.OpenPortWith(name, nexus.PortOptions{Advisories: true})
-	if err != nil {
-		return nil, err
-	}
-	return p, nil
 }
 
 // Defaults of Options.
@@ -101,7 +86,7 @@ const nicID tcpip.NICID = 1
 // and UDP, the port's addresses, a default route per family.
 func New(nx Nexus, opts Options) (_ *Stack, err error) {
 	if nx == nil {
-		return nil, fmt.Errorf("client: no nexus: pass client.InProcess(n) for a nexus in this process")
+		return nil, fmt.Errorf("client: no nexus: pass client.Connect(socket), or inproc.Nexus(n) for a nexus in this process")
 	}
 	if opts.BufferSize < 0 || opts.BufferSize > MaxBufferSize {
 		return nil, fmt.Errorf("client: buffer size %d outside 0..%d", opts.BufferSize, MaxBufferSize)
@@ -198,6 +183,20 @@ func hasRoute(rs []tcpip.Route, dst tcpip.Subnet) bool {
 
 // ErrClosed is returned by the Stack's methods after Close.
 var ErrClosed = errors.New("client: stack closed")
+
+// Errors of the nexus that apps test with errors.Is, whether their nexus
+// runs in this process or in another (they are the contract's, package
+// control).
+var (
+	// ErrNotPermitted: the nexus's policy refused the request for this
+	// app's credentials (a port, an address, a dial, a limit); the error
+	// text says what and which rule would allow it.
+	ErrNotPermitted = control.ErrNotPermitted
+	// ErrNexusGone: the nexus exited or was killed. Blocked and later
+	// Accept, Read, Write and Dial of the Stack return it, and the Stack
+	// releases its memory, goroutines and descriptors.
+	ErrNexusGone = control.ErrNexusGone
+)
 
 // Close aborts every connection (their peers get a reset), tears down
 // every flow, stops the endpoint and netstack's goroutines and closes the

@@ -14,6 +14,7 @@ import (
 	"github.com/skylane/skylane/client"
 	"github.com/skylane/skylane/netif/memif"
 	"github.com/skylane/skylane/nexus"
+	"github.com/skylane/skylane/nexus/inproc"
 )
 
 // TestMain fails the run if any netstack PacketBuffer (or buffer chunk)
@@ -69,11 +70,11 @@ func newWorldOn(t testing.TB, o nexus.Options, mo memif.Options) *world {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { w.nb.Close() })
-	if w.sa, err = client.New(client.InProcess(w.na), client.Options{Name: "a"}); err != nil {
+	if w.sa, err = client.New(inproc.Nexus(w.na), client.Options{Name: "a"}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { w.sa.Close() })
-	if w.sb, err = client.New(client.InProcess(w.nb), client.Options{Name: "b"}); err != nil {
+	if w.sb, err = client.New(inproc.Nexus(w.nb), client.Options{Name: "b"}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { w.sb.Close() })

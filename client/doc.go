@@ -3,27 +3,26 @@
 // its own nexus port, offering the standard net.Listener, net.Conn and
 // net.PacketConn, so net/http and crypto/tls work unchanged.
 //
-//	nx, _ := nexus.New(nexus.Options{Link: link, Addrs: addrs})
-//	st, _ := client.New(client.InProcess(nx), client.Options{Name: "web"})
+//	nx, _ := client.Connect("/run/skylane.sock") // skylane nexus --socket
+//	st, _ := client.New(nx, client.Options{Name: "web"})
 //	defer st.Close()
 //	ln, _ := st.Listen("tcp", ":443")
 //	http.Serve(tls.NewListener(ln, cfg), handler)
 //
 // The Stack talks to its nexus only through the Nexus and Port interfaces:
-// open a port, register and tear down flows, wait for the nexus. InProcess
-// implements them for a nexus in this process; Connect for a nexus in
-// another process serving its control socket (package nexus/control: the
-// channel's rings and memory arrive by channel.Receive, requests are
-// messages on the socket). There, Register's refusals unwrap to the flow
-// package's errors as in this process, Wake is channel.App.Interrupt, and
-// Wait is channel.App.WaitFor on the RX and event rings, at most
-// backlogPoll long after the endpoint kicked (it may have packets waiting
-// for room on the TX ring or for buffers, which the nexus does not signal).
-// The port lives as long as the session: if this process exits or crashes,
-// the nexus closes it and tears its flows down.
-//
-//	nx, _ := client.Connect("/run/skylane.sock") // skylane serve --socket
-//	st, _ := client.New(nx, client.Options{Name: "web"})
+// open a port, register and tear down flows, wait for the nexus. Connect
+// implements them for a nexus in another process serving its control
+// socket (the contract is package control: the channel's rings and memory
+// arrive by channel.Receive, requests are messages on the socket).
+// Register's refusals unwrap to the contract's errors as in the nexus's
+// process (flow.ErrPortInUse, ErrNotPermitted, ...), Wake is
+// channel.App.Interrupt, and Wait is channel.App.WaitFor on the RX and
+// event rings, at most backlogPoll long after the endpoint kicked (it may
+// have packets waiting for room on the TX ring or for buffers, which the
+// nexus does not signal). The port lives as long as the session: if this
+// process exits or crashes, the nexus closes it and tears its flows down.
+// For a nexus in this process, package nexus/inproc implements Nexus; it
+// is the nexus side, which an app that only connects does not link.
 //
 // Invariants:
 //
@@ -39,6 +38,9 @@
 //     sender stops at its window, and resumes when the nexus lets it go.
 //     Other flows of the stack keep sending (stack.Endpoint's Stats and
 //     Suspended show it).
+//   - The app links only the contract (channel, ring, pool, packet, flow,
+//     control) and gVisor, never the nexus side (flowswitch, nexus,
+//     regulate, neigh, the netif drivers, cilium/ebpf): TestDeps holds it.
 //   - Addresses are IP literals; there is no resolver. A local address must
 //     be one of the nexus's interface addresses (Stack.Addrs).
 package client

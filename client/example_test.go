@@ -12,6 +12,7 @@ import (
 	"github.com/skylane/skylane/internal/selfsigned"
 	"github.com/skylane/skylane/netif/memif"
 	"github.com/skylane/skylane/nexus"
+	"github.com/skylane/skylane/nexus/inproc"
 )
 
 // Two hosts, each a nexus on one end of an in-memory wire; an HTTPS server
@@ -25,7 +26,7 @@ func Example() {
 	nxB, _ := nexus.New(nexus.Options{Link: wireB, Addrs: []netip.Addr{hostB}})
 	defer nxB.Close()
 
-	server, _ := client.New(client.InProcess(nxA), client.Options{Name: "server"})
+	server, _ := client.New(inproc.Nexus(nxA), client.Options{Name: "server"})
 	defer server.Close()
 	cert, roots, _ := selfsigned.New("example", time.Hour, hostA)
 	ln, _ := server.Listen("tcp", ":443") // registers the listener flow first
@@ -36,7 +37,7 @@ func Example() {
 	go srv.ServeTLS(ln, "", "")
 	defer srv.Close()
 
-	stackB, _ := client.New(client.InProcess(nxB), client.Options{Name: "client"})
+	stackB, _ := client.New(inproc.Nexus(nxB), client.Options{Name: "client"})
 	defer stackB.Close()
 	hc := &http.Client{Transport: &http.Transport{
 		DialContext:     stackB.DialContext, // every connection is a user-space TCP flow

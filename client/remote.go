@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/skylane/skylane/channel"
-	"github.com/skylane/skylane/nexus/control"
+	"github.com/skylane/skylane/control"
 )
 
 // backlogPoll bounds a Wait after the endpoint kicked (it sent, freed, or
@@ -18,8 +18,7 @@ import (
 const backlogPoll = 500 * time.Microsecond
 
 // Connect returns the Nexus interface of a nexus in another process that
-// serves its control socket at path (nexus/control.Serve; `skylane serve
-// --socket PATH`). Each OpenPort is one session on that socket: the port
+// serves its control socket at path (`skylane nexus --socket PATH`). Each OpenPort is one session on that socket: the port
 // lives as long as the session, and the nexus closes it, tearing its flows
 // down, when this process closes it or exits.
 func Connect(path string) (Nexus, error) {
@@ -28,7 +27,7 @@ func Connect(path string) (Nexus, error) {
 		return nil, fmt.Errorf("client: connect: %w", err)
 	}
 	if fi.Mode()&os.ModeSocket == 0 {
-		return nil, fmt.Errorf("client: connect: %s is not a socket: give the path the nexus serves (skylane serve --socket)", path)
+		return nil, fmt.Errorf("client: connect: %s is not a socket: give the path the nexus serves (skylane nexus --socket)", path)
 	}
 	return remoteNexus{path}, nil
 }

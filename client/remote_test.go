@@ -18,9 +18,10 @@ import (
 	"time"
 
 	"github.com/skylane/skylane/client"
+	"github.com/skylane/skylane/control"
 	"github.com/skylane/skylane/flow"
 	"github.com/skylane/skylane/nexus"
-	"github.com/skylane/skylane/nexus/control"
+	server "github.com/skylane/skylane/nexus/control"
 )
 
 // childEnv names the control socket a child app process connects to.
@@ -158,13 +159,13 @@ func waitStats(t *testing.T, n *nexus.Nexus, what string, ok func(nexus.Stats) b
 func TestCrossProcess(t *testing.T) {
 	w := newWorld(t)
 	path := filepath.Join(t.TempDir(), "nexus.sock")
-	ln, err := control.Listen(path)
+	ln, err := server.Listen(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
-	go func() { served <- control.Serve(ctx, w.na, ln) }()
+	go func() { served <- server.Serve(ctx, w.na, ln) }()
 	defer func() {
 		cancel()
 		if err := <-served; err != nil {

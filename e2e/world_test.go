@@ -25,6 +25,7 @@ import (
 	"github.com/skylane/skylane/netif/drivers"
 	"github.com/skylane/skylane/netif/steer"
 	"github.com/skylane/skylane/nexus"
+	"github.com/skylane/skylane/nexus/inproc"
 )
 
 // TestMain fails the run if a netstack buffer is still referenced once
@@ -165,7 +166,7 @@ func newWorld(t *testing.T, driver string) *world {
 // newStack opens another user-space stack on the world's nexus.
 func (w *world) newStack(t *testing.T, name string) *client.Stack {
 	t.Helper()
-	st, err := client.New(client.InProcess(w.nx), client.Options{Name: name, TimeWait: time.Second})
+	st, err := client.New(inproc.Nexus(w.nx), client.Options{Name: name, TimeWait: time.Second})
 	if err != nil {
 		t.Fatalf("stack: %v", err)
 	}

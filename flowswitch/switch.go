@@ -34,17 +34,12 @@ const (
 	idleWait = 10 * time.Millisecond
 )
 
-// User metadata of an RX buffer (channel pool.UserMetaLen = 32 bytes), as
-// the switch writes it before delivery:
-//
-//	bytes  0..15  flow ID: flow.Entry.ID() of the flow the packet belongs to
-//	bytes 16..31  zero (reserved)
-//
-// A TX buffer's metadata has the same layout (TxMetaFlowIDOff): an app
-// echoes the flow ID it received.
+// User metadata of an RX buffer, as the switch writes it before delivery:
+// the channel's layout (channel.RxMetaFlowIDOff), named here for the
+// switch's code.
 const (
-	RxMetaFlowIDOff = 0
-	RxMetaFlowIDLen = 16
+	RxMetaFlowIDOff = channel.RxMetaFlowIDOff
+	RxMetaFlowIDLen = channel.RxMetaFlowIDLen
 )
 
 var (

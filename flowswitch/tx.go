@@ -46,31 +46,20 @@ import (
 //   - The fast path accepts only what the full path accepts.
 //   - No allocation per packet (or per batch) in steady state.
 
-// User metadata layout of a TX buffer (channel pool.UserMetaLen = 32 bytes,
-// app-writable shared memory), written by the app before Send:
-//
-//	bytes  0..15  flow ID: flow.Entry.ID() of the flow the packet belongs to,
-//	              as the nexus told the app when it registered the flow
-//	bytes 16..17  segmentation size, little endian: 0 for a packet within
-//	              the MTU; for a TCP super packet (IP length above the
-//	              MTU, up to the buffer) the MSS its segments carry
-//	bytes 18..31  reserved: the app writes zeros, the nexus ignores them
-//
-// The nexus copies the flow ID and the segmentation size together with the
-// packet, before checking. (Bytes 16..17 were reserved zeros before super
-// packets: an app that predates them sends what it always sent.)
+// User metadata of a TX buffer, written by the app before Send: the
+// channel's layout (channel.TxMetaFlowIDOff), named here for the switch's
+// code. The nexus copies the flow ID and the segmentation size together
+// with the packet, before checking.
 const (
-	TxMetaFlowIDOff  = 0
-	TxMetaFlowIDLen  = 16
-	TxMetaSegSizeOff = 16
-	TxMetaSegSizeLen = 2
+	TxMetaFlowIDOff  = channel.TxMetaFlowIDOff
+	TxMetaFlowIDLen  = channel.TxMetaFlowIDLen
+	TxMetaSegSizeOff = channel.TxMetaSegSizeOff
+	TxMetaSegSizeLen = channel.TxMetaSegSizeLen
 )
 
-// MinSegSize is the smallest segmentation size a super packet may name:
-// TCP's minimum MSS (gVisor's header.TCPMinimumMSS, Linux's TCP_MIN_MSS),
-// so that a 16 KiB super packet never costs the switch more than a few
-// hundred segments to cut.
-const MinSegSize = 88
+// MinSegSize is channel.MinSegSize: the smallest segmentation size a super
+// packet may name.
+const MinSegSize = channel.MinSegSize
 
 // TxBatch is the most packets TxOnce takes from one TX ring (docs/design.md §6.1).
 // 64 packets amortise the ring refresh and the Link.Write call; the copies

@@ -60,12 +60,12 @@
 //   - A port's flows are the flows it registered and did not tear down;
 //     closing the port tears them all down before its channel is closed, so
 //     no packet is ever steered to a closed channel.
-//   - If the link steers flows (steer.FlowSteerer: AF_XDP, AF_PACKET with
+//   - If the link steers flows (netif.FlowSteerer: AF_XDP, AF_PACKET with
 //     steering), a flow is in the device's steering map from before
 //     Register returns until it is torn down, on every path: Teardown,
 //     Port.Close, a defunct channel, a failed link and Close. A link opened
-//     without steering, or a key it cannot steer (steer.ErrSteeringOff,
-//     steer.ErrUnsupported), leaves the kernel seeing the flow too; any
+//     without steering, or a key it cannot steer (netif.ErrSteeringOff,
+//     netif.ErrNotSteerable), leaves the kernel seeing the flow too; any
 //     other steering error fails Register, the flow torn down.
 //   - A flow's advisory entry (docs/design.md §7) is clear when Register hands it
 //     out, whatever the flow that held the slot before left in it. Only the

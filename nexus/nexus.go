@@ -1,7 +1,6 @@
 package nexus
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 	"sync"
@@ -9,10 +8,10 @@ import (
 	"time"
 
 	"github.com/skylane/skylane/channel"
+	"github.com/skylane/skylane/control"
 	"github.com/skylane/skylane/flow"
 	"github.com/skylane/skylane/flowswitch"
 	"github.com/skylane/skylane/netif"
-	"github.com/skylane/skylane/netif/steer"
 	"github.com/skylane/skylane/pool"
 )
 
@@ -37,8 +36,10 @@ const (
 )
 
 // ErrClosed is returned by every request once the nexus (or the port) is
-// closed.
-var ErrClosed = errors.New("nexus closed")
+// closed. It is the contract's control.ErrClosed, so an app tells it by
+// errors.Is in this process and in another; it is also
+// control.ErrNexusGone.
+var ErrClosed = control.ErrClosed
 
 // Options configures a Nexus.
 type Options struct {
@@ -81,7 +82,7 @@ type Options struct {
 type Nexus struct {
 	opts  Options // immutable after New
 	link  netif.Link
-	steer steer.FlowSteerer // the link, if it steers flows (AF_XDP, AF_PACKET); immutable
+	steer netif.FlowSteerer // the link, if it steers flows (AF_XDP, AF_PACKET); immutable
 	addrs []netip.Addr      // immutable
 	mtu   int               // immutable
 

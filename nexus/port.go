@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/skylane/skylane/channel"
+	"github.com/skylane/skylane/control"
 	"github.com/skylane/skylane/flow"
 	"github.com/skylane/skylane/flowswitch"
 	"github.com/skylane/skylane/packet"
@@ -270,7 +271,7 @@ func (p *Port) MTU() int { return p.n.mtu }
 // the flow's entry in the channel's advisory table (channel.App.Admissible).
 // The entry starts admissible: a slot a torn-down flow left suspended is
 // cleared before it is handed out again. If the link steers flows
-// (steer.FlowSteerer), the flow is in its steering map before Register
+// (netif.FlowSteerer), the flow is in its steering map before Register
 // returns, and out of it once the flow is torn down, by Teardown or when
 // the port closes (Close, a defunct channel, a failed link, the nexus's
 // Close); a link without steering, or a key it cannot steer, leaves the
@@ -310,8 +311,9 @@ func (p *Port) Register(key packet.Key, kind flow.Kind) (channel.FlowInfo, error
 	return fi, nil
 }
 
-// ErrNoFlow is returned by Teardown for a key the port did not register.
-var ErrNoFlow = errors.New("no such flow on this port")
+// ErrNoFlow is returned by Teardown for a key the port did not register:
+// the contract's control.ErrNoFlow, which apps test in any process.
+var ErrNoFlow = control.ErrNoFlow
 
 // Teardown tears down a flow this port registered under key. The packets
 // the app put on its TX ring before it asked are sent first: a flow goes

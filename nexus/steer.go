@@ -6,14 +6,13 @@ import (
 
 	"github.com/skylane/skylane/flow"
 	"github.com/skylane/skylane/netif"
-	"github.com/skylane/skylane/netif/steer"
 	"github.com/skylane/skylane/packet"
 )
 
-// steerer returns the link as a steer.FlowSteerer, or nil if the device
+// steerer returns the link as a netif.FlowSteerer, or nil if the device
 // hands every packet over (TUN, memif).
-func steerer(l netif.Link) steer.FlowSteerer {
-	s, _ := l.(steer.FlowSteerer)
+func steerer(l netif.Link) netif.FlowSteerer {
+	s, _ := l.(netif.FlowSteerer)
 	return s
 }
 
@@ -21,7 +20,7 @@ func steerer(l netif.Link) steer.FlowSteerer {
 // seeing the flow (a link opened without steering, a key the device cannot
 // steer): the flow works as on a device without steering.
 func kernelKeeps(err error) bool {
-	return errors.Is(err, steer.ErrSteeringOff) || errors.Is(err, steer.ErrUnsupported)
+	return errors.Is(err, netif.ErrSteeringOff) || errors.Is(err, netif.ErrNotSteerable)
 }
 
 // steerFlow steers a flow the switch just registered to user space, before
@@ -43,7 +42,7 @@ func (n *Nexus) unsteerFlow(key packet.Key) error {
 		return nil
 	}
 	err := n.steer.UnsteerFlow(key)
-	if err == nil || kernelKeeps(err) || errors.Is(err, netif.ErrClosed) || errors.Is(err, steer.ErrClosed) {
+	if err == nil || kernelKeeps(err) || errors.Is(err, netif.ErrClosed) {
 		return nil
 	}
 	return fmt.Errorf("unsteer %v: %w", key, err)

@@ -13,12 +13,12 @@
 // Transmit: WritePackets copies each packet into channel buffers (the one
 // copy out of netstack's memory, which keeps sent data for retransmission),
 // writes the packet's flow ID into the buffer's user metadata
-// (flowswitch.TxMetaFlowIDOff) and puts the batch on the TX ring with one
+// (channel.TxMetaFlowIDOff) and puts the batch on the TX ring with one
 // Send. The endpoint offers host GSO: netstack hands down TCP segments of up
 // to Options.GSOMaxSize bytes (at most the channel's buffer size) with a
 // partial checksum, and the endpoint puts each whole in one buffer, as a
 // super packet with its MSS as the segmentation size
-// (flowswitch.TxMetaSegSizeOff): the nexus hands it whole to a link that
+// (channel.TxMetaSegSizeOff): the nexus hands it whole to a link that
 // takes super packets, or cuts it into MTU segments right before the
 // device. Checksums: the endpoint completes the super packet's TCP
 // checksum (one pass over the bytes it just copied), so a super packet

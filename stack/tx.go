@@ -10,7 +10,6 @@ import (
 	gstack "gvisor.dev/gvisor/pkg/tcpip/stack"
 
 	"github.com/skylane/skylane/channel"
-	"github.com/skylane/skylane/flowswitch"
 	"github.com/skylane/skylane/packet"
 )
 
@@ -92,7 +91,7 @@ func (e *Endpoint) classify(pkt *gstack.PacketBuffer) (_ txItem, ok bool, _ tcpi
 	seg, size, mtu := 0, pkt.Size(), int(e.mtu.Load())
 	if g := pkt.GSOOptions; size > mtu && isTCPGSO(g) {
 		seg = int(g.MSS)
-		if seg < flowswitch.MinSegSize || size-pkt.Data().Size()+seg > mtu {
+		if seg < channel.MinSegSize || size-pkt.Data().Size()+seg > mtu {
 			seg = -1
 		}
 	}
@@ -236,9 +235,9 @@ func (e *Endpoint) fill(it *txItem, id [16]byte, buf *channel.Buf) {
 		e.appErr = err
 		return
 	}
-	copy(m[flowswitch.TxMetaFlowIDOff:flowswitch.TxMetaFlowIDOff+flowswitch.TxMetaFlowIDLen], id[:])
-	binary.LittleEndian.PutUint16(m[flowswitch.TxMetaSegSizeOff:], uint16(it.seg))
-	clear(m[flowswitch.TxMetaSegSizeOff+flowswitch.TxMetaSegSizeLen:]) // reserved: zeros
+	copy(m[channel.TxMetaFlowIDOff:channel.TxMetaFlowIDOff+channel.TxMetaFlowIDLen], id[:])
+	binary.LittleEndian.PutUint16(m[channel.TxMetaSegSizeOff:], uint16(it.seg))
+	clear(m[channel.TxMetaSegSizeOff+channel.TxMetaSegSizeLen:]) // reserved: zeros
 }
 
 func isTCPGSO(g gstack.GSO) bool { return g.Type == gstack.GSOTCPv4 || g.Type == gstack.GSOTCPv6 }

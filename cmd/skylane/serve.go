@@ -33,6 +33,7 @@ import (
 	"github.com/skylane/skylane/netif/drivers"
 	"github.com/skylane/skylane/nexus"
 	"github.com/skylane/skylane/nexus/control"
+	"github.com/skylane/skylane/nexus/inproc"
 	"github.com/skylane/skylane/packet"
 )
 
@@ -348,7 +349,7 @@ func (s *served) open(cfg serveConfig, spec drivers.Spec, log io.Writer) error {
 		return fmt.Errorf("serve: %w", err)
 	}
 	s.nx, s.link = nx, nil // the nexus owns the link now
-	if s.st, err = client.New(client.InProcess(nx), client.Options{Name: "serve"}); err != nil {
+	if s.st, err = client.New(inproc.Nexus(nx), client.Options{Name: "serve"}); err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
 	return nil

@@ -24,6 +24,7 @@ import (
 	"github.com/skylane/skylane/netif/steer"
 	"github.com/skylane/skylane/netif/tun"
 	"github.com/skylane/skylane/nexus"
+	"github.com/skylane/skylane/nexus/inproc"
 	"github.com/skylane/skylane/packet"
 )
 
@@ -352,7 +353,7 @@ func TestSteering(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nx.Close()
-	st, err := client.New(client.InProcess(nx), client.Options{TimeWait: 100 * time.Millisecond})
+	st, err := client.New(inproc.Nexus(nx), client.Options{TimeWait: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,7 +22,7 @@
 //     run them inside the namespace of the device (nettest's NS.Do).
 //
 // The nexus keeps the map in step with its flow table through the
-// [FlowSteerer] interface, which links that steer implement.
+// [netif.FlowSteerer] interface, which links that steer implement.
 package steer
 
 import (
@@ -32,43 +32,31 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/packet"
 )
 
-// FlowSteerer is implemented by a netif.Link whose device hands user space
-// only the flows it registered and leaves every other flow to the kernel
-// (AF_XDP, AF_PACKET with the TC program). The nexus type-asserts its link:
-//
-//	if s, ok := link.(steer.FlowSteerer); ok {
-//		err = s.SteerFlow(key)   // when the flow is registered, before data moves
-//		...
-//		err = s.UnsteerFlow(key) // when the flow is torn down
-//	}
-//
-// key is the flow table's key: a connected 5-tuple, or a listener key
-// (packet.Key.Listener3, Listener2). SteerFlow returns an error wrapping
-// ErrUnsupported for a key the device cannot steer (not TCP or UDP), and
-// ErrSteeringOff as well when the link does no steering at all: such flows
-// keep going to the kernel, and the nexus accepts that. Both methods may be called from any goroutine.
-type FlowSteerer interface {
-	SteerFlow(key packet.Key) error
-	UnsteerFlow(key packet.Key) error
-}
+// FlowSteerer is netif.FlowSteerer, the interface the nexus uses to keep
+// this package's map in step with its flow table; it lives in netif so
+// that the nexus needs no BPF package.
+type FlowSteerer = netif.FlowSteerer
 
 // Errors.
 var (
-	// ErrUnsupported: the flow's protocol or version is not one the
-	// programs parse.
-	ErrUnsupported = errors.New("flow cannot be steered")
+	// ErrUnsupported is netif.ErrNotSteerable: the flow's protocol or
+	// version is not one the programs parse.
+	ErrUnsupported = netif.ErrNotSteerable
 	// ErrFull: the flow map holds MaxFlows entries.
 	ErrFull = errors.New("flow map full")
-	// ErrClosed: the Flows was closed.
-	ErrClosed = errors.New("steer: closed")
-	// ErrSteeringOff: the link can steer but was opened without steering
-	// (e.g. AF_PACKET without Options.Steer). SteerFlow wraps it together
-	// with ErrUnsupported: the kernel keeps seeing every flow, which the
-	// nexus accepts as it does an unsupported key.
-	ErrSteeringOff = errors.New("steering is off")
+	// ErrClosed: the Flows was closed. It wraps netif.ErrClosed, which the
+	// nexus tests for.
+	ErrClosed = fmt.Errorf("steer: flow map closed: %w", netif.ErrClosed)
+	// ErrSteeringOff is netif.ErrSteeringOff: the link can steer but was
+	// opened without steering (e.g. AF_PACKET without Options.Steer).
+	// SteerFlow wraps it together with ErrUnsupported: the kernel keeps
+	// seeing every flow, which the nexus accepts as it does an unsupported
+	// key.
+	ErrSteeringOff = netif.ErrSteeringOff
 )
 
 // DefaultMaxFlows is the default capacity of the flow map: 65536 keys of

@@ -10,14 +10,17 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/skylane/skylane/channel"
+	"github.com/skylane/skylane/control"
 	"github.com/skylane/skylane/flow"
 	"github.com/skylane/skylane/netif/memif"
 	"github.com/skylane/skylane/nexus"
-	"github.com/skylane/skylane/nexus/control"
+	server "github.com/skylane/skylane/nexus/control"
 	"github.com/skylane/skylane/packet"
 )
 
@@ -57,13 +60,13 @@ func serve(t *testing.T) (n *nexus.Nexus, path string, stop func()) {
 	}
 	t.Cleanup(func() { n.Close() })
 	path = filepath.Join(t.TempDir(), "nexus.sock")
-	ln, err := control.Listen(path)
+	ln, err := server.Listen(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
-	go func() { served <- control.Serve(ctx, n, ln) }()
+	go func() { served <- server.Serve(ctx, n, ln) }()
 	var once sync.Once
 	stop = func() {
 		once.Do(func() {
@@ -136,6 +139,9 @@ func TestSession(t *testing.T) {
 	if _, err := s.Register(lis, flow.Listener3); !errors.Is(err, control.ErrSessionClosed) {
 		t.Errorf("register after Close: %v", err)
 	}
+	if err := s.Err(); !errors.Is(err, control.ErrSessionClosed) {
+		t.Errorf("session error after Close: %v, want control.ErrSessionClosed", err)
+	}
 }
 
 // TestBadSessions: requests out of order or malformed end their session;
@@ -170,13 +176,14 @@ func TestBadSessions(t *testing.T) {
 		c.Close()
 	}
 	// A second open on one session ends it, and its first port with it.
+	openTwice, _ := json.Marshal(control.Request{Op: control.OpOpen, Name: "twice", Layout: channel.LayoutVersion})
 	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: path, Net: "unixpacket"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	c.Write([]byte(`{"op":"open","name":"twice"}`))
+	c.Write(openTwice)
 	buf := make([]byte, 8192)
 	if k, err := c.Read(buf); err != nil || k == 0 {
 		t.Fatalf("open reply: %d %v", k, err)
@@ -184,7 +191,7 @@ func TestBadSessions(t *testing.T) {
 	if k, err := c.Read(buf); err != nil || k == 0 { // the channel (descriptors dropped: no control buffer)
 		t.Fatalf("channel: %d %v", k, err)
 	}
-	c.Write([]byte(`{"op":"open","name":"twice"}`))
+	c.Write(openTwice)
 	if k, _ := c.Read(buf); k != 0 {
 		t.Errorf("second open: got a %d-byte reply, want the session closed", k)
 	}
@@ -222,9 +229,22 @@ func TestServeStops(t *testing.T) {
 	if p, _ := flows(t, n); p != 0 {
 		t.Errorf("%d ports after Serve returned", p)
 	}
+	lis := packet.MakeKey(packet.ProtoTCP, netip.AddrPortFrom(addr4, 80), netip.AddrPort{}).Listener3()
 	for _, s := range ss {
 		if err := s.App().Err(); err == nil {
 			t.Error("app's channel not closed after Serve returned")
+		}
+		// The app learns it from the socket, not by asking.
+		select {
+		case <-s.Gone():
+		case <-time.After(5 * time.Second):
+			t.Fatal("session not gone 5 s after Serve returned")
+		}
+		if err := s.Err(); !errors.Is(err, control.ErrNexusGone) {
+			t.Errorf("session error %v, want control.ErrNexusGone", err)
+		}
+		if _, err := s.Register(lis, flow.Listener3); !errors.Is(err, control.ErrNexusGone) {
+			t.Errorf("register after the nexus went: %v, want control.ErrNexusGone", err)
 		}
 	}
 	if _, err := control.Open(path, "late", control.OpenOptions{}); err == nil {
@@ -232,37 +252,39 @@ func TestServeStops(t *testing.T) {
 	}
 }
 
-// FuzzDecodeRequest: any bytes decode without a panic, and what decodes is
-// a request the session can act on without further checks.
-func FuzzDecodeRequest(f *testing.F) {
-	f.Add([]byte(`{"op":"open","name":"web","advisories":true}`))
-	f.Add([]byte(`{"op":"register","kind":1,"key":{"l":"AAAAAAAAAAAAAAAAAAAAAA==","r":"AAAAAAAAAAAAAAAAAAAAAA==","lp":80,"v":4,"p":6}}`))
-	f.Add([]byte(`{"op":"teardown","key":{"l":"","r":""}}`))
-	f.Add([]byte(`{"op":"close"}`))
-	f.Add([]byte(`{"op":"open","name":""}`))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		r, err := control.DecodeRequest(b)
+// TestLayoutRefused: an app that names another channel layout version at
+// open, or none (built before the layout was named), is refused with a
+// reply whose code unwraps to control.ErrLayout and that names both
+// versions; no channel follows, and no port was opened.
+func TestLayoutRefused(t *testing.T) {
+	n, path, _ := serve(t)
+	for _, layout := range []int{0, channel.LayoutVersion - 1, channel.LayoutVersion + 1} {
+		c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: path, Net: "unixpacket"})
 		if err != nil {
-			if !errors.Is(err, control.ErrBadRequest) {
-				t.Fatalf("error %v does not wrap ErrBadRequest", err)
-			}
-			return
+			t.Fatal(err)
 		}
-		switch r.Op {
-		case control.OpOpen:
-			if len(r.Name) == 0 || len(r.Name) > control.MaxNameLen {
-				t.Fatalf("name %q accepted", r.Name)
-			}
-		case control.OpRegister, control.OpTeardown:
-			if r.Key == nil || len(r.Key.Local) != 16 || len(r.Key.Remote) != 16 {
-				t.Fatalf("key %+v accepted", r.Key)
-			}
-			if r.Op == control.OpRegister && (r.Kind < flow.Connected || r.Kind > flow.Listener2) {
-				t.Fatalf("kind %d accepted", r.Kind)
-			}
-		case control.OpClose:
-		default:
-			t.Fatalf("op %q accepted", r.Op)
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		b, _ := json.Marshal(control.Request{Op: control.OpOpen, Name: "old", Layout: layout})
+		if _, err := c.Write(b); err != nil {
+			t.Fatal(err)
 		}
-	})
+		buf := make([]byte, control.MaxMessage)
+		k, err := c.Read(buf)
+		if err != nil || k == 0 {
+			t.Fatalf("layout %d: reply %d bytes, %v", layout, k, err)
+		}
+		var rep control.Reply
+		if err := json.Unmarshal(buf[:k], &rep); err != nil {
+			t.Fatal(err)
+		}
+		rerr := &control.RemoteError{Msg: rep.Error, Code: rep.Code}
+		if rep.OK || !errors.Is(rerr, control.ErrLayout) || !strings.Contains(rep.Error, "rebuild") ||
+			!strings.Contains(rep.Error, fmt.Sprint(channel.LayoutVersion)) {
+			t.Errorf("layout %d: reply %+v, want a refusal naming the versions", layout, rep)
+		}
+		if p, _ := flows(t, n); p != 0 {
+			t.Errorf("layout %d: %d ports open", layout, p)
+		}
+		c.Close()
+	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/skylane/skylane/control"
 	"github.com/skylane/skylane/nexus"
 )
 
@@ -105,7 +106,7 @@ func (s *server) session(c *net.UnixConn) {
 		s.mu.Unlock()
 		c.Close()
 	}()
-	buf := make([]byte, MaxMessage+1)
+	buf := make([]byte, control.MaxMessage+1)
 	for {
 		// No control buffer: descriptors an app sends are closed by the
 		// kernel and the message flagged MSG_CTRUNC.
@@ -113,23 +114,27 @@ func (s *server) session(c *net.UnixConn) {
 		if err != nil || k == 0 || flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
 			return // gone, or a message too long or carrying descriptors
 		}
-		req, err := DecodeRequest(buf[:k])
+		req, err := control.DecodeRequest(buf[:k])
 		if err != nil {
 			return
 		}
-		var rep Reply
+		var rep control.Reply
 		switch req.Op {
-		case OpOpen:
+		case control.OpOpen:
 			if port != nil {
 				return // one port per session
 			}
+			if err := control.CheckLayout(req.Layout); err != nil {
+				rep = control.Failure(err)
+				break
+			}
 			rp, err := s.n.OpenRemotePort(req.Name, nexus.PortOptions{Advisories: req.Advisories})
 			if err != nil {
-				rep = failure(err)
+				rep = control.Failure(err)
 				break
 			}
 			port = rp
-			rep = Reply{OK: true, Name: rp.Name(), Addrs: rp.Addrs(), MTU: rp.MTU()}
+			rep = control.Reply{OK: true, Name: rp.Name(), Addrs: rp.Addrs(), MTU: rp.MTU()}
 			if !s.reply(c, rep) {
 				return
 			}
@@ -138,35 +143,35 @@ func (s *server) session(c *net.UnixConn) {
 				return
 			}
 			continue
-		case OpRegister, OpTeardown:
+		case control.OpRegister, control.OpTeardown:
 			if port == nil {
 				return // before open
 			}
-			key, _ := req.Key.key() // checked by DecodeRequest
-			if req.Op == OpTeardown {
+			key, _ := req.Key.PacketKey() // checked by DecodeRequest
+			if req.Op == control.OpTeardown {
 				if err := port.Teardown(key); err != nil {
-					rep = failure(err)
+					rep = control.Failure(err)
 				} else {
-					rep = Reply{OK: true}
+					rep = control.Reply{OK: true}
 				}
 				break
 			}
 			fi, err := port.Register(key, req.Kind)
 			if err != nil {
-				rep = failure(err)
+				rep = control.Failure(err)
 				break
 			}
-			rep = Reply{OK: true, FlowID: fi.ID[:], Advisory: fi.Advisory}
-		case OpClose:
+			rep = control.Reply{OK: true, FlowID: fi.ID[:], Advisory: fi.Advisory}
+		case control.OpClose:
 			if port != nil {
 				if err := port.Close(); err != nil {
-					rep = failure(err)
+					rep = control.Failure(err)
 				} else {
-					rep = Reply{OK: true}
+					rep = control.Reply{OK: true}
 				}
 				port = nil
 			} else {
-				rep = Reply{OK: true}
+				rep = control.Reply{OK: true}
 			}
 			s.reply(c, rep)
 			return
@@ -177,12 +182,10 @@ func (s *server) session(c *net.UnixConn) {
 	}
 }
 
-func failure(err error) Reply { return Reply{Error: err.Error(), Code: codeOf(err)} }
-
 // reply sends rep; false if the app is gone or does not take it in time.
-func (s *server) reply(c *net.UnixConn, rep Reply) bool {
+func (s *server) reply(c *net.UnixConn, rep control.Reply) bool {
 	b, err := json.Marshal(rep)
-	if err != nil || len(b) > MaxMessage {
+	if err != nil || len(b) > control.MaxMessage {
 		return false
 	}
 	c.SetWriteDeadline(time.Now().Add(replyTimeout))

@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"net/netip"
 
+	"github.com/skylane/skylane/channel"
 	"github.com/skylane/skylane/flow"
-	"github.com/skylane/skylane/nexus"
 	"github.com/skylane/skylane/packet"
 )
 
@@ -34,6 +34,9 @@ type Request struct {
 	// Open.
 	Name       string `json:"name,omitempty"`
 	Advisories bool   `json:"advisories,omitempty"` // the app honours flow advisories
+	// Layout is the channel.LayoutVersion the app was built for; the
+	// nexus refuses another (ErrLayout) before it makes the channel.
+	Layout int `json:"layout,omitempty"`
 	// Register and Teardown.
 	Key  *Key      `json:"key,omitempty"`
 	Kind flow.Kind `json:"kind,omitempty"`
@@ -50,12 +53,14 @@ type Key struct {
 	Proto      uint8  `json:"p"`
 }
 
-func wireKey(k packet.Key) *Key {
+// WireKey is k on the wire.
+func WireKey(k packet.Key) *Key {
 	return &Key{Local: k.Local[:], Remote: k.Remote[:], LocalPort: k.LocalPort, RemotePort: k.RemotePort, Version: k.Version, Proto: k.Proto}
 }
 
-// key returns the packet.Key; the flow table checks what it means.
-func (w *Key) key() (packet.Key, error) {
+// PacketKey returns the packet.Key; the flow table checks what it means.
+// DecodeRequest has checked a request's key already.
+func (w *Key) PacketKey() (packet.Key, error) {
 	var k packet.Key
 	if len(w.Local) != len(k.Local) || len(w.Remote) != len(k.Remote) {
 		return k, fmt.Errorf("key addresses of %d and %d bytes, want %d", len(w.Local), len(w.Remote), len(k.Local))
@@ -70,8 +75,8 @@ func (w *Key) key() (packet.Key, error) {
 // An open reply with OK is followed by the channel (channel.Channel.Send).
 type Reply struct {
 	OK bool `json:"ok"`
-	// Error and Code say why a request failed; Code names the sentinel
-	// error (see codes), empty for one without.
+	// Error and Code say why a request failed (Failure); Code names the
+	// sentinel error (see CodeOf), empty for one without.
 	Error string `json:"error,omitempty"`
 	Code  string `json:"code,omitempty"`
 	// Open.
@@ -81,51 +86,6 @@ type Reply struct {
 	// Register.
 	FlowID   []byte `json:"flow_id,omitempty"`
 	Advisory uint32 `json:"advisory,omitempty"`
-}
-
-// codes are the errors a reply names, so that errors.Is works in the app
-// as it does in the nexus's process. The first match wins: ErrKernelPort
-// wraps ErrPortInUse and must come before it.
-var codes = []struct {
-	code string
-	err  error
-}{
-	{"kernel-port", flow.ErrKernelPort},
-	{"port-in-use", flow.ErrPortInUse},
-	{"bad-key", flow.ErrBadKey},
-	{"address-not-local", flow.ErrAddressNotLocal},
-	{"multicast", flow.ErrMulticast},
-	{"no-advisory-slot", flow.ErrNoAdvisorySlot},
-	{"no-flow", nexus.ErrNoFlow},
-	{"closed", nexus.ErrClosed},
-}
-
-func codeOf(err error) string {
-	for _, c := range codes {
-		if errors.Is(err, c.err) {
-			return c.code
-		}
-	}
-	return ""
-}
-
-// RemoteError is a request the nexus refused. It unwraps to the sentinel
-// error its code names (flow.ErrPortInUse, nexus.ErrNoFlow, ...), if any.
-type RemoteError struct {
-	Msg  string // the nexus's error text
-	Code string // see codes
-}
-
-func (e *RemoteError) Error() string { return "nexus: " + e.Msg }
-
-// Unwrap returns the sentinel error Code names, or nil.
-func (e *RemoteError) Unwrap() error {
-	for _, c := range codes {
-		if c.code == e.Code {
-			return c.err
-		}
-	}
-	return nil
 }
 
 // ErrBadRequest: a request was malformed or out of order; the nexus
@@ -155,7 +115,7 @@ func DecodeRequest(b []byte) (Request, error) {
 		if r.Key == nil {
 			return r, fmt.Errorf("%w: %s without a key", ErrBadRequest, r.Op)
 		}
-		if _, err := r.Key.key(); err != nil {
+		if _, err := r.Key.PacketKey(); err != nil {
 			return r, fmt.Errorf("%w: %v", ErrBadRequest, err)
 		}
 	case OpClose:
@@ -179,4 +139,17 @@ func checkName(s string) error {
 		}
 	}
 	return nil
+}
+
+// CheckLayout returns nil if an app that named layout version v at open
+// can attach to a channel of this build's layout, or an error wrapping
+// ErrLayout that says which versions differ and what to do.
+func CheckLayout(v int) error {
+	if v == channel.LayoutVersion {
+		return nil
+	}
+	if v == 0 {
+		return fmt.Errorf("%w: the app names none (built before version 3), the nexus speaks %d: rebuild the app against the nexus's Skylane version", ErrLayout, channel.LayoutVersion)
+	}
+	return fmt.Errorf("%w: the app speaks %d, the nexus %d: rebuild the app against the nexus's Skylane version", ErrLayout, v, channel.LayoutVersion)
 }

@@ -1,0 +1,303 @@
+package control
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/skylane/skylane/channel"
+	"github.com/skylane/skylane/flow"
+	"github.com/skylane/skylane/packet"
+)
+
+// requestTimeout bounds one request's round trip: a nexus runs requests
+// between two datapath rounds, so anything near this means it is stuck.
+const requestTimeout = 10 * time.Second
+
+// OpenOptions are an app's wishes for its port.
+type OpenOptions struct {
+	// Advisories says the app honours flow advisories: it holds a
+	// suspended flow's packets back, so the nexus may suspend its flows
+	// rather than drop their packets.
+	Advisories bool
+}
+
+// Session is an app's end of one control session: one port on the nexus
+// serving the socket, with the app end of its channel. Register, Teardown
+// and Close are safe from any goroutine (requests are serialised); App,
+// Name, Addrs, MTU, Gone and Err at any time.
+//
+// A reader goroutine, started by Open and joined by Close, owns the
+// socket's receiving side: it hands each reply to the request waiting for
+// it and notices at once when the nexus ends the session (it exited, was
+// killed, or closed the port): then Gone is closed, Err and every request
+// return an error wrapping ErrNexusGone, and the channel's waiter is
+// interrupted so that nothing sleeps on a nexus that is not there.
+type Session struct {
+	app   *channel.App // immutable
+	path  string       // immutable: the control socket, for errors
+	name  string       // immutable
+	addrs []netip.Addr // immutable
+	mtu   int          // immutable
+	conn  *net.UnixConn
+
+	replies chan Reply     // the reader's replies; capacity 1: one request at a time
+	gone    chan struct{}  // closed by the reader when the session ends
+	goneErr error          // written by the reader before it closes gone
+	closing atomic.Bool    // Close began: the end of the session is ours
+	reader  sync.WaitGroup // the reader goroutine
+
+	mu     sync.Mutex // serialises requests; guards closed
+	closed bool
+}
+
+// Open dials the nexus's control socket at path, opens a port named name
+// (letters, digits, '.', '_', '-'; at most MaxNameLen bytes) and attaches
+// its channel. The caller must Close the Session.
+func Open(path, name string, o OpenOptions) (_ *Session, err error) {
+	if err := checkName(name); err != nil {
+		return nil, err
+	}
+	conn, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: path, Net: "unixpacket"})
+	if err != nil {
+		return nil, fmt.Errorf("control: dial %s (is the nexus serving its control socket there?): %w", path, err)
+	}
+	defer func() {
+		if err != nil {
+			conn.Close()
+		}
+	}()
+	rep, err := roundTrip(conn, Request{Op: OpOpen, Name: name, Advisories: o.Advisories, Layout: channel.LayoutVersion})
+	if err != nil {
+		return nil, fmt.Errorf("control: open port %q: %w", name, err)
+	}
+	if rep.MTU <= 0 || len(rep.Addrs) == 0 {
+		return nil, fmt.Errorf("control: open port %q: reply without MTU or addresses", name)
+	}
+	app, err := channel.Receive(conn)
+	if err != nil {
+		return nil, fmt.Errorf("control: open port %q: %w", name, err)
+	}
+	conn.SetDeadline(time.Time{})
+	s := &Session{app: app, path: path, name: rep.Name, addrs: rep.Addrs, mtu: rep.MTU, conn: conn,
+		replies: make(chan Reply, 1), gone: make(chan struct{})}
+	s.reader.Add(1)
+	go s.read()
+	return s, nil
+}
+
+// roundTrip sends req and reads its reply, before the reader runs; a
+// refused request is a *RemoteError.
+func roundTrip(conn *net.UnixConn, req Request) (Reply, error) {
+	b, err := json.Marshal(req)
+	if err != nil {
+		return Reply{}, err
+	}
+	conn.SetDeadline(time.Now().Add(requestTimeout))
+	if _, err := conn.Write(b); err != nil {
+		return Reply{}, fmt.Errorf("send %s: %w", req.Op, err)
+	}
+	buf := make([]byte, MaxMessage+1)
+	rep, err := readReply(conn, buf)
+	if err != nil {
+		return rep, fmt.Errorf("%s reply: %w", req.Op, err)
+	}
+	return rep, replyErr(rep)
+}
+
+// errEnded: the nexus ended the session (the socket's end of file).
+var errEnded = errors.New("nexus ended the session")
+
+// readReply reads and decodes one reply. Nothing in it is trusted.
+func readReply(conn *net.UnixConn, buf []byte) (Reply, error) {
+	var rep Reply
+	k, _, flags, _, err := conn.ReadMsgUnix(buf, nil)
+	switch {
+	case err != nil:
+		return rep, err
+	case k == 0:
+		return rep, errEnded
+	case flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0:
+		return rep, fmt.Errorf("a reply of more than %d bytes, or with descriptors", MaxMessage)
+	}
+	if err := json.Unmarshal(buf[:k], &rep); err != nil {
+		return rep, fmt.Errorf("bad reply: %w", err)
+	}
+	return rep, nil
+}
+
+func replyErr(rep Reply) error {
+	if !rep.OK {
+		return &RemoteError{Msg: rep.Error, Code: rep.Code}
+	}
+	return nil
+}
+
+// read is the reader goroutine: it passes replies on until the session
+// ends, then records why, closes gone and wakes the channel's waiter. A
+// reply nobody waits for (the one slot is full) is a protocol violation
+// that ends the session too.
+func (s *Session) read() {
+	defer s.reader.Done()
+	buf := make([]byte, MaxMessage+1)
+	var err error
+	for {
+		var rep Reply
+		if rep, err = readReply(s.conn, buf); err != nil {
+			break
+		}
+		select {
+		case s.replies <- rep:
+			continue
+		default:
+			err = errors.New("a reply nobody asked for")
+		}
+		break
+	}
+	if s.closing.Load() {
+		s.goneErr = ErrSessionClosed
+	} else {
+		s.goneErr = fmt.Errorf("control: nexus at %s: %v: %w", s.path, err, ErrNexusGone)
+		s.conn.Close() // a violation: make sure the nexus sees the end too
+	}
+	close(s.gone)
+	s.app.Interrupt()
+}
+
+// Gone is closed when the session ended: the nexus went away (Err wraps
+// ErrNexusGone), or Close ended it.
+func (s *Session) Gone() <-chan struct{} { return s.gone }
+
+// Err returns nil while the session lives, then why it ended: an error
+// wrapping ErrNexusGone, or ErrSessionClosed after Close.
+func (s *Session) Err() error {
+	select {
+	case <-s.gone:
+		return s.goneErr
+	default:
+		return nil
+	}
+}
+
+// ErrSessionClosed is returned by requests after Close.
+var ErrSessionClosed = errors.New("control: session closed")
+
+// request sends req and waits for its reply from the reader. A nexus that
+// does not answer within requestTimeout is treated as gone: its session
+// ends, since a late reply would answer the next request.
+func (s *Session) request(req Request) (Reply, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return Reply{}, ErrSessionClosed
+	}
+	if err := s.Err(); err != nil {
+		return Reply{}, err
+	}
+	b, err := json.Marshal(req)
+	if err != nil {
+		return Reply{}, err
+	}
+	s.conn.SetWriteDeadline(time.Now().Add(requestTimeout))
+	if _, err := s.conn.Write(b); err != nil {
+		if gerr := s.Err(); gerr != nil {
+			return Reply{}, gerr
+		}
+		return Reply{}, fmt.Errorf("send %s: %w", req.Op, err)
+	}
+	t := time.NewTimer(requestTimeout)
+	defer t.Stop()
+	select {
+	case rep := <-s.replies:
+		return rep, replyErr(rep)
+	case <-s.gone:
+		return Reply{}, s.goneErr
+	case <-t.C:
+		s.conn.Close() // the reader sees it and ends the session
+		<-s.gone
+		return Reply{}, fmt.Errorf("%s: no reply within %v: %w", req.Op, requestTimeout, s.goneErr)
+	}
+}
+
+// App returns the app end of the port's channel. The Session owns it.
+func (s *Session) App() *channel.App { return s.app }
+
+// Name returns the port's channel name, as the nexus named it.
+func (s *Session) Name() string { return s.name }
+
+// Addrs returns the addresses the port's flows may use locally.
+func (s *Session) Addrs() []netip.Addr { return append([]netip.Addr(nil), s.addrs...) }
+
+// MTU returns the largest IP packet the port may send.
+func (s *Session) MTU() int { return s.mtu }
+
+// Register registers a flow on the port. A refused registration is a
+// *RemoteError that unwraps to the contract's sentinel errors (see
+// RemoteError).
+func (s *Session) Register(key packet.Key, kind flow.Kind) (channel.FlowInfo, error) {
+	var fi channel.FlowInfo
+	rep, err := s.request(Request{Op: OpRegister, Key: WireKey(key), Kind: kind})
+	if err != nil {
+		return fi, fmt.Errorf("control: register %v: %w", key, err)
+	}
+	if len(rep.FlowID) != len(fi.ID) {
+		return fi, fmt.Errorf("control: register %v: reply with a flow ID of %d bytes", key, len(rep.FlowID))
+	}
+	copy(fi.ID[:], rep.FlowID)
+	fi.Advisory = rep.Advisory
+	return fi, nil
+}
+
+// Teardown tears down a flow the port registered.
+func (s *Session) Teardown(key packet.Key) error {
+	if _, err := s.request(Request{Op: OpTeardown, Key: WireKey(key)}); err != nil {
+		return fmt.Errorf("control: teardown %v: %w", key, err)
+	}
+	return nil
+}
+
+// Close asks the nexus to close the port (its flows are torn down before
+// the reply), ends the session, joins the reader and detaches the channel
+// (unmapping its memory, closing its descriptors). If the nexus is gone the
+// port went with it, and Close only releases this side. Safe to call more
+// than once.
+func (s *Session) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	s.closing.Store(true) // before the request: the nexus ends the session after its reply
+	var err error
+	if s.Err() == nil {
+		b, _ := json.Marshal(Request{Op: OpClose})
+		s.conn.SetWriteDeadline(time.Now().Add(requestTimeout))
+		if _, werr := s.conn.Write(b); werr == nil {
+			t := time.NewTimer(requestTimeout)
+			select {
+			case rep := <-s.replies:
+				err = replyErr(rep)
+			case <-s.gone: // the nexus went: the port went with it
+			case <-t.C:
+			}
+			t.Stop()
+		}
+	}
+	s.conn.Close()
+	s.reader.Wait()
+	if cerr := s.app.Close(); cerr != nil && err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("control: close port %s: %w", s.name, err)
+	}
+	return nil
+}
