@@ -145,7 +145,7 @@ func New(nx Nexus, opts Options) (_ *Stack, err error) {
 			return nil, fmt.Errorf("client: tcp TIME-WAIT: %s", terr)
 		}
 	}
-	s.ep, err = stack.New(stack.Options{Port: port, MTU: port.MTU(), GSOMaxSize: opts.GSOMaxSize, Alive: s.alive})
+	s.ep, err = stack.New(stack.Options{Port: port, MTU: port.MTU(), GSOMaxSize: opts.GSOMaxSize, Alive: s.alive, Refuse: s.refuse})
 	if err != nil {
 		return nil, fmt.Errorf("client: %w", err)
 	}
@@ -196,6 +196,11 @@ var (
 	// Accept, Read, Write and Dial of the Stack return it, and the Stack
 	// releases its memory, goroutines and descriptors.
 	ErrNexusGone = control.ErrNexusGone
+	// ErrTooManyFlows: the nexus's limits refused a flow (the app's port,
+	// or the nexus, holds as many as it may). An accepted connection
+	// refused so is reset (its peer gets a RST) and Accept returns a
+	// temporary error wrapping this one; a Dial or Listen fails with it.
+	ErrTooManyFlows = control.ErrTooManyFlows
 )
 
 // Close aborts every connection (their peers get a reset), tears down
@@ -233,11 +238,10 @@ func (s *Stack) Endpoint() *stack.Endpoint { return s.ep }
 // Netstack returns the gVisor stack, for its statistics and options.
 func (s *Stack) Netstack() *gstack.Stack { return s.ns }
 
-// alive reports whether netstack has a live connection for the TCP 5-tuple
-// k: found (not the listener that would take a new one), not closed, not in
-// TIME-WAIT. It reads only the demultiplexer and the endpoint's state word,
-// so it never waits for a connection's lock.
-func (s *Stack) alive(k packet.Key) bool {
+// findTCP returns netstack's endpoint for the TCP 5-tuple k (oriented to
+// the local side), which may be the listener that would take a new
+// connection, or nil.
+func (s *Stack) findTCP(k packet.Key) gstack.TransportEndpoint {
 	la, ra := k.LocalAddrPort(), k.RemoteAddrPort()
 	id := gstack.TransportEndpointID{
 		LocalPort: la.Port(), LocalAddress: tcpAddr(la.Addr()),
@@ -247,7 +251,32 @@ func (s *Stack) alive(k packet.Key) bool {
 	if k.Version == 6 {
 		np = ipv6.ProtocolNumber
 	}
-	ep := s.ns.FindTransportEndpoint(np, tcp.ProtocolNumber, id, s.nic)
+	return s.ns.FindTransportEndpoint(np, tcp.ProtocolNumber, id, s.nic)
+}
+
+// refuse resets the TCP connection of k, whose flow the nexus refused
+// (stack.Options.Refuse): its peer gets a RST, which leaves on the
+// listener's flow. The listener itself is never aborted.
+func (s *Stack) refuse(k packet.Key, _ error) {
+	if k.Proto != packet.ProtoTCP {
+		return // a UDP reply: dropped and counted by the endpoint
+	}
+	ep := s.findTCP(k)
+	if ep == nil {
+		return
+	}
+	if st, ok := ep.(interface{ State() uint32 }); ok && tcp.EndpointState(st.State()) == tcp.StateListen {
+		return
+	}
+	ep.Abort()
+}
+
+// alive reports whether netstack has a live connection for the TCP 5-tuple
+// k: found (not the listener that would take a new one), not closed, not in
+// TIME-WAIT. It reads only the demultiplexer and the endpoint's state word,
+// so it never waits for a connection's lock.
+func (s *Stack) alive(k packet.Key) bool {
+	ep := s.findTCP(k)
 	if ep == nil {
 		return false
 	}

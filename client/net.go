@@ -243,20 +243,97 @@ func (s *Stack) Listen(network, address string) (net.Listener, error) {
 		s.releaseAll(b.keys)
 		return nil, opError("listen", network, nil, terr)
 	}
-	return &listener{TCPListener: gonet.NewTCPListener(s.ns, b.wq, b.ep), s: s, keys: b.keys}, nil
+	l := &listener{TCPListener: gonet.NewTCPListener(s.ns, b.wq, b.ep), s: s, keys: b.keys,
+		ready: make(chan accepted, acceptAhead), done: make(chan struct{}), exited: make(chan struct{})}
+	go l.run()
+	return l, nil
 }
 
+// acceptAhead bounds the connections a listener takes from netstack ahead
+// of Accept, so that their flows are registered meanwhile, in batches
+// (stack.Endpoint.Prepare). Netstack's accept queue (listenBacklog) is
+// behind it; past both, netstack stops completing handshakes.
+const acceptAhead = 256
+
+// listener is a TCP listener whose accept goroutine (run, owned by the
+// listener: Close stops it, as does the Stack's Close) takes connections
+// from netstack as their handshakes complete and starts registering their
+// flows; Accept hands them out in order once registered. A connection the
+// nexus refused was reset; Accept then returns a temporary error wrapping
+// why (ErrTooManyFlows), as net/http's Serve expects of a transient
+// failure.
 type listener struct {
 	*gonet.TCPListener
-	s    *Stack
-	keys []packet.Key
-	once sync.Once
+	s      *Stack
+	keys   []packet.Key
+	ready  chan accepted // filled by run; closed when it returns
+	err    error         // why run returned; read once ready is closed
+	done   chan struct{} // closed by Close
+	exited chan struct{} // closed when run returned
+	once   sync.Once
 }
 
-// Close closes the listener and tears down its flows.
+type accepted struct {
+	c    net.Conn
+	wait func() error // the connection's flow is registered (stack.Endpoint.Prepare)
+}
+
+// refusedError is a connection the nexus refused: a temporary error.
+type refusedError struct{ err error }
+
+func (e *refusedError) Error() string {
+	return "connection refused by the nexus and reset: " + e.err.Error()
+}
+func (e *refusedError) Unwrap() error   { return e.err }
+func (e *refusedError) Temporary() bool { return true }
+func (e *refusedError) Timeout() bool   { return false }
+
+func (l *listener) run() {
+	defer close(l.exited)
+	defer close(l.ready)
+	for {
+		c, err := l.TCPListener.Accept()
+		if err != nil {
+			l.err = err
+			return
+		}
+		la, ra := c.LocalAddr().(*net.TCPAddr), c.RemoteAddr().(*net.TCPAddr)
+		a := accepted{c: c, wait: l.s.ep.Prepare(packet.MakeKey(packet.ProtoTCP, la.AddrPort(), ra.AddrPort()))}
+		select {
+		case l.ready <- a:
+		case <-l.done:
+			c.Close()
+			l.err = net.ErrClosed
+			return
+		}
+	}
+}
+
+// Accept implements net.Listener.Accept: the next connection whose flow is
+// registered.
+func (l *listener) Accept() (net.Conn, error) {
+	a, ok := <-l.ready
+	if !ok {
+		return nil, l.err
+	}
+	if err := a.wait(); err != nil {
+		a.c.Close()
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.Addr(), Err: &refusedError{err}}
+	}
+	return a.c, nil
+}
+
+// Close closes the listener, stops its accept goroutine, closes the
+// connections it took and nobody accepted, and tears down its flows.
 func (l *listener) Close() error {
-	err := l.TCPListener.Close()
+	var err error
 	l.once.Do(func() {
+		close(l.done)
+		err = l.TCPListener.Close()
+		<-l.exited
+		for a := range l.ready {
+			a.c.Close()
+		}
 		if rerr := l.s.releaseAll(l.keys); rerr != nil && err == nil && l.s.checkOpen() == nil {
 			err = rerr
 		}

@@ -114,10 +114,12 @@ type TxDrops struct {
 	// last tornRecent): the app still sends on a closed flow. Checked when
 	// the lookup found no flow, or a flow with another ID.
 	TornDown uint64
-	// ListenerData: a listener flow sent something other than a TCP RST.
+	// ListenerData: a listener flow sent something other than a TCP RST
+	// or SYN-ACK.
 	ListenerData uint64
-	// SYNRate: a TCP segment with SYN set (SYN or SYN-ACK) beyond the flow's
-	// SYN budget (flow.SYNRate per second, bursts of flow.SYNBurst).
+	// SYNRate: a TCP segment with SYN set (SYN or SYN-ACK) on a connected
+	// flow beyond the flow's SYN budget (flow.SYNRate per second, bursts
+	// of flow.SYNBurst).
 	SYNRate uint64
 }
 
@@ -129,8 +131,8 @@ type TxQueue interface {
 	// Enqueue takes frames that passed every transmit check, framed for
 	// the device (L2 header written), in the order the ports sent them;
 	// tokens[i] and adv[i] are frame i's flow token and advisory index
-	// (flow.Entry.Token, AdvisoryIndex), written by the nexus, never by the
-	// app. The slices are valid only during the call: Enqueue copies what
+	// (flow.Entry.Token, AdvisoryIndex: flow.NoAdvisory for a flow without
+	// one), written by the nexus, never by the app. The slices are valid only during the call: Enqueue copies what
 	// it keeps. It returns how many frames it accepted, a prefix; the rest
 	// are its drops, counted by it.
 	Enqueue(frames [][]byte, tokens, adv []uint32) int
