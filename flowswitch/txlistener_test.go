@@ -21,12 +21,12 @@ func TestTxListenerSYNACK(t *testing.T) {
 	const n = 5 * flow.SYNBurst
 	pkts := make([][]byte, n)
 	for i := range pkts {
-		pkts[i] = txPkt{proto: packet.ProtoTCP, src: localIP, dst: remoteIP, sport: 80, dport: uint16(40000 + i),
-			flags: packet.TCPSyn | packet.TCPAck, size: 40}.build(t)
+		p := lisPkt(localIP, 80, packet.TCPSyn|packet.TCPAck, 40)
+		p.dport += uint16(i)
+		pkts[i] = p.build(t)
 	}
 	// A RST first, so the listener is the port's cache for the rest.
-	rst := txPkt{proto: packet.ProtoTCP, src: localIP, dst: remoteIP, sport: 80, dport: 39999,
-		flags: packet.TCPRst | packet.TCPAck, size: 40}.build(t)
+	rst := lisPkt(localIP, 80, packet.TCPRst|packet.TCPAck, 40).build(t)
 	r.send(t, 0, f.listen.ID(), rst)
 	r.send(t, 0, f.listen.ID(), pkts...)
 	if k := r.tx(t, 0); k != n+1 {
