@@ -145,7 +145,7 @@ func New(nx Nexus, opts Options) (_ *Stack, err error) {
 			return nil, fmt.Errorf("client: tcp TIME-WAIT: %s", terr)
 		}
 	}
-	s.ep, err = stack.New(stack.Options{Port: port, MTU: port.MTU(), GSOMaxSize: opts.GSOMaxSize, Alive: s.alive, Refuse: s.refuse})
+	s.ep, err = stack.New(stack.Options{Port: port, MTU: port.MTU(), GSOMaxSize: opts.GSOMaxSize, Alive: s.alive, Refuse: s.refuse, Handshaking: s.handshaking})
 	if err != nil {
 		return nil, fmt.Errorf("client: %w", err)
 	}
@@ -269,6 +269,18 @@ func (s *Stack) refuse(k packet.Key, _ error) {
 		return
 	}
 	ep.Abort()
+}
+
+// handshaking reports whether netstack's connection of the TCP 5-tuple k is
+// in its handshake (stack.Options.Handshaking). Like alive, it reads only
+// the demultiplexer and the state word.
+func (s *Stack) handshaking(k packet.Key) bool {
+	ep := s.findTCP(k)
+	if ep == nil {
+		return false
+	}
+	st, ok := ep.(interface{ State() uint32 })
+	return ok && tcp.EndpointState(st.State()) == tcp.StateSynRecv
 }
 
 // alive reports whether netstack has a live connection for the TCP 5-tuple

@@ -110,6 +110,15 @@ type Options struct {
 	// aborts it, and the RST leaves on the listener's flow). Nil: the
 	// connection's packets are dropped, counted, until netstack gives up.
 	Refuse func(key packet.Key, err error)
+	// Handshaking reports whether netstack's connection of the TCP
+	// 5-tuple key is still in its handshake (SYN-RCVD). Such a
+	// connection's packets other than SYN-ACKs and RSTs (a challenge ACK
+	// to a stray segment) are dropped, counted as TxHandshake, instead of
+	// registering a flow: a half-open connection must cost the nexus
+	// nothing, whatever a flood sends it. Nil: they register a flow. It
+	// is called from netstack's goroutines, so it must not wait for a
+	// connection's lock.
+	Handshaking func(key packet.Key) bool
 }
 
 // Stats are an endpoint's counters.
@@ -123,6 +132,7 @@ type Stats struct {
 	TxWaits            uint64 // WritePackets calls that left packets waiting for ring space or buffers
 	TxNoFlow           uint64 // dropped: no flow the port registered (ICMP, stray RST, a flow torn down under queued or held packets)
 	TxRegisterFail     uint64 // dropped: registering its flow failed (held while pending, then refused)
+	TxHandshake        uint64 // dropped: not a SYN-ACK or RST, of a connection in its handshake (Options.Handshaking)
 	TxOversize         uint64 // dropped: above the MTU and not a super packet the nexus takes, or above the buffer size
 	TxQueueFull        uint64 // dropped: MaxPending packets already waiting
 	TxClosed           uint64 // dropped: the endpoint was stopped
@@ -427,7 +437,7 @@ type stats struct {
 	rxPackets, rxBytes, rxPolls, rxDropped           atomic.Uint64
 	txPackets, txBytes, txSends, txGSO, txWaits      atomic.Uint64
 	txNoFlow, txRegisterFail, txOversize, txQueueFul atomic.Uint64
-	txClosed                                         atomic.Uint64
+	txClosed, txHandshake                            atomic.Uint64
 	flowsRegistered, flowsAuto, flowsReleased        atomic.Uint64
 	flowsReaped, registerBatches, flowsRefused       atomic.Uint64
 	flowLimitHits                                    atomic.Uint64
@@ -441,6 +451,7 @@ func (s *stats) snapshot() Stats {
 		TxPackets: s.txPackets.Load(), TxBytes: s.txBytes.Load(), TxSends: s.txSends.Load(), TxGSO: s.txGSO.Load(),
 		TxWaits: s.txWaits.Load(), TxNoFlow: s.txNoFlow.Load(), TxRegisterFail: s.txRegisterFail.Load(),
 		TxOversize: s.txOversize.Load(), TxQueueFull: s.txQueueFul.Load(), TxClosed: s.txClosed.Load(),
+		TxHandshake:     s.txHandshake.Load(),
 		FlowsRegistered: s.flowsRegistered.Load(), FlowsAuto: s.flowsAuto.Load(),
 		FlowsReleased: s.flowsReleased.Load(), FlowsReaped: s.flowsReaped.Load(),
 		RegisterBatches: s.registerBatches.Load(), FlowsRefused: s.flowsRefused.Load(), FlowLimitHits: s.flowLimitHits.Load(),

@@ -112,6 +112,10 @@ func (t *flowTable) ensure(e *Endpoint, k packet.Key, flags packet.TCPFlags) boo
 		e.stats.txNoFlow.Add(1)
 		return false
 	}
+	if k.Proto == packet.ProtoTCP && e.opts.Handshaking != nil && e.opts.Handshaking(k) {
+		e.stats.txHandshake.Add(1)
+		return false
+	}
 	t.prepare(k)
 	return true
 }
