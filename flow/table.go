@@ -109,7 +109,8 @@ type Table struct {
 	nL3, nL2  int    // active listener entries of each kind: Lookup skips a mask with none
 	version   uint64 // counts the Registers and Teardowns that changed the table
 
-	limits Limits
+	limits    Limits
+	portSlots map[PortID]uint32 // SetPortSlots: a port's own advisory slot limit
 
 	hashes  []uint64 // LookupBatch scratch
 	touched uintptr  // LookupBatch's sink for the loads it issues early
@@ -163,6 +164,8 @@ func New(opts Options) (*Table, error) {
 		ports:   make(map[PortID]*portState),
 		owners:  make(map[protoPort]owner),
 		l3count: make(map[packet.Key]int),
+
+		portSlots: make(map[PortID]uint32),
 	}
 	t.idx.init()
 	for _, a := range opts.LocalAddrs {
@@ -217,7 +220,7 @@ func (t *Table) Register(req Request) (*Entry, error) {
 	switch {
 	case len(ps.free) > 0:
 		e.adv = ps.free.pop()
-	case ps.next < uint32(t.opts.AdvisorySlots):
+	case ps.next < t.slots(req.Port):
 		e.adv = ps.next
 		ps.next++
 	default:
@@ -283,6 +286,26 @@ func (t *Table) allocToken() uint32 {
 			return t.nextToken
 		}
 	}
+}
+
+// SetPortSlots limits port p's advisory slots to n, below
+// Options.AdvisorySlots: the size of its channel's advisory table, so an
+// index the table does not have is never handed out (the flows past it get
+// NoAdvisory). n < 0 removes the limit. Slots p holds already are kept.
+func (t *Table) SetPortSlots(p PortID, n int) {
+	if n < 0 {
+		delete(t.portSlots, p)
+		return
+	}
+	t.portSlots[p] = uint32(min(n, t.opts.AdvisorySlots))
+}
+
+// slots returns how many advisory slots port p may have.
+func (t *Table) slots(p PortID) uint32 {
+	if n, ok := t.portSlots[p]; ok {
+		return n
+	}
+	return uint32(t.opts.AdvisorySlots)
 }
 
 // IsLocal reports whether a is one of the table's local addresses.

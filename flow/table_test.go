@@ -221,6 +221,23 @@ func TestAdvisoryGrowth(t *testing.T) {
 	}
 }
 
+// TestPortSlots: a port limited to its channel's table gets slots up to
+// it and NoAdvisory past it; another port keeps the table's limit.
+func TestPortSlots(t *testing.T) {
+	tab := newTable(t, Options{AdvisorySlots: 8})
+	tab.SetPortSlots(1, 2)
+	for i, want := range []uint32{0, 1, NoAdvisory} {
+		if e := mustRegister(t, tab, 1, conn(udp, v4a, uint16(1000+i), v4peer, 53), Connected); e.AdvisoryIndex() != want {
+			t.Fatalf("port 1 flow %d: advisory %d, want %d", i, e.AdvisoryIndex(), want)
+		}
+	}
+	for i := range 3 {
+		if e := mustRegister(t, tab, 2, conn(udp, v4a, uint16(2000+i), v4peer, 53), Connected); e.AdvisoryIndex() != uint32(i) {
+			t.Fatalf("port 2 flow %d: advisory %d", i, e.AdvisoryIndex())
+		}
+	}
+}
+
 // TestSlotHeap: the free list gives slots back lowest first, whatever the
 // order they were freed in.
 func TestSlotHeap(t *testing.T) {
