@@ -36,8 +36,11 @@ const bindAttempts = 8
 // timers (Linux's a 256-byte request), so the bound is low: under a SYN
 // flood, 4096 half-open endpoints retransmitting their SYN-ACKs kept the
 // stack busy for seconds after the flood, 128 let it serve again at once.
-// The accept queue empties fast into the listener's accept-ahead
-// (acceptAhead), so a burst of real connections does not need more.
+// (512 brought it back only after a second in one run of three.) The
+// accept queue has the same bound in netstack; it empties fast into the
+// listener's accept-ahead (acceptAhead). The price: while it is full,
+// netstack drops the final ACK of a handshake it answered with a cookie,
+// and that connection is accepted only with the client's first data.
 const listenBacklog = 128
 
 // endpointSpec is where a socket binds: one address, or "any" in one or both
