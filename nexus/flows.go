@@ -78,6 +78,41 @@ func (p *Port) RegisterBatch(keys []packet.Key, kind flow.Kind) ([]channel.FlowI
 	return fis, errs
 }
 
+// TeardownBatch tears down keys, flows this port registered, in one
+// request to the worker: Teardown for each (the packets the app put on its
+// TX ring before it asked are sent first), each with its own outcome. An
+// app's stack uses it for the connections its reaper found closed.
+func (p *Port) TeardownBatch(keys []packet.Key) []error {
+	errs := make([]error, len(keys))
+	err := p.n.do(func() error {
+		q := p.n.ports[p.id]
+		if q == nil {
+			return ErrClosed
+		}
+		p.n.drainTX(q)
+		for i, k := range keys {
+			e := q.flows[k]
+			if e == nil {
+				errs[i] = ErrNoFlow
+				continue
+			}
+			p.n.sw.Teardown(e)
+			delete(q.flows, k)
+			errs[i] = p.n.unsteerFlow(k)
+		}
+		return nil
+	})
+	for i, k := range keys {
+		if err != nil {
+			errs[i] = err
+		}
+		if errs[i] != nil {
+			errs[i] = fmt.Errorf("port %s: teardown %v: %w", p.name, k, errs[i])
+		}
+	}
+	return errs
+}
+
 // burstLog logs a limit's hits once per burst: the first hit after
 // burstQuiet without one, then, while hits go on, at most once per
 // burstEvery with the count since the last line. Worker only.

@@ -277,11 +277,21 @@ func (t *flowTable) forgetLocked(e *Endpoint, k packet.Key) bool {
 // held, so none of them is registered again before the nexus forgot it.
 func (t *flowTable) teardown(e *Endpoint, keys []packet.Key) error {
 	var first error
+	e.stats.flowsReleased.Add(uint64(len(keys)))
+	if bt, ok := e.port.(BatchTearer); ok && len(keys) > 1 {
+		// One request for the lot: the reaper holds reg meanwhile, and
+		// the registrar waits for it.
+		for _, err := range bt.TeardownBatch(keys) {
+			if err != nil && first == nil {
+				first = err
+			}
+		}
+		return first
+	}
 	for _, k := range keys {
 		if err := e.port.Teardown(k); err != nil && first == nil {
 			first = err
 		}
-		e.stats.flowsReleased.Add(1)
 	}
 	return first
 }

@@ -34,6 +34,13 @@ type BatchRegistrar interface {
 	RegisterBatch(keys []packet.Key, kind flow.Kind) ([]channel.FlowInfo, []error)
 }
 
+// BatchTearer is a Port that tears down many flows in one request
+// (nexus.Port does): TeardownBatch returns, for each key, what Teardown
+// would have.
+type BatchTearer interface {
+	TeardownBatch(keys []packet.Key) []error
+}
+
 // errForgotten ends a pending flow torn down before it was registered (its
 // connection closed or the endpoint stopped).
 var errForgotten = errors.New("stack: flow released before the nexus registered it")
