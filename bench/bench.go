@@ -20,15 +20,32 @@ import (
 
 // Result is one row of a scenario's report.
 type Result struct {
-	Name          string         `json:"name"`
-	Value         float64        `json:"value"`
-	Unit          string         `json:"unit"`
-	BaselineName  string         `json:"baseline_name"`
-	BaselineValue float64        `json:"baseline_value"`
-	Ratio         float64        `json:"ratio"`
+	Name          string  `json:"name"`
+	Value         float64 `json:"value"`
+	Unit          string  `json:"unit"`
+	BaselineName  string  `json:"baseline_name"`
+	BaselineValue float64 `json:"baseline_value"`
+	Ratio         float64 `json:"ratio"`
+	// Bound, BaselineBound and RatioBound say that Value, BaselineValue
+	// or Ratio is a bound, not a measurement: BoundLower (the figure is
+	// above it), BoundUpper (below it), or, for the ratio only,
+	// BoundUnknown (both figures are bounds the same way, so the ratio
+	// is not known; Ratio is 0). Empty: measured. A figure too poor to
+	// measure in its window (a FIFO that answers no request) is reported
+	// so, not as a failure.
+	Bound         string         `json:"bound,omitempty"`
+	BaselineBound string         `json:"baseline_bound,omitempty"`
+	RatioBound    string         `json:"ratio_bound,omitempty"`
 	LowerIsBetter bool           `json:"lower_is_better,omitempty"`
 	Extra         map[string]any `json:"extra,omitempty"`
 }
+
+// Bounds of Result.Bound, BaselineBound and RatioBound.
+const (
+	BoundLower   = "lower"
+	BoundUpper   = "upper"
+	BoundUnknown = "unknown" // ratio only: not implied by the two bounds
+)
 
 // Report is a scenario's output.
 type Report struct {
@@ -122,13 +139,56 @@ func median(v []float64) float64 {
 	return v[len(v)/2]
 }
 
-// Throughput builds a higher-is-better row.
+// Throughput builds a higher-is-better row (ratio = value / baseline).
 func Throughput(name, unit string, value float64, baseName string, baseValue float64) Result {
 	r := Result{Name: name, Unit: unit, Value: value, BaselineName: baseName, BaselineValue: baseValue}
 	if baseValue > 0 {
 		r.Ratio = value / baseValue
+	} else { // x/0 and 0/0: no figure, rather than a ratio of 0
+		r.RatioBound = BoundUnknown
 	}
 	return r
+}
+
+// Latency builds a lower-is-better row (ratio = baseline / value). bound
+// and baseBound are "" for a measured figure or BoundLower for one known
+// only to be above the given value; the ratio carries the bound they imply.
+func Latency(name, unit string, value float64, bound, baseName string, baseValue float64, baseBound string) Result {
+	r := Result{Name: name, Unit: unit, Value: value, Bound: bound, BaselineName: baseName, BaselineValue: baseValue,
+		BaselineBound: baseBound, LowerIsBetter: true}
+	switch {
+	case bound != "" && baseBound != "":
+		r.RatioBound = BoundUnknown
+		return r
+	case baseBound == BoundLower: // the baseline is slower still
+		r.RatioBound = BoundLower
+	case bound == BoundLower: // we are slower still
+		r.RatioBound = BoundUpper
+	}
+	if value > 0 {
+		r.Ratio = baseValue / value
+	}
+	return r
+}
+
+// Figures returns the row's value, baseline value and ratio as text, each
+// marked with its bound: ">250.00" for a lower bound, "<0.50" for an upper
+// one, "unknown" for a ratio no figure implies.
+func (r Result) Figures() (value, baseline, ratio string) {
+	return boundFigure(r.Value, r.Bound), boundFigure(r.BaselineValue, r.BaselineBound), boundFigure(r.Ratio, r.RatioBound)
+}
+
+// boundFigure prints a figure with its bound: ">250.00" for a lower bound.
+func boundFigure(v float64, bound string) string {
+	switch bound {
+	case BoundLower:
+		return fmt.Sprintf(">%.2f", v)
+	case BoundUpper:
+		return fmt.Sprintf("<%.2f", v)
+	case BoundUnknown:
+		return "unknown"
+	}
+	return fmt.Sprintf("%.2f", v)
 }
 
 // Print writes the report as a table, or as JSON.
@@ -142,7 +202,8 @@ func (r Report) Print(w io.Writer, asJSON bool) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "row\tvalue\tunit\tbaseline\tbaseline value\tratio\t")
 	for _, x := range r.Results {
-		fmt.Fprintf(tw, "%s\t%.2f\t%s\t%s\t%.2f\t%.2f\t\n", x.Name, x.Value, x.Unit, x.BaselineName, x.BaselineValue, x.Ratio)
+		v, b, ratio := x.Figures()
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t\n", x.Name, v, x.Unit, x.BaselineName, b, ratio)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -181,6 +242,7 @@ func Scenarios() []Scenario {
 		{Name: "tcp", Help: "one TCP stream and 64-byte RPCs between two user-space stacks through the flowswitch over memif; baselines gVisor link/pipe and kernel loopback", Run: runTCP},
 		{Name: "burst", Help: "regulation on a 100 Mbit/s memif: RPC p99 under 8 bulk flows, bulk utilisation, Jain's index of the 8; baseline a plain 2048-frame FIFO (regulation off), same run; --dev: on a veth pair, the kernel's stack at the far end (root)", Run: runBurst},
 		{Name: "conns", Help: "new TCP connections/s accepted and answered by a user-space server on AF_XDP, from kernel clients over a veth; baseline a kernel server on the same veth, same run; needs root", Run: runConns},
+		{Name: "attach", Help: "an app attaching over the control socket: connect, open a port (channel sent and mapped), listen on a TCP port, p50; baseline a kernel socket()+bind()+listen()", Run: runAttach},
 		{Name: "udp", Help: "64-byte UDP receive rate over a veth into a user-space consumer (AF_XDP, AF_PACKET); baseline a kernel UDP socket with recvmmsg, same veth; needs root", Run: runUDP},
 	}
 }

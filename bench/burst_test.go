@@ -1,7 +1,10 @@
 package bench
 
 import (
+	"bytes"
+	"encoding/json"
 	"math"
+	"strings"
 	"testing"
 	"time"
 
@@ -51,7 +54,7 @@ func TestBurstScenario(t *testing.T) {
 //
 // The window is 2 s: the FIFO's RPC completes about twice a second (each
 // request waits out the 248 ms queue, and one dropped at the full tail
-// waits for its 200 ms retry), and the row needs one.
+// waits for its 200 ms retry); with none, its p99 is a lower bound.
 func TestBurstDevScenario(t *testing.T) {
 	nettest.RequirePriv(t)
 	if testing.Short() {
@@ -138,4 +141,80 @@ func checkBurstReport(t *testing.T, rep Report, prefix string) map[string]Result
 		t.Errorf("unresponsive app: sent %d, delivered %d: %v", s, d, x)
 	}
 	return rows
+}
+
+// A trial kind whose RPC answered nothing in its window is a figure, not
+// an error: its p99 is a lower bound (the window, or burstRPCWait when the
+// p99 falls on a request given up as lost), and the row's ratio is the
+// bound it implies, in the JSON and in the table.
+func TestBurstP99Bounds(t *testing.T) {
+	ms := func(v ...int) []time.Duration {
+		var d []time.Duration
+		for _, x := range v {
+			d = append(d, time.Duration(x)*time.Millisecond)
+		}
+		return d
+	}
+	for _, c := range []struct {
+		name  string
+		ts    []burstTrial
+		ms    float64
+		bound string
+	}{
+		{"measured", []burstTrial{{rtts: ms(3, 1, 2), elapsed: time.Second}}, 3, ""},
+		{"pooled", []burstTrial{{rtts: ms(1), elapsed: time.Second}, {rtts: ms(5), elapsed: time.Second}}, 5, ""},
+		{"nothing answered", []burstTrial{{elapsed: 600 * time.Millisecond}, {elapsed: 700 * time.Millisecond}}, 600, BoundLower},
+		{"p99 on a lost one", []burstTrial{{rtts: ms(300, 400), lost: 1, elapsed: time.Second}}, float64(burstRPCWait / time.Millisecond), BoundLower},
+		{"nothing answered, one lost", []burstTrial{{lost: 1, elapsed: time.Second}}, float64(burstRPCWait / time.Millisecond), BoundLower},
+	} {
+		got := burstP99(c.ts)
+		if got.ms != c.ms || got.bound != c.bound {
+			t.Errorf("%s: p99 %v (bound %q), want %v (%q)", c.name, got.ms, got.bound, c.ms, c.bound)
+		}
+	}
+
+	// A baseline that moved nothing gives no ratio (not 0, not +Inf).
+	if r := Throughput("x", "Mpps", 1, "b", 0); r.RatioBound != BoundUnknown || r.Ratio != 0 {
+		t.Errorf("Throughput over a zero baseline: ratio %v (bound %q)", r.Ratio, r.RatioBound)
+	}
+	// The FIFO unmeasured: the ratio is a lower bound; ours unmeasured: an
+	// upper one; both: unknown, no ratio printed.
+	for _, c := range []struct {
+		bound, baseBound, ratioBound string
+		ratio                        float64
+		text                         string
+	}{
+		{"", "", "", 100, " 100.00"},
+		{"", BoundLower, BoundLower, 100, " >100.00"},
+		{BoundLower, "", BoundUpper, 100, " <100.00"},
+		{BoundLower, BoundLower, BoundUnknown, 0, " unknown"},
+	} {
+		r := Latency("rpc", "ms (p99)", 6, c.bound, "fifo", 600, c.baseBound)
+		if r.RatioBound != c.ratioBound || r.Ratio != c.ratio || !r.LowerIsBetter {
+			t.Errorf("bounds %q/%q: ratio %v (bound %q), want %v (%q)", c.bound, c.baseBound, r.Ratio, r.RatioBound, c.ratio, c.ratioBound)
+		}
+		var js, txt bytes.Buffer
+		rep := Report{Scenario: "burst", Results: []Result{r}}
+		if err := rep.Print(&js, true); err != nil {
+			t.Fatal(err)
+		}
+		if err := rep.Print(&txt, false); err != nil {
+			t.Fatal(err)
+		}
+		var got struct {
+			Results []map[string]any `json:"results"`
+		}
+		if err := json.Unmarshal(js.Bytes(), &got); err != nil {
+			t.Fatal(err)
+		}
+		if b, _ := got.Results[0]["baseline_bound"].(string); b != c.baseBound {
+			t.Errorf("JSON baseline_bound %q, want %q: %s", b, c.baseBound, js.String())
+		}
+		if b, _ := got.Results[0]["ratio_bound"].(string); b != c.ratioBound {
+			t.Errorf("JSON ratio_bound %q, want %q: %s", b, c.ratioBound, js.String())
+		}
+		if !strings.Contains(txt.String(), c.text+"\n") {
+			t.Errorf("table does not end its row with ratio %q:\n%s", c.text, txt.String())
+		}
+	}
 }

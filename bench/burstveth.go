@@ -236,8 +236,8 @@ func (k *burstKernelPeer) close() {
 
 // burstFIFO is the FIFO trial's transmit queue on a device with no rate of
 // its own (see the doc above): burstQueue frames, tail drop, drained at
-// burstRate. It is the switch's TxQueue: only the switch's goroutine calls
-// it, and its counters are read after Run returned.
+// burstRate. It is the switch's TxQueue: only the nexus's worker calls
+// it, and its counters are read after the nexus closed.
 type burstFIFO struct {
 	link    netif.Link
 	slots   [][]byte // a ring: slots[head] is the oldest of n frames

@@ -164,7 +164,7 @@ func (h *udpHosts) userAccepts(d time.Duration) (float64, connsFigures, error) {
 	f.failed = failed
 	f.auto, f.batches = e1.FlowsAuto-e0.FlowsAuto, e1.RegisterBatches-e0.RegisterBatches
 	f.rxDrops = s1.Switch.RxRingDrops - s0.Switch.RxRingDrops
-	f.txDrops = sumTxDrops(s1.Switch.TxDrops) - sumTxDrops(s0.Switch.TxDrops)
+	f.txDrops = s1.Switch.TxDrops.Total() - s0.Switch.TxDrops.Total()
 	return r, f, nil
 }
 

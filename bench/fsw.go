@@ -215,8 +215,10 @@ func (r *fswRig) step() (int, error) {
 	if n, err := r.peer.Write(r.w.frames[k*fswBatch : (k+1)*fswBatch]); n != fswBatch || err != nil {
 		return 0, fmt.Errorf("peer write: %d of %d: %v", n, fswBatch, err)
 	}
-	if n, err := r.sw.RxOnce(); n != fswBatch || err != nil {
-		return 0, fmt.Errorf("RxOnce = %d, %v; want %d", n, err, fswBatch)
+	// The nexus worker's round: the input batch, then the ports' (empty)
+	// transmit and the timed work, as the product runs it.
+	if n, _, err := r.sw.Round(flowswitch.ReadDevice); n != fswBatch || err != nil {
+		return 0, fmt.Errorf("Round = %d, %v; want %d", n, err, fswBatch)
 	}
 	got, err := fswDrain(r.chans, r.apps, r.w.touched[k], r.bufs)
 	if err == nil && got != fswBatch {

@@ -338,12 +338,7 @@ func (h *udpHosts) userStream(driver string, offloads bool, d time.Duration) (Ra
 	f.xdpSplit = x1.RxSuperSplit - x0.RxSuperSplit
 	f.xdpCsum = x1.RxCsumCompleted - x0.RxCsumCompleted
 	f.linkDrops = link.Stats().RxDrops - l0.RxDrops
-	f.txDrops = sumTxDrops(s1.Switch.TxDrops) - sumTxDrops(s0.Switch.TxDrops)
+	f.txDrops = s1.Switch.TxDrops.Total() - s0.Switch.TxDrops.Total()
 	f.stackRx = st.Endpoint().Stats().RxPackets - rx0
 	return r, f, nil
-}
-
-func sumTxDrops(d flowswitch.TxDrops) uint64 {
-	return d.Length + d.MTU + d.Parse + d.IPv4Options + d.SrcAddr + d.SrcPort + d.Proto +
-		d.NoFlow + d.NotOwner + d.FlowID + d.TornDown + d.ListenerData + d.SYNRate
 }

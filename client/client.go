@@ -69,22 +69,36 @@ type Options struct {
 
 // Stack is a user-space TCP/IP stack on one nexus port. Its methods are
 // safe for concurrent use.
+//
+// The port, its endpoint and the netstack on it are one attachment. When
+// the nexus goes away (a Port with a Gone channel, as Connect's), a
+// watcher goroutine tears the attachment down at once: every blocked and
+// later Accept, Read, Write and Dial returns an error wrapping
+// ErrNexusGone, and the attachment's memory, goroutines and descriptors
+// are released. With ConnectOptions.Reattach the Stack then opens a new
+// port whenever a nexus serves again, and registers its listeners (TCP
+// listeners, ListenPacket sockets) on it: their Accept and ReadFrom go on;
+// connections of the old attachment stay gone.
 type Stack struct {
-	port  Port            // immutable
-	ep    *stack.Endpoint // immutable
-	ns    *gstack.Stack   // immutable
-	nic   tcpip.NICID     // immutable
-	addrs []netip.Addr    // immutable
+	nx       Nexus           // immutable
+	opts     Options         // immutable, defaults applied
+	reattach bool            // immutable: re-open a port when the nexus went
+	notify   func(err error) // immutable: ConnectOptions.Notify, or nil
 
-	mu     sync.Mutex
-	closed bool
+	quit    chan struct{}  // closed by Close: stops the watcher
+	watcher sync.WaitGroup // the watcher goroutine, if the port can go
+
+	mu        sync.Mutex
+	cur       *attachment             // never nil; dead once gone, until re-attached
+	listeners map[relistener]struct{} // open listeners, registered again on re-attach
+	closed    bool
 }
 
 const nicID tcpip.NICID = 1
 
 // New opens a port on nx and builds a netstack on it: IPv4 and IPv6, TCP
 // and UDP, the port's addresses, a default route per family.
-func New(nx Nexus, opts Options) (_ *Stack, err error) {
+func New(nx Nexus, opts Options) (*Stack, error) {
 	if nx == nil {
 		return nil, fmt.Errorf("client: no nexus: pass client.Connect(socket), or inproc.Nexus(n) for a nexus in this process")
 	}
@@ -100,26 +114,49 @@ func New(nx Nexus, opts Options) (_ *Stack, err error) {
 	if opts.Name == "" {
 		opts.Name = "stack"
 	}
-	port, err := nx.OpenPort(opts.Name)
+	s := &Stack{nx: nx, opts: opts, quit: make(chan struct{}), listeners: make(map[relistener]struct{})}
+	if r, ok := nx.(interface{ connectOptions() ConnectOptions }); ok {
+		co := r.connectOptions()
+		s.reattach, s.notify = co.Reattach, co.Notify
+	}
+	a, err := s.attach()
+	if err != nil {
+		return nil, err
+	}
+	s.cur = a
+	if a.portGone != nil {
+		s.watcher.Add(1)
+		go s.watch(a)
+	}
+	return s, nil
+}
+
+// attach opens a port on the nexus and builds a netstack on it.
+func (s *Stack) attach() (_ *attachment, err error) {
+	port, err := s.nx.OpenPort(s.opts.Name)
 	if err != nil {
 		return nil, fmt.Errorf("client: %w", err)
 	}
-	s := &Stack{port: port, nic: nicID, addrs: port.Addrs()}
+	a := &attachment{port: port, nic: nicID, addrs: port.Addrs(), gone: make(chan struct{}), replaced: make(chan struct{})}
+	if g, ok := port.(interface{ Gone() <-chan struct{} }); ok {
+		a.portGone = g.Gone()
+	}
 	defer func() {
 		if err != nil {
-			if s.ns != nil {
-				s.ns.Close()
+			if a.ns != nil {
+				a.ns.Close()
 			}
-			if s.ep != nil {
-				s.ep.Stop()
+			if a.ep != nil {
+				a.ep.Stop()
 			}
-			if s.ns != nil {
-				s.ns.Wait()
+			if a.ns != nil {
+				a.ns.Wait()
 			}
 			port.Close()
 		}
 	}()
-	s.ns = gstack.New(gstack.Options{
+	opts := s.opts
+	a.ns = gstack.New(gstack.Options{
 		NetworkProtocols: []gstack.NetworkProtocolFactory{
 			ipv4.NewProtocol,
 			// No duplicate address detection: the nexus owns the
@@ -135,39 +172,47 @@ func New(nx Nexus, opts Options) (_ *Stack, err error) {
 		&tcpip.TCPReceiveBufferSizeRangeOption{Min: 4 << 10, Default: opts.BufferSize, Max: MaxBufferSize},
 		&tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: opts.BufferSize, Max: MaxBufferSize},
 	} {
-		if terr := s.ns.SetTransportProtocolOption(tcp.ProtocolNumber, o); terr != nil {
+		if terr := a.ns.SetTransportProtocolOption(tcp.ProtocolNumber, o); terr != nil {
 			return nil, fmt.Errorf("client: tcp option %T: %s", o, terr)
+		}
+	}
+	// Outgoing connections take local ports from the range the nexus
+	// allows (a remote nexus refuses others).
+	if e, ok := port.(interface{ Ephemeral() [2]uint16 }); ok && e.Ephemeral()[0] != 0 {
+		r := e.Ephemeral()
+		if terr := a.ns.SetPortRange(r[0], r[1]); terr != nil {
+			return nil, fmt.Errorf("client: ephemeral ports %d-%d from the nexus: %s", r[0], r[1], terr)
 		}
 	}
 	if opts.TimeWait > 0 {
 		tw := tcpip.TCPTimeWaitTimeoutOption(opts.TimeWait)
-		if terr := s.ns.SetTransportProtocolOption(tcp.ProtocolNumber, &tw); terr != nil {
+		if terr := a.ns.SetTransportProtocolOption(tcp.ProtocolNumber, &tw); terr != nil {
 			return nil, fmt.Errorf("client: tcp TIME-WAIT: %s", terr)
 		}
 	}
-	s.ep, err = stack.New(stack.Options{Port: port, MTU: port.MTU(), GSOMaxSize: opts.GSOMaxSize, Alive: s.alive, Refuse: s.refuse, Handshaking: s.handshaking})
+	a.ep, err = stack.New(stack.Options{Port: port, MTU: port.MTU(), GSOMaxSize: opts.GSOMaxSize, Alive: a.alive, Refuse: a.refuse, Handshaking: a.handshaking})
 	if err != nil {
 		return nil, fmt.Errorf("client: %w", err)
 	}
-	if terr := s.ns.CreateNICWithOptions(s.nic, s.ep, gstack.NICOptions{Name: port.Name()}); terr != nil {
+	if terr := a.ns.CreateNICWithOptions(a.nic, a.ep, gstack.NICOptions{Name: port.Name()}); terr != nil {
 		return nil, fmt.Errorf("client: create NIC: %s", terr)
 	}
 	var routes []tcpip.Route
-	for _, a := range s.addrs {
-		pa := tcpip.ProtocolAddress{Protocol: ipv4.ProtocolNumber, AddressWithPrefix: tcpAddr(a).WithPrefix()}
+	for _, ad := range a.addrs {
+		pa := tcpip.ProtocolAddress{Protocol: ipv4.ProtocolNumber, AddressWithPrefix: tcpAddr(ad).WithPrefix()}
 		dst := header.IPv4EmptySubnet
-		if !a.Is4() {
+		if !ad.Is4() {
 			pa.Protocol, dst = ipv6.ProtocolNumber, header.IPv6EmptySubnet
 		}
-		if terr := s.ns.AddProtocolAddress(s.nic, pa, gstack.AddressProperties{}); terr != nil {
-			return nil, fmt.Errorf("client: add address %v: %s", a, terr)
+		if terr := a.ns.AddProtocolAddress(a.nic, pa, gstack.AddressProperties{}); terr != nil {
+			return nil, fmt.Errorf("client: add address %v: %s", ad, terr)
 		}
 		if !hasRoute(routes, dst) {
-			routes = append(routes, tcpip.Route{Destination: dst, NIC: s.nic})
+			routes = append(routes, tcpip.Route{Destination: dst, NIC: a.nic})
 		}
 	}
-	s.ns.SetRouteTable(routes)
-	return s, nil
+	a.ns.SetRouteTable(routes)
+	return a, nil
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -193,8 +238,8 @@ var (
 	// text says what and which rule would allow it.
 	ErrNotPermitted = control.ErrNotPermitted
 	// ErrNexusGone: the nexus exited or was killed. Blocked and later
-	// Accept, Read, Write and Dial of the Stack return it, and the Stack
-	// releases its memory, goroutines and descriptors.
+	// Accept, Read, Write and Dial of the Stack return an error wrapping
+	// it, and the Stack releases its memory, goroutines and descriptors.
 	ErrNexusGone = control.ErrNexusGone
 	// ErrTooManyFlows: the nexus's limits refused a flow (the app's port,
 	// or the nexus, holds as many as it may). An accepted connection
@@ -205,7 +250,8 @@ var (
 
 // Close aborts every connection (their peers get a reset), tears down
 // every flow, stops the endpoint and netstack's goroutines and closes the
-// port. Safe to call more than once.
+// port; a re-attaching Stack stops waiting for its nexus. Safe to call
+// more than once.
 func (s *Stack) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -214,34 +260,47 @@ func (s *Stack) Close() error {
 	}
 	s.closed = true
 	s.mu.Unlock()
-	s.ns.Close() // aborts: resets still leave, the flows are up
-	s.ep.Stop()  // before ns.Wait, which holds netstack's lock while it stops the NIC
-	s.ns.Wait()
-	return s.port.Close()
+	close(s.quit)
+	s.watcher.Wait()
+	// The watcher is gone: cur is final.
+	return s.cur.teardown(ErrClosed)
 }
 
-func (s *Stack) checkOpen() error {
+// live returns the current attachment if it serves: else ErrClosed after
+// Close, or why the nexus went (wrapping ErrNexusGone).
+func (s *Stack) live() (*attachment, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return ErrClosed
+		return nil, ErrClosed
 	}
-	return nil
+	if err := s.cur.Err(); err != nil {
+		return nil, err
+	}
+	return s.cur, nil
 }
 
-// Addrs returns the stack's local addresses.
-func (s *Stack) Addrs() []netip.Addr { return append([]netip.Addr(nil), s.addrs...) }
+func (s *Stack) current() *attachment {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cur
+}
 
-// Endpoint returns the stack's link endpoint, for its statistics.
-func (s *Stack) Endpoint() *stack.Endpoint { return s.ep }
+// Addrs returns the stack's local addresses (its current port's).
+func (s *Stack) Addrs() []netip.Addr { return append([]netip.Addr(nil), s.current().addrs...) }
 
-// Netstack returns the gVisor stack, for its statistics and options.
-func (s *Stack) Netstack() *gstack.Stack { return s.ns }
+// Endpoint returns the stack's link endpoint, for its statistics. After a
+// re-attach it is the new port's.
+func (s *Stack) Endpoint() *stack.Endpoint { return s.current().ep }
+
+// Netstack returns the gVisor stack, for its statistics and options. After
+// a re-attach it is the new port's.
+func (s *Stack) Netstack() *gstack.Stack { return s.current().ns }
 
 // findTCP returns netstack's endpoint for the TCP 5-tuple k (oriented to
 // the local side), which may be the listener that would take a new
 // connection, or nil.
-func (s *Stack) findTCP(k packet.Key) gstack.TransportEndpoint {
+func (a *attachment) findTCP(k packet.Key) gstack.TransportEndpoint {
 	la, ra := k.LocalAddrPort(), k.RemoteAddrPort()
 	id := gstack.TransportEndpointID{
 		LocalPort: la.Port(), LocalAddress: tcpAddr(la.Addr()),
@@ -251,56 +310,61 @@ func (s *Stack) findTCP(k packet.Key) gstack.TransportEndpoint {
 	if k.Version == 6 {
 		np = ipv6.ProtocolNumber
 	}
-	return s.ns.FindTransportEndpoint(np, tcp.ProtocolNumber, id, s.nic)
+	return a.ns.FindTransportEndpoint(np, tcp.ProtocolNumber, id, a.nic)
+}
+
+// epState returns the state of netstack's endpoint ep, if it says. It
+// reads only the endpoint's state word, so it never waits for a
+// connection's lock.
+func epState(ep gstack.TransportEndpoint) (tcp.EndpointState, bool) {
+	if ep == nil {
+		return 0, false
+	}
+	st, ok := ep.(interface{ State() uint32 })
+	if !ok {
+		return 0, false
+	}
+	return tcp.EndpointState(st.State()), true
+}
+
+// alive reports whether netstack has a live connection for the TCP 5-tuple
+// k: found (not the listener that would take a new one), not closed, not in
+// TIME-WAIT. It reads only the demultiplexer and the state word.
+func (a *attachment) alive(k packet.Key) bool {
+	ep := a.findTCP(k)
+	if ep == nil {
+		return false
+	}
+	st, ok := epState(ep)
+	if !ok {
+		return true
+	}
+	switch st {
+	case tcp.StateListen, tcp.StateTimeWait, tcp.StateClose, tcp.StateError:
+		return false
+	}
+	return true
+}
+
+// handshaking reports whether netstack's connection of the TCP 5-tuple k is
+// in its handshake (stack.Options.Handshaking).
+func (a *attachment) handshaking(k packet.Key) bool {
+	st, ok := epState(a.findTCP(k))
+	return ok && st == tcp.StateSynRecv
 }
 
 // refuse resets the TCP connection of k, whose flow the nexus refused
 // (stack.Options.Refuse): its peer gets a RST, which leaves on the
 // listener's flow. The listener itself is never aborted.
-func (s *Stack) refuse(k packet.Key, _ error) {
+func (a *attachment) refuse(k packet.Key, _ error) {
 	if k.Proto != packet.ProtoTCP {
 		return // a UDP reply: dropped and counted by the endpoint
 	}
-	ep := s.findTCP(k)
-	if ep == nil {
-		return
-	}
-	if st, ok := ep.(interface{ State() uint32 }); ok && tcp.EndpointState(st.State()) == tcp.StateListen {
+	ep := a.findTCP(k)
+	if st, ok := epState(ep); ep == nil || (ok && st == tcp.StateListen) {
 		return
 	}
 	ep.Abort()
-}
-
-// handshaking reports whether netstack's connection of the TCP 5-tuple k is
-// in its handshake (stack.Options.Handshaking). Like alive, it reads only
-// the demultiplexer and the state word.
-func (s *Stack) handshaking(k packet.Key) bool {
-	ep := s.findTCP(k)
-	if ep == nil {
-		return false
-	}
-	st, ok := ep.(interface{ State() uint32 })
-	return ok && tcp.EndpointState(st.State()) == tcp.StateSynRecv
-}
-
-// alive reports whether netstack has a live connection for the TCP 5-tuple
-// k: found (not the listener that would take a new one), not closed, not in
-// TIME-WAIT. It reads only the demultiplexer and the endpoint's state word,
-// so it never waits for a connection's lock.
-func (s *Stack) alive(k packet.Key) bool {
-	ep := s.findTCP(k)
-	if ep == nil {
-		return false
-	}
-	st, ok := ep.(interface{ State() uint32 })
-	if !ok {
-		return true
-	}
-	switch tcp.EndpointState(st.State()) {
-	case tcp.StateListen, tcp.StateTimeWait, tcp.StateClose, tcp.StateError:
-		return false
-	}
-	return true
 }
 
 func tcpAddr(a netip.Addr) tcpip.Address {

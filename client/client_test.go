@@ -19,10 +19,14 @@ import (
 
 // TestMain fails the run if any netstack PacketBuffer (or buffer chunk)
 // is still referenced once every test has closed its stacks. Re-run with
-// childEnv set, the binary is an app process of the cross-process tests.
+// childEnv set, the binary is an app process of the cross-process tests;
+// with nexusChildEnv set, a nexus process of the lifecycle tests.
 func TestMain(m *testing.M) {
 	if path := os.Getenv(childEnv); path != "" {
 		os.Exit(runChild(path))
+	}
+	if path := os.Getenv(nexusChildEnv); path != "" {
+		os.Exit(runNexusChild(path, os.Getenv(peerEnv)))
 	}
 	refs.SetLeakMode(refs.LeaksPanic)
 	code := m.Run()

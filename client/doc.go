@@ -33,11 +33,18 @@
 //   - Flows are torn down when their socket is: a listener or packet conn on
 //     Close, a TCP connection once netstack lets it go (closed, or in
 //     TIME-WAIT: the last ACK has been sent), everything on Stack.Close.
-//   - A flow the nexus suspends (docs/design.md §7 flow advisories) is held back in
-//     the stack's endpoint rather than losing packets in the nexus: its TCP
-//     sender stops at its window, and resumes when the nexus lets it go.
-//     Other flows of the stack keep sending (stack.Endpoint's Stats and
-//     Suspended show it).
+//   - A flow the nexus suspends (docs/design.md §7 flow advisories) is held
+//     back in the stack's endpoint rather than losing packets in the nexus:
+//     its TCP sender stops at its window, and resumes when the nexus lets
+//     it go. Other flows of the stack keep sending (stack.Endpoint's Stats
+//     and Suspended show it).
+//   - An app learns at once that its nexus went (the control socket's end,
+//     or Nexus.Done in this process): blocked and later Accept, Read,
+//     Write and Dial return an error wrapping ErrNexusGone, and the Stack
+//     has released the port's netstack, goroutines, memory and descriptors
+//     before the app closes anything (TestNexusKilled). A Stack of
+//     ConnectWith(Reattach) then attaches again whenever a nexus serves,
+//     and its listeners go on there (TestReattach).
 //   - The app links only the contract (channel, ring, pool, packet, flow,
 //     control) and gVisor, never the nexus side (flowswitch, nexus,
 //     regulate, neigh, the netif drivers, cilium/ebpf): TestDeps holds it.

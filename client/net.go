@@ -1,16 +1,11 @@
 package client
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"sync"
-	"sync/atomic"
-	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
@@ -35,12 +30,12 @@ const bindAttempts = 8
 // keep no state. Netstack's half-open connection is a whole endpoint with
 // timers (Linux's a 256-byte request), so the bound is low: under a SYN
 // flood, 4096 half-open endpoints retransmitting their SYN-ACKs kept the
-// stack busy for seconds after the flood, 128 let it serve again at once.
-// (512 brought it back only after a second in one run of three.) The
-// accept queue has the same bound in netstack; it empties fast into the
-// listener's accept-ahead (acceptAhead). The price: while it is full,
-// netstack drops the final ACK of a handshake it answered with a cookie,
-// and that connection is accepted only with the client's first data.
+// stack busy for seconds after the flood, 128 let it serve again at once
+// (512 brought it back only after a second in one run of three). The
+// accept queue has the same bound in netstack. The price: while it is
+// full, netstack drops the final ACK of a handshake it answered with a
+// cookie, and that connection is accepted only with the client's first
+// data.
 const listenBacklog = 128
 
 // endpointSpec is where a socket binds: one address, or "any" in one or both
@@ -54,7 +49,7 @@ type endpointSpec struct {
 // parse reads network ("tcp", "tcp4", "tcp6", or the udp ones) and an
 // address "host:port" whose host is empty, an IP literal of one of the
 // stack's addresses, or unspecified.
-func (s *Stack) parse(proto, network, address string, local bool) (endpointSpec, error) {
+func (a *attachment) parse(proto, network, address string, local bool) (endpointSpec, error) {
 	var sp endpointSpec
 	fam := 0
 	switch network {
@@ -76,45 +71,45 @@ func (s *Stack) parse(proto, network, address string, local bool) (endpointSpec,
 	}
 	sp.port = uint16(pn)
 	if host != "" {
-		a, err := netip.ParseAddr(host)
+		ip, err := netip.ParseAddr(host)
 		if err != nil {
 			return sp, fmt.Errorf("address %q: not an IP literal (a Skylane stack has no resolver): %w", host, err)
 		}
-		a = a.Unmap()
-		if a.Zone() != "" {
+		ip = ip.Unmap()
+		if ip.Zone() != "" {
 			return sp, fmt.Errorf("address %q: zones are not supported", host)
 		}
-		if (fam == 4 && !a.Is4()) || (fam == 6 && a.Is4()) {
+		if (fam == 4 && !ip.Is4()) || (fam == 6 && ip.Is4()) {
 			return sp, fmt.Errorf("address %q is not a %s address", host, network)
 		}
-		if !a.IsUnspecified() {
-			if local && !s.hasAddr(a) {
-				return sp, fmt.Errorf("address %v is not one of the stack's addresses %v", a, s.addrs)
+		if !ip.IsUnspecified() {
+			if local && !a.hasAddr(ip) {
+				return sp, fmt.Errorf("address %v is not one of the stack's addresses %v", ip, a.addrs)
 			}
-			sp.addr = a
+			sp.addr = ip
 			return sp, nil
 		}
 		fam = 4
-		if a.Is6() {
+		if ip.Is6() {
 			fam = 6
 		}
 	}
 	if !local {
 		return sp, fmt.Errorf("address %q: no host to connect to", address)
 	}
-	for _, a := range s.addrs {
-		sp.v4 = sp.v4 || (a.Is4() && fam != 6)
-		sp.v6 = sp.v6 || (a.Is6() && fam != 4)
+	for _, ip := range a.addrs {
+		sp.v4 = sp.v4 || (ip.Is4() && fam != 6)
+		sp.v6 = sp.v6 || (ip.Is6() && fam != 4)
 	}
 	if !sp.v4 && !sp.v6 {
-		return sp, fmt.Errorf("%s: the stack has no address of that family (it has %v)", network, s.addrs)
+		return sp, fmt.Errorf("%s: the stack has no address of that family (it has %v)", network, a.addrs)
 	}
 	return sp, nil
 }
 
-func (s *Stack) hasAddr(a netip.Addr) bool {
-	for _, b := range s.addrs {
-		if a == b {
+func (a *attachment) hasAddr(ip netip.Addr) bool {
+	for _, b := range a.addrs {
+		if ip == b {
 			return true
 		}
 	}
@@ -122,13 +117,13 @@ func (s *Stack) hasAddr(a netip.Addr) bool {
 }
 
 // localFor picks the stack's address of remote's family.
-func (s *Stack) localFor(remote netip.Addr) (netip.Addr, error) {
-	for _, a := range s.addrs {
-		if a.Is4() == remote.Is4() {
-			return a, nil
+func (a *attachment) localFor(remote netip.Addr) (netip.Addr, error) {
+	for _, ip := range a.addrs {
+		if ip.Is4() == remote.Is4() {
+			return ip, nil
 		}
 	}
-	return netip.Addr{}, fmt.Errorf("no local address of the family of %v (the stack has %v)", remote, s.addrs)
+	return netip.Addr{}, fmt.Errorf("no local address of the family of %v (the stack has %v)", remote, a.addrs)
 }
 
 // netProto is the netstack protocol a socket of this spec uses: IPv6 for
@@ -174,14 +169,11 @@ type bound struct {
 // bindRegistered creates a netstack endpoint, binds it as sp says and
 // registers the flows keys(port) returns, retrying with a fresh ephemeral
 // port while the nexus says another app holds the one netstack picked.
-func (s *Stack) bindRegistered(tp tcpip.TransportProtocolNumber, sp endpointSpec, op, network string,
+func (a *attachment) bindRegistered(tp tcpip.TransportProtocolNumber, sp endpointSpec, op, network string,
 	keys func(port uint16) ([]packet.Key, flow.Kind)) (*bound, error) {
-	if err := s.checkOpen(); err != nil {
-		return nil, err
-	}
 	for attempt := 1; ; attempt++ {
 		var wq waiter.Queue
-		ep, terr := s.ns.NewEndpoint(tp, sp.netProto(), &wq)
+		ep, terr := a.ns.NewEndpoint(tp, sp.netProto(), &wq)
 		if terr != nil {
 			return nil, opError(op, network, nil, terr)
 		}
@@ -198,23 +190,23 @@ func (s *Stack) bindRegistered(tp tcpip.TransportProtocolNumber, sp endpointSpec
 			return nil, opError(op, network, nil, terr)
 		}
 		ks, kind := keys(la.Port)
-		err := s.registerAll(ks, kind)
+		err := a.registerAll(ks, kind)
 		if err == nil {
 			return &bound{ep: ep, wq: &wq, port: la.Port, keys: ks}, nil
 		}
 		ep.Close()
 		if sp.port != 0 || !errors.Is(err, flow.ErrPortInUse) || attempt == bindAttempts {
-			return nil, &net.OpError{Op: op, Net: network, Err: err}
+			return nil, &net.OpError{Op: op, Net: network, Err: a.wrap(err)}
 		}
 	}
 }
 
 // registerAll registers keys with the endpoint, all or none.
-func (s *Stack) registerAll(keys []packet.Key, kind flow.Kind) error {
+func (a *attachment) registerAll(keys []packet.Key, kind flow.Kind) error {
 	for i, k := range keys {
-		if err := s.ep.Register(k, kind); err != nil {
+		if err := a.ep.Register(k, kind); err != nil {
 			for _, r := range keys[:i] {
-				s.ep.Release(r)
+				a.ep.Release(r)
 			}
 			return err
 		}
@@ -222,133 +214,14 @@ func (s *Stack) registerAll(keys []packet.Key, kind flow.Kind) error {
 	return nil
 }
 
-func (s *Stack) releaseAll(keys []packet.Key) error {
+func (a *attachment) releaseAll(keys []packet.Key) error {
 	var first error
 	for _, k := range keys {
-		if err := s.ep.Release(k); err != nil && first == nil {
+		if err := a.ep.Release(k); err != nil && first == nil {
 			first = err
 		}
 	}
 	return first
-}
-
-// Listen announces on the stack: network "tcp", "tcp4" or "tcp6"; address
-// ":port" (any address of the family, or both families for "tcp"), or one
-// of the stack's addresses. Port 0 picks a free port. The listener flow is
-// registered before netstack listens; Close tears it down (accepted
-// connections keep theirs).
-func (s *Stack) Listen(network, address string) (net.Listener, error) {
-	sp, err := s.parse("tcp", network, address, true)
-	if err != nil {
-		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
-	}
-	b, err := s.bindRegistered(tcp.ProtocolNumber, sp, "listen", network, func(port uint16) ([]packet.Key, flow.Kind) {
-		return sp.listenKeys(packet.ProtoTCP, port)
-	})
-	if err != nil {
-		return nil, err
-	}
-	if terr := b.ep.Listen(listenBacklog); terr != nil {
-		b.ep.Close()
-		s.releaseAll(b.keys)
-		return nil, opError("listen", network, nil, terr)
-	}
-	l := &listener{TCPListener: gonet.NewTCPListener(s.ns, b.wq, b.ep), s: s, keys: b.keys,
-		ready: make(chan accepted, acceptAhead), done: make(chan struct{}), exited: make(chan struct{})}
-	go l.run()
-	return l, nil
-}
-
-// acceptAhead bounds the connections a listener takes from netstack ahead
-// of Accept, so that their flows are registered meanwhile, in batches
-// (stack.Endpoint.Prepare). Netstack's accept queue (listenBacklog) is
-// behind it; past both, netstack stops completing handshakes.
-const acceptAhead = 256
-
-// listener is a TCP listener whose accept goroutine (run, owned by the
-// listener: Close stops it, as does the Stack's Close) takes connections
-// from netstack as their handshakes complete and starts registering their
-// flows; Accept hands them out in order once registered. A connection the
-// nexus refused was reset; Accept then returns a temporary error wrapping
-// why (ErrTooManyFlows), as net/http's Serve expects of a transient
-// failure.
-type listener struct {
-	*gonet.TCPListener
-	s      *Stack
-	keys   []packet.Key
-	ready  chan accepted // filled by run; closed when it returns
-	err    error         // why run returned; read once ready is closed
-	done   chan struct{} // closed by Close
-	exited chan struct{} // closed when run returned
-	once   sync.Once
-}
-
-type accepted struct {
-	c    net.Conn
-	wait func() error // the connection's flow is registered (stack.Endpoint.Prepare)
-}
-
-// refusedError is a connection the nexus refused: a temporary error.
-type refusedError struct{ err error }
-
-func (e *refusedError) Error() string {
-	return "connection refused by the nexus and reset: " + e.err.Error()
-}
-func (e *refusedError) Unwrap() error   { return e.err }
-func (e *refusedError) Temporary() bool { return true }
-func (e *refusedError) Timeout() bool   { return false }
-
-func (l *listener) run() {
-	defer close(l.exited)
-	defer close(l.ready)
-	for {
-		c, err := l.TCPListener.Accept()
-		if err != nil {
-			l.err = err
-			return
-		}
-		la, ra := c.LocalAddr().(*net.TCPAddr), c.RemoteAddr().(*net.TCPAddr)
-		a := accepted{c: c, wait: l.s.ep.Prepare(packet.MakeKey(packet.ProtoTCP, la.AddrPort(), ra.AddrPort()))}
-		select {
-		case l.ready <- a:
-		case <-l.done:
-			c.Close()
-			l.err = net.ErrClosed
-			return
-		}
-	}
-}
-
-// Accept implements net.Listener.Accept: the next connection whose flow is
-// registered.
-func (l *listener) Accept() (net.Conn, error) {
-	a, ok := <-l.ready
-	if !ok {
-		return nil, l.err
-	}
-	if err := a.wait(); err != nil {
-		a.c.Close()
-		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.Addr(), Err: &refusedError{err}}
-	}
-	return a.c, nil
-}
-
-// Close closes the listener, stops its accept goroutine, closes the
-// connections it took and nobody accepted, and tears down its flows.
-func (l *listener) Close() error {
-	var err error
-	l.once.Do(func() {
-		close(l.done)
-		err = l.TCPListener.Close()
-		<-l.exited
-		for a := range l.ready {
-			a.c.Close()
-		}
-		if rerr := l.s.releaseAll(l.keys); rerr != nil && err == nil && l.s.checkOpen() == nil {
-			err = rerr
-		}
-	})
-	return err
 }
 
 // Dial connects to address on the named network ("tcp", "tcp4", "tcp6",
@@ -366,12 +239,16 @@ func (s *Stack) DialContext(ctx context.Context, network, address string) (net.C
 	if len(network) >= 3 && network[:3] == "udp" {
 		proto = "udp"
 	}
-	rsp, err := s.parse(proto, network, address, false)
+	a, err := s.live()
+	if err != nil {
+		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
+	}
+	rsp, err := a.parse(proto, network, address, false)
 	if err != nil {
 		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
 	}
 	remote := netip.AddrPortFrom(rsp.addr, rsp.port)
-	laddr, err := s.localFor(remote.Addr())
+	laddr, err := a.localFor(remote.Addr())
 	if err != nil {
 		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
 	}
@@ -380,7 +257,7 @@ func (s *Stack) DialContext(ctx context.Context, network, address string) (net.C
 	if proto == "udp" {
 		tp, pp = udp.ProtocolNumber, packet.ProtoUDP
 	}
-	b, err := s.bindRegistered(tp, sp, "dial", network, func(port uint16) ([]packet.Key, flow.Kind) {
+	b, err := a.bindRegistered(tp, sp, "dial", network, func(port uint16) ([]packet.Key, flow.Kind) {
 		return []packet.Key{packet.MakeKey(pp, netip.AddrPortFrom(laddr, port), remote)}, flow.Connected
 	})
 	if err != nil {
@@ -390,10 +267,10 @@ func (s *Stack) DialContext(ctx context.Context, network, address string) (net.C
 	if proto == "udp" {
 		if terr := b.ep.Connect(raddr); terr != nil {
 			b.ep.Close()
-			s.releaseAll(b.keys)
-			return nil, opError("dial", network, net.UDPAddrFromAddrPort(remote), terr)
+			a.releaseAll(b.keys)
+			return nil, a.wrap(opError("dial", network, net.UDPAddrFromAddrPort(remote), terr))
 		}
-		return newUDPConn(s, b), nil
+		return newUDPConn(a, b), nil
 	}
 	// As gonet.DialTCPWithBind does, with the flow registered in between.
 	entry, notify := waiter.NewChannelEntry(waiter.WritableEvents)
@@ -404,148 +281,21 @@ func (s *Stack) DialContext(ctx context.Context, network, address string) (net.C
 		select {
 		case <-ctx.Done():
 			b.ep.Close()
-			s.releaseAll(b.keys)
+			a.releaseAll(b.keys)
 			return nil, &net.OpError{Op: "dial", Net: network, Addr: net.TCPAddrFromAddrPort(remote), Err: ctx.Err()}
+		case <-a.gone:
+			b.ep.Close()
+			return nil, &net.OpError{Op: "dial", Net: network, Addr: net.TCPAddrFromAddrPort(remote), Err: a.Err()}
 		case <-notify:
 		}
 		terr = b.ep.LastError()
 	}
 	if terr != nil {
 		b.ep.Close()
-		s.releaseAll(b.keys)
-		return nil, opError("dial", network, net.TCPAddrFromAddrPort(remote), terr)
+		a.releaseAll(b.keys)
+		return nil, a.wrap(opError("dial", network, net.TCPAddrFromAddrPort(remote), terr))
 	}
-	return gonet.NewTCPConn(b.wq, b.ep), nil
-}
-
-// ListenPacket announces a UDP socket: network "udp", "udp4" or "udp6",
-// address as for Listen. Its listener flow is registered before it can
-// receive; each remote it sends to gets a 5-tuple flow, registered as the
-// first datagram leaves (the flowswitch lets a listener flow send nothing
-// but TCP resets). Close tears them all down.
-func (s *Stack) ListenPacket(network, address string) (net.PacketConn, error) {
-	sp, err := s.parse("udp", network, address, true)
-	if err != nil {
-		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
-	}
-	b, err := s.bindRegistered(udp.ProtocolNumber, sp, "listen", network, func(port uint16) ([]packet.Key, flow.Kind) {
-		return sp.listenKeys(packet.ProtoUDP, port)
-	})
-	if err != nil {
-		return nil, err
-	}
-	return newUDPConn(s, b), nil
-}
-
-// udpConn is gonet's UDPConn with the socket's flows, and a WriteTo that
-// cannot miss its wake-up (see WriteTo).
-type udpConn struct {
-	*gonet.UDPConn
-	s    *Stack
-	ep   tcpip.Endpoint
-	wq   *waiter.Queue
-	keys []packet.Key
-	once sync.Once
-	wdl  atomic.Int64 // write deadline in Unix nanoseconds; 0: none
-}
-
-func newUDPConn(s *Stack, b *bound) *udpConn {
-	return &udpConn{UDPConn: gonet.NewUDPConn(b.wq, b.ep), s: s, ep: b.ep, wq: b.wq, keys: b.keys}
-}
-
-// SetDeadline implements net.Conn.SetDeadline.
-func (c *udpConn) SetDeadline(t time.Time) error {
-	c.setWriteDeadline(t)
-	return c.UDPConn.SetDeadline(t)
-}
-
-// SetWriteDeadline implements net.Conn.SetWriteDeadline.
-func (c *udpConn) SetWriteDeadline(t time.Time) error {
-	c.setWriteDeadline(t)
-	return c.UDPConn.SetWriteDeadline(t)
-}
-
-func (c *udpConn) setWriteDeadline(t time.Time) {
-	if t.IsZero() {
-		c.wdl.Store(0)
-	} else {
-		c.wdl.Store(t.UnixNano())
-	}
-}
-
-// Write implements net.Conn.Write.
-func (c *udpConn) Write(b []byte) (int, error) { return c.WriteTo(b, nil) }
-
-// WriteTo implements net.PacketConn.WriteTo. gonet's registers for the
-// writable event only after a write would block and then waits without
-// trying again, so a send-buffer release in between is lost and the
-// writer hangs; here the endpoint releases queued packets from its own
-// goroutine, which makes that window real. This loop registers, retries,
-// and only then waits.
-func (c *udpConn) WriteTo(b []byte, addr net.Addr) (int, error) {
-	var opts tcpip.WriteOptions
-	if addr != nil {
-		ua, ok := addr.(*net.UDPAddr)
-		if !ok {
-			return 0, &net.OpError{Op: "write", Net: "udp", Addr: addr, Err: fmt.Errorf("address %T is not a *net.UDPAddr", addr)}
-		}
-		opts.To = &tcpip.FullAddress{Addr: tcpip.AddrFromSlice(ua.IP), Port: uint16(ua.Port)}
-	}
-	var (
-		r     bytes.Reader
-		entry waiter.Entry
-		ready <-chan struct{}
-		timer *time.Timer
-	)
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
-	for {
-		dl := c.wdl.Load()
-		if dl != 0 && time.Now().UnixNano() >= dl {
-			return 0, &net.OpError{Op: "write", Net: "udp", Addr: addr, Err: os.ErrDeadlineExceeded}
-		}
-		r.Reset(b)
-		n, terr := c.ep.Write(&r, opts)
-		if _, ok := terr.(*tcpip.ErrWouldBlock); !ok {
-			if terr != nil {
-				return int(n), opError("write", "udp", addr, terr)
-			}
-			return int(n), nil
-		}
-		if ready == nil {
-			entry, ready = waiter.NewChannelEntry(waiter.WritableEvents)
-			c.wq.EventRegister(&entry)
-			defer c.wq.EventUnregister(&entry)
-			continue // try again: space may have come before we registered
-		}
-		var fire <-chan time.Time
-		if dl != 0 {
-			if timer == nil {
-				timer = time.NewTimer(time.Until(time.Unix(0, dl)))
-			} else {
-				timer.Reset(time.Until(time.Unix(0, dl)))
-			}
-			fire = timer.C
-		}
-		select {
-		case <-ready:
-		case <-fire:
-		}
-	}
-}
-
-// Close closes the socket and tears down its flows.
-func (c *udpConn) Close() error {
-	err := c.UDPConn.Close()
-	c.once.Do(func() {
-		if rerr := c.s.releaseAll(c.keys); rerr != nil && err == nil && c.s.checkOpen() == nil {
-			err = rerr
-		}
-	})
-	return err
+	return &tcpConn{TCPConn: gonet.NewTCPConn(b.wq, b.ep), a: a}, nil
 }
 
 func opError(op, network string, addr net.Addr, terr tcpip.Error) error {

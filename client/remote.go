@@ -18,10 +18,32 @@ import (
 const backlogPoll = 500 * time.Microsecond
 
 // Connect returns the Nexus interface of a nexus in another process that
-// serves its control socket at path (`skylane nexus --socket PATH`). Each OpenPort is one session on that socket: the port
-// lives as long as the session, and the nexus closes it, tearing its flows
-// down, when this process closes it or exits.
-func Connect(path string) (Nexus, error) {
+// serves its control socket at path (`skylane nexus --socket PATH`). Each
+// OpenPort is one session on that socket: the port lives as long as the
+// session, and the nexus closes it, tearing its flows down, when this
+// process closes it or exits. It is ConnectWith(path, ConnectOptions{}).
+func Connect(path string) (Nexus, error) { return ConnectWith(path, ConnectOptions{}) }
+
+// ConnectOptions configure Connect.
+type ConnectOptions struct {
+	// Reattach makes a Stack on this nexus outlive it: when the nexus
+	// goes, the Stack's connections (TCP, and UDP from Dial) fail with
+	// ErrNexusGone as ever, but the Stack retries (every second at most)
+	// until a nexus serves the socket again, opens a new port there and
+	// registers its listeners (TCP listeners, ListenPacket sockets) on it
+	// again, on the same ports. Meanwhile their Accept and ReadFrom wait
+	// (deadlines still apply), a ListenPacket socket's WriteTo fails with
+	// ErrNexusGone, and Listen, Dial and ListenPacket fail.
+	Reattach bool
+	// Notify, if set, is called from the Stack's watcher goroutine when
+	// the Stack loses its nexus (with why, wrapping ErrNexusGone) and,
+	// with Reattach, when it has attached again (with nil). It must not
+	// block for long: re-attaching waits for it.
+	Notify func(err error)
+}
+
+// ConnectWith is Connect with options.
+func ConnectWith(path string, o ConnectOptions) (Nexus, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return nil, fmt.Errorf("client: connect: %w", err)
@@ -29,10 +51,16 @@ func Connect(path string) (Nexus, error) {
 	if fi.Mode()&os.ModeSocket == 0 {
 		return nil, fmt.Errorf("client: connect: %s is not a socket: give the path the nexus serves (skylane nexus --socket)", path)
 	}
-	return remoteNexus{path}, nil
+	return remoteNexus{path: path, o: o}, nil
 }
 
-type remoteNexus struct{ path string }
+type remoteNexus struct {
+	path string
+	o    ConnectOptions
+}
+
+// connectOptions tells New how a Stack on r lives (re-attach, notify).
+func (r remoteNexus) connectOptions() ConnectOptions { return r.o }
 
 // OpenPort opens a port honouring flow advisories (a Stack's endpoint
 // does) over a new control session.
@@ -57,16 +85,23 @@ var _ Port = (*remotePort)(nil)
 // in channel.App.WaitFor on the RX and event rings, which arms their
 // need-wakeup flags and looks at them again before it sleeps, so a packet
 // or event that came after check is not missed. After a Kick the sleep is
-// at most backlogPoll (see there). A closed channel is an error.
+// at most backlogPoll (see there). A closed channel is an error, and so
+// is the end of the session (ErrNexusGone): the session interrupts the
+// wait when it ends.
 func (p *remotePort) Wait(check func() bool, timeout time.Duration) error {
+	if err := p.Err(); err != nil {
+		return err
+	}
 	if check() {
 		return nil
 	}
 	if p.kicked.Swap(false) && (timeout == 0 || timeout > backlogPoll) {
 		timeout = backlogPoll
 	}
-	_, err := p.App().WaitFor(channel.WaitRX|channel.WaitEvents, timeout)
-	return err
+	if _, err := p.App().WaitFor(channel.WaitRX|channel.WaitEvents, timeout); err != nil {
+		return err
+	}
+	return p.Err()
 }
 
 // Wake implements stack.Port.Wake: channel.App.Interrupt.

@@ -26,6 +26,10 @@ const (
 	OpRegister = "register" // register a flow on the session's port
 	OpTeardown = "teardown" // tear down a flow the port registered
 	OpClose    = "close"    // close the port; the nexus then closes the session
+	// OpStats asks for the nexus's counters (skylane stats --nexus); the
+	// policy must allow the session to observe. It needs no open, and its
+	// reply is larger than MaxMessage (see the nexus's stats client).
+	OpStats = "stats"
 )
 
 // Request is one app → nexus message.
@@ -83,6 +87,11 @@ type Reply struct {
 	Name  string       `json:"name,omitempty"`
 	Addrs []netip.Addr `json:"addrs,omitempty"`
 	MTU   int          `json:"mtu,omitempty"`
+	// Ephemeral is the range of local ports, [lo, hi], the nexus lets the
+	// app's outgoing connections take (the kernel's ephemeral range); a
+	// dial from another port is refused unless the policy lets the app
+	// bind it. Zero: the nexus did not say.
+	Ephemeral [2]uint16 `json:"ephemeral,omitzero"`
 	// Register.
 	FlowID   []byte `json:"flow_id,omitempty"`
 	Advisory uint32 `json:"advisory,omitempty"`
@@ -118,7 +127,7 @@ func DecodeRequest(b []byte) (Request, error) {
 		if _, err := r.Key.PacketKey(); err != nil {
 			return r, fmt.Errorf("%w: %v", ErrBadRequest, err)
 		}
-	case OpClose:
+	case OpClose, OpStats:
 	default:
 		return r, fmt.Errorf("%w: unknown op %q", ErrBadRequest, r.Op)
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"sync"
@@ -46,6 +47,7 @@ type Session struct {
 	name  string       // immutable
 	addrs []netip.Addr // immutable
 	mtu   int          // immutable
+	eph   [2]uint16    // immutable: Reply.Ephemeral
 	conn  *net.UnixConn
 
 	replies chan Reply     // the reader's replies; capacity 1: one request at a time
@@ -86,7 +88,7 @@ func Open(path, name string, o OpenOptions) (_ *Session, err error) {
 		return nil, fmt.Errorf("control: open port %q: %w", name, err)
 	}
 	conn.SetDeadline(time.Time{})
-	s := &Session{app: app, path: path, name: rep.Name, addrs: rep.Addrs, mtu: rep.MTU, conn: conn,
+	s := &Session{app: app, path: path, name: rep.Name, addrs: rep.Addrs, mtu: rep.MTU, eph: rep.Ephemeral, conn: conn,
 		replies: make(chan Reply, 1), gone: make(chan struct{})}
 	s.reader.Add(1)
 	go s.read()
@@ -115,6 +117,16 @@ func roundTrip(conn *net.UnixConn, req Request) (Reply, error) {
 // errEnded: the nexus ended the session (the socket's end of file).
 var errEnded = errors.New("nexus ended the session")
 
+// goodbye is the reason a nexus gives in its last message, a reply with
+// ErrNexusGone's code that answers no request, before it ends a session
+// (it is stopping, its interface went).
+type goodbye string
+
+func (g goodbye) Error() string { return string(g) }
+
+// goneCode is ErrNexusGone's code: a reply with it is a goodbye.
+var goneCode = CodeOf(ErrNexusGone)
+
 // readReply reads and decodes one reply. Nothing in it is trusted.
 func readReply(conn *net.UnixConn, buf []byte) (Reply, error) {
 	var rep Reply
@@ -141,9 +153,9 @@ func replyErr(rep Reply) error {
 }
 
 // read is the reader goroutine: it passes replies on until the session
-// ends, then records why, closes gone and wakes the channel's waiter. A
-// reply nobody waits for (the one slot is full) is a protocol violation
-// that ends the session too.
+// ends, then records why (the nexus's goodbye, if it sent one), closes
+// gone and wakes the channel's waiter. A reply nobody waits for (the one
+// slot is full) is a protocol violation that ends the session too.
 func (s *Session) read() {
 	defer s.reader.Done()
 	buf := make([]byte, MaxMessage+1)
@@ -151,6 +163,10 @@ func (s *Session) read() {
 	for {
 		var rep Reply
 		if rep, err = readReply(s.conn, buf); err != nil {
+			break
+		}
+		if !rep.OK && rep.Code == goneCode {
+			err = goodbye(rep.Error) // the nexus says why it ends the session
 			break
 		}
 		select {
@@ -164,7 +180,14 @@ func (s *Session) read() {
 	if s.closing.Load() {
 		s.goneErr = ErrSessionClosed
 	} else {
-		s.goneErr = fmt.Errorf("control: nexus at %s: %v: %w", s.path, err, ErrNexusGone)
+		var bye goodbye
+		if errors.As(err, &bye) {
+			s.goneErr = fmt.Errorf("control: the nexus at %s ended the session: %s: %w", s.path, string(bye), ErrNexusGone)
+		} else if errors.Is(err, errEnded) || errors.Is(err, io.EOF) {
+			s.goneErr = fmt.Errorf("control: the nexus at %s ended the session (it stopped, exited or was killed): %w", s.path, ErrNexusGone)
+		} else {
+			s.goneErr = fmt.Errorf("control: the nexus at %s: %v: %w", s.path, err, ErrNexusGone)
+		}
 		s.conn.Close() // a violation: make sure the nexus sees the end too
 	}
 	close(s.gone)
@@ -218,6 +241,13 @@ func (s *Session) request(req Request) (Reply, error) {
 	case rep := <-s.replies:
 		return rep, replyErr(rep)
 	case <-s.gone:
+		// The reader passes a reply on before it ends the session: a
+		// nexus that answered and then hung up did answer.
+		select {
+		case rep := <-s.replies:
+			return rep, replyErr(rep)
+		default:
+		}
 		return Reply{}, s.goneErr
 	case <-t.C:
 		s.conn.Close() // the reader sees it and ends the session
@@ -237,6 +267,11 @@ func (s *Session) Addrs() []netip.Addr { return append([]netip.Addr(nil), s.addr
 
 // MTU returns the largest IP packet the port may send.
 func (s *Session) MTU() int { return s.mtu }
+
+// Ephemeral returns the local port range, [lo, hi], the nexus lets the
+// app's outgoing connections take (its stack should pick from it), or
+// zero if the nexus did not say.
+func (s *Session) Ephemeral() [2]uint16 { return s.eph }
 
 // Register registers a flow on the port. A refused registration is a
 // *RemoteError that unwraps to the contract's sentinel errors (see

@@ -46,8 +46,8 @@
 // TxSync serves the ports round robin with budgets; receive batches are
 // held adaptively under load; a port whose RX ring stalls is defunct.
 // Timed work (pacing, held frames, neighbour polls, stall checks) runs in
-// Service, which Run calls each loop and which a caller driving the
-// datapath itself must call too, sleeping no longer than it says.
+// Service, which Round calls each round and which a caller driving the
+// datapath step by step must call too, sleeping no longer than it says.
 //
 // Invariants, each checked by the tests:
 //   - Packets of one flow reach the app in the order they arrived.
@@ -66,12 +66,16 @@
 //     loss nor, by more than the AQM target, its latency; a flow of an app
 //     that honours advisories loses nothing at the queue.
 //
+// The datapath loop is not here: nexus.Nexus's worker runs it, calling
+// Round once per round (then syncing the ports' channels and sleeping on
+// the links and the apps), and benches and tests use that nexus or Round.
+//
 // Concurrency. Every method takes the switch's lock, so all are safe from
-// any goroutine. The datapath methods (RxOnce, TxOnce, TxSync, HostOnce,
-// Service) belong to one worker goroutine, usually Run, which takes the
-// lock once per loop; the control methods (AddPort, AddPortWith,
-// RemovePort, Register, Teardown, Stats, Snapshot, Do) may run from others
-// while Run runs, and take effect between two loops, when no flow has
+// any goroutine. The datapath methods (Round, RxOnce, TxOnce, TxSync,
+// HostOnce, Service) belong to one worker goroutine, which takes the lock
+// once per step (Round: once per round); the control methods (AddPort,
+// AddPortWith, RemovePort, Register, Teardown, Stats, Snapshot, Do) may run
+// from others meanwhile, and take effect between two steps, when no flow has
 // packets queued (so a port event finds its flows' queues already
 // released). The flow table and the mutable parts
 // of its entries (counters, state) are guarded by the same lock: read them
@@ -79,7 +83,7 @@
 // never changes and may be read anywhere.
 //
 // Ports: port 0 is the host port (HostPort); AddPort binds a user port to a
-// channel and never reuses an ID. RemovePort, or Run when it finds a port's
-// channel defunct, tears the port's flows down. Packets an app still sends
+// channel and never reuses an ID. RemovePort, which the worker calls when
+// it finds a port's channel defunct, tears the port's flows down. Packets an app still sends
 // on a flow torn down by Teardown count as TxDrops.TornDown.
 package flowswitch

@@ -67,7 +67,7 @@ func (s *Switch) flushHost() error {
 // writes them to the device link unchanged (with Regulation, files them in
 // the AQM), and returns how many it read.
 // Without a host link it does nothing. Like RxOnce it never blocks (but for
-// the switch's lock); Run calls it once per loop.
+// the switch's lock); Round calls it once per round.
 func (s *Switch) HostOnce() (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

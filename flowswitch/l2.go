@@ -44,7 +44,7 @@ import (
 // frame (so packets held for an address that just resolved leave before
 // any later packet of the same flow: no reordering), right after a
 // transmit that held packets (so a new address's solicitation leaves at
-// once), and at least every neigh.PollInterval (Run, or Service).
+// once), and at least every neigh.PollInterval (Service, from Round).
 //
 // A static Options.DstMAC overrides resolution for transmit: every frame
 // carries it (point-to-point wires: the memif tests and benches).

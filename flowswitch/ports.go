@@ -10,14 +10,14 @@ import (
 )
 
 // Control methods. Each takes the switch's lock, so it is safe from any
-// goroutine while Run (or any datapath method) runs on another: it waits
-// for the end of the current loop and takes effect between two input
+// goroutine while a datapath method (Round, RxOnce, ...) runs on another: it
+// waits for the end of the current step and takes effect between two input
 // batches, when no flow has packets queued.
 
 // AddPort binds a new user port to ch and returns its ID; IDs are never
 // reused. From now on the switch owns ch's nexus end (it calls Alloc,
 // Deliver, TakeTX and Sync on it from the datapath): the caller may only
-// Close it, after RemovePort (or after Run returned). Give ch at least
+// Close it, after RemovePort. Give ch at least
 // Options.AdvisorySlots advisory entries.
 //
 // The port's app is taken not to honour flow advisories: with Regulation
@@ -49,8 +49,9 @@ func (s *Switch) addPort(ch *channel.Channel) flow.PortID {
 
 // RemovePort unbinds port p (its channel closed or defunct, or its app
 // gone): every flow of p is torn down, and the switch no longer touches
-// p's channel, which the caller then closes. Run removes a port on its own
-// when the port's channel turns defunct. Errors: ErrNoPort.
+// p's channel, which the caller then closes. The datapath's owner calls it
+// when the port's channel turns defunct (channel.Channel.Sync fails).
+// Errors: ErrNoPort.
 func (s *Switch) RemovePort(p flow.PortID) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -124,8 +125,8 @@ func (s *Switch) Teardown(e *flow.Entry) {
 	s.forget(e, p)
 }
 
-// Do runs f with the switch's lock held: between two loops of Run, with no
-// datapath step running. Inside f, the flow table (Table) and the mutable
+// Do runs f with the switch's lock held: between two datapath steps (two
+// Rounds), with none running. Inside f, the flow table (Table) and the mutable
 // parts of its entries (Counters, LastFlags, State) may be read. f must not
 // call the Switch's methods: they take the same lock.
 func (s *Switch) Do(f func()) {
@@ -135,7 +136,7 @@ func (s *Switch) Do(f func()) {
 }
 
 // Table returns the switch's flow table. It is guarded by the switch's
-// lock: use it inside Do, or while no datapath method and no Run runs.
+// lock: use it inside Do, or while no datapath method runs.
 func (s *Switch) Table() *flow.Table { return s.table }
 
 // tornRecent is how many recently torn-down flows a port remembers, so that

@@ -1,7 +1,6 @@
 package flowswitch_test
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -12,6 +11,8 @@ import (
 	"github.com/skylane/skylane/channel"
 	"github.com/skylane/skylane/flow"
 	"github.com/skylane/skylane/flowswitch"
+	"github.com/skylane/skylane/netif/memif"
+	"github.com/skylane/skylane/nexus"
 	"github.com/skylane/skylane/packet"
 )
 
@@ -83,68 +84,85 @@ func TestTeardownBetweenBatches(t *testing.T) {
 	}
 }
 
-// Run removes, on its own, a port whose channel the app broke, and goes on
-// serving the other port.
-func TestRunRemovesDefunctPort(t *testing.T) {
-	r := newRig(t, flowswitch.Options{}, channel.Options{}, channel.Options{})
-	bad := r.register(t, 0, 1000, 53)
-	r.register(t, 1, 2000, 80)
-	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() { errc <- r.sw.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-errc; !errors.Is(err, context.Canceled) {
-			t.Errorf("Run = %v", err)
-		}
-	}()
-
-	// App 0 sends a buffer it does not hold: the channel turns defunct when
-	// the switch takes its TX ring, and the switch forgets the port in the
-	// same loop.
-	if _, err := r.apps[0].Send([]channel.Buf{{Index: 1 << 20, Data: make([]byte, 10)}}); err != nil {
+// The nexus's worker, which runs the one datapath loop (Round, then each
+// channel's Sync), removes on its own a port whose channel the app broke,
+// and goes on serving the other port.
+func TestDefunctPortRemoved(t *testing.T) {
+	a, b, err := memif.NewPair(memif.Options{QueueLen: 4096})
+	if err != nil {
 		t.Fatal(err)
 	}
-	for r.apps[0].Err() == nil {
-		if err := r.apps[0].Wait(0); err != nil && !errors.Is(err, channel.ErrDefunct) {
+	defer b.Close()
+	nx, err := nexus.New(nexus.Options{Link: a, Addrs: []netip.Addr{localIP}})
+	if err != nil {
+		a.Close()
+		t.Fatal(err)
+	}
+	defer nx.Close()
+	var ports []*nexus.Port
+	for i, dport := range []uint16{53, 80} {
+		p, err := nx.OpenPort(fmt.Sprintf("port%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close()
+		k := packet.MakeKey(packet.ProtoUDP, netip.AddrPortFrom(localIP, dport), netip.AddrPortFrom(remoteIP, 1000*uint16(i+1)))
+		if _, err := p.Register(k, flow.Connected); err != nil {
+			t.Fatal(err)
+		}
+		ports = append(ports, p)
+	}
+	bad, good := ports[0], ports[1]
+
+	// App 0 sends a buffer it does not hold: the channel turns defunct when
+	// the switch takes its TX ring, and the worker removes the port in the
+	// same round.
+	if _, err := bad.App().Send([]channel.Buf{{Index: 1 << 20, Data: make([]byte, 10)}}); err != nil {
+		t.Fatal(err)
+	}
+	bad.Kick()
+	for bad.App().Err() == nil {
+		if err := bad.App().Wait(0); err != nil && !errors.Is(err, channel.ErrDefunct) {
 			t.Fatal(err)
 		}
 	}
-	snap := r.sw.Snapshot()
-	if snap.Totals.PortsRemoved != 1 || len(snap.Ports) != 1 || snap.Ports[0].Port != r.ports[1] {
-		t.Fatalf("after the app broke its channel: %+v", snap.Totals)
+	snap, err := nx.Snapshot()
+	if err != nil {
+		t.Fatal(err)
 	}
-	var active bool
-	r.sw.Do(func() { active = bad.Active() })
-	if active {
-		t.Error("the defunct port's flow is still active")
+	if snap.Totals.PortsRemoved != 1 || len(snap.Ports) != 1 || snap.Ports[0].Channel != good.Name() {
+		t.Fatalf("after the app broke its channel: %+v, ports %+v", snap.Totals, snap.Ports)
+	}
+	if snap.Totals.ActiveFlows != 1 {
+		t.Errorf("%d active flows: the defunct port's flow is still active", snap.Totals.ActiveFlows)
 	}
 	// The other port still receives.
-	r.write(t, udpFrame(t, 2000, 80, "alive", 0))
+	if n, err := b.Write([][]byte{udpFrame(t, 2000, 80, "alive", 0)}); n != 1 || err != nil {
+		t.Fatalf("peer write: %d, %v", n, err)
+	}
 	bufs := make([]channel.Buf, 8)
 	for {
-		if err := r.apps[1].Wait(0); err != nil {
+		if err := good.App().Wait(0); err != nil {
 			t.Fatal(err)
 		}
-		if n, err := r.apps[1].Receive(bufs); err != nil || n > 0 {
+		if n, err := good.App().Receive(bufs); err != nil || n > 0 {
 			if err != nil || n != 1 {
 				t.Fatalf("receive %d, %v", n, err)
 			}
-			r.apps[1].Free(bufs[:n])
+			good.App().Free(bufs[:n])
 			break
 		}
 	}
 }
 
-// The control methods are safe from other goroutines while Run runs: one
-// goroutine adds ports, registers, tears down and removes them, another
-// takes snapshots, while traffic of a fixed flow flows. Run with -race.
+// The control methods are safe from other goroutines while the datapath
+// runs (Round, driven as the nexus does): one goroutine adds ports,
+// registers, tears down and removes them, another takes snapshots, while
+// traffic of a fixed flow flows. Run with -race.
 func TestControlWhileRunning(t *testing.T) {
 	r := newRig(t, flowswitch.Options{}, channel.Options{})
 	r.register(t, 0, 1000, 53)
-	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() { errc <- r.sw.Run(ctx) }()
+	stopDrive := drive(r.sw, r.dev, r.ports, r.chans)
 
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
@@ -212,9 +230,8 @@ func TestControlWhileRunning(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
-	cancel()
-	if err := <-errc; !errors.Is(err, context.Canceled) {
-		t.Errorf("Run = %v", err)
+	if err := stopDrive(); err != nil {
+		t.Errorf("Round = %v", err)
 	}
 	snap := r.sw.Snapshot()
 	if snap.Totals.PortsRemoved != 20 || len(snap.Ports) != 1 || snap.Totals.ActiveFlows != 1 {

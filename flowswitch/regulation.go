@@ -85,7 +85,7 @@ const (
 	// stallCheckMax is the longest period of the stall check (the nexus's
 	// reaper tick, docs/design.md §7).
 	stallCheckMax = time.Second
-	// fullBackoff is how long Run waits before retrying a device that
+	// fullBackoff is how long the pacer waits before retrying a device that
 	// refused frames (full): the device needs a frame time or so.
 	fullBackoff = 50 * time.Microsecond
 	// transitionBatch is how many advisory transitions are published per

@@ -1,7 +1,6 @@
 package flowswitch_test
 
 import (
-	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -21,8 +20,8 @@ import (
 	"github.com/skylane/skylane/regulate"
 )
 
-// Regulation tests. The real-time ones run the switch's Run on one end of a
-// rate-limited memif wire (the wire's own token bucket is the link) and
+// Regulation tests. The real-time ones run the switch's datapath (Round,
+// driven as the nexus does: drive) on one end of a rate-limited memif wire (the wire's own token bucket is the link) and
 // read the other end in a goroutine; apps are goroutines on real channels.
 // Each packet carries its sequence number and send time in its payload, so
 // the reader measures loss, order and sojourn per flow. The others drive
@@ -41,6 +40,7 @@ type regPort struct {
 // regRig is a regulated switch on end a of a wire; the test owns end b.
 type regRig struct {
 	sw    *flowswitch.Switch
+	dev   netif.Link // the switch's end
 	peer  netif.Link
 	ports []*regPort
 }
@@ -62,7 +62,7 @@ func newRegRig(t testing.TB, rate int64, ro flowswitch.RegulationOptions, now fu
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &regRig{sw: sw, peer: b}
+	r := &regRig{sw: sw, dev: a, peer: b}
 	for i, honour := range adv {
 		co := chOpts
 		co.Name = fmt.Sprintf("reg%d", i)
@@ -82,16 +82,18 @@ func newRegRig(t testing.TB, rate int64, ro flowswitch.RegulationOptions, now fu
 	return r
 }
 
-// run starts the switch's Run; the returned func stops it and checks it
-// returned for the cancel.
+// run starts the datapath (drive); the returned func stops it and checks
+// it met no error.
 func (r *regRig) run(t testing.TB) func() {
-	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() { errc <- r.sw.Run(ctx) }()
+	var ids []flow.PortID
+	var chans []*channel.Channel
+	for _, p := range r.ports {
+		ids, chans = append(ids, p.id), append(chans, p.ch)
+	}
+	stop := drive(r.sw, r.dev, ids, chans)
 	return func() {
-		cancel()
-		if err := <-errc; !errors.Is(err, context.Canceled) {
-			t.Errorf("Run = %v", err)
+		if err := stop(); err != nil {
+			t.Errorf("Round = %v", err)
 		}
 	}
 }

@@ -136,7 +136,7 @@ type Drop struct {
 }
 
 // Snapshot returns the switch's counters. It takes the switch's lock, so it
-// is safe while Run runs; it allocates (it is a control-plane call) and
+// is safe while the datapath runs; it allocates (it is a control-plane call) and
 // takes time in proportion to the number of flows.
 func (s *Switch) Snapshot() Snapshot {
 	s.mu.Lock()
@@ -235,22 +235,9 @@ func drops(st *Stats) []Drop {
 	rx("rx_ring_full", st.RxRingDrops)
 	rx("rx_budget", st.RxBudgetDrops)
 	rx("rx_rate", st.RxRateDrops)
-	d := &st.TxDrops
-	tx("length", d.Length)
-	tx("mtu", d.MTU)
-	tx("parse", d.Parse)
-	tx("ipv4_options", d.IPv4Options)
-	tx("seg_proto", d.SegProto)
-	tx("seg_size", d.SegSize)
-	tx("src_addr", d.SrcAddr)
-	tx("src_port", d.SrcPort)
-	tx("proto", d.Proto)
-	tx("no_flow", d.NoFlow)
-	tx("not_owner", d.NotOwner)
-	tx("flow_id", d.FlowID)
-	tx("torn_down", d.TornDown)
-	tx("listener_data", d.ListenerData)
-	tx("syn_rate", d.SYNRate)
+	for _, r := range st.TxDrops.List() {
+		tx(r.Reason, r.Packets)
+	}
 	q := &st.Regulation.Queue
 	tx("aqm_codel", q.CoDelDrops)
 	tx("aqm_overflow", q.OverflowDrops)

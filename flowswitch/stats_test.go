@@ -3,6 +3,7 @@ package flowswitch_test
 import (
 	"bytes"
 	"encoding/json"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -72,7 +73,7 @@ func TestSnapshot(t *testing.T) {
 	}
 	// Every reason is listed: each parse reason, the other RX reasons,
 	// every TxDrops field, and the AQM's and the resolver's.
-	if n := int(packet.NumReasons) - 1 + 8 + 15 + 6; len(snap.Drops) != n {
+	if n := int(packet.NumReasons) - 1 + 8 + reflect.TypeFor[flowswitch.TxDrops]().NumField() + 6; len(snap.Drops) != n {
 		t.Errorf("%d drop reasons, want %d", len(snap.Drops), n)
 	}
 
@@ -119,4 +120,44 @@ func hexOf(b []byte) string {
 		sb.WriteByte(digits[c&15])
 	}
 	return sb.String()
+}
+
+// Every TxDrops field is in List, and so in Total, Reasons and the
+// snapshot's drops, under a name of its own: a check added to the struct
+// but not to List fails here. Each field gets a distinct power of two, so
+// a field left out, counted twice or named after another is caught.
+func TestTxDropsCountsEveryField(t *testing.T) {
+	var d flowswitch.TxDrops
+	v := reflect.ValueOf(&d).Elem()
+	want := map[uint64]string{} // value -> field
+	var total uint64
+	for i := range v.NumField() {
+		f := v.Field(i)
+		if f.Kind() != reflect.Uint64 {
+			t.Fatalf("TxDrops.%s is %v: Total sums uint64 counters only", v.Type().Field(i).Name, f.Kind())
+		}
+		x := uint64(1) << i
+		f.SetUint(x)
+		want[x] = v.Type().Field(i).Name
+		total += x
+	}
+	if got := d.Total(); got != total {
+		t.Errorf("Total = %#x, want %#x (every field once)", got, total)
+	}
+	reasons := d.Reasons()
+	if len(reasons) != v.NumField() || len(d.List()) != v.NumField() {
+		t.Errorf("%d reasons, %d listed, want %d (one per field, names distinct)", len(reasons), len(d.List()), v.NumField())
+	}
+	seen := map[uint64]bool{}
+	for name, n := range reasons {
+		field, ok := want[n]
+		if !ok || seen[n] {
+			t.Errorf("reason %q = %#x: not exactly one field's value", name, n)
+		}
+		seen[n] = true
+		// The name is the field's in snake case (SYNRate: syn_rate).
+		if flat := strings.ReplaceAll(name, "_", ""); !strings.EqualFold(flat, field) {
+			t.Errorf("reason %q holds field %s", name, field)
+		}
+	}
 }

@@ -1,7 +1,6 @@
 package flowswitch
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -26,11 +25,9 @@ const (
 	// Options.HostLink. It is reserved: AddPort never returns it and no
 	// flow may be registered for it.
 	HostPort flow.PortID = 0
-	// idleWait is how long Run blocks in Link.Wait when the link is idle
-	// (Options.IdleWait's default) before it looks at its context and
-	// syncs the channels again: short enough that a cancelled context, a
-	// freed buffer or an app's transmit is noticed within ~10 ms, long
-	// enough that an idle switch costs about 100 wake-ups/s.
+	// idleWait is Options.IdleWait's default: the longest wait Round and
+	// Service return when no timed work is due, so that a caller that
+	// sleeps on the link alone still looks at its channels ~100 times/s.
 	idleWait = 10 * time.Millisecond
 )
 
@@ -105,11 +102,11 @@ type Options struct {
 	// Now is the switch's clock: monotonic nanoseconds from any origin.
 	// Nil means the time since New. Tests pass a synthetic clock.
 	Now func() int64
-	// IdleWait is the longest Run sleeps in Link.Wait when a loop moved
-	// nothing: Run wakes for the link's frames and its own timers only,
-	// not for an app's transmit (the nexus's worker waits on the channels
-	// too), so this bounds how late an app's packet is picked up on a
-	// quiet link. 0 means 10 ms (about 100 wake-ups/s when idle).
+	// IdleWait is the longest wait Round and Service return when no timed
+	// work is due: the longest a caller that sleeps on the link alone (not
+	// on the apps' channels, as the nexus's worker does) may sleep before
+	// it looks at its channels again. 0 means 10 ms (about 100
+	// wake-ups/s when idle).
 	IdleWait time.Duration
 	// AdvisorySlots is the size of each port's flow-advisory table
 	// (flow.Options.AdvisorySlots): the most flows of a port with an
@@ -411,80 +408,71 @@ func (s *Switch) statsLocked() Stats {
 	return st
 }
 
-// Run loops until ctx is done: each loop reads and delivers one input batch,
-// runs every port's transmit, forwards the host link's frames, flushes the
-// TxQueue, runs the timed work (Service: the paced AQM, held receive
-// frames, neighbour resolution, stall checks), and syncs every port's
-// channel, all under the switch's lock, taken once per loop. A port whose
-// channel turned defunct is removed (its flows torn down). When a loop
-// moved nothing, Run waits on the link, with the lock released, until the
-// next timed work is due, for at most Options.IdleWait. It returns ctx.Err() when ctx
-// is done, or the error of a link (or TxQueue).
-func (s *Switch) Run(ctx context.Context) error {
-	for {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		s.mu.Lock()
-		n, err := s.loopOnce()
-		wait := s.nextWake(s.now())
-		s.mu.Unlock()
-		if err != nil {
-			return err
-		}
-		if n == 0 && wait > 0 {
-			if err := s.link.Wait(time.Duration(wait)); err != nil {
-				return fmt.Errorf("flowswitch wait: %w", err)
-			}
-		}
-	}
+// Reads says which links a Round reads: a caller that shares a link's
+// reader role (netif.Link allows one reader at a time) reads it only while
+// it holds the role, as the nexus's worker does while its link waiter
+// sleeps in Wait.
+type Reads uint8
+
+const (
+	ReadDevice Reads = 1 << iota // Options.Link
+	ReadHost                     // Options.HostLink, if set
+)
+
+// Round runs one datapath round under the switch's lock, taken once: one
+// input batch from the device (RxOnce), one transmit round over every port
+// (TxSync), the host link's frames to the device (HostOnce), the TxQueue's
+// flush, and the timed work (Service: the paced AQM, held receive frames,
+// neighbour resolution, stall checks). It is the round nexus.Nexus's
+// worker runs, the one loop that moves packets; the caller then syncs
+// every port's channel (channel.Channel.Sync) and removes the ports whose
+// channel turned defunct, and sleeps (on the link, the apps) for at most
+// wait when nothing moved (wait 0: call again at once). moved counts the
+// frames and packets the round moved; err is a link's or the TxQueue's,
+// and ends the round where it happened.
+func (s *Switch) Round(read Reads) (moved int, wait time.Duration, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	moved, err = s.round(read)
+	return moved, time.Duration(s.nextWake(s.now())), err
 }
 
-// loopOnce is one loop of Run, with s.mu held. It returns how many frames
-// and packets it moved.
-func (s *Switch) loopOnce() (int, error) {
-	n, err := s.rxOnce()
-	if err != nil {
+// round is Round with s.mu held.
+func (s *Switch) round(read Reads) (int, error) {
+	n := 0
+	if read&ReadDevice != 0 {
+		k, err := s.rxOnce()
+		if n += k; err != nil {
+			return n, err
+		}
+	}
+	k, err := s.txSync()
+	if n += k; err != nil {
 		return n, err
 	}
-	t, err := s.txSync()
-	n += t
-	if err != nil {
-		return n, err
-	}
-	h, err := s.hostOnce()
-	n += h
-	if err != nil {
-		return n, err
+	if read&ReadHost != 0 {
+		k, err := s.hostOnce()
+		if n += k; err != nil {
+			return n, err
+		}
 	}
 	if s.txq != nil {
 		if err := s.txq.Flush(); err != nil {
 			return n, fmt.Errorf("flowswitch tx queue: %w", err)
 		}
 	}
-	k, err := s.service(s.now())
-	n += k
-	if err != nil {
-		return n, err
-	}
-	for id, p := range s.ports {
-		if p != nil && p.ch.Sync() != nil {
-			// Defunct: the channel's error is its app's business; the
-			// switch forgets the port.
-			s.removePort(flow.PortID(id))
-		}
-	}
-	return n, nil
+	k, err = s.service(s.now())
+	return n + k, err
 }
 
 // Service runs the switch's timed work once — the paced transmit queue,
 // receive frames held for a fuller batch (adaptive batching), neighbour
 // resolution (solicitations, packets waiting for a next hop) and the stall
 // check of the ports' channels — and returns how long the caller may sleep
-// before calling it again (at most Options.IdleWait; 0: call again at once). Run
-// calls it every loop; a caller that drives the datapath itself (RxOnce,
-// TxSync) must call it too, and must not sleep longer than it says, or
-// held frames and queued packets wait. Errors are the link's.
+// before calling it again (at most Options.IdleWait; 0: call again at once).
+// Round calls it every round; a caller that drives the datapath itself
+// (RxOnce, TxSync) must call it too, and must not sleep longer than it
+// says, or held frames and queued packets wait. Errors are the link's.
 func (s *Switch) Service() (time.Duration, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

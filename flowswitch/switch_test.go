@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime"
+	"slices"
 	"testing"
 
 	"github.com/skylane/skylane/channel"
@@ -30,6 +31,7 @@ var (
 // the other end, with user ports each bound to a channel and its app end.
 type rig struct {
 	sw    *flowswitch.Switch
+	dev   netif.Link // the switch's end
 	peer  netif.Link // the test's end: frames written here reach the switch
 	chans []*channel.Channel
 	apps  []*channel.App
@@ -49,7 +51,7 @@ func newRig(t testing.TB, opts flowswitch.Options, chOpts ...channel.Options) *r
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &rig{sw: sw, peer: b}
+	r := &rig{sw: sw, dev: a, peer: b}
 	for i, co := range chOpts {
 		co.Name = fmt.Sprintf("port%d", i)
 		ch, app := newChannel(t, co)
@@ -634,13 +636,64 @@ func TestRxNoAllocs(t *testing.T) {
 	}
 }
 
-// Run delivers what arrives and stops when its context is done.
-func TestRun(t *testing.T) {
+// drive runs the datapath in a goroutine as nexus.Nexus's worker does, one
+// Round after another, each followed by every channel's Sync (a port whose
+// channel turned defunct is removed), until stop is called; stop returns
+// the first error Round met. Where the worker sleeps on the link and the
+// apps, drive sleeps on the link alone, for at most Round's wait (the
+// switch's IdleWait when nothing is due).
+func drive(sw *flowswitch.Switch, link netif.Link, ports []flow.PortID, chans []*channel.Channel) (stop func() error) {
+	quit, done := make(chan struct{}), make(chan error, 1)
+	live := slices.Clone(chans)
+	defunct := make([]int, 0, len(live))
+	syncAll := func() {
+		for i, ch := range live {
+			if ch != nil && ch.Sync() != nil {
+				defunct = append(defunct, i)
+			}
+		}
+	}
+	go func() {
+		for {
+			select {
+			case <-quit:
+				done <- nil
+				return
+			default:
+			}
+			moved, wait, err := sw.Round(flowswitch.ReadDevice)
+			if err != nil {
+				done <- err
+				return
+			}
+			// Under the switch's lock: Snapshot, from other
+			// goroutines, reads the channels' counters. (The nexus
+			// takes its snapshots on the worker instead.)
+			defunct = defunct[:0]
+			sw.Do(syncAll)
+			for _, i := range defunct {
+				sw.RemovePort(ports[i])
+				live[i] = nil
+			}
+			if moved == 0 && wait > 0 {
+				if err := link.Wait(wait); err != nil {
+					done <- err
+					return
+				}
+			}
+		}
+	}()
+	return func() error {
+		close(quit)
+		return <-done
+	}
+}
+
+// Round, driven as the nexus drives it, delivers what arrives, in order.
+func TestRound(t *testing.T) {
 	r := newRig(t, flowswitch.Options{}, channel.Options{})
 	r.register(t, 0, 1000, 53)
-	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() { errc <- r.sw.Run(ctx) }()
+	stop := drive(r.sw, r.dev, r.ports, r.chans)
 	const total = 100
 	for i := range total {
 		r.write(t, udpFrame(t, 1000, 53, fmt.Sprintf("r%d", i), 0))
@@ -668,20 +721,19 @@ func TestRun(t *testing.T) {
 		}
 		r.apps[0].Free(bufs[:n])
 	}
-	cancel()
-	if err := <-errc; !errors.Is(err, context.Canceled) {
-		t.Errorf("Run = %v, want context.Canceled", err)
+	if err := stop(); err != nil {
+		t.Errorf("Round = %v", err)
 	}
 	if st := r.sw.Stats(); st.Delivered != total {
 		t.Errorf("stats %+v", st)
 	}
 }
 
-// Run returns the link's error once the link is closed.
-func TestRunLinkClosed(t *testing.T) {
+// Round returns the link's error once the link is closed.
+func TestRoundLinkClosed(t *testing.T) {
 	r := newRig(t, flowswitch.Options{})
 	r.peer.Close()
-	if err := r.sw.Run(context.Background()); !errors.Is(err, netif.ErrClosed) {
-		t.Errorf("Run = %v, want ErrClosed", err)
+	if _, _, err := r.sw.Round(flowswitch.ReadDevice); !errors.Is(err, netif.ErrClosed) {
+		t.Errorf("Round = %v, want ErrClosed", err)
 	}
 }

@@ -123,6 +123,46 @@ type TxDrops struct {
 	SYNRate uint64
 }
 
+// TxDrop is one transmit check's drop counter, under the name the JSON
+// snapshot (Drop.Reason) and the metrics (reason label) give it.
+type TxDrop struct {
+	Reason  string
+	Packets uint64
+}
+
+// List returns every counter of d, zero or not, in the order the checks
+// run. It is the one place that names them: Total, Reasons, Snapshot.Drops
+// and the metrics all read it, so a new check is counted everywhere once it
+// is added here (a test fails until it is).
+func (d TxDrops) List() []TxDrop {
+	return []TxDrop{
+		{"length", d.Length}, {"mtu", d.MTU}, {"parse", d.Parse}, {"ipv4_options", d.IPv4Options},
+		{"seg_proto", d.SegProto}, {"seg_size", d.SegSize},
+		{"src_addr", d.SrcAddr}, {"src_port", d.SrcPort}, {"proto", d.Proto}, {"no_flow", d.NoFlow},
+		{"not_owner", d.NotOwner}, {"flow_id", d.FlowID}, {"torn_down", d.TornDown},
+		{"listener_data", d.ListenerData}, {"syn_rate", d.SYNRate},
+	}
+}
+
+// Total returns the packets the transmit checks dropped, all reasons.
+func (d TxDrops) Total() uint64 {
+	var n uint64
+	for _, r := range d.List() {
+		n += r.Packets
+	}
+	return n
+}
+
+// Reasons returns every counter of d by its name (List's), zero or not.
+func (d TxDrops) Reasons() map[string]uint64 {
+	l := d.List()
+	m := make(map[string]uint64, len(l))
+	for _, r := range l {
+		m[r.Reason] = r.Packets
+	}
+	return m
+}
+
 // TxQueue is the transmit queue between the checks and the device: the
 // regulation layer (the AQM of docs/design.md §7) implements it and owns the device
 // link's writing side. Without one (Options.TxQueue nil), TxOnce writes to
@@ -136,8 +176,9 @@ type TxQueue interface {
 	// it keeps. It returns how many frames it accepted, a prefix; the rest
 	// are its drops, counted by it.
 	Enqueue(frames [][]byte, tokens, adv []uint32) int
-	// Flush writes to the device what the queue lets go now. Run calls it
-	// once per loop, after the ports' transmit; an error stops Run.
+	// Flush writes to the device what the queue lets go now. Round calls
+	// it once per round, after the ports' transmit; an error ends the
+	// round (the nexus then fails its link).
 	Flush() error
 }
 

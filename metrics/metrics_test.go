@@ -28,6 +28,8 @@ import (
 	"github.com/skylane/skylane/flow"
 	"github.com/skylane/skylane/flowswitch"
 	"github.com/skylane/skylane/metrics"
+	"github.com/skylane/skylane/netif/memif"
+	"github.com/skylane/skylane/nexus"
 	"github.com/skylane/skylane/packet"
 )
 
@@ -670,29 +672,46 @@ func TestHTTPRegulationAndL2(t *testing.T) {
 	}
 }
 
-// Scrapes while Run moves traffic (and the apps do not drain, so RX rings
-// fill and drop): every scrape is one consistent snapshot (the ports' ring
-// drops sum to the rx_ring_full drops, their deliveries to the total) and
-// counters never go back. The race detector checks the collector shares
-// nothing with the datapath but the snapshot.
+// Scrapes while a nexus moves traffic (and the apps do not drain, so RX
+// rings fill and drop), the collector taking its snapshots from the
+// nexus's worker as `skylane serve` has it: every scrape is one consistent
+// snapshot (the ports' ring drops sum to the rx_ring_full drops, their
+// deliveries to the total) and counters never go back. The race detector
+// checks the collector shares nothing with the datapath but the snapshot.
 func TestScrapeWhileRunning(t *testing.T) {
-	r := newRig(t, channel.Options{RxSize: 64}, false)
+	a, peer, err := memif.NewPair(memif.Options{QueueLen: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	nx, err := nexus.New(nexus.Options{Link: a, Addrs: []netip.Addr{localIP}, Channel: channel.Options{RxSize: 64}})
+	if err != nil {
+		a.Close()
+		t.Fatal(err)
+	}
+	defer nx.Close()
+	for i := range uint16(2) { // UDP flows local:5000 and local:5001 ↔ remote:6000
+		p, err := nx.OpenPort(fmt.Sprintf("app%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close()
+		k := packet.MakeKey(packet.ProtoUDP, netip.AddrPortFrom(localIP, 5000+i), netip.AddrPortFrom(remoteIP, 6000))
+		if _, err := p.Register(k, flow.Connected); err != nil {
+			t.Fatal(err)
+		}
+	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(metrics.New(metrics.SwitchSnapshot(r.sw), metrics.Options{MaxFlows: 2}))
+	reg.MustRegister(metrics.New(nx.Snapshot, metrics.Options{MaxFlows: 2}))
 	srv := httptest.NewServer(metrics.Handler(reg))
 	defer srv.Close()
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Go(func() {
-		if err := r.sw.Run(ctx); !errors.Is(err, context.Canceled) {
-			t.Errorf("Run = %v", err)
-		}
-	})
 	frames := [][]byte{rxFrame(6000, 5000, "a"), rxFrame(6000, 5001, "b"), rxFrame(6000, 5999, "none")}
 	wg.Go(func() {
 		for ctx.Err() == nil {
-			if _, err := r.peer.Write(frames); err != nil {
+			if _, err := peer.Write(frames); err != nil {
 				t.Errorf("peer write: %v", err)
 				return
 			}

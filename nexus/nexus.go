@@ -95,6 +95,7 @@ type Nexus struct {
 	parked atomic.Bool   // the worker is about to sleep or sleeps: kicks must ring
 	stop   chan struct{} // closed by Close
 	exited chan struct{} // closed when the worker has returned
+	failed chan struct{} // closed when the link failed; linkErr is set before and never changes after
 	once   sync.Once
 
 	// Owned by the worker goroutine.
@@ -133,9 +134,10 @@ func New(opts Options) (*Nexus, error) {
 	so := opts.Switch
 	so.Link, so.LocalAddrs = opts.Link, opts.Addrs
 	if so.IdleWait == 0 {
-		// The switch's idle wait bounds how late its own Run notices an
-		// app's transmit; the worker is woken by the apps themselves, so
-		// it only caps Service's answer: make it the reaper's period.
+		// The switch's idle wait bounds how long a caller sleeping on the
+		// link alone may sleep; the worker is woken by the apps
+		// themselves, so it only caps Round's answer: make it the
+		// reaper's period.
 		so.IdleWait = opts.ReapInterval
 	}
 	sw, err := flowswitch.New(so)
@@ -168,6 +170,7 @@ func New(opts Options) (*Nexus, error) {
 		bell:     make(chan struct{}, 1),
 		stop:     make(chan struct{}),
 		exited:   make(chan struct{}),
+		failed:   make(chan struct{}),
 		sw:       sw,
 		ports:    make(map[flow.PortID]*port),
 		lastReap: time.Now(),
@@ -200,6 +203,26 @@ func (n *Nexus) Close() error {
 	return n.linkErr
 }
 
+// Done is closed once the nexus has closed (every port closed with it), so
+// that an app in this process learns it as one in another process learns
+// it from its control socket (package nexus/inproc).
+func (n *Nexus) Done() <-chan struct{} { return n.exited }
+
+// LinkFailed is closed when the link failed: the datapath stopped and every
+// port was closed (their apps see their channels closed); requests are
+// still answered, with LinkErr. A daemon exits on it.
+func (n *Nexus) LinkFailed() <-chan struct{} { return n.failed }
+
+// LinkErr returns why the link failed, or nil while it has not.
+func (n *Nexus) LinkErr() error {
+	select {
+	case <-n.failed:
+		return n.linkErr
+	default:
+		return nil
+	}
+}
+
 // do runs f on the worker, between two datapath rounds, and returns its
 // error, or ErrClosed if the nexus is closed (then f did not run).
 func (n *Nexus) do(f func() error) error {
@@ -227,7 +250,8 @@ type PortStats struct {
 	Flows   int // flows the port registered and did not tear down
 	Channel channel.Counters
 	Pool    pool.Stats
-	InUse   int // buffers out of the pool: held by the app (alloc ring included) or the nexus
+	InUse   int   // buffers out of the pool: held by the app (alloc ring included) or the nexus
+	MaxPool int64 // bytes the pool may grow to (PortOptions.MaxPool)
 	Defunct bool
 }
 
@@ -252,10 +276,12 @@ func (n *Nexus) Stats() (Stats, error) {
 		st.Link = n.link.Stats()
 		n.sw.Do(func() { st.Flows = n.sw.Table().Len() })
 		for _, p := range n.order {
-			ps := p.ch.Pool().Stats()
+			pl := p.ch.Pool()
+			ps := pl.Stats()
 			st.Ports = append(st.Ports, PortStats{
 				Name: p.ch.Name(), Flows: len(p.flows), Channel: p.ch.Counters(), Pool: ps,
 				InUse: ps.BuffersTotal - ps.FreeBuffers, Defunct: p.ch.Err() != nil,
+				MaxPool: int64(pl.Options().MaxSegments) * int64(pl.SegmentSize()),
 			})
 		}
 		return nil
@@ -296,45 +322,29 @@ func (n *Nexus) run() {
 	}
 }
 
-// round runs the datapath once: one input batch from the link, one TX sync
-// over every port, each channel's housekeeping, the apps' bells and, when
-// due, the reaper. It reports whether it moved any packet.
+// round runs the datapath once: the switch's Round (one input batch from
+// the link, one TX sync over every port, the host link's frames, the TX
+// queue's flush and the switch's timed work), then each channel's
+// housekeeping, the apps' bells and, when due, the reaper. It reports
+// whether it moved any packet.
 func (n *Nexus) round() bool {
 	moved := 0
-	if n.dev.held && n.linkErr == nil {
-		k, err := n.sw.RxOnce()
+	if n.linkErr == nil {
+		// The links the worker holds the reader role of; the timed work
+		// runs before the channels' Sync, which signals what it
+		// delivered and publishes its advisories' events.
+		var read flowswitch.Reads
+		if n.dev.held {
+			read |= flowswitch.ReadDevice
+		}
+		if n.host != nil && n.host.held {
+			read |= flowswitch.ReadHost
+		}
+		k, w, err := n.sw.Round(read)
 		if err != nil {
 			n.failLink(err)
 		}
 		moved += k
-	}
-	if n.linkErr == nil {
-		t, err := n.sw.TxSync()
-		if err != nil {
-			n.failLink(err)
-		}
-		moved += t
-	}
-	if n.host != nil && n.host.held && n.linkErr == nil {
-		h, err := n.sw.HostOnce()
-		if err != nil {
-			n.failLink(err)
-		}
-		moved += h
-	}
-	if q := n.opts.Switch.TxQueue; q != nil && n.linkErr == nil {
-		if err := q.Flush(); err != nil {
-			n.failLink(fmt.Errorf("tx queue: %w", err))
-		}
-	}
-	if n.linkErr == nil {
-		// The paced queue, held receive frames, neighbour resolution and
-		// stall checks; before the channels' Sync, which signals what it
-		// delivered and publishes its advisories' events.
-		w, err := n.sw.Service()
-		if err != nil {
-			n.failLink(err)
-		}
 		n.svcDue = time.Now().Add(w)
 		if w == 0 {
 			moved++ // due again at once (a queue draining into the device)
@@ -370,6 +380,7 @@ func (n *Nexus) failLink(err error) {
 		return
 	}
 	n.linkErr = fmt.Errorf("nexus on %s: %w", n.link.Name(), err)
+	close(n.failed)
 	for len(n.order) > 0 {
 		n.closePort(n.order[0])
 	}

@@ -474,3 +474,29 @@ func TestSnapshot(t *testing.T) {
 		t.Error("Snapshot after Close succeeded")
 	}
 }
+
+// TestLinkFailed: when the link fails, LinkFailed closes and LinkErr says
+// why; the ports are closed, and requests still get answers.
+func TestLinkFailed(t *testing.T) {
+	n, wire := newNexus(t, nexus.Options{})
+	p, err := n.OpenPort("app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if n.LinkErr() != nil {
+		t.Fatalf("LinkErr before a failure: %v", n.LinkErr())
+	}
+	wire.Close() // closing one end of a memif wire closes both
+	select {
+	case <-n.LinkFailed():
+	case <-time.After(10 * time.Second):
+		t.Fatal("LinkFailed not closed 10 s after the wire closed")
+	}
+	if err := n.LinkErr(); err == nil || !strings.Contains(err.Error(), "nexus on") {
+		t.Errorf("LinkErr: %v", err)
+	}
+	if _, err := n.OpenPort("late"); err == nil {
+		t.Error("a port opened on a failed link")
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"github.com/skylane/skylane/flow"
 	"github.com/skylane/skylane/flowswitch"
 	"github.com/skylane/skylane/packet"
+	"github.com/skylane/skylane/pool"
 )
 
 // port is the worker's side of one application port.
@@ -88,6 +89,12 @@ type PortOptions struct {
 	// copy), RxBurst its depth (flowswitch.AddPortOptions.RxRate).
 	RxRate  int64
 	RxBurst int
+	// MaxPool caps the port's packet pool in bytes of buffers: its
+	// MaxSegments becomes the most whole segments that fit, at least one,
+	// and never more than the nexus's Channel.Pool.MaxSegments (0: that).
+	// An app at its cap gets fewer buffers (pool.Stats.AllocFails), not
+	// more memory.
+	MaxPool int64
 }
 
 // OpenPortWith is OpenPort with options: whether the port's app honours
@@ -122,6 +129,17 @@ func (n *Nexus) openPort(name string, remote, attach bool, o PortOptions) (*Port
 	co := n.opts.Channel
 	co.Name = fmt.Sprintf("%s-%d", name, n.seq)
 	co.Pool.Name = ""
+	if o.MaxPool > 0 {
+		seg := co.Pool.SegmentSize
+		if seg == 0 { // the pool's default
+			seg = pool.DefaultSegmentSize
+			if co.Pool.HugePages {
+				seg = pool.HugeSegmentSize
+			}
+		}
+		co.Pool.MaxSegments = int(max(1, min(int64(co.Pool.MaxSegments), o.MaxPool/int64(seg))))
+		co.Pool.MinSegments = min(co.Pool.MinSegments, co.Pool.MaxSegments)
+	}
 	ch, err := channel.New(co)
 	if err != nil {
 		return nil, err

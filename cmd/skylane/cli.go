@@ -23,6 +23,10 @@ usage:
   skylane bench tcp --dev          the tcp rows on a veth pair (root): kernel client, user-space server
   skylane bench burst --dev [--driver afpacket|afxdp]
                                    the burst rows on a veth pair (root): the kernel's stack at the far end
+  skylane nexus --dev IF --driver afxdp|afpacket|tun|memif --socket PATH [--socket-group GROUP] [--policy FILE]
+                                   own the interface and serve apps on a control socket (root)
+  skylane stats --nexus SOCKET [--json] [--watch 1s]
+                                   a running nexus's counters, per app
   skylane serve --dev IF --driver afxdp|afpacket|tun --addr IP:PORT [--tls]
                                    serve HTTP(S) from a user-space stack on a real interface (root)
 `
@@ -39,6 +43,10 @@ func run(args []string) error {
 		return runDemo(args[1:])
 	case "serve":
 		return runServe(args[1:])
+	case "nexus":
+		return runNexus(args[1:])
+	case "stats":
+		return runStats(args[1:])
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 		return nil

@@ -81,6 +81,7 @@ type txReport struct {
 	Sent          int               `json:"sent"`
 	OnWire        uint64            `json:"on_wire"`
 	Dropped       map[string]uint64 `json:"dropped"`
+	DroppedTotal  uint64            `json:"dropped_total"`
 	Attempts      []txAttempt       `json:"attempts"`
 	WireFrames    int               `json:"wire_frames"`
 	SpoofedOnWire int               `json:"spoofed_on_wire"`
@@ -173,7 +174,7 @@ func demoSwitch() (switchReport, error) {
 		{Name: B.name, Flows: len(B.flows), Proto: "TCP", Delivered: B.ch.Counters().RxPackets},
 	}
 	rep.Tx.OnWire = st.TxPackets
-	rep.Tx.Dropped = txDropMap(st.TxDrops)
+	rep.Tx.Dropped, rep.Tx.DroppedTotal = st.TxDrops.Reasons(), st.TxDrops.Total()
 	rep.Stats = sw.Snapshot()
 	return rep, nil
 }
@@ -270,7 +271,10 @@ func demoReceive(sw *flowswitch.Switch, gen netif.Link, apps []*demoApp, rep *sw
 		for _, a := range apps {
 			before += a.ch.Counters().Notifications
 		}
-		n, err := sw.RxOnce()
+		// The nexus worker's round, run by hand once per burst so that
+		// each burst is one input batch; the apps send nothing here, so
+		// what it moved is what it read.
+		n, _, err := sw.Round(flowswitch.ReadDevice)
 		if err != nil {
 			return err
 		}
@@ -368,8 +372,8 @@ func demoTransmit(sw *flowswitch.Switch, gen netif.Link, A, B *demoApp, tx *txRe
 			if err := send(); err != nil {
 				return fmt.Errorf("%s: %w", at.kind, err)
 			}
-			for { // one TxSync takes at most 64 per app
-				n, err := sw.TxSync()
+			for { // one round takes at most 64 per app; the generator's end is read below
+				n, _, err := sw.Round(0)
 				if err != nil {
 					return err
 				}
@@ -386,8 +390,8 @@ func demoTransmit(sw *flowswitch.Switch, gen netif.Link, A, B *demoApp, tx *txRe
 		tx.WireFrames += onWire
 		tx.SpoofedOnWire += spoofed
 		drops := map[string]uint64{}
-		after := txDropMap(sw.Stats().TxDrops)
-		for k, v := range txDropMap(before) {
+		after := sw.Stats().TxDrops.Reasons()
+		for k, v := range before.Reasons() {
 			if d := after[k] - v; d > 0 {
 				drops[k] = d
 			}
@@ -468,16 +472,6 @@ func readWire(gen netif.Link) (frames, spoofed int, err error) {
 				spoofed++
 			}
 		}
-	}
-}
-
-// txDropMap names the transmit drop counters.
-func txDropMap(d flowswitch.TxDrops) map[string]uint64 {
-	return map[string]uint64{
-		"length": d.Length, "mtu": d.MTU, "parse": d.Parse, "ipv4_options": d.IPv4Options,
-		"seg_proto": d.SegProto, "seg_size": d.SegSize,
-		"src_addr": d.SrcAddr, "src_port": d.SrcPort, "proto": d.Proto, "no_flow": d.NoFlow, "not_owner": d.NotOwner, "flow_id": d.FlowID, "torn_down": d.TornDown,
-		"listener_data": d.ListenerData, "syn_rate": d.SYNRate,
 	}
 }
 

@@ -15,7 +15,7 @@ func TestMain(m *testing.M) {
 }
 
 func TestDemo(t *testing.T) {
-	if err := runDemo([]string{"-packets", "20000", "-idle", "200ms"}); err != nil {
+	if err := runDemo([]string{"-packets", "20000", "-idle", "200ms", "-burst", "600ms"}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -31,7 +31,7 @@ func TestUnknownCommands(t *testing.T) {
 // The demo's figures show what it claims: flow batching, no spoofed packet
 // on the wire, every spoof attempt stopped by its own check.
 func TestDemoReport(t *testing.T) {
-	rep, err := buildDemo(2000, 50*time.Millisecond)
+	rep, err := buildDemo(2000, 50*time.Millisecond, 600*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,46 +5,48 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 
 	"github.com/skylane/skylane/client"
 	"github.com/skylane/skylane/flow"
 	"github.com/skylane/skylane/flowswitch"
 	"github.com/skylane/skylane/internal/selfsigned"
-	"github.com/skylane/skylane/metrics"
 	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/netif/drivers"
-	"github.com/skylane/skylane/nexus"
-	"github.com/skylane/skylane/nexus/control"
 	"github.com/skylane/skylane/nexus/inproc"
 	"github.com/skylane/skylane/packet"
 )
 
 const serveUsage = `usage: skylane serve --dev DEV --addr [IP]:PORT [flags]
+       skylane serve --nexus SOCKET --addr [IP]:PORT [--reconnect] [--tls ...]
 
-Serves HTTP (or HTTPS with --tls) from a user-space TCP/IP stack on a nexus
-on DEV, until SIGINT or SIGTERM. On an Ethernet interface (afxdp, afpacket)
-the stack shares the interface's kernel addresses and owns only its port:
-the kernel keeps every other flow. With --driver tun, DEV is a TUN device
-created for the run; the kernel gets --tun-addr on it and routes --addr's IP
-into it.
+Serves HTTP (or HTTPS with --tls) from a user-space TCP/IP stack, until
+SIGINT or SIGTERM.
+
+With --dev, on a nexus of its own on DEV (one process, as root). On an
+Ethernet interface (afxdp, afpacket) the stack shares the interface's kernel
+addresses and owns only its port: the kernel keeps every other flow. With
+--driver tun, DEV is a TUN device created for the run; the kernel gets
+--tun-addr on it and routes --addr's IP into it.
+
+With --nexus, as an app of the nexus serving its control socket at SOCKET
+(skylane nexus), as whatever user runs it: the nexus's policy decides what
+it may listen on. When that nexus goes away, serve exits non-zero naming
+it, or with --reconnect waits for a nexus to serve SOCKET again and serves
+on.
 
 flags:
 `
@@ -54,7 +56,8 @@ type serveConfig struct {
 	dev, driver, mode string
 	addr              string // [IP]:PORT as given
 	metrics           string // --metrics: kernel-stack address for Prometheus, or ""
-	socket            string // --socket: control socket path for apps in other processes, or ""
+	nexus             string // --nexus: a running nexus's control socket, or "" for a nexus of serve's own
+	reconnect         bool   // --reconnect: outlive the nexus of --nexus
 	host              netip.Addr
 	port              uint16
 	tls               bool
@@ -93,13 +96,27 @@ func parseServe(args []string, usageOut io.Writer) (serveConfig, error) {
 	fs.StringVar(&c.peerMAC, "peer-mac", "", "MAC of the next hop (afxdp, afpacket); default: the only neighbour in the kernel's table on --dev")
 	fs.StringVar(&c.tunAddr, "tun-addr", "", "the kernel's address on the TUN device, as a prefix (default: the other address of --addr's /31, or /127)")
 	fs.StringVar(&c.metrics, "metrics", "", "also serve Prometheus metrics of the nexus on this kernel-stack address, e.g. 127.0.0.1:9090")
-	fs.StringVar(&c.socket, "socket", "", "also serve apps in other processes (client.Connect) on a control socket at this path, mode 0600; removed on exit")
+	fs.StringVar(&c.nexus, "nexus", "", "serve as an app of the running nexus whose control socket is at this path, instead of on a nexus of serve's own")
+	fs.BoolVar(&c.reconnect, "reconnect", false, "with --nexus: when the nexus goes away, wait for one to serve the socket again and serve on, rather than exit")
 	fs.DurationVar(&c.shutdown, "shutdown-timeout", 5*time.Second, "how long requests in flight may take to finish on SIGINT/SIGTERM")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("serve: unexpected argument %q (flags only; see skylane serve -h)", fs.Arg(0))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if c.nexus != "" {
+		// The nexus owns the device; an app names none of it.
+		for _, f := range []string{"dev", "driver", "mode", "peer-mac", "tun-addr", "metrics"} {
+			if set[f] {
+				return c, fmt.Errorf("serve: --%s is the nexus's, not an app's: drop it with --nexus (skylane nexus takes it)", f)
+			}
+		}
+		c.driver = ""
+	} else if c.reconnect {
+		return c, errors.New("serve: --reconnect is for --nexus: a nexus of serve's own does not go away alone")
 	}
 	if c.driver == drivers.Memif {
 		return c, fmt.Errorf("serve: driver memif is an in-memory wire with no kernel on the other end: use afxdp, afpacket or tun")
@@ -131,6 +148,9 @@ func parseServe(args []string, usageOut io.Writer) (serveConfig, error) {
 	if c.certFile != "" {
 		c.tls = true
 	}
+	if c.nexus != "" {
+		return c, nil
+	}
 	if c.driver == drivers.TUN {
 		if !c.host.IsValid() {
 			return c, errors.New("serve: --driver tun needs the stack's IP in --addr (e.g. 198.18.1.2:8080): the kernel routes it into the device")
@@ -149,19 +169,19 @@ func parseServe(args []string, usageOut io.Writer) (serveConfig, error) {
 
 // served is a running server: the parts serve closes, in order.
 type served struct {
-	link  netif.Link
-	nx    *nexus.Nexus
-	kp    *drivers.KernelPorts
-	st    *client.Stack
-	addrs []netip.Addr
-	dev   string
+	*ownedNexus
+	st *client.Stack
 }
 
 // serve runs the server until ctx is done, then closes everything: the
 // HTTP server (requests in flight get cfg.shutdown to finish), the stack,
 // the nexus and with it the link (the XDP or TC program is detached, a
-// TUN device removed).
+// TUN device removed). With cfg.nexus it is an app of that nexus instead
+// (serveOnNexus).
 func serve(ctx context.Context, cfg serveConfig, out, log io.Writer) (err error) {
+	if cfg.nexus != "" {
+		return serveOnNexus(ctx, cfg, out, log)
+	}
 	spec := drivers.Spec{Driver: cfg.driver, Dev: cfg.dev, Mode: cfg.mode}
 	if err := drivers.CheckPrivileges(spec); err != nil {
 		return fmt.Errorf("serve: %w", err)
@@ -171,185 +191,56 @@ func serve(ctx context.Context, cfg serveConfig, out, log io.Writer) (err error)
 	if err := s.open(cfg, spec, log); err != nil {
 		return err
 	}
-
-	var requests atomic.Uint64
-	mux := http.NewServeMux()
-	mux.HandleFunc("/", func(rw http.ResponseWriter, r *http.Request) {
-		requests.Add(1)
-		fmt.Fprintf(rw, "hello from skylane: a user-space TCP/IP stack on %s (%s)\nyou are %s\n", s.dev, cfg.driver, r.RemoteAddr)
-	})
-	mux.HandleFunc("/stats", func(rw http.ResponseWriter, r *http.Request) {
-		requests.Add(1)
-		st, err := s.nx.Stats()
-		if err != nil {
-			http.Error(rw, err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		rw.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(rw)
-		enc.SetIndent("", "  ")
-		enc.Encode(struct {
-			Switch flowswitch.Stats
-			Link   netif.Stats
-			Flows  int
-		}{st.Switch, st.Link, st.Flows})
-	})
-	listen := netip.AddrPortFrom(cfg.host, cfg.port).String()
-	if !cfg.host.IsValid() {
-		listen = fmt.Sprintf(":%d", cfg.port)
-	}
-	ln, err := s.st.Listen("tcp", listen)
-	if err != nil {
-		return fmt.Errorf("serve: listen on %s: %w", cfg.addr, err)
-	}
-	scheme := "http"
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	if cfg.tls {
-		scheme = "https"
-		cert, fp, err := serveCert(cfg, s.addrs)
-		if err != nil {
-			ln.Close()
-			return err
-		}
-		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
-		ln = tls.NewListener(ln, srv.TLSConfig)
-		if fp != "" {
-			fmt.Fprintf(out, "self-signed certificate, SHA-256 %s\n", fp)
-		}
-	}
-	for _, a := range s.addrs {
-		if !cfg.host.IsValid() || a == cfg.host {
-			fmt.Fprintf(out, "listening on %s://%s/\n", scheme, netip.AddrPortFrom(a, cfg.port))
-		}
-	}
-	if cfg.socket != "" {
-		stop, err := serveSocket(cfg.socket, s.nx, log)
-		if err != nil {
-			return err
-		}
-		defer stop() // before s.close closes the nexus
-		fmt.Fprintf(out, "apps connect on %s\n", cfg.socket)
-	}
-
-	fmt.Fprintf(out, "user-space TCP/IP stack on %s (%s); SIGINT or SIGTERM stops it\n", s.dev, describeDriver(cfg))
-
 	if cfg.metrics != "" {
 		// On the kernel's stack, beside the user-space one, so an
 		// operator's scraper reaches it like any local service. Listened
 		// on here, in serve's own thread and so its network namespace.
-		reg := prometheus.NewRegistry()
-		if err := reg.Register(metrics.New(s.nx.Snapshot, metrics.Options{})); err != nil {
-			return fmt.Errorf("serve: metrics: %w", err)
-		}
-		mln, err := net.Listen("tcp", cfg.metrics)
+		at, stop, err := serveMetrics(cfg.metrics, s.nx)
 		if err != nil {
-			return fmt.Errorf("serve: --metrics %s: %w (is the address local and the port free?)", cfg.metrics, err)
+			return fmt.Errorf("serve: %w", err)
 		}
-		msrv := &http.Server{Handler: metrics.Handler(reg), ReadHeaderTimeout: 10 * time.Second}
-		mdone := make(chan struct{})
-		go func() { defer close(mdone); msrv.Serve(mln) }()
-		defer func() { msrv.Close(); <-mdone }()
-		fmt.Fprintf(out, "metrics on http://%s/metrics\n", mln.Addr())
+		defer stop()
+		fmt.Fprintf(out, "metrics on http://%s/metrics\n", at)
 	}
-
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ln) }()
-	select {
-	case err := <-done:
-		return fmt.Errorf("serve: %w", err)
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdown)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		srv.Close() // requests still running past the timeout are cut
-	}
-	<-done
-	if st, err := s.nx.Stats(); err == nil {
-		fmt.Fprintf(log, "skylane serve: stopping after %d requests; switch: %d frames in, %d packets out, %d refused by the transmit checks\n",
-			requests.Load(), st.Switch.Packets, st.Switch.TxPackets, sumDrops(st.Switch.TxDrops))
-	}
-	return nil
-}
-
-// serveSocket serves the nexus's control socket at path until stop, which
-// ends every app session (their ports closed) and removes the socket file.
-func serveSocket(path string, nx *nexus.Nexus, log io.Writer) (stop func(), err error) {
-	cln, err := control.Listen(path)
-	if err != nil {
-		return nil, fmt.Errorf("serve: --socket: %w (a file left by a crashed run must be removed first)", err)
-	}
-	// Only the nexus's user may open ports until the operator says
-	// otherwise (chown or chmod the socket for the apps' users).
-	if err := os.Chmod(path, 0o600); err != nil {
-		cln.Close()
-		return nil, fmt.Errorf("serve: --socket: %w", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := control.Serve(ctx, nx, cln); err != nil {
-			fmt.Fprintf(log, "skylane serve: apps can no longer connect: %v\n", err)
-		}
-	}()
-	return func() { cancel(); <-done }, nil
+	return serveHTTP(ctx, cfg, httpOn{
+		st: s.st, addrs: s.addrs,
+		what: fmt.Sprintf("%s (%s)", s.dev, cfg.driver), where: fmt.Sprintf("%s (%s)", s.dev, describeDriver(cfg)),
+		stats: func() (any, error) {
+			st, err := s.nx.Stats()
+			if err != nil {
+				return nil, err
+			}
+			return struct {
+				Switch flowswitch.Stats
+				Link   netif.Stats
+				Flows  int
+			}{st.Switch, st.Link, st.Flows}, nil
+		},
+		bye: func(requests uint64) {
+			if st, err := s.nx.Stats(); err == nil {
+				fmt.Fprintf(log, "skylane serve: stopping after %d requests; switch: %d frames in, %d packets out, %d refused by the transmit checks\n",
+					requests, st.Switch.Packets, st.Switch.TxPackets, st.Switch.TxDrops.Total())
+			}
+		},
+	}, out)
 }
 
 // open opens the driver, the nexus and the stack.
-func (s *served) open(cfg serveConfig, spec drivers.Spec, log io.Writer) error {
-	swo := flowswitch.Options{}
-	if cfg.driver == drivers.TUN {
-		kernel, err := tunKernelAddr(cfg)
-		if err != nil {
-			return err
-		}
-		spec.Addrs = []netip.Prefix{kernel}
-		s.addrs = []netip.Addr{cfg.host}
-	} else {
-		ifc, err := net.InterfaceByName(cfg.dev)
-		if err != nil {
-			return fmt.Errorf("serve: interface %q: %w in this network namespace (%w): list them with `ip link`; for another namespace, run under `ip netns exec NS`",
-				cfg.dev, drivers.ErrNoInterface, err)
-		}
-		if s.addrs, err = interfaceAddrs(ifc, cfg.host); err != nil {
-			return err
-		}
-		if len(ifc.HardwareAddr) != 6 {
-			return fmt.Errorf("serve: %s is not an Ethernet interface (%w for %s): use --driver tun for raw-IP devices", cfg.dev, drivers.ErrUnsupported, cfg.driver)
-		}
-		swo.SrcMAC = [6]byte(ifc.HardwareAddr)
-		if swo.DstMAC, err = serveNextHop(cfg, ifc); err != nil {
-			return err
-		}
-		if cfg.driver == drivers.AFXDP && isVeth(cfg.dev) {
-			fmt.Fprintf(log, "note: %s is a veth: its peer must send complete checksums and no TSO super packets (ethtool -K PEER tx off), as a wire does; XDP sees frames as the peer wrote them\n", cfg.dev)
-		}
-	}
-	// The kernel's sockets, before anything is attached: a taken port is
-	// the most common mistake, and the cheapest to report.
-	kp, err := drivers.NewKernelPorts(s.addrs)
-	if err != nil {
+func (s *served) open(cfg serveConfig, spec drivers.Spec, log io.Writer) (err error) {
+	lc := linkConfig{dev: cfg.dev, driver: cfg.driver, mode: cfg.mode, host: cfg.host, peerMAC: cfg.peerMAC, tunAddr: cfg.tunAddr,
+		// A taken port is the most common mistake, and the cheapest to
+		// report: before anything is attached.
+		checkPorts: func(kp *drivers.KernelPorts) error {
+			if who, taken := kp.Holder(packet.ProtoTCP, cfg.port); taken {
+				return fmt.Errorf("port %d/tcp is held by a kernel socket (%s): %w; stop that server or choose another port in --addr",
+					cfg.port, who, flow.ErrPortInUse)
+			}
+			return nil
+		}}
+	if s.ownedNexus, err = openNexus(lc, log); err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
-	s.kp = kp
-	if who, taken := kp.Holder(packet.ProtoTCP, cfg.port); taken {
-		return fmt.Errorf("serve: port %d/tcp is held by a kernel socket (%s): %w; stop that server or choose another port in --addr",
-			cfg.port, who, flow.ErrPortInUse)
-	}
-	if s.link, err = drivers.Open(spec); err != nil {
-		return fmt.Errorf("serve: %w", err)
-	}
-	s.dev = s.link.Name()
-	// The flow table refuses listeners on the kernel sockets' ports; the
-	// nexus steers its flows on the device itself.
-	swo.PortTaken = kp.Taken
-	nx, err := nexus.New(nexus.Options{Link: s.link, Addrs: s.addrs, Switch: swo})
-	if err != nil {
-		return fmt.Errorf("serve: %w", err)
-	}
-	s.nx, s.link = nx, nil // the nexus owns the link now
-	if s.st, err = client.New(inproc.Nexus(nx), client.Options{Name: "serve"}); err != nil {
+	if s.st, err = client.New(inproc.Nexus(s.nx), client.Options{Name: "serve"}); err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
 	return nil
@@ -361,14 +252,8 @@ func (s *served) close() error {
 	if s.st != nil {
 		errs = append(errs, s.st.Close())
 	}
-	if s.nx != nil {
-		errs = append(errs, s.nx.Close())
-	}
-	if s.link != nil {
-		errs = append(errs, s.link.Close())
-	}
-	if s.kp != nil {
-		errs = append(errs, s.kp.Close())
+	if s.ownedNexus != nil {
+		errs = append(errs, s.ownedNexus.close())
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("serve: close: %w", err)
@@ -503,9 +388,4 @@ func describeDriver(cfg serveConfig) string {
 func isVeth(dev string) bool {
 	l, err := netlink.LinkByName(dev)
 	return err == nil && l.Type() == "veth"
-}
-
-func sumDrops(d flowswitch.TxDrops) uint64 {
-	return d.Length + d.MTU + d.Parse + d.IPv4Options + d.SrcAddr + d.SrcPort + d.Proto +
-		d.NoFlow + d.NotOwner + d.FlowID + d.TornDown + d.ListenerData + d.SYNRate
 }

@@ -9,7 +9,8 @@
 //
 // It answers every HTTP request with the method and path it asked for, and
 // sends every UDP datagram back to where it came from. When the nexus goes
-// away it exits non-zero, naming the nexus.
+// away it exits non-zero, naming the nexus; with -reconnect it waits for a
+// nexus to serve the socket again and serves on.
 package main
 
 import (
@@ -32,18 +33,30 @@ func main() {
 	sock := flag.String("nexus", "/run/skylane.sock", "the nexus's control socket")
 	httpAddr := flag.String("http", ":8080", "HTTP listen address, [IP]:PORT (empty: no HTTP)")
 	udpAddr := flag.String("udp", ":8081", "UDP echo address, [IP]:PORT (empty: no echo)")
+	reconnect := flag.Bool("reconnect", false, "when the nexus goes away, wait for one to serve the socket again")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *sock, *httpAddr, *udpAddr); err != nil {
+	if err := run(ctx, *sock, *httpAddr, *udpAddr, *reconnect); err != nil {
 		log.Printf("httpecho: %v", err)
 		os.Exit(1)
 	}
 }
 
-// run serves until ctx is done (nil) or the nexus goes away (an error).
-func run(ctx context.Context, sock, httpAddr, udpAddr string) error {
-	nx, err := client.Connect(sock)
+// run serves until ctx is done (nil) or the nexus goes away (an error),
+// unless reconnect: then the stack attaches again and serves on.
+func run(ctx context.Context, sock, httpAddr, udpAddr string, reconnect bool) error {
+	co := client.ConnectOptions{Reattach: reconnect}
+	if reconnect {
+		co.Notify = func(err error) {
+			if err != nil {
+				log.Printf("httpecho: %v; waiting for a nexus at %s", err, sock)
+			} else {
+				log.Printf("httpecho: serving again on the nexus at %s", sock)
+			}
+		}
+	}
+	nx, err := client.ConnectWith(sock, co)
 	if err != nil {
 		return err
 	}
@@ -87,7 +100,8 @@ func hello(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprintf(w, "hello from httpecho: %s %s\n", r.Method, r.URL.Path)
 }
 
-// echo sends every datagram back until the socket fails.
+// echo sends every datagram back until reading fails. A reply that cannot
+// go is a lost datagram, as UDP allows.
 func echo(pc net.PacketConn) error {
 	buf := make([]byte, 64<<10)
 	for {
@@ -95,8 +109,6 @@ func echo(pc net.PacketConn) error {
 		if err != nil {
 			return err
 		}
-		if _, err := pc.WriteTo(buf[:n], from); err != nil {
-			return err
-		}
+		pc.WriteTo(buf[:n], from)
 	}
 }

@@ -1,9 +1,22 @@
 // Package control is the nexus's half of the control socket (docs/design.md
-// §1, §3): Serve answers app sessions on a SOCK_SEQPACKET Unix socket
-// (Listen), each of which opens one nexus port and receives its channel.
-// The protocol, its messages and errors, and the app's half (Session) are
-// the contract apps link, package github.com/skylane/skylane/control; this
-// package is linked only by the nexus.
+// §1, §3): a Server answers app sessions on a SOCK_SEQPACKET Unix socket
+// (ListenSocket for a daemon, Listen for tests), each of which opens one
+// nexus port and receives its channel. The protocol, its messages and
+// errors, and the app's half (Session) are the contract apps link, package
+// github.com/skylane/skylane/control; this package is linked only by the
+// nexus.
+//
+// Authorisation: each session is the kernel's peer credentials of its
+// connection (SO_PEERCRED, SO_PEERGROUPS), matched against the policy
+// (package nexus/policy) when it connects and again on every SetPolicy.
+// The open is refused if no rule matches; the port gets the rule's
+// max_pool and rate. Every register is checked: a listener's port and
+// address against the rule's; a connected flow on a port the session
+// listens on is an accepted connection (allowed); any other connected
+// flow is an outgoing connection, which needs dial (and dial_to) and a
+// local port from the ephemeral range the open reply names, or one the
+// rule lets it bind; and no more than max_flows flows at once. stats
+// needs observe. uid 0 and the nexus's own uid may do everything.
 //
 // Invariants:
 //
@@ -13,12 +26,22 @@
 //     (register before open, a second open) ends that session only. Keys
 //     and kinds are checked again by the flow table, and a session can only
 //     tear down its own port's flows.
+//   - A refusal by the policy is a reply whose code is control.ErrNotPermitted's,
+//     with a text naming the rule that governs the app and one that would
+//     allow the request; it is counted (Server.Refused, the session's stats)
+//     and logged, and the session goes on.
 //   - An open naming another channel layout version is refused
 //     (control.ErrLayout) before a channel is made.
 //   - When a session ends, for whatever reason (close, the connection
 //     dropping because the app exited or crashed, a protocol violation,
 //     Serve stopping), its port is closed, which tears down its flows
 //     before the channel is closed: a dead app holds no flow and no port.
+//     Shutdown first sends every app a last message with
+//     control.ErrNexusGone's code and the reason.
+//   - A reloaded policy (SetPolicy) applies to later requests only: flows
+//     and ports sessions hold are kept.
+//   - The socket file is guarded by PATH.lock, flocked for the nexus's life:
+//     a stale file (its nexus died) is replaced, a live nexus's refused.
 //   - The nexus's worker never blocks on a socket: it only duplicates the
 //     channel's descriptors (nexus.RemotePort.Send); replies and the
 //     channel are written by the session's goroutine, with a deadline.

@@ -5,9 +5,11 @@
 //	nx, _ := nexus.New(nexus.Options{Link: link, Addrs: addrs})
 //	st, _ := client.New(inproc.Nexus(nx), client.Options{Name: "web"})
 //
-// Invariant: a port it opens honours flow advisories (a Stack's endpoint
+// Invariants: a port it opens honours flow advisories (a Stack's endpoint
 // holds a suspended flow's packets back), so the nexus suspends its flows
-// rather than dropping their packets.
+// rather than dropping their packets; and its Gone channel closes when the
+// nexus closes, so that the Stack fails its connections with
+// client.ErrNexusGone as it does for a nexus in another process.
 package inproc
 
 import (
@@ -27,7 +29,30 @@ func (l local) OpenPort(name string) (client.Port, error) {
 	if err != nil {
 		return nil, err
 	}
-	return p, nil
+	return port{p, l.n}, nil
 }
 
-var _ client.Nexus = local{}
+// port is a nexus port that says when its nexus is gone.
+type port struct {
+	*nexus.Port
+	n *nexus.Nexus
+}
+
+// Gone is closed when the nexus has closed.
+func (p port) Gone() <-chan struct{} { return p.n.Done() }
+
+// Err returns nil while the nexus runs, then nexus.ErrClosed (which is
+// client.ErrNexusGone too).
+func (p port) Err() error {
+	select {
+	case <-p.n.Done():
+		return nexus.ErrClosed
+	default:
+		return nil
+	}
+}
+
+var (
+	_ client.Nexus = local{}
+	_ client.Port  = port{}
+)

@@ -1,0 +1,297 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"os/user"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/skylane/skylane/metrics"
+	"github.com/skylane/skylane/netif/drivers"
+	"github.com/skylane/skylane/nexus"
+	"github.com/skylane/skylane/nexus/control"
+	"github.com/skylane/skylane/nexus/policy"
+)
+
+const nexusUsage = `usage: skylane nexus --dev IF --driver afxdp|afpacket|tun|memif --socket PATH [flags]
+
+Runs a nexus: owns the interface and serves apps (client.Connect, skylane
+serve --nexus) on a control socket until SIGINT or SIGTERM, then removes
+everything it made (the XDP or TC program, the TUN device, the socket and
+its lock file). Root only.
+
+Apps: the socket is mode 0660, group --socket-group; each app session is
+checked against --policy by its peer credentials (with no policy, only root
+may attach). SIGHUP reloads the policy: sessions and their flows stay; each
+session is matched again, and its later requests are checked against the
+new rule (flows it already holds are not torn down; restart the app, or the
+nexus, to drop them).
+
+If the interface is deleted or set down (or the driver fails), the nexus
+logs it, tells its apps why, and exits 1 (systemd's Restart=on-failure starts it again; it starts
+once the interface is back). A socket left by a crashed nexus is replaced
+at once; one a live nexus serves is refused.
+
+flags:
+`
+
+// nexusConfig is what `skylane nexus` was asked to do.
+type nexusConfig struct {
+	link      linkConfig
+	socket    string
+	group     string // --socket-group: name or number, "" for the nexus's
+	policy    string // --policy file, "" for root only
+	metrics   string // kernel-stack address for Prometheus, or ""
+	logFormat string
+}
+
+func runNexus(args []string) error {
+	cfg, err := parseNexus(args, os.Stderr)
+	if err != nil {
+		return err
+	}
+	log := newLogger(os.Stderr, cfg.logFormat)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	return runNexusDaemon(ctx, cfg, hup, log)
+}
+
+func newLogger(w io.Writer, format string) *slog.Logger {
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, nil))
+	}
+	return slog.New(slog.NewTextHandler(w, nil))
+}
+
+func parseNexus(args []string, usageOut io.Writer) (nexusConfig, error) {
+	var (
+		c    nexusConfig
+		addr string
+	)
+	fs := flag.NewFlagSet("nexus", flag.ContinueOnError)
+	fs.SetOutput(usageOut)
+	fs.Usage = func() {
+		fmt.Fprint(usageOut, nexusUsage)
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&c.link.dev, "dev", "", "interface (afxdp, afpacket), the TUN device to create (tun), or the wire's name (memif)")
+	fs.StringVar(&c.link.driver, "driver", drivers.AFXDP, "driver: "+strings.Join(drivers.Names(), ", "))
+	fs.StringVar(&c.link.mode, "mode", "", "driver mode: afxdp generic (default) or native; afpacket steer (default) or tap")
+	fs.StringVar(&addr, "addr", "", "the apps' address: one of --dev's (afxdp, afpacket; default all of them), or the stack's (tun, memif: required)")
+	fs.StringVar(&c.link.peerMAC, "peer-mac", "", "MAC of the next hop (afxdp, afpacket); default: the only neighbour in the kernel's table on --dev")
+	fs.StringVar(&c.link.tunAddr, "tun-addr", "", "the kernel's address on the TUN device, as a prefix (default: the other address of --addr's /31, or /127)")
+	fs.StringVar(&c.socket, "socket", "", "the control socket's path, e.g. /run/skylane/nexus.sock (required)")
+	fs.StringVar(&c.group, "socket-group", "", "group (name or gid) whose members may connect to the socket; default the nexus's")
+	fs.StringVar(&c.policy, "policy", "", "policy file (TOML [[allow]] rules); default: only root may attach")
+	fs.StringVar(&c.metrics, "metrics", "", "serve Prometheus metrics on this kernel-stack address, e.g. 127.0.0.1:9090")
+	fs.StringVar(&c.logFormat, "log-format", "text", "log lines as text (key=value) or json")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("nexus: unexpected argument %q (flags only; see skylane nexus -h)", fs.Arg(0))
+	}
+	if c.socket == "" {
+		return c, errors.New("nexus: --socket is required, e.g. --socket /run/skylane/nexus.sock")
+	}
+	if c.logFormat != "text" && c.logFormat != "json" {
+		return c, fmt.Errorf("nexus: --log-format %q: want text or json", c.logFormat)
+	}
+	if addr != "" {
+		a, err := netip.ParseAddr(addr)
+		if err != nil || a.Zone() != "" || !a.Unmap().IsGlobalUnicast() {
+			return c, fmt.Errorf("nexus: --addr %q: want a unicast IP address without a zone or port", addr)
+		}
+		c.link.host = a.Unmap()
+	}
+	switch c.link.driver {
+	case drivers.TUN, drivers.Memif:
+		if !c.link.host.IsValid() {
+			return c, fmt.Errorf("nexus: --driver %s needs --addr, the apps' address on the device", c.link.driver)
+		}
+	default:
+		if c.link.dev == "" {
+			return c, fmt.Errorf("nexus: --dev is required with --driver %s (the interface to own)", c.link.driver)
+		}
+	}
+	if c.link.tunAddr != "" && c.link.driver != drivers.TUN {
+		return c, errors.New("nexus: --tun-addr is for --driver tun")
+	}
+	return c, nil
+}
+
+// lookupGroup resolves --socket-group: a name or a number; "" is -1 (the
+// process's group).
+func lookupGroup(g string) (int, error) {
+	if g == "" {
+		return -1, nil
+	}
+	if n, err := strconv.Atoi(g); err == nil && n >= 0 {
+		return n, nil
+	}
+	gr, err := user.LookupGroup(g)
+	if err != nil {
+		return 0, fmt.Errorf("nexus: --socket-group %q: %w (create it with groupadd, or give a gid)", g, err)
+	}
+	return strconv.Atoi(gr.Gid)
+}
+
+// loadPolicy loads --policy, or RootOnly without one.
+func loadPolicy(path string) (*policy.Policy, error) {
+	if path == "" {
+		return policy.RootOnly(), nil
+	}
+	p, err := policy.Load(path)
+	if err != nil {
+		return nil, fmt.Errorf("nexus: --policy: %w", err)
+	}
+	return p, nil
+}
+
+// errLinkGone: the nexus's interface was deleted or set down.
+var errLinkGone = errors.New("interface gone")
+
+// runNexusDaemon serves until ctx is done or the interface goes, and
+// removes what it made on every path.
+func runNexusDaemon(ctx context.Context, cfg nexusConfig, hup <-chan os.Signal, log *slog.Logger) (err error) {
+	pol, err := loadPolicy(cfg.policy)
+	if err != nil {
+		return err
+	}
+	gid, err := lookupGroup(cfg.group)
+	if err != nil {
+		return err
+	}
+	// The socket first: a second nexus on the same path must be refused
+	// before it touches the interface the first one owns.
+	sock, err := control.ListenSocket(cfg.socket, gid)
+	if err != nil {
+		return fmt.Errorf("nexus: %w", err)
+	}
+	defer sock.Close()
+	notes := &logWriter{log}
+	// Per-app rates need the switch's regulation layer; a policy that
+	// names none runs without it (adding the first rate takes a restart).
+	cfg.link.regulation = hasRates(pol)
+	o, err := openNexus(cfg.link, notes)
+	if err != nil {
+		return fmt.Errorf("nexus: %w", err)
+	}
+	defer func() {
+		if cerr := o.close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("nexus: close: %w", cerr))
+		}
+	}()
+	gone, stopWatch, err := watchLink(o.index, o.dev, log)
+	if err != nil {
+		return fmt.Errorf("nexus: %w", err)
+	}
+	defer stopWatch()
+
+	srv := control.NewServer(o.nx, control.ServerOptions{Policy: pol, Log: log})
+	sctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(sctx, sock.UnixListener) }()
+	defer func() {
+		cancel()
+		if serr := <-served; serr != nil {
+			err = errors.Join(err, fmt.Errorf("nexus: %w", serr))
+		}
+	}()
+
+	if cfg.metrics != "" {
+		at, stop, err := serveMetrics(cfg.metrics, o.nx)
+		if err != nil {
+			return fmt.Errorf("nexus: %w", err)
+		}
+		defer stop()
+		log.Info("metrics", "url", "http://"+at.String()+"/metrics")
+	}
+	log.Info("nexus started", "dev", o.dev, "driver", cfg.link.driver, "addrs", o.addrs, "socket", cfg.socket,
+		"policy", policyName(cfg.policy), "rules", len(pol.Rules), "pid", os.Getpid())
+
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info("nexus stopping", "reason", "signal")
+			srv.Shutdown("nexus stopped by its operator")
+			return nil
+		case why := <-gone:
+			reason := fmt.Sprintf("interface %s %s", o.dev, why)
+			log.Error("nexus stopping", "reason", reason)
+			srv.Shutdown("nexus on " + o.dev + " stopping: " + reason)
+			return fmt.Errorf("nexus: %s: %w", reason, errLinkGone)
+		case <-o.nx.LinkFailed():
+			reason := o.nx.LinkErr().Error()
+			log.Error("nexus stopping: its link failed", "reason", reason)
+			srv.Shutdown("nexus stopping: " + reason)
+			return fmt.Errorf("nexus: %s: %w", reason, errLinkGone)
+		case <-hup:
+			p, err := loadPolicy(cfg.policy)
+			if err != nil {
+				log.Error("policy reload failed; keeping the old policy", "err", err)
+				continue
+			}
+			n := srv.SetPolicy(p)
+			log.Info("policy reloaded", "policy", policyName(cfg.policy), "rules", len(p.Rules), "sessions", n)
+			if !cfg.link.regulation && hasRates(p) {
+				log.Warn("the policy now has rates, but this nexus started without rate regulation: apps under a rate are refused until it is restarted")
+			}
+		}
+	}
+}
+
+func hasRates(p *policy.Policy) bool {
+	return slices.ContainsFunc(p.Rules, func(r *policy.Rule) bool { return r.Rate > 0 })
+}
+
+func policyName(p string) string {
+	if p == "" {
+		return "none (root only)"
+	}
+	return p
+}
+
+// logWriter turns driver notes into log lines.
+type logWriter struct{ log *slog.Logger }
+
+func (w *logWriter) Write(b []byte) (int, error) {
+	w.log.Warn(strings.TrimSpace(string(b)))
+	return len(b), nil
+}
+
+// serveMetrics serves the nexus's Prometheus metrics on the kernel's stack
+// at addr, in the calling thread's network namespace, until stop; at is
+// the address it listens on.
+func serveMetrics(addr string, nx *nexus.Nexus) (at net.Addr, stop func(), err error) {
+	reg := prometheus.NewRegistry()
+	if err := reg.Register(metrics.New(nx.Snapshot, metrics.Options{})); err != nil {
+		return nil, nil, fmt.Errorf("metrics: %w", err)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--metrics %s: %w (is the address local and the port free?)", addr, err)
+	}
+	srv := &http.Server{Handler: metrics.Handler(reg), ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() { defer close(done); srv.Serve(ln) }()
+	return ln.Addr(), func() { srv.Close(); <-done }, nil
+}

@@ -1,0 +1,132 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+
+	"github.com/skylane/skylane/flowswitch"
+	"github.com/skylane/skylane/netif"
+	"github.com/skylane/skylane/netif/drivers"
+	"github.com/skylane/skylane/nexus"
+)
+
+// linkConfig is the device a nexus owns, as the commands' flags give it.
+type linkConfig struct {
+	dev, driver, mode string
+	host              netip.Addr // the apps' address: one of dev's (afxdp, afpacket), the stack's (tun, memif), or invalid for all of dev's
+	peerMAC           string
+	tunAddr           string
+	regulation        bool // the switch's Regulation: needed for per-app rates
+	// checkPorts, if set, looks at the kernel's sockets before the link
+	// is opened (afxdp, afpacket).
+	checkPorts func(*drivers.KernelPorts) error
+}
+
+// ownedNexus is a nexus on a device, with what it needs: the parts
+// close closes, in order.
+type ownedNexus struct {
+	link  netif.Link // until the nexus owns it
+	nx    *nexus.Nexus
+	kp    *drivers.KernelPorts // nil for tun and memif: no kernel shares the device
+	addrs []netip.Addr
+	dev   string // the device's name (a TUN device's is the kernel's choice)
+	index int    // the device's interface index, 0 for memif
+}
+
+// openNexus opens the driver and a nexus on it, in the calling thread's
+// network namespace. notes gets advice that is not an error.
+func openNexus(c linkConfig, notes io.Writer) (_ *ownedNexus, err error) {
+	spec := drivers.Spec{Driver: c.driver, Dev: c.dev, Mode: c.mode}
+	if err := drivers.CheckPrivileges(spec); err != nil {
+		return nil, err
+	}
+	o := &ownedNexus{}
+	defer func() {
+		if err != nil {
+			o.close() // what was made so far
+		}
+	}()
+	swo := flowswitch.Options{}
+	if c.regulation {
+		swo.Regulation = &flowswitch.RegulationOptions{}
+	}
+	cfg := serveConfig{host: c.host, peerMAC: c.peerMAC, tunAddr: c.tunAddr}
+	switch c.driver {
+	case drivers.TUN, drivers.Memif:
+		if !c.host.IsValid() {
+			return nil, fmt.Errorf("--driver %s needs the apps' address (--addr IP): nothing else gives the device one", c.driver)
+		}
+		o.addrs = []netip.Addr{c.host}
+		if c.driver == drivers.TUN {
+			kernel, err := tunKernelAddr(cfg)
+			if err != nil {
+				return nil, err
+			}
+			spec.Addrs = []netip.Prefix{kernel}
+		}
+	default:
+		ifc, err := net.InterfaceByName(c.dev)
+		if err != nil {
+			return nil, fmt.Errorf("interface %q: %w in this network namespace (%w): list them with `ip link`; for another namespace, run under `ip netns exec NS`",
+				c.dev, drivers.ErrNoInterface, err)
+		}
+		o.index = ifc.Index
+		if o.addrs, err = interfaceAddrs(ifc, c.host); err != nil {
+			return nil, err
+		}
+		if len(ifc.HardwareAddr) != 6 {
+			return nil, fmt.Errorf("%s is not an Ethernet interface (%w for %s): use --driver tun for raw-IP devices", c.dev, drivers.ErrUnsupported, c.driver)
+		}
+		swo.SrcMAC = [6]byte(ifc.HardwareAddr)
+		if swo.DstMAC, err = serveNextHop(cfg, ifc); err != nil {
+			return nil, err
+		}
+		if c.driver == drivers.AFXDP && isVeth(c.dev) {
+			fmt.Fprintf(notes, "note: %s is a veth: its peer must send complete checksums and no TSO super packets (ethtool -K PEER tx off), as a wire does; XDP sees frames as the peer wrote them\n", c.dev)
+		}
+		// The kernel's sockets: the flow table refuses apps their ports.
+		if o.kp, err = drivers.NewKernelPorts(o.addrs); err != nil {
+			return nil, err
+		}
+		if c.checkPorts != nil {
+			if err := c.checkPorts(o.kp); err != nil {
+				return nil, err
+			}
+		}
+		swo.PortTaken = o.kp.Taken
+	}
+	if o.link, err = drivers.Open(spec); err != nil {
+		return nil, err
+	}
+	o.dev = o.link.Name()
+	if c.driver == drivers.TUN {
+		if ifc, err := net.InterfaceByName(o.dev); err == nil {
+			o.index = ifc.Index
+		}
+	}
+	nx, err := nexus.New(nexus.Options{Link: o.link, Addrs: o.addrs, Switch: swo})
+	if err != nil {
+		return nil, err
+	}
+	o.nx, o.link = nx, nil // the nexus owns the link now
+	return o, nil
+}
+
+// close closes the nexus (and with it the link: the XDP or TC program is
+// detached, a TUN device removed) and the kernel ports' files.
+func (o *ownedNexus) close() error {
+	var errs []error
+	if o.nx != nil {
+		errs = append(errs, o.nx.Close())
+	}
+	if o.link != nil {
+		errs = append(errs, o.link.Close())
+	}
+	if o.kp != nil {
+		errs = append(errs, o.kp.Close())
+	}
+	return errors.Join(errs...)
+}

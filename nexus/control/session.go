@@ -1,0 +1,273 @@
+package control
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/skylane/skylane/control"
+	"github.com/skylane/skylane/flow"
+	"github.com/skylane/skylane/nexus"
+	"github.com/skylane/skylane/nexus/policy"
+	"github.com/skylane/skylane/packet"
+)
+
+// flowKey is a flow a session registered: its key in its kind's shape.
+type flowKey struct {
+	key  packet.Key
+	kind flow.Kind
+}
+
+// session is one app's connection.
+type session struct {
+	s       *Server
+	c       *net.UnixConn
+	id      uint64      // immutable
+	started time.Time   // immutable
+	cred    policy.Cred // the peer's credentials; immutable
+
+	mu      sync.Mutex // guards the fields below: SetPolicy and stats read them
+	g       *policy.Grant
+	gErr    error             // why no rule matches, if g is nil
+	port    *nexus.RemotePort // nil before open and after close
+	name    string            // the name the app opened its port with
+	flows   map[flowKey]struct{}
+	refused uint64 // requests the policy refused
+}
+
+// run serves the app until its connection drops (the app exited or
+// crashed), it sends something malformed, or Serve stops; then the port
+// is closed, which tears its flows down.
+func (ss *session) run() {
+	s := ss.s
+	defer s.wg.Done()
+	why := "app closed its session"
+	defer func() {
+		ss.mu.Lock()
+		port, flows := ss.port, len(ss.flows)
+		ss.port = nil
+		clear(ss.flows)
+		ss.mu.Unlock()
+		if port != nil {
+			port.Close()
+		}
+		s.remove(ss)
+		ss.c.Close()
+		s.log.Info("session end", "session", ss.id, "app", ss.appName(), "uid", ss.cred.UID, "pid", ss.cred.PID,
+			"flows", flows, "refused", ss.refusedCount(), "secs", time.Since(ss.started).Round(time.Millisecond).Seconds(), "why", why)
+	}()
+	cred := ss.cred
+	g, _ := ss.grant()
+	rule := "none"
+	if g != nil {
+		rule = g.Describe()
+	}
+	s.log.Info("session start", "session", ss.id, "uid", cred.UID, "gid", cred.GID, "pid", cred.PID, "rule", rule)
+
+	buf := make([]byte, control.MaxMessage+1)
+	for {
+		req, ok := readRequest(ss.c, buf)
+		if !ok {
+			why = "connection closed, or a malformed request"
+			return
+		}
+		var rep control.Reply
+		switch req.Op {
+		case control.OpOpen:
+			if ss.hasPort() {
+				why = "a second open"
+				return
+			}
+			var sent bool
+			if rep, sent = ss.open(req); sent {
+				continue
+			}
+			if rep.OK {
+				why = "app gone while its channel was sent"
+				return
+			}
+		case control.OpRegister, control.OpTeardown:
+			port := ss.portOf()
+			if port == nil {
+				why = req.Op + " before open"
+				return
+			}
+			key, _ := req.Key.PacketKey() // checked by DecodeRequest
+			rep = ss.flowRequest(port, req.Op, key, req.Kind)
+		case control.OpStats:
+			if !ss.stats() {
+				why = "app did not take its stats"
+				return
+			}
+			continue
+		case control.OpClose:
+			rep = control.Reply{OK: true}
+			ss.mu.Lock()
+			port := ss.port
+			ss.port = nil
+			clear(ss.flows)
+			ss.mu.Unlock()
+			if port != nil {
+				if err := port.Close(); err != nil {
+					rep = control.Failure(err)
+				}
+			}
+			reply(ss.c, rep)
+			return
+		}
+		if !reply(ss.c, rep) {
+			why = "app did not take its reply"
+			return
+		}
+	}
+}
+
+// open opens the session's port and sends its channel. sent: the reply and
+// the channel went out (else rep is to be sent, or rep.OK says the app went
+// away midway).
+func (ss *session) open(req control.Request) (rep control.Reply, sent bool) {
+	s := ss.s
+	g, err := ss.grant()
+	if err == nil {
+		err = control.CheckLayout(req.Layout)
+	}
+	if err != nil {
+		return ss.refuse("open", err), false
+	}
+	rp, err := s.n.OpenRemotePort(req.Name, nexus.PortOptions{Advisories: req.Advisories, Rate: g.Rate(), MaxPool: g.MaxPool()})
+	if err != nil {
+		return control.Failure(err), false
+	}
+	ss.mu.Lock()
+	ss.port, ss.name = rp, req.Name
+	ss.mu.Unlock()
+	rep = control.Reply{OK: true, Name: rp.Name(), Addrs: rp.Addrs(), MTU: rp.MTU(), Ephemeral: s.eph}
+	if !reply(ss.c, rep) {
+		return rep, false
+	}
+	ss.c.SetWriteDeadline(time.Now().Add(replyTimeout))
+	if err := rp.Send(ss.c); err != nil {
+		return rep, false
+	}
+	s.log.Info("port open", "session", ss.id, "app", req.Name, "channel", rp.Name(), "uid", ss.cred.UID, "pid", ss.cred.PID,
+		"max_pool", g.MaxPool(), "rate", g.Rate(), "max_flows", g.MaxFlows())
+	return rep, true
+}
+
+// flowRequest registers or tears down a flow on the session's port,
+// registering only what the policy allows.
+func (ss *session) flowRequest(port *nexus.RemotePort, op string, key packet.Key, kind flow.Kind) control.Reply {
+	if op == control.OpTeardown {
+		if err := port.Teardown(key); err != nil {
+			return control.Failure(err)
+		}
+		ss.mu.Lock()
+		for fk := range ss.flows {
+			if fk.key == key {
+				delete(ss.flows, fk)
+			}
+		}
+		ss.mu.Unlock()
+		return control.Reply{OK: true}
+	}
+	if err := ss.check(key, kind); err != nil {
+		return ss.refuse("register "+kind.String()+" "+key.String(), err)
+	}
+	fi, err := port.Register(key, kind)
+	if err != nil {
+		return control.Failure(err)
+	}
+	ss.mu.Lock()
+	ss.flows[flowKey{key, kind}] = struct{}{}
+	ss.mu.Unlock()
+	return control.Reply{OK: true, FlowID: fi.ID[:], Advisory: fi.Advisory}
+}
+
+// check applies the policy to registering key as kind: a listener on a
+// chosen port needs the rule's port; a connected flow on a port the
+// session listens on is an accepted connection; any other connected flow
+// is an outgoing connection, which needs dial and a local port from the
+// ephemeral range (or one the rule lets it bind).
+func (ss *session) check(key packet.Key, kind flow.Kind) error {
+	g, err := ss.grant()
+	if err != nil || g.Root() {
+		return err
+	}
+	ss.mu.Lock()
+	n := len(ss.flows)
+	_, l3 := ss.flows[flowKey{key.Listener3(), flow.Listener3}]
+	_, l2 := ss.flows[flowKey{key.Listener2(), flow.Listener2}]
+	ss.mu.Unlock()
+	// What the flow is for first, its count last: a refusal names the
+	// most specific reason.
+	if err := ss.checkKind(g, key, kind, l3 || l2); err != nil {
+		return err
+	}
+	return g.Flows(n)
+}
+
+// checkKind is check without the flow count. listening: the session
+// holds a listener the key's local address and port fall under.
+func (ss *session) checkKind(g *policy.Grant, key packet.Key, kind flow.Kind, listening bool) error {
+	local, remote := key.LocalAddrPort(), key.RemoteAddrPort()
+	switch kind {
+	case flow.Listener2:
+		return g.Listen(key.Proto, netip.Addr{}, key.LocalPort)
+	case flow.Listener3:
+		return g.Listen(key.Proto, local.Addr(), key.LocalPort)
+	}
+	if listening {
+		return nil // an accepted connection, or a reply from a bound port
+	}
+	if err := g.Dial(key.Proto, local.Addr(), remote.Addr()); err != nil {
+		return err
+	}
+	eph := ss.s.eph
+	if key.LocalPort >= eph[0] && key.LocalPort <= eph[1] {
+		return nil
+	}
+	if g.Listen(key.Proto, local.Addr(), key.LocalPort) == nil {
+		return nil
+	}
+	return fmt.Errorf("%w: uid %d may not dial from local port %d: outgoing connections take a port in %d-%d (the ephemeral range the nexus hands out, see the open reply), or one its rule lets it listen on",
+		control.ErrNotPermitted, ss.cred.UID, key.LocalPort, eph[0], eph[1])
+}
+
+// grant returns the session's grant, or why it has none.
+func (ss *session) grant() (*policy.Grant, error) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.g, ss.gErr
+}
+
+// refuse counts and logs a refusal and returns its reply.
+func (ss *session) refuse(what string, err error) control.Reply {
+	ss.mu.Lock()
+	ss.refused++
+	ss.mu.Unlock()
+	ss.s.refused.Add(1)
+	ss.s.log.Warn("refused", "session", ss.id, "app", ss.appName(), "uid", ss.cred.UID, "pid", ss.cred.PID, "request", what, "err", err)
+	return control.Failure(err)
+}
+
+func (ss *session) hasPort() bool { return ss.portOf() != nil }
+
+func (ss *session) portOf() *nexus.RemotePort {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.port
+}
+
+func (ss *session) appName() string {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.name
+}
+
+func (ss *session) refusedCount() uint64 {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.refused
+}
