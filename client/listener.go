@@ -6,6 +6,7 @@ import (
 	"net"
 	"sync"
 
+	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
@@ -51,9 +52,28 @@ type listener struct {
 	sp     endpointSpec // the bound port once listening, so a re-listen takes it again
 	a      *attachment
 	inner  *gonet.TCPListener
+	ep     tcpip.Endpoint // inner's, for the accept-ahead
 	keys   []packet.Key
 	err    error // re-listening on a new attachment failed
 	closed bool
+
+	// ahead are connections taken from netstack before Accept returned
+	// them, oldest first, each with its flow being registered; guarded
+	// by qmu (never held with mu).
+	qmu   sync.Mutex
+	ahead []acceptedConn
+}
+
+// acceptAhead bounds the connections Accept takes from netstack ahead of
+// the one it returns: it starts registering all of their flows at once, so
+// the stack registers them in one batch, and it empties netstack's accept
+// queue (listenBacklog) while it waits for the nexus.
+const acceptAhead = 256
+
+type acceptedConn struct {
+	c    *gonet.TCPConn
+	a    *attachment
+	wait func() error // the connection's flow is registered (stack.Endpoint.Prepare)
 }
 
 // listenOn binds, registers and listens on a; l.mu held or l not shared.
@@ -70,7 +90,7 @@ func (l *listener) listenOn(a *attachment) error {
 		return opError("listen", l.network, nil, terr)
 	}
 	l.sp.port = b.port
-	l.a, l.inner, l.keys = a, gonet.NewTCPListener(a.ns, b.wq, b.ep), b.keys
+	l.a, l.inner, l.ep, l.keys = a, gonet.NewTCPListener(a.ns, b.wq, b.ep), b.ep, b.keys
 	return nil
 }
 
@@ -94,7 +114,7 @@ func (l *listener) relisten(a *attachment) {
 func (l *listener) Accept() (net.Conn, error) {
 	for {
 		l.mu.Lock()
-		a, inner, closed, rerr := l.a, l.inner, l.closed, l.err
+		a, inner, ep, closed, rerr := l.a, l.inner, l.ep, l.closed, l.err
 		l.mu.Unlock()
 		if closed {
 			return nil, &net.OpError{Op: "accept", Net: l.network, Addr: inner.Addr(), Err: net.ErrClosed}
@@ -102,17 +122,13 @@ func (l *listener) Accept() (net.Conn, error) {
 		if rerr != nil {
 			return nil, &net.OpError{Op: "accept", Net: l.network, Addr: inner.Addr(), Err: rerr}
 		}
+		if c, ok, err := l.next(a, ep); ok {
+			return c, err
+		}
 		c, err := inner.Accept()
 		if err == nil {
-			// The connection's flow: registered in a batch with the
-			// others the stack is registering (stack.Endpoint.Prepare),
-			// or refused by the nexus's limits, the peer reset.
-			la, ra := c.LocalAddr().(*net.TCPAddr), c.RemoteAddr().(*net.TCPAddr)
-			if werr := a.ep.Prepare(packet.MakeKey(packet.ProtoTCP, la.AddrPort(), ra.AddrPort()))(); werr != nil {
-				c.Close()
-				return nil, &net.OpError{Op: "accept", Net: l.network, Addr: inner.Addr(), Err: &refusedError{werr}}
-			}
-			return &tcpConn{TCPConn: c.(*gonet.TCPConn), a: a}, nil
+			l.queue(c.(*gonet.TCPConn), a)
+			continue
 		}
 		select {
 		case <-l.done: // Close woke it
@@ -133,6 +149,51 @@ func (l *listener) Accept() (net.Conn, error) {
 			return nil, &net.OpError{Op: "accept", Net: l.network, Addr: inner.Addr(), Err: ErrClosed}
 		}
 	}
+}
+
+// queue takes c, just accepted on a, into the accept-ahead and starts
+// registering its flow.
+func (l *listener) queue(c *gonet.TCPConn, a *attachment) {
+	la, ra := c.LocalAddr().(*net.TCPAddr), c.RemoteAddr().(*net.TCPAddr)
+	ac := acceptedConn{c: c, a: a, wait: a.ep.Prepare(packet.MakeKey(packet.ProtoTCP, la.AddrPort(), ra.AddrPort()))}
+	l.qmu.Lock()
+	l.ahead = append(l.ahead, ac)
+	l.qmu.Unlock()
+}
+
+// next takes what netstack has accepted on a (ep, without waiting) into
+// the accept-ahead, up to acceptAhead, then returns the oldest connection
+// once its flow is registered, or a temporary error wrapping why the
+// nexus refused it (the peer was reset). ok is false when the accept-ahead
+// is empty.
+func (l *listener) next(a *attachment, ep tcpip.Endpoint) (_ net.Conn, ok bool, _ error) {
+	for {
+		l.qmu.Lock()
+		n := len(l.ahead)
+		l.qmu.Unlock()
+		if n >= acceptAhead {
+			break
+		}
+		ne, wq, terr := ep.Accept(nil)
+		if terr != nil {
+			break // none waiting (or closed: the blocking Accept says)
+		}
+		l.queue(gonet.NewTCPConn(wq, ne), a)
+	}
+	l.qmu.Lock()
+	if len(l.ahead) == 0 {
+		l.qmu.Unlock()
+		return nil, false, nil
+	}
+	ac := l.ahead[0]
+	l.ahead[0] = acceptedConn{}
+	l.ahead = l.ahead[1:]
+	l.qmu.Unlock()
+	if err := ac.wait(); err != nil {
+		ac.c.Close()
+		return nil, true, &net.OpError{Op: "accept", Net: l.network, Addr: ac.c.LocalAddr(), Err: &refusedError{err}}
+	}
+	return &tcpConn{TCPConn: ac.c, a: ac.a}, true, nil
 }
 
 // refusedError is a connection the nexus refused: a temporary error, as
@@ -165,6 +226,12 @@ func (l *listener) Close() error {
 	a, keys := l.a, l.keys
 	err := l.inner.Close()
 	l.mu.Unlock()
+	l.qmu.Lock()
+	for _, ac := range l.ahead {
+		ac.c.Close() // taken from netstack, never returned
+	}
+	l.ahead = nil
+	l.qmu.Unlock()
 	l.s.untrack(l)
 	if rerr := a.releaseAll(keys); rerr != nil && err == nil && a.Err() == nil {
 		err = rerr
