@@ -6,7 +6,6 @@ import (
 	"net"
 	"sync"
 
-	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
@@ -30,7 +29,7 @@ func (s *Stack) Listen(network, address string) (net.Listener, error) {
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
 	}
-	l := &listener{s: s, network: network, sp: sp, done: make(chan struct{})}
+	l := &listener{s: s, network: network, sp: sp, done: make(chan struct{}), ready: make(chan acceptedConn, acceptAhead)}
 	if err := l.listenOn(a); err != nil {
 		return nil, err
 	}
@@ -52,28 +51,32 @@ type listener struct {
 	sp     endpointSpec // the bound port once listening, so a re-listen takes it again
 	a      *attachment
 	inner  *gonet.TCPListener
-	ep     tcpip.Endpoint // inner's, for the accept-ahead
 	keys   []packet.Key
 	err    error // re-listening on a new attachment failed
 	closed bool
 
-	// ahead are connections taken from netstack before Accept returned
-	// them, oldest first, each with its flow being registered; guarded
-	// by qmu (never held with mu).
-	qmu   sync.Mutex
-	ahead []acceptedConn
+	// ready holds the connections the drain goroutines took from netstack
+	// ahead of Accept, oldest first, each with its flow being registered,
+	// and, last from a netstack listener, why its Accept failed.
+	ready  chan acceptedConn
+	drains sync.WaitGroup // one drain goroutine per netstack listener
 }
 
-// acceptAhead bounds the connections Accept takes from netstack ahead of
-// the one it returns: it starts registering all of their flows at once, so
-// the stack registers them in one batch, and it empties netstack's accept
-// queue (listenBacklog) while it waits for the nexus.
+// acceptAhead bounds the connections taken from netstack ahead of Accept.
+// A drain goroutine per netstack listener (owned by the listener: Close,
+// or the listener's attachment ending, stops it) takes each connection as
+// its handshake completes and starts registering its flow, so the flows of
+// a burst of connections are registered in batches while the app's Accept
+// waits for the oldest, and netstack's accept queue (listenBacklog) is
+// emptied all the while: a connection completed with a SYN cookie while
+// that queue is full is lost until its client sends data.
 const acceptAhead = 256
 
 type acceptedConn struct {
 	c    *gonet.TCPConn
 	a    *attachment
 	wait func() error // the connection's flow is registered (stack.Endpoint.Prepare)
+	err  error        // instead of c: the netstack listener's Accept failed
 }
 
 // listenOn binds, registers and listens on a; l.mu held or l not shared.
@@ -90,8 +93,38 @@ func (l *listener) listenOn(a *attachment) error {
 		return opError("listen", l.network, nil, terr)
 	}
 	l.sp.port = b.port
-	l.a, l.inner, l.ep, l.keys = a, gonet.NewTCPListener(a.ns, b.wq, b.ep), b.ep, b.keys
+	l.a, l.inner, l.keys = a, gonet.NewTCPListener(a.ns, b.wq, b.ep), b.keys
+	l.drains.Add(1)
+	go l.drain(l.inner, a)
 	return nil
+}
+
+// drain takes inner's connections, on attachment a, into ready until
+// inner's Accept fails (closed, or a gone), which it passes on last.
+func (l *listener) drain(inner *gonet.TCPListener, a *attachment) {
+	defer l.drains.Done()
+	for {
+		var ac acceptedConn
+		c, err := inner.Accept()
+		if err != nil {
+			ac = acceptedConn{a: a, err: err}
+		} else {
+			tc := c.(*gonet.TCPConn)
+			la, ra := tc.LocalAddr().(*net.TCPAddr), tc.RemoteAddr().(*net.TCPAddr)
+			ac = acceptedConn{c: tc, a: a, wait: a.ep.Prepare(packet.MakeKey(packet.ProtoTCP, la.AddrPort(), ra.AddrPort()))}
+		}
+		select {
+		case l.ready <- ac:
+		case <-l.done:
+			if ac.c != nil {
+				ac.c.Close()
+			}
+			return
+		}
+		if err != nil {
+			return
+		}
+	}
 }
 
 // relisten moves an open listener to a, the attachment that replaced its
@@ -114,7 +147,7 @@ func (l *listener) relisten(a *attachment) {
 func (l *listener) Accept() (net.Conn, error) {
 	for {
 		l.mu.Lock()
-		a, inner, ep, closed, rerr := l.a, l.inner, l.ep, l.closed, l.err
+		inner, closed, rerr := l.inner, l.closed, l.err
 		l.mu.Unlock()
 		if closed {
 			return nil, &net.OpError{Op: "accept", Net: l.network, Addr: inner.Addr(), Err: net.ErrClosed}
@@ -122,21 +155,30 @@ func (l *listener) Accept() (net.Conn, error) {
 		if rerr != nil {
 			return nil, &net.OpError{Op: "accept", Net: l.network, Addr: inner.Addr(), Err: rerr}
 		}
-		if c, ok, err := l.next(a, ep); ok {
-			return c, err
-		}
-		c, err := inner.Accept()
-		if err == nil {
-			l.queue(c.(*gonet.TCPConn), a)
-			continue
-		}
+		var ac acceptedConn
 		select {
+		case ac = <-l.ready:
 		case <-l.done: // Close woke it
 			return nil, &net.OpError{Op: "accept", Net: l.network, Addr: inner.Addr(), Err: net.ErrClosed}
-		default:
 		}
+		if ac.err == nil {
+			if err := ac.wait(); err != nil {
+				// Refused by the nexus (its peer reset), or the
+				// attachment went before the flow was registered.
+				ac.c.Close()
+				return nil, &net.OpError{Op: "accept", Net: l.network, Addr: ac.c.LocalAddr(), Err: &refusedError{err}}
+			}
+			return &tcpConn{TCPConn: ac.c, a: ac.a}, nil
+		}
+		a, err := ac.a, ac.err
 		gerr := a.Err()
 		if gerr == nil {
+			// Its drain has ended: later Accepts fail the same way.
+			l.mu.Lock()
+			if l.err == nil && l.a == a {
+				l.err = err
+			}
+			l.mu.Unlock()
 			return nil, err
 		}
 		if !l.s.reattach || errors.Is(gerr, ErrClosed) {
@@ -149,51 +191,6 @@ func (l *listener) Accept() (net.Conn, error) {
 			return nil, &net.OpError{Op: "accept", Net: l.network, Addr: inner.Addr(), Err: ErrClosed}
 		}
 	}
-}
-
-// queue takes c, just accepted on a, into the accept-ahead and starts
-// registering its flow.
-func (l *listener) queue(c *gonet.TCPConn, a *attachment) {
-	la, ra := c.LocalAddr().(*net.TCPAddr), c.RemoteAddr().(*net.TCPAddr)
-	ac := acceptedConn{c: c, a: a, wait: a.ep.Prepare(packet.MakeKey(packet.ProtoTCP, la.AddrPort(), ra.AddrPort()))}
-	l.qmu.Lock()
-	l.ahead = append(l.ahead, ac)
-	l.qmu.Unlock()
-}
-
-// next takes what netstack has accepted on a (ep, without waiting) into
-// the accept-ahead, up to acceptAhead, then returns the oldest connection
-// once its flow is registered, or a temporary error wrapping why the
-// nexus refused it (the peer was reset). ok is false when the accept-ahead
-// is empty.
-func (l *listener) next(a *attachment, ep tcpip.Endpoint) (_ net.Conn, ok bool, _ error) {
-	for {
-		l.qmu.Lock()
-		n := len(l.ahead)
-		l.qmu.Unlock()
-		if n >= acceptAhead {
-			break
-		}
-		ne, wq, terr := ep.Accept(nil)
-		if terr != nil {
-			break // none waiting (or closed: the blocking Accept says)
-		}
-		l.queue(gonet.NewTCPConn(wq, ne), a)
-	}
-	l.qmu.Lock()
-	if len(l.ahead) == 0 {
-		l.qmu.Unlock()
-		return nil, false, nil
-	}
-	ac := l.ahead[0]
-	l.ahead[0] = acceptedConn{}
-	l.ahead = l.ahead[1:]
-	l.qmu.Unlock()
-	if err := ac.wait(); err != nil {
-		ac.c.Close()
-		return nil, true, &net.OpError{Op: "accept", Net: l.network, Addr: ac.c.LocalAddr(), Err: &refusedError{err}}
-	}
-	return &tcpConn{TCPConn: ac.c, a: ac.a}, true, nil
 }
 
 // refusedError is a connection the nexus refused: a temporary error, as
@@ -226,12 +223,18 @@ func (l *listener) Close() error {
 	a, keys := l.a, l.keys
 	err := l.inner.Close()
 	l.mu.Unlock()
-	l.qmu.Lock()
-	for _, ac := range l.ahead {
-		ac.c.Close() // taken from netstack, never returned
+	l.drains.Wait() // their netstack listeners are closed, or l.done stops them
+	for {
+		select {
+		case ac := <-l.ready:
+			if ac.c != nil {
+				ac.c.Close() // taken from netstack, never returned
+			}
+			continue
+		default:
+		}
+		break
 	}
-	l.ahead = nil
-	l.qmu.Unlock()
 	l.s.untrack(l)
 	if rerr := a.releaseAll(keys); rerr != nil && err == nil && a.Err() == nil {
 		err = rerr
