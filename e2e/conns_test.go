@@ -36,8 +36,8 @@ import (
 // flows go back to the listener's alone.
 const (
 	connClients    = 4
-	connsPerClient = 2500
-	connDialers    = 64   // dials in flight per client
+	connsPerClient = 5000
+	connDialers    = 16   // dials (and requests) in flight per client: 64 in all, under listenBacklog
 	connCloseRate  = 1000 // closes per second per client
 	connClientEnv  = "SKYLANE_E2E_CONN_CLIENT"
 )
