@@ -129,10 +129,17 @@ func TestSYNFlood(t *testing.T) {
 	}
 	<-sampled
 	floodEnd := time.Now()
-	// After the flood: the service is normal within a second.
+	// After the flood: the service is normal within a second. Under the
+	// race detector the stack drains what the flood left queued (a ring
+	// of SYNs) several times slower, and a legitimate SYN that finds the
+	// ring still full is sent again only a second later: two seconds then.
+	recoverIn := time.Second
+	if raceDetector {
+		recoverIn = 2 * time.Second
+	}
 	var after error
-	for time.Since(floodEnd) < time.Second {
-		if _, after = ask(time.Second - time.Since(floodEnd)); after == nil {
+	for time.Since(floodEnd) < recoverIn {
+		if _, after = ask(recoverIn - time.Since(floodEnd)); after == nil {
 			break
 		}
 	}
@@ -158,7 +165,7 @@ func TestSYNFlood(t *testing.T) {
 		tcp.ListenOverflowSynCookieSent.Value(), w.st.Endpoint().Stats().TxHandshake, len(ttfb), total, p99, maxFlows, baseFlows,
 		recovered.Round(time.Millisecond), grown>>10, strings.TrimSpace(floodOut.String()))
 	if after != nil {
-		t.Errorf("not served within 1 s after the flood: %v", after)
+		t.Errorf("not served within %v after the flood: %v", recoverIn, after)
 	}
 	// Half-open connections hold no nexus state: at most the listener and
 	// a legitimate connection or two (one curl at a time, and the one
