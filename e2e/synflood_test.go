@@ -167,10 +167,12 @@ func TestSYNFlood(t *testing.T) {
 	if after != nil {
 		t.Errorf("not served within %v after the flood: %v", recoverIn, after)
 	}
-	// Half-open connections hold no nexus state: at most the listener and
-	// a legitimate connection or two (one curl at a time, and the one
-	// before it not reaped yet).
-	if maxFlows > baseFlows+2 {
+	// Half-open connections hold no nexus state: the flows are the
+	// listener's and the legitimate connections' (one curl at a time, a
+	// few closed ones not reaped yet), against the tens of thousands of
+	// SYNs answered and the listenBacklog half-open connections netstack
+	// keeps.
+	if maxFlows > baseFlows+4 {
 		t.Errorf("the nexus held %d flows during the flood, baseline %d: half-open connections took flows", maxFlows, baseFlows)
 	}
 	if st.Switch.Packets-before.Switch.Packets < 10_000 {
