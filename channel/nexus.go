@@ -252,3 +252,7 @@ func (c *Channel) Post(e Event) {
 	}
 	c.backlog = append(c.backlog, e)
 }
+
+// Advisories returns the number of entries of the channel's flow-advisory
+// table: the advisory indices the nexus may hand out for it.
+func (c *Channel) Advisories() int { return c.desc.Advisories }

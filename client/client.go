@@ -190,7 +190,7 @@ func (s *Stack) attach() (_ *attachment, err error) {
 			return nil, fmt.Errorf("client: tcp TIME-WAIT: %s", terr)
 		}
 	}
-	a.ep, err = stack.New(stack.Options{Port: port, MTU: port.MTU(), GSOMaxSize: opts.GSOMaxSize, Alive: a.alive})
+	a.ep, err = stack.New(stack.Options{Port: port, MTU: port.MTU(), GSOMaxSize: opts.GSOMaxSize, Alive: a.alive, Refuse: a.refuse, Handshaking: a.handshaking})
 	if err != nil {
 		return nil, fmt.Errorf("client: %w", err)
 	}
@@ -241,6 +241,11 @@ var (
 	// Accept, Read, Write and Dial of the Stack return an error wrapping
 	// it, and the Stack releases its memory, goroutines and descriptors.
 	ErrNexusGone = control.ErrNexusGone
+	// ErrTooManyFlows: the nexus's limits refused a flow (the app's port,
+	// or the nexus, holds as many as it may). An accepted connection
+	// refused so is reset (its peer gets a RST) and Accept returns a
+	// temporary error wrapping this one; a Dial or Listen fails with it.
+	ErrTooManyFlows = control.ErrTooManyFlows
 )
 
 // Close aborts every connection (their peers get a reset), tears down
@@ -292,11 +297,10 @@ func (s *Stack) Endpoint() *stack.Endpoint { return s.current().ep }
 // a re-attach it is the new port's.
 func (s *Stack) Netstack() *gstack.Stack { return s.current().ns }
 
-// alive reports whether netstack has a live connection for the TCP 5-tuple
-// k: found (not the listener that would take a new one), not closed, not in
-// TIME-WAIT. It reads only the demultiplexer and the endpoint's state word,
-// so it never waits for a connection's lock.
-func (a *attachment) alive(k packet.Key) bool {
+// findTCP returns netstack's endpoint for the TCP 5-tuple k (oriented to
+// the local side), which may be the listener that would take a new
+// connection, or nil.
+func (a *attachment) findTCP(k packet.Key) gstack.TransportEndpoint {
 	la, ra := k.LocalAddrPort(), k.RemoteAddrPort()
 	id := gstack.TransportEndpointID{
 		LocalPort: la.Port(), LocalAddress: tcpAddr(la.Addr()),
@@ -306,19 +310,61 @@ func (a *attachment) alive(k packet.Key) bool {
 	if k.Version == 6 {
 		np = ipv6.ProtocolNumber
 	}
-	ep := a.ns.FindTransportEndpoint(np, tcp.ProtocolNumber, id, a.nic)
+	return a.ns.FindTransportEndpoint(np, tcp.ProtocolNumber, id, a.nic)
+}
+
+// epState returns the state of netstack's endpoint ep, if it says. It
+// reads only the endpoint's state word, so it never waits for a
+// connection's lock.
+func epState(ep gstack.TransportEndpoint) (tcp.EndpointState, bool) {
 	if ep == nil {
-		return false
+		return 0, false
 	}
 	st, ok := ep.(interface{ State() uint32 })
 	if !ok {
+		return 0, false
+	}
+	return tcp.EndpointState(st.State()), true
+}
+
+// alive reports whether netstack has a live connection for the TCP 5-tuple
+// k: found (not the listener that would take a new one), not closed, not in
+// TIME-WAIT. It reads only the demultiplexer and the state word.
+func (a *attachment) alive(k packet.Key) bool {
+	ep := a.findTCP(k)
+	if ep == nil {
+		return false
+	}
+	st, ok := epState(ep)
+	if !ok {
 		return true
 	}
-	switch tcp.EndpointState(st.State()) {
+	switch st {
 	case tcp.StateListen, tcp.StateTimeWait, tcp.StateClose, tcp.StateError:
 		return false
 	}
 	return true
+}
+
+// handshaking reports whether netstack's connection of the TCP 5-tuple k is
+// in its handshake (stack.Options.Handshaking).
+func (a *attachment) handshaking(k packet.Key) bool {
+	st, ok := epState(a.findTCP(k))
+	return ok && st == tcp.StateSynRecv
+}
+
+// refuse resets the TCP connection of k, whose flow the nexus refused
+// (stack.Options.Refuse): its peer gets a RST, which leaves on the
+// listener's flow. The listener itself is never aborted.
+func (a *attachment) refuse(k packet.Key, _ error) {
+	if k.Proto != packet.ProtoTCP {
+		return // a UDP reply: dropped and counted by the endpoint
+	}
+	ep := a.findTCP(k)
+	if st, ok := epState(ep); ep == nil || (ok && st == tcp.StateListen) {
+		return
+	}
+	ep.Abort()
 }
 
 func tcpAddr(a netip.Addr) tcpip.Address {

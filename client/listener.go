@@ -29,7 +29,7 @@ func (s *Stack) Listen(network, address string) (net.Listener, error) {
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
 	}
-	l := &listener{s: s, network: network, sp: sp, done: make(chan struct{})}
+	l := &listener{s: s, network: network, sp: sp, done: make(chan struct{}), ready: make(chan acceptedConn, acceptAhead)}
 	if err := l.listenOn(a); err != nil {
 		return nil, err
 	}
@@ -54,6 +54,29 @@ type listener struct {
 	keys   []packet.Key
 	err    error // re-listening on a new attachment failed
 	closed bool
+
+	// ready holds the connections the drain goroutines took from netstack
+	// ahead of Accept, oldest first, each with its flow being registered,
+	// and, last from a netstack listener, why its Accept failed.
+	ready  chan acceptedConn
+	drains sync.WaitGroup // one drain goroutine per netstack listener
+}
+
+// acceptAhead bounds the connections taken from netstack ahead of Accept.
+// A drain goroutine per netstack listener (owned by the listener: Close,
+// or the listener's attachment ending, stops it) takes each connection as
+// its handshake completes and starts registering its flow, so the flows of
+// a burst of connections are registered in batches while the app's Accept
+// waits for the oldest, and netstack's accept queue (listenBacklog) is
+// emptied all the while: a connection completed with a SYN cookie while
+// that queue is full is lost until its client sends data.
+const acceptAhead = 256
+
+type acceptedConn struct {
+	c    *gonet.TCPConn
+	a    *attachment
+	wait func() error // the connection's flow is registered (stack.Endpoint.Prepare)
+	err  error        // instead of c: the netstack listener's Accept failed
 }
 
 // listenOn binds, registers and listens on a; l.mu held or l not shared.
@@ -71,7 +94,37 @@ func (l *listener) listenOn(a *attachment) error {
 	}
 	l.sp.port = b.port
 	l.a, l.inner, l.keys = a, gonet.NewTCPListener(a.ns, b.wq, b.ep), b.keys
+	l.drains.Add(1)
+	go l.drain(l.inner, a)
 	return nil
+}
+
+// drain takes inner's connections, on attachment a, into ready until
+// inner's Accept fails (closed, or a gone), which it passes on last.
+func (l *listener) drain(inner *gonet.TCPListener, a *attachment) {
+	defer l.drains.Done()
+	for {
+		var ac acceptedConn
+		c, err := inner.Accept()
+		if err != nil {
+			ac = acceptedConn{a: a, err: err}
+		} else {
+			tc := c.(*gonet.TCPConn)
+			la, ra := tc.LocalAddr().(*net.TCPAddr), tc.RemoteAddr().(*net.TCPAddr)
+			ac = acceptedConn{c: tc, a: a, wait: a.ep.Prepare(packet.MakeKey(packet.ProtoTCP, la.AddrPort(), ra.AddrPort()))}
+		}
+		select {
+		case l.ready <- ac:
+		case <-l.done:
+			if ac.c != nil {
+				ac.c.Close()
+			}
+			return
+		}
+		if err != nil {
+			return
+		}
+	}
 }
 
 // relisten moves an open listener to a, the attachment that replaced its
@@ -94,7 +147,7 @@ func (l *listener) relisten(a *attachment) {
 func (l *listener) Accept() (net.Conn, error) {
 	for {
 		l.mu.Lock()
-		a, inner, closed, rerr := l.a, l.inner, l.closed, l.err
+		inner, closed, rerr := l.inner, l.closed, l.err
 		l.mu.Unlock()
 		if closed {
 			return nil, &net.OpError{Op: "accept", Net: l.network, Addr: inner.Addr(), Err: net.ErrClosed}
@@ -102,17 +155,30 @@ func (l *listener) Accept() (net.Conn, error) {
 		if rerr != nil {
 			return nil, &net.OpError{Op: "accept", Net: l.network, Addr: inner.Addr(), Err: rerr}
 		}
-		c, err := inner.Accept()
-		if err == nil {
-			return &tcpConn{TCPConn: c.(*gonet.TCPConn), a: a}, nil
-		}
+		var ac acceptedConn
 		select {
+		case ac = <-l.ready:
 		case <-l.done: // Close woke it
 			return nil, &net.OpError{Op: "accept", Net: l.network, Addr: inner.Addr(), Err: net.ErrClosed}
-		default:
 		}
+		if ac.err == nil {
+			if err := ac.wait(); err != nil {
+				// Refused by the nexus (its peer reset), or the
+				// attachment went before the flow was registered.
+				ac.c.Close()
+				return nil, &net.OpError{Op: "accept", Net: l.network, Addr: ac.c.LocalAddr(), Err: &refusedError{err}}
+			}
+			return &tcpConn{TCPConn: ac.c, a: ac.a}, nil
+		}
+		a, err := ac.a, ac.err
 		gerr := a.Err()
 		if gerr == nil {
+			// Its drain has ended: later Accepts fail the same way.
+			l.mu.Lock()
+			if l.err == nil && l.a == a {
+				l.err = err
+			}
+			l.mu.Unlock()
 			return nil, err
 		}
 		if !l.s.reattach || errors.Is(gerr, ErrClosed) {
@@ -126,6 +192,17 @@ func (l *listener) Accept() (net.Conn, error) {
 		}
 	}
 }
+
+// refusedError is a connection the nexus refused: a temporary error, as
+// net/http's Serve expects of a transient failure of Accept.
+type refusedError struct{ err error }
+
+func (e *refusedError) Error() string {
+	return "connection refused by the nexus and reset: " + e.err.Error()
+}
+func (e *refusedError) Unwrap() error   { return e.err }
+func (e *refusedError) Temporary() bool { return true }
+func (e *refusedError) Timeout() bool   { return false }
 
 // Addr implements net.Listener.Addr.
 func (l *listener) Addr() net.Addr {
@@ -146,6 +223,18 @@ func (l *listener) Close() error {
 	a, keys := l.a, l.keys
 	err := l.inner.Close()
 	l.mu.Unlock()
+	l.drains.Wait() // their netstack listeners are closed, or l.done stops them
+	for {
+		select {
+		case ac := <-l.ready:
+			if ac.c != nil {
+				ac.c.Close() // taken from netstack, never returned
+			}
+			continue
+		default:
+		}
+		break
+	}
 	l.s.untrack(l)
 	if rerr := a.releaseAll(keys); rerr != nil && err == nil && a.Err() == nil {
 		err = rerr

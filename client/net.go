@@ -25,8 +25,18 @@ import (
 // nearly full, not bad luck.
 const bindAttempts = 8
 
-// listenBacklog matches Linux's default somaxconn, as gonet does.
-const listenBacklog = 4096
+// listenBacklog bounds a listener's half-open connections and its accept
+// queue in netstack: past it netstack answers SYNs with SYN cookies, which
+// keep no state. Netstack's half-open connection is a whole endpoint with
+// timers (Linux's a 256-byte request), so the bound is low: under a SYN
+// flood, 4096 half-open endpoints retransmitting their SYN-ACKs kept the
+// stack busy for seconds after the flood, 128 let it serve again at once
+// (512 brought it back only after a second in one run of three). The
+// accept queue has the same bound in netstack. The price: while it is
+// full, netstack drops the final ACK of a handshake it answered with a
+// cookie, and that connection is accepted only with the client's first
+// data.
+const listenBacklog = 128
 
 // endpointSpec is where a socket binds: one address, or "any" in one or both
 // families.

@@ -12,7 +12,7 @@ import (
 // unwraps to, so errors.Is answers the same in the nexus's process and in
 // an app's. The flow table's registration errors (flow.ErrPortInUse,
 // flow.ErrKernelPort, flow.ErrBadKey, flow.ErrAddressNotLocal,
-// flow.ErrMulticast, flow.ErrNoAdvisorySlot) travel the same way: package
+// flow.ErrMulticast) travel the same way: package
 // flow, with the keys and kinds, is part of the contract apps link.
 var (
 	// ErrNotPermitted: the nexus's policy does not allow the request for
@@ -27,6 +27,12 @@ var (
 	ErrClosed error = &gone{"nexus closed"}
 	// ErrNoFlow: a teardown named a flow the port did not register.
 	ErrNoFlow = errors.New("no such flow on this port")
+	// ErrTooManyFlows: a limit of the nexus refused a flow: the app's
+	// port, or the nexus, holds as many flows as it may (the nexus's
+	// flowswitch.Options.MaxPortFlows, MaxFlows). A connection refused so
+	// is reset, and an Accept that would have returned it returns an error
+	// that wraps this one. It is the flow table's flow.ErrTooManyFlows.
+	ErrTooManyFlows = flow.ErrTooManyFlows
 	// ErrLayout: the app speaks another channel layout version
 	// (channel.LayoutVersion) than the nexus; rebuild the app against the
 	// nexus's Skylane version.
@@ -51,7 +57,7 @@ var codes = []struct {
 	{"bad-key", flow.ErrBadKey},
 	{"address-not-local", flow.ErrAddressNotLocal},
 	{"multicast", flow.ErrMulticast},
-	{"no-advisory-slot", flow.ErrNoAdvisorySlot},
+	{"too-many-flows", ErrTooManyFlows},
 	{"no-flow", ErrNoFlow},
 	{"closed", ErrClosed},
 	{"nexus-gone", ErrNexusGone},

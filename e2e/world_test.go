@@ -31,6 +31,9 @@ import (
 // TestMain fails the run if a netstack buffer is still referenced once
 // every test closed its stacks.
 func TestMain(m *testing.M) {
+	if os.Getenv(connClientEnv) != "" {
+		os.Exit(connClient()) // a kernel client of TestManyConnections, in the peer namespace
+	}
 	refs.SetLeakMode(refs.LeaksPanic)
 	code := m.Run()
 	removeBinary()
@@ -97,10 +100,16 @@ type world struct {
 // the device is checked to carry no program afterwards.
 func newWorld(t *testing.T, driver string) *world {
 	t.Helper()
+	return newWorldWith(t, driver, flowswitch.Options{})
+}
+
+// newWorldWith is newWorld with the switch's options swo (its MACs and
+// PortTaken are the world's).
+func newWorldWith(t *testing.T, driver string, swo flowswitch.Options) *world {
+	t.Helper()
 	nettest.RequirePriv(t)
 	w := &world{driver: driver}
 	var spec drivers.Spec
-	swo := flowswitch.Options{}
 	if driver == drivers.TUN {
 		ns := nettest.NewNS(t)
 		w.local, w.peer = ns, ns

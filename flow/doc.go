@@ -25,5 +25,13 @@
 //     listeners of one PortID on it never overlap (same family and equal
 //     addresses, or one of them on "any").
 //   - Flow tokens are unique in the table; advisory indices are unique per
-//     PortID and below Options.AdvisorySlots. Teardown gives both back.
+//     PortID and below Options.AdvisorySlots, or NoAdvisory. A new entry
+//     takes its port's lowest free slot, so a port's slots in use are
+//     packed at the bottom of its table: the advisory table grows with the
+//     port's concurrent flows up to AdvisorySlots, and the flows past it
+//     are registered without a slot, not refused. Teardown gives both back.
+//   - Limits are counts of entries, each a memory budget (see
+//     DefaultMaxFlows): Register refuses a port's entry past
+//     Options.MaxPortFlows and the table's past Options.MaxFlows with
+//     ErrTooManyFlows, counted in Limits, with the table unchanged.
 package flow

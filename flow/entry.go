@@ -140,7 +140,8 @@ func (e *Entry) Port() PortID { return e.port }
 func (e *Entry) Token() uint32 { return e.token }
 
 // AdvisoryIndex returns the entry's slot in the owner channel's flow
-// advisory table, in [0, Options.AdvisorySlots).
+// advisory table, in [0, Options.AdvisorySlots), or NoAdvisory when the
+// port had no free slot as the flow was registered.
 func (e *Entry) AdvisoryIndex() uint32 { return e.adv }
 
 // Kind returns the mask the entry was registered under.

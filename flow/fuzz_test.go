@@ -8,8 +8,12 @@ import (
 	"github.com/skylane/skylane/packet"
 )
 
-// fuzzSlots is small so that ErrNoAdvisorySlot happens often.
-const fuzzSlots = 4
+// fuzzSlots and fuzzPortFlows are small so that flows without a slot and
+// ErrTooManyFlows happen often.
+const (
+	fuzzSlots     = 4
+	fuzzPortFlows = 6
+)
 
 // fuzzKey builds a key from a small space, so that registrations collide,
 // overlap and get refused: each byte picks a family, protocol, local and
@@ -44,7 +48,7 @@ func FuzzTable(f *testing.F) {
 // TeardownPort and lookup operations, against tab and a model of its active
 // entries, checking the invariants after each.
 func fuzzTable(t *testing.T, ops []byte) {
-	tab := newTable(t, Options{AdvisorySlots: fuzzSlots, PortTaken: func(proto uint8, port uint16) bool {
+	tab := newTable(t, Options{AdvisorySlots: fuzzSlots, MaxPortFlows: fuzzPortFlows, PortTaken: func(proto uint8, port uint16) bool {
 		return proto == packet.ProtoUDP && port == 53
 	}})
 	var all []*Entry           // every entry ever registered
@@ -73,8 +77,8 @@ func fuzzTable(t *testing.T, ops []byte) {
 				if e != nil {
 					t.Fatalf("Register returned an entry and %v", err)
 				}
-				if errors.Is(err, ErrNoAdvisorySlot) && countPort(model, port) != fuzzSlots {
-					t.Fatalf("ErrNoAdvisorySlot with %d flows on port %d", countPort(model, port), port)
+				if errors.Is(err, ErrTooManyFlows) && countPort(model, port) != fuzzPortFlows {
+					t.Fatalf("ErrTooManyFlows with %d flows on port %d", countPort(model, port), port)
 				}
 				continue
 			}
@@ -172,7 +176,9 @@ func checkInvariants(t *testing.T, tab *Table, model map[*Entry]bool) {
 		}
 		tokens[e.Token()] = true
 		s := slot{e.Port(), e.AdvisoryIndex()}
-		if e.AdvisoryIndex() >= fuzzSlots || slots[s] {
+		if e.AdvisoryIndex() == NoAdvisory {
+			s.i = uint32(len(slots)) + fuzzSlots // a fresh key: flows without a slot may be many
+		} else if e.AdvisoryIndex() >= fuzzSlots || slots[s] {
 			t.Fatalf("%v: advisory index %d out of range or repeated", e.Key(), e.AdvisoryIndex())
 		}
 		slots[s] = true

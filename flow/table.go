@@ -9,11 +9,33 @@ import (
 	"github.com/skylane/skylane/packet"
 )
 
-// DefaultAdvisorySlots is the default size of a channel's flow advisory
-// table, and so the most flows one port may have at a time. 512 covers a
-// busy server app's concurrent connections while keeping the advisory
-// table (one 4-byte word a slot) within two pages of shared memory.
-const DefaultAdvisorySlots = 512
+// Defaults of Options. The limits are memory budgets, not table sizes: an
+// entry costs about 300 bytes in the nexus (the 192-byte Entry, its index
+// slot, its token map entry and its share of the port's slices), so
+// DefaultMaxFlows is about 600 MiB at worst and DefaultMaxPortFlows about
+// 75 MiB per app.
+const (
+	// DefaultAdvisorySlots is the most advisory slots one port hands out,
+	// Skywalk's maximum. The channel's table is created this large but is
+	// memory (a memfd) that the kernel commits page by page as slots are
+	// first written: slots are handed out from the bottom, the lowest
+	// free one first, so the table grows with the port's concurrent flows
+	// (512 flows a page). A flow registered while all slots are taken
+	// gets NoAdvisory rather than a refusal.
+	DefaultAdvisorySlots = 1 << 16
+	// DefaultMaxFlows is the most active entries of a table (all ports).
+	DefaultMaxFlows = 1 << 21
+	// DefaultMaxPortFlows is the most active entries of one port: above
+	// 100,000 concurrent connections per app with room to spare.
+	DefaultMaxPortFlows = 1 << 18
+)
+
+// NoAdvisory is the advisory index of a flow registered when its port had
+// no free slot: the flow has no entry in the channel's advisory table
+// (channel.App.Admissible reads an index outside the table as admissible),
+// and the transmit queue regulates it by dropping early, as the traffic of
+// an app that does not read advisories (docs/design.md §7).
+const NoAdvisory = ^uint32(0)
 
 // Registration errors. Register wraps them with the key, so test with
 // errors.Is.
@@ -37,9 +59,10 @@ var (
 	// (Options.PortTaken). It wraps ErrPortInUse, so errors.Is matches
 	// either.
 	ErrKernelPort = fmt.Errorf("held by a kernel socket: %w", ErrPortInUse)
-	// ErrNoAdvisorySlot: the owner port has Options.AdvisorySlots flows
-	// already.
-	ErrNoAdvisorySlot = errors.New("flow: no free advisory slot")
+	// ErrTooManyFlows: the owner port has Options.MaxPortFlows flows, or
+	// the table Options.MaxFlows, already. Apps see it through package
+	// control (control.ErrTooManyFlows is this error).
+	ErrTooManyFlows = errors.New("flow: too many flows")
 )
 
 // Options configures a Table.
@@ -48,9 +71,14 @@ type Options struct {
 	// address must be one of them. IPv4-mapped IPv6 addresses count as
 	// IPv4. New refuses an invalid, unspecified or multicast address.
 	LocalAddrs []netip.Addr
-	// AdvisorySlots is the size of each port's advisory table, and so the
-	// most flows a port may have. Zero or less means DefaultAdvisorySlots.
+	// AdvisorySlots is the size of each port's advisory table: the most
+	// flows of a port that have an advisory slot at a time (the others get
+	// NoAdvisory). Zero or less means DefaultAdvisorySlots.
 	AdvisorySlots int
+	// MaxFlows bounds the active entries of the table, MaxPortFlows those
+	// of one port; past them Register fails with ErrTooManyFlows (counted,
+	// Limits). Zero or less means DefaultMaxFlows and DefaultMaxPortFlows.
+	MaxFlows, MaxPortFlows int
 	// PortTaken, if set, reports whether a kernel socket holds a local port
 	// (when a kernel stack shares the device). Register calls it when a
 	// flow would claim a (protocol, port) no port of the table holds yet.
@@ -81,6 +109,9 @@ type Table struct {
 	nL3, nL2  int    // active listener entries of each kind: Lookup skips a mask with none
 	version   uint64 // counts the Registers and Teardowns that changed the table
 
+	limits    Limits
+	portSlots map[PortID]uint32 // SetPortSlots: a port's own advisory slot limit
+
 	hashes  []uint64 // LookupBatch scratch
 	touched uintptr  // LookupBatch's sink for the loads it issues early
 
@@ -90,10 +121,17 @@ type Table struct {
 	lastEntry *Entry
 }
 
+// Limits counts what the table's limits did. Counters only grow.
+type Limits struct {
+	PortFull   uint64 `json:"port_full"`   // registrations refused: the port had MaxPortFlows flows
+	TableFull  uint64 `json:"table_full"`  // registrations refused: the table had MaxFlows flows
+	NoAdvisory uint64 `json:"no_advisory"` // flows registered without an advisory slot (NoAdvisory)
+}
+
 // portState is one PortID's share of the table.
 type portState struct {
 	entries []*Entry // active entries; Entry.portIdx indexes this
-	free    []uint32 // released advisory slots, reused last in, first out
+	free    slotHeap // released advisory slots below next, lowest first
 	next    uint32   // slots [next, AdvisorySlots) were never handed out
 }
 
@@ -113,6 +151,12 @@ func New(opts Options) (*Table, error) {
 	if opts.AdvisorySlots <= 0 {
 		opts.AdvisorySlots = DefaultAdvisorySlots
 	}
+	if opts.MaxFlows <= 0 {
+		opts.MaxFlows = DefaultMaxFlows
+	}
+	if opts.MaxPortFlows <= 0 {
+		opts.MaxPortFlows = DefaultMaxPortFlows
+	}
 	t := &Table{
 		opts:    opts,
 		local:   make(map[netip.Addr]struct{}, len(opts.LocalAddrs)),
@@ -120,6 +164,8 @@ func New(opts Options) (*Table, error) {
 		ports:   make(map[PortID]*portState),
 		owners:  make(map[protoPort]owner),
 		l3count: make(map[packet.Key]int),
+
+		portSlots: make(map[PortID]uint32),
 	}
 	t.idx.init()
 	for _, a := range opts.LocalAddrs {
@@ -133,8 +179,9 @@ func New(opts Options) (*Table, error) {
 }
 
 // Register adds a flow for req.Port. The errors wrap ErrBadKey,
-// ErrMulticast, ErrAddressNotLocal, ErrPortInUse or ErrNoAdvisorySlot,
-// checked in that order; on error the table is unchanged.
+// ErrMulticast, ErrAddressNotLocal, ErrPortInUse or ErrTooManyFlows,
+// checked in that order; on error the table is unchanged. The entry gets
+// the port's lowest free advisory slot, or NoAdvisory when it has none.
 func (t *Table) Register(req Request) (*Entry, error) {
 	k := req.Key
 	if err := checkKey(k, req.Kind); err != nil {
@@ -156,20 +203,29 @@ func (t *Table) Register(req Request) (*Entry, error) {
 	if ps == nil {
 		ps = &portState{}
 	}
-	if len(ps.free) == 0 && ps.next >= uint32(t.opts.AdvisorySlots) {
-		return nil, fmt.Errorf("register %v: port %d has %d flows: %w",
-			k, req.Port, len(ps.entries), ErrNoAdvisorySlot)
+	switch {
+	case len(ps.entries) >= t.opts.MaxPortFlows:
+		t.limits.PortFull++
+		return nil, fmt.Errorf("register %v: port %d has %d flows, its limit: %w",
+			k, req.Port, len(ps.entries), ErrTooManyFlows)
+	case t.idx.n >= t.opts.MaxFlows:
+		t.limits.TableFull++
+		return nil, fmt.Errorf("register %v: the flow table has %d flows, its limit: %w",
+			k, t.idx.n, ErrTooManyFlows)
 	}
 
 	// Checks done: commit.
 	e := &Entry{key: k, port: req.Port, kind: req.Kind, state: Active, hash: k.Hash()}
 	rand.Read(e.id[:]) // never fails (crypto/rand, Go ≥ 1.24)
-	if n := len(ps.free); n > 0 {
-		e.adv = ps.free[n-1]
-		ps.free = ps.free[:n-1]
-	} else {
+	switch {
+	case len(ps.free) > 0:
+		e.adv = ps.free.pop()
+	case ps.next < t.slots(req.Port):
 		e.adv = ps.next
 		ps.next++
+	default:
+		e.adv = NoAdvisory
+		t.limits.NoAdvisory++
 	}
 	e.token = t.allocToken()
 	e.portIdx = len(ps.entries)
@@ -230,6 +286,26 @@ func (t *Table) allocToken() uint32 {
 			return t.nextToken
 		}
 	}
+}
+
+// SetPortSlots limits port p's advisory slots to n, below
+// Options.AdvisorySlots: the size of its channel's advisory table, so an
+// index the table does not have is never handed out (the flows past it get
+// NoAdvisory). n < 0 removes the limit. Slots p holds already are kept.
+func (t *Table) SetPortSlots(p PortID, n int) {
+	if n < 0 {
+		delete(t.portSlots, p)
+		return
+	}
+	t.portSlots[p] = uint32(min(n, t.opts.AdvisorySlots))
+}
+
+// slots returns how many advisory slots port p may have.
+func (t *Table) slots(p PortID) uint32 {
+	if n, ok := t.portSlots[p]; ok {
+		return n
+	}
+	return uint32(t.opts.AdvisorySlots)
 }
 
 // IsLocal reports whether a is one of the table's local addresses.
@@ -349,6 +425,17 @@ func (t *Table) ByToken(tok uint32) *Entry { return t.tokens[tok] }
 // Len returns the number of active entries.
 func (t *Table) Len() int { return t.idx.n }
 
+// PortLen returns the number of p's active entries.
+func (t *Table) PortLen(p PortID) int {
+	if ps := t.ports[p]; ps != nil {
+		return len(ps.entries)
+	}
+	return 0
+}
+
+// Limits returns what the table's limits did so far.
+func (t *Table) Limits() Limits { return t.limits }
+
 // ForEach calls fn for each active entry, in no particular order, until fn
 // returns false. fn may tear entries down; an entry torn down before fn
 // reaches it is skipped, and one registered during ForEach may or may not
@@ -400,10 +487,11 @@ func (t *Table) Teardown(e *Entry) {
 	ps.entries[e.portIdx].portIdx = e.portIdx
 	ps.entries[last] = nil
 	ps.entries = ps.entries[:last]
-	if last == 0 {
+	switch {
+	case last == 0:
 		delete(t.ports, e.port) // all slots free again
-	} else {
-		ps.free = append(ps.free, e.adv)
+	case e.adv != NoAdvisory:
+		ps.free.push(e.adv)
 	}
 }
 

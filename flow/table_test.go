@@ -186,24 +186,79 @@ func TestPortTakenHook(t *testing.T) {
 	}
 }
 
-func TestNoAdvisorySlot(t *testing.T) {
-	tab := newTable(t, Options{AdvisorySlots: 2})
-	a := mustRegister(t, tab, 1, conn(udp, v4a, 1000, v4peer, 53), Connected)
-	mustRegister(t, tab, 1, conn(udp, v4a, 1001, v4peer, 53), Connected)
-	_, err := tab.Register(Request{1, conn(udp, v4a, 1002, v4peer, 53), Connected})
-	if !errors.Is(err, ErrNoAdvisorySlot) {
-		t.Fatalf("third flow of port 1: err = %v, want ErrNoAdvisorySlot", err)
+// TestAdvisoryGrowth: a port's advisory slots are handed out from the
+// bottom, lowest free first, up to AdvisorySlots; past it flows are
+// registered without a slot (NoAdvisory, counted), and a slot freed by a
+// teardown goes to the next flow, so the table's used part follows the
+// port's concurrent flows, not its churn.
+func TestAdvisoryGrowth(t *testing.T) {
+	tab := newTable(t, Options{AdvisorySlots: 4})
+	var es []*Entry
+	for i := range 6 {
+		e := mustRegister(t, tab, 1, conn(udp, v4a, uint16(1000+i), v4peer, 53), Connected)
+		want := uint32(i)
+		if i >= 4 {
+			want = NoAdvisory
+		}
+		if e.AdvisoryIndex() != want {
+			t.Fatalf("flow %d: advisory %d, want %d", i, e.AdvisoryIndex(), want)
+		}
+		es = append(es, e)
 	}
-	mustRegister(t, tab, 2, conn(udp, v4a, 1002, v4peer, 53), Connected) // other port: own slots
-	tab.Teardown(a)
-	e := mustRegister(t, tab, 1, conn(udp, v4a, 1003, v4peer, 53), Connected)
-	if e.AdvisoryIndex() != a.AdvisoryIndex() {
-		t.Errorf("reused slot = %d, want the released %d", e.AdvisoryIndex(), a.AdvisoryIndex())
+	if got := tab.Limits().NoAdvisory; got != 2 {
+		t.Errorf("Limits().NoAdvisory = %d, want 2", got)
+	}
+	mustRegister(t, tab, 2, conn(udp, v4a, 2000, v4peer, 53), Connected) // other port: own slots
+	// Free 3, then 1, and a flow without a slot: the next flows take 1, then 3.
+	tab.Teardown(es[3])
+	tab.Teardown(es[1])
+	tab.Teardown(es[5])
+	for _, want := range []uint32{1, 3, NoAdvisory} {
+		e := mustRegister(t, tab, 1, conn(udp, v4a, uint16(3000+want%8), v4peer, 53), Connected)
+		if e.AdvisoryIndex() != want {
+			t.Fatalf("after teardowns: advisory %d, want %d", e.AdvisoryIndex(), want)
+		}
+	}
+}
+
+// TestPortSlots: a port limited to its channel's table gets slots up to
+// it and NoAdvisory past it; another port keeps the table's limit.
+func TestPortSlots(t *testing.T) {
+	tab := newTable(t, Options{AdvisorySlots: 8})
+	tab.SetPortSlots(1, 2)
+	for i, want := range []uint32{0, 1, NoAdvisory} {
+		if e := mustRegister(t, tab, 1, conn(udp, v4a, uint16(1000+i), v4peer, 53), Connected); e.AdvisoryIndex() != want {
+			t.Fatalf("port 1 flow %d: advisory %d, want %d", i, e.AdvisoryIndex(), want)
+		}
+	}
+	for i := range 3 {
+		if e := mustRegister(t, tab, 2, conn(udp, v4a, uint16(2000+i), v4peer, 53), Connected); e.AdvisoryIndex() != uint32(i) {
+			t.Fatalf("port 2 flow %d: advisory %d", i, e.AdvisoryIndex())
+		}
+	}
+}
+
+// TestSlotHeap: the free list gives slots back lowest first, whatever the
+// order they were freed in.
+func TestSlotHeap(t *testing.T) {
+	var h slotHeap
+	in := []uint32{9, 3, 7, 1, 8, 2, 2, 0, 6}
+	for _, v := range in {
+		h.push(v)
+	}
+	want := []uint32{0, 1, 2, 2, 3, 6, 7, 8, 9}
+	for i, w := range want {
+		if v := h.pop(); v != w {
+			t.Fatalf("pop %d = %d, want %d", i, v, w)
+		}
+	}
+	if len(h) != 0 {
+		t.Fatalf("%d left", len(h))
 	}
 }
 
 func TestAdvisoryIndicesDistinct(t *testing.T) {
-	const n = DefaultAdvisorySlots
+	const n = 2048
 	tab := newTable(t, Options{})
 	seen := make(map[uint32]bool)
 	for i := range n {
@@ -213,9 +268,31 @@ func TestAdvisoryIndicesDistinct(t *testing.T) {
 		}
 		seen[e.AdvisoryIndex()] = true
 	}
-	if _, err := tab.Register(Request{7, conn(tcp, v6a, 443, v6peer, 9999), Connected}); !errors.Is(err, ErrNoAdvisorySlot) {
-		t.Fatalf("flow %d: err = %v, want ErrNoAdvisorySlot", n+1, err)
+}
+
+// TestFlowLimits: past MaxPortFlows a port's Register fails with
+// ErrTooManyFlows, other ports go on; past MaxFlows every port's does;
+// each refusal is counted and leaves the table as it was.
+func TestFlowLimits(t *testing.T) {
+	tab := newTable(t, Options{MaxPortFlows: 2, MaxFlows: 3})
+	a := mustRegister(t, tab, 1, conn(udp, v4a, 1000, v4peer, 53), Connected)
+	mustRegister(t, tab, 1, conn(udp, v4a, 1001, v4peer, 53), Connected)
+	k := conn(udp, v4a, 1002, v4peer, 53)
+	if _, err := tab.Register(Request{1, k, Connected}); !errors.Is(err, ErrTooManyFlows) {
+		t.Fatalf("third flow of port 1: err = %v, want ErrTooManyFlows", err)
 	}
+	if lookup(tab, k) != nil || tab.Len() != 2 || tab.PortLen(1) != 2 {
+		t.Fatal("a refused flow changed the table")
+	}
+	mustRegister(t, tab, 2, conn(udp, v4a, 2000, v4peer, 53), Connected) // port 2: its own budget
+	if _, err := tab.Register(Request{3, conn(udp, v4a, 3000, v4peer, 53), Connected}); !errors.Is(err, ErrTooManyFlows) {
+		t.Fatalf("fourth flow of the table: err = %v, want ErrTooManyFlows", err)
+	}
+	if l := tab.Limits(); l.PortFull != 1 || l.TableFull != 1 {
+		t.Errorf("Limits() = %+v, want one refusal of each", l)
+	}
+	tab.Teardown(a)
+	mustRegister(t, tab, 1, k, Connected) // room again
 }
 
 func TestLookupOrder(t *testing.T) {

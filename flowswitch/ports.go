@@ -42,6 +42,8 @@ func (s *Switch) addPort(ch *channel.Channel) flow.PortID {
 	}
 	p.reg.segsPerSlot = max(1, (p.bufSize+s.tx.mtu-1)/s.tx.mtu)
 	s.ports = append(s.ports, p)
+	// Never an advisory index the channel's table does not have.
+	s.table.SetPortSlots(id, ch.Advisories())
 	return id
 }
 
@@ -75,6 +77,7 @@ func (s *Switch) removePort(id flow.PortID) {
 	for _, e := range s.table.TeardownPort(id) {
 		s.forget(e, nil) // its queued packets go; its table goes with the channel
 	}
+	s.table.SetPortSlots(id, -1)
 	s.ports[id] = nil
 	s.stats.PortsRemoved++
 	// Stats sums the live ports' ring drops: keep this one's.

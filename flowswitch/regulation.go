@@ -480,7 +480,7 @@ func (s *Switch) enqueue(p *port, now int64) {
 	j := 0
 	for _, r := range t.runs {
 		e := r.e
-		tag := regulate.Tag{Token: e.Token(), HasAdvisory: p.reg.adv,
+		tag := regulate.Tag{Token: e.Token(), HasAdvisory: p.reg.adv && e.AdvisoryIndex() != flow.NoAdvisory,
 			Advisory: regulate.AdvisoryRef{Port: uint32(p.id), Index: e.AdvisoryIndex()}}
 		var n, bytes uint64
 		var last packet.TCPFlags
@@ -843,7 +843,7 @@ func (s *Switch) forget(e *flow.Entry, p *port) {
 		return
 	}
 	s.reg.q.Forget(e.Token())
-	if p != nil && p.reg.adv {
+	if p != nil && p.reg.adv && e.AdvisoryIndex() != flow.NoAdvisory {
 		// A suspended entry left set would pause the next flow given
 		// this index; setting None when it already is posts nothing.
 		p.ch.SetAdvisory(int(e.AdvisoryIndex()), channel.AdvisoryNone)

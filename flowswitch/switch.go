@@ -108,11 +108,17 @@ type Options struct {
 	// it looks at its channels again. 0 means 10 ms (about 100
 	// wake-ups/s when idle).
 	IdleWait time.Duration
-	// AdvisorySlots is the most flows one port may have at a time: the size
-	// of each port's flow-advisory table (flow.Options.AdvisorySlots). Give
-	// each channel at least as many advisory entries
+	// AdvisorySlots is the size of each port's flow-advisory table
+	// (flow.Options.AdvisorySlots): the most flows of a port with an
+	// advisory at a time; later ones get flow.NoAdvisory and are regulated
+	// by early drops. Give each channel at least as many advisory entries
 	// (channel.Options.Advisories). 0 means flow.DefaultAdvisorySlots.
 	AdvisorySlots int
+	// MaxFlows and MaxPortFlows bound the flows of the switch and of one
+	// port (flow.Options): past them Register fails with
+	// flow.ErrTooManyFlows, counted in Stats.FlowLimits. 0 means
+	// flow.DefaultMaxFlows and flow.DefaultMaxPortFlows.
+	MaxFlows, MaxPortFlows int
 	// PortTaken, if set, reports whether a kernel socket holds a local
 	// port when the kernel's stack shares the device
 	// (flow.Options.PortTaken): Register then refuses the port with
@@ -164,6 +170,10 @@ type Stats struct {
 	HostTx        uint64 // frames read from the host link and accepted by the device link
 
 	PortsRemoved uint64 // ports removed, by RemovePort or because their channel was defunct
+
+	// FlowLimits counts the flows the table's limits refused, and those
+	// registered without an advisory slot (flow.Limits).
+	FlowLimits flow.Limits
 
 	TxPackets uint64 // packets TxOnce handed to the link (or TxQueue, or the AQM), which accepted them (a super packet once)
 	TxBytes   uint64 // their L3 bytes
@@ -285,15 +295,17 @@ func New(opts Options) (*Switch, error) {
 	if opts.MergeLimit > MaxMergeLimit {
 		return nil, fmt.Errorf("%w: merge limit %d above %d", ErrBadOptions, opts.MergeLimit, MaxMergeLimit)
 	}
-	if opts.AdvisorySlots < 0 {
-		return nil, fmt.Errorf("%w: advisory slots %d < 0", ErrBadOptions, opts.AdvisorySlots)
+	if opts.AdvisorySlots < 0 || opts.MaxFlows < 0 || opts.MaxPortFlows < 0 {
+		return nil, fmt.Errorf("%w: advisory slots %d, max flows %d or max port flows %d < 0",
+			ErrBadOptions, opts.AdvisorySlots, opts.MaxFlows, opts.MaxPortFlows)
 	}
 	lt := opts.Link.LinkType()
 	if h := opts.HostLink; h != nil && (h.LinkType() != lt || h.MTU() != opts.Link.MTU()) {
 		return nil, fmt.Errorf("%w: host link %s is %v with MTU %d, device link %s is %v with MTU %d",
 			ErrBadOptions, h.Name(), h.LinkType(), h.MTU(), opts.Link.Name(), lt, opts.Link.MTU())
 	}
-	t, err := flow.New(flow.Options{LocalAddrs: opts.LocalAddrs, AdvisorySlots: opts.AdvisorySlots, PortTaken: opts.PortTaken})
+	t, err := flow.New(flow.Options{LocalAddrs: opts.LocalAddrs, AdvisorySlots: opts.AdvisorySlots,
+		MaxFlows: opts.MaxFlows, MaxPortFlows: opts.MaxPortFlows, PortTaken: opts.PortTaken})
 	if err != nil {
 		return nil, fmt.Errorf("flowswitch: %w", err)
 	}
@@ -390,6 +402,7 @@ func (s *Switch) Stats() Stats {
 func (s *Switch) statsLocked() Stats {
 	st := s.stats
 	st.L2 = s.l2.stats
+	st.FlowLimits = s.table.Limits()
 	if s.reg != nil {
 		st.Regulation = s.reg.statsNow()
 	}

@@ -37,8 +37,17 @@ import (
 // ID, while the flow table is unchanged (flow.Table.Version), would pass
 // the parse, lookup, owner, flow ID and torn-down checks exactly as the
 // full path does, so only the per-packet checks that remain run: MTU,
-// listener-only-RST and the SYN rate. Anything else takes the full path,
-// which counts the reason.
+// the listener's (RSTs, and SYN-ACKs without data) and the SYN rate.
+// Anything else takes the full path, which counts the reason.
+//
+// A listener flow answers handshakes on its own, so that a SYN costs the
+// nexus no state and no control request (a SYN flood none either): it may
+// send RSTs and SYN-ACKs that carry nothing but their headers, to any
+// remote, from its own local address and port only; it may send nothing
+// else. A connection's other packets need its own (connected) flow, which
+// the app registers once the handshake completed; until then they are
+// ListenerData drops. SYN-ACKs on a listener do not take from a SYN
+// budget: they answer SYNs, at the rate the peers send them.
 //
 // Invariants, each checked by the tests:
 //   - A rejected packet never reaches the link.
@@ -115,10 +124,12 @@ type TxDrops struct {
 	// last tornRecent): the app still sends on a closed flow. Checked when
 	// the lookup found no flow, or a flow with another ID.
 	TornDown uint64
-	// ListenerData: a listener flow sent something other than a TCP RST.
+	// ListenerData: a listener flow sent something other than a TCP RST
+	// or a SYN-ACK with no data.
 	ListenerData uint64
-	// SYNRate: a TCP segment with SYN set (SYN or SYN-ACK) beyond the flow's
-	// SYN budget (flow.SYNRate per second, bursts of flow.SYNBurst).
+	// SYNRate: a TCP segment with SYN set (SYN or SYN-ACK) on a connected
+	// flow beyond the flow's SYN budget (flow.SYNRate per second, bursts
+	// of flow.SYNBurst).
 	SYNRate uint64
 }
 
@@ -170,8 +181,8 @@ type TxQueue interface {
 	// Enqueue takes frames that passed every transmit check, framed for
 	// the device (L2 header written), in the order the ports sent them;
 	// tokens[i] and adv[i] are frame i's flow token and advisory index
-	// (flow.Entry.Token, AdvisoryIndex), written by the nexus, never by the
-	// app. The slices are valid only during the call: Enqueue copies what
+	// (flow.Entry.Token, AdvisoryIndex: flow.NoAdvisory for a flow without
+	// one), written by the nexus, never by the app. The slices are valid only during the call: Enqueue copies what
 	// it keeps. It returns how many frames it accepted, a prefix; the rest
 	// are its drops, counted by it.
 	Enqueue(frames [][]byte, tokens, adv []uint32) int

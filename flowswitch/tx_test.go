@@ -205,6 +205,12 @@ func (r *rig) txFlows(t testing.TB) txFlows {
 	}
 }
 
+// lisPkt is a TCP packet from src:sport (the listener's, 80, unless
+// spoofed) to a remote's port 40000 with flags, size bytes long.
+func lisPkt(src netip.Addr, sport uint16, flags packet.TCPFlags, size int) txPkt {
+	return txPkt{proto: packet.ProtoTCP, src: src, dst: remoteIP, sport: sport, dport: 40000, flags: flags, size: size}
+}
+
 // udp0Pkt is a valid packet of flow udp0, size bytes long.
 func udp0Pkt(size int) txPkt {
 	return txPkt{proto: packet.ProtoUDP, src: localIP, dst: remoteIP, sport: 5000, dport: 6000, size: size}
@@ -360,6 +366,54 @@ func TestTxSpoofs(t *testing.T) {
 				flags: packet.TCPSyn, size: 40}, f.listen.ID()
 		},
 		counter: func(d *flowswitch.TxDrops) *uint64 { return &d.ListenerData },
+	}, {
+		name: "listener SYN-ACK with data", port: 0, n: 5, // a handshake may not carry data
+		pkt: func(f txFlows) (txPkt, [16]byte) {
+			return lisPkt(localIP, 80, packet.TCPSyn|packet.TCPAck, 41), f.listen.ID()
+		},
+		counter: func(d *flowswitch.TxDrops) *uint64 { return &d.ListenerData },
+	}, {
+		name: "listener SYN-ACK-FIN", port: 0, n: 5,
+		pkt: func(f txFlows) (txPkt, [16]byte) {
+			return lisPkt(localIP, 80, packet.TCPSyn|packet.TCPAck|packet.TCPFin, 40), f.listen.ID()
+		},
+		counter: func(d *flowswitch.TxDrops) *uint64 { return &d.ListenerData },
+	}, {
+		name: "listener pure ACK", port: 0, n: 5, // an accepted connection's first ACK before its flow
+		pkt: func(f txFlows) (txPkt, [16]byte) {
+			return lisPkt(localIP, 80, packet.TCPAck, 40), f.listen.ID()
+		},
+		counter: func(d *flowswitch.TxDrops) *uint64 { return &d.ListenerData },
+	}, {
+		name: "listener FIN", port: 0, n: 5,
+		pkt: func(f txFlows) (txPkt, [16]byte) {
+			return lisPkt(localIP, 80, packet.TCPFin|packet.TCPAck, 40), f.listen.ID()
+		},
+		counter: func(d *flowswitch.TxDrops) *uint64 { return &d.ListenerData },
+	}, {
+		name: "SYN-ACK from another port's listener", port: 1, n: 5, // the listener is port 0's
+		pkt: func(f txFlows) (txPkt, [16]byte) {
+			return lisPkt(localIP, 80, packet.TCPSyn|packet.TCPAck, 40), f.listen.ID()
+		},
+		counter: func(d *flowswitch.TxDrops) *uint64 { return &d.NotOwner },
+	}, {
+		name: "SYN-ACK with the listener's ID from another source port", port: 0, n: 5,
+		pkt: func(f txFlows) (txPkt, [16]byte) {
+			return lisPkt(localIP, 81, packet.TCPSyn|packet.TCPAck, 40), f.listen.ID()
+		},
+		counter: func(d *flowswitch.TxDrops) *uint64 { return &d.SrcPort },
+	}, {
+		name: "SYN-ACK from a spoofed address", port: 0, n: 5,
+		pkt: func(f txFlows) (txPkt, [16]byte) {
+			return lisPkt(spoofIP, 80, packet.TCPSyn|packet.TCPAck, 40), f.listen.ID()
+		},
+		counter: func(d *flowswitch.TxDrops) *uint64 { return &d.SrcAddr },
+	}, {
+		name: "SYN-ACK with a wrong flow ID", port: 0, n: 5,
+		pkt: func(f txFlows) (txPkt, [16]byte) {
+			return lisPkt(localIP, 80, packet.TCPSyn|packet.TCPAck, 40), f.tcp0.ID()
+		},
+		counter: func(d *flowswitch.TxDrops) *uint64 { return &d.FlowID },
 	}}
 	// Each spoof runs cold (first on its port) and warm: right after a
 	// valid packet of the flow it imitates, in the same batch, so that the
@@ -367,6 +421,9 @@ func TestTxSpoofs(t *testing.T) {
 	// by the fast path too (or sent down the full path).
 	for _, tt := range tests {
 		for _, warm := range []bool{false, true} {
+			if warm && tt.port != 0 {
+				continue // warming sends a valid packet of port 0's flows
+			}
 			name := tt.name + "/cold"
 			if warm {
 				name = tt.name + "/warm"

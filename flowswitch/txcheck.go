@@ -211,11 +211,18 @@ func (s *Switch) txCheck(p *port, i int) {
 func (s *Switch) txPass(e *flow.Entry, i, ipLen int, fl packet.TCPFlags, tcp, v6 bool) bool {
 	t := &s.tx
 	d := &s.stats.TxDrops
-	if e.Kind() != flow.Connected && !(tcp && fl.Has(packet.TCPRst)) {
-		d.ListenerData++
-		return false
-	}
-	if tcp && fl.Has(packet.TCPSyn) && !e.AllowSYN(t.clock()) {
+	if e.Kind() != flow.Connected {
+		// A listener answers handshakes and nothing else: a RST, or a
+		// SYN-ACK (with no data: a SYN-ACK's payload would be data sent
+		// before any flow of its own). Handshakes so need no flow of
+		// their own, and a half-open connection no nexus state.
+		synAck := tcp && !fl.Has(packet.TCPRst) &&
+			fl&(packet.TCPSyn|packet.TCPAck|packet.TCPFin) == packet.TCPSyn|packet.TCPAck
+		if !(tcp && fl.Has(packet.TCPRst)) && !(synAck && s.synAckOK(i, ipLen, v6)) {
+			d.ListenerData++
+			return false
+		}
+	} else if tcp && fl.Has(packet.TCPSyn) && !e.AllowSYN(t.clock()) {
 		d.SYNRate++
 		return false
 	}
@@ -232,6 +239,23 @@ func (s *Switch) txPass(e *flow.Entry, i, ipLen int, fl packet.TCPFlags, tcp, v6
 	}
 	t.passed(f, e, fl, seg)
 	return true
+}
+
+// synAckOK reports whether copy i (ipLen bytes of IP packet of family v6,
+// TCP, past the length and header checks) is a SYN-ACK a listener may
+// send: nothing but the TCP header after a fixed IP header (no IPv6
+// extension headers, as netstack sends none), so no data.
+func (s *Switch) synAckOK(i, ipLen int, v6 bool) bool {
+	pkt := s.tx.copies[i]
+	ipHdr := 20 // IPv4 options were refused already
+	if v6 {
+		if pkt[6] != packet.ProtoTCP {
+			return false
+		}
+		ipHdr = 40
+	}
+	tcpHdr := int(pkt[ipHdr+12]>>4) * 4
+	return tcpHdr >= 20 && ipLen == ipHdr+tcpHdr
 }
 
 // sameID reports whether id is e's flow ID, in two word compares.

@@ -28,6 +28,9 @@ func (n *Nexus) Advise(key packet.Key, suspended bool) error {
 		if e == nil {
 			return ErrNoFlow
 		}
+		if e.AdvisoryIndex() == flow.NoAdvisory {
+			return fmt.Errorf("flow has no advisory slot (its port had all of flowswitch.Options.AdvisorySlots taken when it registered): %w", ErrNoFlow)
+		}
 		return p.ch.SetAdvisory(int(e.AdvisoryIndex()), state)
 	})
 	if err != nil {

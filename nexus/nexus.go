@@ -2,6 +2,7 @@ package nexus
 
 import (
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -75,6 +76,9 @@ type Options struct {
 	// ReapInterval is how often idle pool segments are reaped; 0 means
 	// DefaultReapInterval.
 	ReapInterval time.Duration
+	// Logger gets the nexus's warnings (a limit hit, once per burst);
+	// nil means slog.Default().
+	Logger *slog.Logger
 }
 
 // Nexus owns a link and a flowswitch and serves application ports (see the
@@ -105,6 +109,8 @@ type Nexus struct {
 	svcDue   time.Time      // when the switch's timed work (Service) is next due
 	waiters  sync.WaitGroup // link and port waiters
 	seq      int            // ports opened, for channel names
+	limitLog burstLog       // flow limits hit
+	log      *slog.Logger   // immutable
 }
 
 // New starts a nexus on opts.Link. It checks every option and builds the
@@ -168,6 +174,10 @@ func New(opts Options) (*Nexus, error) {
 		sw:       sw,
 		ports:    make(map[flow.PortID]*port),
 		lastReap: time.Now(),
+		log:      opts.Logger,
+	}
+	if n.log == nil {
+		n.log = slog.Default()
 	}
 	n.dev = newLinkWaiter(opts.Link, &n.waiters)
 	if opts.Switch.HostLink != nil {

@@ -293,7 +293,9 @@ func (p *Port) MTU() int { return p.n.mtu }
 // returns, and out of it once the flow is torn down, by Teardown or when
 // the port closes (Close, a defunct channel, a failed link, the nexus's
 // Close); a link without steering, or a key it cannot steer, leaves the
-// kernel seeing the flow too. The errors wrap the flow package's (flow.ErrPortInUse, flow.ErrNoAdvisorySlot, ...), or ErrClosed.
+// kernel seeing the flow too. The errors wrap the flow package's (flow.ErrPortInUse,
+// flow.ErrTooManyFlows, ...), or ErrClosed. A flow registered while the
+// port's advisory slots are all taken gets flow.NoAdvisory.
 func (p *Port) Register(key packet.Key, kind flow.Kind) (channel.FlowInfo, error) {
 	var fi channel.FlowInfo
 	err := p.n.do(func() error {
@@ -301,27 +303,9 @@ func (p *Port) Register(key packet.Key, kind flow.Kind) (channel.FlowInfo, error
 		if q == nil {
 			return ErrClosed
 		}
-		e, err := p.n.sw.Register(p.id, key, kind)
-		if err != nil {
-			return portHint(err)
-		}
-		// The flow table hands a freed advisory slot out again; its
-		// last state is the old flow's. A new flow has not been
-		// regulated yet, and the app must not hold it on a mark
-		// nobody will clear. (A no-op, and no event, when clear.)
-		if err := q.ch.SetAdvisory(int(e.AdvisoryIndex()), channel.AdvisoryNone); err != nil {
-			p.n.sw.Teardown(e)
-			return fmt.Errorf("clear advisory %d: %w", e.AdvisoryIndex(), err)
-		}
-		// Only now may the device hand the flow's packets to user space
-		// alone; the app sends nothing before Register returns.
-		if err := p.n.steerFlow(key); err != nil {
-			p.n.sw.Teardown(e)
-			return err
-		}
-		q.flows[key] = e
-		fi = channel.FlowInfo{ID: e.ID(), Advisory: e.AdvisoryIndex()}
-		return nil
+		var err error
+		fi, err = p.n.registerFlow(q, key, kind)
+		return err
 	})
 	if err != nil {
 		return fi, fmt.Errorf("port %s: %w", p.name, err)

@@ -49,7 +49,7 @@ func (e *Endpoint) resumeLocked() bool {
 	progress := false
 	for i := 0; i < len(e.holding); {
 		f := e.holding[i]
-		if !e.app.Admissible(f.adv) {
+		if f.pending || !e.app.Admissible(f.adv) {
 			i++
 			continue
 		}

@@ -36,6 +36,14 @@ func (r *rig) udpConn(t *testing.T, port uint16) (*gonet.UDPConn, packet.Key) {
 // returns its UDP source port and first payload byte.
 func (r *rig) readDatagram(t *testing.T) (port uint16, seq byte) {
 	t.Helper()
+	port, _, seq = r.readUDP(t)
+	return port, seq
+}
+
+// readUDP waits on the peer's end of the wire for one frame and returns its
+// UDP source and destination ports and first payload byte.
+func (r *rig) readUDP(t *testing.T) (src, dst uint16, seq byte) {
+	t.Helper()
 	bufs, sizes := [][]byte{make([]byte, 2048)}, []int{0}
 	for {
 		n, err := r.wire.Read(bufs, sizes)
@@ -48,7 +56,7 @@ func (r *rig) readDatagram(t *testing.T) (port uint16, seq byte) {
 			if len(f) < udp+9 {
 				t.Fatalf("short frame %x", f)
 			}
-			return binary.BigEndian.Uint16(f[udp:]), f[udp+8]
+			return binary.BigEndian.Uint16(f[udp:]), binary.BigEndian.Uint16(f[udp+2:]), f[udp+8]
 		}
 		if err := r.wire.Wait(-1); err != nil {
 			t.Fatal(err)

@@ -28,10 +28,13 @@
 // Flows follow the stack: every packet leaves with the flow ID of the flow
 // it belongs to, or does not leave. The owner (package client) registers
 // listener flows before listening and 5-tuple flows before dialing
-// (Register); the endpoint itself registers the 5-tuple of a packet sent
-// from a port one of its listeners holds (a SYN-ACK of an accepted
-// connection, a UDP reply), synchronously, before the packet reaches the TX
-// ring. A reaper tears down TCP flows whose connection is gone (Options.Alive).
+// (Register). Handshakes of accepted connections leave on the listener's
+// flow (it may send SYN-ACKs and RSTs), so a half-open connection costs
+// the nexus nothing; the 5-tuple of an accepted connection (or of a UDP
+// reply) is registered on demand, in batches, by the registrar goroutine,
+// its packets held until then, so netstack never waits for the nexus
+// (registrar.go). A reaper tears down TCP flows whose connection is gone
+// (Options.Alive).
 //
 // Flow advisories (docs/design.md §7) are honoured: Port.Register returns each
 // flow's entry in the channel's advisory table, and a packet of a flow the
@@ -49,7 +52,10 @@
 //     sees a TX drop in the flowswitch.
 //   - Every PacketBuffer reference the endpoint takes is released on every
 //     path: delivered, sent, dropped, or queued or held and then sent or
-//     dropped (a full hold, a torn-down flow, Stop).
+//     dropped (a full hold, a torn-down flow, a refused registration, Stop).
+//   - A pending flow's packets never reach the TX ring before the nexus
+//     registered it; one the nexus refused sends nothing on its own flow,
+//     and is handed to Options.Refuse once.
 //   - The channel's app end is used under one mutex; the only blocking call,
 //     Port.Wait, is made without it, so WritePackets never waits for the
 //     receive side.

@@ -103,6 +103,22 @@ type Options struct {
 	Alive func(key packet.Key) bool
 	// ReapInterval and Grace tune the reaper; 0 means the defaults.
 	ReapInterval, Grace time.Duration
+	// Refuse is called, from the registrar goroutine and with no lock
+	// held, for each flow registered on demand that the nexus refused
+	// (err wraps why: flow.ErrTooManyFlows for its limits): it should reset
+	// the TCP connection of key, so its peer hears of it (package client
+	// aborts it, and the RST leaves on the listener's flow). Nil: the
+	// connection's packets are dropped, counted, until netstack gives up.
+	Refuse func(key packet.Key, err error)
+	// Handshaking reports whether netstack's connection of the TCP
+	// 5-tuple key is still in its handshake (SYN-RCVD). Such a
+	// connection's packets other than SYN-ACKs and RSTs (a challenge ACK
+	// to a stray segment) are dropped, counted as TxHandshake, instead of
+	// registering a flow: a half-open connection must cost the nexus
+	// nothing, whatever a flood sends it. Nil: they register a flow. It
+	// is called from netstack's goroutines, so it must not wait for a
+	// connection's lock.
+	Handshaking func(key packet.Key) bool
 }
 
 // Stats are an endpoint's counters.
@@ -115,7 +131,8 @@ type Stats struct {
 	TxGSO              uint64 // super packets (netstack GSO packets above the MTU) put whole on the TX ring
 	TxWaits            uint64 // WritePackets calls that left packets waiting for ring space or buffers
 	TxNoFlow           uint64 // dropped: no flow the port registered (ICMP, stray RST, a flow torn down under queued or held packets)
-	TxRegisterFail     uint64 // dropped: registering its flow failed
+	TxRegisterFail     uint64 // dropped: registering its flow failed (held while pending, then refused)
+	TxHandshake        uint64 // dropped: not a SYN-ACK or RST, of a connection in its handshake (Options.Handshaking)
 	TxOversize         uint64 // dropped: above the MTU and not a super packet the nexus takes, or above the buffer size
 	TxQueueFull        uint64 // dropped: MaxPending packets already waiting
 	TxClosed           uint64 // dropped: the endpoint was stopped
@@ -123,6 +140,9 @@ type Stats struct {
 	FlowsAuto          uint64 // of which on demand, for a listener's port
 	FlowsReleased      uint64 // flows torn down (Release, reaper, Stop)
 	FlowsReaped        uint64 // of which by the reaper
+	RegisterBatches    uint64 // batches of on-demand flows the registrar registered
+	FlowsRefused       uint64 // on-demand flows the nexus refused (handed to Options.Refuse)
+	FlowLimitHits      uint64 // of which for a limit (flow.ErrTooManyFlows)
 	// Flow advisories (docs/design.md §7).
 	TxHeld         uint64 // packets held back because their flow was suspended
 	TxHeldSent     uint64 // held packets sent once their flow was admissible again
@@ -165,7 +185,7 @@ type Endpoint struct {
 	start  sync.Once
 	stop   chan struct{} // closed by Stop
 	stopMu sync.Once
-	wg     sync.WaitGroup // service and reaper goroutines
+	wg     sync.WaitGroup // service, registrar and reaper goroutines
 
 	stats stats
 }
@@ -299,8 +319,9 @@ func (e *Endpoint) Attach(d gstack.NetworkDispatcher) {
 			return // stopped before it ever ran
 		default:
 		}
-		e.wg.Add(1)
+		e.wg.Add(2)
 		go e.serve()
+		go e.registrar()
 		if e.opts.Alive != nil {
 			e.wg.Add(1)
 			go e.reaper()
@@ -416,9 +437,10 @@ type stats struct {
 	rxPackets, rxBytes, rxPolls, rxDropped           atomic.Uint64
 	txPackets, txBytes, txSends, txGSO, txWaits      atomic.Uint64
 	txNoFlow, txRegisterFail, txOversize, txQueueFul atomic.Uint64
-	txClosed                                         atomic.Uint64
+	txClosed, txHandshake                            atomic.Uint64
 	flowsRegistered, flowsAuto, flowsReleased        atomic.Uint64
-	flowsReaped                                      atomic.Uint64
+	flowsReaped, registerBatches, flowsRefused       atomic.Uint64
+	flowLimitHits                                    atomic.Uint64
 	txHeld, txHeldSent, txHeldDrops                  atomic.Uint64
 	flowsHeld, flowsResumed, advisoryEvents          atomic.Uint64
 }
@@ -429,8 +451,10 @@ func (s *stats) snapshot() Stats {
 		TxPackets: s.txPackets.Load(), TxBytes: s.txBytes.Load(), TxSends: s.txSends.Load(), TxGSO: s.txGSO.Load(),
 		TxWaits: s.txWaits.Load(), TxNoFlow: s.txNoFlow.Load(), TxRegisterFail: s.txRegisterFail.Load(),
 		TxOversize: s.txOversize.Load(), TxQueueFull: s.txQueueFul.Load(), TxClosed: s.txClosed.Load(),
+		TxHandshake:     s.txHandshake.Load(),
 		FlowsRegistered: s.flowsRegistered.Load(), FlowsAuto: s.flowsAuto.Load(),
 		FlowsReleased: s.flowsReleased.Load(), FlowsReaped: s.flowsReaped.Load(),
+		RegisterBatches: s.registerBatches.Load(), FlowsRefused: s.flowsRefused.Load(), FlowLimitHits: s.flowLimitHits.Load(),
 		TxHeld: s.txHeld.Load(), TxHeldSent: s.txHeldSent.Load(), TxHeldDrops: s.txHeldDrops.Load(),
 		FlowsHeld: s.flowsHeld.Load(), FlowsResumed: s.flowsResumed.Load(), AdvisoryEvents: s.advisoryEvents.Load(),
 	}

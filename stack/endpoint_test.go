@@ -37,7 +37,11 @@ type rig struct {
 	ns   *gstack.Stack
 }
 
-func newRig(t *testing.T, o stack.Options) *rig {
+func newRig(t *testing.T, o stack.Options) *rig { t.Helper(); return newRigWrapped(t, o, nil) }
+
+// newRigWrapped is newRig whose endpoint sees the nexus port through wrap,
+// if not nil.
+func newRigWrapped(t *testing.T, o stack.Options, wrap func(*nexus.Port) stack.Port) *rig {
 	t.Helper()
 	a, b, err := memif.NewPair(memif.Options{QueueLen: 64})
 	if err != nil {
@@ -53,6 +57,9 @@ func newRig(t *testing.T, o stack.Options) *rig {
 		t.Fatal(err)
 	}
 	o.Port, o.MTU = r.port, r.port.MTU()
+	if wrap != nil {
+		o.Port = wrap(r.port)
+	}
 	if r.ep, err = stack.New(o); err != nil {
 		t.Fatal(err)
 	}

@@ -10,16 +10,28 @@ import (
 	"github.com/skylane/skylane/packet"
 )
 
-// flowRec is one flow the endpoint registered with its port.
+// flowRec is one flow the endpoint registered with its port, or is
+// registering (pending).
 type flowRec struct {
 	key  packet.Key // immutable
 	kind flow.Kind  // immutable
-	id   [16]byte   // immutable
-	adv  uint32     // immutable: its entry in the channel's advisory table
 	auto bool       // immutable: registered on demand for a listener's port
-	// held are the flow's packets waiting for its advisory to clear,
-	// oldest first; guarded by Endpoint.mu (not by flowTable.mu). The flow
-	// is in Endpoint.holding exactly while held is not empty.
+	// id and adv are immutable once pending is false: the flow's ID and
+	// its entry in the channel's advisory table.
+	id  [16]byte
+	adv uint32
+	// pending: registered on demand (registrar.go) and not yet answered
+	// by the nexus; its packets are held until then. Written with both
+	// Endpoint.mu and flowTable.mu held, read under either. done (nil for
+	// a flow registered synchronously) is closed when pending ends, err
+	// set before: why the flow could not be registered, or nil.
+	pending bool
+	done    chan struct{}
+	err     error
+	// held are the flow's packets waiting for its advisory to clear or
+	// its registration, oldest first; guarded by Endpoint.mu (not by
+	// flowTable.mu). The flow is in Endpoint.holding exactly while held
+	// is not empty.
 	held []txItem
 	// Guarded by flowTable.mu. A TCP 5-tuple can be reused by a new
 	// connection while the reaper is deciding the old one is dead: a SYN
@@ -42,13 +54,16 @@ type flowRec struct {
 type flowTable struct {
 	reg     sync.Mutex
 	mu      sync.RWMutex
-	flows   map[packet.Key]*flowRec // guarded by mu (writes also hold reg)
+	flows   map[packet.Key]*flowRec // guarded by mu (writes also hold reg, but for a new pending flow)
 	closing map[packet.Key]struct{} // guarded by mu: TCP flows the reaper checks next
+	queue   []*flowRec              // guarded by mu: pending flows the registrar has not taken yet
+	kick    chan struct{}           // 1-buffered: the queue has flows
 }
 
 func (t *flowTable) init() {
 	t.flows = make(map[packet.Key]*flowRec)
 	t.closing = make(map[packet.Key]struct{})
+	t.kick = make(chan struct{}, 1)
 }
 
 func (t *flowTable) len() int {
@@ -59,9 +74,10 @@ func (t *flowTable) len() int {
 
 // find returns the flow an outgoing packet with key k belongs to, as the
 // flowswitch will look it up: the 5-tuple's flow, else a listener's, which
-// may send only TCP RSTs (docs/design.md §6.3). need is set when k has no flow but
-// comes from a listener's port: its 5-tuple must be registered first (the
-// SYN-ACK of an accepted connection, a UDP reply).
+// may send only TCP RSTs and SYN-ACKs (docs/design.md §6.3): a handshake
+// needs no flow of its own. need is set when k has no flow but comes from
+// a listener's port: its 5-tuple must be registered first (the first
+// packet of an accepted connection after its handshake, a UDP reply).
 func (t *flowTable) find(k packet.Key, flags packet.TCPFlags) (f *flowRec, need bool) {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
@@ -77,13 +93,16 @@ func (t *flowTable) find(k packet.Key, flags packet.TCPFlags) (f *flowRec, need 
 		return nil, false
 	case k.Proto == packet.ProtoTCP && flags&packet.TCPRst != 0:
 		return l, false // a listener may answer with a reset
+	case k.Proto == packet.ProtoTCP && flags&(packet.TCPSyn|packet.TCPAck|packet.TCPFin) == packet.TCPSyn|packet.TCPAck:
+		return l, false // and a SYN (the nexus refuses one with data; netstack sends none)
 	}
 	return nil, true
 }
 
-// ensure makes sure an outgoing packet with key k has a flow, registering
-// its 5-tuple if it comes from a listener's port. It reports false when
-// the packet must not leave.
+// ensure makes sure an outgoing packet with key k has a flow: if it comes
+// from a listener's port, its 5-tuple becomes a pending flow that the
+// registrar registers (registrar.go), without waiting for it here. It
+// reports false when the packet must not leave.
 func (t *flowTable) ensure(e *Endpoint, k packet.Key, flags packet.TCPFlags) bool {
 	f, need := t.find(k, flags)
 	if f != nil {
@@ -93,10 +112,11 @@ func (t *flowTable) ensure(e *Endpoint, k packet.Key, flags packet.TCPFlags) boo
 		e.stats.txNoFlow.Add(1)
 		return false
 	}
-	if _, err := t.register(e, k, flow.Connected, true); err != nil {
-		e.stats.txRegisterFail.Add(1)
+	if k.Proto == packet.ProtoTCP && e.opts.Handshaking != nil && e.opts.Handshaking(k) {
+		e.stats.txHandshake.Add(1)
 		return false
 	}
+	t.prepare(k)
 	return true
 }
 
@@ -149,11 +169,11 @@ func (t *flowTable) hint(k packet.Key) {
 // register registers k with the port and records it. A flow the endpoint
 // holds already is returned, starting a new life when registered
 // explicitly (a dial reusing the 5-tuple of a connection not yet reaped).
-// When the port has no advisory slot left it reaps dead TCP flows once and
+// When the port is at its flow limit it reaps dead TCP flows once and
 // retries.
 func (t *flowTable) register(e *Endpoint, k packet.Key, kind flow.Kind, auto bool) (*flowRec, error) {
 	f, err := t.registerOnce(e, k, kind, auto)
-	if errors.Is(err, flow.ErrNoAdvisorySlot) && e.opts.Alive != nil && t.reap(e, true) > 0 {
+	if errors.Is(err, flow.ErrTooManyFlows) && e.opts.Alive != nil && t.reap(e, true) > 0 {
 		f, err = t.registerOnce(e, k, kind, auto)
 	}
 	return f, err
@@ -213,9 +233,14 @@ func (t *flowTable) release(e *Endpoint, k packet.Key) error {
 			}
 		}
 		keys = append(keys, k)
+		n := 0
 		for _, ck := range keys {
-			t.forgetLocked(e, ck)
+			if t.forgetLocked(e, ck) {
+				keys[n] = ck
+				n++
+			}
 		}
+		keys = keys[:n]
 	}
 	t.mu.Unlock()
 	e.mu.Unlock()
@@ -225,27 +250,48 @@ func (t *flowTable) release(e *Endpoint, k packet.Key) error {
 	return t.teardown(e, keys)
 }
 
-// forgetLocked removes k from the table. reg, Endpoint.mu and t.mu are held.
-// The packets the flow held go with it (counted as TxNoFlow): its ID is
-// about to be torn down, and the nexus would refuse them.
-func (t *flowTable) forgetLocked(e *Endpoint, k packet.Key) {
-	if f := t.flows[k]; f != nil && len(f.held) > 0 {
+// forgetLocked removes k from the table and reports whether the nexus has
+// it registered (it is not pending: reg is held, so the registrar is not
+// registering it). reg, Endpoint.mu and t.mu are held. The packets the
+// flow held go with it (counted as TxNoFlow): its ID is about to be torn
+// down, and the nexus would refuse them.
+func (t *flowTable) forgetLocked(e *Endpoint, k packet.Key) bool {
+	f := t.flows[k]
+	if f == nil {
+		return false
+	}
+	if len(f.held) > 0 {
 		e.stats.txNoFlow.Add(uint64(f.dropHeld()))
 		e.unholdLocked(f)
 	}
 	delete(t.flows, k)
 	delete(t.closing, k)
+	if f.pending {
+		f.endPending(errForgotten)
+		return false
+	}
+	return true
 }
 
 // teardown tears keys down at the port, after they left the table. reg is
 // held, so none of them is registered again before the nexus forgot it.
 func (t *flowTable) teardown(e *Endpoint, keys []packet.Key) error {
 	var first error
+	e.stats.flowsReleased.Add(uint64(len(keys)))
+	if bt, ok := e.port.(BatchTearer); ok && len(keys) > 1 {
+		// One request for the lot: the reaper holds reg meanwhile, and
+		// the registrar waits for it.
+		for _, err := range bt.TeardownBatch(keys) {
+			if err != nil && first == nil {
+				first = err
+			}
+		}
+		return first
+	}
 	for _, k := range keys {
 		if err := e.port.Teardown(k); err != nil && first == nil {
 			first = err
 		}
-		e.stats.flowsReleased.Add(1)
 	}
 	return first
 }
@@ -258,8 +304,9 @@ func (t *flowTable) releaseAll(e *Endpoint) {
 	t.mu.Lock()
 	keys := make([]packet.Key, 0, len(t.flows))
 	for k := range t.flows {
-		keys = append(keys, k)
-		t.forgetLocked(e, k)
+		if t.forgetLocked(e, k) {
+			keys = append(keys, k)
+		}
 	}
 	t.mu.Unlock()
 	e.mu.Unlock()
@@ -333,8 +380,7 @@ func (t *flowTable) reap(e *Endpoint, all bool) int {
 	e.mu.Lock()
 	t.mu.Lock()
 	for _, c := range dead {
-		if t.flows[c.f.key] == c.f && c.f.gen == c.gen {
-			t.forgetLocked(e, c.f.key)
+		if t.flows[c.f.key] == c.f && c.f.gen == c.gen && t.forgetLocked(e, c.f.key) {
 			keys = append(keys, c.f.key)
 		}
 	}

@@ -129,7 +129,8 @@ func (e *Endpoint) flushLocked() bool {
 		}
 		// Behind packets the flow holds already, or suspended now:
 		// held, so the flow keeps its order and the nexus its queue.
-		if len(f.held) > 0 || !e.app.Admissible(f.adv) {
+		// Or not registered yet (registrar.go): held until it is.
+		if len(f.held) > 0 || f.pending || !e.app.Admissible(f.adv) {
 			e.holdLocked(f, it)
 			*it = txItem{}
 			e.pending = e.pending[1:]
