@@ -235,6 +235,7 @@ func (t *flowTable) forgetLocked(e *Endpoint, k packet.Key) {
 	}
 	delete(t.flows, k)
 	delete(t.closing, k)
+	e.wins.forget(k)
 }
 
 // teardown tears keys down at the port, after they left the table. reg is
