@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"os"
 	"sync"
 	"testing"
@@ -186,16 +187,9 @@ func heartbeat(t *testing.T, w *world) (stop func()) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(3)
-	go func() { // the echo
+	go func() {
 		defer wg.Done()
-		buf := make([]byte, 64)
-		for {
-			n, from, err := srv.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			srv.WriteTo(buf[:n], from)
-		}
+		udpEcho(srv)
 	}()
 	go func() { // the replies, drained
 		defer wg.Done()
@@ -224,5 +218,18 @@ func heartbeat(t *testing.T, w *world) (stop func()) {
 		c.Close()
 		srv.Close()
 		wg.Wait()
+	}
+}
+
+// udpEcho sends every datagram pc reads back to where it came from, until
+// pc is closed.
+func udpEcho(pc net.PacketConn) {
+	buf := make([]byte, 2048)
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		pc.WriteTo(buf[:n], from)
 	}
 }
