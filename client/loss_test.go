@@ -68,7 +68,7 @@ func TestTCPLossSoak(t *testing.T) {
 	if os.Getenv("SKYLANE_SOAK") != "1" {
 		t.Skip("the soak: set SKYLANE_SOAK=1, or run make soak")
 	}
-	for seed := uint64(1); seed <= 8; seed++ {
+	for seed := uint64(1); seed <= 16; seed++ {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
 			lossRun{transfers: 8, parallel: 2, size: 32 << 20, rate: 400_000_000,
 				loss: withSeed(testLoss, seed)}.run(t)

@@ -117,7 +117,11 @@ type Options struct {
 
 // Loss is a wire's loss model, the same in both directions: independent
 // random drops and bursts of consecutive drops, drawn per frame from a
-// seeded generator (deterministic per seed; see the package doc).
+// seeded generator (deterministic per seed; see the package doc). Bursts
+// count frames, not time, as per-packet loss models do: on a quiet wire a
+// burst swallows the next BurstLen frames however far apart they are (a
+// stalled connection's retransmissions, backing off), so keep some other
+// traffic on the wire unless that is what is tested.
 type Loss struct {
 	// Rate is the probability, 0..1, that a frame is dropped on its own.
 	Rate float64
