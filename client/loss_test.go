@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"bytes"
+	"cmp"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -23,6 +24,7 @@ type lossRun struct {
 	parallel  int   // at a time
 	size      int   // bytes each way per echo
 	rate      int64 // the wire's rate, bits per second each way
+	queue     int   // the wire's queue, frames each way; 0: lossQueue
 	loss      memif.Loss
 }
 
@@ -74,6 +76,13 @@ func TestTCPLossSoak(t *testing.T) {
 				loss: withSeed(testLoss, seed)}.run(t)
 		})
 	}
+	// No loss but tail drops: a short queue on a fast wire, which TCP
+	// overfills in bursts.
+	for i := range 4 {
+		t.Run(fmt.Sprintf("taildrop/%d", i), func(t *testing.T) {
+			lossRun{transfers: 8, parallel: 2, size: 32 << 20, rate: 1_000_000_000, queue: 128}.run(t)
+		})
+	}
 }
 
 func withSeed(l memif.Loss, seed uint64) memif.Loss {
@@ -82,7 +91,7 @@ func withSeed(l memif.Loss, seed uint64) memif.Loss {
 }
 
 func (r lossRun) run(t *testing.T) {
-	w := newWorldOn(t, nexus.Options{}, memif.Options{Name: "loss", QueueLen: lossQueue, Rate: r.rate, Loss: r.loss})
+	w := newWorldOn(t, nexus.Options{}, memif.Options{Name: "loss", QueueLen: cmp.Or(r.queue, lossQueue), Rate: r.rate, Loss: r.loss})
 	ln, err := w.sa.Listen("tcp", "198.18.0.1:7")
 	if err != nil {
 		t.Fatal(err)
