@@ -42,8 +42,8 @@ fuzz:
 
 # The long loss test: TCP echoes of 32 MiB over memif wires that lose frames
 # at random and in bursts (16 seeds x 8 transfers), then over a short queue
-# that TCP overfills (4 x 8), every byte checked; fails
-# if any transfer stalls. make test runs a short version.
+# that TCP overfills (4 x 8), every byte checked; fails if any transfer
+# stalls. make test runs a short version.
 soak:
 	SKYLANE_SOAK=1 $(GO) test -count=1 -timeout 60m -run '^TestTCPLossSoak$$' -v ./client/
 
