@@ -1,11 +1,14 @@
 package stack
 
 import (
+	"bytes"
 	"encoding/binary"
 	"net/netip"
 	"testing"
 
 	"github.com/gopacket/gopacket/layers"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/skylane/skylane/packet"
@@ -146,4 +149,71 @@ func TestWindowScaleNegotiated(t *testing.T) {
 	if recv(wSeg(false, packet.TCPAck, 1101, 5001, 100, nil, 0)) {
 		t.Error("ACK past the unscaled edge rewritten: scale applied without the peer's option")
 	}
+}
+
+// FuzzWindowReceived: whatever a received packet holds, received never
+// panics, changes nothing but the sequence number (and the checksum with
+// it) when it reports a rewrite, changes nothing otherwise, and keeps a
+// valid checksum valid and an invalid one invalid.
+func FuzzWindowReceived(f *testing.F) {
+	f.Add(wSeg(false, packet.TCPAck, 1060, 5001, 100, nil, 0), uint32(1000), uint16(4)) // rewritten
+	f.Add(wSeg(false, packet.TCPAck, 1060, 5001, 100, nil, 10), uint32(1030), uint16(4))
+	f.Add(wSeg(false, packet.TCPSyn|packet.TCPAck, 999, 5001, 65535, wsOpt(7), 0), uint32(1000), uint16(0))
+	f.Add(wSeg(false, packet.TCPAck|packet.TCPFin, 1060, 5001, 100, nil, 0), uint32(1030), uint16(4))
+	f.Fuzz(func(t *testing.T, b []byte, ack uint32, window uint16) {
+		var p packet.Parsed
+		if packet.Parse(b, packet.RawIP, &p) != nil || !p.HasL4 || p.Proto != packet.ProtoTCP {
+			return
+		}
+		k := p.RxKey()
+		var w windows
+		// netstack accepted with scale 8, advertised window<<8 at ack,
+		// then a zero window 30 bytes on.
+		synAck := make([]byte, 24)
+		header.TCP(synAck).Encode(&header.TCPFields{SeqNum: 5000, AckNum: ack, DataOffset: 24,
+			Flags: header.TCPFlagSyn | header.TCPFlagAck, WindowSize: 65535})
+		copy(synAck[20:], wsOpt(8))
+		w.sent(k, synAck)
+		seg := make([]byte, 20)
+		header.TCP(seg).Encode(&header.TCPFields{SeqNum: 5001, AckNum: ack, DataOffset: 20, Flags: header.TCPFlagAck, WindowSize: window})
+		w.sent(k, seg)
+		header.TCP(seg).Encode(&header.TCPFields{SeqNum: 5001, AckNum: ack + 30, DataOffset: 20, Flags: header.TCPFlagAck})
+		w.sent(k, seg)
+
+		orig := bytes.Clone(b)
+		valid := tcpSumValid(orig, &p)
+		if !w.received(k, b, &p) {
+			if !bytes.Equal(b, orig) {
+				t.Fatal("packet changed without a rewrite reported")
+			}
+			return
+		}
+		for i := range b {
+			if i >= p.L4Off+4 && i < p.L4Off+8 || i >= p.L4Off+16 && i < p.L4Off+18 {
+				continue
+			}
+			if b[i] != orig[i] {
+				t.Fatalf("byte %d changed, beyond the sequence number and checksum", i)
+			}
+		}
+		if got := binary.BigEndian.Uint32(b[p.L4Off+4:]); got != ack+30 {
+			t.Fatalf("sequence number %d, want RCV.NXT %d", got, ack+30)
+		}
+		if tcpSumValid(b, &p) != valid {
+			t.Fatalf("checksum valid %v before the rewrite, %v after", valid, !valid)
+		}
+	})
+}
+
+// tcpSumValid reports whether the TCP checksum of the parsed packet b
+// verifies.
+func tcpSumValid(b []byte, p *packet.Parsed) bool {
+	seg := b[p.L4Off : p.L3Off+p.IPLen]
+	src, dst := tcpip.AddrFromSlice(p.Src().AsSlice()), tcpip.AddrFromSlice(p.Dst().AsSlice())
+	if p.IPVersion == 4 {
+		s4, d4 := p.Src().Unmap().As4(), p.Dst().Unmap().As4()
+		src, dst = tcpip.AddrFrom4(s4), tcpip.AddrFrom4(d4)
+	}
+	x := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(len(seg)))
+	return checksum.Checksum(seg, x) == 0xffff
 }
