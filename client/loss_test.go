@@ -138,8 +138,8 @@ func (r lossRun) run(t *testing.T) {
 		t.Logf("a: %+v", w.sa.Endpoint().Stats())
 		t.Logf("b: %+v", w.sb.Endpoint().Stats())
 	}
-	t.Logf("%d transfers of %d MiB in %v; zero-window ACKs taken: a %d, b %d", r.transfers, r.size>>20,
-		time.Since(start).Round(time.Millisecond), w.sa.Endpoint().Stats().RxZeroWndACKs, w.sb.Endpoint().Stats().RxZeroWndACKs)
+	t.Logf("%d transfers of %d MiB in %v; retracted-window ACKs taken: a %d, b %d", r.transfers, r.size>>20,
+		time.Since(start).Round(time.Millisecond), w.sa.Endpoint().Stats().RxRetractedACKs, w.sb.Endpoint().Stats().RxRetractedACKs)
 }
 
 // echoCheck sends msg through the echo server and checks every byte comes back

@@ -43,31 +43,32 @@
 // Receive windows (window.go). netstack scales its advertised receive
 // window (by 2^8 with the client's 8 MiB buffer limit) and rounds it down
 // at each ACK, from a new base each time, so the right edge it advertises
-// can move back by up to 255 bytes; when its window closes it advertises
-// zero while the peer may already have sent into the part taken back (an
-// echo server whose application is blocked writing is the common case).
-// netstack then refuses every segment from the peer whose sequence number
-// is past its RCV.NXT, pure ACKs included: a zero window accepts only a
-// segment at RCV.NXT, and the peer's next sequence number is past it. It
-// no longer hears the peer's acknowledgements, its send buffer stays full,
-// the application blocked in Write never reads, the window stays shut, and
-// the connection crawls at retransmission timeouts (gVisor issue 10312,
-// closed upstream unfixed). The endpoint sees every segment netstack
-// sends, so it keeps per connection the last ACK and window sent and the
-// furthest edge advertised; while the last window is zero, a pure ACK
-// from the peer whose sequence number lies past that ACK but within that
-// edge is handed to netstack with the ACK as its sequence number, checksum
-// updated (RFC 9293 §3.10.7.4: a zero window must still accept valid
-// ACKs). Why that holds: while its window is zero, netstack's RCV.NXT is
-// the ACK it last sent (only a FIN moves it, and netstack acknowledges a
-// FIN at once), so the rewritten ACK is acceptable, its acknowledgement
-// and SACK blocks are processed, the send side drains, the application
-// reads, the window opens and the peer resends what was refused; the peer
-// answers each of netstack's retransmissions with such a pure ACK, so the
-// acknowledgement gets through at the latest one retransmission timeout
-// later. Nothing else is touched: data keeps its sequence numbers, and a
-// segment past the advertised edge stays unheard. Stats.RxZeroWndACKs
-// counts the ACKs so taken.
+// can move back by up to 255 bytes, while the peer may already have sent
+// into the part taken back. netstack then refuses every segment from the
+// peer whose sequence number lies past the window it last advertised, pure
+// ACKs included, and the peer's next sequence number is past it as long
+// as the bytes it sent there are lost. Once the window is shut (an echo
+// server whose application is blocked writing) or the peer's sender stops
+// resending, netstack no longer hears the peer's acknowledgements, its
+// send buffer stays full, the application never reads, and the connection
+// crawls at retransmission timeouts or dies (gVisor issue 10312, closed
+// upstream unfixed). The endpoint sees every segment netstack sends, so it
+// keeps per connection the last ACK and right edge netstack advertised and
+// the furthest edge it ever did; a pure ACK from the peer past the last
+// window but within that furthest edge is handed to netstack renumbered:
+// RCV.NXT (the last ACK) when the window is zero, else the window's last
+// byte, checksum updated (RFC 9293 §3.10.7.4: valid ACKs must still be
+// accepted). Why that holds: netstack's RCV.NXT is the last ACK it sent,
+// or past it only until its next ACK, which it sends at once after taking
+// data, and never past the last edge; netstack accepts an empty segment at
+// RCV.NXT, or anywhere inside an open window, so the renumbered ACK is
+// taken: its acknowledgement and SACK blocks are processed, the send side
+// drains, the application reads, the window opens and the peer resends
+// what was refused. The peer answers each of netstack's retransmissions
+// with a pure ACK, so acknowledgements get through at the latest one
+// retransmission timeout later. Nothing else is touched: data keeps its
+// sequence numbers, and a segment past every edge netstack advertised
+// stays unheard. Stats.RxRetractedACKs counts the ACKs renumbered.
 //
 // Invariants:
 //

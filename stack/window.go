@@ -15,20 +15,21 @@ import (
 // refuse the ACKs its peer sends from inside the window it retracted (the
 // package doc tells the story). The endpoint sees every segment netstack
 // sends, so it knows the window netstack last advertised and the furthest
-// edge it ever advertised; when the last advertised window is zero, a pure
-// ACK from the peer whose sequence number lies past netstack's RCV.NXT but
-// within that edge gets RCV.NXT as its sequence number before netstack
-// sees it, so netstack takes its acknowledgement (RFC 9293 §3.10.7.4: with
-// a zero window, "special allowance should be made to accept valid ACKs").
-// A pure ACK carries no data: its sequence number only decides whether
-// netstack looks at it.
+// edge it ever advertised; a pure ACK from the peer whose sequence number
+// lies past the last advertised window but within that edge gets a
+// sequence number netstack accepts before netstack sees it: RCV.NXT when
+// the window is zero, else the last byte of the window. netstack then
+// takes its acknowledgement (RFC 9293 §3.10.7.4: "special allowance should
+// be made to accept valid ACKs"). A pure ACK carries no data: its sequence
+// number only decides whether netstack looks at it (netstack takes the
+// peer's window from every segment it accepts, whatever its number).
 
 // advert is what netstack last advertised on one TCP connection.
 type advert struct {
 	ack        uint32 // ACK of the last segment netstack sent: its RCV.NXT then
-	edge       uint32 // the furthest ack + window << scale it ever advertised
-	zero       bool   // the last segment advertised a zero window
-	advertised bool   // edge is set
+	last       uint32 // ack + window << scale of that segment: the window's right edge
+	edge       uint32 // the furthest right edge it ever advertised
+	advertised bool   // last and edge are set
 	scale      uint8  // netstack's receive window scale: 0 until both SYNs showed the option
 	ourWS      int8   // the window scale netstack's SYN offered; -1: none
 }
@@ -82,10 +83,11 @@ func (w *windows) sent(k packet.Key, th []byte) {
 		return // not seen from its SYN: leave it alone
 	}
 	a.ack = t.AckNumber()
-	a.zero = t.WindowSize() == 0
-	if edge := a.ack + uint32(t.WindowSize())<<a.scale; !a.advertised || seqAfter(edge, a.edge) {
-		a.edge, a.advertised = edge, true
+	a.last = a.ack + uint32(t.WindowSize())<<a.scale
+	if !a.advertised || seqAfter(a.last, a.edge) {
+		a.edge = a.last
 	}
+	a.advertised = true
 }
 
 // received looks at a TCP segment b (an IP packet, parsed in p) arriving
@@ -106,7 +108,7 @@ func (w *windows) received(k packet.Key, b []byte, p *packet.Parsed) bool {
 		}
 		return false
 	}
-	if !a.advertised || !a.zero {
+	if !a.advertised {
 		return false
 	}
 	// A pure ACK: no data, no SYN, FIN or RST (those keep their numbers).
@@ -114,10 +116,18 @@ func (w *windows) received(k packet.Key, b []byte, p *packet.Parsed) bool {
 		p.L3Off+p.IPLen != p.L4Off+p.L4HdrLen {
 		return false
 	}
-	if !seqAfter(p.Seq, a.ack) || seqAfter(p.Seq, a.edge) {
-		return false
+	// netstack accepts an empty segment at RCV.NXT, or anywhere inside a
+	// window that is not zero; RCV.NXT is a.ack, or a little past it when
+	// netstack took data it has not acknowledged yet, but never past the
+	// last edge while the ACK saying so has not been sent.
+	to := a.ack
+	if a.last != a.ack {
+		to = a.last - 1
 	}
-	setSeq(b[p.L4Off:], p.Seq, a.ack)
+	if seqAfter(to, p.Seq) || p.Seq == to || seqAfter(p.Seq, a.edge) {
+		return false // inside the window already, or past anything advertised
+	}
+	setSeq(b[p.L4Off:], p.Seq, to)
 	return true
 }
 
@@ -135,7 +145,7 @@ func (e *Endpoint) rxWindow(payload *buffer.Buffer) {
 		return
 	}
 	if e.wins.received(p.RxKey(), v.AsSlice(), p) {
-		e.stats.rxZeroWndACKs.Add(1)
+		e.stats.rxRetractedACKs.Add(1)
 	}
 }
 

@@ -57,8 +57,8 @@ func wsOpt(s byte) []byte { return []byte{header.TCPOptionNOP, header.TCPOptionW
 
 // TestWindowZeroACK: after netstack advertised a window and then a zero
 // window whose edge retracted, a pure ACK from inside the first window is
-// given netstack's RCV.NXT, with a valid checksum; what must keep its
-// numbers keeps them.
+// given netstack's RCV.NXT, with a valid checksum; past a window retracted
+// but open, the window's last byte; what must keep its numbers keeps them.
 func TestWindowZeroACK(t *testing.T) {
 	var w windows
 	var p packet.Parsed
@@ -116,6 +116,21 @@ func TestWindowZeroACK(t *testing.T) {
 	w.sent(k, wSeg(true, packet.TCPAck, 5001, rcvNxt+30, 2, nil, 0)[20:])
 	if recv(wSeg(false, packet.TCPAck, rcvNxt+60, 5001, 100, nil, 0)) {
 		t.Error("ACK rewritten once the window reopened")
+	}
+
+	// A window retracted but not to zero: 2 << 8 at 1030 ends at 1542,
+	// before the edge of 2024 advertised first. An ACK past 1542 gets the
+	// window's last byte, one inside it keeps its number.
+	ack = wSeg(false, packet.TCPAck, rcvNxt+900, 5001, 100, nil, 0)
+	if !recv(ack) {
+		t.Fatal("ACK past a retracted window not rewritten")
+	}
+	if got := binary.BigEndian.Uint32(ack[20+4:]); got != rcvNxt+30+512-1 {
+		t.Errorf("seq %d, want the window's last byte %d", got, rcvNxt+30+512-1)
+	}
+	packettest.Decode(t, ack, packet.RawIP)
+	if recv(wSeg(false, packet.TCPAck, rcvNxt+30+511, 5001, 100, nil, 0)) {
+		t.Error("ACK on the window's last byte rewritten")
 	}
 
 	// Gone with the flow; another 5-tuple was never seen.
