@@ -8,7 +8,7 @@ APT_PKGS  ?= iproute2 curl netcat-openbsd tshark ethtool hping3
 # Seed corpora of the fuzz targets run as ordinary tests; FUZZTIME>0 also fuzzes.
 FUZZTIME  ?= 0
 
-.PHONY: all build test deps vet fuzz bench demo clean
+.PHONY: all build test deps vet fuzz bench demo clean soak
 
 all: build
 
@@ -40,6 +40,13 @@ fuzz:
 			echo "fuzz $$pkg $$f"; $(GO) test -run XXX -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
 		done; \
 	done
+
+# The long loss test: TCP echoes of 32 MiB over memif wires that lose frames
+# at random and in bursts (16 seeds x 8 transfers), then over a short queue
+# that TCP overfills (4 x 8), every byte checked; fails if any transfer
+# stalls. make test runs a short version.
+soak:
+	SKYLANE_SOAK=1 $(GO) test -count=1 -timeout 60m -run '^TestTCPLossSoak$$' -v ./client/
 
 bench: build
 	./bin/skylane bench channel

@@ -169,6 +169,9 @@ func (s *Stack) attach() (_ *attachment, err error) {
 	for _, o := range []tcpip.SettableTransportProtocolOption{
 		ptr(tcpip.TCPSACKEnabled(true)),
 		ptr(tcpip.TCPModerateReceiveBufferOption(true)),
+		// Loss recovery by SACK (RFC 6675) and the retransmission timer,
+		// without RACK and its tail loss probes: see the package doc.
+		ptr(tcpip.TCPRecovery(0)),
 		&tcpip.TCPReceiveBufferSizeRangeOption{Min: 4 << 10, Default: opts.BufferSize, Max: MaxBufferSize},
 		&tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: opts.BufferSize, Max: MaxBufferSize},
 	} {

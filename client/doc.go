@@ -48,6 +48,15 @@
 //   - The app links only the contract (channel, ring, pool, packet, flow,
 //     control) and gVisor, never the nexus side (flowswitch, nexus,
 //     regulate, neigh, the netif drivers, cilium/ebpf): TestDeps holds it.
+//   - TCP recovers from loss with SACK (RFC 6675) and the retransmission
+//     timer, not with netstack's default RACK. After a tail of losses
+//     (a burst, a full queue), RACK kept counting the lost segments as in
+//     flight (37 against a congestion window of 5) and sent one or two
+//     segments per 200 ms while the retransmission timer, which clears
+//     that count, never fired: a stream collapsed to about ten packets a
+//     second for as long as the tail took. Without RACK a timeout resends
+//     from the first lost segment in slow start. The window netstack
+//     retracts under loss is handled by the endpoint (package stack).
 //   - Addresses are IP literals; there is no resolver. A local address must
 //     be one of the nexus's interface addresses (Stack.Addrs).
 package client

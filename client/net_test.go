@@ -55,16 +55,7 @@ func TestUDPEcho(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	go func() {
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := srv.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			srv.WriteTo(buf[:n], from)
-		}
-	}()
+	go udpEcho(srv)
 
 	c, err := w.sb.Dial("udp", "198.18.0.1:9")
 	if err != nil {

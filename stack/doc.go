@@ -43,6 +43,36 @@
 // held, in order, once the nexus lets it go (advisory.go). Backpressure
 // rather than drops: netstack's TCP sender stops at its window.
 //
+// Receive windows (window.go). netstack scales its advertised receive
+// window (by 2^8 with the client's 8 MiB buffer limit) and rounds it down
+// at each ACK, from a new base each time, so the right edge it advertises
+// can move back by up to 255 bytes, while the peer may already have sent
+// into the part taken back. netstack then refuses every segment from the
+// peer whose sequence number lies past the window it last advertised, pure
+// ACKs included, and the peer's next sequence number is past it as long
+// as the bytes it sent there are lost. Once the window is shut (an echo
+// server whose application is blocked writing) or the peer's sender stops
+// resending, netstack no longer hears the peer's acknowledgements, its
+// send buffer stays full, the application never reads, and the connection
+// crawls at retransmission timeouts or dies (gVisor issue 10312, closed
+// upstream unfixed). The endpoint sees every segment netstack sends, so it
+// keeps per connection the last ACK and right edge netstack advertised and
+// the furthest edge it ever did; a pure ACK from the peer past the last
+// window but within that furthest edge is handed to netstack renumbered:
+// RCV.NXT (the last ACK) when the window is zero, else the window's last
+// byte, checksum updated (RFC 9293 §3.10.7.4: valid ACKs must still be
+// accepted). Why that holds: netstack's RCV.NXT is the last ACK it sent,
+// or past it only until its next ACK, which it sends at once after taking
+// data, and never past the last edge; netstack accepts an empty segment at
+// RCV.NXT, or anywhere inside an open window, so the renumbered ACK is
+// taken: its acknowledgement and SACK blocks are processed, the send side
+// drains, the application reads, the window opens and the peer resends
+// what was refused. The peer answers each of netstack's retransmissions
+// with a pure ACK, so acknowledgements get through at the latest one
+// retransmission timeout later. Nothing else is touched: data keeps its
+// sequence numbers, and a segment past every edge netstack advertised
+// stays unheard. Stats.RxRetractedACKs counts the ACKs renumbered.
+//
 // Invariants:
 //
 //   - A packet the nexus would refuse never reaches the TX ring: no flow, a

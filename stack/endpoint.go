@@ -126,6 +126,7 @@ type Stats struct {
 	RxPackets, RxBytes uint64 // packets delivered to netstack (super packets count once)
 	RxPolls            uint64 // polls that received at least one packet
 	RxDropped          uint64 // not IP, or no dispatcher attached
+	RxRetractedACKs    uint64 // pure ACKs from inside a window netstack retracted, renumbered so it takes them (window.go)
 	TxPackets, TxBytes uint64 // packets put on the TX ring (after segmentation)
 	TxSends            uint64 // Send calls that put at least one packet on the ring
 	TxGSO              uint64 // super packets (netstack GSO packets above the MTU) put whole on the TX ring
@@ -181,6 +182,7 @@ type Endpoint struct {
 	rxParsed packet.Parsed
 
 	flows flowTable
+	wins  windows
 
 	start  sync.Once
 	stop   chan struct{} // closed by Stop
@@ -435,6 +437,7 @@ func (e *Endpoint) Suspended() (flows, packets int) {
 
 type stats struct {
 	rxPackets, rxBytes, rxPolls, rxDropped           atomic.Uint64
+	rxRetractedACKs                                  atomic.Uint64
 	txPackets, txBytes, txSends, txGSO, txWaits      atomic.Uint64
 	txNoFlow, txRegisterFail, txOversize, txQueueFul atomic.Uint64
 	txClosed, txHandshake                            atomic.Uint64
@@ -448,7 +451,8 @@ type stats struct {
 func (s *stats) snapshot() Stats {
 	return Stats{
 		RxPackets: s.rxPackets.Load(), RxBytes: s.rxBytes.Load(), RxPolls: s.rxPolls.Load(), RxDropped: s.rxDropped.Load(),
-		TxPackets: s.txPackets.Load(), TxBytes: s.txBytes.Load(), TxSends: s.txSends.Load(), TxGSO: s.txGSO.Load(),
+		RxRetractedACKs: s.rxRetractedACKs.Load(),
+		TxPackets:       s.txPackets.Load(), TxBytes: s.txBytes.Load(), TxSends: s.txSends.Load(), TxGSO: s.txGSO.Load(),
 		TxWaits: s.txWaits.Load(), TxNoFlow: s.txNoFlow.Load(), TxRegisterFail: s.txRegisterFail.Load(),
 		TxOversize: s.txOversize.Load(), TxQueueFull: s.txQueueFul.Load(), TxClosed: s.txClosed.Load(),
 		TxHandshake:     s.txHandshake.Load(),

@@ -266,6 +266,7 @@ func (t *flowTable) forgetLocked(e *Endpoint, k packet.Key) bool {
 	}
 	delete(t.flows, k)
 	delete(t.closing, k)
+	e.wins.forget(k)
 	if f.pending {
 		f.endPending(errForgotten)
 		return false

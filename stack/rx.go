@@ -91,8 +91,11 @@ func (e *Endpoint) poll() bool {
 		default:
 			continue
 		}
-		e.rxHint(b.Data)
-		e.rxPkts[i] = gstack.NewPacketBuffer(gstack.PacketBufferOptions{Payload: buffer.MakeWithData(b.Data)})
+		payload := buffer.MakeWithData(b.Data)
+		if e.rxHint(b.Data) {
+			e.rxWindow(&payload)
+		}
+		e.rxPkts[i] = gstack.NewPacketBuffer(gstack.PacketBufferOptions{Payload: payload})
 	}
 	if n > 0 {
 		e.freeLocked(e.rxBufs[:n])
@@ -155,13 +158,15 @@ func (e *Endpoint) freeLocked(bufs []channel.Buf) bool {
 }
 
 // rxHint marks a TCP flow as closing when a received segment carries FIN
-// or RST, so the reaper looks at it soon.
-func (e *Endpoint) rxHint(b []byte) {
+// or RST, so the reaper looks at it soon. It reports whether b is a TCP
+// segment, parsed in e.rxParsed.
+func (e *Endpoint) rxHint(b []byte) bool {
 	p := &e.rxParsed
 	if packet.Parse(b, packet.RawIP, p) != nil || !p.HasL4 || p.Proto != packet.ProtoTCP {
-		return
+		return false
 	}
 	if p.Flags&(packet.TCPFin|packet.TCPRst) != 0 {
 		e.flows.hint(p.RxKey())
 	}
+	return true
 }

@@ -102,6 +102,9 @@ func (e *Endpoint) classify(pkt *gstack.PacketBuffer) (_ txItem, ok bool, _ tcpi
 	if !e.flows.ensure(e, key, flags) {
 		return txItem{}, false, nil
 	}
+	if key.Proto == packet.ProtoTCP {
+		e.wins.sent(key, pkt.TransportHeader().Slice())
+	}
 	return txItem{pkt: pkt, key: key, flags: flags, seg: seg}, true, nil
 }
 

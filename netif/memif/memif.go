@@ -20,6 +20,14 @@
 //     the writer's TxDrops. Frames that are queued but not yet due (Rate,
 //     Delay) occupy slots like any other.
 //
+//   - Loss (Options.Loss) drops frames on the wire, after Write accepted
+//     them: the writer counts them sent (TxPackets), the reading end counts
+//     them in its RxDrops, and they never take a slot. Each direction draws
+//     from its own generator, seeded from Loss.Seed and the direction, once
+//     per frame in write order, so the same seed and the same frames
+//     written drop the same frames: frame i of a direction is lost or not
+//     whatever the timing. A super packet is one frame: lost whole.
+//
 //   - Close on either end closes the wire: both ends return netif.ErrClosed
 //     from then on, and queued frames are discarded.
 //
@@ -43,6 +51,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -74,7 +83,7 @@ const (
 )
 
 // Options configure a pair. The zero value is a 1500-byte Ethernet wire with
-// 1024 frames of queue per direction, no rate limit and no delay.
+// 1024 frames of queue per direction, no rate limit, no delay and no loss.
 type Options struct {
 	// Name names the wire; the ends are Name+"0" and Name+"1". Default
 	// DefaultName.
@@ -101,6 +110,41 @@ type Options struct {
 	// MaxFrameLen(MTU, LinkType) up to netif.HeaderLen(LinkType) + 65535.
 	// 0 means MaxFrameLen: no super packets, every frame at most the MTU.
 	MaxSuperPacketLen int
+	// Loss drops frames on the wire, so apps can be tested under loss. The
+	// zero value loses nothing.
+	Loss Loss
+}
+
+// Loss is a wire's loss model, the same in both directions: independent
+// random drops and bursts of consecutive drops, drawn per frame from a
+// seeded generator (deterministic per seed; see the package doc). Bursts
+// count frames, not time, as per-packet loss models do: on a quiet wire a
+// burst swallows the next BurstLen frames however far apart they are (a
+// stalled connection's retransmissions, backing off), so keep some other
+// traffic on the wire unless that is what is tested.
+type Loss struct {
+	// Rate is the probability, 0..1, that a frame is dropped on its own.
+	Rate float64
+	// BurstRate is the probability, 0..1, that a frame starts a burst:
+	// it and the BurstLen-1 frames after it are dropped.
+	BurstRate float64
+	// BurstLen is how many consecutive frames a burst drops; required
+	// (at least 1) with BurstRate.
+	BurstLen int
+	// Seed seeds the generators.
+	Seed uint64
+}
+
+func (l Loss) check() error {
+	switch {
+	case !(l.Rate >= 0 && l.Rate <= 1): // also refuses NaN
+		return fmt.Errorf("memif: loss rate %v outside 0..1", l.Rate)
+	case !(l.BurstRate >= 0 && l.BurstRate <= 1):
+		return fmt.Errorf("memif: burst rate %v outside 0..1", l.BurstRate)
+	case l.BurstLen < 0 || (l.BurstRate > 0 && l.BurstLen == 0):
+		return fmt.Errorf("memif: burst length %d: give at least 1 frame with a burst rate", l.BurstLen)
+	}
+	return nil
 }
 
 // NewPair returns the two ends of a new wire. Every option is checked before
@@ -132,6 +176,9 @@ func NewPair(opts Options) (a, b netif.Link, err error) {
 	case opts.Delay < 0:
 		return nil, nil, fmt.Errorf("memif: negative Delay %v", opts.Delay)
 	}
+	if err := opts.Loss.check(); err != nil {
+		return nil, nil, err
+	}
 	frameLen := netif.MaxFrameLen(opts.MTU, opts.LinkType)
 	slot := max(frameLen, opts.MaxSuperPacketLen)
 	if opts.MaxSuperPacketLen != 0 && (opts.MaxSuperPacketLen < frameLen || opts.MaxSuperPacketLen > netif.HeaderLen(opts.LinkType)+0xffff) {
@@ -155,7 +202,7 @@ func NewPair(opts Options) (a, b netif.Link, err error) {
 		batch: min(batchSize, opts.QueueLen),
 	}
 	for i := range w.q {
-		w.q[i].init(&opts, slot)
+		w.q[i].init(&opts, slot, uint64(i))
 	}
 	e0 := w.newEnd(opts.Name+"0", &w.q[0], &w.q[1])
 	e1 := w.newEnd(opts.Name+"1", &w.q[1], &w.q[0])
@@ -208,13 +255,14 @@ type queue struct {
 	next      int
 	due       []int64 // guarded by mu; per slot, wire.now() at which it is readable; nil unless paced
 	tat       int64   // guarded by mu; token bucket's theoretical arrival time (GCRA), with Rate
+	loss      *lossy  // guarded by mu; nil without Options.Loss
 
 	// Counters, guarded by mu. The writing end's Tx, the reading end's Rx.
 	txPackets, txBytes, txDrops uint64
 	rxPackets, rxBytes, rxDrops uint64
 }
 
-func (q *queue) init(o *Options, slot int) {
+func (q *queue) init(o *Options, slot int, dir uint64) {
 	q.slot = slot
 	q.buf = make([]byte, o.QueueLen*slot)
 	q.lens = make([]int32, o.QueueLen)
@@ -230,6 +278,33 @@ func (q *queue) init(o *Options, slot int) {
 		q.paced = true
 		q.due = make([]int64, o.QueueLen)
 	}
+	if o.Loss.Rate > 0 || o.Loss.BurstRate > 0 {
+		q.loss = &lossy{Loss: o.Loss, rng: rand.New(rand.NewPCG(o.Loss.Seed, dir))}
+	}
+}
+
+// lossy is one direction's loss generator.
+type lossy struct {
+	Loss
+	rng  *rand.Rand
+	left int // frames the current burst still drops
+}
+
+// drop reports whether the next frame is lost. Both draws are made for
+// every frame, in a burst or not, so frame i's fate depends only on the
+// seed and i.
+func (l *lossy) drop() bool {
+	single := l.rng.Float64() < l.Rate
+	burst := l.rng.Float64() < l.BurstRate
+	if l.left > 0 {
+		l.left--
+		return true
+	}
+	if burst {
+		l.left = l.BurstLen - 1
+		return true
+	}
+	return single
 }
 
 // dueTime returns when a frame of size bytes written at now becomes readable,
@@ -416,12 +491,24 @@ func (e *end) WriteGSO(frames [][]byte, segSizes []int) (int, error) {
 	if q.paced {
 		now = e.w.now() // once per batch
 	}
+	// Tail drop first, at the queue's room; then loss on the wire, among
+	// the frames that went out.
 	n := min(k, len(q.lens)-q.count)
 	pos := q.head + q.count
 	if pos >= len(q.lens) {
 		pos -= len(q.lens)
 	}
+	lost := 0
 	for i, f := range frames[:n] {
+		if q.loss != nil && q.loss.drop() {
+			// Sent, then lost on the wire: it used the wire's time.
+			if q.paced {
+				q.dueTime(now, len(f))
+			}
+			q.txBytes += uint64(len(f))
+			lost++
+			continue
+		}
 		copy(q.buf[pos*q.slot:], f)
 		q.lens[pos] = int32(len(f))
 		if len(f) > e.w.frame { // segs and udp are read for such frames only
@@ -437,12 +524,13 @@ func (e *end) WriteGSO(frames [][]byte, segSizes []int) (int, error) {
 			pos = 0
 		}
 	}
-	q.count += n
+	q.count += n - lost
 	q.txPackets += uint64(n)
+	q.rxDrops += uint64(lost)
 	q.txDrops += uint64(k - n)
 	q.mu.Unlock()
 
-	if n > 0 {
+	if n > lost {
 		select {
 		case q.ready <- struct{}{}:
 		default: // a wake-up is already pending
