@@ -7,17 +7,15 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/skylane/skylane/client"
-	"github.com/skylane/skylane/netif/memif"
+	"github.com/skylane/skylane/internal/nexustest"
 	"github.com/skylane/skylane/nexus"
 	server "github.com/skylane/skylane/nexus/control"
-	"github.com/skylane/skylane/nexus/inproc"
 )
 
 // TestServeNexusFlags: with --nexus the device's flags are the nexus's and
@@ -57,24 +55,8 @@ type nexusHost struct {
 
 func newNexusHost(t *testing.T) *nexusHost {
 	t.Helper()
-	la, lb, err := memif.NewPair(memif.Options{Name: "srvnx"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &nexusHost{path: filepath.Join(t.TempDir(), "nexus.sock")}
-	if h.n, err = nexus.New(nexus.Options{Link: la, Addrs: []netip.Addr{netip.MustParseAddr("198.18.0.1")}}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.n.Close() })
-	nb, err := nexus.New(nexus.Options{Link: lb, Addrs: []netip.Addr{netip.MustParseAddr("198.18.0.2")}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nb.Close() })
-	if h.peer, err = client.New(inproc.Nexus(nb), client.Options{Name: "peer"}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.peer.Close() })
+	w := nexustest.NewPair(t, "srvnx")
+	h := &nexusHost{n: w.Nexus, peer: w.Peer, path: filepath.Join(t.TempDir(), "nexus.sock")}
 	h.serve(t)
 	return h
 }

@@ -7,17 +7,15 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/skylane/skylane/client"
-	"github.com/skylane/skylane/netif/memif"
+	"github.com/skylane/skylane/internal/nexustest"
 	"github.com/skylane/skylane/nexus"
 	server "github.com/skylane/skylane/nexus/control"
-	"github.com/skylane/skylane/nexus/inproc"
 )
 
 // world is a nexus (198.18.0.1) whose control socket the test serves and
@@ -31,24 +29,8 @@ type world struct {
 
 func newWorld(t *testing.T) *world {
 	t.Helper()
-	la, lb, err := memif.NewPair(memif.Options{Name: "httpecho"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := &world{sock: filepath.Join(t.TempDir(), "nexus.sock")}
-	if w.na, err = nexus.New(nexus.Options{Link: la, Addrs: []netip.Addr{netip.MustParseAddr("198.18.0.1")}}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { w.na.Close() })
-	nb, err := nexus.New(nexus.Options{Link: lb, Addrs: []netip.Addr{netip.MustParseAddr("198.18.0.2")}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nb.Close() })
-	if w.peer, err = client.New(inproc.Nexus(nb), client.Options{Name: "peer"}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { w.peer.Close() })
+	p := nexustest.NewPair(t, "httpecho")
+	w := &world{na: p.Nexus, peer: p.Peer, sock: filepath.Join(t.TempDir(), "nexus.sock")}
 	return w
 }
 
