@@ -497,7 +497,7 @@ func fillBurst(a *burstApp, bufs []channel.Buf, id *[16]byte) error {
 			return fmt.Errorf("meta: %w", err)
 		}
 		clear(m)
-		copy(m[flowswitch.TxMetaFlowIDOff:], id[:])
+		copy(m[channel.TxMetaFlowIDOff:], id[:])
 	}
 	return nil
 }

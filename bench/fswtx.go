@@ -164,7 +164,7 @@ func (c *fswTxCopy) forward() (int, error) {
 	for i, b := range c.bufs[:n] {
 		f := c.frames[i]
 		k := copy(f[c.hdr:], b.Data)
-		copy(c.ids[i][:], meta.UserMeta(b.Index)[flowswitch.TxMetaFlowIDOff:flowswitch.TxMetaFlowIDOff+flowswitch.TxMetaFlowIDLen])
+		copy(c.ids[i][:], meta.UserMeta(b.Index)[channel.TxMetaFlowIDOff:channel.TxMetaFlowIDOff+channel.TxMetaFlowIDLen])
 		binary.BigEndian.PutUint16(f[c.hdr-2:], packet.EtherTypeIPv4)
 		c.out = append(c.out, f[c.hdr-fswTxEthLen:c.hdr+k])
 	}
@@ -202,8 +202,8 @@ func (r *fswTxRig) step() (int, error) {
 		if err != nil {
 			return 0, fmt.Errorf("app meta: %w", err)
 		}
-		copy(m[flowswitch.TxMetaFlowIDOff:], r.id[:])
-		clear(m[flowswitch.TxMetaFlowIDLen:pool.UserMetaLen])
+		copy(m[channel.TxMetaFlowIDOff:], r.id[:])
+		clear(m[channel.TxMetaFlowIDLen:pool.UserMetaLen])
 	}
 	if n, err := r.app.Send(r.abufs); n != fswTxBatch || err != nil {
 		return 0, fmt.Errorf("app send: %d of %d: %v", n, fswTxBatch, err)

@@ -248,7 +248,7 @@ func rawSend(t testing.TB, app *channel.App, pkt []byte, id [16]byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	copy(m[flowswitch.TxMetaFlowIDOff:], id[:])
+	copy(m[channel.TxMetaFlowIDOff:], id[:])
 	if n, err := app.Send([]channel.Buf{b}); n != 1 || err != nil {
 		t.Fatalf("send: %d, %v", n, err)
 	}

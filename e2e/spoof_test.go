@@ -276,7 +276,7 @@ func sendRaw(t *testing.T, p *nexus.Port, id [16]byte, pkts ...[]byte) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			copy(m[flowswitch.TxMetaFlowIDOff:], id[:])
+			copy(m[channel.TxMetaFlowIDOff:], id[:])
 		}
 		for sent := 0; sent < n; {
 			k, err := app.Send(bufs[sent:n])

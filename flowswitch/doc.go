@@ -16,7 +16,7 @@
 //     queue at the end of the input batch: one channel.Alloc for the whole flow
 //     batch, one copy per packet (the L3 packet, trimmed to its IP length) or
 //     per TCP super packet (merge.go), the flow ID stamped in each buffer's
-//     user metadata (RxMetaFlowIDOff).
+//     user metadata (channel.RxMetaFlowIDOff).
 //  4. At the end of the input batch, one channel.Deliver per channel, holding
 //     that channel's flow batches in the order they were released; the frames
 //     of no flow (ARP included) go to Options.HostLink in one Write, in

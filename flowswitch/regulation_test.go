@@ -230,7 +230,7 @@ func (s *sender) step(now time.Duration) (stepResult, error) {
 			return 0, err
 		}
 		clear(m)
-		copy(m[flowswitch.TxMetaFlowIDOff:], id[:])
+		copy(m[channel.TxMetaFlowIDOff:], id[:])
 	}
 	got, err := app.Send(bufs[:k])
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/skylane/skylane/channel"
 	"github.com/skylane/skylane/flow"
 	"github.com/skylane/skylane/packet"
 )
@@ -227,8 +228,8 @@ func (s *Switch) release(fq *flowQueue) {
 		}
 		b.Flags = 0
 		m := meta.UserMeta(b.Index)
-		copy(m[RxMetaFlowIDOff:RxMetaFlowIDOff+RxMetaFlowIDLen], id[:])
-		clear(m[RxMetaFlowIDOff+RxMetaFlowIDLen:])
+		copy(m[channel.RxMetaFlowIDOff:channel.RxMetaFlowIDOff+channel.RxMetaFlowIDLen], id[:])
+		clear(m[channel.RxMetaFlowIDOff+channel.RxMetaFlowIDLen:])
 		for _, i := range seg {
 			bytes += uint64(s.length[i])
 		}

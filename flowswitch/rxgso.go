@@ -131,8 +131,8 @@ func (s *Switch) rxSplit(p *port, b channel.Buf, i int32, id *[16]byte) (done, c
 		}
 		buf.Flags = 0
 		m := meta.UserMeta(buf.Index)
-		copy(m[RxMetaFlowIDOff:RxMetaFlowIDOff+RxMetaFlowIDLen], id[:])
-		clear(m[RxMetaFlowIDOff+RxMetaFlowIDLen:])
+		copy(m[channel.RxMetaFlowIDOff:channel.RxMetaFlowIDOff+channel.RxMetaFlowIDLen], id[:])
+		clear(m[channel.RxMetaFlowIDOff+channel.RxMetaFlowIDLen:])
 		p.pending = append(p.pending, buf)
 	}
 	clear(more)

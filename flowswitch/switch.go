@@ -31,14 +31,6 @@ const (
 	idleWait = 10 * time.Millisecond
 )
 
-// User metadata of an RX buffer, as the switch writes it before delivery:
-// the channel's layout (channel.RxMetaFlowIDOff), named here for the
-// switch's code.
-const (
-	RxMetaFlowIDOff = channel.RxMetaFlowIDOff
-	RxMetaFlowIDLen = channel.RxMetaFlowIDLen
-)
-
 var (
 	// ErrBadOptions: Options are invalid (no link, batch out of range).
 	ErrBadOptions = errors.New("flowswitch: bad options")

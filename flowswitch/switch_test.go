@@ -541,7 +541,7 @@ func TestRxMetadataStamped(t *testing.T) {
 				t.Fatalf("more than %d packets", len(want))
 			}
 			var rest [16]byte
-			if [16]byte(m[flowswitch.RxMetaFlowIDOff:]) != want[got] || [16]byte(m[16:32]) != rest {
+			if [16]byte(m[channel.RxMetaFlowIDOff:]) != want[got] || [16]byte(m[16:32]) != rest {
 				t.Errorf("packet %d: metadata %x, want the flow ID %x then zeros", got, m, want[got])
 			}
 			got++

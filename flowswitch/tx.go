@@ -56,21 +56,6 @@ import (
 //   - The fast path accepts only what the full path accepts.
 //   - No allocation per packet (or per batch) in steady state.
 
-// User metadata of a TX buffer, written by the app before Send: the
-// channel's layout (channel.TxMetaFlowIDOff), named here for the switch's
-// code. The nexus copies the flow ID and the segmentation size together
-// with the packet, before checking.
-const (
-	TxMetaFlowIDOff  = channel.TxMetaFlowIDOff
-	TxMetaFlowIDLen  = channel.TxMetaFlowIDLen
-	TxMetaSegSizeOff = channel.TxMetaSegSizeOff
-	TxMetaSegSizeLen = channel.TxMetaSegSizeLen
-)
-
-// MinSegSize is channel.MinSegSize: the smallest segmentation size a super
-// packet may name.
-const MinSegSize = channel.MinSegSize
-
 // TxBatch is the most packets TxOnce takes from one TX ring (docs/design.md §6.1).
 // 64 packets amortise the ring refresh and the Link.Write call; the copies
 // (64 × 1514 bytes at the default MTU) stay within a 128 KiB L2 cache.
@@ -100,7 +85,7 @@ type TxDrops struct {
 	// extension headers).
 	SegProto uint64
 	// SegSize: a TCP super packet whose segmentation size is below
-	// MinSegSize or makes segments (its IP and TCP headers plus the size)
+	// channel.MinSegSize or makes segments (its IP and TCP headers plus the size)
 	// longer than the MTU.
 	SegSize uint64
 	// SrcAddr: the source address is not one of the switch's addresses.
@@ -220,8 +205,8 @@ type txState struct {
 	swapped        []int         // indices whose frames are big ones now (useBig); cap TxBatch
 	srcMAC, dstMAC [6]byte       // immutable
 	lens           []int         // bytes copied into copies[i]
-	ids            [][TxMetaFlowIDLen]byte
-	segs           []int             // segmentation size of copies[i] (TxMetaSegSizeOff)
+	ids            [][channel.TxMetaFlowIDLen]byte
+	segs           []int             // segmentation size of copies[i] (channel.TxMetaSegSizeOff)
 	ipLens         []int             // Template.MatchEach results: 0, or the IP length
 	mflags         []packet.TCPFlags // and the TCP flags
 
@@ -267,7 +252,7 @@ func (t *txState) init(opts Options, lt packet.LinkType, mtu int) {
 	}
 	t.swapped = make([]int, 0, TxBatch)
 	t.lens = make([]int, TxBatch)
-	t.ids = make([][TxMetaFlowIDLen]byte, TxBatch)
+	t.ids = make([][channel.TxMetaFlowIDLen]byte, TxBatch)
 	t.segs = make([]int, TxBatch)
 	t.ipLens = make([]int, TxBatch)
 	t.mflags = make([]packet.TCPFlags, TxBatch)
@@ -409,8 +394,8 @@ func (s *Switch) txTake(p *port, limit int, now int64) (int, error) {
 		}
 		lens[i] = copy(t.copies[i], b.Data)
 		m := meta.UserMeta(b.Index)
-		copy(ids[i][:], m[TxMetaFlowIDOff:TxMetaFlowIDOff+TxMetaFlowIDLen])
-		segs[i] = int(binary.LittleEndian.Uint16(m[TxMetaSegSizeOff:]))
+		copy(ids[i][:], m[channel.TxMetaFlowIDOff:channel.TxMetaFlowIDOff+channel.TxMetaFlowIDLen])
+		segs[i] = int(binary.LittleEndian.Uint16(m[channel.TxMetaSegSizeOff:]))
 	}
 	ch.Release(t.bufs[:n])
 	clear(t.bufs[:n]) // drop the references into shared memory

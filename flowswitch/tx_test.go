@@ -114,7 +114,7 @@ func (r *rig) send(t testing.TB, i int, id [16]byte, pkts ...[]byte) []channel.B
 }
 
 // sendSeg is send with the segmentation size seg in every packet's
-// metadata (TxMetaSegSizeOff).
+// metadata (channel.TxMetaSegSizeOff).
 func (r *rig) sendSeg(t testing.TB, i int, id [16]byte, seg uint16, pkts ...[]byte) []channel.Buf {
 	t.Helper()
 	bufs := make([]channel.Buf, len(pkts))
@@ -132,8 +132,8 @@ func (r *rig) sendSeg(t testing.TB, i int, id [16]byte, seg uint16, pkts ...[]by
 		bufs[j].Data = b.Data[:copy(b.Data, pkts[j])]
 		meta := r.chans[i].Pool().UserMeta(b.Index)
 		clear(meta)
-		copy(meta[flowswitch.TxMetaFlowIDOff:], id[:])
-		binary.LittleEndian.PutUint16(meta[flowswitch.TxMetaSegSizeOff:], seg)
+		copy(meta[channel.TxMetaFlowIDOff:], id[:])
+		binary.LittleEndian.PutUint16(meta[channel.TxMetaSegSizeOff:], seg)
 	}
 	if n, err := r.apps[i].Send(bufs); n != len(bufs) || err != nil {
 		t.Fatalf("app send: %d of %d, %v", n, len(bufs), err)

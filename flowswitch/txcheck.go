@@ -3,6 +3,7 @@ package flowswitch
 import (
 	"encoding/binary"
 
+	"github.com/skylane/skylane/channel"
 	"github.com/skylane/skylane/flow"
 	"github.com/skylane/skylane/packet"
 )
@@ -20,7 +21,7 @@ func (s *Switch) txChecks(p *port, n int) {
 	t := &s.tx
 	var (
 		e      *flow.Entry
-		id     [TxMetaFlowIDLen]byte
+		id     [channel.TxMetaFlowIDLen]byte
 		simple bool // e is a Connected flow: no listener check
 	)
 	for i := 0; i < n; {
@@ -55,7 +56,7 @@ func (s *Switch) txChecks(p *port, n int) {
 // to id, no SYN, and within the MTU or a super packet superOK accepts, for
 // Connected flow e (of the template's protocol, tcp, and family, v6). It
 // returns the first packet it did not take.
-func (t *txState) fastRun(e *flow.Entry, id *[TxMetaFlowIDLen]byte, tcp, v6 bool, i, n int) int {
+func (t *txState) fastRun(e *flow.Entry, id *[channel.TxMetaFlowIDLen]byte, tcp, v6 bool, i, n int) int {
 	hdr, l2Len, mtu := t.hdr, t.l2Len, t.mtu
 	frames, ids, ipLens, mflags := t.frames[:n], t.ids[:n], t.ipLens[:n], t.mflags[:n]
 	le := binary.LittleEndian
@@ -94,13 +95,13 @@ func (t *txState) fastRun(e *flow.Entry, id *[TxMetaFlowIDLen]byte, tcp, v6 bool
 
 // superOK reports whether copy i, which a template of protocol tcp and
 // family v6 matched with an IP length above the MTU, is a super packet the
-// checks accept: TCP, with a segmentation size of at least MinSegSize that
+// checks accept: TCP, with a segmentation size of at least channel.MinSegSize that
 // keeps each segment (its headers, which the template says carry no IP
 // options or extension headers, plus the size) within the MTU. txCheck
 // applies the same rule to a parsed packet.
 func (t *txState) superOK(i int, tcp, v6 bool) bool {
 	seg := t.segs[i]
-	if !tcp || seg < MinSegSize {
+	if !tcp || seg < channel.MinSegSize {
 		return false
 	}
 	ipHdr := 20
@@ -160,7 +161,7 @@ func (s *Switch) txCheck(p *port, i int) {
 			d.SegProto++
 			return
 		}
-		if seg := t.segs[i]; seg < MinSegSize || ps.PayloadOff-ps.L3Off+seg > t.mtu {
+		if seg := t.segs[i]; seg < channel.MinSegSize || ps.PayloadOff-ps.L3Off+seg > t.mtu {
 			d.SegSize++
 			return
 		}
@@ -259,7 +260,7 @@ func (s *Switch) synAckOK(i, ipLen int, v6 bool) bool {
 }
 
 // sameID reports whether id is e's flow ID, in two word compares.
-func sameID(e *flow.Entry, id *[TxMetaFlowIDLen]byte) bool {
+func sameID(e *flow.Entry, id *[channel.TxMetaFlowIDLen]byte) bool {
 	eid := e.ID()
 	le := binary.LittleEndian
 	return le.Uint64(eid[0:8]) == le.Uint64(id[0:8]) && le.Uint64(eid[8:16]) == le.Uint64(id[8:16])

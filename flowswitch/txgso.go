@@ -11,7 +11,7 @@ import (
 //
 // An app may send a TCP super packet: one buffer holding a packet longer
 // than the MTU, with the MSS of its segments as the segmentation size in
-// its metadata (TxMetaSegSizeOff). The checks (txcheck.go) accept it like
+// its metadata (channel.TxMetaSegSizeOff). The checks (txcheck.go) accept it like
 // any packet of its flow, plus its own (TxDrops.SegProto, SegSize), and it
 // travels whole as far as it can:
 //

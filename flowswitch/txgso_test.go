@@ -195,7 +195,7 @@ func TestTxSuperRejects(t *testing.T) {
 		want func(d *flowswitch.TxDrops) uint64
 	}{
 		{"no-seg", superTCP(1, 3000), 0, func(d *flowswitch.TxDrops) uint64 { return d.MTU }},
-		{"seg-small", superTCP(1, 3000), flowswitch.MinSegSize - 1, func(d *flowswitch.TxDrops) uint64 { return d.SegSize }},
+		{"seg-small", superTCP(1, 3000), channel.MinSegSize - 1, func(d *flowswitch.TxDrops) uint64 { return d.SegSize }},
 		{"seg-over-mtu", superTCP(1, 3000), 1461, func(d *flowswitch.TxDrops) uint64 { return d.SegSize }},
 		{"length", lie, 1000, func(d *flowswitch.TxDrops) uint64 { return d.Length }},
 	} {

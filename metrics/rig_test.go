@@ -173,7 +173,7 @@ func (r *rig) send(t testing.TB, i int, e *flow.Entry, pkts ...[]byte) {
 		bufs[j].Data = b.Data[:copy(b.Data, pkts[j])]
 		meta := r.chans[i].Pool().UserMeta(b.Index)
 		clear(meta)
-		copy(meta[flowswitch.TxMetaFlowIDOff:], id[:])
+		copy(meta[channel.TxMetaFlowIDOff:], id[:])
 	}
 	if n, err := r.apps[i].Send(bufs); n != len(bufs) || err != nil {
 		t.Fatalf("app send: %d of %d, %v", n, len(bufs), err)

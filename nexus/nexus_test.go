@@ -108,7 +108,7 @@ func send(t testing.TB, p *nexus.Port, pkt []byte, id [16]byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	copy(m[flowswitch.TxMetaFlowIDOff:], id[:])
+	copy(m[channel.TxMetaFlowIDOff:], id[:])
 	if n, err := p.App().Send([]channel.Buf{b}); n != 1 || err != nil {
 		t.Fatalf("send: %d, %v", n, err)
 	}

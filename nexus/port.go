@@ -285,7 +285,7 @@ func (p *Port) MTU() int { return p.n.mtu }
 
 // Register registers a flow for this port before any of its packets move
 // and returns what the app needs to send on it: the flow ID it writes into
-// the metadata of every packet of the flow (flowswitch.TxMetaFlowIDOff) and
+// the metadata of every packet of the flow (channel.TxMetaFlowIDOff) and
 // the flow's entry in the channel's advisory table (channel.App.Admissible).
 // The entry starts admissible: a slot a torn-down flow left suspended is
 // cleared before it is handed out again. If the link steers flows

@@ -425,7 +425,7 @@ func demoSend(a *demoApp, id [16]byte, pkts ...[]byte) error {
 			return err
 		}
 		clear(meta)
-		copy(meta[flowswitch.TxMetaFlowIDOff:], id[:])
+		copy(meta[channel.TxMetaFlowIDOff:], id[:])
 	}
 	for len(bufs) > 0 {
 		n, err := a.app.Send(bufs)
