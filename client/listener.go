@@ -110,7 +110,16 @@ func (l *listener) drain(inner *gonet.TCPListener, a *attachment) {
 			ac = acceptedConn{a: a, err: err}
 		} else {
 			tc := c.(*gonet.TCPConn)
-			la, ra := tc.LocalAddr().(*net.TCPAddr), tc.RemoteAddr().(*net.TCPAddr)
+			la, lok := tc.LocalAddr().(*net.TCPAddr)
+			ra, rok := tc.RemoteAddr().(*net.TCPAddr)
+			if !lok || !rok {
+				// Reset by its peer (or refused) between netstack's
+				// accept and here: netstack no longer knows its
+				// addresses, and it has no flow to register. It is
+				// gone already; so is it for the app.
+				tc.Close()
+				continue
+			}
 			ac = acceptedConn{c: tc, a: a, wait: a.ep.Prepare(packet.MakeKey(packet.ProtoTCP, la.AddrPort(), ra.AddrPort()))}
 		}
 		select {
