@@ -37,9 +37,15 @@ import (
 const (
 	connClients    = 4
 	connsPerClient = 5000
-	connDialers    = 16   // dials (and requests) in flight per client: 64 in all, under listenBacklog
-	connCloseRate  = 1000 // closes per second per client
-	connClientEnv  = "SKYLANE_E2E_CONN_CLIENT"
+	// connDialers dials (and requests) are in flight per client: 64 in
+	// all, under listenBacklog; a quarter of that under the race
+	// detector, whose several times slower server, on a host busy with
+	// other tests, otherwise overflows netstack's accept queue and loses
+	// the last ACK of a cookie handshake (a real limit, counted in the
+	// log line below; the connection count is not lowered).
+	connDialers   = 16 / (1 + 3*raceDetectorInt)
+	connCloseRate = 1000 // closes per second per client
+	connClientEnv = "SKYLANE_E2E_CONN_CLIENT"
 )
 
 func TestManyConnections(t *testing.T) {

@@ -6,3 +6,6 @@ package e2e
 // user-space stack several times slower (bounds that are about speed say
 // how they allow for it).
 const raceDetector = true
+
+// raceDetectorInt is raceDetector as a number, for constants.
+const raceDetectorInt = 1
