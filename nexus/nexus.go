@@ -79,6 +79,10 @@ type Options struct {
 	// Logger gets the nexus's warnings (a limit hit, once per burst);
 	// nil means slog.Default().
 	Logger *slog.Logger
+	// Frozen starts the nexus frozen (handover.go): it serves requests
+	// (AdoptPort) but runs no datapath until Thaw. A nexus taking over
+	// from another starts so, and thaws once the old one let go.
+	Frozen bool
 }
 
 // Nexus owns a link and a flowswitch and serves application ports (see the
@@ -99,18 +103,20 @@ type Nexus struct {
 	once   sync.Once
 
 	// Owned by the worker goroutine.
-	sw       *flowswitch.Switch
-	ports    map[flow.PortID]*port
-	order    []*port     // live ports, in the order they were opened
-	dev      *linkWaiter // the device link
-	host     *linkWaiter // the host link, or nil
-	linkErr  error       // a link failed: no more datapath
-	lastReap time.Time
-	svcDue   time.Time      // when the switch's timed work (Service) is next due
-	waiters  sync.WaitGroup // link and port waiters
-	seq      int            // ports opened, for channel names
-	limitLog burstLog       // flow limits hit
-	log      *slog.Logger   // immutable
+	sw        *flowswitch.Switch
+	ports     map[flow.PortID]*port
+	order     []*port     // live ports, in the order they were opened
+	dev       *linkWaiter // the device link
+	host      *linkWaiter // the host link, or nil
+	linkErr   error       // a link failed: no more datapath
+	lastReap  time.Time
+	svcDue    time.Time      // when the switch's timed work (Service) is next due
+	waiters   sync.WaitGroup // link and port waiters
+	seq       int            // ports opened, for channel names
+	limitLog  burstLog       // flow limits hit
+	frozen    bool           // a takeover froze the datapath (handover.go)
+	abandoned bool           // a takeover committed: shutdown abandons, not closes
+	log       *slog.Logger   // immutable
 }
 
 // New starts a nexus on opts.Link. It checks every option and builds the
@@ -174,6 +180,7 @@ func New(opts Options) (*Nexus, error) {
 		sw:       sw,
 		ports:    make(map[flow.PortID]*port),
 		lastReap: time.Now(),
+		frozen:   opts.Frozen,
 		log:      opts.Logger,
 	}
 	if n.log == nil {
@@ -307,6 +314,13 @@ func (n *Nexus) run() {
 			default:
 				drained = true
 			}
+		}
+		if n.frozen {
+			// A takeover holds the datapath: serve requests only.
+			if !n.parkFrozen() {
+				return
+			}
+			continue
 		}
 		// A link waiter may have handed its link back while we were busy.
 		n.linkBack(n.dev.poll())
@@ -451,9 +465,24 @@ func (n *Nexus) park() bool {
 	return ok
 }
 
+// parkFrozen blocks a frozen worker until a request or Close; it
+// returns false on Close.
+func (n *Nexus) parkFrozen() bool {
+	select {
+	case req := <-n.ctrl:
+		req()
+		return true
+	case <-n.stop:
+		return false
+	}
+}
+
 // shutdown runs on the worker as it returns: it closes every port, stops
 // the waiters and closes the link.
 func (n *Nexus) shutdown() {
+	if n.abandoned {
+		n.abandonPorts()
+	}
 	for len(n.order) > 0 {
 		n.closePort(n.order[0])
 	}

@@ -83,6 +83,10 @@ type Pool struct {
 	lastBusy  []time.Time
 	onSegment func(seg int, added bool)
 	stats     Stats
+
+	// Reclaimed counts the buffers Adopt found held by the nexus that
+	// exported the pool (packets it had in flight) and freed.
+	Reclaimed int
 }
 
 // New makes a pool's regions and activates MinSegments segments.

@@ -22,10 +22,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/skylane/skylane/metrics"
+	"github.com/skylane/skylane/netif"
+	"github.com/skylane/skylane/netif/afxdp"
 	"github.com/skylane/skylane/netif/drivers"
 	"github.com/skylane/skylane/nexus"
 	"github.com/skylane/skylane/nexus/control"
 	"github.com/skylane/skylane/nexus/policy"
+	"github.com/skylane/skylane/nexus/takeover"
 )
 
 const nexusUsage = `usage: skylane nexus --dev IF --driver afxdp|afpacket|tun|memif --socket PATH [flags]
@@ -58,6 +61,7 @@ type nexusConfig struct {
 	policy    string // --policy file, "" for root only
 	metrics   string // kernel-stack address for Prometheus, or ""
 	logFormat string
+	takeover  bool // take the device, ports and sessions over from the nexus serving socket
 }
 
 func runNexus(args []string) error {
@@ -103,6 +107,7 @@ func parseNexus(args []string, usageOut io.Writer) (nexusConfig, error) {
 	fs.StringVar(&c.policy, "policy", "", "policy file (TOML [[allow]] rules); default: only root may attach")
 	fs.StringVar(&c.metrics, "metrics", "", "serve Prometheus metrics on this kernel-stack address, e.g. 127.0.0.1:9090")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log lines as text (key=value) or json")
+	fs.BoolVar(&c.takeover, "takeover", false, "take over from the nexus serving --socket (an upgrade under live traffic, AF_XDP only; docs/upgrade.md): same flags as that nexus")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -180,33 +185,60 @@ func runNexusDaemon(ctx context.Context, cfg nexusConfig, hup <-chan os.Signal, 
 	if err != nil {
 		return err
 	}
-	// The socket first: a second nexus on the same path must be refused
-	// before it touches the interface the first one owns.
-	sock, err := control.ListenSocket(cfg.socket, gid)
-	if err != nil {
-		return fmt.Errorf("nexus: %w", err)
-	}
-	defer sock.Close()
 	notes := &logWriter{log}
 	// Per-app rates need the switch's regulation layer; a policy that
 	// names none runs without it (adding the first rate takes a restart).
 	cfg.link.regulation = hasRates(pol)
-	o, err := openNexus(cfg.link, notes)
-	if err != nil {
-		return fmt.Errorf("nexus: %w", err)
+	var (
+		sock *control.Socket
+		srv  *control.Server
+		o    *ownedNexus
+	)
+	newServer := func(nx *nexus.Nexus) *control.Server {
+		return control.NewServer(nx, control.ServerOptions{Policy: pol, Log: log})
 	}
+	if cfg.takeover {
+		// The socket, device, ports and sessions come from the nexus
+		// serving the socket; it serves on if anything fails here.
+		var tk *takeover.Taken
+		cfg.link.takeover = func(no nexus.Options) (*nexus.Nexus, netif.Link, error) {
+			var err error
+			tk, err = takeover.Take(cfg.socket, takeoverOptions(no, newServer, log))
+			if err != nil {
+				return nil, nil, err
+			}
+			return tk.Nexus, tk.Link, nil
+		}
+		if o, err = openNexus(cfg.link, notes); err != nil {
+			return fmt.Errorf("nexus: %w", err)
+		}
+		sock, srv = tk.Socket, tk.Server
+		log.Info("took over", "ports", len(tk.State.Nexus.Ports), "sessions", len(tk.State.Server.Sessions),
+			"lost", tk.Lost, "frozen_ms", tk.Frozen.Milliseconds())
+	} else {
+		// The socket first: a second nexus on the same path must be
+		// refused before it touches the interface the first one owns.
+		if sock, err = control.ListenSocket(cfg.socket, gid); err != nil {
+			return fmt.Errorf("nexus: %w", err)
+		}
+		if o, err = openNexus(cfg.link, notes); err != nil {
+			sock.Close()
+			return fmt.Errorf("nexus: %w", err)
+		}
+		srv = newServer(o.nx)
+	}
+	defer sock.Close()
 	defer func() {
 		if cerr := o.close(); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("nexus: close: %w", cerr))
 		}
 	}()
-	gone, stopWatch, err := watchLink(o.index, o.dev, log)
+	gone, stopWatch, err := watchLink(o.index, o.name, log)
 	if err != nil {
 		return fmt.Errorf("nexus: %w", err)
 	}
 	defer stopWatch()
 
-	srv := control.NewServer(o.nx, control.ServerOptions{Policy: pol, Log: log})
 	sctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(sctx, sock.UnixListener) }()
@@ -225,7 +257,27 @@ func runNexusDaemon(ctx context.Context, cfg nexusConfig, hup <-chan os.Signal, 
 		defer stop()
 		log.Info("metrics", "url", "http://"+at.String()+"/metrics")
 	}
-	log.Info("nexus started", "dev", o.dev, "driver", cfg.link.driver, "addrs", o.addrs, "socket", cfg.socket,
+	// Takeover requests, for the next nexus binary (docs/upgrade.md).
+	handed := make(chan error, 1)
+	tln, err := takeover.Listen(cfg.socket)
+	if err != nil {
+		return fmt.Errorf("nexus: %w", err)
+	}
+	donor := &takeover.Donor{Nexus: o.nx, Server: srv, Socket: sock, Driver: cfg.link.driver, Log: log,
+		Version: takeoverVersion()}
+	if x, ok := o.dev.(afxdp.Exporter); ok {
+		donor.Link = x
+	}
+	tctx, tcancel := context.WithCancel(context.Background())
+	go func() { handed <- donor.Serve(tctx, tln) }()
+	defer func() {
+		tcancel()
+		if terr := <-handed; terr != nil && !errors.Is(terr, takeover.ErrHandedOver) {
+			err = errors.Join(err, fmt.Errorf("nexus: %w", terr))
+		}
+	}()
+
+	log.Info("nexus started", "dev", o.name, "driver", cfg.link.driver, "addrs", o.addrs, "socket", cfg.socket,
 		"policy", policyName(cfg.policy), "rules", len(pol.Rules), "pid", os.Getpid())
 
 	for {
@@ -235,15 +287,22 @@ func runNexusDaemon(ctx context.Context, cfg nexusConfig, hup <-chan os.Signal, 
 			srv.Shutdown("nexus stopped by its operator")
 			return nil
 		case why := <-gone:
-			reason := fmt.Sprintf("interface %s %s", o.dev, why)
+			reason := fmt.Sprintf("interface %s %s", o.name, why)
 			log.Error("nexus stopping", "reason", reason)
-			srv.Shutdown("nexus on " + o.dev + " stopping: " + reason)
+			srv.Shutdown("nexus on " + o.name + " stopping: " + reason)
 			return fmt.Errorf("nexus: %s: %w", reason, errLinkGone)
 		case <-o.nx.LinkFailed():
 			reason := o.nx.LinkErr().Error()
 			log.Error("nexus stopping: its link failed", "reason", reason)
 			srv.Shutdown("nexus stopping: " + reason)
 			return fmt.Errorf("nexus: %s: %w", reason, errLinkGone)
+		case terr := <-handed:
+			handed <- terr // for the deferred wait
+			if errors.Is(terr, takeover.ErrHandedOver) {
+				log.Info("nexus handed over; exiting")
+				return nil
+			}
+			log.Error("takeover socket failed; upgrades need a restart now", "err", terr)
 		case <-hup:
 			p, err := loadPolicy(cfg.policy)
 			if err != nil {

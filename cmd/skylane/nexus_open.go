@@ -23,16 +23,21 @@ type linkConfig struct {
 	// checkPorts, if set, looks at the kernel's sockets before the link
 	// is opened (afxdp, afpacket).
 	checkPorts func(*drivers.KernelPorts) error
+	// takeover, if set, takes the device and the nexus over from a
+	// running nexus instead of opening the driver: it gets the nexus's
+	// options without a link (nexus_takeover.go).
+	takeover func(nexus.Options) (*nexus.Nexus, netif.Link, error)
 }
 
 // ownedNexus is a nexus on a device, with what it needs: the parts
 // close closes, in order.
 type ownedNexus struct {
 	link  netif.Link // until the nexus owns it
+	dev   netif.Link // the device, owned by nx (a takeover exports it)
 	nx    *nexus.Nexus
 	kp    *drivers.KernelPorts // nil for tun and memif: no kernel shares the device
 	addrs []netip.Addr
-	dev   string // the device's name (a TUN device's is the kernel's choice)
+	name  string // the device's name (a TUN device's is the kernel's choice)
 	index int    // the device's interface index, 0 for memif
 }
 
@@ -98,12 +103,19 @@ func openNexus(c linkConfig, notes io.Writer) (_ *ownedNexus, err error) {
 		}
 		swo.PortTaken = o.kp.Taken
 	}
+	if c.takeover != nil {
+		if o.nx, o.dev, err = c.takeover(nexus.Options{Addrs: o.addrs, Switch: swo}); err != nil {
+			return nil, err
+		}
+		o.name = o.dev.Name()
+		return o, nil
+	}
 	if o.link, err = drivers.Open(spec); err != nil {
 		return nil, err
 	}
-	o.dev = o.link.Name()
+	o.name = o.link.Name()
 	if c.driver == drivers.TUN {
-		if ifc, err := net.InterfaceByName(o.dev); err == nil {
+		if ifc, err := net.InterfaceByName(o.name); err == nil {
 			o.index = ifc.Index
 		}
 	}
@@ -111,7 +123,7 @@ func openNexus(c linkConfig, notes io.Writer) (_ *ownedNexus, err error) {
 	if err != nil {
 		return nil, err
 	}
-	o.nx, o.link = nx, nil // the nexus owns the link now
+	o.nx, o.dev, o.link = nx, o.link, nil // the nexus owns the link now
 	return o, nil
 }
 

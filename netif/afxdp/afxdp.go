@@ -235,8 +235,9 @@ type xlink struct {
 	flows       *steer.Flows
 	xdp         *steer.XDP
 	pool        *pool.Pool
-	wake        *shm.EventFD // signalled by Close, unblocks Wait
+	wake        *shm.EventFD // signalled by Close and Interrupt, unblocks Wait
 	closed      atomic.Bool
+	interrupted atomic.Bool // Interrupt signalled wake
 
 	// fdMu guards the socket fd against Close for the callers that take
 	// neither rxMu nor txMu (Stats); Read, Write and Wait hold their own
@@ -638,6 +639,9 @@ func (l *xlink) Wait(timeout time.Duration) error {
 		return nil
 	}
 	closed, err := waitReadable(l.fd, l.wake.FD(), timeout)
+	if closed && !l.closed.Load() && l.interruptWait() {
+		return nil
+	}
 	if closed || l.closed.Load() {
 		return netif.ErrClosed
 	}

@@ -76,7 +76,13 @@ type Server struct {
 	seq      atomic.Uint64 // session ids
 	captures atomic.Int64  // captures running (capture.go)
 
+	// Takeover (handover.go).
+	serving      atomic.Bool   // Serve's accept loop runs
+	acceptParked chan struct{} // 1-buffered: the accept loop parked for a Freeze
+
 	mu       sync.Mutex
+	frz      *freeze               // the Freeze in progress, or nil; guarded by mu
+	lastFrz  *freeze               // the latest Freeze; guarded by mu
 	pol      *policy.Policy        // guarded by mu
 	sessions map[*session]struct{} // open sessions; guarded by mu
 	closed   bool                  // Serve is stopping: no new sessions
@@ -94,7 +100,7 @@ func NewServer(n *nexus.Nexus, o ServerOptions) *Server {
 		o.Ephemeral = kernelEphemeral()
 	}
 	return &Server{n: n, log: o.Log, eph: o.Ephemeral, self: uint32(os.Geteuid()),
-		pol: o.Policy, sessions: make(map[*session]struct{})}
+		pol: o.Policy, sessions: make(map[*session]struct{}), acceptParked: make(chan struct{}, 1)}
 }
 
 // Serve serves app sessions on ln (a "unixpacket" listener: ListenSocket
@@ -105,10 +111,14 @@ func NewServer(n *nexus.Nexus, o ServerOptions) *Server {
 func (s *Server) Serve(ctx context.Context, ln *net.UnixListener) error {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
+	s.serving.Store(true)
 	var err error
 	for {
 		var c *net.UnixConn
 		if c, err = ln.AcceptUnix(); err != nil {
+			if s.parkAccept(err) {
+				continue // a takeover froze the server, then thawed it
+			}
 			break
 		}
 		cred, cerr := credOf(c)
@@ -117,7 +127,7 @@ func (s *Server) Serve(ctx context.Context, ln *net.UnixListener) error {
 			c.Close()
 			continue
 		}
-		ss := &session{s: s, c: c, id: s.seq.Add(1), started: time.Now(), cred: cred, flows: make(map[flowKey]struct{})}
+		ss := newSession(s, c, s.seq.Add(1), cred)
 		if !s.add(ss) {
 			c.Close()
 			break
@@ -126,7 +136,9 @@ func (s *Server) Serve(ctx context.Context, ln *net.UnixListener) error {
 		go ss.run()
 	}
 	ln.Close()
-	s.closeAll("")
+	if !s.handedOver() {
+		s.closeAll("")
+	}
 	s.wg.Wait()
 	if errors.Is(err, net.ErrClosed) {
 		return nil

@@ -1,0 +1,218 @@
+package nexus
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/skylane/skylane/channel"
+	"github.com/skylane/skylane/flow"
+	"github.com/skylane/skylane/internal/shm"
+	"github.com/skylane/skylane/packet"
+)
+
+// Handing a running nexus to another process (a takeover,
+// docs/upgrade.md). The old process freezes its worker (Freeze: no more
+// datapath rounds, every waiter disarmed, the device's reader role taken
+// back), exports each port's channel and flows, and either thaws (Thaw:
+// the takeover failed before its commit; nothing changed) or abandons
+// (Abandon: the new process has it all; close every descriptor without
+// telling the apps, tearing down no flow and detaching nothing). The new
+// process starts a nexus on the adopted link and adopts the ports
+// (AdoptPort) before it serves.
+
+// Handover is a frozen nexus's ports, for the process taking over; the
+// link travels separately (its driver's own hand-over).
+type Handover struct {
+	Seq   int            `json:"seq"` // ports opened so far, for channel names
+	Ports []PortHandover `json:"ports"`
+}
+
+// PortHandover is one port.
+type PortHandover struct {
+	Name    string           `json:"name"` // the channel's name
+	Options PortOptions      `json:"options"`
+	Channel channel.Handover `json:"channel"`
+	Flows   []flow.Saved     `json:"flows"`
+}
+
+// ErrNotTransferable: the nexus has a part a takeover cannot move (an
+// app in this process, a host link, a failed link).
+var ErrNotTransferable = errors.New("nexus: cannot be handed over")
+
+// interrupter is a link whose Wait can be interrupted without closing it
+// (afxdp.Exporter): the frozen worker takes its reader role back.
+type interrupter interface{ Interrupt() }
+
+// Freeze stops the datapath between two rounds and exports every port:
+// its state and, per port, channel.HandoverFDs duplicated descriptors the
+// caller owns (fds[i] is Ports[i]'s). The link is the worker's again (no
+// Read or Wait in progress) and stays so until Thaw or Abandon; requests
+// are still served meanwhile. On error the nexus runs on, unchanged.
+func (n *Nexus) Freeze() (h Handover, fds [][]int, err error) {
+	err = n.do(func() error {
+		if n.frozen {
+			return fmt.Errorf("%w: frozen already (another takeover in progress)", ErrNotTransferable)
+		}
+		if n.linkErr != nil {
+			return fmt.Errorf("%w: its link failed: %w", ErrNotTransferable, n.linkErr)
+		}
+		if n.host != nil {
+			return fmt.Errorf("%w: it has a host link", ErrNotTransferable)
+		}
+		for _, p := range n.order {
+			if !p.remote {
+				return fmt.Errorf("%w: port %s has its app in this process", ErrNotTransferable, p.ch.Name())
+			}
+		}
+		if !n.dev.held {
+			in, ok := n.link.(interrupter)
+			if !ok {
+				return fmt.Errorf("%w: link %s cannot be interrupted (only AF_XDP links are handed over)", ErrNotTransferable, n.link.Name())
+			}
+			in.Interrupt()
+			n.dev.held = true
+			if err := <-n.dev.done; err != nil {
+				n.failLink(err)
+				return fmt.Errorf("%w: link %s: %w", ErrNotTransferable, n.link.Name(), err)
+			}
+		}
+		h = Handover{Seq: n.seq}
+		fail := func(err error) error {
+			for _, f := range fds {
+				for _, fd := range f {
+					shm.CloseFD(fd)
+				}
+			}
+			fds = nil
+			return err
+		}
+		for _, p := range n.order {
+			ch, f, err := p.ch.Export()
+			if err != nil {
+				return fail(fmt.Errorf("nexus: freeze port %s: %w", p.ch.Name(), err))
+			}
+			fds = append(fds, f)
+			ph := PortHandover{Name: p.ch.Name(), Options: p.opts, Channel: ch}
+			n.sw.Do(func() {
+				for _, e := range p.flows {
+					ph.Flows = append(ph.Flows, e.Save())
+				}
+			})
+			h.Ports = append(h.Ports, ph)
+		}
+		n.frozen = true
+		return nil
+	})
+	return h, fds, err
+}
+
+// Thaw resumes a frozen nexus: the takeover did not commit.
+func (n *Nexus) Thaw() error {
+	return n.do(func() error {
+		n.frozen = false
+		return nil
+	})
+}
+
+// Abandon ends a frozen nexus whose state another process took over: the
+// worker stops, every channel is unmapped and its descriptors closed
+// without a word to its app, no flow is torn down or unsteered, and the
+// link is closed (its socket and program live on in the new process).
+// Ports handed out by this nexus report ErrClosed afterwards.
+func (n *Nexus) Abandon() error {
+	err := n.do(func() error {
+		if !n.frozen {
+			return errors.New("nexus: abandon: not frozen")
+		}
+		n.abandoned = true
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return n.Close()
+}
+
+// abandonPorts is shutdown's path after Abandon.
+func (n *Nexus) abandonPorts() {
+	for _, p := range n.order {
+		p.ch.Abandon()
+		if p.remote {
+			close(p.armCh)
+		}
+		p.app.goneOnce.Do(func() { close(p.app.gone) })
+	}
+	n.order = nil
+	clear(n.ports)
+}
+
+// AdoptPort adds a port another nexus handed over (Freeze): its channel,
+// adopted from fds (channel.HandoverFDs, owned by AdoptPort from now
+// on), and its flows with their IDs and advisory slots. The flows are in
+// the device's steering map already (it came with the link). Every flow's
+// advisory is cleared: this switch's regulation holds none of their
+// packets, and nothing would clear a suspension the old one left.
+func (n *Nexus) AdoptPort(ph PortHandover, fds []int) (*RemotePort, error) {
+	ch, err := channel.Adopt(ph.Channel, fds)
+	if err != nil {
+		return nil, fmt.Errorf("nexus: adopt port %s: %w", ph.Name, err)
+	}
+	var p *Port
+	err = n.do(func() error {
+		if n.linkErr != nil {
+			return n.linkErr
+		}
+		p, err = n.adoptPort(ph, ch)
+		return err
+	})
+	if err != nil {
+		// Not Close: the channel still belongs to the old nexus, which
+		// serves on if the takeover fails; the app must not be told.
+		ch.Abandon()
+		return nil, fmt.Errorf("nexus: adopt port %s: %w", ph.Name, err)
+	}
+	return &RemotePort{p: p}, nil
+}
+
+func (n *Nexus) adoptPort(ph PortHandover, ch *channel.Channel) (*Port, error) {
+	o := ph.Options
+	id, err := n.sw.AddPortWith(ch, flowswitchPortOptions(o))
+	if err != nil {
+		return nil, err
+	}
+	entries, err := n.sw.RestoreFlows(id, ph.Flows)
+	if err != nil {
+		n.sw.RemovePort(id)
+		return nil, err
+	}
+	ap := &Port{n: n, id: id, name: ph.Name, remote: true, bell: make(chan struct{}, 1), gone: make(chan struct{})}
+	p := &port{
+		n: n, id: id, ch: ch, app: ap, remote: true, opts: o,
+		flows: make(map[packet.Key]*flow.Entry, len(entries)),
+		armCh: make(chan struct{}, 1), woke: make(chan struct{}, 1),
+		last: ch.Counters(),
+	}
+	for _, e := range entries {
+		p.flows[e.Key()] = e
+		if adv := e.AdvisoryIndex(); adv != flow.NoAdvisory {
+			if err := ch.SetAdvisory(int(adv), channel.AdvisoryNone); err != nil {
+				n.sw.RemovePort(id)
+				return nil, fmt.Errorf("clear advisory %d: %w", adv, err)
+			}
+		}
+	}
+	n.ports[id] = p
+	n.order = append(n.order, p)
+	n.waiters.Add(1)
+	go p.waiter()
+	return ap, nil
+}
+
+// SetSeq sets the count of ports opened, for channel names: a nexus that
+// took over continues the old one's numbering.
+func (n *Nexus) SetSeq(seq int) {
+	n.do(func() error {
+		n.seq = max(n.seq, seq)
+		return nil
+	})
+}
