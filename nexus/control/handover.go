@@ -251,7 +251,8 @@ func (ss *session) read(buf []byte) (req control.Request, ok, timedOut bool) {
 // Adopt adds the sessions another nexus's server handed over (Freeze),
 // before Serve: conns[i] is h.Sessions[i]'s connection (Adopt owns them
 // from now on), and ports maps a channel name to the port the nexus
-// adopted for it. Each peer's credentials are read from the kernel again
+// adopted for it; Adopt removes the ports it gives a session, so what is
+// left in ports belongs to no session (the caller closes them). Each peer's credentials are read from the kernel again
 // and matched against this server's policy. A session whose connection
 // is not a Unix socket, or whose port is missing, is closed and counted
 // in lost.
@@ -276,6 +277,7 @@ func (s *Server) Adopt(h ServerHandover, conns []int, ports map[string]*nexus.Re
 		var port *nexus.RemotePort
 		if sh.Port != "" {
 			port = ports[sh.Port]
+			delete(ports, sh.Port) // claimed: what is left, no session claimed
 		}
 		if err != nil || sh.Port != "" && port == nil {
 			if port != nil {

@@ -136,10 +136,14 @@ func (s *Server) Serve(ctx context.Context, ln *net.UnixListener) error {
 		go ss.run()
 	}
 	ln.Close()
-	if !s.handedOver() {
+	handed := s.handedOver()
+	if !handed {
 		s.closeAll("")
 	}
 	s.wg.Wait()
+	if handed {
+		return nil // Abandon: another nexus serves the sessions
+	}
 	if errors.Is(err, net.ErrClosed) {
 		return nil
 	}
