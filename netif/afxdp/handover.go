@@ -1,9 +1,7 @@
 package afxdp
 
 import (
-	"errors"
 	"fmt"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -221,6 +219,6 @@ func (l *xlink) interruptWait() bool {
 	if !l.interrupted.CompareAndSwap(true, false) {
 		return false
 	}
-	_, err := l.wake.Wait(time.Nanosecond)
-	return err == nil || errors.Is(err, shm.ErrTimeout)
+	l.wake.Drain()
+	return true
 }

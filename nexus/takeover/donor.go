@@ -184,11 +184,12 @@ func (d *Donor) handle(ctx context.Context, c *net.UnixConn) (committed bool, er
 	pfds = nil
 	fds = append(fds, conns...)
 	conns = nil
-	_, lockFD, err := d.Socket.ExportFDs()
+	lnDup, lockFD, err := d.Socket.ExportFDs()
 	if err != nil {
 		thaw()
 		return refuse(err)
 	}
+	closeFDs([]int{lnDup}) // the server's Freeze gave one already
 	fds = append(fds, lnFD, lockFD)
 	lnFD = -1
 
