@@ -243,6 +243,7 @@ func Scenarios() []Scenario {
 		{Name: "burst", Help: "regulation on a 100 Mbit/s memif: RPC p99 under 8 bulk flows, bulk utilisation, Jain's index of the 8; baseline a plain 2048-frame FIFO (regulation off), same run; --dev: on a veth pair, the kernel's stack at the far end (root)", Run: runBurst},
 		{Name: "conns", Help: "new TCP connections/s accepted and answered by a user-space server on AF_XDP, from kernel clients over a veth; baseline a kernel server on the same veth, same run; needs root", Run: runConns},
 		{Name: "attach", Help: "an app attaching over the control socket: connect, open a port (channel sent and mapped), listen on a TCP port, p50; baseline a kernel socket()+bind()+listen()", Run: runAttach},
+		{Name: "upgrade", Help: "a nexus on AF_XDP replaced 10 times by a takeover under a UDP request/response stream (1 per ms) and a bulk TCP stream: longest gap and stall, p50; baseline a plain restart with the app re-attaching, same run; needs root", Run: runUpgrade},
 		{Name: "udp", Help: "64-byte UDP receive rate over a veth into a user-space consumer (AF_XDP, AF_PACKET); baseline a kernel UDP socket with recvmmsg, same veth; needs root", Run: runUDP},
 	}
 }
