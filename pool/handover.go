@@ -71,14 +71,10 @@ func Adopt(st Handover, fds [3]int) (_ *Pool, err error) {
 		lastBusy: make([]time.Time, opts.MaxSegments),
 		stats:    st.Stats,
 	}
-	var adopted []*shm.Region
 	defer func() {
-		if err != nil {
+		if err != nil { // the descriptors stay the caller's
 			for _, m := range p.maps {
 				m.Unmap()
-			}
-			for _, r := range adopted {
-				r.Close()
 			}
 		}
 	}()
@@ -90,7 +86,6 @@ func Adopt(st Handover, fds [3]int) (_ *Pool, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("adopt pool: %w", err)
 		}
-		adopted = append(adopted, r)
 		*regions[i] = r
 		if p.maps[i], err = shm.Map(r.FD(), 0, sizes[i], true); err != nil {
 			return nil, fmt.Errorf("adopt pool: map %s: %w", opts.Name+name, err)
