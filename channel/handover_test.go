@@ -135,7 +135,7 @@ func TestHandoverTrustsNoApp(t *testing.T) {
 	// A slot naming a buffer the app never got (outside the pool).
 	size := uint32(a.desc.Rings[RingTX].Size)
 	slot := (*uint64)(unsafe.Pointer(&a.maps[0].Bytes()[a.desc.Rings[RingTX].Offset+ring.HeaderLen+int(cons&(size-1))*ring.SlotLen]))
-	*slot = 1 << 30 // Index 2^30, length 0
+	*slot = 1 << 30                   // Index 2^30, length 0
 	*a.ringWord(RingTX, 0) = cons + 1 // prod
 	buf := make([]Buf, 4)
 	if _, err := n2.TakeTX(buf); !errors.As(err, new(*DefunctError)) {
