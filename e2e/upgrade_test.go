@@ -462,7 +462,9 @@ func (l *upgradeLoad) progress(t *testing.T, what string) {
 // client, a bulk TCP stream checked byte by byte, UDP request/response):
 // every connection survives, no app re-attaches, and the last nexus
 // holds what the first did (descriptors by kind, memfd mappings), with
-// one XDP program attached throughout; SIGTERM then leaves nothing.
+// one XDP program attached throughout. Then one more upgrade the way
+// systemctl reload does it (SIGUSR2: the nexus starts the next itself),
+// and SIGTERM leaves nothing.
 func TestUpgrade(t *testing.T) {
 	w := newUpgradeWorld(t)
 	l := w.startLoad(t)
@@ -478,26 +480,66 @@ func TestUpgrade(t *testing.T) {
 		}
 	}
 	after := resources(t, w.nx.cmd.Process.Pid)
-	l.finish(t)
 	for k, v := range before {
 		if after[k] != v {
 			t.Errorf("the nexus after %d upgrades holds %d %s, the first held %d (all: %v, first: %v)", upgrades, after[k], k, v, after, before)
 		}
 	}
+	// systemctl reload: SIGUSR2 makes the nexus start the next one
+	// itself, which takes over and says so through the old one's output.
+	pid := w.nx.cmd.Process.Pid
+	w.nx.cmd.Process.Signal(syscall.SIGUSR2)
+	next := waitLockPID(t, w.sock, pid)
+	waitGone(t, pid)
+	l.progress(t, "after the upgrade by SIGUSR2")
+	if txt := w.nx.text(); !strings.Contains(txt, `msg="took over"`) || !strings.Contains(txt, fmt.Sprintf("pid=%d", next)) {
+		t.Errorf("the nexus started by SIGUSR2 did not take over:\n%s", txt)
+	}
+	l.finish(t)
 	for _, a := range w.apps {
 		if strings.Contains(a.text(), "fatal") {
 			t.Errorf("an app failed:\n%s", a.text())
 		}
 	}
-	if err := w.nx.terminate(t); err != nil {
-		t.Fatalf("nexus after SIGTERM: %v\n%s", err, w.nx.text())
-	}
+	// SIGTERM: everything goes.
+	syscall.Kill(next, syscall.SIGTERM)
+	waitGone(t, next)
 	for _, p := range []string{w.sock, w.sock + ".lock", w.sock + ".takeover"} {
 		if _, err := os.Lstat(p); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("%s left behind: %v", p, err)
 		}
 	}
 	(&world{driver: drivers.AFXDP, local: w.v.Local, dev: w.v.LocalName}).checkDetached(t)
+}
+
+// waitLockPID waits until the control socket's lock file names a pid
+// other than old, and returns it.
+func waitLockPID(t *testing.T, sock string, old int) int {
+	t.Helper()
+	deadline := time.Now().Add(opTimeout)
+	for {
+		b, _ := os.ReadFile(sock + ".lock")
+		var pid int
+		if _, err := fmt.Sscan(string(b), &pid); err == nil && pid != old && pid > 0 {
+			return pid
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the lock file still names %q after %v", b, opTimeout)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// waitGone waits until process pid no longer exists.
+func waitGone(t *testing.T, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(opTimeout)
+	for syscall.Kill(pid, 0) == nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d still runs after %v", pid, opTimeout)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // TestUpgradeRefused: a takeover killed at each step of the hand-over,

@@ -75,7 +75,10 @@ func runNexus(args []string) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	return runNexusDaemon(ctx, cfg, hup, log)
+	usr2 := make(chan os.Signal, 1)
+	signal.Notify(usr2, syscall.SIGUSR2)
+	defer signal.Stop(usr2)
+	return runNexusDaemon(ctx, cfg, signals{hup: hup, upgrade: usr2}, log)
 }
 
 func newLogger(w io.Writer, format string) *slog.Logger {
@@ -176,7 +179,13 @@ var errLinkGone = errors.New("interface gone")
 
 // runNexusDaemon serves until ctx is done or the interface goes, and
 // removes what it made on every path.
-func runNexusDaemon(ctx context.Context, cfg nexusConfig, hup <-chan os.Signal, log *slog.Logger) (err error) {
+// signals are what the daemon does on signals other than SIGINT/SIGTERM.
+type signals struct {
+	hup     <-chan os.Signal // reload the policy
+	upgrade <-chan os.Signal // SIGUSR2: start this binary again to take over (systemctl reload)
+}
+
+func runNexusDaemon(ctx context.Context, cfg nexusConfig, sig signals, log *slog.Logger) (err error) {
 	pol, err := loadPolicy(cfg.policy)
 	if err != nil {
 		return err
@@ -277,8 +286,16 @@ func runNexusDaemon(ctx context.Context, cfg nexusConfig, hup <-chan os.Signal, 
 		}
 	}()
 
+	spawned := make(chan error, 1)
+	handedOver := false
+	defer func() {
+		if !handedOver { // the new process is the service now
+			sdNotify("STOPPING=1")
+		}
+	}()
 	log.Info("nexus started", "dev", o.name, "driver", cfg.link.driver, "addrs", o.addrs, "socket", cfg.socket,
 		"policy", policyName(cfg.policy), "rules", len(pol.Rules), "pid", os.Getpid())
+	sdNotify(fmt.Sprintf("READY=1\nMAINPID=%d", os.Getpid()))
 
 	for {
 		select {
@@ -300,10 +317,20 @@ func runNexusDaemon(ctx context.Context, cfg nexusConfig, hup <-chan os.Signal, 
 			handed <- terr // for the deferred wait
 			if errors.Is(terr, takeover.ErrHandedOver) {
 				log.Info("nexus handed over; exiting")
+				handedOver = true
 				return nil
 			}
 			log.Error("takeover socket failed; upgrades need a restart now", "err", terr)
-		case <-hup:
+		case <-sig.upgrade:
+			log.Info("upgrade requested: starting a new nexus to take over", "binary", os.Args[0])
+			if err := spawnTakeover(spawned); err != nil {
+				log.Error("upgrade: the new nexus did not start; this one serves on", "err", err)
+			}
+		case err := <-spawned:
+			// The new process exited while this one serves: its
+			// takeover failed (it said why).
+			log.Error("upgrade: the new nexus exited without taking over; this one serves on", "err", err)
+		case <-sig.hup:
 			p, err := loadPolicy(cfg.policy)
 			if err != nil {
 				log.Error("policy reload failed; keeping the old policy", "err", err)

@@ -1,8 +1,12 @@
 package main
 
 import (
+	"fmt"
 	"log/slog"
+	"net"
 	"os"
+	"os/exec"
+	"slices"
 	"strconv"
 
 	"github.com/skylane/skylane/netif"
@@ -38,7 +42,51 @@ func takeoverOptions(no nexus.Options, newServer func(*nexus.Nexus) *control.Ser
 		},
 		Server:  newServer,
 		Version: takeoverVersion(),
-		DieAt:   os.Getenv(envDieAt),
-		Log:     log,
+		// Under systemd (Type=notify, NotifyAccess=all) this process
+		// becomes the service's main process before the old one exits.
+		Committing: func(int) { sdNotify(fmt.Sprintf("MAINPID=%d", os.Getpid())) },
+		Aborted:    func(old int) { sdNotify(fmt.Sprintf("MAINPID=%d", old)) },
+		DieAt:      os.Getenv(envDieAt),
+		Log:        log,
 	}
+}
+
+// sdNotify sends state to the service manager ($NOTIFY_SOCKET, as
+// sd_notify(3) does); without one it does nothing. Best effort: a lost
+// notification costs a service state, never the datapath.
+func sdNotify(state string) {
+	path := os.Getenv("NOTIFY_SOCKET")
+	if path == "" {
+		return
+	}
+	if path[0] == '@' {
+		path = "\x00" + path[1:] // abstract namespace
+	}
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	c.Write([]byte(state))
+}
+
+// spawnTakeover starts this binary again, with this process's arguments
+// and --takeover, to take this nexus over (SIGUSR2: systemctl reload).
+// Its output goes where this process's goes; done gets its exit.
+func spawnTakeover(done chan<- error) error {
+	exe := os.Args[0]
+	if p, err := exec.LookPath(exe); err == nil {
+		exe = p
+	}
+	args := os.Args[1:]
+	if !slices.Contains(args, "--takeover") && !slices.Contains(args, "-takeover") {
+		args = append(slices.Clone(args), "--takeover")
+	}
+	cmd := exec.Command(exe, args...)
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", exe, err)
+	}
+	go func() { done <- cmd.Wait() }()
+	return nil
 }

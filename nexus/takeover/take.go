@@ -25,6 +25,12 @@ type Options struct {
 	Version int
 	// Timeout bounds each step; 0 is DefaultTimeout.
 	Timeout time.Duration
+	// Committing, if set, is called just before the commit is asked for,
+	// with the old process's pid; Aborted, if Committing was called and
+	// the commit could not be asked for after all. A service manager
+	// is told the main process changes there (sd_notify MAINPID), before
+	// the old process can exit.
+	Committing, Aborted func(oldPID int)
 	// DieAt, for tests, exits the process (status 3) at that step
 	// (StepHello, ...), as a new process that crashes there.
 	DieAt string
@@ -91,6 +97,7 @@ func Take(path string, o Options) (*Taken, error) {
 	if m.Type != "ready" {
 		return nil, fmt.Errorf("takeover: %q instead of ready", m.Type)
 	}
+	oldPID := m.PID
 	die(StepHello)
 	start := time.Now()
 	if err := send(c, message{Type: "freeze"}); err != nil {
@@ -118,8 +125,14 @@ func Take(path string, o Options) (*Taken, error) {
 		return nil, fmt.Errorf("%w: %w", ErrAborted, err)
 	}
 	die(StepAdopted)
+	if o.Committing != nil {
+		o.Committing(oldPID)
+	}
 	if err := send(c, message{Type: "commit"}); err != nil {
 		t.abandon(conns)
+		if o.Aborted != nil {
+			o.Aborted(oldPID)
+		}
 		return nil, fmt.Errorf("%w: %w", ErrAborted, err)
 	}
 	if m, err = recv(c, time.Now().Add(timeout)); err != nil || m.Type != "committed" {
