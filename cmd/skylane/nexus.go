@@ -45,6 +45,13 @@ session is matched again, and its later requests are checked against the
 new rule (flows it already holds are not torn down; restart the app, or the
 nexus, to drop them).
 
+Upgrades under live traffic (AF_XDP): run the new binary with the same
+flags and --takeover, or send the running nexus SIGUSR2 (systemctl
+reload), which starts the binary at its own path so. The new process
+receives the device, every app's channel and session and the socket; the
+old one exits 0; apps see a pause, no reconnect. If the takeover fails the
+old nexus serves on (docs/upgrade.md).
+
 If the interface is deleted or set down (or the driver fails), the nexus
 logs it, tells its apps why, and exits 1 (systemd's Restart=on-failure starts it again; it starts
 once the interface is back). A socket left by a crashed nexus is replaced
