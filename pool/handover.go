@@ -3,7 +3,6 @@ package pool
 import (
 	"errors"
 	"fmt"
-	"math/bits"
 	"time"
 
 	"github.com/skylane/skylane/internal/shm"
@@ -54,23 +53,9 @@ func Adopt(st Handover, fds [3]int) (_ *Pool, err error) {
 	if err := opts.validate(); err != nil {
 		return nil, fmt.Errorf("adopt pool: %w", err)
 	}
-	bps := opts.SegmentSize / opts.BufferSize
-	p := &Pool{
-		opts:     opts,
-		bufSize:  opts.BufferSize,
-		segSize:  opts.SegmentSize,
-		bps:      bps,
-		pow2:     bps&(bps-1) == 0,
-		shift:    uint(bits.TrailingZeros(uint(bps))),
-		umetaSeg: roundUp(bps*UserMetaLen, shm.PageSize),
-		nmetaSeg: roundUp(bps*nexusMetaLen, shm.PageSize),
-		maxBufs:  uint32(opts.MaxSegments * bps),
-		active:   make([]bool, opts.MaxSegments),
-		free:     make([][]uint32, opts.MaxSegments),
-		touched:  make([]bool, opts.MaxSegments),
-		lastBusy: make([]time.Time, opts.MaxSegments),
-		stats:    st.Stats,
-	}
+	p := newPool(opts)
+	p.stats = st.Stats
+	bps := p.bps
 	defer func() {
 		if err != nil { // the descriptors stay the caller's
 			for _, m := range p.maps {

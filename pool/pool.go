@@ -95,22 +95,7 @@ func New(opts Options) (_ *Pool, err error) {
 	if err := opts.validate(); err != nil {
 		return nil, err
 	}
-	bps := opts.SegmentSize / opts.BufferSize
-	p := &Pool{
-		opts:     opts,
-		bufSize:  opts.BufferSize,
-		segSize:  opts.SegmentSize,
-		bps:      bps,
-		pow2:     bps&(bps-1) == 0,
-		shift:    uint(bits.TrailingZeros(uint(bps))),
-		umetaSeg: roundUp(bps*UserMetaLen, shm.PageSize),
-		nmetaSeg: roundUp(bps*nexusMetaLen, shm.PageSize),
-		maxBufs:  uint32(opts.MaxSegments * bps),
-		active:   make([]bool, opts.MaxSegments),
-		free:     make([][]uint32, opts.MaxSegments),
-		touched:  make([]bool, opts.MaxSegments),
-		lastBusy: make([]time.Time, opts.MaxSegments),
-	}
+	p := newPool(opts)
 	defer func() {
 		if err != nil {
 			p.Close()
@@ -143,6 +128,26 @@ func New(opts Options) (_ *Pool, err error) {
 		p.grow()
 	}
 	return p, nil
+}
+
+// newPool is a pool's bookkeeping for valid opts, before any region.
+func newPool(opts Options) *Pool {
+	bps := opts.SegmentSize / opts.BufferSize
+	return &Pool{
+		opts:     opts,
+		bufSize:  opts.BufferSize,
+		segSize:  opts.SegmentSize,
+		bps:      bps,
+		pow2:     bps&(bps-1) == 0,
+		shift:    uint(bits.TrailingZeros(uint(bps))),
+		umetaSeg: roundUp(bps*UserMetaLen, shm.PageSize),
+		nmetaSeg: roundUp(bps*nexusMetaLen, shm.PageSize),
+		maxBufs:  uint32(opts.MaxSegments * bps),
+		active:   make([]bool, opts.MaxSegments),
+		free:     make([][]uint32, opts.MaxSegments),
+		touched:  make([]bool, opts.MaxSegments),
+		lastBusy: make([]time.Time, opts.MaxSegments),
+	}
 }
 
 func roundUp(n, to int) int { return (n + to - 1) / to * to }

@@ -188,22 +188,8 @@ func (s *Server) parkAccept(err error) bool {
 	if !errors.Is(err, os.ErrDeadlineExceeded) {
 		return false
 	}
-	s.mu.Lock()
-	fr := s.lastFrz
-	s.mu.Unlock()
-	if fr == nil {
-		return false
-	}
-	select {
-	case s.acceptParked <- struct{}{}:
-	default:
-	}
-	select {
-	case <-fr.thaw:
-		return true
-	case <-fr.abandon:
-		return false
-	}
+	thawed, _ := s.parkOn(s.acceptParked)
+	return thawed
 }
 
 // park is a session's answer to a read that failed: true if a Freeze
@@ -213,24 +199,35 @@ func (ss *session) park(timedOut bool) bool {
 	if !timedOut {
 		return false
 	}
-	s := ss.s
+	thawed, abandoned := ss.s.parkOn(ss.parked)
+	switch {
+	case thawed:
+		ss.c.SetReadDeadline(time.Time{})
+	case abandoned:
+		ss.handedOver.Store(true)
+	}
+	return thawed
+}
+
+// parkOn waits, after a read that a Freeze's deadline ended, until the
+// Freeze is thawed or abandoned; it says it parked on parked first. With
+// no Freeze ever, it returns at once (neither).
+func (s *Server) parkOn(parked chan<- struct{}) (thawed, abandoned bool) {
 	s.mu.Lock()
 	fr := s.lastFrz
 	s.mu.Unlock()
 	if fr == nil {
-		return false
+		return false, false
 	}
 	select {
-	case ss.parked <- struct{}{}:
+	case parked <- struct{}{}:
 	default:
 	}
 	select {
 	case <-fr.thaw:
-		ss.c.SetReadDeadline(time.Time{})
-		return true
+		return true, false
 	case <-fr.abandon:
-		ss.handedOver.Store(true)
-		return false
+		return false, true
 	}
 }
 
