@@ -1,7 +1,6 @@
 package pool
 
 import (
-	"errors"
 	"fmt"
 	"time"
 
@@ -107,7 +106,7 @@ func Adopt(st Handover, fds [3]int) (_ *Pool, err error) {
 		p.nfree += len(stack)
 	}
 	if p.nActive < opts.MinSegments {
-		return nil, errors.Join(fmt.Errorf("adopt pool %q: %d active segments, fewer than MinSegments %d", opts.Name, p.nActive, opts.MinSegments))
+		return nil, fmt.Errorf("adopt pool %q: %d active segments, fewer than MinSegments %d", opts.Name, p.nActive, opts.MinSegments)
 	}
 	p.lowest = 0
 	for p.lowest < len(p.free)-1 && len(p.free[p.lowest]) == 0 {

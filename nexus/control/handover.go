@@ -84,12 +84,12 @@ func (s *Server) Freeze(ln *net.UnixListener) (h ServerHandover, conns []int, ln
 		list = append(list, ss)
 	}
 	s.mu.Unlock()
+	var dups []int // the sessions' connections so far; closed on error
 	defer func() {
 		if err != nil {
-			for _, fd := range conns {
+			for _, fd := range dups {
 				unix.Close(fd)
 			}
-			conns, lnFD = nil, -1
 			s.Thaw(ln)
 		}
 	}()
@@ -140,14 +140,14 @@ func (s *Server) Freeze(ln *net.UnixListener) (h ServerHandover, conns []int, ln
 		if err != nil {
 			return h, nil, -1, fmt.Errorf("control: freeze session %d: %w", ss.id, err)
 		}
-		conns = append(conns, fd)
+		dups = append(dups, fd)
 		h.Sessions = append(h.Sessions, sh)
 	}
 	if lnFD, err = dupConn(ln); err != nil {
 		return h, nil, -1, fmt.Errorf("control: freeze listener: %w", err)
 	}
 	h.Seq, h.Refused = s.seq.Load(), s.refused.Load()
-	return h, conns, lnFD, nil
+	return h, dups, lnFD, nil
 }
 
 // Thaw resumes a frozen server: the takeover did not commit.

@@ -118,6 +118,10 @@ func Take(path string, o Options) (*Taken, error) {
 	if err != nil {
 		return nil, err
 	}
+	if st.Version != version {
+		closeFDs(fds)
+		return nil, fmt.Errorf("%w: state of version %d, this process speaks %d", ErrVersion, st.Version, version)
+	}
 	die(StepState)
 	t, conns, err := adopt(path, st, fds, o)
 	if err != nil {

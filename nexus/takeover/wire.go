@@ -122,15 +122,15 @@ func sendState(c *net.UnixConn, st *State, fds []int) error {
 
 // recvState receives what sendState sent after its header h. On error
 // the descriptors received so far are closed.
-func recvState(c *net.UnixConn, h message, deadline time.Time) (st State, fds []int, err error) {
+func recvState(c *net.UnixConn, h message, deadline time.Time) (_ State, _ []int, err error) {
+	var fds []int // received so far; closed on error
 	defer func() {
 		if err != nil {
 			closeFDs(fds)
-			fds = nil
 		}
 	}()
 	if h.Bytes <= 0 || h.Bytes > maxState || h.FDs < afxdp.HandoverFDs || h.FDs > 1<<20 {
-		return st, nil, fmt.Errorf("takeover: state of %d bytes and %d descriptors", h.Bytes, h.FDs)
+		return State{}, nil, fmt.Errorf("takeover: state of %d bytes and %d descriptors", h.Bytes, h.FDs)
 	}
 	c.SetReadDeadline(deadline)
 	b := make([]byte, 0, h.Bytes)
@@ -138,33 +138,48 @@ func recvState(c *net.UnixConn, h message, deadline time.Time) (st State, fds []
 	for len(b) < h.Bytes {
 		n, err := c.Read(chunk)
 		if err != nil || n == 0 {
-			return st, nil, fmt.Errorf("takeover: receive state: %v", errOr(err, "peer gone"))
+			return State{}, nil, fmt.Errorf("takeover: receive state: %v", errOr(err, "peer gone"))
 		}
 		b = append(b, chunk[:n]...)
 	}
 	if len(b) != h.Bytes {
-		return st, nil, fmt.Errorf("takeover: state of %d bytes, announced %d", len(b), h.Bytes)
+		return State{}, nil, fmt.Errorf("takeover: state of %d bytes, announced %d", len(b), h.Bytes)
 	}
 	for len(fds) < h.FDs {
 		_, got, err := shm.RecvFDs(c, 16)
 		fds = append(fds, got...)
 		if err != nil {
-			return st, nil, fmt.Errorf("takeover: receive descriptors: %w", err)
+			return State{}, nil, fmt.Errorf("takeover: receive descriptors: %w", err)
 		}
 		if len(got) == 0 {
-			return st, nil, errors.New("takeover: a descriptor batch without descriptors")
+			return State{}, nil, errors.New("takeover: a descriptor batch without descriptors")
 		}
 	}
 	if len(fds) != h.FDs {
-		return st, nil, fmt.Errorf("takeover: %d descriptors, announced %d", len(fds), h.FDs)
+		return State{}, nil, fmt.Errorf("takeover: %d descriptors, announced %d", len(fds), h.FDs)
 	}
-	if err := json.Unmarshal(b, &st); err != nil {
-		return st, nil, fmt.Errorf("takeover: decode state: %w", err)
-	}
-	if st.fdCount() != len(fds) {
-		return st, nil, fmt.Errorf("takeover: state needs %d descriptors, got %d", st.fdCount(), len(fds))
+	st, err := decodeState(b, len(fds), h.Version)
+	if err != nil {
+		return State{}, nil, err
 	}
 	return st, fds, nil
+}
+
+// decodeState decodes a state of version that came with nfds descriptors
+// and checks it names as many. (Each part is checked again where it is
+// adopted.)
+func decodeState(b []byte, nfds, version int) (State, error) {
+	var st State
+	if err := json.Unmarshal(b, &st); err != nil {
+		return st, fmt.Errorf("takeover: decode state: %w", err)
+	}
+	if st.Version != version {
+		return st, fmt.Errorf("%w: the state says version %d", ErrVersion, st.Version)
+	}
+	if st.fdCount() != nfds {
+		return st, fmt.Errorf("takeover: state needs %d descriptors, got %d", st.fdCount(), nfds)
+	}
+	return st, nil
 }
 
 func errOr(err error, s string) any {
