@@ -106,12 +106,26 @@ func (n *Nexus) Freeze() (h Handover, fds [][]int, err error) {
 	return h, fds, err
 }
 
-// Thaw resumes a frozen nexus: the takeover did not commit.
+// Thaw resumes a frozen nexus: the takeover did not commit (the old
+// nexus), or it did (the new one, which clears its adopted flows'
+// advisories first).
 func (n *Nexus) Thaw() error {
 	return n.do(func() error {
+		for _, a := range n.advClear {
+			if n.ports[a.p.id] == a.p {
+				a.p.ch.SetAdvisory(int(a.adv), channel.AdvisoryNone) // checked in adoptPort
+			}
+		}
+		n.advClear = nil
 		n.frozen = false
 		return nil
 	})
+}
+
+// advClear is an adopted flow's advisory, cleared at Thaw.
+type advClear struct {
+	p   *port
+	adv uint32
 }
 
 // Abandon ends a frozen nexus whose state another process took over: the
@@ -150,8 +164,10 @@ func (n *Nexus) abandonPorts() {
 // adopted from fds (channel.HandoverFDs, owned by AdoptPort from now
 // on), and its flows with their IDs and advisory slots. The flows are in
 // the device's steering map already (it came with the link). Every flow's
-// advisory is cleared: this switch's regulation holds none of their
-// packets, and nothing would clear a suspension the old one left.
+// advisory is cleared at Thaw: this switch's regulation holds none of
+// their packets, and nothing would clear a suspension the old one left.
+// Before Thaw nothing is written to the channel but what the old nexus
+// wrote there itself (its indices, its segment bitmap).
 func (n *Nexus) AdoptPort(ph PortHandover, fds []int) (*RemotePort, error) {
 	ch, err := channel.Adopt(ph.Channel, fds)
 	if err != nil {
@@ -195,10 +211,14 @@ func (n *Nexus) adoptPort(ph PortHandover, ch *channel.Channel) (*Port, error) {
 	for _, e := range entries {
 		p.flows[e.Key()] = e
 		if adv := e.AdvisoryIndex(); adv != flow.NoAdvisory {
-			if err := ch.SetAdvisory(int(adv), channel.AdvisoryNone); err != nil {
+			if int(adv) >= ch.Advisories() {
 				n.sw.RemovePort(id)
-				return nil, fmt.Errorf("clear advisory %d: %w", adv, err)
+				return nil, fmt.Errorf("flow %v: advisory %d outside the channel's %d", e.Key(), adv, ch.Advisories())
 			}
+			// Cleared at Thaw, not now: clearing posts an event on the
+			// app's event ring, which is the old nexus's until the
+			// commit (a takeover that fails leaves it serving).
+			n.advClear = append(n.advClear, advClear{p, adv})
 		}
 	}
 	n.ports[id] = p

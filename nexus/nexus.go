@@ -103,20 +103,23 @@ type Nexus struct {
 	once   sync.Once
 
 	// Owned by the worker goroutine.
-	sw        *flowswitch.Switch
-	ports     map[flow.PortID]*port
-	order     []*port     // live ports, in the order they were opened
-	dev       *linkWaiter // the device link
-	host      *linkWaiter // the host link, or nil
-	linkErr   error       // a link failed: no more datapath
-	lastReap  time.Time
-	svcDue    time.Time      // when the switch's timed work (Service) is next due
-	waiters   sync.WaitGroup // link and port waiters
-	seq       int            // ports opened, for channel names
-	limitLog  burstLog       // flow limits hit
-	frozen    bool           // a takeover froze the datapath (handover.go)
-	abandoned bool           // a takeover committed: shutdown abandons, not closes
-	log       *slog.Logger   // immutable
+	sw       *flowswitch.Switch
+	ports    map[flow.PortID]*port
+	order    []*port     // live ports, in the order they were opened
+	dev      *linkWaiter // the device link
+	host     *linkWaiter // the host link, or nil
+	linkErr  error       // a link failed: no more datapath
+	lastReap time.Time
+	svcDue   time.Time      // when the switch's timed work (Service) is next due
+	waiters  sync.WaitGroup // link and port waiters
+	seq      int            // ports opened, for channel names
+	limitLog burstLog       // flow limits hit
+	log      *slog.Logger   // immutable
+
+	// Takeover (handover.go), owned by the worker too.
+	frozen    bool       // the datapath is frozen: requests only
+	abandoned bool       // a takeover committed: shutdown abandons, not closes
+	advClear  []advClear // adopted flows' advisories, cleared at Thaw
 }
 
 // New starts a nexus on opts.Link. It checks every option and builds the

@@ -23,7 +23,6 @@ import (
 
 	"github.com/skylane/skylane/metrics"
 	"github.com/skylane/skylane/netif"
-	"github.com/skylane/skylane/netif/afxdp"
 	"github.com/skylane/skylane/netif/drivers"
 	"github.com/skylane/skylane/nexus"
 	"github.com/skylane/skylane/nexus/control"
@@ -267,36 +266,38 @@ func runNexusDaemon(ctx context.Context, cfg nexusConfig, sig signals, log *slog
 
 	if cfg.metrics != "" {
 		at, stop, err := serveMetrics(cfg.metrics, o.nx, srv)
-		if err != nil {
-			return fmt.Errorf("nexus: %w", err)
+		// After a takeover the old nexus may still hold the address for
+		// the moments it takes to exit; the apps are served meanwhile,
+		// so failing now would cost them everything over a metrics port.
+		for wait := 10 * time.Millisecond; err != nil && cfg.takeover && wait < 5*time.Second; wait *= 2 {
+			time.Sleep(wait)
+			at, stop, err = serveMetrics(cfg.metrics, o.nx, srv)
 		}
-		defer stop()
-		log.Info("metrics", "url", "http://"+at.String()+"/metrics")
+		switch {
+		case err != nil && cfg.takeover:
+			log.Error("metrics not served after the takeover (the apps are)", "err", err)
+		case err != nil:
+			return fmt.Errorf("nexus: %w", err)
+		default:
+			defer stop()
+			log.Info("metrics", "url", "http://"+at.String()+"/metrics")
+		}
 	}
 	// Takeover requests, for the next nexus binary (docs/upgrade.md).
-	handed := make(chan error, 1)
-	tln, err := takeover.Listen(cfg.socket)
-	if err != nil {
-		return fmt.Errorf("nexus: %w", err)
+	// Without the socket this nexus serves on, but an upgrade needs a
+	// restart.
+	var handed <-chan error // Serve's end: a commit, or a failed socket; nil without one
+	if tln, err := takeover.Listen(cfg.socket); err != nil {
+		log.Error("no takeover socket: an upgrade of this nexus needs a restart", "err", err)
+	} else {
+		var stopDonor func()
+		handed, stopDonor = startDonor(o, srv, sock, cfg, log, tln)
+		defer stopDonor()
 	}
-	donor := &takeover.Donor{Nexus: o.nx, Server: srv, Socket: sock, Driver: cfg.link.driver, Log: log,
-		Version: takeoverVersion()}
-	if x, ok := o.dev.(afxdp.Exporter); ok {
-		donor.Link = x
-	}
-	tctx, tcancel := context.WithCancel(context.Background())
-	go func() { handed <- donor.Serve(tctx, tln) }()
-	defer func() {
-		tcancel()
-		if terr := <-handed; terr != nil && !errors.Is(terr, takeover.ErrHandedOver) {
-			err = errors.Join(err, fmt.Errorf("nexus: %w", terr))
-		}
-	}()
-
 	spawned := make(chan error, 1)
 	handedOver := false
 	defer func() {
-		if !handedOver { // the new process is the service now
+		if !handedOver { // else the new process is the service now
 			sdNotify("STOPPING=1")
 		}
 	}()
@@ -321,7 +322,7 @@ func runNexusDaemon(ctx context.Context, cfg nexusConfig, sig signals, log *slog
 			srv.Shutdown("nexus stopping: " + reason)
 			return fmt.Errorf("nexus: %s: %w", reason, errLinkGone)
 		case terr := <-handed:
-			handed <- terr // for the deferred wait
+			handed = nil
 			if errors.Is(terr, takeover.ErrHandedOver) {
 				log.Info("nexus handed over; exiting")
 				handedOver = true

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"strconv"
 
 	"github.com/skylane/skylane/netif"
+	"github.com/skylane/skylane/netif/afxdp"
 	"github.com/skylane/skylane/nexus"
 	"github.com/skylane/skylane/nexus/control"
 	"github.com/skylane/skylane/nexus/takeover"
@@ -89,4 +91,24 @@ func spawnTakeover(done chan<- error) error {
 	}
 	go func() { done <- cmd.Wait() }()
 	return nil
+}
+
+// startDonor answers takeover requests on tln for the nexus o (package
+// nexus/takeover). handed gets Serve's end once: ErrHandedOver after a
+// commit, or why the socket failed. stop ends Serve (if it still runs)
+// and waits for it.
+func startDonor(o *ownedNexus, srv *control.Server, sock *control.Socket, cfg nexusConfig, log *slog.Logger, tln *net.UnixListener) (handed <-chan error, stop func()) {
+	donor := &takeover.Donor{Nexus: o.nx, Server: srv, Socket: sock, Driver: cfg.link.driver, Log: log,
+		Version: takeoverVersion()}
+	if x, ok := o.dev.(afxdp.Exporter); ok {
+		donor.Link = x
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	out := make(chan error, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		out <- donor.Serve(ctx, tln)
+	}()
+	return out, func() { cancel(); <-done }
 }

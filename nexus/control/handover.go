@@ -10,7 +10,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/skylane/skylane/control"
 	"github.com/skylane/skylane/flow"
 	"github.com/skylane/skylane/internal/shm"
 	"github.com/skylane/skylane/nexus"
@@ -229,20 +228,6 @@ func (s *Server) parkOn(parked chan<- struct{}) (thawed, abandoned bool) {
 	case <-fr.abandon:
 		return false, true
 	}
-}
-
-// read reads one request (readRequest); timedOut says a deadline (a
-// Freeze) ended the read.
-func (ss *session) read(buf []byte) (req control.Request, ok, timedOut bool) {
-	k, _, flags, _, err := ss.c.ReadMsgUnix(buf, nil)
-	if err != nil {
-		return req, false, errors.Is(err, os.ErrDeadlineExceeded)
-	}
-	if k == 0 || flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
-		return req, false, false
-	}
-	req, err = control.DecodeRequest(buf[:k])
-	return req, err == nil, false
 }
 
 // Adopt adds the sessions another nexus's server handed over (Freeze),

@@ -262,15 +262,19 @@ func credOf(c *net.UnixConn) (policy.Cred, error) {
 
 // readRequest reads one request; false if the app is gone or broke the
 // protocol (a message too long, carrying descriptors, or not decoding).
-func readRequest(c *net.UnixConn, buf []byte) (control.Request, bool) {
+// timedOut says a read deadline (a takeover's Freeze) ended the read.
+func readRequest(c *net.UnixConn, buf []byte) (req control.Request, ok, timedOut bool) {
 	// No control buffer: descriptors an app sends are closed by the
 	// kernel and the message flagged MSG_CTRUNC.
 	k, _, flags, _, err := c.ReadMsgUnix(buf, nil)
-	if err != nil || k == 0 || flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
-		return control.Request{}, false
+	if err != nil {
+		return req, false, errors.Is(err, os.ErrDeadlineExceeded)
 	}
-	req, err := control.DecodeRequest(buf[:k])
-	return req, err == nil
+	if k == 0 || flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
+		return req, false, false
+	}
+	req, err = control.DecodeRequest(buf[:k])
+	return req, err == nil, false
 }
 
 // reply sends rep; false if the app is gone or does not take it in time.

@@ -88,7 +88,7 @@ func (ss *session) run() {
 
 	buf := make([]byte, control.MaxMessage+1)
 	for {
-		req, ok, timedOut := ss.read(buf)
+		req, ok, timedOut := readRequest(ss.c, buf)
 		if !ok {
 			if ss.park(timedOut) {
 				continue // a takeover froze the session, then thawed it
