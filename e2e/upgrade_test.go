@@ -156,7 +156,12 @@ type upgradeWorld struct {
 	load *upgradeLoad
 }
 
-func newUpgradeWorld(t *testing.T) *upgradeWorld {
+// upgradeRated is upgradePolicy with a transmit rate: the nexus runs its
+// regulation layer (queue, pacing, advisories).
+const upgradeRated = upgradePolicy + `rate = "2Gbit"
+`
+
+func newUpgradeWorld(t *testing.T, policy string) *upgradeWorld {
 	t.Helper()
 	nettest.RequirePriv(t)
 	nettest.RequireCommand(t, "curl")
@@ -166,7 +171,7 @@ func newUpgradeWorld(t *testing.T) *upgradeWorld {
 	wireChecksums(t, w.v)
 	dir := sharedDir(t)
 	pol := filepath.Join(dir, "policy.toml")
-	if err := os.WriteFile(pol, []byte(upgradePolicy), 0o644); err != nil {
+	if err := os.WriteFile(pol, []byte(policy), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	w.sock = filepath.Join(dir, "nexus.sock")
@@ -466,7 +471,7 @@ func (l *upgradeLoad) progress(t *testing.T, what string) {
 // systemctl reload does it (SIGUSR2: the nexus starts the next itself),
 // and SIGTERM leaves nothing.
 func TestUpgrade(t *testing.T) {
-	w := newUpgradeWorld(t)
+	w := newUpgradeWorld(t, upgradePolicy)
 	l := w.startLoad(t)
 	l.progress(t, "before the upgrades")
 	before := resources(t, w.nx.cmd.Process.Pid)
@@ -544,9 +549,11 @@ func waitGone(t *testing.T, pid int) {
 
 // TestUpgradeRefused: a takeover killed at each step of the hand-over,
 // and one by a binary of another state version: the old nexus serves on
-// (every connection with it) and holds what it held before.
+// (every connection with it) and holds what it held before. Then one that
+// works. The apps run under a rate here: the switch's regulation layer
+// is on.
 func TestUpgradeRefused(t *testing.T) {
-	w := newUpgradeWorld(t)
+	w := newUpgradeWorld(t, upgradeRated)
 	l := w.startLoad(t)
 	l.progress(t, "before the takeovers")
 	pid := w.nx.cmd.Process.Pid
