@@ -71,19 +71,26 @@ const (
 	upgradeDeadConn = time.Second
 )
 
-func runUpgrade(cfg Config) (rep Report, err error) {
+func runUpgrade(cfg Config) (Report, error) {
+	bin := os.Getenv("SKYLANE_BIN")
+	if bin == "" {
+		var err error
+		if bin, err = os.Executable(); err != nil {
+			return Report{}, fmt.Errorf("upgrade: the skylane binary: %w", err)
+		}
+	}
+	return runUpgradeWith(cfg, bin, upgradeRounds)
+}
+
+// runUpgradeWith runs the scenario with the nexus binary bin, rounds
+// replacements of each kind.
+func runUpgradeWith(cfg Config, bin string, rounds int) (rep Report, err error) {
 	rep = Report{Scenario: "upgrade", Machine: Machine()}
 	if !cfg.wants(upgradeBlackoutRow) && !cfg.wants(upgradeBulkRow) {
 		return rep, nil
 	}
 	if os.Geteuid() != 0 {
 		return rep, errors.New("upgrade: needs root (network namespaces, AF_XDP): run skylane bench upgrade as root")
-	}
-	bin := os.Getenv("SKYLANE_BIN")
-	if bin == "" {
-		if bin, err = os.Executable(); err != nil {
-			return rep, fmt.Errorf("upgrade: the skylane binary: %w", err)
-		}
 	}
 	h, err := newUDPHosts()
 	if err != nil {
@@ -116,8 +123,8 @@ func runUpgrade(cfg Config) (rep Report, err error) {
 	var ours, base [2][]float64 // blackout, bulk stall, in ms
 	var frozen []float64        // as the new nexus saw it, in ms
 	var quiet []float64         // the blackout figure over a window without a replacement
-	for i := range upgradeRounds {
-		if err := cfg.roundStart("upgrade", i, upgradeRounds); err != nil {
+	for i := range rounds {
+		if err := cfg.roundStart("upgrade", i, rounds); err != nil {
 			return rep, err
 		}
 		b, s, err := u.replace(load, true)
@@ -145,7 +152,7 @@ func runUpgrade(cfg Config) (rep Report, err error) {
 		r.Extra = map[string]any{
 			"p50_ms": round2(pct(ours[k], 50)), "max_ms": round2(slices.Max(ours[k])),
 			"baseline_p50_ms": round2(pct(base[k], 50)), "baseline_max_ms": round2(slices.Max(base[k])),
-			"rounds": upgradeRounds,
+			"rounds": rounds,
 		}
 		if k == 0 {
 			r.Extra["udp_lost"] = load.udpLost()
@@ -183,7 +190,7 @@ type nexusProc struct {
 }
 
 // frozenMs is how long the nexus this one took over from was frozen, as
-// it logged it (0 if it did not).
+// it logged it (-1 if it did not).
 func (p *nexusProc) frozenMs() float64 {
 	for _, l := range strings.Split(p.text(), "\n") {
 		if i := strings.Index(l, "frozen_ms="); i >= 0 && strings.Contains(l, `msg="took over"`) {
@@ -192,7 +199,7 @@ func (p *nexusProc) frozenMs() float64 {
 			return ms
 		}
 	}
-	return 0
+	return -1
 }
 
 func (p *nexusProc) text() string {
