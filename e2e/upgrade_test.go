@@ -616,3 +616,20 @@ func xdpProg(t *testing.T, w *upgradeWorld) uint32 {
 	}
 	return id
 }
+
+// TestUpgradeNotAFXDP: a nexus on AF_PACKET refuses a takeover, saying
+// to restart instead, and serves on.
+func TestUpgradeNotAFXDP(t *testing.T) {
+	nettest.RequirePriv(t)
+	bin := skylaneBinary(t)
+	v := nettest.NewVeth(t, nettest.VethOptions{})
+	sock := filepath.Join(sharedDir(t), "nexus.sock")
+	args := []string{"nexus", "--driver", drivers.AFPacket, "--dev", v.LocalName, "--peer-mac", v.PeerMAC.String(), "--socket", sock}
+	nx := startProc(t, v.Local.Command, bin, args, `msg="nexus started"`)
+	w := &upgradeWorld{v: v, bin: bin, sock: sock, args: args, nx: nx}
+	w.failedTakeover(t, nil, "cannot be handed over (AF_XDP only): restart the nexus instead")
+	nexusStats(t, bin, sock) // still answers
+	if err := nx.terminate(t); err != nil {
+		t.Fatalf("nexus after SIGTERM: %v\n%s", err, nx.text())
+	}
+}

@@ -78,10 +78,6 @@ func (s *Server) Freeze(ln *net.UnixListener) (h ServerHandover, conns []int, ln
 	}
 	fr := &freeze{thaw: make(chan struct{}), abandon: make(chan struct{})}
 	s.frz, s.lastFrz = fr, fr
-	var list []*session
-	for ss := range s.sessions {
-		list = append(list, ss)
-	}
 	s.mu.Unlock()
 	var dups []int // the sessions' connections so far; closed on error
 	defer func() {
@@ -92,8 +88,14 @@ func (s *Server) Freeze(ln *net.UnixListener) (h ServerHandover, conns []int, ln
 			s.Thaw(ln)
 		}
 	}()
+	// The accept loop first: every session there will be is then in
+	// the list.
 	past := time.Unix(1, 0)
 	if s.serving.Load() {
+		select {
+		case <-s.acceptParked: // a stale signal of an earlier freeze
+		default:
+		}
 		ln.SetDeadline(past)
 		select {
 		case <-s.acceptParked:
@@ -101,6 +103,12 @@ func (s *Server) Freeze(ln *net.UnixListener) (h ServerHandover, conns []int, ln
 			return h, nil, -1, errors.New("control: freeze: the accept loop did not stop")
 		}
 	}
+	s.mu.Lock()
+	list := make([]*session, 0, len(s.sessions))
+	for ss := range s.sessions {
+		list = append(list, ss)
+	}
+	s.mu.Unlock()
 	for _, ss := range list {
 		select {
 		case <-ss.parked: // a stale signal of an earlier freeze
