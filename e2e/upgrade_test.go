@@ -24,6 +24,7 @@ import (
 	"github.com/skylane/skylane/client"
 	"github.com/skylane/skylane/internal/nettest"
 	"github.com/skylane/skylane/netif/drivers"
+	"github.com/skylane/skylane/nexus/control"
 )
 
 // upgradeAppEnv carries an upgrade app's config (JSON); TestUpgradeApp
@@ -476,6 +477,7 @@ func TestUpgrade(t *testing.T) {
 	l.progress(t, "before the upgrades")
 	before := resources(t, w.nx.cmd.Process.Pid)
 	prog := xdpProg(t, w)
+	st0 := nexusStats(t, w.bin, w.sock)
 	const upgrades = 20
 	for i := range upgrades {
 		w.upgrade(t)
@@ -485,6 +487,26 @@ func TestUpgrade(t *testing.T) {
 		}
 	}
 	after := resources(t, w.nx.cmd.Process.Pid)
+	// The counters went on growing, and the sessions are the same apps'
+	// (names, pids, channels), each with its flows.
+	st1 := nexusStats(t, w.bin, w.sock)
+	if st1.Totals.Packets <= st0.Totals.Packets || st1.Link.RxPackets <= st0.Link.RxPackets {
+		t.Errorf("counters restarted: switch %d then %d packets, link %d then %d",
+			st0.Totals.Packets, st1.Totals.Packets, st0.Link.RxPackets, st1.Link.RxPackets)
+	}
+	t.Logf("nexus after %d upgrades: link %+v; drops %+v", upgrades, st1.Link, st1.Drops)
+	apps := func(st control.Stats) map[string]string {
+		m := map[string]string{}
+		for _, s := range st.Sessions {
+			if s.Channel != "" {
+				m[s.App] = fmt.Sprintf("pid %d channel %s flows>0 %v", s.PID, s.Channel, s.Flows > 0)
+			}
+		}
+		return m
+	}
+	if a0, a1 := apps(st0), apps(st1); fmt.Sprint(a0) != fmt.Sprint(a1) || len(a1) != 3 {
+		t.Errorf("sessions after %d upgrades: %v, before: %v", upgrades, a1, a0)
+	}
 	for k, v := range before {
 		if after[k] != v {
 			t.Errorf("the nexus after %d upgrades holds %d %s, the first held %d (all: %v, first: %v)", upgrades, after[k], k, v, after, before)

@@ -6,6 +6,7 @@ import (
 
 	"github.com/skylane/skylane/channel"
 	"github.com/skylane/skylane/flow"
+	"github.com/skylane/skylane/flowswitch"
 	"github.com/skylane/skylane/internal/shm"
 	"github.com/skylane/skylane/packet"
 )
@@ -23,8 +24,9 @@ import (
 // Handover is a frozen nexus's ports, for the process taking over; the
 // link travels separately (its driver's own hand-over).
 type Handover struct {
-	Seq   int            `json:"seq"` // ports opened so far, for channel names
-	Ports []PortHandover `json:"ports"`
+	Seq    int              `json:"seq"` // ports opened so far, for channel names
+	Ports  []PortHandover   `json:"ports"`
+	Switch flowswitch.Stats `json:"switch"` // the switch's own counters (flowswitch.Switch.SaveStats)
 }
 
 // PortHandover is one port.
@@ -76,7 +78,7 @@ func (n *Nexus) Freeze() (h Handover, fds [][]int, err error) {
 				return fmt.Errorf("%w: link %s: %w", ErrNotTransferable, n.link.Name(), err)
 			}
 		}
-		h = Handover{Seq: n.seq}
+		h = Handover{Seq: n.seq, Switch: n.sw.SaveStats()}
 		fail := func(err error) error {
 			for _, f := range fds {
 				for _, fd := range f {
@@ -228,11 +230,16 @@ func (n *Nexus) adoptPort(ph PortHandover, ch *channel.Channel) (*Port, error) {
 	return ap, nil
 }
 
-// SetSeq sets the count of ports opened, for channel names: a nexus that
-// took over continues the old one's numbering.
-func (n *Nexus) SetSeq(seq int) {
-	n.do(func() error {
-		n.seq = max(n.seq, seq)
+// Restore carries a frozen nexus's counters on (the switch's own, the
+// count of ports opened, for channel names) in this one, which took it
+// over; call it before Thaw.
+func (n *Nexus) Restore(h Handover) error {
+	return n.do(func() error {
+		if !n.frozen {
+			return errors.New("nexus: restore: not frozen")
+		}
+		n.seq = max(n.seq, h.Seq)
+		n.sw.RestoreStats(h.Switch)
 		return nil
 	})
 }

@@ -206,7 +206,9 @@ func adopt(path string, st State, fds []int, o Options) (_ *taking, conns []int,
 	if t.Nexus, err = nexus.New(no); err != nil {
 		return nil, nil, err
 	}
-	t.Nexus.SetSeq(st.Nexus.Seq)
+	if err := t.Nexus.Restore(st.Nexus); err != nil {
+		return nil, nil, err
+	}
 	for _, ph := range st.Nexus.Ports {
 		rp, err := t.Nexus.AdoptPort(ph, take(channelFDs))
 		if err != nil {
