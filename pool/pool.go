@@ -19,6 +19,9 @@
 //     released.
 //   - A Pool is owned by one goroutine (the nexus worker of its channel); it
 //     takes no locks.
+//   - A pool handed to another nexus process (Export, Adopt; handover.go)
+//     keeps every buffer's state, read from the nexus-only metadata; a
+//     buffer the old process held (in flight) goes back to the free lists.
 package pool
 
 import (
