@@ -61,6 +61,10 @@
 //   - Close, and every failing Open, detach the XDP program (a BPF link),
 //     close the socket and unmap every ring and the UMEM. A process that
 //     dies releases the same through its fds: nothing stays attached.
+//     After Export (a takeover, handover.go) the process that adopted the
+//     duplicates holds them: Close then releases only this process's
+//     descriptors and mappings, and the socket stays bound, the program
+//     attached.
 //   - Open acts in the network namespace of the calling OS thread.
 package afxdp
 
