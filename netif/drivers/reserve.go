@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/skylane/skylane/flow"
 	"github.com/skylane/skylane/packet"
 )
 
@@ -119,7 +120,8 @@ const loopbackIndex = 1
 // Reserve reserves key's local address and port in the kernel: key is a
 // listener flow's (packet.Key.Listener3 or Listener2; a Listener2 key's
 // local address is the unspecified address of its version), TCP or UDP.
-// An error wraps unix.EADDRINUSE when a kernel socket holds the port.
+// An error wraps flow.ErrKernelPort and unix.EADDRINUSE when a kernel
+// socket holds the port.
 func (r *Reserver) Reserve(key packet.Key) (*Reservation, error) {
 	if key.Proto != packet.ProtoTCP && key.Proto != packet.ProtoUDP {
 		return nil, fmt.Errorf("reserve %v: only TCP and UDP ports: %w", key, ErrUnsupported)
@@ -155,6 +157,11 @@ func (r *Reserver) reserve(key packet.Key) (*Reservation, error) {
 	res := &Reservation{fd: fd, listen: tcp}
 	if err := r.setup(fd, key, la); err != nil {
 		unix.Close(fd)
+		if errors.Is(err, unix.EADDRINUSE) {
+			// The flow table's error for a kernel socket's port, so
+			// that apps see the same refusal either way.
+			err = fmt.Errorf("%w: %w", flow.ErrKernelPort, err)
+		}
 		return nil, fmt.Errorf("reserve %s %v in the kernel: %w", protoName(key.Proto), la, err)
 	}
 	return res, nil
@@ -290,4 +297,35 @@ func protoName(p uint8) string {
 		return "udp"
 	}
 	return "tcp"
+}
+
+// minAppEphemeral is the fewest ports AppEphemeral hands apps: with fewer,
+// a busy app would run out of source ports toward one server.
+const minAppEphemeral = 1024
+
+// AppEphemeral returns the local ports apps' outgoing connections take
+// when the kernel shares the device: a range disjoint from the kernel's
+// ephemeral range (/proc/sys/net/ipv4/ip_local_port_range of the calling
+// thread's namespace), so that a kernel socket's connect(2) never picks a
+// port a user-space connection uses, with no socket per connection. It
+// takes the ports above the kernel's range (61000-65535 with Linux's
+// default 32768-60999), else those below it down to 1024; ok is false when
+// neither leaves minAppEphemeral ports (the kernel's range is then
+// returned, and the two may collide).
+func AppEphemeral() (r [2]uint16, ok bool) {
+	lo, hi := uint16(32768), uint16(60999) // the kernel's default
+	// /proc/sys/net answers for the namespace of the thread that opens it.
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		var l, h uint16
+		if _, err := fmt.Sscan(string(b), &l, &h); err == nil && l > 0 && h >= l {
+			lo, hi = l, h
+		}
+	}
+	if 65535-int(hi) >= minAppEphemeral {
+		return [2]uint16{hi + 1, 65535}, true
+	}
+	if int(lo)-1024 >= minAppEphemeral {
+		return [2]uint16{1024, lo - 1}, true
+	}
+	return [2]uint16{lo, hi}, false
 }

@@ -1,13 +1,11 @@
 package drivers
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
-	"syscall"
 	"testing"
 	"time"
 
@@ -16,38 +14,6 @@ import (
 	"github.com/skylane/skylane/internal/nettest"
 	"github.com/skylane/skylane/packet"
 )
-
-// kernelBind binds a kernel socket in ns the way a server would ("tcp" or
-// "udp" network, with SO_REUSEADDR and SO_REUSEPORT if reuse), closes it
-// and returns bind's error.
-func kernelBind(ns *nettest.NS, network, addr string, reuse bool) error {
-	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
-		var serr error
-		err := c.Control(func(fd uintptr) {
-			// Go sets SO_REUSEADDR on every listening TCP socket
-			// already; reuse adds it to UDP and SO_REUSEPORT to both.
-			if reuse {
-				serr = errors.Join(unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1),
-					unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1))
-			}
-		})
-		return errors.Join(err, serr)
-	}}
-	return ns.Do(func() error {
-		var c io.Closer
-		var err error
-		switch network[:3] {
-		case "tcp":
-			c, err = lc.Listen(context.Background(), network, addr)
-		default:
-			c, err = lc.ListenPacket(context.Background(), network, addr)
-		}
-		if err != nil {
-			return err
-		}
-		return c.Close()
-	})
-}
 
 // TestReserveHoldsPorts: while a listener flow's port is reserved no
 // kernel socket binds it (TCP and UDP, wildcard and specific, IPv4 and
@@ -90,7 +56,7 @@ func TestReserveHoldsPorts(t *testing.T) {
 				fmt.Sscan(b, &network, &host)
 				addr := fmt.Sprintf("%s:%d", host, port)
 				for _, reuse := range []bool{false, true} {
-					if err := kernelBind(v.Local, network, addr, reuse); !errors.Is(err, unix.EADDRINUSE) {
+					if err := nettest.KernelBind(v.Local, network, addr, reuse); !errors.Is(err, unix.EADDRINUSE) {
 						t.Errorf("kernel bind %s %s (reuse %v) while reserved: %v, want EADDRINUSE", network, addr, reuse, err)
 					}
 				}
@@ -109,7 +75,7 @@ func TestReserveHoldsPorts(t *testing.T) {
 			for _, b := range tc.binds {
 				var network, host string
 				fmt.Sscan(b, &network, &host)
-				if err := kernelBind(v.Local, network, fmt.Sprintf("%s:%d", host, port), false); err != nil {
+				if err := nettest.KernelBind(v.Local, network, fmt.Sprintf("%s:%d", host, port), false); err != nil {
 					t.Errorf("kernel bind %s %s after the reservation closed: %v", network, host, err)
 				}
 			}
