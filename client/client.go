@@ -65,6 +65,12 @@ type Options struct {
 	// netstack; 0 keeps netstack's default (60 s). Their flows are torn down
 	// as they enter it.
 	TimeWait time.Duration
+	// ResolvConf, if set, is the resolv.conf whose nameservers the
+	// Stack's resolver asks instead of /etc/resolv.conf's (its other
+	// settings are /etc/resolv.conf's: Go reads no other file). Hosts, if
+	// set, is a hosts file Dial consults before any query, besides
+	// /etc/hosts. See Resolver.
+	ResolvConf, Hosts string
 }
 
 // Stack is a user-space TCP/IP stack on one nexus port. Its methods are
@@ -84,6 +90,7 @@ type Stack struct {
 	opts     Options         // immutable, defaults applied
 	reattach bool            // immutable: re-open a port when the nexus went
 	notify   func(err error) // immutable: ConnectOptions.Notify, or nil
+	res      *resolver       // immutable: names (resolve.go)
 
 	quit    chan struct{}  // closed by Close: stops the watcher
 	watcher sync.WaitGroup // the watcher goroutine, if the port can go
@@ -115,6 +122,10 @@ func New(nx Nexus, opts Options) (*Stack, error) {
 		opts.Name = "stack"
 	}
 	s := &Stack{nx: nx, opts: opts, quit: make(chan struct{}), listeners: make(map[relistener]struct{})}
+	var err error
+	if s.res, err = newResolver(s, opts); err != nil {
+		return nil, err
+	}
 	if r, ok := nx.(interface{ connectOptions() ConnectOptions }); ok {
 		co := r.connectOptions()
 		s.reattach, s.notify = co.Reattach, co.Notify
