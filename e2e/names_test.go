@@ -152,4 +152,3 @@ func TestNames(t *testing.T) {
 		})
 	}
 }
-

@@ -25,8 +25,8 @@ import (
 	"github.com/skylane/skylane/netif/drivers"
 	"github.com/skylane/skylane/netif/steer"
 	"github.com/skylane/skylane/nexus"
-	"github.com/skylane/skylane/packet"
 	"github.com/skylane/skylane/nexus/inproc"
+	"github.com/skylane/skylane/packet"
 )
 
 // TestMain fails the run if a netstack buffer is still referenced once
