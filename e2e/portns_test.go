@@ -97,12 +97,31 @@ func TestOnePortNamespace(t *testing.T) {
 			checkBinds(t, w.local, []string{"tcp4 0.0.0.0", "tcp4 198.18.0.1", "tcp [::]"}, userPort+1, true)
 			checkBinds(t, w.local, []string{"udp4 0.0.0.0", "udp4 198.18.0.1", "udp6 [::]", "udp6 [2001:2::1]", "udp [::]"}, userUDP, true)
 
+			// The peer's connections are the user-space stack's alone: the
+			// kernel's listener that reserves the port never answers
+			// them (the device steers them away; its filter drops any
+			// that reach it), nor does the kernel reset them.
+			opens, rsts := kernelTCP(t, w.local, "PassiveOpens"), kernelResets(t, w.local)
 			for _, a := range []netip.Addr{w.user4, w.user6} {
-				for _, from := range []*nettest.NS{w.local, w.peer} {
-					if out := curl(t, from, "-g", url("http", a, userPort)); !strings.HasPrefix(out, "user-space") {
-						t.Errorf("curl %v from %s: %q, want the user-space server", a, from.Name, out)
-					}
+				if out := curl(t, w.peer, "-g", url("http", a, userPort)); !strings.HasPrefix(out, "user-space") {
+					t.Errorf("curl %v from the peer: %q, want the user-space server", a, out)
 				}
+			}
+			if n := kernelTCP(t, w.local, "PassiveOpens") - opens; n != 0 {
+				t.Errorf("the local kernel accepted %d of the peer's connections to a user-space port", n)
+			}
+			if n := kernelResets(t, w.local) - rsts; n != 0 {
+				t.Errorf("the local kernel reset %d of the peer's connections to a user-space port", n)
+			}
+			// This host's connections go through the kernel's loopback to
+			// that listener, and on to the app.
+			for _, a := range []netip.Addr{w.user4, w.user6} {
+				if out := curl(t, w.local, "-g", url("http", a, userPort)); !strings.HasPrefix(out, "user-space") {
+					t.Errorf("curl %v from the server's namespace: %q, want the user-space server", a, out)
+				}
+			}
+			if n := kernelTCP(t, w.local, "PassiveOpens") - opens; n != 2 {
+				t.Errorf("the local kernel accepted %d connections for this host's 2 curls", n)
 			}
 			if out := curl(t, w.local, url("http", w.user4, userPort+1)); !strings.HasPrefix(out, "user-space one address") {
 				t.Errorf("curl %v:%d from the server's namespace: %q", w.user4, userPort+1, out)
