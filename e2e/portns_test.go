@@ -171,14 +171,7 @@ func TestPortNamespaceKill(t *testing.T) {
 
 			// skylane nexus and an app: kill -9 of the app, then of the
 			// nexus.
-			dir := sharedDir(t)
-			pol := filepath.Join(dir, "policy.toml")
-			if err := os.WriteFile(pol, []byte(daemonPolicy), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			sock := filepath.Join(dir, "nexus.sock")
-			args := []string{"nexus", "--driver", d, "--dev", v.LocalName, "--peer-mac", v.PeerMAC.String(),
-				"--socket", sock, "--socket-group", fmt.Sprint(socketGroup), "--policy", pol}
+			args, sock := nexusdArgs(t, d, v)
 			nx := startProc(t, v.Local.Command, bin, args, `msg="nexus started"`)
 			a := daemonApps[0]
 			cfg := appConfig{Name: a.cfg.Name, Listen: a.cfg.Listen} // 198.18.0.1:8081
@@ -200,4 +193,19 @@ func TestPortNamespaceKill(t *testing.T) {
 			}
 		})
 	}
+}
+
+// nexusdArgs writes daemonPolicy into a directory every test uid can
+// reach and returns the arguments of `skylane nexus` on driver d and v's
+// local end with that policy, and its control socket's path.
+func nexusdArgs(t *testing.T, d string, v *nettest.Veth) (args []string, sock string) {
+	t.Helper()
+	dir := sharedDir(t)
+	pol := filepath.Join(dir, "policy.toml")
+	if err := os.WriteFile(pol, []byte(daemonPolicy), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sock = filepath.Join(dir, "nexus.sock")
+	return []string{"nexus", "--driver", d, "--dev", v.LocalName, "--peer-mac", v.PeerMAC.String(),
+		"--socket", sock, "--socket-group", fmt.Sprint(socketGroup), "--policy", pol}, sock
 }

@@ -20,13 +20,7 @@ import (
 // IPv6, with SO_REUSEADDR and SO_REUSEPORT), a port a kernel socket holds
 // cannot be reserved, and closing the reservation gives the port back.
 func TestReserveHoldsPorts(t *testing.T) {
-	nettest.RequirePriv(t)
-	v := nettest.NewVeth(t, nettest.VethOptions{})
-	var r *Reserver
-	if err := v.Local.Do(func() (err error) { r, err = NewReserver(v.LocalIndex); return err }); err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	v, r := newReserverWorld(t)
 	l4, l6 := v.LocalAddr.Addr(), v.LocalAddr6.Addr()
 	any4, any6 := netip.IPv4Unspecified(), netip.IPv6Unspecified()
 	for i, tc := range []struct {
@@ -102,13 +96,7 @@ func TestReserveHoldsPorts(t *testing.T) {
 // connections of this host's processes to the interface's address, and
 // drops a remote host's SYN (it times out, no RST, no SYN-ACK).
 func TestReserveHostListener(t *testing.T) {
-	nettest.RequirePriv(t)
-	v := nettest.NewVeth(t, nettest.VethOptions{})
-	var r *Reserver
-	if err := v.Local.Do(func() (err error) { r, err = NewReserver(v.LocalIndex); return err }); err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	v, r := newReserverWorld(t)
 	for _, local := range []netip.Addr{netip.IPv4Unspecified(), v.LocalAddr6.Addr()} {
 		key := packet.MakeKey(packet.ProtoTCP, netip.AddrPortFrom(local, 20200), netip.AddrPort{})
 		res, err := r.Reserve(key)
@@ -181,4 +169,18 @@ func TestReserveHostListener(t *testing.T) {
 		}
 		ln.Close()
 	}
+}
+
+// newReserverWorld makes a veth pair and a Reserver in its local
+// namespace, closed when the test ends.
+func newReserverWorld(t *testing.T) (*nettest.Veth, *Reserver) {
+	t.Helper()
+	nettest.RequirePriv(t)
+	v := nettest.NewVeth(t, nettest.VethOptions{})
+	var r *Reserver
+	if err := v.Local.Do(func() (err error) { r, err = NewReserver(v.LocalIndex); return err }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return v, r
 }
