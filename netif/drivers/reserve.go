@@ -28,6 +28,9 @@ import (
 //     no later binder may share). A port a kernel socket holds already
 //     fails the reservation, so the flow: the check is the kernel's own,
 //     with no window between a look at /proc and the bind.
+//   - The reservation binds freely (IP_FREEBIND): it holds an address the
+//     kernel does not have yet (a tentative IPv6 address, one removed and
+//     added again) against the kernel's sockets once it has it.
 //   - The reservation goes with the flow (the nexus closes it), and with
 //     the nexus: the kernel closes a dead process's sockets, kill -9
 //     included. An app never holds the reservation itself.
@@ -175,6 +178,17 @@ func (r *Reserver) setup(fd int, key packet.Key, la netip.AddrPort) error {
 		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1); err != nil {
 			return fmt.Errorf("IPV6_V6ONLY: %w", err)
 		}
+	}
+	// Free bind: the reservation holds the address even while the kernel
+	// does not have it (an IPv6 address still tentative, one removed and
+	// added again), so a kernel socket that binds it once it is back
+	// still conflicts.
+	lvl, opt := unix.IPPROTO_IP, unix.IP_FREEBIND
+	if key.Version == 6 {
+		lvl, opt = unix.IPPROTO_IPV6, unix.IPV6_FREEBIND
+	}
+	if err := unix.SetsockoptInt(fd, lvl, opt, 1); err != nil {
+		return fmt.Errorf("free bind: %w", err)
 	}
 	if tcp {
 		// Only so that a TIME-WAIT leftover of an old kernel connection

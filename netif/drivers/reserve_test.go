@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/skylane/skylane/internal/nettest"
@@ -75,6 +76,33 @@ func TestReserveHoldsPorts(t *testing.T) {
 			}
 		})
 	}
+
+	t.Run("address added later", func(t *testing.T) {
+		// The reservation holds an address the kernel does not have
+		// yet; once it has it, its sockets still cannot bind the port.
+		late := netip.MustParseAddr("198.18.0.9")
+		res, err := r.Reserve(packet.MakeKey(packet.ProtoTCP, netip.AddrPortFrom(late, 20101), netip.AddrPort{}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Close()
+		nl, err := v.Local.Netlink()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nl.Close()
+		l, err := nl.LinkByName(v.LocalName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, _ := netlink.ParseAddr("198.18.0.9/32")
+		if err := nl.AddrAdd(l, a); err != nil {
+			t.Fatal(err)
+		}
+		if err := nettest.KernelBind(v.Local, "tcp4", "198.18.0.9:20101", true); !errors.Is(err, unix.EADDRINUSE) {
+			t.Errorf("kernel bind of the address added after the reservation: %v, want EADDRINUSE", err)
+		}
+	})
 
 	t.Run("kernel holds it", func(t *testing.T) {
 		var ln net.Listener
