@@ -256,9 +256,15 @@ func (ss *session) checkKind(g *policy.Grant, key packet.Key, kind flow.Kind, li
 
 // hostListener answers OpHostListener: the kernel socket reserving the
 // port's listener flow key goes with the reply (SCM_RIGHTS), if there is
-// one. The port only hands out its own flows' sockets. false: the app did
+// one. The port only hands out its own flows' sockets, and only while a
+// rule matches the session. false: the app did
 // not take the reply.
 func (ss *session) hostListener(port *nexus.RemotePort, key packet.Key) bool {
+	if _, err := ss.grant(); err != nil {
+		// No rule matches the session any more: its flows stay, but it
+		// gets nothing new.
+		return reply(ss.c, ss.refuse("host-listener "+key.String(), err))
+	}
 	f, err := port.HostListener(key)
 	if err != nil {
 		return reply(ss.c, control.Failure(err))
