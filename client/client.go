@@ -21,7 +21,12 @@ import (
 )
 
 // Port is a nexus port as a Stack uses it: the endpoint's needs
-// (stack.Port) plus the interface's addresses and MTU, and Close.
+// (stack.Port) plus the interface's addresses and MTU, and Close. A Port
+// may also offer, and the Stack then uses:
+//
+//	Ephemeral() [2]uint16                        // the local ports its dials take
+//	HostListener(packet.Key) (*os.File, error)   // a TCP listener flow's kernel socket, for this host's connections
+//	Gone() <-chan struct{}; Err() error          // the nexus went
 type Port interface {
 	stack.Port
 	// Name names the port (its channel).

@@ -27,8 +27,9 @@ import (
 type dnsZone map[string][]netip.Addr
 
 // serveDNS answers queries on pc (a kernel UDP socket in the peer
-// namespace) from zone until pc closes; queries counts them.
-func serveDNS(pc net.PacketConn, zone dnsZone, queries *atomic.Int64) {
+// namespace) from zone until pc closes; queries counts them, lowPort
+// keeps the lowest source port they came from.
+func serveDNS(pc net.PacketConn, zone dnsZone, queries, lowPort *atomic.Int64) {
 	buf := make([]byte, 1500)
 	for {
 		k, from, err := pc.ReadFrom(buf)
@@ -40,6 +41,9 @@ func serveDNS(pc net.PacketConn, zone dnsZone, queries *atomic.Int64) {
 			continue
 		}
 		queries.Add(1)
+		if p := int64(from.(*net.UDPAddr).Port); p < lowPort.Load() {
+			lowPort.Store(p) // one reader: no lost update
+		}
 		qu := q.Questions[0]
 		rep := layers.DNS{ID: q.ID, QR: true, OpCode: q.OpCode, AA: true, RD: q.RD, Questions: q.Questions, ResponseCode: layers.DNSResponseCodeNXDomain}
 		if as, ok := zone[strings.ToLower(strings.TrimSuffix(string(qu.Name), "."))]; ok {
@@ -92,8 +96,9 @@ func TestNames(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer pc.Close()
-			var queries atomic.Int64
-			go serveDNS(pc, zone, &queries)
+			var queries, lowPort atomic.Int64
+			lowPort.Store(1 << 16)
+			go serveDNS(pc, zone, &queries, &lowPort)
 			serveHTTP(t, kln, "kernel peer")
 
 			dir := t.TempDir()
@@ -129,6 +134,11 @@ func TestNames(t *testing.T) {
 			}
 			if queries.Load() == 0 {
 				t.Errorf("the peer's nameserver got no query")
+			}
+			// The queries left through the user-space stack: from the
+			// ports the nexus hands its apps, above the kernel's range.
+			if eph := w.nx.Ephemeral(); eph[0] != 0 && lowPort.Load() < int64(eph[0]) {
+				t.Errorf("a query came from port %d, outside the apps' range %d-%d", lowPort.Load(), eph[0], eph[1])
 			}
 			before := queries.Load()
 			if out, err := get("hosted.skylane.test"); err != nil || !strings.HasPrefix(out, "kernel peer") {
