@@ -29,12 +29,36 @@ type Handover struct {
 	Switch flowswitch.Stats `json:"switch"` // the switch's own counters (flowswitch.Switch.SaveStats)
 }
 
-// PortHandover is one port.
+// PortHandover is one port. Its descriptors are the channel's
+// (channel.HandoverFDs), then one per Reserved key.
 type PortHandover struct {
 	Name    string           `json:"name"` // the channel's name
 	Options PortOptions      `json:"options"`
 	Channel channel.Handover `json:"channel"`
 	Flows   []flow.Saved     `json:"flows"`
+	// Reserved are the listener flows whose port the kernel holds for the
+	// app (Options.Reserve), in the order of their descriptors.
+	Reserved []packet.Key `json:"reserved,omitempty"`
+}
+
+// FDs is how many descriptors the port's hand-over has.
+func (ph *PortHandover) FDs() int { return channel.HandoverFDs + len(ph.Reserved) }
+
+// ExportableReservation is a Reservation a takeover can hand over
+// (drivers.Reservation): a duplicate of its socket for the new process,
+// and a close of this process's descriptor that gives the port back to
+// no one.
+type ExportableReservation interface {
+	Reservation
+	ExportFD() (int, error)
+	Abandon() error
+}
+
+// abandonRes lets a reservation go without giving its port back.
+func abandonRes(r Reservation) {
+	if x, ok := r.(ExportableReservation); ok {
+		x.Abandon()
+	}
 }
 
 // ErrNotTransferable: the nexus has a part a takeover cannot move (an
@@ -95,6 +119,18 @@ func (n *Nexus) Freeze() (h Handover, fds [][]int, err error) {
 			}
 			fds = append(fds, f)
 			ph := PortHandover{Name: p.ch.Name(), Options: p.opts, Channel: ch}
+			for k, r := range p.res {
+				x, ok := r.(ExportableReservation)
+				if !ok {
+					return fail(fmt.Errorf("%w: port %s's reservation of %v cannot be handed over", ErrNotTransferable, p.ch.Name(), k))
+				}
+				fd, err := x.ExportFD()
+				if err != nil {
+					return fail(fmt.Errorf("nexus: freeze port %s: %w", p.ch.Name(), err))
+				}
+				fds[len(fds)-1] = append(fds[len(fds)-1], fd)
+				ph.Reserved = append(ph.Reserved, k)
+			}
 			n.sw.Do(func() {
 				for _, e := range p.flows {
 					ph.Flows = append(ph.Flows, e.Save())
@@ -152,6 +188,9 @@ func (n *Nexus) Abandon() error {
 // abandonPorts is shutdown's path after Abandon.
 func (n *Nexus) abandonPorts() {
 	for _, p := range n.order {
+		for _, r := range p.res {
+			abandonRes(r)
+		}
 		p.ch.Abandon()
 		if p.remote {
 			close(p.armCh)
@@ -171,8 +210,42 @@ func (n *Nexus) abandonPorts() {
 // Before Thaw nothing is written to the channel but what the old nexus
 // wrote there itself (its indices, its segment bitmap).
 func (n *Nexus) AdoptPort(ph PortHandover, fds []int) (*RemotePort, error) {
-	ch, err := channel.Adopt(ph.Channel, fds)
+	if len(fds) != ph.FDs() {
+		for _, fd := range fds {
+			shm.CloseFD(fd)
+		}
+		return nil, fmt.Errorf("nexus: adopt port %s: %d descriptors, want %d", ph.Name, len(fds), ph.FDs())
+	}
+	// The reservations first: they only wrap their sockets.
+	res := make(map[packet.Key]Reservation, len(ph.Reserved))
+	dropRes := func() {
+		for _, r := range res {
+			abandonRes(r) // the old nexus's still, if this fails
+		}
+	}
+	rfds := fds[channel.HandoverFDs:]
+	for i, k := range ph.Reserved {
+		var (
+			r   Reservation
+			err = fmt.Errorf("%w: no Options.AdoptReservation for its reservations", ErrNotTransferable)
+		)
+		if n.opts.AdoptReservation != nil {
+			r, err = n.opts.AdoptReservation(k, rfds[i]) // owns rfds[i] now
+		} else {
+			shm.CloseFD(rfds[i])
+		}
+		if err != nil {
+			for _, fd := range append(rfds[i+1:], fds[:channel.HandoverFDs]...) {
+				shm.CloseFD(fd)
+			}
+			dropRes()
+			return nil, fmt.Errorf("nexus: adopt port %s: %w", ph.Name, err)
+		}
+		res[k] = r
+	}
+	ch, err := channel.Adopt(ph.Channel, fds[:channel.HandoverFDs])
 	if err != nil {
+		dropRes()
 		return nil, fmt.Errorf("nexus: adopt port %s: %w", ph.Name, err)
 	}
 	var p *Port
@@ -180,19 +253,20 @@ func (n *Nexus) AdoptPort(ph PortHandover, fds []int) (*RemotePort, error) {
 		if n.linkErr != nil {
 			return n.linkErr
 		}
-		p, err = n.adoptPort(ph, ch)
+		p, err = n.adoptPort(ph, ch, res)
 		return err
 	})
 	if err != nil {
 		// Not Close: the channel still belongs to the old nexus, which
 		// serves on if the takeover fails; the app must not be told.
 		ch.Abandon()
+		dropRes()
 		return nil, fmt.Errorf("nexus: adopt port %s: %w", ph.Name, err)
 	}
 	return &RemotePort{p: p}, nil
 }
 
-func (n *Nexus) adoptPort(ph PortHandover, ch *channel.Channel) (*Port, error) {
+func (n *Nexus) adoptPort(ph PortHandover, ch *channel.Channel, res map[packet.Key]Reservation) (*Port, error) {
 	o := ph.Options
 	id, err := n.sw.AddPortWith(ch, flowswitchPortOptions(o))
 	if err != nil {
@@ -206,7 +280,7 @@ func (n *Nexus) adoptPort(ph PortHandover, ch *channel.Channel) (*Port, error) {
 	ap := &Port{n: n, id: id, name: ph.Name, remote: true, bell: make(chan struct{}, 1), gone: make(chan struct{})}
 	p := &port{
 		n: n, id: id, ch: ch, app: ap, remote: true, opts: o,
-		flows: make(map[packet.Key]*flow.Entry, len(entries)),
+		flows: make(map[packet.Key]*flow.Entry, len(entries)), res: res,
 		armCh: make(chan struct{}, 1), woke: make(chan struct{}, 1),
 		last: ch.Counters(),
 	}

@@ -12,13 +12,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/skylane/skylane/channel"
 	"github.com/skylane/skylane/netif/afxdp"
 	"github.com/skylane/skylane/nexus"
 	"github.com/skylane/skylane/nexus/control"
 )
-
-const channelFDs = channel.HandoverFDs
 
 // DefaultTimeout bounds a hand-over from the freeze to the commit: past
 // it the old nexus thaws and serves on.

@@ -210,7 +210,7 @@ func adopt(path string, st State, fds []int, o Options) (_ *taking, conns []int,
 		return nil, nil, err
 	}
 	for _, ph := range st.Nexus.Ports {
-		rp, err := t.Nexus.AdoptPort(ph, take(channelFDs))
+		rp, err := t.Nexus.AdoptPort(ph, take(ph.FDs()))
 		if err != nil {
 			return nil, nil, err
 		}

@@ -39,8 +39,8 @@ const (
 
 // State is what the old process hands over besides descriptors. The
 // descriptors follow in this order: the link's (afxdp.HandoverFDs), each
-// port's (channel.HandoverFDs), each session's connection, the control
-// socket and its lock file.
+// port's (nexus.PortHandover.FDs: its channel's, its reservations'), each
+// session's connection, the control socket and its lock file.
 type State struct {
 	Version int                    `json:"version"`
 	Driver  string                 `json:"driver"`
@@ -50,7 +50,11 @@ type State struct {
 }
 
 func (st *State) fdCount() int {
-	return afxdp.HandoverFDs + len(st.Nexus.Ports)*channelFDs + len(st.Server.Sessions) + 2
+	n := afxdp.HandoverFDs + len(st.Server.Sessions) + 2
+	for i := range st.Nexus.Ports {
+		n += st.Nexus.Ports[i].FDs()
+	}
+	return n
 }
 
 // message is one step's message. State travels as chunks after its
