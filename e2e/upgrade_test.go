@@ -495,6 +495,23 @@ func TestUpgrade(t *testing.T) {
 			st0.Totals.Packets, st1.Totals.Packets, st0.Link.RxPackets, st1.Link.RxPackets)
 	}
 	t.Logf("nexus after %d upgrades: link %+v; drops %+v", upgrades, st1.Link, st1.Drops)
+	// The apps' listener ports are still the kernel's to refuse: the
+	// reservations moved with the nexus.
+	if err := w.v.Local.Do(func() error {
+		for _, a := range []string{upHTTP, upBulk} {
+			if ln, err := net.Listen("tcp4", a); err == nil {
+				ln.Close()
+				t.Errorf("a kernel socket could bind %s after the upgrades: the reservation was lost", a)
+			}
+		}
+		if pc, err := net.ListenPacket("udp4", upUDP); err == nil {
+			pc.Close()
+			t.Errorf("a kernel socket could bind %s after the upgrades: the reservation was lost", upUDP)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 	apps := func(st control.Stats) map[string]string {
 		m := map[string]string{}
 		for _, s := range st.Sessions {
