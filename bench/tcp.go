@@ -494,15 +494,21 @@ func rpcRow(cfg Config, row string, sky *skyPair, kernel *connPair) (Result, err
 		}
 		base = append(base, l...)
 	}
-	// Each round made at least one round trip (rpc).
+	return latencyRow(row, "kernel TCP over loopback 127.0.0.1", ours, base), nil
+}
+
+// latencyRow builds an RPC row from every round trip of ours and the
+// baseline (each round made at least one, see rpc): the p50 is the row's
+// figure, the p99s are in the extras.
+func latencyRow(row, baseName string, ours, base []time.Duration) Result {
 	op50, op99 := percentiles(ours)
 	bp50, bp99 := percentiles(base)
-	r := Latency(row, "µs (p50)", op50, "", "kernel TCP over loopback 127.0.0.1", bp50, "")
+	r := Latency(row, "µs (p50)", op50, "", baseName, bp50, "")
 	r.Extra = map[string]any{
 		"p99_us": op99, "baseline_p99_us": bp99, "ratio_p99": round2(bp99 / op99),
 		"round_trips": len(ours), "baseline_round_trips": len(base),
 	}
-	return r, nil
+	return r
 }
 
 // percentiles returns the p50 and p99 of lat in microseconds.
