@@ -288,11 +288,7 @@ func (h *udpHosts) peerOffloads(on bool) error {
 // kernelStream connects the kernel client in the peer namespace to a
 // kernel server in the local one, on the veth.
 func (h *udpHosts) kernelStream() (*connPair, error) {
-	var ln net.Listener
-	err := inNS(h.local, func() (err error) {
-		ln, err = net.Listen("tcp4", netip.AddrPortFrom(udpLocal, tcpDevKernPort).String())
-		return err
-	})
+	ln, err := h.kernelListen(tcpDevKernPort)
 	if err != nil {
 		return nil, err
 	}
@@ -303,6 +299,16 @@ func (h *udpHosts) kernelStream() (*connPair, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// kernelListen listens on the kernel's stack of the local namespace, on
+// the veth's address.
+func (h *udpHosts) kernelListen(port uint16) (ln net.Listener, err error) {
+	err = inNS(h.local, func() (err error) {
+		ln, err = net.Listen("tcp4", netip.AddrPortFrom(udpLocal, port).String())
+		return err
+	})
+	return ln, err
 }
 
 // peerDial returns a dialer that connects from the peer namespace (the
