@@ -100,6 +100,9 @@ func Machine() string {
 type Rate struct {
 	Count   float64
 	Elapsed time.Duration
+	// cpu is the CPU time spent in Elapsed, for the rows that report
+	// CPU per byte (see cpu.go); zero where not measured.
+	cpu cpuUse
 }
 
 // PerSecond returns Count/Elapsed.

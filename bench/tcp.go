@@ -260,9 +260,11 @@ func (p *connPair) stream(d time.Duration) (Rate, error) {
 		}
 		werr <- nil
 	}()
+	cpu0, cerr := sampleCPU()
 	c0, t0 := p.received.Load(), time.Now()
 	time.Sleep(d) // the measurement window
 	c1, t1 := p.received.Load(), time.Now()
+	cpu1, cerr1 := sampleCPU()
 	stop.Store(true)
 	if err := <-werr; err != nil {
 		return Rate{}, fmt.Errorf("stream write: %w", err)
@@ -274,7 +276,10 @@ func (p *connPair) stream(d time.Duration) (Rate, error) {
 		}
 		runtime.Gosched()
 	}
-	return Rate{Count: float64(c1-c0) * 8, Elapsed: t1.Sub(t0)}, nil
+	if err := errors.Join(cerr, cerr1); err != nil {
+		return Rate{}, err
+	}
+	return Rate{Count: float64(c1-c0) * 8, Elapsed: t1.Sub(t0), cpu: cpu1.since(cpu0)}, nil
 }
 
 // rpc runs 64-byte request/response round trips for d, at least one
@@ -454,7 +459,8 @@ func streamRow(cfg Config, row string, sky *skyPair, base *connPair, baseName st
 	if err != nil {
 		return Result{}, err
 	}
-	o, b, err := Measure(cfg, row, sky.stream, base.stream)
+	var ocpu, bcpu cpuPerGB
+	o, b, err := Measure(cfg, row, withCPU(sky.stream, &ocpu), withCPU(base.stream, &bcpu))
 	if err != nil {
 		return Result{}, err
 	}
@@ -464,6 +470,7 @@ func streamRow(cfg Config, row string, sky *skyPair, base *connPair, baseName st
 	}
 	r := Throughput(row, "Gbit/s", o/1e9, baseName, b/1e9)
 	r.Extra = after.since(before)
+	cpuExtras(r.Extra, ocpu, bcpu)
 	return r, nil
 }
 

@@ -29,6 +29,9 @@ func TestTCPScenario(t *testing.T) {
 		if math.Abs(r.Ratio-want) > 1e-9 {
 			t.Errorf("row %s: ratio %v, want %v", r.Name, r.Ratio, want)
 		}
+		if !r.LowerIsBetter {
+			checkCPUExtras(t, r)
+		}
 		t.Logf("%s: %.2f %s vs %.2f (%s): ratio %.2f %v", r.Name, r.Value, r.Unit, r.BaselineValue, r.BaselineName, r.Ratio, r.Extra)
 	}
 	if name := rep.Results[3].Name; name != tcpRowRPC || !rep.Results[3].LowerIsBetter {

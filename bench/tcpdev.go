@@ -124,6 +124,7 @@ func (h *udpHosts) devRow(cfg Config, name, driver string, offloads bool, kernel
 	rounds := max(cfg.Rounds, 1)
 	d := cfg.Duration / time.Duration(rounds)
 	var ours, base, baseNoOffload []float64
+	var ocpu, bcpu cpuPerGB
 	var figs devFigures
 	for i := range rounds {
 		if err := cfg.roundStart(name, i, rounds); err != nil {
@@ -134,6 +135,7 @@ func (h *udpHosts) devRow(cfg Config, name, driver string, offloads bool, kernel
 			return Result{}, fmt.Errorf("%s: %w", name, err)
 		}
 		ours = append(ours, r.PerSecond())
+		ocpu.add(r.cpu, r.Count)
 		figs.add(f)
 		variants := []bool{true}
 		if !offloads {
@@ -152,6 +154,7 @@ func (h *udpHosts) devRow(cfg Config, name, driver string, offloads bool, kernel
 			}
 			if on {
 				base = append(base, r.PerSecond())
+				bcpu.add(r.cpu, r.Count)
 			} else {
 				baseNoOffload = append(baseNoOffload, r.PerSecond())
 			}
@@ -170,6 +173,7 @@ func (h *udpHosts) devRow(cfg Config, name, driver string, offloads bool, kernel
 		"link_rx_drops":           figs.linkDrops,
 		"setup_ms_per_round":      figs.setupMs / uint64(rounds),
 	}
+	cpuExtras(res.Extra, ocpu, bcpu)
 	if driver == drivers.AFXDP {
 		res.Extra["xdp_mode"] = tcpDevXDPMode
 		res.Extra["afxdp_fill_ring_empty"] = figs.fillEmpty

@@ -40,6 +40,7 @@ func TestTCPDevScenario(t *testing.T) {
 		if r.Unit != "Gbit/s" || math.Abs(r.Ratio-r.Value/r.BaselineValue) > 1e-9 {
 			t.Errorf("%s: ratio %v != %v/%v", r.Name, r.Ratio, r.Value, r.BaselineValue)
 		}
+		checkCPUExtras(t, r)
 		x := r.Extra
 		if !tcpDevRows[i].peerOffloads && x["baseline_no_offload_gbps"].(float64) <= 0 {
 			t.Errorf("%s: no baseline without offloads: %v", r.Name, x)
