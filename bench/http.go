@@ -144,7 +144,7 @@ func (h *udpHosts) httpRow(cfg Config, name, driver, kernURL string) (Result, er
 // userHTTP builds the user-space server on driver, loads it with wrk for d
 // and closes it all again.
 func (h *udpHosts) userHTTP(driver string, d time.Duration) (wrkResult, error) {
-	u, err := h.openUserStack(driver, "http")
+	u, err := h.openUserStack(driver, "http", 0)
 	if err != nil {
 		return wrkResult{}, err
 	}

@@ -195,51 +195,56 @@ func (h *udpHosts) devRow(cfg Config, name, driver string, offloads bool, kernel
 // peer namespace to an echo server on the user-space stack, and to one on
 // the kernel's stack of the same veth: rounds alternate, each round builds
 // the user-space host afresh (as devRow does), and the p50 and p99 of all
-// rounds' round trips are reported.
+// rounds' round trips are reported; and, in the same rounds, the
+// user-space host with busy-poll (the app and the nexus spinning
+// rpcBusyPoll), in the extras.
 func (h *udpHosts) devRPCRow(cfg Config, name, driver string, kernel *connPair) (Result, error) {
 	rounds := max(cfg.Rounds, 1)
 	d := cfg.Duration / time.Duration(rounds)
 	if err := h.peerOffloads(true); err != nil {
 		return Result{}, err
 	}
-	var ours, base []time.Duration
+	var ours, busy, base rpcRounds
 	for i := range rounds {
 		if err := cfg.roundStart(name, i, rounds); err != nil {
 			return Result{}, err
 		}
-		l, err := h.userRPC(driver, d)
-		if err != nil {
+		if err := h.userRPC(driver, 0, d, &ours); err != nil {
 			return Result{}, fmt.Errorf("%s: %w", name, err)
 		}
-		ours = append(ours, l...)
 		if _, err := kernel.rpc(tcpWarmup); err != nil {
 			return Result{}, fmt.Errorf("%s baseline warm-up: %w", name, err)
 		}
-		if l, err = kernel.rpc(d); err != nil {
+		if err := base.measure(kernel, d); err != nil {
 			return Result{}, fmt.Errorf("%s baseline: %w", name, err)
 		}
-		base = append(base, l...)
+		if err := h.userRPC(driver, rpcBusyPoll, d, &busy); err != nil {
+			return Result{}, fmt.Errorf("%s busy-poll: %w", name, err)
+		}
 	}
-	return latencyRow(name, tcpDevBaseName, ours, base), nil
+	r := latencyRow(name, tcpDevBaseName, ours, base)
+	busy.busyExtras(r.Extra, rpcBusyPoll)
+	return r, nil
 }
 
-// userRPC builds the user-space server, runs round trips from the kernel
-// client for d after a warm-up, and closes it all again.
-func (h *udpHosts) userRPC(driver string, d time.Duration) ([]time.Duration, error) {
-	u, err := h.openUserStack(driver, "tcpdev-rpc")
+// userRPC builds the user-space server (its app and nexus spinning
+// busyPoll before they sleep), runs round trips from the kernel client for
+// d after a warm-up into into, and closes it all again.
+func (h *udpHosts) userRPC(driver string, busyPoll, d time.Duration, into *rpcRounds) error {
+	u, err := h.openUserStack(driver, "tcpdev-rpc", busyPoll)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer u.close()
 	p, err := h.connectUser(u)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer p.close()
 	if _, err := p.rpc(tcpWarmup); err != nil {
-		return nil, fmt.Errorf("warm-up: %w", err)
+		return fmt.Errorf("warm-up: %w", err)
 	}
-	return p.rpc(d)
+	return into.measure(p, d)
 }
 
 // devFigures are the user-space path's counters, summed over the rounds.
@@ -337,8 +342,9 @@ type userStack struct {
 	st   *client.Stack
 }
 
-// openUserStack builds a userStack on driver, in the local namespace.
-func (h *udpHosts) openUserStack(driver, name string) (*userStack, error) {
+// openUserStack builds a userStack on driver, in the local namespace, its
+// nexus and app spinning busyPoll before they sleep (0: not at all).
+func (h *udpHosts) openUserStack(driver, name string, busyPoll time.Duration) (*userStack, error) {
 	spec := drivers.Spec{Driver: driver, Dev: h.localIf}
 	if driver == drivers.AFXDP {
 		spec.Mode, spec.RingSize, spec.FrameSize = tcpDevXDPMode, tcpDevRing, tcpDevFrame
@@ -351,13 +357,13 @@ func (h *udpHosts) openUserStack(driver, name string) (*userStack, error) {
 	if err != nil {
 		return nil, err
 	}
-	u.nx, err = nexus.New(nexus.Options{Link: u.link, Addrs: []netip.Addr{udpLocal},
+	u.nx, err = nexus.New(nexus.Options{Link: u.link, Addrs: []netip.Addr{udpLocal}, BusyPoll: busyPoll,
 		Switch: flowswitch.Options{SrcMAC: [6]byte(h.localMAC), DstMAC: [6]byte(h.peerMAC)}})
 	if err != nil {
 		u.link.Close()
 		return nil, err
 	}
-	if u.st, err = client.New(inproc.Nexus(u.nx), client.Options{Name: name}); err != nil {
+	if u.st, err = client.New(inproc.Nexus(u.nx), client.Options{Name: name, BusyPoll: busyPoll}); err != nil {
 		u.nx.Close()
 		return nil, err
 	}
@@ -394,7 +400,7 @@ func (h *udpHosts) userStream(driver string, offloads bool, d time.Duration) (Ra
 	if err := h.peerOffloads(offloads); err != nil {
 		return Rate{}, f, err
 	}
-	u, err := h.openUserStack(driver, "tcpdev")
+	u, err := h.openUserStack(driver, "tcpdev", 0)
 	if err != nil {
 		return Rate{}, f, err
 	}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -79,6 +80,14 @@ type Options struct {
 	// Logger gets the nexus's warnings (a limit hit, once per burst);
 	// nil means slog.Default().
 	Logger *slog.Logger
+	// BusyPoll is the worker's spin budget, as SO_BUSY_POLL is a
+	// socket's: when a round finds no work, the worker keeps running
+	// rounds (yielding the CPU between them, and serving requests) for up
+	// to BusyPoll before it sleeps. A packet or a kick that comes within
+	// the budget is then taken without a goroutine wake-up, at the cost
+	// of the CPU the spinning burns. 0 (the default): the worker sleeps
+	// at once.
+	BusyPoll time.Duration
 }
 
 // Nexus owns a link and a flowswitch and serves application ports (see the
@@ -127,6 +136,9 @@ func New(opts Options) (*Nexus, error) {
 	}
 	if opts.ReapInterval < 0 {
 		return nil, fmt.Errorf("nexus: negative reap interval %v", opts.ReapInterval)
+	}
+	if opts.BusyPoll < 0 || opts.BusyPoll > time.Second {
+		return nil, fmt.Errorf("nexus: busy-poll budget %v outside 0..1s", opts.BusyPoll)
 	}
 	if opts.ReapInterval == 0 {
 		opts.ReapInterval = DefaultReapInterval
@@ -314,12 +326,40 @@ func (n *Nexus) run() {
 		if n.round() {
 			busy = true
 		}
-		if !busy {
+		if !busy && !n.spin() {
 			if !n.park() {
 				return
 			}
 		}
 	}
+}
+
+// spin runs rounds for up to the busy-poll budget (Options.BusyPoll) and
+// reports whether one found work or a request came. It yields the CPU
+// between rounds, so that on a machine with fewer cores than busy
+// goroutines the app it waits for gets to run; the links stay held, so
+// a packet is read without the link waiter's hand-off.
+func (n *Nexus) spin() bool {
+	if n.opts.BusyPoll <= 0 {
+		return false
+	}
+	for end := time.Now().Add(n.opts.BusyPoll); time.Now().Before(end); {
+		runtime.Gosched()
+		select {
+		case <-n.stop:
+			return true // the loop sees it
+		case f := <-n.ctrl:
+			f()
+			return true
+		default:
+		}
+		n.linkBack(n.dev.poll())
+		n.linkBack(n.host.poll())
+		if n.round() {
+			return true
+		}
+	}
+	return false
 }
 
 // round runs the datapath once: the switch's Round (one input batch from
