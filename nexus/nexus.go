@@ -115,6 +115,7 @@ type Nexus struct {
 	host     *linkWaiter // the host link, or nil
 	linkErr  error       // a link failed: no more datapath
 	lastReap time.Time
+	now      time.Time      // when the last round started
 	svcDue   time.Time      // when the switch's timed work (Service) is next due
 	waiters  sync.WaitGroup // link and port waiters
 	seq      int            // ports opened, for channel names
@@ -369,6 +370,12 @@ func (n *Nexus) spin() bool {
 // whether it moved any packet.
 func (n *Nexus) round() bool {
 	moved := 0
+	// One clock read per round: on a VM the clock costs up to a few
+	// hundred ns, and a round trip through two nexuses runs a dozen
+	// rounds. The switch's timed work is thus due a Round's duration
+	// early, at worst.
+	now := time.Now()
+	n.now = now
 	if n.linkErr == nil {
 		// The links the worker holds the reader role of; the timed work
 		// runs before the channels' Sync, which signals what it
@@ -385,12 +392,11 @@ func (n *Nexus) round() bool {
 			n.failLink(err)
 		}
 		moved += k
-		n.svcDue = time.Now().Add(w)
+		n.svcDue = now.Add(w)
 		if w == 0 {
 			moved++ // due again at once (a queue draining into the device)
 		}
 	}
-	now := time.Now()
 	reap := now.Sub(n.lastReap) >= n.opts.ReapInterval
 	if reap {
 		n.lastReap = now
@@ -453,9 +459,10 @@ func (n *Nexus) park() bool {
 	for _, p := range n.order {
 		p.arm()
 	}
-	due := n.opts.ReapInterval - time.Since(n.lastReap)
+	// From the clock of the round just run: it is at most that round old.
+	due := n.opts.ReapInterval - n.now.Sub(n.lastReap)
 	if n.linkErr == nil {
-		due = min(due, time.Until(n.svcDue))
+		due = min(due, n.svcDue.Sub(n.now))
 	}
 	timer := time.NewTimer(max(due, 0))
 	defer timer.Stop()
