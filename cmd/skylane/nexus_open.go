@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"time"
 
 	"github.com/skylane/skylane/flowswitch"
 	"github.com/skylane/skylane/netif"
@@ -19,7 +20,8 @@ type linkConfig struct {
 	host              netip.Addr // the apps' address: one of dev's (afxdp, afpacket), the stack's (tun, memif), or invalid for all of dev's
 	peerMAC           string
 	tunAddr           string
-	regulation        bool // the switch's Regulation: needed for per-app rates
+	regulation        bool          // the switch's Regulation: needed for per-app rates
+	busyPoll          time.Duration // the nexus's spin budget before it sleeps (nexus.Options.BusyPoll)
 	// checkPorts, if set, looks at the kernel's sockets before the link
 	// is opened (afxdp, afpacket).
 	checkPorts func(*drivers.KernelPorts) error
@@ -107,7 +109,7 @@ func openNexus(c linkConfig, notes io.Writer) (_ *ownedNexus, err error) {
 			o.index = ifc.Index
 		}
 	}
-	nx, err := nexus.New(nexus.Options{Link: o.link, Addrs: o.addrs, Switch: swo})
+	nx, err := nexus.New(nexus.Options{Link: o.link, Addrs: o.addrs, Switch: swo, BusyPoll: c.busyPoll})
 	if err != nil {
 		return nil, err
 	}
