@@ -448,6 +448,8 @@ func (n *Nexus) linkBack(err error) {
 // arm-then-recheck order), and only then sleeps.
 func (n *Nexus) park() bool {
 	n.parked.Store(true)
+	n.dev.drain()
+	n.host.drain()
 	if n.round() {
 		n.parked.Store(false)
 		return true
@@ -466,6 +468,11 @@ func (n *Nexus) park() bool {
 	}
 	timer := time.NewTimer(max(due, 0))
 	defer timer.Stop()
+	var devFrames, devClosed, hostFrames, hostClosed <-chan struct{}
+	if n.linkErr == nil { // a failed datapath reads no link
+		devFrames, devClosed = n.dev.ready()
+		hostFrames, hostClosed = n.host.ready()
+	}
 	var req func()
 	ok := true
 	select {
@@ -475,6 +482,12 @@ func (n *Nexus) park() bool {
 	case err := <-n.host.doneCh():
 		n.host.held = true
 		n.linkBack(err)
+	case <-devFrames:
+	case <-hostFrames:
+	case <-devClosed:
+		n.linkBack(netif.ErrClosed)
+	case <-hostClosed:
+		n.linkBack(netif.ErrClosed)
 	case <-n.bell:
 	case req = <-n.ctrl:
 	case <-timer.C:

@@ -33,7 +33,13 @@ const noTimer = time.Hour
 
 func newNexus(t *testing.T, o nexus.Options) (*nexus.Nexus, netif.Link) {
 	t.Helper()
-	a, b, err := memif.NewPair(memif.Options{Name: t.Name()})
+	return newNexusOn(t, o, memif.Options{Name: t.Name()})
+}
+
+// newNexusOn is newNexus on a wire of options mo.
+func newNexusOn(t *testing.T, o nexus.Options, mo memif.Options) (*nexus.Nexus, netif.Link) {
+	t.Helper()
+	a, b, err := memif.NewPair(mo)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,9 +148,17 @@ func readFrame(t testing.TB, l netif.Link) []byte {
 // its bell. A missing wake-up
 // hangs the test; the round-trip times show the wake-ups take
 // microseconds, not the 10 ms of a polling loop.
+//
+// An unpaced memif wire wakes the worker directly (netif.Notifier); a paced
+// one, whose frames become readable at due times, through a link waiter
+// goroutine in the link's Wait, as a device's does.
 func TestWakeUps(t *testing.T) {
 	t.Run("in-process", func(t *testing.T) { testWakeUps(t, (*nexus.Nexus).OpenPort) })
 	t.Run("eventfd", func(t *testing.T) { testWakeUps(t, (*nexus.Nexus).OpenEventfdPort) })
+	t.Run("link-waiter", func(t *testing.T) {
+		n, wire := newNexusOn(t, nexus.Options{ReapInterval: noTimer}, memif.Options{Name: t.Name(), Delay: time.Microsecond})
+		testWakeUpsOn(t, n, wire, (*nexus.Nexus).OpenPort)
+	})
 }
 
 // udpApp opens a port on n (closed at the test's end) with one connected
@@ -170,6 +184,10 @@ func testWakeUps(t *testing.T, open func(*nexus.Nexus, string) (*nexus.Port, err
 
 func testWakeUpsWith(t *testing.T, o nexus.Options, open func(*nexus.Nexus, string) (*nexus.Port, error)) {
 	n, wire := newNexus(t, o)
+	testWakeUpsOn(t, n, wire, open)
+}
+
+func testWakeUpsOn(t *testing.T, n *nexus.Nexus, wire netif.Link, open func(*nexus.Nexus, string) (*nexus.Port, error)) {
 	p, id, appEnd, peerEnd := udpApp(t, n, open)
 	const rounds = 200
 	rtts := make([]time.Duration, 0, rounds)
