@@ -15,6 +15,7 @@ const (
 	Incomplete State = iota + 1 // solicited, no answer yet
 	Reachable                   // confirmed less than ReachableTime ago
 	Stale                       // usable, not confirmed lately
+	Failed                      // resolution failed (Routes: the kernel's entry says so)
 )
 
 func (s State) String() string {
@@ -25,6 +26,8 @@ func (s State) String() string {
 		return "reachable"
 	case Stale:
 		return "stale"
+	case Failed:
+		return "failed"
 	}
 	return fmt.Sprintf("State(%d)", uint8(s))
 }
@@ -76,6 +79,16 @@ type Stats struct {
 	PendingOverflow uint64 // packets Hold dropped: queue for the address or in all full, or table full
 	PendingExpired  uint64 // held packets dropped because resolution failed
 	BadFrames       uint64 // ARP/NDP frames refused by the parsers
+	// Routes only (zero for a Resolver). SolicitsSent counts the
+	// resolutions and confirmations asked of the kernel, Resolved the
+	// waits that ended with held packets sent, Failed those that timed out.
+	RouteQueries     uint64 // routes asked of the kernel: new remotes, expired or changed routes
+	RouteChanges     uint64 // answers that changed a remote's next hop
+	NoRoute          uint64 // packets dropped: the kernel routes their destination through another interface, or nowhere
+	MACChanges       uint64 // a next hop's MAC replaced by the kernel's newer one (a replaced host)
+	RoutesEvicted    uint64 // idle routes evicted to make room for a new remote
+	RoutesExpired    uint64 // routes forgotten after RouteTTL unused
+	NeighborsIgnored uint64 // kernel neighbour entries not mirrored: MaxNeighbors reached
 }
 
 type entry struct {
@@ -349,7 +362,7 @@ func (r *Resolver) Poll(bufs [][]byte, sizes []int) int {
 		if e.state != Incomplete {
 			for len(e.pending) > 0 && n < limit {
 				p := e.pending[0]
-				m := r.frame(bufs[n], e.mac, ip, p)
+				m := putFrame(bufs[n], e.mac, r.o.MAC, ip, p)
 				e.pending = e.pending[1:]
 				r.held--
 				r.free = append(r.free, p)
@@ -408,13 +421,15 @@ func (r *Resolver) solicit(b []byte, ip netip.Addr, e *entry) int {
 	return n
 }
 
-// frame writes an Ethernet header to mac and the IP packet p into b.
-func (r *Resolver) frame(b []byte, mac MAC, ip netip.Addr, p []byte) int {
+// putFrame writes an Ethernet header from src to dst and the IP packet p
+// (for ip, its next hop or destination: the family names the EtherType)
+// into b. It returns 0 if b is too small.
+func putFrame(b []byte, dst, src MAC, ip netip.Addr, p []byte) int {
 	if len(b) < ethHdrLen+len(p) {
 		return 0
 	}
-	copy(b[0:6], mac[:])
-	copy(b[6:12], r.o.MAC[:])
+	copy(b[0:6], dst[:])
+	copy(b[6:12], src[:])
 	et := uint16(etherTypeIPv4)
 	if ip.Is6() {
 		et = etherTypeIPv6
