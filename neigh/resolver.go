@@ -77,14 +77,14 @@ type Stats struct {
 	PendingQueued   uint64 // packets Hold accepted
 	PendingSent     uint64 // held packets Poll released after resolution
 	PendingOverflow uint64 // packets Hold dropped: queue for the address or in all full, or table full
-	PendingExpired  uint64 // held packets dropped because resolution failed
+	PendingExpired  uint64 // held packets dropped because resolution failed (Routes: or the remote is unreachable)
 	BadFrames       uint64 // ARP/NDP frames refused by the parsers
 	// Routes only (zero for a Resolver). SolicitsSent counts the
 	// resolutions and confirmations asked of the kernel, Resolved the
 	// waits that ended with held packets sent, Failed those that timed out.
 	RouteQueries     uint64 // routes asked of the kernel: new remotes, expired or changed routes
 	RouteChanges     uint64 // answers that changed a remote's next hop
-	NoRoute          uint64 // packets dropped: the kernel routes their destination through another interface, or nowhere
+	NoRoute          uint64 // packets refused by Hold or dropped after it (also in PendingOverflow or PendingExpired's drops): the kernel routes their destination through another interface, or nowhere
 	MACChanges       uint64 // a next hop's MAC replaced by the kernel's newer one (a replaced host)
 	RoutesEvicted    uint64 // idle routes evicted to make room for a new remote
 	RoutesExpired    uint64 // routes forgotten after RouteTTL unused

@@ -402,6 +402,7 @@ func (r *Routes) Poll(bufs [][]byte, sizes []int) int {
 			}
 		case f.known && !f.via.IsValid():
 			r.stats.NoRoute += uint64(len(f.pending))
+			r.stats.PendingExpired += uint64(len(f.pending))
 			r.drop(f)
 		case now.Sub(f.since) >= r.o.ResolveTimeout:
 			r.stats.Failed++
