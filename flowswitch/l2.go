@@ -268,8 +268,11 @@ func (l *l2State) poll(s *Switch, now int64) (int, error) {
 }
 
 // resolveOut gives each packet that passed the transmit checks (t.out) its
-// destination MAC, per run of one flow, or hands it to the resolver to
-// wait for one; held packets leave the output batch (and its runs).
+// destination MAC, or hands it to the resolver to wait for one; held
+// packets leave the output batch and their runs. The destination is read
+// from each packet, not from its flow's key: a listener flow (a TCP
+// handshake, a UDP server) sends to many remotes. Consecutive packets to
+// one destination are resolved once.
 func (s *Switch) resolveOut() {
 	l, t := &s.l2, &s.tx
 	var (
@@ -280,35 +283,39 @@ func (s *Switch) resolveOut() {
 	)
 	w, rw, j := 0, 0, 0
 	for _, r := range t.runs {
-		// One lookup per run of a flow, and none for a run whose next hop
-		// is the previous run's.
-		if next := r.e.Key().RemoteAddrPort().Addr(); !have || next != ip {
-			ip, have = next, true
-			mac, ok = l.nb.Resolve(ip)
-		}
-		if ok {
-			for x := j; x < j+r.n; x++ {
-				f := t.out[x]
+		kept, bytes := 0, uint64(0)
+		for x := j; x < j+r.n; x++ {
+			f := t.out[x]
+			if dst := packetDst(f[t.l2Len:]); !have || dst != ip {
+				ip, have = dst, true
+				mac, ok = l.nb.Resolve(ip)
+			}
+			if ok {
 				copy(f[0:6], mac[:])
 				t.out[w], t.flags[w], t.outSeg[w] = f, t.flags[x], t.outSeg[x]
 				w++
+				kept++
+				bytes += uint64(len(f) - t.l2Len)
+				continue
 			}
-			t.runs[rw] = r
-			rw++
-		} else {
-			for x, f := range t.out[j : j+r.n] {
-				// A super packet is not held: the resolver sends what it
-				// holds as it is, and only MTU frames go out that way.
-				// TCP sends it again.
-				if t.outSeg[j+x] == 0 && l.nb.Hold(ip, f[t.l2Len:]) {
-					l.stats.Held++
-					l.asked = true
-				} else {
-					l.stats.HoldDrops++
-				}
+			// A super packet is not held: the resolver sends what it
+			// holds as it is, and only MTU frames go out that way. TCP
+			// sends it again.
+			if t.outSeg[x] == 0 && l.nb.Hold(ip, f[t.l2Len:]) {
+				l.stats.Held++
+				l.asked = true
+			} else {
+				l.stats.HoldDrops++
 			}
 		}
 		j += r.n
+		if kept > 0 {
+			if kept < r.n {
+				r.n, r.bytes = kept, bytes
+			}
+			t.runs[rw] = r
+			rw++
+		}
 	}
 	clear(t.runs[rw:])
 	t.runs, t.out, t.flags = t.runs[:rw], t.out[:w], t.flags[:w]
@@ -321,4 +328,13 @@ func (s *Switch) resolveOut() {
 			}
 		}
 	}
+}
+
+// packetDst returns the destination address of the IP packet p, which
+// passed the transmit checks (so its header is whole).
+func packetDst(p []byte) netip.Addr {
+	if p[0]>>4 == 6 {
+		return netip.AddrFrom16([16]byte(p[24:40]))
+	}
+	return netip.AddrFrom4([4]byte(p[16:20]))
 }

@@ -96,7 +96,7 @@ func parseNexus(args []string, usageOut io.Writer) (nexusConfig, error) {
 	fs.StringVar(&c.link.driver, "driver", drivers.AFXDP, "driver: "+strings.Join(drivers.Names(), ", "))
 	fs.StringVar(&c.link.mode, "mode", "", "driver mode: afxdp generic (default) or native; afpacket steer (default) or tap")
 	fs.StringVar(&addr, "addr", "", "the apps' address: one of --dev's (afxdp, afpacket; default all of them), or the stack's (tun, memif: required)")
-	fs.StringVar(&c.link.peerMAC, "peer-mac", "", "MAC of the next hop (afxdp, afpacket); default: the only neighbour in the kernel's table on --dev")
+	fs.StringVar(&c.link.peerMAC, "peer-mac", "", peerMACUsage)
 	fs.StringVar(&c.link.tunAddr, "tun-addr", "", "the kernel's address on the TUN device, as a prefix (default: the other address of --addr's /31, or /127)")
 	fs.StringVar(&c.socket, "socket", "", "the control socket's path, e.g. /run/skylane/nexus.sock (required)")
 	fs.StringVar(&c.group, "socket-group", "", "group (name or gid) whose members may connect to the socket; default the nexus's")

@@ -4,10 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 
 	"github.com/skylane/skylane/flowswitch"
+	"github.com/skylane/skylane/neigh"
+	"github.com/skylane/skylane/neigh/kernel"
 	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/netif/drivers"
 	"github.com/skylane/skylane/nexus"
@@ -31,6 +34,7 @@ type ownedNexus struct {
 	link  netif.Link // until the nexus owns it
 	nx    *nexus.Nexus
 	kp    *drivers.KernelPorts // nil for tun and memif: no kernel shares the device
+	nh    *kernel.Follower     // next hops from the kernel's tables; nil for tun, memif and --peer-mac
 	addrs []netip.Addr
 	dev   string // the device's name (a TUN device's is the kernel's choice)
 	index int    // the device's interface index, 0 for memif
@@ -53,7 +57,7 @@ func openNexus(c linkConfig, notes io.Writer) (_ *ownedNexus, err error) {
 	if c.regulation {
 		swo.Regulation = &flowswitch.RegulationOptions{}
 	}
-	cfg := serveConfig{host: c.host, peerMAC: c.peerMAC, tunAddr: c.tunAddr}
+	cfg := serveConfig{host: c.host, tunAddr: c.tunAddr}
 	switch c.driver {
 	case drivers.TUN, drivers.Memif:
 		if !c.host.IsValid() {
@@ -81,8 +85,21 @@ func openNexus(c linkConfig, notes io.Writer) (_ *ownedNexus, err error) {
 			return nil, fmt.Errorf("%s is not an Ethernet interface (%w for %s): use --driver tun for raw-IP devices", c.dev, drivers.ErrUnsupported, c.driver)
 		}
 		swo.SrcMAC = [6]byte(ifc.HardwareAddr)
-		if swo.DstMAC, err = serveNextHop(cfg, ifc); err != nil {
-			return nil, err
+		if c.peerMAC != "" {
+			if swo.DstMAC, err = parsePeerMAC(c.peerMAC); err != nil {
+				return nil, err
+			}
+		} else {
+			// The kernel shares the interface and its addresses: it
+			// answers ARP and NDP for them, so its neighbour table is the
+			// one to follow, and its routing table gives the gateways.
+			o.nh, err = kernel.Follow(kernel.Options{LinkIndex: ifc.Index,
+				Routes: neigh.RoutesOptions{MAC: neigh.MAC(ifc.HardwareAddr)},
+				Log:    slog.New(slog.NewTextHandler(notes, nil))})
+			if err != nil {
+				return nil, err
+			}
+			swo.Neighbors = o.nh.Routes()
 		}
 		if c.driver == drivers.AFXDP && isVeth(c.dev) {
 			fmt.Fprintf(notes, "note: %s is a veth: its peer must send complete checksums and no TSO super packets (ethtool -K PEER tx off), as a wire does; XDP sees frames as the peer wrote them\n", c.dev)
@@ -127,6 +144,9 @@ func (o *ownedNexus) close() error {
 	}
 	if o.kp != nil {
 		errs = append(errs, o.kp.Close())
+	}
+	if o.nh != nil {
+		errs = append(errs, o.nh.Close()) // after the nexus: its switch asks it
 	}
 	return errors.Join(errs...)
 }

@@ -152,6 +152,12 @@ func TestServe(t *testing.T) {
 			// -k: the certificate is self-signed; its fingerprint is printed.
 			out, err := peer.Command(ctx, "curl", "-sS", "-k", "--max-time", "10", scheme+"://"+target+"/").CombinedOutput()
 			if err != nil || !strings.HasPrefix(string(out), "hello from skylane") {
+				m, _ := local.Command(ctx, "curl", "-sS", "--max-time", "10", "http://127.0.0.1:9464/metrics").CombinedOutput()
+				for _, l := range strings.Split(string(m), "\n") {
+					if strings.Contains(l, "neigh") || strings.Contains(l, "l2_") || strings.Contains(l, "drops_total") && !strings.HasSuffix(l, " 0") {
+						t.Log(l)
+					}
+				}
 				t.Fatalf("curl %s://%s/: %v: %s\nserve said: %s", scheme, target, err, out, srv.out.String())
 			}
 			// The nexus's counters are not served on the user-space port.
@@ -229,7 +235,7 @@ func promValue(text, series string) (float64, bool) {
 func TestServeErrors(t *testing.T) {
 	nettest.RequirePriv(t)
 	v := nettest.NewVeth(t, nettest.VethOptions{})
-	base := []string{"--driver", drivers.AFXDP, "--peer-mac", v.PeerMAC.String()}
+	base := []string{"--driver", drivers.AFXDP}
 	var kln net.Listener
 	if err := v.Local.Do(func() (err error) { kln, err = net.Listen("tcp", ":8081"); return err }); err != nil {
 		t.Fatal(err)
@@ -279,7 +285,7 @@ func serveWorld(t *testing.T, driver string) (local, peer *nettest.NS, args []st
 			t.Fatalf("ethtool: %v: %s", err, out)
 		}
 	}
-	return v.Local, v.Peer, []string{"--dev", v.LocalName, "--driver", driver, "--addr", ":8080", "--peer-mac", v.PeerMAC.String()},
+	return v.Local, v.Peer, []string{"--dev", v.LocalName, "--driver", driver, "--addr", ":8080"},
 		v.LocalAddr.Addr().String() + ":8080"
 }
 
