@@ -67,6 +67,15 @@ const (
 	// DefaultMaxNeighbors bounds the mirror of the kernel's table, which
 	// the kernel itself keeps under gc_thresh3 (1024 by default).
 	DefaultMaxNeighbors = 16384
+	// DefaultRoutesPendingPerAddr and DefaultRoutesMaxPending bound the
+	// packets Routes holds, per remote and in all. Larger than a
+	// Resolver's: the kernel answers in about a millisecond on a LAN, and
+	// the first burst to a new remote (an initial TCP window of 10
+	// segments, a UDP burst) should wait, not be lost. Linux holds up to
+	// unres_qlen_bytes (208 KiB) per neighbour; 1024 MTU packets are
+	// 1.5 MiB at most.
+	DefaultRoutesPendingPerAddr = 64
+	DefaultRoutesMaxPending     = 1024
 	// pendingPoll is how soon the switch should poll while Routes holds
 	// packets: answers come from the kernel at any time.
 	pendingPoll = time.Millisecond
@@ -110,8 +119,8 @@ type RoutesOptions struct {
 	ResolveTimeout  time.Duration
 	RetryInterval   time.Duration
 	RefreshInterval time.Duration
-	PendingPerAddr  int // default DefaultPendingPerAddr
-	MaxPending      int // default DefaultMaxPending
+	PendingPerAddr  int // default DefaultRoutesPendingPerAddr
+	MaxPending      int // default DefaultRoutesMaxPending
 	MaxRoutes       int
 	MaxNeighbors    int
 	// MaxPacket is the longest packet Hold accepts. Default 65535.
@@ -183,8 +192,8 @@ func NewRoutes(opts RoutesOptions) (*Routes, error) {
 	def(&opts.ResolveTimeout, DefaultResolveTimeout)
 	def(&opts.RetryInterval, DefaultRetryInterval)
 	def(&opts.RefreshInterval, DefaultRefreshInterval)
-	defi(&opts.PendingPerAddr, DefaultPendingPerAddr)
-	defi(&opts.MaxPending, DefaultMaxPending)
+	defi(&opts.PendingPerAddr, DefaultRoutesPendingPerAddr)
+	defi(&opts.MaxPending, DefaultRoutesMaxPending)
 	defi(&opts.MaxRoutes, DefaultMaxRoutes)
 	defi(&opts.MaxNeighbors, DefaultMaxNeighbors)
 	defi(&opts.MaxPacket, 65535)
