@@ -121,29 +121,19 @@ func New(opts Options) (*Resolver, error) {
 	if opts.MAC[0]&1 != 0 {
 		return nil, fmt.Errorf("neigh: MAC %x is a group address", opts.MAC)
 	}
-	def := func(v *time.Duration, d time.Duration) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	defi := func(v *int, d int) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	def(&opts.ReachableTime, DefaultReachableTime)
-	def(&opts.RetransTime, DefaultRetransTime)
-	def(&opts.StaleTime, DefaultStaleTime)
-	defi(&opts.MaxProbes, DefaultMaxProbes)
-	defi(&opts.PendingPerAddr, DefaultPendingPerAddr)
-	defi(&opts.MaxPending, DefaultMaxPending)
-	defi(&opts.MaxEntries, DefaultMaxEntries)
-	defi(&opts.MaxPacket, 65535)
+	var neg bool
+	setDefault(&neg, &opts.ReachableTime, DefaultReachableTime)
+	setDefault(&neg, &opts.RetransTime, DefaultRetransTime)
+	setDefault(&neg, &opts.StaleTime, DefaultStaleTime)
+	setDefault(&neg, &opts.MaxProbes, DefaultMaxProbes)
+	setDefault(&neg, &opts.PendingPerAddr, DefaultPendingPerAddr)
+	setDefault(&neg, &opts.MaxPending, DefaultMaxPending)
+	setDefault(&neg, &opts.MaxEntries, DefaultMaxEntries)
+	setDefault(&neg, &opts.MaxPacket, 65535)
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	if opts.ReachableTime < 0 || opts.RetransTime < 0 || opts.StaleTime < 0 || opts.MaxProbes < 0 ||
-		opts.PendingPerAddr < 0 || opts.MaxPending < 0 || opts.MaxEntries < 0 || opts.MaxPacket < 0 {
+	if neg {
 		return nil, errors.New("neigh: negative option")
 	}
 	r := &Resolver{o: opts, owned: make(map[netip.Addr]bool), ents: make(map[netip.Addr]*entry)}
@@ -155,6 +145,16 @@ func New(opts Options) (*Resolver, error) {
 		}
 	}
 	return r, nil
+}
+
+// setDefault sets *v to d if it is zero, and sets *neg if it is negative.
+func setDefault[T int | time.Duration](neg *bool, v *T, d T) {
+	if *v == 0 {
+		*v = d
+	}
+	if *v < 0 {
+		*neg = true
+	}
 }
 
 // AddAddr makes the Resolver answer for a (an address the nexus owns).

@@ -27,7 +27,7 @@ func newResolver(t *testing.T, o Options) (*Resolver, *fakeClock) {
 	return r, c
 }
 
-func poll(r *Resolver) [][]byte {
+func poll(r NextHops) [][]byte {
 	bufs, sizes := make([][]byte, 16), make([]int, 16)
 	for i := range bufs {
 		bufs[i] = make([]byte, 2048)

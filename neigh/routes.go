@@ -178,30 +178,20 @@ func NewRoutes(opts RoutesOptions) (*Routes, error) {
 	if opts.Ask == nil {
 		return nil, errors.New("neigh: RoutesOptions.Ask is required")
 	}
-	def := func(v *time.Duration, d time.Duration) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	defi := func(v *int, d int) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	def(&opts.RouteTTL, DefaultRouteTTL)
-	def(&opts.ResolveTimeout, DefaultResolveTimeout)
-	def(&opts.RetryInterval, DefaultRetryInterval)
-	def(&opts.RefreshInterval, DefaultRefreshInterval)
-	defi(&opts.PendingPerAddr, DefaultRoutesPendingPerAddr)
-	defi(&opts.MaxPending, DefaultRoutesMaxPending)
-	defi(&opts.MaxRoutes, DefaultMaxRoutes)
-	defi(&opts.MaxNeighbors, DefaultMaxNeighbors)
-	defi(&opts.MaxPacket, 65535)
+	var neg bool
+	setDefault(&neg, &opts.RouteTTL, DefaultRouteTTL)
+	setDefault(&neg, &opts.ResolveTimeout, DefaultResolveTimeout)
+	setDefault(&neg, &opts.RetryInterval, DefaultRetryInterval)
+	setDefault(&neg, &opts.RefreshInterval, DefaultRefreshInterval)
+	setDefault(&neg, &opts.PendingPerAddr, DefaultRoutesPendingPerAddr)
+	setDefault(&neg, &opts.MaxPending, DefaultRoutesMaxPending)
+	setDefault(&neg, &opts.MaxRoutes, DefaultMaxRoutes)
+	setDefault(&neg, &opts.MaxNeighbors, DefaultMaxNeighbors)
+	setDefault(&neg, &opts.MaxPacket, 65535)
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	if opts.RouteTTL < 0 || opts.ResolveTimeout < 0 || opts.RetryInterval < 0 || opts.RefreshInterval < 0 ||
-		opts.PendingPerAddr < 0 || opts.MaxPending < 0 || opts.MaxRoutes < 0 || opts.MaxNeighbors < 0 || opts.MaxPacket < 0 {
+	if neg {
 		return nil, errors.New("neigh: negative option")
 	}
 	return &Routes{o: opts, routes: make(map[netip.Addr]*route), neighs: make(map[netip.Addr]*neighbor),

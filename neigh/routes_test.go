@@ -44,19 +44,6 @@ func (g *routesRig) asked() []Query {
 	return q
 }
 
-func pollRoutes(r NextHops) [][]byte {
-	bufs, sizes := make([][]byte, 16), make([]int, 16)
-	for i := range bufs {
-		bufs[i] = make([]byte, 2048)
-	}
-	n := r.Poll(bufs, sizes)
-	out := make([][]byte, n)
-	for i := range n {
-		out[i] = bufs[i][:sizes[i]]
-	}
-	return out
-}
-
 // TestRoutesOnLink: a new remote asks its route, then (on-link: the next
 // hop is the remote) its neighbour; the kernel's entry releases the held
 // packets in order with the neighbour's MAC, and Resolve gives it after.
@@ -73,7 +60,7 @@ func TestRoutesOnLink(t *testing.T) {
 	if q := g.asked(); !slices.Equal(q, []Query{{QueryRoute, ip4B}}) {
 		t.Fatalf("asked %v, want the route once", q)
 	}
-	if !g.Waiting() || len(pollRoutes(g)) != 0 {
+	if !g.Waiting() || len(poll(g)) != 0 {
 		t.Fatal("released before any answer")
 	}
 	g.SetRoute(ip4B, ip4B)
@@ -81,11 +68,11 @@ func TestRoutesOnLink(t *testing.T) {
 		t.Fatalf("asked %v after the route, want the neighbour", q)
 	}
 	g.SetNeighbor(ip4B, macB, Incomplete)
-	if len(pollRoutes(g)) != 0 {
+	if len(poll(g)) != 0 {
 		t.Fatal("released to an incomplete neighbour")
 	}
 	g.SetNeighbor(ip4B, macB, Reachable)
-	out := pollRoutes(g)
+	out := poll(g)
 	if len(out) != 2 {
 		t.Fatalf("released %d frames, want 2", len(out))
 	}
@@ -117,7 +104,7 @@ func TestRoutesGateway(t *testing.T) {
 		t.Fatalf("asked %v", q)
 	}
 	g.SetNeighbor(gw4, macB, Stale)
-	out := pollRoutes(g)
+	out := poll(g)
 	if len(out) != 2 {
 		t.Fatalf("released %d, want 2", len(out))
 	}
@@ -153,7 +140,7 @@ func TestRoutesExpiry(t *testing.T) {
 	g.SetNeighbor(ip4B, macC, Reachable)
 	g.Hold(far4, []byte{0x45})
 	g.SetRoute(far4, gw4)
-	pollRoutes(g)
+	poll(g)
 	g.asked()
 	g.clk.Advance(ttl - time.Second)
 	if _, ok := g.Resolve(far4); !ok || len(g.asked()) != 0 {
@@ -188,7 +175,7 @@ func TestRoutesExpiry(t *testing.T) {
 	}
 	// Unused for RouteTTL: forgotten, and asked afresh when used again.
 	g.clk.Advance(ttl)
-	pollRoutes(g)
+	poll(g)
 	if g.Stats().RoutesExpired != 1 {
 		t.Fatalf("RoutesExpired %d", g.Stats().RoutesExpired)
 	}
@@ -207,7 +194,7 @@ func TestRoutesMACChange(t *testing.T) {
 	g.Hold(ip4B, []byte{0x45})
 	g.SetRoute(ip4B, ip4B)
 	g.SetNeighbor(ip4B, macB, Reachable)
-	pollRoutes(g)
+	poll(g)
 	g.SetNeighbor(ip4B, macC, Stale)
 	if mac, ok := g.Resolve(ip4B); !ok || mac != macC {
 		t.Fatalf("after the change: %v %v", mac, ok)
@@ -233,7 +220,7 @@ func TestRoutesStaleRefresh(t *testing.T) {
 	g.Hold(ip4B, []byte{0x45})
 	g.SetRoute(ip4B, ip4B)
 	g.SetNeighbor(ip4B, macB, Reachable)
-	pollRoutes(g)
+	poll(g)
 	g.asked()
 	for range 3 {
 		g.Resolve(ip4B)
@@ -276,12 +263,12 @@ func TestRoutesHoldBounds(t *testing.T) {
 	}
 	g.asked()
 	g.clk.Advance(DefaultRetryInterval)
-	pollRoutes(g)
+	poll(g)
 	if q := g.asked(); len(q) != 2 {
 		t.Fatalf("unanswered questions asked again: %v", q)
 	}
 	g.clk.Advance(DefaultResolveTimeout)
-	pollRoutes(g)
+	poll(g)
 	st := g.Stats()
 	if st.PendingExpired != 3 || st.Failed != 2 || g.Waiting() {
 		t.Fatalf("after the timeout: %+v", st)
@@ -297,7 +284,7 @@ func TestRoutesUnreachable(t *testing.T) {
 	g := newRoutes(t, RoutesOptions{})
 	g.Hold(far4, []byte{1})
 	g.SetRoute(far4, netip.Addr{})
-	if len(pollRoutes(g)) != 0 || g.Stats().NoRoute != 1 {
+	if len(poll(g)) != 0 || g.Stats().NoRoute != 1 {
 		t.Fatalf("NoRoute %d", g.Stats().NoRoute)
 	}
 	g.asked()
@@ -320,7 +307,7 @@ func TestRoutesEvict(t *testing.T) {
 	g.Hold(ip4B, []byte{1})
 	g.SetRoute(ip4B, ip4B)
 	g.SetNeighbor(ip4B, macB, Reachable)
-	pollRoutes(g) // ip4B idle now
+	poll(g) // ip4B idle now
 	g.Hold(far4, []byte{2})
 	if !g.Hold(far6, []byte{3}) || g.Stats().RoutesEvicted != 1 {
 		t.Fatalf("no eviction: %+v", g.Stats())
