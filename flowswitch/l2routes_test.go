@@ -27,8 +27,8 @@ func TestL2RoutesPerPacketDestination(t *testing.T) {
 	var clock int64 // the switch's: Service polls Routes after neigh.PendingPoll
 	r := newRig(t, flowswitch.Options{SrcMAC: macA, Neighbors: routes, Now: func() int64 { return clock }}, channel.Options{})
 	var (
-		near    = netip.MustParseAddr("198.18.0.2")  // on-link, resolved
-		unknown = netip.MustParseAddr("198.18.0.3")  // on-link, not asked yet
+		near    = netip.MustParseAddr("198.18.0.2")   // on-link, resolved
+		unknown = netip.MustParseAddr("198.18.0.3")   // on-link, not asked yet
 		gw      = netip.MustParseAddr("198.18.0.254") // the gateway, resolved
 		macGW   = [6]byte{0x02, 0, 0, 0, 0, 0xfe}
 		macUnk  = [6]byte{0x02, 0, 0, 0, 0, 0x03}
