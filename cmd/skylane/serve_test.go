@@ -126,15 +126,23 @@ func TestServeNotRoot(t *testing.T) {
 // interface is left as it was.
 func TestServe(t *testing.T) {
 	for _, c := range []struct {
-		driver string
-		tls    bool
-	}{{drivers.AFXDP, false}, {drivers.AFXDP, true}, {drivers.AFPacket, false}, {drivers.TUN, true}} {
-		t.Run(fmt.Sprintf("%s/tls=%v", c.driver, c.tls), func(t *testing.T) {
+		driver  string
+		tls     bool
+		peerMAC bool // the --peer-mac override: a static next hop, no resolution
+	}{{drivers.AFXDP, false, false}, {drivers.AFXDP, true, false}, {drivers.AFPacket, false, false}, {drivers.AFPacket, false, true}, {drivers.TUN, true, false}} {
+		name := fmt.Sprintf("%s/tls=%v", c.driver, c.tls)
+		if c.peerMAC {
+			name += "/peer-mac"
+		}
+		t.Run(name, func(t *testing.T) {
 			nettest.RequirePriv(t)
 			nettest.RequireCommand(t, "curl")
 			local, peer, args, target := serveWorld(t, c.driver)
 			if c.tls {
 				args = append(args, "--tls")
+			}
+			if c.peerMAC {
+				args = append(args, "--peer-mac", peerMACOf(t, peer))
 			}
 			if c.driver != drivers.TUN {
 				args = append(args, "--metrics", "127.0.0.1:9464")
@@ -168,6 +176,11 @@ func TestServe(t *testing.T) {
 			}
 			if c.driver != drivers.TUN {
 				checkKernelPassed(t, ctx, local, peer, strings.TrimSuffix(target, ":8080"))
+				// Resolution runs unless --peer-mac overrides it.
+				m, err := local.Command(ctx, "curl", "-sS", "--max-time", "10", "http://127.0.0.1:9464/metrics").CombinedOutput()
+				if resolved := strings.Contains(string(m), "\nskylane_neigh_routes 1\n"); err != nil || resolved == c.peerMAC {
+					t.Errorf("metrics (%v): the peer's route cached %v, want %v", err, resolved, !c.peerMAC)
+				}
 			}
 			if err := srv.stop(); err != nil {
 				t.Fatalf("serve: %v", err)
@@ -428,4 +441,23 @@ func checkSocket(t *testing.T, path, target string) {
 	}
 	t.Logf("app over %s: addresses %v, listening on %v", path, st.Addrs(), ln.Addr())
 	ln.Close()
+}
+
+// peerMACOf returns the MAC of the only veth in ns (serveWorld's peer).
+func peerMACOf(t *testing.T, ns *nettest.NS) string {
+	t.Helper()
+	var mac string
+	err := ns.Do(func() error {
+		ifs, err := net.Interfaces()
+		for _, i := range ifs {
+			if len(i.HardwareAddr) == 6 {
+				mac = i.HardwareAddr.String()
+			}
+		}
+		return err
+	})
+	if err != nil || mac == "" {
+		t.Fatalf("peer MAC: %v", err)
+	}
+	return mac
 }
