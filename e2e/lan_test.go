@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/skylane/skylane/internal/nettest"
+	"github.com/skylane/skylane/neigh"
 	"github.com/skylane/skylane/netif/drivers"
 )
 
@@ -265,4 +267,70 @@ func scrapeMetrics(t *testing.T, ns *nettest.NS) map[string]float64 {
 		}
 	}
 	return m
+}
+
+// TestNextHopHoldBounds: datagrams to an on-link address nobody answers
+// wait in the hold queue, at most its bound (the rest refused, counted),
+// and are dropped and counted once the kernel gives up; a remote the
+// kernel has no route for is refused at once, counted; neither disturbs
+// the peer, which is still answered.
+func TestNextHopHoldBounds(t *testing.T) {
+	w := newWorld(t, drivers.AFPacket)
+	pc, err := w.st.ListenPacket("udp4", netip.AddrPortFrom(w.user4, 7000).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	const sent = 100
+	silent := netip.MustParseAddrPort("198.18.0.99:7000") // on-link, no host
+	for i := range sent {
+		if _, err := pc.WriteTo(fmt.Appendf(nil, "to nobody #%d", i), net.UDPAddrFromAddrPort(silent)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	noRoute := netip.MustParseAddrPort("203.0.113.1:7000") // the world's namespace has no default route
+	if _, err := pc.WriteTo([]byte("nowhere"), net.UDPAddrFromAddrPort(noRoute)); err != nil {
+		t.Fatal(err)
+	}
+	// The silent address's queue fills; the no-route datagram waits for
+	// its answer too, then is dropped as unreachable.
+	held := uint64(neigh.DefaultRoutesPendingPerAddr)
+	deadline := time.Now().Add(neigh.DefaultResolveTimeout + opTimeout)
+	for {
+		snap, err := w.nx.Snapshot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		l2 := snap.L2
+		if l2 != nil && l2.Switch.Held == held+1 && l2.Switch.HoldDrops == sent-held &&
+			l2.Resolver.PendingExpired == held+1 && l2.Resolver.NoRoute == 1 && l2.Resolver.Failed == 1 {
+			drops := map[string]uint64{}
+			for _, d := range snap.Drops {
+				drops[d.Reason] = d.Packets
+			}
+			if drops["neigh_hold_full"] != sent-held || drops["neigh_expired"] != held+1 {
+				t.Errorf("drops: hold full %d, expired %d", drops["neigh_hold_full"], drops["neigh_expired"])
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %+v", neigh.DefaultResolveTimeout+opTimeout, l2)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The peer is answered meanwhile and after.
+	peer := netip.AddrPortFrom(w.peer4, 7001)
+	var kc net.PacketConn
+	if err := w.peer.Do(func() (err error) { kc, err = net.ListenPacket("udp4", peer.String()); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer kc.Close()
+	if _, err := pc.WriteTo([]byte("to the peer"), net.UDPAddrFromAddrPort(peer)); err != nil {
+		t.Fatal(err)
+	}
+	kc.SetReadDeadline(time.Now().Add(opTimeout))
+	buf := make([]byte, 64)
+	if n, _, err := kc.ReadFrom(buf); err != nil || string(buf[:n]) != "to the peer" {
+		t.Fatalf("peer read %q, %v", buf[:n], err)
+	}
 }
