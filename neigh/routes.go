@@ -485,9 +485,12 @@ func (r *Routes) ExpireRoutes() {
 // (Reachable for confirmed or static entries, Stale for usable ones the
 // kernel would check, Incomplete while it resolves, Failed when it gave
 // up). A new MAC for a known neighbour (a replaced host) takes effect at
-// once, and is counted.
+// once, and is counted. A zero or group MAC makes the entry Incomplete.
 func (r *Routes) SetNeighbor(ip netip.Addr, mac MAC, st State) {
 	ip = ip.Unmap()
+	if (st == Reachable || st == Stale) && (mac == MAC{} || mac[0]&1 != 0) {
+		st = Incomplete // a zero or group MAC is no next hop's: never send to it
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	n := r.neighs[ip]

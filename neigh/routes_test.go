@@ -5,6 +5,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/skylane/skylane/internal/fuzzbytes"
 )
 
 // Addresses of the route tests (documentation and benchmarking ranges):
@@ -358,4 +360,68 @@ func TestRoutesOptions(t *testing.T) {
 			t.Errorf("%+v accepted", o)
 		}
 	}
+}
+
+// FuzzRoutes replays sequences of datapath calls, kernel answers and
+// events, and clock steps, checking the invariants: a released frame or a
+// Resolve never carries a zero or group MAC (even when the kernel's entry
+// has one), held packets stay within the bounds, every held packet is
+// accounted for (sent, expired or still held), and a remote's packets
+// leave in the order they were held.
+func FuzzRoutes(f *testing.F) {
+	f.Add([]byte{0, 1, 1, 1, 1, 3, 1, 1, 5, 2, 0, 6})
+	f.Add([]byte{0, 2, 0, 2, 1, 2, 3, 2, 2, 2, 1, 5, 3, 0, 6, 7, 40, 6, 4, 6})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		g := newRoutes(t, RoutesOptions{PendingPerAddr: 3, MaxPending: 5, MaxRoutes: 3})
+		r := fuzzbytes.New(b)
+		addrs := []netip.Addr{ip4B, far4, gw4, far6, gw6}
+		macs := []MAC{{}, macB, macC, {0x03, 0, 0, 0, 0, 0x0d}}
+		pick := func() int { return int(r.Byte()) % len(addrs) }
+		var next, last [5]int // per remote: the next sequence number held, the last one seen on the wire (+1)
+		for step := 0; !r.Done() && step < 200; step++ {
+			switch r.Byte() % 8 {
+			case 0:
+				d := pick()
+				hdr := byte(0x45)
+				if addrs[d].Is6() {
+					hdr = 0x60
+				}
+				g.Hold(addrs[d], []byte{hdr, byte(d), byte(next[d])})
+				next[d]++
+			case 1:
+				d, via := addrs[pick()], addrs[pick()]
+				if r.Byte()%4 == 0 {
+					via = netip.Addr{}
+				}
+				g.SetRoute(d, via)
+			case 2:
+				g.SetNeighbor(addrs[pick()], macs[int(r.Byte())%len(macs)], State(1+r.Byte()%4))
+			case 3:
+				g.DeleteNeighbor(addrs[pick()])
+			case 4:
+				g.ExpireRoutes()
+			case 5:
+				g.clk.Advance(time.Duration(r.Byte()) * 50 * time.Millisecond)
+			case 6:
+				for _, fr := range poll(g) {
+					if mac := MAC(fr[0:6]); mac == (MAC{}) || mac[0]&1 != 0 || MAC(fr[6:12]) != macA {
+						t.Fatalf("frame with MACs % x", fr[:12])
+					}
+					d, n := int(fr[15]), int(fr[16])
+					if d >= len(addrs) || n < last[d] || n >= next[d] {
+						t.Fatalf("frame % x: out of order (last %d) or never held (next %d)", fr, last[d], next[d])
+					}
+					last[d] = n + 1
+				}
+			case 7:
+				if mac, ok := g.Resolve(addrs[pick()]); ok && (mac == (MAC{}) || mac[0]&1 != 0) {
+					t.Fatalf("Resolve gave MAC %v", mac)
+				}
+			}
+			st := g.Stats()
+			if g.held > 5 || st.PendingQueued != st.PendingSent+st.PendingExpired+uint64(g.held) {
+				t.Fatalf("held %d, stats %+v", g.held, st)
+			}
+		}
+	})
 }
