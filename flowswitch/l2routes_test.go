@@ -99,3 +99,69 @@ func TestL2RoutesPerPacketDestination(t *testing.T) {
 		t.Errorf("snapshot next hops %+v", snap.L2)
 	}
 }
+
+// Packets to remotes whose next hops are known leave through neigh.Routes
+// without allocating, a batch alternating between two remotes.
+func TestL2RoutesNoAllocs(t *testing.T) {
+	routes, err := neigh.NewRoutes(neigh.RoutesOptions{MAC: macA, Ask: func(neigh.Query) {}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newRig(t, flowswitch.Options{SrcMAC: macA, Neighbors: routes}, channel.Options{})
+	other := netip.MustParseAddr("198.18.0.3")
+	for _, d := range []netip.Addr{remoteIP, other} {
+		routes.Hold(d, []byte{0x45})
+		routes.SetRoute(d, d)
+		routes.SetNeighbor(d, macB, neigh.Reachable)
+	}
+	lst, err := r.sw.Register(r.ports[0], packet.MakeKey(packet.ProtoTCP, netip.AddrPortFrom(localIP, 80), netip.AddrPort{}), flow.Listener3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pkts [][]byte
+	for i := range 16 {
+		d := remoteIP
+		if i%2 == 1 {
+			d = other
+		}
+		pkts = append(pkts, txPkt{proto: packet.ProtoTCP, src: localIP, dst: d, sport: 80, dport: 40000, flags: packet.TCPSyn | packet.TCPAck, size: 40}.build(t))
+	}
+	id := lst.ID()
+	app, ch := r.apps[0], r.chans[0]
+	bufs := make([]channel.Buf, len(pkts))
+	frames := make([][]byte, 32)
+	for i := range frames {
+		frames[i] = make([]byte, 2048)
+	}
+	sizes := make([]int, len(frames))
+	step := func() {
+		for got := 0; got < len(bufs); {
+			ch.Sync()
+			n, err := app.Alloc(bufs[got:])
+			if n == 0 || err != nil {
+				t.Fatalf("alloc %d, %v", n, err)
+			}
+			got += n
+		}
+		for i, x := range bufs {
+			bufs[i].Data = x.Data[:copy(x.Data, pkts[i])]
+			copy(ch.Pool().UserMeta(x.Index), id[:])
+		}
+		app.Send(bufs)
+		if n, err := r.sw.TxOnce(r.ports[0]); n != len(pkts) || err != nil {
+			t.Fatalf("TxOnce = %d, %v", n, err)
+		}
+		if n, _ := r.peer.Read(frames, sizes); n != len(pkts) {
+			t.Fatalf("%d frames on the wire, want %d", n, len(pkts))
+		}
+	}
+	for range 5 {
+		step()
+	}
+	if n := testing.AllocsPerRun(50, step); n != 0 {
+		t.Errorf("%v allocations per batch", n)
+	}
+	if st := r.sw.Stats().L2; st.Held != 0 || st.HoldDrops != 0 {
+		t.Errorf("held %+v", st)
+	}
+}

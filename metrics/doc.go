@@ -94,7 +94,8 @@
 //	neigh_pending_overflow_total, neigh_pending_expired_total,
 //	neigh_bad_frames_total, neigh_route_queries_total,
 //	neigh_route_changes_total, neigh_no_route_total, neigh_mac_changes_total,
-//	neigh_routes_evicted_total, neigh_routes_expired_total, neigh_routes
+//	neigh_routes_evicted_total, neigh_routes_expired_total, neigh_routes,
+//	neigh_pending_packets
 //
 // (with a neigh.Routes, which follows the kernel, neigh_solicits_sent_total
 // counts the resolutions asked of the kernel, and the replies and bad

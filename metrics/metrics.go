@@ -339,6 +339,8 @@ func New(snap func() (flowswitch.Snapshot, error), opts Options) *Collector {
 			func(l *l2Tot) uint64 { return l.Resolver.RoutesEvicted }),
 		counter(b, nil, "neigh_routes_expired_total", "Routes forgotten after their TTL unused.",
 			func(l *l2Tot) uint64 { return l.Resolver.RoutesExpired }),
+		gauge(b, nil, "neigh_pending_packets", "Packets held now, waiting for their next hop.",
+			func(l *l2Tot) float64 { return float64(l.Resolver.Pending) }),
 		gauge(b, nil, "neigh_routes", "Routes cached, one per remote.",
 			func(l *l2Tot) float64 { return float64(l.RoutesTotal) }),
 	}

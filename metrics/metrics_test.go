@@ -621,6 +621,7 @@ func checkSnapshot(t *testing.T, mfs map[string]*dto.MetricFamily, snap *flowswi
 		check("skylane_neigh_routes_evicted_total", v.RoutesEvicted)
 		check("skylane_neigh_routes_expired_total", v.RoutesExpired)
 		check("skylane_neigh_routes", uint64(g.RoutesTotal))
+		check("skylane_neigh_pending_packets", v.Pending)
 	}
 	checkHist := func(name string, h histogram.Snapshot) {
 		t.Helper()

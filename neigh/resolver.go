@@ -79,6 +79,7 @@ type Stats struct {
 	PendingOverflow uint64 // packets Hold dropped: queue for the address or in all full, or table full
 	PendingExpired  uint64 // held packets dropped because resolution failed (Routes: or the remote is unreachable)
 	BadFrames       uint64 // ARP/NDP frames refused by the parsers
+	Pending         uint64 // packets held now (a gauge)
 	// Routes only (zero for a Resolver). SolicitsSent counts the
 	// resolutions and confirmations asked of the kernel, Resolved the
 	// waits that ended with held packets sent, Failed those that timed out.
@@ -198,7 +199,9 @@ func (r *Resolver) RemoveAddr(a netip.Addr) {
 func (r *Resolver) Stats() Stats {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.stats
+	st := r.stats
+	st.Pending = uint64(r.held)
+	return st
 }
 
 // Lookup returns the entry for ip without touching it: for tests and

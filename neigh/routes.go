@@ -207,7 +207,9 @@ func (r *Routes) HandleFrame(frame, reply []byte) (int, bool) { return 0, false 
 func (r *Routes) Stats() Stats {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.stats
+	st := r.stats
+	st.Pending = uint64(r.held)
+	return st
 }
 
 // Waiting implements NextHops.Waiting.

@@ -257,7 +257,7 @@ func TestRoutesHoldBounds(t *testing.T) {
 	if !slices.Equal(got, []bool{true, true, false, true, false}) {
 		t.Fatalf("held %v", got)
 	}
-	if st := g.Stats(); st.PendingOverflow != 2 || st.PendingQueued != 3 {
+	if st := g.Stats(); st.PendingOverflow != 2 || st.PendingQueued != 3 || st.Pending != 3 {
 		t.Fatalf("stats %+v", st)
 	}
 	if !g.Hold(ip4B, make([]byte, 65535)) == g.Hold(ip4B, make([]byte, 65536)) {

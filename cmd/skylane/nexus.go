@@ -191,6 +191,7 @@ func runNexusDaemon(ctx context.Context, cfg nexusConfig, hup <-chan os.Signal, 
 	// Per-app rates need the switch's regulation layer; a policy that
 	// names none runs without it (adding the first rate takes a restart).
 	cfg.link.regulation = hasRates(pol)
+	cfg.link.log = log
 	o, err := openNexus(cfg.link, notes)
 	if err != nil {
 		return fmt.Errorf("nexus: %w", err)

@@ -26,6 +26,9 @@ type linkConfig struct {
 	// checkPorts, if set, looks at the kernel's sockets before the link
 	// is opened (afxdp, afpacket).
 	checkPorts func(*drivers.KernelPorts) error
+	// log gets the next-hop follower's warnings; nil writes them as text
+	// lines to openNexus's notes.
+	log *slog.Logger
 }
 
 // ownedNexus is a nexus on a device, with what it needs: the parts
@@ -48,6 +51,9 @@ func openNexus(c linkConfig, notes io.Writer) (_ *ownedNexus, err error) {
 		return nil, err
 	}
 	o := &ownedNexus{}
+	if c.log == nil {
+		c.log = slog.New(slog.NewTextHandler(notes, nil))
+	}
 	defer func() {
 		if err != nil {
 			o.close() // what was made so far
@@ -95,7 +101,7 @@ func openNexus(c linkConfig, notes io.Writer) (_ *ownedNexus, err error) {
 			// one to follow, and its routing table gives the gateways.
 			o.nh, err = kernel.Follow(kernel.Options{LinkIndex: ifc.Index,
 				Routes: neigh.RoutesOptions{MAC: neigh.MAC(ifc.HardwareAddr)},
-				Log:    slog.New(slog.NewTextHandler(notes, nil))})
+				Log:    c.log})
 			if err != nil {
 				return nil, err
 			}
