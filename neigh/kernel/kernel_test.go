@@ -97,7 +97,7 @@ func TestFollowResolves(t *testing.T) {
 	if len(nbs) != 3 {
 		t.Errorf("next hops in use %+v, want 3", nbs)
 	}
-	if st := f.Stats(); st.RouteLookups != 4 || st.NeighborAsks < 3 || st.Errors != 0 {
+	if st := f.Stats(); st.RouteLookups != 4 || st.NeighborAsks < 3 || st.Errors != 0 || st.Resubscribed != 0 {
 		t.Errorf("follower stats %+v", st)
 	}
 }
