@@ -109,8 +109,7 @@ type Resolver struct {
 	src6  netip.Addr
 	owned map[netip.Addr]bool
 	ents  map[netip.Addr]*entry
-	held  int      // packets held in all entries
-	free  [][]byte // buffers of released packets, reused by Hold
+	hold  holdPool
 	stats Stats
 }
 
@@ -200,7 +199,7 @@ func (r *Resolver) Stats() Stats {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	st := r.stats
-	st.Pending = uint64(r.held)
+	st.Pending = uint64(r.hold.held)
 	return st
 }
 
@@ -288,7 +287,7 @@ func (r *Resolver) Hold(ip netip.Addr, pkt []byte) bool {
 	ip = ip.Unmap()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if len(pkt) > r.o.MaxPacket || !ip.IsValid() || r.held >= r.o.MaxPending {
+	if len(pkt) > r.o.MaxPacket || !ip.IsValid() || r.hold.held >= r.o.MaxPending {
 		r.stats.PendingOverflow++
 		return false
 	}
@@ -304,12 +303,7 @@ func (r *Resolver) Hold(ip netip.Addr, pkt []byte) bool {
 		r.stats.PendingOverflow++
 		return false
 	}
-	var buf []byte
-	if k := len(r.free); k > 0 {
-		buf, r.free = r.free[k-1][:0], r.free[:k-1]
-	}
-	e.pending = append(e.pending, append(buf, pkt...))
-	r.held++
+	e.pending = r.hold.push(e.pending, pkt)
 	r.stats.PendingQueued++
 	return true
 }
@@ -345,7 +339,7 @@ func (r *Resolver) Poll(bufs [][]byte, sizes []int) int {
 				// No answer to MaxProbes solicitations: give up.
 				r.stats.Failed++
 				r.stats.PendingExpired += uint64(len(e.pending))
-				r.dropPending(e)
+				e.pending = r.hold.drop(e.pending)
 				delete(r.ents, ip)
 				continue
 			}
@@ -363,34 +357,10 @@ func (r *Resolver) Poll(bufs [][]byte, sizes []int) int {
 			}
 		}
 		if e.state != Incomplete {
-			for len(e.pending) > 0 && n < limit {
-				p := e.pending[0]
-				m := putFrame(bufs[n], e.mac, r.o.MAC, ip, p)
-				e.pending = e.pending[1:]
-				r.held--
-				r.free = append(r.free, p)
-				if m == 0 {
-					r.stats.PendingExpired++
-					continue
-				}
-				sizes[n] = m
-				n++
-				r.stats.PendingSent++
-			}
-			if len(e.pending) == 0 {
-				e.pending = nil
-			}
+			e.pending, n = r.hold.release(e.pending, bufs, sizes, n, limit, e.mac, r.o.MAC, ip, &r.stats)
 		}
 	}
 	return n
-}
-
-func (r *Resolver) dropPending(e *entry) {
-	for _, p := range e.pending {
-		r.free = append(r.free, p)
-	}
-	r.held -= len(e.pending)
-	e.pending = nil
 }
 
 // solicit writes the solicitation for ip into b: broadcast (ARP) or

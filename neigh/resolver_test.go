@@ -126,8 +126,8 @@ func TestResolveFails(t *testing.T) {
 	}
 	// The buffers are reused: holding again allocates no new one.
 	r.Hold(ip6B, []byte{0x60, 4})
-	if len(r.free) != 1 {
-		t.Fatalf("%d free buffers, want 1 left after reuse", len(r.free))
+	if len(r.hold.free) != 1 {
+		t.Fatalf("%d free buffers, want 1 left after reuse", len(r.hold.free))
 	}
 }
 

@@ -164,8 +164,7 @@ type Routes struct {
 	routes  map[netip.Addr]*route
 	neighs  map[netip.Addr]*neighbor
 	waiting []netip.Addr // remotes with packets held, each once
-	held    int          // packets held in all
-	free    [][]byte     // buffers of released packets, reused by Hold
+	hold    holdPool
 	lastGC  time.Time
 	stats   Stats
 }
@@ -208,7 +207,7 @@ func (r *Routes) Stats() Stats {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	st := r.stats
-	st.Pending = uint64(r.held)
+	st.Pending = uint64(r.hold.held)
 	return st
 }
 
@@ -290,7 +289,7 @@ func (r *Routes) Hold(dst netip.Addr, pkt []byte) bool {
 	dst = dst.Unmap()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if len(pkt) > r.o.MaxPacket || !dst.IsValid() || r.held >= r.o.MaxPending {
+	if len(pkt) > r.o.MaxPacket || !dst.IsValid() || r.hold.held >= r.o.MaxPending {
 		r.stats.PendingOverflow++
 		return false
 	}
@@ -319,19 +318,14 @@ func (r *Routes) Hold(dst netip.Addr, pkt []byte) bool {
 	if f.known && f.via.IsValid() && !r.neighs[f.via].usable() {
 		r.askNeighbor(f.via, now, r.o.RetryInterval)
 	}
-	var buf []byte
-	if k := len(r.free); k > 0 {
-		buf, r.free = r.free[k-1][:0], r.free[:k-1]
-	}
 	if len(f.pending) == 0 {
 		f.since = now
 	}
-	f.pending = append(f.pending, append(buf, pkt...))
+	f.pending = r.hold.push(f.pending, pkt)
 	if !f.waiting {
 		f.waiting = true
 		r.waiting = append(r.waiting, dst)
 	}
-	r.held++
 	r.stats.PendingQueued++
 	return true
 }
@@ -387,28 +381,15 @@ func (r *Routes) Poll(bufs [][]byte, sizes []int) int {
 		case f.known && f.via.IsValid() && nb.usable():
 			r.stats.Resolved++
 			f.since = now // for what the buffers leave for the next Poll
-			for len(f.pending) > 0 && n < limit {
-				p := f.pending[0]
-				m := putFrame(bufs[n], nb.mac, r.o.MAC, dst, p)
-				f.pending = f.pending[1:]
-				r.held--
-				r.free = append(r.free, p)
-				if m == 0 {
-					r.stats.PendingExpired++
-					continue
-				}
-				sizes[n] = m
-				n++
-				r.stats.PendingSent++
-			}
+			f.pending, n = r.hold.release(f.pending, bufs, sizes, n, limit, nb.mac, r.o.MAC, dst, &r.stats)
 		case f.known && !f.via.IsValid():
 			r.stats.NoRoute += uint64(len(f.pending))
 			r.stats.PendingExpired += uint64(len(f.pending))
-			r.drop(f)
+			f.pending = r.hold.drop(f.pending)
 		case now.Sub(f.since) >= r.o.ResolveTimeout:
 			r.stats.Failed++
 			r.stats.PendingExpired += uint64(len(f.pending))
-			r.drop(f)
+			f.pending = r.hold.drop(f.pending)
 		case !f.known:
 			r.askRoute(dst, f, now)
 		default:
@@ -417,7 +398,7 @@ func (r *Routes) Poll(bufs [][]byte, sizes []int) int {
 		if len(f.pending) > 0 {
 			keep = append(keep, dst)
 		} else {
-			f.pending, f.waiting = nil, false
+			f.waiting = false
 		}
 	}
 	clear(r.waiting[len(keep):])
@@ -432,13 +413,6 @@ func (r *Routes) Poll(bufs [][]byte, sizes []int) int {
 		}
 	}
 	return n
-}
-
-func (r *Routes) drop(f *route) {
-	r.free = append(r.free, f.pending...)
-	r.held -= len(f.pending)
-	clear(f.pending)
-	f.pending = f.pending[:0]
 }
 
 // SetRoute records the kernel's answer to QueryRoute for dst: via is its

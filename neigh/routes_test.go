@@ -419,8 +419,8 @@ func FuzzRoutes(f *testing.F) {
 				}
 			}
 			st := g.Stats()
-			if g.held > 5 || st.PendingQueued != st.PendingSent+st.PendingExpired+uint64(g.held) {
-				t.Fatalf("held %d, stats %+v", g.held, st)
+			if g.hold.held > 5 || st.PendingQueued != st.PendingSent+st.PendingExpired+uint64(g.hold.held) {
+				t.Fatalf("held %d, stats %+v", g.hold.held, st)
 			}
 		}
 	})
