@@ -127,7 +127,6 @@ func TestL2RoutesNoAllocs(t *testing.T) {
 		pkts = append(pkts, txPkt{proto: packet.ProtoTCP, src: localIP, dst: d, sport: 80, dport: 40000, flags: packet.TCPSyn | packet.TCPAck, size: 40}.build(t))
 	}
 	id := lst.ID()
-	app, ch := r.apps[0], r.chans[0]
 	bufs := make([]channel.Buf, len(pkts))
 	frames := make([][]byte, 32)
 	for i := range frames {
@@ -135,19 +134,7 @@ func TestL2RoutesNoAllocs(t *testing.T) {
 	}
 	sizes := make([]int, len(frames))
 	step := func() {
-		for got := 0; got < len(bufs); {
-			ch.Sync()
-			n, err := app.Alloc(bufs[got:])
-			if n == 0 || err != nil {
-				t.Fatalf("alloc %d, %v", n, err)
-			}
-			got += n
-		}
-		for i, x := range bufs {
-			bufs[i].Data = x.Data[:copy(x.Data, pkts[i])]
-			copy(ch.Pool().UserMeta(x.Index), id[:])
-		}
-		app.Send(bufs)
+		r.sendInto(t, 0, id, 0, bufs, pkts)
 		if n, err := r.sw.TxOnce(r.ports[0]); n != len(pkts) || err != nil {
 			t.Fatalf("TxOnce = %d, %v", n, err)
 		}
