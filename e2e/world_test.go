@@ -28,6 +28,7 @@ import (
 	"github.com/skylane/skylane/netif/steer"
 	"github.com/skylane/skylane/nexus"
 	"github.com/skylane/skylane/nexus/inproc"
+	"github.com/skylane/skylane/packet"
 )
 
 // TestMain fails the run if a netstack buffer is still referenced once
@@ -95,6 +96,7 @@ type world struct {
 	nx   *nexus.Nexus
 	kp   *drivers.KernelPorts
 	nh   *kernel.Follower // next hops from the kernel's tables; nil on TUN
+	res  *drivers.Reserver // the apps' listener ports in the kernel (Ethernet drivers)
 	st   *client.Stack
 }
 
@@ -140,6 +142,7 @@ func newWorldWith(t *testing.T, driver string, swo flowswitch.Options) *world {
 		}
 	}
 	addrs := []netip.Addr{w.user4, w.user6}
+	var eph [2]uint16
 	err := w.local.Do(func() (err error) {
 		if w.link, err = drivers.Open(spec); err != nil {
 			return err
@@ -148,6 +151,10 @@ func newWorldWith(t *testing.T, driver string, swo flowswitch.Options) *world {
 			return err
 		}
 		if w.veth != nil {
+			eph, _ = drivers.AppEphemeral() // the namespace's kernel range
+			if w.res, err = drivers.NewReserver(w.veth.LocalIndex); err != nil {
+				return err
+			}
 			w.nh, err = kernel.Follow(kernel.Options{LinkIndex: w.veth.LocalIndex,
 				Routes: neigh.RoutesOptions{MAC: neigh.MAC(w.veth.LocalMAC)}})
 		}
@@ -160,15 +167,34 @@ func newWorldWith(t *testing.T, driver string, swo flowswitch.Options) *world {
 		if w.kp != nil {
 			w.kp.Close()
 		}
+		if w.res != nil {
+			w.res.Close()
+		}
 		t.Fatalf("open %s: %v", driver, err)
 	}
 	if w.nh != nil {
 		swo.Neighbors = w.nh.Routes()
 	}
 	swo.PortTaken = w.kp.Taken
-	if w.nx, err = nexus.New(nexus.Options{Link: w.link, Addrs: addrs, Switch: swo}); err != nil {
+	no := nexus.Options{Link: w.link, Addrs: addrs, Switch: swo}
+	if w.res != nil {
+		// As skylane serve and nexus do: one port namespace with the
+		// kernel.
+		no.Reserve = func(k packet.Key) (nexus.Reservation, error) {
+			r, err := w.res.Reserve(k)
+			if err != nil {
+				return nil, err
+			}
+			return r, nil
+		}
+		no.Ephemeral = eph
+	}
+	if w.nx, err = nexus.New(no); err != nil {
 		w.link.Close()
 		w.kp.Close()
+		if w.res != nil {
+			w.res.Close()
+		}
 		if w.nh != nil {
 			w.nh.Close()
 		}
@@ -179,6 +205,9 @@ func newWorldWith(t *testing.T, driver string, swo flowswitch.Options) *world {
 			t.Errorf("close nexus: %v", err)
 		}
 		w.kp.Close()
+		if w.res != nil {
+			w.res.Close()
+		}
 		if w.nh != nil {
 			if err := w.nh.Close(); err != nil {
 				t.Errorf("close next-hop follower: %v", err)
