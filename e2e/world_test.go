@@ -95,7 +95,7 @@ type world struct {
 	link netif.Link
 	nx   *nexus.Nexus
 	kp   *drivers.KernelPorts
-	nh   *kernel.Follower // next hops from the kernel's tables; nil on TUN
+	nh   *kernel.Follower  // next hops from the kernel's tables; nil on TUN
 	res  *drivers.Reserver // the apps' listener ports in the kernel (Ethernet drivers)
 	st   *client.Stack
 }
