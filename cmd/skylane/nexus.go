@@ -35,6 +35,10 @@ serve --nexus) on a control socket until SIGINT or SIGTERM, then removes
 everything it made (the XDP or TC program, the TUN device, the socket and
 its lock file). Root only.
 
+On afxdp and afpacket the nexus shares the interface, and its addresses,
+with the kernel: each destination's next hop comes from the kernel's routing
+and neighbour tables, followed live (--peer-mac overrides it with one MAC).
+
 Apps: the socket is mode 0660, group --socket-group; each app session is
 checked against --policy by its peer credentials (with no policy, only root
 may attach). SIGHUP reloads the policy: sessions and their flows stay; each
