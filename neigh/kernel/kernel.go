@@ -83,6 +83,7 @@ type Follower struct {
 
 	done   chan struct{}
 	exited chan struct{}
+	cur    atomic.Pointer[subscription] // the live subscription, for tests that fail it
 	stats  struct{ lookups, asks, errs, nevents, revents, resubs, full atomic.Uint64 }
 }
 
@@ -193,7 +194,7 @@ func (f *Follower) subscribe() (*subscription, error) {
 			return
 		}
 		f.log.Warn("neighbour/route events failed; subscribing again", "err", err)
-		s.once.Do(func() { close(s.failed) })
+		s.fail()
 	}
 	ns := f.ns
 	if err := netlink.NeighSubscribeWithOptions(s.neighs, s.stop, netlink.NeighSubscribeOptions{
@@ -213,6 +214,9 @@ func (f *Follower) subscribe() (*subscription, error) {
 	return s, nil
 }
 
+// fail marks s failed: the follower makes a new subscription.
+func (s *subscription) fail() { s.once.Do(func() { close(s.failed) }) }
+
 // close stops s and drains its channels until the subscriptions' own
 // goroutines have closed them.
 func (s *subscription) close() {
@@ -229,6 +233,7 @@ func (s *subscription) close() {
 
 func (f *Follower) run(s *subscription) {
 	defer close(f.exited)
+	f.cur.Store(s)
 	var retry <-chan time.Time
 	for {
 		var neighs <-chan netlink.NeighUpdate
@@ -267,6 +272,7 @@ func (f *Follower) run(s *subscription) {
 				retry = time.After(time.Second)
 				continue
 			}
+			f.cur.Store(s)
 			f.stats.resubs.Add(1)
 			f.routes.ExpireRoutes() // events may have been lost
 		case <-f.wake:

@@ -232,3 +232,39 @@ func TestState(t *testing.T) {
 		}
 	}
 }
+
+// TestFollowResubscribe: when the event subscription fails (as it does on
+// a receive buffer overrun), the follower subscribes again, dumps the
+// table afresh and expires the routes: a MAC change after it is followed,
+// and the cached route is asked again.
+func TestFollowResubscribe(t *testing.T) {
+	nettest.RequirePriv(t)
+	v := nettest.NewVeth(t, nettest.VethOptions{})
+	f := follow(t, v)
+	r := f.Routes()
+	peer := v.PeerAddr.Addr()
+	release(t, r, peer)
+	queries := r.Stats().RouteQueries
+	f.cur.Load().fail()
+	deadline := time.Now().Add(waitBound)
+	for f.Stats().Resubscribed == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no resubscription after %v", waitBound)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	newMAC := net.HardwareAddr{0x02, 0x5c, 0, 0, 0, 0x43}
+	run(t, v.Local, "ip", "neigh", "replace", peer.String(), "lladdr", newMAC.String(), "dev", v.LocalName, "nud", "reachable")
+	for {
+		if mac, ok := r.Resolve(peer); ok && mac == neigh.MAC(newMAC) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the new subscription does not follow the table: %+v %+v", r.Stats(), f.Stats())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if r.Stats().RouteQueries == queries {
+		t.Error("routes not asked again after the resubscription")
+	}
+}
