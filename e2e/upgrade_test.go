@@ -162,7 +162,10 @@ type upgradeWorld struct {
 const upgradeRated = upgradePolicy + `rate = "2Gbit"
 `
 
-func newUpgradeWorld(t *testing.T, policy string) *upgradeWorld {
+// newUpgradeWorld starts the nexus and the apps; peerMAC gives the nexus
+// its next hop, else it follows the kernel's tables (and so does every
+// nexus that takes over).
+func newUpgradeWorld(t *testing.T, policy string, peerMAC bool) *upgradeWorld {
 	t.Helper()
 	nettest.RequirePriv(t)
 	nettest.RequireCommand(t, "curl")
@@ -176,8 +179,11 @@ func newUpgradeWorld(t *testing.T, policy string) *upgradeWorld {
 		t.Fatal(err)
 	}
 	w.sock = filepath.Join(dir, "nexus.sock")
-	w.args = []string{"nexus", "--driver", drivers.AFXDP, "--dev", w.v.LocalName, "--peer-mac", w.v.PeerMAC.String(),
+	w.args = []string{"nexus", "--driver", drivers.AFXDP, "--dev", w.v.LocalName,
 		"--socket", w.sock, "--socket-group", fmt.Sprint(socketGroup), "--policy", pol}
+	if peerMAC {
+		w.args = append(w.args, "--peer-mac", w.v.PeerMAC.String())
+	}
 	w.nx = startProc(t, w.v.Local.Command, w.bin, w.args, `msg="nexus started"`)
 	for _, a := range []upgradeApp{{Role: "http", Listen: upHTTP}, {Role: "bulk", Listen: upBulk}, {Role: "udp", Listen: upUDP}} {
 		a.Socket = w.sock
@@ -468,11 +474,12 @@ func (l *upgradeLoad) progress(t *testing.T, what string) {
 // client, a bulk TCP stream checked byte by byte, UDP request/response):
 // every connection survives, no app re-attaches, and the last nexus
 // holds what the first did (descriptors by kind, memfd mappings), with
-// one XDP program attached throughout. Then one more upgrade the way
+// one XDP program attached throughout. Each nexus follows the kernel's
+// routing and neighbour tables for its next hop. Then one more upgrade the way
 // systemctl reload does it (SIGUSR2: the nexus starts the next itself),
 // and SIGTERM leaves nothing.
 func TestUpgrade(t *testing.T) {
-	w := newUpgradeWorld(t, upgradePolicy)
+	w := newUpgradeWorld(t, upgradePolicy, false)
 	l := w.startLoad(t)
 	l.progress(t, "before the upgrades")
 	before := resources(t, w.nx.cmd.Process.Pid)
@@ -592,7 +599,7 @@ func waitGone(t *testing.T, pid int) {
 // works. The apps run under a rate here: the switch's regulation layer
 // is on.
 func TestUpgradeRefused(t *testing.T) {
-	w := newUpgradeWorld(t, upgradeRated)
+	w := newUpgradeWorld(t, upgradeRated, true)
 	l := w.startLoad(t)
 	l.progress(t, "before the takeovers")
 	pid := w.nx.cmd.Process.Pid
