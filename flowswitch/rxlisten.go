@@ -10,7 +10,7 @@ import (
 	"github.com/skylane/skylane/regulate"
 )
 
-// Receive admission of TCP listener flows: SYN floods (docs/design.md §5.5).
+// Receive admission of TCP listener flows: SYN floods (docs/design.md §5.6).
 //
 // A listener flow takes every packet of a TCP port that no connected flow
 // claims: SYNs, the ACKs that complete handshakes, the first data of a
