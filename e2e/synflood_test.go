@@ -48,6 +48,16 @@ type floodResult struct {
 	counters      string // what the nexus and its link counted
 }
 
+// summarize sets the counts and percentiles from the times to first byte
+// of the served requests (failures are already in r).
+func (r *floodResult) summarize(ttfb []time.Duration) {
+	slices.Sort(ttfb)
+	r.served, r.total = len(ttfb), len(ttfb)+len(r.failures)
+	if len(ttfb) > 0 {
+		r.p50, r.p99 = ttfb[len(ttfb)/2], ttfb[min(len(ttfb)-1, len(ttfb)*99/100)]
+	}
+}
+
 func (r floodResult) String() string {
 	return fmt.Sprintf("%d of %d requests served (%.0f %%), time to first byte p50 %v p99 %v, served again %v after",
 		r.served, r.total, 100*float64(r.served)/float64(max(r.total, 1)), r.p50, r.p99, r.recovered.Round(time.Millisecond))
@@ -259,11 +269,7 @@ func floodPort(t *testing.T, ctx context.Context, w *world, port uint16, args []
 		}
 	}
 	r.recovered = time.Since(floodEnd)
-	slices.Sort(ttfb)
-	r.served, r.total = len(ttfb), len(ttfb)+len(r.failures)
-	if len(ttfb) > 0 {
-		r.p50, r.p99 = ttfb[len(ttfb)/2], ttfb[min(len(ttfb)-1, len(ttfb)*99/100)]
-	}
+	r.summarize(ttfb)
 	out := strings.TrimSpace(floodOut.String())
 	if i := strings.Index(out, "packets transmitted"); i >= 0 {
 		out = out[strings.LastIndex(out[:i], "\n")+1 : i+len("packets transmitted")]
