@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/skylane/skylane/internal/nettest"
-	"github.com/skylane/skylane/netif/drivers"
 	"github.com/skylane/skylane/nexus"
 )
 
@@ -23,9 +21,11 @@ const floodTime = 2 * time.Second
 // serving HTTP and "echo" echoing UDP, beside the kernel's own HTTP server
 // and UDP echo on the same interface (docs/design.md §5.5, §5.6):
 //
-//   - UDP to the echo app's port: its RX ring fills and the excess is
-//     counted on its port alone; web's port drops nothing and the echo
-//     answers again after the flood;
+//   - UDP to the echo app's port: the flood reaches the echo app; what it
+//     cannot take is counted on its port (ring drops) or, when the nexus
+//     cannot read the device as fast as the peer sends (two shared cores),
+//     as the link's losses; web's port drops nothing, and the echo answers
+//     again after the flood;
 //   - ACKs and RSTs to web's listener, from the peer's address and from
 //     spoofed ones: held to the listener's share (listen_share);
 //   - UDP and SYNs to ports nobody claimed: the kernel's business, passed by
@@ -34,40 +34,23 @@ const floodTime = 2 * time.Second
 // During each, a second peer address fetches from web and from the kernel's
 // server, one request after the other: at least 90 % of each are served.
 func TestFloods(t *testing.T) {
-	nettest.RequireCommand(t, "hping3")
-	nettest.RequireCommand(t, "curl")
-	w := newWorld(t, drivers.AFXDP)
-	ln, err := w.st.Listen("tcp4", fmt.Sprintf(":%d", userPort))
-	if err != nil {
-		t.Fatal(err)
-	}
-	serveHTTP(t, ln, "user")
+	w := floodWorld(t)
 	echo := w.newStack(t, "echo")
 	pc, err := echo.ListenPacket("udp4", fmt.Sprintf(":%d", userUDP))
 	if err != nil {
 		t.Fatal(err)
 	}
 	udpEcho(t, pc)
-	var (
-		kln net.Listener
-		kpc net.PacketConn
-	)
+	var kpc net.PacketConn
 	if err := w.local.Do(func() (err error) {
-		if kln, err = net.Listen("tcp4", fmt.Sprintf(":%d", kernelPort)); err != nil {
-			return err
-		}
 		kpc, err = net.ListenPacket("udp4", fmt.Sprintf(":%d", kernelUDP))
 		return err
 	}); err != nil {
-		t.Fatalf("kernel servers: %v", err)
+		t.Fatalf("kernel UDP echo: %v", err)
 	}
-	serveHTTP(t, kln, "kernel")
 	udpEcho(t, kpc)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	if out, err := w.peer.Command(ctx, "ip", "addr", "add", synFloodLegit+"/24", "dev", w.capIf).CombinedOutput(); err != nil {
-		t.Fatalf("add %s to the peer: %v: %s", synFloodLegit, err, out)
-	}
 	udpPing(t, w.peer, netip.AddrPortFrom(w.user4, userUDP))
 
 	const unclaimed = 7777
@@ -96,8 +79,8 @@ func TestFloods(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			web, echoPort := portStats(after, "web"), portStats(after, "echo")
-			web0, echo0 := portStats(before, "web"), portStats(before, "echo")
+			web, echoPort := portStats(t, after, "web"), portStats(t, after, "echo")
+			web0, echo0 := portStats(t, before, "web"), portStats(t, before, "echo")
 			read := after.Switch.Packets - before.Switch.Packets
 			t.Logf("web: %v; kernel: %v; hping3: %s", user, kern, sent)
 			t.Logf("switch read %d, listen_share %d; link passed %d to the kernel, lost %d; echo port ring drops %d; web port ring drops %d",
@@ -120,8 +103,8 @@ func TestFloods(t *testing.T) {
 			if f.listener && after.Switch.ListenDrops == before.Switch.ListenDrops {
 				t.Errorf("no listen_share drop: the listener took the whole flood")
 			}
-			if f.udp && echoPort.Channel.RxDrops == echo0.Channel.RxDrops && after.Switch.AllocFails == before.Switch.AllocFails {
-				t.Logf("the echo app kept up with the flood: no ring drop")
+			if got := echoPort.Channel.RxPackets - echo0.Channel.RxPackets; f.udp && got < 10_000 {
+				t.Errorf("the echo app got %d packets of the flood to its port", got)
 			}
 			if d := web.Channel.RxDrops - web0.Channel.RxDrops; d > 0 {
 				t.Errorf("web's port dropped %d packets for a full ring during a flood of another kind", d)
@@ -132,37 +115,26 @@ func TestFloods(t *testing.T) {
 	}
 }
 
-// portStats returns the stats of the port named name.
-func portStats(st nexus.Stats, name string) nexus.PortStats {
+// portStats returns the stats of the port of the stack named name (its
+// channel is name-N).
+func portStats(t *testing.T, st nexus.Stats, name string) nexus.PortStats {
+	t.Helper()
 	for _, p := range st.Ports {
-		if p.Name == name {
+		if strings.HasPrefix(p.Name, name+"-") {
 			return p
 		}
 	}
+	t.Fatalf("no port of %s in the nexus's stats", name)
 	return nexus.PortStats{}
 }
 
 // floodWhileAsking runs hping3 --flood args at the user address from the
 // peer for floodTime, fetching from the user-space server and the
 // kernel's, in turn, from the legitimate address meanwhile.
-func floodWhileAsking(t *testing.T, ctx context.Context, w *world, args []string) (user, kern floodResult, sent string) {
+func floodWhileAsking(t *testing.T, ctx context.Context, w *world, args []string) (user, kern floodResult, hping string) {
 	t.Helper()
-	hargs := append([]string{strconv.Itoa(int(floodTime / time.Second)), "hping3", "-q", "--flood"}, args...)
-	flood := w.peer.Command(ctx, "timeout", append(hargs, w.user4.String())...)
-	var out strings.Builder
-	flood.Stdout, flood.Stderr = &out, &out
-	if err := flood.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		flood.Wait()
-		close(done)
-	}()
-	defer func() {
-		flood.Process.Kill()
-		<-done
-	}()
+	done, sent, stop := startFlood(t, ctx, w, floodTime, args)
+	defer stop()
 	var ut, kt []time.Duration
 	for stop := false; !stop; {
 		for _, a := range []struct {
@@ -185,9 +157,5 @@ func floodWhileAsking(t *testing.T, ctx context.Context, w *world, args []string
 	}
 	user.summarize(ut)
 	kern.summarize(kt)
-	s := strings.TrimSpace(out.String())
-	if i := strings.Index(s, "packets transmitted"); i >= 0 {
-		s = s[strings.LastIndex(s[:i], "\n")+1 : i+len("packets transmitted")]
-	}
-	return user, kern, s
+	return user, kern, sent()
 }

@@ -84,27 +84,9 @@ func (r floodResult) String() string {
 // app's pool stays under its cap, the process's RSS bounded, and the
 // flood shows in the counters (listen_share).
 func TestSYNFlood(t *testing.T) {
-	nettest.RequireCommand(t, "hping3")
-	nettest.RequireCommand(t, "curl")
-	w := newWorld(t, drivers.AFXDP)
-	ln, err := w.st.Listen("tcp4", fmt.Sprintf(":%d", userPort))
-	if err != nil {
-		t.Fatal(err)
-	}
-	serveHTTP(t, ln, "user")
-	var kln net.Listener
-	if err := w.local.Do(func() (err error) {
-		kln, err = net.Listen("tcp4", fmt.Sprintf(":%d", kernelPort))
-		return err
-	}); err != nil {
-		t.Fatalf("kernel server: %v", err)
-	}
-	serveHTTP(t, kln, "kernel")
+	w := floodWorld(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	if out, err := w.peer.Command(ctx, "ip", "addr", "add", synFloodLegit+"/24", "dev", w.capIf).CombinedOutput(); err != nil {
-		t.Fatalf("add %s to the peer: %v: %s", synFloodLegit, err, out)
-	}
 	if _, err := askTTFB(ctx, w, userPort, 5*time.Second); err != nil {
 		t.Fatalf("before the flood: %v", err)
 	}
@@ -176,6 +158,63 @@ func TestSYNFlood(t *testing.T) {
 	}
 }
 
+// startFlood starts hping3 --flood args at the user address from the peer
+// for d (whole seconds). done is closed when hping3 has ended; sent
+// returns its count of packets sent, once it has; stop kills it and waits.
+func startFlood(t *testing.T, ctx context.Context, w *world, d time.Duration, args []string) (done <-chan struct{}, sent func() string, stop func()) {
+	t.Helper()
+	hargs := append([]string{strconv.Itoa(int(d / time.Second)), "hping3", "-q", "--flood"}, args...)
+	flood := w.peer.Command(ctx, "timeout", append(hargs, w.user4.String())...)
+	out := new(strings.Builder)
+	flood.Stdout, flood.Stderr = out, out
+	if err := flood.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ended := make(chan struct{})
+	go func() {
+		flood.Wait()
+		close(ended)
+	}()
+	sent = func() string {
+		<-ended
+		return lastLine(out.String(), "packets transmitted")
+	}
+	stop = func() {
+		flood.Process.Kill()
+		<-ended
+	}
+	return ended, sent, stop
+}
+
+// floodWorld is the world the flood tests share: AF_XDP, a user-space HTTP
+// server on userPort, the kernel's on kernelPort, and synFloodLegit on
+// the peer for the legitimate client.
+func floodWorld(t *testing.T) *world {
+	t.Helper()
+	nettest.RequireCommand(t, "hping3")
+	nettest.RequireCommand(t, "curl")
+	w := newWorld(t, drivers.AFXDP)
+	ln, err := w.st.Listen("tcp4", fmt.Sprintf(":%d", userPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveHTTP(t, ln, "user")
+	var kln net.Listener
+	if err := w.local.Do(func() (err error) {
+		kln, err = net.Listen("tcp4", fmt.Sprintf(":%d", kernelPort))
+		return err
+	}); err != nil {
+		t.Fatalf("kernel server: %v", err)
+	}
+	serveHTTP(t, kln, "kernel")
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	if out, err := w.peer.Command(ctx, "ip", "addr", "add", synFloodLegit+"/24", "dev", w.capIf).CombinedOutput(); err != nil {
+		t.Fatalf("add %s to the peer: %v: %s", synFloodLegit, err, out)
+	}
+	return w
+}
+
 // askTTFB runs one curl from the legitimate address to port of the user
 // address and returns its time to first byte, or an error.
 func askTTFB(ctx context.Context, w *world, port uint16, maxTime time.Duration) (time.Duration, error) {
@@ -201,23 +240,8 @@ func floodPort(t *testing.T, ctx context.Context, w *world, port uint16, args []
 	if err != nil {
 		t.Fatal(err)
 	}
-	hargs := append([]string{strconv.Itoa(int(synFloodTime / time.Second)),
-		"hping3", "-q", "-S", "-p", strconv.Itoa(int(port)), "--flood"}, args...)
-	flood := w.peer.Command(ctx, "timeout", append(hargs, w.user4.String())...)
-	var floodOut strings.Builder
-	flood.Stdout, flood.Stderr = &floodOut, &floodOut
-	if err := flood.Start(); err != nil {
-		t.Fatal(err)
-	}
-	floodDone := make(chan struct{})
-	go func() {
-		flood.Wait()
-		close(floodDone)
-	}()
-	defer func() {
-		flood.Process.Kill()
-		<-floodDone
-	}()
+	floodDone, sent, stop := startFlood(t, ctx, w, synFloodTime, append([]string{"-S", "-p", strconv.Itoa(int(port))}, args...))
+	defer stop()
 
 	// During the flood: curl after curl (each bounded: a SYN lost costs a
 	// retransmission a second later), and the most flows and buffers the
@@ -270,11 +294,7 @@ func floodPort(t *testing.T, ctx context.Context, w *world, port uint16, args []
 	}
 	r.recovered = time.Since(floodEnd)
 	r.summarize(ttfb)
-	out := strings.TrimSpace(floodOut.String())
-	if i := strings.Index(out, "packets transmitted"); i >= 0 {
-		out = out[strings.LastIndex(out[:i], "\n")+1 : i+len("packets transmitted")]
-	}
-	r.sent = out
+	r.sent = sent()
 	st, err := w.nx.Stats()
 	if err != nil {
 		t.Fatal(err)

@@ -140,15 +140,6 @@ func isListener(e *flow.Entry) bool {
 	return e.Kind() != flow.Connected && e.Key().Proto == packet.ProtoTCP
 }
 
-// mix is splitmix64's finaliser: the hash of the bucket and retry keys.
-func mix(h uint64) uint64 {
-	h ^= h >> 30
-	h *= 0xbf58476d1ce4e5b9
-	h ^= h >> 27
-	h *= 0x94d049bb133111eb
-	return h ^ h>>31
-}
-
 // sourceHash returns the seeded hash of p's source address (IPv6 by its
 // /64).
 func (ls *listenShare) sourceHash(p *packet.Parsed) uint64 {
@@ -158,13 +149,13 @@ func (ls *listenShare) sourceHash(p *packet.Parsed) uint64 {
 	if p.IPVersion == 4 {
 		lo = binary.LittleEndian.Uint64(a[8:16])
 	}
-	return mix(ls.seed ^ hi ^ lo*0x9e3779b97f4a7c15)
+	return regulate.Mix(ls.seed ^ hi ^ lo*0x9e3779b97f4a7c15)
 }
 
 // retryBit returns the bit of the SYN p (from source hash h) in a
 // retransmission bitmap.
 func retryBit(h uint64, p *packet.Parsed) uint64 {
-	return mix(h^uint64(p.SrcPort)<<48^uint64(p.DstPort)<<32^uint64(p.Seq)) & (listenRetryBits - 1)
+	return regulate.Mix(h^uint64(p.SrcPort)<<48^uint64(p.DstPort)<<32^uint64(p.Seq)) & (listenRetryBits - 1)
 }
 
 // age halves the credits every listenDecay and rotates the retransmission
