@@ -196,7 +196,7 @@ func (s *Switch) listenAdmit(fq *flowQueue) {
 	free, size := fq.p.ch.RxFree()
 	free -= used
 	pl := fq.p.ch.Pool()
-	avail, most := pl.Available()-used, int(pl.MaxBuffers())
+	avail, most := pl.Available(), int(pl.MaxBuffers()) // the batch's earlier flow batches have their buffers already
 	lightRoom := min(free-size/4, avail-most/2)
 	heavyRoom := min(free-size/2, lightRoom)
 	retryRoom := min(free-size/8, avail-most/8)
