@@ -12,6 +12,7 @@ import (
 	"github.com/skylane/skylane/flowswitch"
 	"github.com/skylane/skylane/packet"
 	"github.com/skylane/skylane/packet/packettest"
+	"github.com/skylane/skylane/pool"
 )
 
 // Addresses of the listener tests: a flooder and two clients (documentation
@@ -162,5 +163,30 @@ func TestListenUnanswered(t *testing.T) {
 	r.rxOnce(t, 1)
 	if got := r.drain(t, 0); countPrefix(got, "later") != 1 {
 		t.Errorf("100 ms later: got %v, want the SYN", got)
+	}
+}
+
+// Listener packets leave half of the port's pool to the connected flows
+// and the app's transmit path: with a pool of 64 buffers and a ring of
+// 256 slots, a flood from many sources takes at most 32.
+func TestListenPoolLine(t *testing.T) {
+	r := newRig(t, flowswitch.Options{Batch: 64},
+		channel.Options{RxSize: 256, Pool: pool.Options{MaxSegments: 4}}) // 4 segments of 16 buffers
+	k := packet.MakeKey(packet.ProtoTCP, netip.AddrPortFrom(localIP, 80), netip.AddrPort{}).Listener3()
+	if _, err := r.sw.Register(r.ports[0], k, flow.Listener3); err != nil {
+		t.Fatal(err)
+	}
+	var fs [][]byte
+	for i := range 64 {
+		fs = append(fs, synFrame(netip.AddrFrom4([4]byte{198, 19, 2, byte(i)}), 1000, 1, "s"))
+	}
+	r.write(t, fs...)
+	r.rxOnce(t, len(fs))
+	got := r.drain(t, 0)
+	if len(got) == 0 || len(got) > 32 {
+		t.Errorf("%d SYNs admitted with a pool of 64 buffers, want 1 to 32", len(got))
+	}
+	if st := r.sw.Stats(); st.AllocFails != 0 || st.ListenDrops != uint64(64-len(got)) {
+		t.Errorf("alloc fails %d, listen drops %d", st.AllocFails, st.ListenDrops)
 	}
 }
