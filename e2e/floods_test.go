@@ -86,15 +86,9 @@ func TestFloods(t *testing.T) {
 			t.Logf("switch read %d, listen_share %d; link passed %d to the kernel, lost %d; echo port ring drops %d; web port ring drops %d",
 				read, after.Switch.ListenDrops-before.Switch.ListenDrops, after.Link.KernelPassed-before.Link.KernelPassed,
 				after.Link.RxDrops-before.Link.RxDrops, echoPort.Channel.RxDrops-echo0.Channel.RxDrops, web.Channel.RxDrops-web0.Channel.RxDrops)
-			for _, r := range []struct {
-				who string
-				r   floodResult
-			}{{"web", user}, {"the kernel's server", kern}} {
-				if r.r.total == 0 || r.r.served*10 < r.r.total*9 {
-					t.Errorf("%s served %d of %d requests during the flood, want at least 90 %%: %v", r.who, r.r.served, r.r.total, r.r.failures)
-				}
-			}
-			if f.toSwitch && read < 10_000 {
+			checkServed(t, "web", user)
+			checkServed(t, "the kernel's server", kern)
+			if f.toSwitch && read < 1000 {
 				t.Errorf("the switch read %d packets: no flood reached it", read)
 			}
 			if !f.toSwitch && read > 5_000 {
@@ -103,7 +97,7 @@ func TestFloods(t *testing.T) {
 			if f.listener && after.Switch.ListenDrops == before.Switch.ListenDrops {
 				t.Errorf("no listen_share drop: the listener took the whole flood")
 			}
-			if got := echoPort.Channel.RxPackets - echo0.Channel.RxPackets; f.udp && got < 10_000 {
+			if got := echoPort.Channel.RxPackets - echo0.Channel.RxPackets; f.udp && got < 1000 {
 				t.Errorf("the echo app got %d packets of the flood to its port", got)
 			}
 			if d := web.Channel.RxDrops - web0.Channel.RxDrops; d > 0 {
