@@ -34,7 +34,7 @@ type portRx struct {
 
 	budgetDrops, rateDrops uint64 // packets
 
-	// heavy caps the listener packets of heavy sources (rxlisten.go),
+	// heavy caps the listener SYNs of heavy sources (rxlisten.go),
 	// made on the port's first flow batch over its lines (heavyOn).
 	heavy   regulate.TokenBucket
 	heavyOn bool

@@ -33,9 +33,12 @@ import (
 //     listenBuckets buckets, hashed with a random seed; a bucket has a
 //     credit, one per listener packet admitted, halved every listenDecay. A
 //     bucket is heavy from listenHeavy credits on (about 320 packets a
-//     second), and the heavy sources of a port share one token bucket of
-//     listenHeavyRate packets a second: a flood from a few sources costs
-//     the stack a bounded part of its time, whatever its rate.
+//     second), and the SYNs of a port's heavy sources share one token
+//     bucket of listenHeavyRate a second: a SYN flood from a few sources
+//     costs the stack a bounded part of its time, whatever its rate. (Only
+//     SYNs: a client opening connections by the thousand sends each one's
+//     last ACK and first data on the listener too; other floods from a
+//     heavy source are held by its line.)
 //   - Order. Within a flow batch that is over a line or holds a heavy
 //     source, the packets are admitted in the order of their rank: their
 //     bucket's credit plus the packets of their bucket before them in the
@@ -75,12 +78,13 @@ const (
 	// light again within a second after the flood.
 	listenDecay = 100 * time.Millisecond
 	// listenHeavyRate and listenHeavyBurst are a token bucket per port on
-	// the listener packets of all its heavy sources together: 10,000 a
-	// second, about a quarter of the SYNs the user-space stack answers on
-	// two shared cores, so that a flood from a few sources leaves the
-	// stack (its receive path, the SYN-ACKs on the transmit path, their
-	// queues) mostly to the light sources, while one legitimate host that
-	// opens connections by the thousand still gets 10,000 a second.
+	// the SYNs of all its heavy sources together: 10,000 a second, about a
+	// quarter of the SYNs the user-space stack answers on two shared
+	// cores, so that a flood from a few sources leaves the stack (its
+	// receive path, the SYN-ACKs on the transmit path, their queues)
+	// mostly to the light sources, while one legitimate host that opens
+	// connections by the thousand still gets 10,000 a second (twice what
+	// `skylane bench conns` opens).
 	listenHeavyRate  = 10_000
 	listenHeavyBurst = 256
 	// listenRetryBits is the size of each retransmission bitmap (128 KiB):
@@ -261,7 +265,7 @@ func (s *Switch) listenAdmit(fq *flowQueue) {
 		case ls.credit[ls.bucket[j]] < listenHeavy:
 			keep[j] = admitted < lightRoom
 		default:
-			keep[j] = admitted < heavyRoom && r.heavy.Allow(1, now)
+			keep[j] = admitted < heavyRoom && (!syn || r.heavy.Allow(1, now))
 		}
 		if keep[j] {
 			admitted++
