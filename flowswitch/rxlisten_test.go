@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/skylane/skylane/capture"
 	"github.com/skylane/skylane/channel"
 	"github.com/skylane/skylane/flow"
 	"github.com/skylane/skylane/flowswitch"
@@ -61,11 +62,12 @@ func countPrefix(tags []string, prefix string) int {
 
 // A flood of SYNs from one source takes the listener's ring to its lines,
 // and no further; a client's SYN in the same batch is admitted first; the
-// flooder's packets keep their order; the refused ones are counted as
-// listen_share; and once the flooder is heavy, it gets only the ring above
+// flooder's packets keep their order; the refused ones are counted and
+// captured as listen_share; and once the flooder is heavy, it gets only the ring above
 // half, while a new client still gets in.
 func TestListenShare(t *testing.T) {
 	r, _ := listenRig(t)
+	capt := newCapture(t, r.sw, capture.Options{})
 	flood := func(prefix string, n int) [][]byte {
 		var fs [][]byte
 		for i := range n {
@@ -88,6 +90,9 @@ func TestListenShare(t *testing.T) {
 	}
 	if d := dropsOf(t, r.sw, "listen_share"); d != 16 {
 		t.Errorf("listen_share drops %d, want 16", d)
+	}
+	if n := count(readCapture(capt), capture.DropRx, "port0", "listen_share"); n != 16 {
+		t.Errorf("%d listen_share drops captured, want 16", n)
 	}
 
 	// The client's SYN comes last in a full batch: it goes first.
