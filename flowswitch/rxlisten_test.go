@@ -1,6 +1,7 @@
 package flowswitch_test
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -37,7 +38,7 @@ func synFrame(src netip.Addr, sport uint16, seq uint32, tag string) []byte {
 // listenRig is a switch with one port whose RX ring has 64 slots, a TCP
 // listener on port 80 and a UDP flow, input batches of 64, and a clock the
 // test moves.
-func listenRig(t *testing.T) (*rig, *int64) {
+func listenRig(t testing.TB) (*rig, *int64) {
 	t.Helper()
 	clock := new(int64)
 	r := newRig(t, flowswitch.Options{Batch: 64, Now: func() int64 { return *clock }},
@@ -194,4 +195,81 @@ func TestListenPoolLine(t *testing.T) {
 	if st := r.sw.Stats(); st.AllocFails != 0 || st.ListenDrops != uint64(64-len(got)) {
 		t.Errorf("alloc fails %d, listen drops %d", st.AllocFails, st.ListenDrops)
 	}
+}
+
+// FuzzListenAdmit feeds a listener flow batches of TCP packets from a few
+// sources (each byte triple: source, flags, what follows), draining the
+// app or moving the clock now and then, and checks what must hold
+// whatever arrives: every packet is delivered (maybe merged with the
+// previous one of its source) or counted as listen_share,
+// none is dropped for a full ring, and each source's packets arrive in
+// the order they were sent.
+func FuzzListenAdmit(f *testing.F) {
+	f.Add([]byte{0, 2, 0, 1, 2, 0, 0, 2, 0x80, 3, 16, 0xc0})
+	f.Add(bytes.Repeat([]byte{7, 2, 0}, 200))
+	f.Add(bytes.Repeat([]byte{1, 2, 0, 2, 16, 0, 3, 4, 0x40}, 40))
+	r, clock := listenRig(f) // one rig for all inputs: only deltas are checked
+	f.Fuzz(func(t *testing.T, data []byte) {
+		st0 := r.sw.Stats()
+		next := map[byte]int{}     // per source, the next tag to send
+		lastSeen := map[byte]int{} // per source, the last tag the app got
+		var batch [][]byte
+		sent := 0
+		drain := func() {
+			for _, payload := range r.drain(t, 0) {
+				// In-order segments of one source may be merged: a
+				// payload holds one tag or more, each ending in ";".
+				for _, tag := range strings.SplitAfter(payload, ";") {
+					if tag == "" {
+						continue
+					}
+					var src byte
+					var n int
+					if _, err := fmt.Sscanf(tag, "%d,%d;", &src, &n); err != nil {
+						t.Fatalf("tag %q: %v", tag, err)
+					}
+					if last, ok := lastSeen[src]; ok && n <= last {
+						t.Fatalf("source %d: packet %d after %d", src, n, last)
+					}
+					lastSeen[src] = n
+				}
+			}
+		}
+		flush := func() {
+			if len(batch) == 0 {
+				return
+			}
+			r.write(t, batch...)
+			r.rxOnce(t, len(batch))
+			sent += len(batch)
+			batch = batch[:0]
+		}
+		for i := 0; i+2 < len(data); i += 3 {
+			src, flags, op := data[i]%8, packet.TCPFlags(data[i+1]&0x1f), data[i+2]
+			tag := fmt.Sprintf("%d,%d;", src, next[src])
+			next[src]++
+			fr := packettest.Frame{Src: netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 19, 4, src}), 1000),
+				Dst: netip.AddrPortFrom(localIP, 80), Proto: packet.ProtoTCP, Flags: flags, Seq: uint32(op), Payload: []byte(tag)}
+			batch = append(batch, fr.Bytes())
+			if op&0x80 != 0 || len(batch) == 64 {
+				flush()
+			}
+			if op&0x40 != 0 {
+				drain()
+			}
+			if op&0x20 != 0 {
+				*clock += int64(op&0x1f) * int64(10*time.Millisecond)
+			}
+		}
+		flush()
+		drain()
+		st := r.sw.Stats()
+		// Delivered counts ring slots: a merged super packet is one.
+		delivered := st.Delivered - st0.Delivered + st.Merged - st0.Merged
+		shared := st.ListenDrops - st0.ListenDrops
+		if delivered+shared != uint64(sent) || st.RxRingDrops != 0 || st.AllocFails != 0 {
+			t.Fatalf("sent %d: delivered %d, listen drops %d, ring drops %d, alloc fails %d",
+				sent, delivered, shared, st.RxRingDrops, st.AllocFails)
+		}
+	})
 }
