@@ -49,13 +49,18 @@ import (
 //     the app never answers): when the app's transmit path is slower than
 //     its receive path, the handshakes wait in the switch's choice, not in
 //     the app's transmit queue, in front of everything the app sends.
-//   - Retransmissions. A SYN refused is remembered (a hash of its source,
-//     ports and sequence number, in a bitmap kept for one to two
-//     listenRetryAge); a SYN found there is the client's retransmission
-//     and goes first, down to an eighth of the ring and of the pool. A
-//     spoofed flood from random sources is as light as a legitimate
-//     client, and then each SYN is as likely to be refused; the client's
-//     retransmission, a second later, gets in.
+//   - Known sources and retransmissions. A light source that completed a
+//     handshake lately (a connected TCP flow registered with it as the
+//     remote, in a bitmap kept for listenKnownAge to twice that) goes
+//     first, down to an eighth of the ring and of the pool; so does a
+//     light source's SYN refused before (a hash of its source, ports and
+//     sequence number, kept for one to two listenRetryAge): the client's
+//     retransmission. A spoofed flood from random sources is as light as
+//     a new client, whose first SYN is then as likely to be refused as
+//     the flood's; a returning client's is not, and a new client's
+//     retransmission, a second later, gets in. (A spoofer that sends each
+//     SYN twice gets its second copy in the same way: only as far as the
+//     unanswered SYNs allow.)
 //
 // Refused packets count as Stats.ListenDrops (drop reason listen_share)
 // and are captured as such. Packets of one source keep their order (a
@@ -103,6 +108,14 @@ const (
 	// then waits behind at most, and above what the app has in flight
 	// answering SYNs as fast as it can (its rate times its delay).
 	listenUnanswered = 256
+	// listenKnownBits is the size of each known-sources bitmap (8 KiB):
+	// sources that completed a handshake; a spoofed source is in it by
+	// chance with probability (known sources)/65536.
+	listenKnownBits = 1 << 16
+	// listenKnownAge is how long a known-sources bitmap is filled before
+	// it becomes the old one: a source stays known for 30 to 60 seconds
+	// after its last connection.
+	listenKnownAge = 30 * time.Second
 )
 
 // listenShare is the switch's listener admission state (above). Its
@@ -119,9 +132,16 @@ type listenShare struct {
 	cur     int
 	retryAt int64
 
+	// known holds the sources with a connected TCP flow registered
+	// (a completed handshake), hashed: [kcur] since knownAt -
+	// listenKnownAge, the other the age before.
+	known   [2][listenKnownBits / 64]uint64
+	kcur    int
+	knownAt int64
+
 	order  []uint64 // scratch: rank<<16 | position in the flow batch
 	bucket []uint16 // scratch: each position's bucket
-	again  []bool   // scratch: each position is a retransmitted SYN
+	first  []bool   // scratch: each position goes first (retransmission, known source)
 	keep   []bool   // scratch: each position admitted
 	drop   []int32  // scratch: the refused packets, for the capture
 }
@@ -131,7 +151,7 @@ func newListenShare(seed uint64, limit int) listenShare {
 		seed:   seed,
 		order:  make([]uint64, limit),
 		bucket: make([]uint16, limit),
-		again:  make([]bool, limit),
+		first:  make([]bool, limit),
 		keep:   make([]bool, limit),
 		drop:   make([]int32, 0, limit),
 	}
@@ -147,13 +167,54 @@ func isListener(e *flow.Entry) bool {
 // sourceHash returns the seeded hash of p's source address (IPv6 by its
 // /64).
 func (ls *listenShare) sourceHash(p *packet.Parsed) uint64 {
-	a := p.Src().As16()
+	return ls.addrHash(p.Src().As16(), p.IPVersion == 4)
+}
+
+// addrHash returns the seeded hash of address a (v4-mapped if v4; IPv6 by
+// its /64).
+func (ls *listenShare) addrHash(a [16]byte, v4 bool) uint64 {
 	hi := binary.LittleEndian.Uint64(a[0:8])
 	lo := uint64(0)
-	if p.IPVersion == 4 {
+	if v4 {
 		lo = binary.LittleEndian.Uint64(a[8:16])
 	}
 	return regulate.Mix(ls.seed ^ hi ^ lo*0x9e3779b97f4a7c15)
+}
+
+// knownBit returns the bit of source hash h in a known-sources bitmap
+// (other bits of h than the bucket's).
+func knownBit(h uint64) uint64 { return h >> 20 & (listenKnownBits - 1) }
+
+// isKnown reports whether source hash h completed a handshake lately.
+func (ls *listenShare) isKnown(h uint64) bool {
+	k := knownBit(h)
+	return (ls.known[0][k/64]|ls.known[1][k/64])&(1<<(k%64)) != 0
+}
+
+// registered notes a flow registered on the switch: a connected TCP flow
+// is a completed handshake (an accepted connection's flow is registered
+// once netstack has it established; a dialed one's remote is a server the
+// app chose), so its remote is a known source.
+func (ls *listenShare) registered(k packet.Key, kind flow.Kind, now int64) {
+	if kind != flow.Connected || k.Proto != packet.ProtoTCP {
+		return
+	}
+	ls.ageKnown(now)
+	b := knownBit(ls.addrHash(k.Remote, k.Version == 4))
+	ls.known[ls.kcur][b/64] |= 1 << (b % 64)
+}
+
+// ageKnown rotates the known-sources bitmaps every listenKnownAge.
+func (ls *listenShare) ageKnown(now int64) {
+	if now < ls.knownAt {
+		return
+	}
+	ls.kcur ^= 1
+	clear(ls.known[ls.kcur][:])
+	if now-ls.knownAt >= int64(listenKnownAge) {
+		clear(ls.known[ls.kcur^1][:]) // both are too old
+	}
+	ls.knownAt = now + int64(listenKnownAge)
 }
 
 // retryBit returns the bit of the SYN p (from source hash h) in a
@@ -192,6 +253,7 @@ func (s *Switch) listenAdmit(fq *flowQueue) {
 	ls := &s.listen
 	now := s.now()
 	ls.age(now)
+	ls.ageKnown(now)
 	r := &fq.p.rx
 	used := 0
 	if r.gen == s.gen {
@@ -218,13 +280,17 @@ func (s *Switch) listenAdmit(fq *flowQueue) {
 		h := ls.sourceHash(&s.rx[i])
 		b := uint16(h & (listenBuckets - 1))
 		ls.bucket[j] = b
-		heavy = heavy || ls.credit[b] >= listenHeavy
-		again := false
-		if p := &s.rx[i]; ls.retry[0] != nil && s.flags[i]&(packet.TCPSyn|packet.TCPAck) == packet.TCPSyn {
-			k := retryBit(h, p)
-			again = (ls.retry[0][k/64]|ls.retry[1][k/64])&(1<<(k%64)) != 0
+		light := ls.credit[b] < listenHeavy
+		heavy = heavy || !light
+		first := false
+		if light {
+			first = ls.isKnown(h)
+			if p := &s.rx[i]; !first && ls.retry[0] != nil && s.flags[i]&(packet.TCPSyn|packet.TCPAck) == packet.TCPSyn {
+				k := retryBit(h, p)
+				first = (ls.retry[0][k/64]|ls.retry[1][k/64])&(1<<(k%64)) != 0
+			}
 		}
-		ls.again[j] = again
+		ls.first[j] = first
 		if s.flags[i]&(packet.TCPSyn|packet.TCPAck) == packet.TCPSyn {
 			syns++
 		}
@@ -237,8 +303,8 @@ func (s *Switch) listenAdmit(fq *flowQueue) {
 		return
 	}
 	for j, b := range ls.bucket[:n] {
-		rank := uint64(0) // a retransmission goes first
-		if !ls.again[j] {
+		rank := uint64(0)
+		if !ls.first[j] {
 			rank = 1 + uint64(ls.credit[b]) + uint64(ls.rank[b])
 		}
 		ls.order[j] = rank<<16 | uint64(j)
@@ -258,7 +324,7 @@ func (s *Switch) listenAdmit(fq *flowQueue) {
 		j := int(o & 0xffff)
 		syn := s.flags[pkts[j]]&(packet.TCPSyn|packet.TCPAck) == packet.TCPSyn
 		switch {
-		case ls.again[j]:
+		case ls.first[j]:
 			keep[j] = admitted < retryRoom && r.synsOut < 2*listenUnanswered
 		case syn && r.synsOut >= listenUnanswered:
 			keep[j] = false

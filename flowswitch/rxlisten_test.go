@@ -273,3 +273,24 @@ func FuzzListenAdmit(f *testing.F) {
 		}
 	})
 }
+
+// A source that completed a handshake lately (a connected TCP flow
+// registered with it) goes first, down to an eighth of the ring: its new
+// SYN gets in where a new client's does not.
+func TestListenKnownSource(t *testing.T) {
+	r, _ := listenRig(t)
+	r.registerTCPFrom(t, 0, netip.AddrPortFrom(client2, 4444), netip.AddrPortFrom(localIP, 80))
+	var fs [][]byte
+	for i := range 48 { // the ring to its light line, from many sources
+		fs = append(fs, synFrame(netip.AddrFrom4([4]byte{198, 19, 1, byte(i)}), 1000, 1, fmt.Sprintf("fill%02d", i)))
+	}
+	r.write(t, fs...)
+	r.rxOnce(t, len(fs))
+	r.write(t, synFrame(client1, 5555, 1, "new"), synFrame(client2, 5556, 1, "known"))
+	r.rxOnce(t, 2)
+	got := r.drain(t, 0)
+	if countPrefix(got, "known") != 1 || countPrefix(got, "new") != 0 {
+		t.Errorf("got %d packets, the known source's SYN %d times, the new one's %d: want only the known one's",
+			len(got), countPrefix(got, "known"), countPrefix(got, "new"))
+	}
+}
