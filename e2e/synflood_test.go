@@ -122,9 +122,9 @@ func TestSYNFlood(t *testing.T) {
 			checkServed(t, "the user-space port", user)
 			// Half-open connections hold no nexus state: the flows are
 			// the listener's and the legitimate connections' (one curl
-			// at a time, a few closed ones not reaped yet), against the
+			// at a time, the closed ones not reaped yet), against the
 			// tens of thousands of SYNs answered.
-			if user.maxFlows > baseFlows+4 {
+			if user.maxFlows > baseFlows+8 {
 				t.Errorf("the nexus held %d flows during the flood, baseline %d: half-open connections took flows", user.maxFlows, baseFlows)
 			}
 		})
