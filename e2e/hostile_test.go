@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -59,14 +58,7 @@ func testHostile(t *testing.T, driver, bin, python string) {
 	const metricsAt = "127.0.0.1:9464"
 	p := startServeProc(t, v.Local, bin, "--driver", driver, "--dev", v.LocalName,
 		"--addr", fmt.Sprintf("%s:%d", addr, userPort), "--peer-mac", v.PeerMAC.String(), "--metrics", metricsAt)
-	var kln net.Listener
-	if err := v.Local.Do(func() (err error) {
-		kln, err = net.Listen("tcp4", fmt.Sprintf(":%d", kernelPort))
-		return err
-	}); err != nil {
-		t.Fatalf("kernel server: %v", err)
-	}
-	serveHTTP(t, kln, "kernel")
+	kernelHTTP(t, v.Local)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()

@@ -197,14 +197,7 @@ func floodWorld(t *testing.T) *world {
 		t.Fatal(err)
 	}
 	serveHTTP(t, ln, "user")
-	var kln net.Listener
-	if err := w.local.Do(func() (err error) {
-		kln, err = net.Listen("tcp4", fmt.Sprintf(":%d", kernelPort))
-		return err
-	}); err != nil {
-		t.Fatalf("kernel server: %v", err)
-	}
-	serveHTTP(t, kln, "kernel")
+	kernelHTTP(t, w.local)
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
 	if out, err := w.peer.Command(ctx, "ip", "addr", "add", synFloodLegit+"/24", "dev", w.capIf).CombinedOutput(); err != nil {
@@ -228,6 +221,20 @@ func checkServed(t *testing.T, who string, r floodResult) {
 		return
 	}
 	t.Errorf("%s served %d of %d requests during the flood, want at least 90 %%: %v", who, r.served, r.total, r.failures)
+}
+
+// kernelHTTP serves HTTP ("kernel") from a kernel socket in ns on
+// kernelPort, every IPv4 address, until the test ends.
+func kernelHTTP(t *testing.T, ns *nettest.NS) {
+	t.Helper()
+	var kln net.Listener
+	if err := ns.Do(func() (err error) {
+		kln, err = net.Listen("tcp4", fmt.Sprintf(":%d", kernelPort))
+		return err
+	}); err != nil {
+		t.Fatalf("kernel server: %v", err)
+	}
+	serveHTTP(t, kln, "kernel")
 }
 
 // askTTFB runs one curl from the legitimate address to port of the user
