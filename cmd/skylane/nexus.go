@@ -35,6 +35,10 @@ serve --nexus) on a control socket until SIGINT or SIGTERM, then removes
 everything it made (the XDP or TC program, the TUN device, the socket and
 its lock file). Root only.
 
+On afxdp and afpacket the nexus shares the interface, and its addresses,
+with the kernel: each destination's next hop comes from the kernel's routing
+and neighbour tables, followed live (--peer-mac overrides it with one MAC).
+
 Apps: the socket is mode 0660, group --socket-group; each app session is
 checked against --policy by its peer credentials (with no policy, only root
 may attach). SIGHUP reloads the policy: sessions and their flows stay; each
@@ -96,15 +100,19 @@ func parseNexus(args []string, usageOut io.Writer) (nexusConfig, error) {
 	fs.StringVar(&c.link.driver, "driver", drivers.AFXDP, "driver: "+strings.Join(drivers.Names(), ", "))
 	fs.StringVar(&c.link.mode, "mode", "", "driver mode: afxdp generic (default) or native; afpacket steer (default) or tap")
 	fs.StringVar(&addr, "addr", "", "the apps' address: one of --dev's (afxdp, afpacket; default all of them), or the stack's (tun, memif: required)")
-	fs.StringVar(&c.link.peerMAC, "peer-mac", "", "MAC of the next hop (afxdp, afpacket); default: the only neighbour in the kernel's table on --dev")
+	fs.StringVar(&c.link.peerMAC, "peer-mac", "", peerMACUsage)
 	fs.StringVar(&c.link.tunAddr, "tun-addr", "", "the kernel's address on the TUN device, as a prefix (default: the other address of --addr's /31, or /127)")
 	fs.StringVar(&c.socket, "socket", "", "the control socket's path, e.g. /run/skylane/nexus.sock (required)")
 	fs.StringVar(&c.group, "socket-group", "", "group (name or gid) whose members may connect to the socket; default the nexus's")
 	fs.StringVar(&c.policy, "policy", "", "policy file (TOML [[allow]] rules); default: only root may attach")
 	fs.StringVar(&c.metrics, "metrics", "", "serve Prometheus metrics on this kernel-stack address, e.g. 127.0.0.1:9090")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log lines as text (key=value) or json")
+	fs.DurationVar(&c.link.busyPoll, "busy-poll", 0, "spin this long for work before sleeping, e.g. 50us: lower latency for the CPU it burns (0: sleep at once)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
+	}
+	if c.link.busyPoll < 0 || c.link.busyPoll > time.Second {
+		return c, fmt.Errorf("nexus: --busy-poll %v outside 0..1s", c.link.busyPoll)
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("nexus: unexpected argument %q (flags only; see skylane nexus -h)", fs.Arg(0))
@@ -191,6 +199,7 @@ func runNexusDaemon(ctx context.Context, cfg nexusConfig, hup <-chan os.Signal, 
 	// Per-app rates need the switch's regulation layer; a policy that
 	// names none runs without it (adding the first rate takes a restart).
 	cfg.link.regulation = hasRates(pol)
+	cfg.link.log = log
 	o, err := openNexus(cfg.link, notes)
 	if err != nil {
 		return fmt.Errorf("nexus: %w", err)
