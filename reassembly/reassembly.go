@@ -72,21 +72,22 @@ type Options struct {
 	Timeout time.Duration
 }
 
-// Stats count fragments unless they say sets.
+// Stats count fragments, but for Datagrams and the gauges. A fragment
+// that drops its set is counted under its reason together with the
+// fragments of the set held until then.
 type Stats struct {
 	Fragments  uint64 // accepted into a set
 	Datagrams  uint64 // sets completed and handed back
 	Duplicates uint64 // exact copies of a held fragment, dropped alone
-	Overlaps   uint64 // sets dropped: a fragment overlapped another (RFC 5722)
-	Oversize   uint64 // sets dropped: a fragment reached past 65535 bytes
-	Malformed  uint64 // sets dropped: a fragment disagreed with the set's end, or was not a multiple of 8 bytes before it, or was empty
-	TooMany    uint64 // sets dropped: more than MaxFragments fragments
-	Timeouts   uint64 // sets dropped incomplete after Timeout
-	SourceFull uint64 // fragments dropped: their source holds MaxSourceBytes
-	MemoryFull uint64 // fragments dropped: MaxBytes held in all
-	Discarded  uint64 // held fragments freed with a dropped or timed-out set
-	HeldBytes  int    // now held (buffer bytes)
-	HeldSets   int    // now held
+	Overlaps   uint64 // overlapped another of its set (RFC 5722): the set dropped
+	Oversize   uint64 // reached past 65535 bytes: the set dropped
+	Malformed  uint64 // disagreed with its set's end, was not a multiple of 8 bytes before it, was empty or larger than FrameLen: the set dropped
+	TooMany    uint64 // one past MaxFragments in its set: the set dropped
+	Timeouts   uint64 // held in a set still incomplete after Timeout, dropped
+	SourceFull uint64 // dropped alone: its source holds MaxSourceBytes
+	MemoryFull uint64 // dropped alone: MaxBytes held in all
+	HeldBytes  int    // gauge: held now (buffer bytes)
+	HeldSets   int    // gauge: sets held now
 }
 
 // setKey identifies a fragment set: source, destination, protocol and
@@ -205,7 +206,7 @@ func (r *Reassembler) Add(now int64, frame []byte, p *packet.Parsed) [][]byte {
 	if bad != nil {
 		*bad++
 		if s != nil {
-			r.drop(s)
+			r.drop(s, bad)
 		}
 		return nil
 	}
@@ -222,13 +223,13 @@ func (r *Reassembler) Add(now int64, frame []byte, p *packet.Parsed) [][]byte {
 				return nil
 			} else if f.end > off {
 				r.stats.Overlaps++
-				r.drop(s)
+				r.drop(s, &r.stats.Overlaps)
 				return nil
 			}
 		}
 		if len(s.frags) == r.opts.MaxFragments {
 			r.stats.TooMany++
-			r.drop(s)
+			r.drop(s, &r.stats.TooMany)
 			return nil
 		}
 	}
@@ -275,8 +276,7 @@ func (r *Reassembler) Expire(now int64) int {
 	r.recycle()
 	n := 0
 	for r.head != nil && r.head.deadline <= now {
-		r.stats.Timeouts++
-		r.drop(r.head)
+		r.drop(r.head, &r.stats.Timeouts)
 		n++
 	}
 	return n
@@ -319,9 +319,9 @@ func (r *Reassembler) newSet(k setKey, now int64) *set {
 	return s
 }
 
-// drop frees set s, counting its fragments as discarded.
-func (r *Reassembler) drop(s *set) {
-	r.stats.Discarded += uint64(len(s.frags))
+// drop frees set s, counting its fragments in *ctr.
+func (r *Reassembler) drop(s *set, ctr *uint64) {
+	*ctr += uint64(len(s.frags))
 	r.free(s)
 }
 
