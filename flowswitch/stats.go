@@ -274,6 +274,15 @@ func drops(st *Stats, link *netif.Stats) []Drop {
 		add("rx", PlaceSwitch, "parse_"+r.String(), st.ParseDrops[r])
 	}
 	add("rx", PlaceSwitch, "no_flow", st.NoFlow)
+	ra := &st.Reassembly
+	add("rx", PlaceSwitch, "frag_overlap", ra.Overlaps)
+	add("rx", PlaceSwitch, "frag_oversize", ra.Oversize)
+	add("rx", PlaceSwitch, "frag_malformed", ra.Malformed)
+	add("rx", PlaceSwitch, "frag_too_many", ra.TooMany)
+	add("rx", PlaceSwitch, "frag_timeout", ra.Timeouts)
+	add("rx", PlaceSwitch, "frag_duplicate", ra.Duplicates)
+	add("rx", PlaceSwitch, "frag_source_full", ra.SourceFull)
+	add("rx", PlaceSwitch, "frag_memory_full", ra.MemoryFull)
 	add("rx", PlaceSwitch, "host_full", st.HostDrops)
 	add("rx", PlacePort, "oversize", st.Oversize)
 	add("rx", PlaceSwitch, "split_csum", st.SplitCsumDrops)

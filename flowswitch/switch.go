@@ -12,6 +12,7 @@ import (
 	"github.com/skylane/skylane/neigh"
 	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/packet"
+	"github.com/skylane/skylane/reassembly"
 )
 
 const (
@@ -121,6 +122,9 @@ type Options struct {
 	// DefaultMergeLimit, negative disables merging. A super packet also
 	// fits the destination channel's buffers.
 	MergeLimit int
+	// Reassembly bounds the IP fragments held for reassembly (frag.go);
+	// nil means the reassembly package's defaults. FrameLen is the link's.
+	Reassembly *reassembly.Options
 }
 
 // Stats are the switch's counters since New. All count packets except
@@ -155,6 +159,14 @@ type Stats struct {
 	// ParseDrops counts the frames packet.Parse rejected, indexed by the
 	// packet.Reason; in JSON, an object keyed by the reasons' names.
 	ParseDrops ParseDrops
+	// Reassembled counts the datagrams reassembled from fragments and
+	// delivered to an app (frag.go), as their fragments; Reassembly
+	// holds the reassembler's own counters, its drops by reason.
+	Reassembled uint64
+	Reassembly  reassembly.Stats
+	// ICMPErrors counts the ICMP and ICMPv6 errors steered by the flow
+	// they quote (frag.go), delivered or not.
+	ICMPErrors uint64
 
 	// Host port (Options.HostLink).
 	HostDelivered uint64 // frames of no flow the host link accepted
@@ -251,6 +263,7 @@ type Switch struct {
 	allocBuf     []channel.Buf // scratch for one flow batch's Alloc; len limit
 
 	hostIn hostState // host → device scratch (host.go)
+	frag   fragState // reassembly (frag.go)
 	parsed packet.Parsed
 	stats  Stats
 	tx     txState   // transmit scratch, allocated once by New (tx.go)
@@ -351,6 +364,9 @@ func New(opts Options) (*Switch, error) {
 	if err := s.l2.init(opts, s); err != nil {
 		return nil, err
 	}
+	if err := s.frag.init(opts.Link, n, opts.Reassembly); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadOptions, err)
+	}
 	if opts.Regulation != nil {
 		if opts.TxQueue != nil {
 			return nil, fmt.Errorf("%w: Regulation and TxQueue both set: the AQM is the transmit queue", ErrBadOptions)
@@ -395,6 +411,7 @@ func (s *Switch) statsLocked() Stats {
 	st := s.stats
 	st.L2 = s.l2.stats
 	st.FlowLimits = s.table.Limits()
+	st.Reassembly = s.frag.r.Stats()
 	if s.reg != nil {
 		st.Regulation = s.reg.statsNow()
 	}
@@ -493,6 +510,7 @@ func (s *Switch) service(now int64) (int, error) {
 		}
 		s.stallCheck(now)
 	}
+	s.frag.r.Expire(now)
 	k, err := s.l2.pollDue(s, now)
 	n += k
 	return n, err
