@@ -154,3 +154,37 @@ func TestRxICMPError(t *testing.T) {
 		t.Fatalf("flow counted %d packets in, want 1", in)
 	}
 }
+
+// TestTxFragments: an app's datagram in three fragments reaches the wire
+// whole, on its flow; a later fragment of a datagram the port did not
+// start, or sent by another port, or with another flow's ID, does not.
+func TestTxFragments(t *testing.T) {
+	r, _ := newTxRig(t)
+	f := r.txFlows(t)
+	dg := packettest.Frame{Link: packet.RawIP, Src: netip.AddrPortFrom(localIP, 5000), Dst: netip.AddrPortFrom(remoteIP, 6000),
+		Proto: packet.ProtoUDP, Payload: bytes.Repeat([]byte("x"), 3000), ID: 7}
+	frags := packettest.Fragment(dg.Bytes(), packet.RawIP, 1400, 0)
+	if len(frags) != 3 {
+		t.Fatalf("%d fragments", len(frags))
+	}
+	other := packettest.Fragment((&packettest.Frame{Link: packet.RawIP, Src: netip.AddrPortFrom(localIP, 5000),
+		Dst: netip.AddrPortFrom(remoteIP, 6000), Proto: packet.ProtoUDP, Size: 3000, ID: 8}).Bytes(), packet.RawIP, 1400, 0)
+	r.send(t, 0, f.udp0.ID(), frags...)
+	r.send(t, 0, f.udp0.ID(), other[1]) // its first fragment never sent
+	r.send(t, 0, f.tcp0.ID(), frags[2]) // the right datagram, another flow's ID
+	r.send(t, 1, f.udp1.ID(), frags[1]) // another port
+	r.tx(t, 0)
+	r.tx(t, 1)
+	wire := r.wire(t)
+	if len(wire) != 3 {
+		t.Fatalf("%d frames on the wire, want the 3 fragments", len(wire))
+	}
+	for i, w := range wire {
+		if !bytes.Equal(w[packettest.EthLen:], frags[i]) {
+			t.Fatalf("frame %d is not fragment %d", i, i)
+		}
+	}
+	if d := r.sw.Stats().TxDrops; d.Fragment != 3 {
+		t.Fatalf("TxDrops.Fragment = %d, want 3 (%+v)", d.Fragment, d)
+	}
+}
