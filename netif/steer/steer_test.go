@@ -217,7 +217,7 @@ func TestPrograms(t *testing.T) {
 		{"udp 5-tuple, other remote addr", frame{proto: udp, src: other4, dst: local4, sport: 5000, dport: 7000}, nil, miss},
 		{"udp 5-tuple behind a VLAN tag", frame{vlan: true, proto: udp, src: remote4, dst: local4, sport: 5000, dport: 7000}, nil, hit},
 		{"udp 5-tuple with IPv4 options", frame{ipOptions: true, proto: udp, src: remote4, dst: local4, sport: 5000, dport: 7000}, nil, hit},
-		{"udp 5-tuple, a fragment", frame{fragment: true, proto: udp, src: remote4, dst: local4, sport: 5000, dport: 7000}, nil, unparsed},
+		{"udp 5-tuple, a first fragment", frame{fragment: true, proto: udp, src: remote4, dst: local4, sport: 5000, dport: 7000}, nil, hit},
 		{"tcp listener3", frame{proto: tcp, src: other4, dst: local4, sport: 40000, dport: 80}, nil, hit},
 		{"tcp listener3 with options", frame{ipOptions: true, proto: tcp, src: other4, dst: local4, sport: 40000, dport: 80}, nil, hit},
 		{"tcp listener3, other local addr", frame{proto: tcp, src: remote4, dst: other4, sport: 40000, dport: 80}, nil, miss},
