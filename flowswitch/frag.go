@@ -91,7 +91,8 @@ func (s *Switch) rxDatagram(frames [][]byte) {
 	f := &s.frag
 	q := &f.parsed
 	var e *flow.Entry
-	if packet.Parse(frames[0], s.linkType, q) == nil && q.HasL4 {
+	// The first fragment's ports, even when it was cut inside its L4 header.
+	if packet.Parse(frames[0], s.linkType, q) == nil && (q.Proto == packet.ProtoTCP || q.Proto == packet.ProtoUDP) {
 		var k packet.Key
 		q.RxKeyTo(&k)
 		e = s.table.Lookup(&k)
