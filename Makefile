@@ -2,9 +2,9 @@
 GO        ?= go
 PKGS      ?= ./...
 # Debian packages the tests use: kernel peers of the privileged driver tests
-# (ip, curl, nc, tshark for captures, ethtool for offloads, hping3 for SYN
+# (ip, ping, curl, nc, tshark for captures, ethtool for offloads, hping3 for SYN
 # floods, python3-scapy for hostile fragments).
-APT_PKGS  ?= iproute2 curl netcat-openbsd tshark ethtool hping3 python3-scapy
+APT_PKGS  ?= iproute2 iputils-ping curl netcat-openbsd tshark ethtool hping3 python3-scapy
 # Seed corpora of the fuzz targets run as ordinary tests; FUZZTIME>0 also fuzzes.
 FUZZTIME  ?= 0
 

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -250,4 +251,66 @@ func scapy(t *testing.T, ns *nettest.NS, iface, kind string, dst netip.Addr, por
 	}
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 	return lines[len(lines)-1]
+}
+
+// TestTUNAnswersAsHost: on TUN, where the user-space addresses belong to
+// the nexus alone, the kernel's ping gets echo replies, its TCP connect to
+// a closed port is refused at once (a RST), and its UDP to a closed port
+// gets a port unreachable (ECONNREFUSED on the connected socket), over
+// IPv4 and IPv6, as from a kernel host; an open port still works.
+func TestTUNAnswersAsHost(t *testing.T) {
+	w := newWorld(t, drivers.TUN)
+	nettest.RequireCommand(t, "ping")
+	ln, err := w.st.Listen("tcp", fmt.Sprintf(":%d", userPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveHTTP(t, ln, "user-space")
+	for _, a := range []netip.Addr{w.user4, w.user6} {
+		ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+		out, err := w.peer.Command(ctx, "ping", "-c", "3", "-i", "0.2", "-W", "2", a.String()).CombinedOutput()
+		cancel()
+		if err != nil || !strings.Contains(string(out), "3 received") {
+			t.Fatalf("ping %v: %v: %s", a, err, out)
+		}
+		err = w.peer.Do(func() error {
+			start := time.Now()
+			c, err := net.DialTimeout("tcp", netip.AddrPortFrom(a, userPort+1).String(), opTimeout)
+			if err == nil {
+				c.Close()
+				return errors.New("connected to a closed port")
+			}
+			if !errors.Is(err, syscall.ECONNREFUSED) {
+				return fmt.Errorf("connect to a closed port: %w, want connection refused", err)
+			}
+			if d := time.Since(start); d > 2*time.Second {
+				return fmt.Errorf("refused after %v: not a reset", d)
+			}
+			u, err := net.Dial("udp", netip.AddrPortFrom(a, userUDP+7).String())
+			if err != nil {
+				return err
+			}
+			defer u.Close()
+			buf := make([]byte, 64)
+			for try := 0; try < 5; try++ {
+				u.Write([]byte("anyone?"))
+				u.SetReadDeadline(time.Now().Add(time.Second))
+				if _, err = u.Read(buf); errors.Is(err, syscall.ECONNREFUSED) {
+					return nil
+				}
+			}
+			return fmt.Errorf("UDP to a closed port: %v, want connection refused", err)
+		})
+		if err != nil {
+			t.Fatalf("%v: %v", a, err)
+		}
+		if out := curl(t, w.peer, "-g", url("http", a, userPort)); !strings.HasPrefix(out, "user-space") {
+			t.Fatalf("open port: %q", out)
+		}
+	}
+	st, err := w.nx.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("answers: %+v", st.Switch.Answers)
 }

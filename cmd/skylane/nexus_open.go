@@ -66,6 +66,9 @@ func openNexus(c linkConfig, notes io.Writer) (_ *ownedNexus, err error) {
 				return nil, err
 			}
 			spec.Addrs = []netip.Prefix{kernel}
+			// The apps' address is the nexus's alone: it answers pings
+			// and closed ports as a host would.
+			swo.AnswerAsHost = true
 		}
 	default:
 		ifc, err := net.InterfaceByName(c.dev)
