@@ -256,6 +256,15 @@ func (l *l2State) poll(s *Switch, now int64) (int, error) {
 	}
 }
 
+// packetDst returns the destination address of IP packet ip (its header
+// checked by the transmit checks).
+func packetDst(ip []byte) netip.Addr {
+	if ip[0]>>4 == 4 {
+		return netip.AddrFrom4([4]byte(ip[16:20]))
+	}
+	return netip.AddrFrom16([16]byte(ip[24:40]))
+}
+
 // resolveOut gives each packet that passed the transmit checks (t.out) its
 // destination MAC, per run of one flow, or hands it to the resolver to
 // wait for one; held packets leave the output batch (and its runs).
@@ -270,34 +279,44 @@ func (s *Switch) resolveOut() {
 	w, rw, j := 0, 0, 0
 	for _, r := range t.runs {
 		// One lookup per run of a flow, and none for a run whose next hop
-		// is the previous run's.
-		if next := r.e.Key().RemoteAddrPort().Addr(); !have || next != ip {
-			ip, have = next, true
-			mac, ok = l.nb.Resolve(ip)
-		}
-		if ok {
-			for x := j; x < j+r.n; x++ {
-				f := t.out[x]
+		// is the previous run's. A listener's run (SYN-ACKs, RSTs) has
+		// no remote of its own: each packet's destination is looked up.
+		next := r.e.Key().RemoteAddrPort().Addr()
+		perPacket := next.IsUnspecified()
+		n, kept := r.n, 0
+		for x := j; x < j+n; x++ {
+			f := t.out[x]
+			if perPacket {
+				next = packetDst(f[t.l2Len:])
+			}
+			if !have || next != ip {
+				ip, have = next, true
+				mac, ok = l.nb.Resolve(ip)
+			}
+			if ok {
 				copy(f[0:6], mac[:])
 				t.out[w], t.flags[w], t.outSeg[w] = f, t.flags[x], t.outSeg[x]
 				w++
+				kept++
+				continue
 			}
+			// A super packet is not held: the resolver sends what it
+			// holds as it is, and only MTU frames go out that way. TCP
+			// sends it again.
+			if t.outSeg[x] == 0 && l.nb.Hold(ip, f[t.l2Len:]) {
+				l.stats.Held++
+				l.asked = true
+			} else {
+				l.stats.HoldDrops++
+			}
+			r.bytes -= uint64(len(f) - t.l2Len)
+		}
+		if kept > 0 {
+			r.n = kept
 			t.runs[rw] = r
 			rw++
-		} else {
-			for x, f := range t.out[j : j+r.n] {
-				// A super packet is not held: the resolver sends what it
-				// holds as it is, and only MTU frames go out that way.
-				// TCP sends it again.
-				if t.outSeg[j+x] == 0 && l.nb.Hold(ip, f[t.l2Len:]) {
-					l.stats.Held++
-					l.asked = true
-				} else {
-					l.stats.HoldDrops++
-				}
-			}
 		}
-		j += r.n
+		j += n
 	}
 	clear(t.runs[rw:])
 	t.runs, t.out, t.flags = t.runs[:rw], t.out[:w], t.flags[:w]
