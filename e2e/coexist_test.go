@@ -158,12 +158,12 @@ func TestDialKernel(t *testing.T) {
 	}
 }
 
-// udpEcho echoes every datagram on pc until the test ends.
+// udpEcho echoes every datagram, up to 64 KiB, on pc until the test ends.
 func udpEcho(t *testing.T, pc net.PacketConn) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		buf := make([]byte, 2048)
+		buf := make([]byte, 65536)
 		for {
 			n, from, err := pc.ReadFrom(buf)
 			if err != nil {

@@ -38,7 +38,7 @@ func TestFragments(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			bigEcho(t, pc)
+			udpEcho(t, pc)
 			var kpc net.PacketConn
 			if err := w.local.Do(func() (err error) {
 				kpc, err = net.ListenPacket("udp", fmt.Sprintf(":%d", kernelUDP))
@@ -46,7 +46,7 @@ func TestFragments(t *testing.T) {
 			}); err != nil {
 				t.Fatal(err)
 			}
-			bigEcho(t, kpc)
+			udpEcho(t, kpc)
 			sizes := []int{4096, 16384, 32768, 61440}
 			for _, a := range []netip.Addr{w.user4, w.user6} {
 				for _, n := range sizes {
@@ -87,7 +87,7 @@ func TestHostileFragments(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			bigEcho(t, pc)
+			udpEcho(t, pc)
 			ln, err := w.st.Listen("tcp", fmt.Sprintf(":%d", userPort))
 			if err != nil {
 				t.Fatal(err)
@@ -137,26 +137,6 @@ func TestHostileFragments(t *testing.T) {
 			}
 		})
 	}
-}
-
-// bigEcho echoes every datagram, up to 64 KiB, on pc until the test ends.
-func bigEcho(t *testing.T, pc net.PacketConn) {
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 65536)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			pc.WriteTo(buf[:n], from)
-		}
-	}()
-	t.Cleanup(func() {
-		pc.Close()
-		<-done
-	})
 }
 
 // bigPing sends a datagram of size bytes to to from a kernel socket in ns

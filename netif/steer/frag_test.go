@@ -34,21 +34,7 @@ func TestProgramFragmentsAndICMP(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	single, err := steer.LoadXDP(flows)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer single.Close()
-	multi, err := steer.LoadXDPWith(flows, steer.XDPOptions{Frags: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer multi.Close()
-	tc, err := steer.LoadTC(flows)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tc.Close()
+	single, multi, tc := loadPrograms(t, flows)
 	run := func(name string, b []byte, want outcome) {
 		t.Helper()
 		t.Run(name, func(t *testing.T) {

@@ -198,13 +198,9 @@ func instructions(kind progKind, flows, frags, counters, xsks *ebpf.Map) asm.Ins
 		asm.Mov.Reg(R4, R2).WithSymbol("ipv4"),
 		asm.Add.Imm(R4, 20),
 		asm.JGT.Reg(R4, R3, "unparsed"),
-		asm.LoadMem(R5, R2, 0, asm.Byte),
-		asm.Mov.Reg(R4, R5),
-		asm.RSh.Imm(R4, 4),
-		asm.JNE.Imm(R4, 4, "unparsed"),
-		asm.And.Imm(R5, 0x0f),
-		asm.JLT.Imm(R5, 5, "unparsed"),
-		asm.LSh.Imm(R5, 2),
+	)
+	in = append(in, ipv4HeaderLen()...)
+	in = append(in,
 		// A fragment (MF set or a non-zero offset): its fragment key; a
 		// later one is steered by it alone (see above).
 		asm.LoadMem(R4, R2, 6, asm.Half),
@@ -400,7 +396,7 @@ func epilogue(counters *ebpf.Map, label string, idx int32, ret asm.Instruction) 
 // anything else goes to "unparsed". R3 is data_end throughout.
 func icmpErrors() asm.Instructions {
 	R2, R3, R4, R5, R7, R9, FP := asm.R2, asm.R3, asm.R4, asm.R5, asm.R7, asm.R9, asm.RFP
-	return asm.Instructions{
+	in := asm.Instructions{
 		// IPv4: not a fragment itself; R7 the error's destination.
 		asm.JNE.Imm(R9, 0, "unparsed").WithSymbol("icmp4"),
 		asm.LoadMem(R7, R2, 16, asm.Word),
@@ -415,13 +411,9 @@ func icmpErrors() asm.Instructions {
 		asm.JNE.Imm(R4, 12, "unparsed"),
 		// The quoted IPv4 header: R5 its length; no later fragment.
 		asm.Add.Imm(R2, 8).WithSymbol("icmp4_err"),
-		asm.LoadMem(R5, R2, 0, asm.Byte),
-		asm.Mov.Reg(R4, R5),
-		asm.RSh.Imm(R4, 4),
-		asm.JNE.Imm(R4, 4, "unparsed"),
-		asm.And.Imm(R5, 0x0f),
-		asm.JLT.Imm(R5, 5, "unparsed"),
-		asm.LSh.Imm(R5, 2),
+	}
+	in = append(in, ipv4HeaderLen()...)
+	return append(in,
 		asm.LoadMem(R4, R2, 6, asm.Half),
 		asm.And.Imm(R4, be16(0x1fff)),
 		asm.JNE.Imm(R4, 0, "unparsed"),
@@ -482,5 +474,21 @@ func icmpErrors() asm.Instructions {
 		asm.LoadMem(R4, R2, 2, asm.Half),
 		asm.StoreMem(FP, sk(offRemotePort), R4, asm.Half),
 		asm.Ja.Label("lookup"),
+	)
+}
+
+// ipv4HeaderLen returns the check of the IPv4 header at R2, whose first 20
+// bytes are known to be in the packet: version 4 and IHL at least 5, or
+// "unparsed"; R5 gets the header length in bytes (20..60).
+func ipv4HeaderLen() asm.Instructions {
+	R2, R4, R5 := asm.R2, asm.R4, asm.R5
+	return asm.Instructions{
+		asm.LoadMem(R5, R2, 0, asm.Byte),
+		asm.Mov.Reg(R4, R5),
+		asm.RSh.Imm(R4, 4),
+		asm.JNE.Imm(R4, 4, "unparsed"),
+		asm.And.Imm(R5, 0x0f),
+		asm.JLT.Imm(R5, 5, "unparsed"),
+		asm.LSh.Imm(R5, 2),
 	}
 }
