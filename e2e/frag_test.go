@@ -29,7 +29,7 @@ const fragTimeout = time.Second
 // nexus), and its echoes, fragmented by netstack, reach the kernel client
 // whole, over IPv4 and IPv6; the kernel's own UDP socket on another port
 // of the same addresses still gets its fragmented datagrams (not taken by
-// the steering, nor by the nexus).
+// the steering, nor by the nexus), and its pings to those addresses.
 func TestFragments(t *testing.T) {
 	for _, d := range allDrivers {
 		t.Run(d, func(t *testing.T) {
@@ -60,11 +60,27 @@ func TestFragments(t *testing.T) {
 					bigPing(t, w.peer, netip.AddrPortFrom(kernelAddr, kernelUDP), n)
 				}
 			}
+			if d != drivers.TUN {
+				// Echo requests to the interface's addresses stay the
+				// kernel's: it answers them (the nexus is not asked to).
+				nettest.RequireCommand(t, "ping")
+				for _, a := range []netip.Addr{w.user4, w.user6} {
+					ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+					out, err := w.peer.Command(ctx, "ping", "-c", "1", "-W", "2", a.String()).CombinedOutput()
+					cancel()
+					if err != nil {
+						t.Fatalf("ping %v: %v: %s", a, err, out)
+					}
+				}
+			}
 			st, err := w.nx.Stats()
 			if err != nil {
 				t.Fatal(err)
 			}
 			t.Logf("reassembled %d datagrams; reassembler %+v", st.Switch.Reassembled, st.Switch.Reassembly)
+			if st.Switch.Answers != (flowswitch.AnswerStats{}) && d != drivers.TUN {
+				t.Errorf("the nexus answered as a host on %s, where the kernel owns the addresses: %+v", d, st.Switch.Answers)
+			}
 			if min := uint64(2 * len(sizes)); st.Switch.Reassembled < min {
 				t.Errorf("the nexus delivered %d reassembled datagrams, want at least %d", st.Switch.Reassembled, min)
 			}
