@@ -9,6 +9,7 @@ import (
 	"github.com/skylane/skylane/channel"
 	"github.com/skylane/skylane/flow"
 	"github.com/skylane/skylane/flowswitch"
+	"github.com/skylane/skylane/internal/fuzzbytes"
 	"github.com/skylane/skylane/packet"
 	"github.com/skylane/skylane/packet/packettest"
 )
@@ -187,4 +188,98 @@ func TestTxFragments(t *testing.T) {
 	if d := r.sw.Stats().TxDrops; d.Fragment != 3 {
 		t.Fatalf("TxDrops.Fragment = %d, want 3 (%+v)", d.Fragment, d)
 	}
+}
+
+// FuzzRxFragments feeds the switch fragments of UDP datagrams to a claimed
+// port and to an unclaimed one, both families, at any offsets, lengths,
+// flags and identifications, and checks what the app gets: only whole
+// datagrams of its flow, each as fragments that tile it in order, without
+// gap or overlap (the invariant of the package doc), or unfragmented packets.
+func FuzzRxFragments(f *testing.F) {
+	f.Add([]byte{0, 1, 0, 180, 1, 1, 1, 180, 0, 1, 2, 100, 2})
+	f.Add([]byte{3, 5, 0, 90, 1, 3, 5, 1, 90, 0, 7, 5, 0, 90, 0})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r := newRig(t, flowswitch.Options{}, channel.Options{})
+		for _, a := range []netip.Addr{localIP, localIP6} {
+			k := packet.MakeKey(packet.ProtoUDP, netip.AddrPortFrom(a, 7), netip.AddrPort{})
+			if _, err := r.sw.Register(r.ports[0], k, flow.Listener3); err != nil {
+				t.Fatal(err)
+			}
+		}
+		in := fuzzbytes.New(data)
+		var frames [][]byte
+		for !in.Done() && len(frames) < 64 {
+			op := in.Byte()
+			local, remote := localIP, remoteIP
+			if op&1 != 0 {
+				local, remote = localIP6, remoteIP6
+			}
+			dport := uint16(7)
+			if op&2 != 0 {
+				dport = 9
+			}
+			id := uint32(in.Byte() & 3)
+			idx := int(in.Byte() % 8)
+			size := 8 + int(in.Byte())*8
+			dg := packettest.Frame{Src: netip.AddrPortFrom(remote, 40000), Dst: netip.AddrPortFrom(local, dport),
+				Proto: packet.ProtoUDP, Payload: bytes.Repeat([]byte{byte(id)}, 1200), ID: uint16(id)}
+			frs := packettest.Fragment(dg.Bytes(), packet.Ethernet, size, id)
+			if len(frs) == 0 {
+				continue
+			}
+			fr := slices.Clone(frs[idx%len(frs)])
+			if c := in.Byte(); c&0x80 != 0 { // a corrupt offset or MF flag
+				var p packet.Parsed
+				if packet.Parse(fr, packet.Ethernet, &p) == nil {
+					if p.IPVersion == 4 {
+						fr[packettest.EthLen+7] ^= c & 0x7f
+					} else {
+						fr[p.L4Off-5] ^= c & 0x7f
+					}
+				}
+			}
+			frames = append(frames, fr)
+		}
+		for len(frames) > 0 {
+			n := min(len(frames), flowswitch.DefaultBatch)
+			r.write(t, frames[:n]...)
+			frames = frames[n:]
+			if _, err := r.sw.RxOnce(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// What the app got: runs of fragments, each a whole datagram.
+		at, id := 0, uint32(0)
+		for i, b := range r.rawDrain(t, 0) {
+			var p packet.Parsed
+			if err := packet.Parse(b, packet.RawIP, &p); err != nil {
+				t.Fatalf("packet %d: %v", i, err)
+			}
+			if !p.IsFragment() { // a datagram that fit one frame
+				if at != 0 {
+					t.Fatalf("packet %d interleaves a datagram's fragments", i)
+				}
+				continue
+			}
+			if p.FragOff == 0 {
+				if at != 0 {
+					t.Fatalf("packet %d starts a datagram before the last one ended", i)
+				}
+				if !p.HasL4 || p.DstPort != 7 {
+					t.Fatalf("packet %d: a datagram to port %d reached the app", i, p.DstPort)
+				}
+				id = p.ID
+			}
+			if int(p.FragOff) != at || p.ID != id {
+				t.Fatalf("packet %d: offset %d id %d, want %d id %d", i, p.FragOff, p.ID, at, id)
+			}
+			at += p.L3Off + p.IPLen - p.L4Off
+			if !p.MoreFrags {
+				at = 0
+			}
+		}
+		if at != 0 {
+			t.Fatal("the app got part of a datagram")
+		}
+	})
 }
