@@ -126,14 +126,7 @@ func TestNexusDaemon(t *testing.T) {
 				}
 			}()
 
-			dir := sharedDir(t)
-			pol := filepath.Join(dir, "policy.toml")
-			if err := os.WriteFile(pol, []byte(daemonPolicy), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			sock := filepath.Join(dir, "nexus.sock")
-			args := []string{"nexus", "--driver", d, "--dev", v.LocalName, "--peer-mac", v.PeerMAC.String(),
-				"--socket", sock, "--socket-group", fmt.Sprint(socketGroup), "--policy", pol}
+			args, sock := nexusdArgs(t, d, v)
 			nx := startProc(t, v.Local.Command, bin, args, `msg="nexus started"`)
 			capt := startCapture(t, v.Peer, v.PeerName)
 

@@ -26,6 +26,7 @@ import (
 	"github.com/skylane/skylane/netif/steer"
 	"github.com/skylane/skylane/nexus"
 	"github.com/skylane/skylane/nexus/inproc"
+	"github.com/skylane/skylane/packet"
 )
 
 // TestMain fails the run if a netstack buffer is still referenced once
@@ -92,6 +93,7 @@ type world struct {
 	link netif.Link
 	nx   *nexus.Nexus
 	kp   *drivers.KernelPorts
+	res  *drivers.Reserver // the apps' listener ports in the kernel (Ethernet drivers)
 	st   *client.Stack
 }
 
@@ -138,23 +140,49 @@ func newWorldWith(t *testing.T, driver string, swo flowswitch.Options) *world {
 		}
 	}
 	addrs := []netip.Addr{w.user4, w.user6}
+	var eph [2]uint16
 	err := w.local.Do(func() (err error) {
 		if w.link, err = drivers.Open(spec); err != nil {
 			return err
 		}
-		w.kp, err = drivers.NewKernelPorts(addrs)
+		if w.kp, err = drivers.NewKernelPorts(addrs); err != nil {
+			return err
+		}
+		if w.veth != nil {
+			eph, _ = drivers.AppEphemeral() // the namespace's kernel range
+			w.res, err = drivers.NewReserver(w.veth.LocalIndex)
+		}
 		return err
 	})
 	if err != nil {
 		if w.link != nil {
 			w.link.Close()
 		}
+		if w.kp != nil {
+			w.kp.Close()
+		}
 		t.Fatalf("open %s: %v", driver, err)
 	}
 	swo.PortTaken = w.kp.Taken
-	if w.nx, err = nexus.New(nexus.Options{Link: w.link, Addrs: addrs, Switch: swo}); err != nil {
+	no := nexus.Options{Link: w.link, Addrs: addrs, Switch: swo}
+	if w.res != nil {
+		// As skylane serve and nexus do: one port namespace with the
+		// kernel.
+		no.Reserve = func(k packet.Key) (nexus.Reservation, error) {
+			r, err := w.res.Reserve(k)
+			if err != nil {
+				return nil, err
+			}
+			return r, nil
+		}
+		no.Ephemeral = eph
+	}
+	if w.nx, err = nexus.New(no); err != nil {
 		w.link.Close()
 		w.kp.Close()
+		if w.res != nil {
+			w.res.Close()
+		}
 		t.Fatalf("nexus on %s: %v", driver, err)
 	}
 	t.Cleanup(func() {
@@ -162,6 +190,9 @@ func newWorldWith(t *testing.T, driver string, swo flowswitch.Options) *world {
 			t.Errorf("close nexus: %v", err)
 		}
 		w.kp.Close()
+		if w.res != nil {
+			w.res.Close()
+		}
 		w.checkDetached(t)
 	})
 	t.Cleanup(func() {

@@ -11,6 +11,7 @@ import (
 	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/netif/drivers"
 	"github.com/skylane/skylane/nexus"
+	"github.com/skylane/skylane/packet"
 )
 
 // linkConfig is the device a nexus owns, as the commands' flags give it.
@@ -31,6 +32,7 @@ type ownedNexus struct {
 	link  netif.Link // until the nexus owns it
 	nx    *nexus.Nexus
 	kp    *drivers.KernelPorts // nil for tun and memif: no kernel shares the device
+	res   *drivers.Reserver    // the apps' listener ports in the kernel; nil as kp
 	addrs []netip.Addr
 	dev   string // the device's name (a TUN device's is the kernel's choice)
 	index int    // the device's interface index, 0 for memif
@@ -50,6 +52,7 @@ func openNexus(c linkConfig, notes io.Writer) (_ *ownedNexus, err error) {
 		}
 	}()
 	swo := flowswitch.Options{}
+	var eph [2]uint16 // apps' ephemeral ports: their stack's default without a kernel
 	if c.regulation {
 		swo.Regulation = &flowswitch.RegulationOptions{}
 	}
@@ -107,6 +110,16 @@ func openNexus(c linkConfig, notes io.Writer) (_ *ownedNexus, err error) {
 			}
 		}
 		swo.PortTaken = o.kp.Taken
+		// One port namespace with the kernel: the apps' listener ports
+		// are reserved in it, their dials take ports outside its
+		// ephemeral range.
+		if o.res, err = drivers.NewReserver(o.index); err != nil {
+			return nil, err
+		}
+		var ok bool
+		if eph, ok = drivers.AppEphemeral(); !ok {
+			fmt.Fprintf(notes, "note: the kernel's ephemeral port range %d-%d leaves apps no range of their own: their outgoing connections share it, and may collide with the kernel's\n", eph[0], eph[1])
+		}
 	}
 	if o.link, err = drivers.Open(spec); err != nil {
 		return nil, err
@@ -117,7 +130,17 @@ func openNexus(c linkConfig, notes io.Writer) (_ *ownedNexus, err error) {
 			o.index = ifc.Index
 		}
 	}
-	nx, err := nexus.New(nexus.Options{Link: o.link, Addrs: o.addrs, Switch: swo})
+	no := nexus.Options{Link: o.link, Addrs: o.addrs, Switch: swo, Ephemeral: eph}
+	if o.res != nil {
+		no.Reserve = func(k packet.Key) (nexus.Reservation, error) {
+			r, err := o.res.Reserve(k)
+			if err != nil {
+				return nil, err // not a typed nil
+			}
+			return r, nil
+		}
+	}
+	nx, err := nexus.New(no)
 	if err != nil {
 		return nil, err
 	}
@@ -163,6 +186,9 @@ func (o *ownedNexus) close() error {
 	}
 	if o.kp != nil {
 		errs = append(errs, o.kp.Close())
+	}
+	if o.res != nil {
+		errs = append(errs, o.res.Close()) // the nexus closed its reservations
 	}
 	return errors.Join(errs...)
 }
