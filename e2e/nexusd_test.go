@@ -251,7 +251,7 @@ func TestNexusDaemonLinkGone(t *testing.T) {
 	bin := skylaneBinary(t)
 	v := nettest.NewVeth(t, nettest.VethOptions{})
 	sock := filepath.Join(sharedDir(t), "nexus.sock")
-	args := []string{"nexus", "--driver", drivers.AFPacket, "--dev", v.LocalName, "--peer-mac", v.PeerMAC.String(), "--socket", sock}
+	args := []string{"nexus", "--driver", drivers.AFPacket, "--dev", v.LocalName, "--socket", sock}
 	nx := startProc(t, v.Local.Command, bin, args, `msg="nexus started"`)
 
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)

@@ -158,7 +158,7 @@ func TestPortNamespaceKill(t *testing.T) {
 				wireChecksums(t, v)
 			}
 			// skylane serve, kill -9.
-			p := startServeProc(t, v.Local, bin, "--driver", d, "--dev", v.LocalName, "--addr", "198.18.0.1:8080", "--peer-mac", v.PeerMAC.String())
+			p := startServeProc(t, v.Local, bin, "--driver", d, "--dev", v.LocalName, "--addr", "198.18.0.1:8080")
 			checkBinds(t, v.Local, []string{"tcp4 0.0.0.0", "tcp4 198.18.0.1", "tcp [::]"}, 8080, true)
 			for _, from := range []*nettest.NS{v.Local, v.Peer} {
 				if out := curl(t, from, "http://198.18.0.1:8080/"); !strings.HasPrefix(out, "hello from skylane") {
@@ -206,6 +206,6 @@ func nexusdArgs(t *testing.T, d string, v *nettest.Veth) (args []string, sock st
 		t.Fatal(err)
 	}
 	sock = filepath.Join(dir, "nexus.sock")
-	return []string{"nexus", "--driver", d, "--dev", v.LocalName, "--peer-mac", v.PeerMAC.String(),
+	return []string{"nexus", "--driver", d, "--dev", v.LocalName,
 		"--socket", sock, "--socket-group", fmt.Sprint(socketGroup), "--policy", pol}, sock
 }

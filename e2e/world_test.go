@@ -20,6 +20,8 @@ import (
 	"github.com/skylane/skylane/client"
 	"github.com/skylane/skylane/flowswitch"
 	"github.com/skylane/skylane/internal/nettest"
+	"github.com/skylane/skylane/neigh"
+	"github.com/skylane/skylane/neigh/kernel"
 	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/netif/afxdp"
 	"github.com/skylane/skylane/netif/drivers"
@@ -93,6 +95,7 @@ type world struct {
 	link netif.Link
 	nx   *nexus.Nexus
 	kp   *drivers.KernelPorts
+	nh   *kernel.Follower  // next hops from the kernel's tables; nil on TUN
 	res  *drivers.Reserver // the apps' listener ports in the kernel (Ethernet drivers)
 	st   *client.Stack
 }
@@ -129,9 +132,9 @@ func newWorldWith(t *testing.T, driver string, swo flowswitch.Options) *world {
 		w.user4, w.user6 = v.LocalAddr.Addr(), v.LocalAddr6.Addr()
 		w.peer4, w.peer6 = v.PeerAddr.Addr(), v.PeerAddr6.Addr()
 		spec = drivers.Spec{Driver: driver, Dev: w.dev}
-		// Until the flowswitch resolves neighbours, the peer's MAC is
-		// static: a veth has exactly one neighbour.
-		swo.SrcMAC, swo.DstMAC = [6]byte(v.LocalMAC), [6]byte(v.PeerMAC)
+		// Next hops as skylane serve resolves them: through the
+		// kernel's tables (neigh/kernel), no static MAC.
+		swo.SrcMAC = [6]byte(v.LocalMAC)
 		if driver == drivers.AFXDP {
 			// AF_PACKET completes the peer's partial checksums and
 			// splits its super packets (virtio headers); AF_XDP
@@ -150,7 +153,11 @@ func newWorldWith(t *testing.T, driver string, swo flowswitch.Options) *world {
 		}
 		if w.veth != nil {
 			eph, _ = drivers.AppEphemeral() // the namespace's kernel range
-			w.res, err = drivers.NewReserver(w.veth.LocalIndex)
+			if w.res, err = drivers.NewReserver(w.veth.LocalIndex); err != nil {
+				return err
+			}
+			w.nh, err = kernel.Follow(kernel.Options{LinkIndex: w.veth.LocalIndex,
+				Routes: neigh.RoutesOptions{MAC: neigh.MAC(w.veth.LocalMAC)}})
 		}
 		return err
 	})
@@ -161,7 +168,13 @@ func newWorldWith(t *testing.T, driver string, swo flowswitch.Options) *world {
 		if w.kp != nil {
 			w.kp.Close()
 		}
+		if w.res != nil {
+			w.res.Close()
+		}
 		t.Fatalf("open %s: %v", driver, err)
+	}
+	if w.nh != nil {
+		swo.Neighbors = w.nh.Routes()
 	}
 	swo.PortTaken = w.kp.Taken
 	no := nexus.Options{Link: w.link, Addrs: addrs, Switch: swo}
@@ -183,6 +196,9 @@ func newWorldWith(t *testing.T, driver string, swo flowswitch.Options) *world {
 		if w.res != nil {
 			w.res.Close()
 		}
+		if w.nh != nil {
+			w.nh.Close()
+		}
 		t.Fatalf("nexus on %s: %v", driver, err)
 	}
 	t.Cleanup(func() {
@@ -192,6 +208,11 @@ func newWorldWith(t *testing.T, driver string, swo flowswitch.Options) *world {
 		w.kp.Close()
 		if w.res != nil {
 			w.res.Close()
+		}
+		if w.nh != nil {
+			if err := w.nh.Close(); err != nil {
+				t.Errorf("close next-hop follower: %v", err)
+			}
 		}
 		w.checkDetached(t)
 	})

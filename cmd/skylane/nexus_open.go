@@ -4,10 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 
 	"github.com/skylane/skylane/flowswitch"
+	"github.com/skylane/skylane/neigh"
+	"github.com/skylane/skylane/neigh/kernel"
 	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/netif/drivers"
 	"github.com/skylane/skylane/nexus"
@@ -24,6 +27,9 @@ type linkConfig struct {
 	// checkPorts, if set, looks at the kernel's sockets before the link
 	// is opened (afxdp, afpacket).
 	checkPorts func(*drivers.KernelPorts) error
+	// log gets the next-hop follower's warnings; nil writes them as text
+	// lines to openNexus's notes.
+	log *slog.Logger
 }
 
 // ownedNexus is a nexus on a device, with what it needs: the parts
@@ -33,6 +39,7 @@ type ownedNexus struct {
 	nx    *nexus.Nexus
 	kp    *drivers.KernelPorts // nil for tun and memif: no kernel shares the device
 	res   *drivers.Reserver    // the apps' listener ports in the kernel; nil as kp
+	nh    *kernel.Follower     // next hops from the kernel's tables; nil for tun, memif and --peer-mac
 	addrs []netip.Addr
 	dev   string // the device's name (a TUN device's is the kernel's choice)
 	index int    // the device's interface index, 0 for memif
@@ -46,6 +53,9 @@ func openNexus(c linkConfig, notes io.Writer) (_ *ownedNexus, err error) {
 		return nil, err
 	}
 	o := &ownedNexus{}
+	if c.log == nil {
+		c.log = slog.New(slog.NewTextHandler(notes, nil))
+	}
 	defer func() {
 		if err != nil {
 			o.close() // what was made so far
@@ -56,7 +66,7 @@ func openNexus(c linkConfig, notes io.Writer) (_ *ownedNexus, err error) {
 	if c.regulation {
 		swo.Regulation = &flowswitch.RegulationOptions{}
 	}
-	cfg := serveConfig{host: c.host, peerMAC: c.peerMAC, tunAddr: c.tunAddr}
+	cfg := serveConfig{host: c.host, tunAddr: c.tunAddr}
 	switch c.driver {
 	case drivers.TUN, drivers.Memif:
 		if !c.host.IsValid() {
@@ -89,13 +99,26 @@ func openNexus(c linkConfig, notes io.Writer) (_ *ownedNexus, err error) {
 				return nil, err
 			}
 			o.addrs = []netip.Addr{c.host}
-			break // no kernel stack shares the address: no kernel ports
+			break // no kernel stack shares the address: no kernel ports, no reservations
 		}
 		if o.addrs, err = interfaceAddrs(ifc, c.host); err != nil {
 			return nil, err
 		}
-		if swo.DstMAC, err = serveNextHop(cfg, ifc); err != nil {
-			return nil, err
+		if c.peerMAC != "" {
+			if swo.DstMAC, err = parsePeerMAC(c.peerMAC); err != nil {
+				return nil, err
+			}
+		} else {
+			// The kernel shares the interface and its addresses: it
+			// answers ARP and NDP for them, so its neighbour table is the
+			// one to follow, and its routing table gives the gateways.
+			o.nh, err = kernel.Follow(kernel.Options{LinkIndex: ifc.Index,
+				Routes: neigh.RoutesOptions{MAC: neigh.MAC(ifc.HardwareAddr)},
+				Log:    c.log})
+			if err != nil {
+				return nil, err
+			}
+			swo.Neighbors = o.nh.Routes()
 		}
 		if c.driver == drivers.AFXDP && isVeth(c.dev) {
 			fmt.Fprintf(notes, "note: %s is a veth: its peer must send complete checksums and no TSO super packets (ethtool -K PEER tx off), as a wire does; XDP sees frames as the peer wrote them\n", c.dev)
@@ -164,11 +187,10 @@ func tapSwitch(c linkConfig, ifc *net.Interface, swo *flowswitch.Options) error 
 			c.dev, kernel, c.dev)
 	}
 	if c.peerMAC != "" {
-		m, err := net.ParseMAC(c.peerMAC)
-		if err != nil || len(m) != 6 {
-			return fmt.Errorf("--peer-mac %q: not a 6-byte MAC (e.g. 02:00:00:00:00:02)", c.peerMAC)
+		var err error
+		if swo.DstMAC, err = parsePeerMAC(c.peerMAC); err != nil {
+			return err
 		}
-		swo.DstMAC = [6]byte(m)
 	}
 	swo.AnswerAsHost = true
 	return nil
@@ -189,6 +211,9 @@ func (o *ownedNexus) close() error {
 	}
 	if o.res != nil {
 		errs = append(errs, o.res.Close()) // the nexus closed its reservations
+	}
+	if o.nh != nil {
+		errs = append(errs, o.nh.Close()) // after the nexus: its switch asks it
 	}
 	return errors.Join(errs...)
 }
