@@ -30,13 +30,13 @@ const farMTU = 1280
 // server on the far host over IPv4 and IPv6: its first full-size segments
 // are refused by the router, whose ICMP "fragmentation needed" / ICMPv6
 // "packet too big" the nexus steers to the app by the flow it quotes, and
-// the transfer completes at the smaller size. (The next hop is the
-// world's static peer MAC: the router.)
+// the transfer completes at the smaller size. (The nexus finds the
+// router as the next hop in the local kernel's routes.)
 func TestPathMTU(t *testing.T) {
 	for _, d := range ethDrivers {
 		t.Run(d, func(t *testing.T) {
 			w := newWorld(t, d)
-			far := farSubnet(t, w.peer)
+			far := farSubnet(t, w)
 			var ln net.Listener
 			if err := far.Do(func() (err error) {
 				ln, err = net.Listen("tcp", fmt.Sprintf(":%d", peerPort))
@@ -97,12 +97,14 @@ func TestPathMTU(t *testing.T) {
 	}
 }
 
-// farSubnet makes router (a namespace with a link toward the nexus) a
-// router to a new namespace, returned, over a veth whose router end has
-// MTU farMTU: forwarding on, far4/far6 on the far end with default routes
-// through router4/router6. Everything goes with the namespaces.
-func farSubnet(t *testing.T, router *nettest.NS) *nettest.NS {
+// farSubnet makes the world's peer a router to a new namespace, returned,
+// over a veth whose router end has MTU farMTU: forwarding on, far4/far6
+// on the far end with default routes through router4/router6, and routes
+// to the far subnet through the peer in the local namespace (the nexus
+// follows the kernel's routes). Everything goes with the namespaces.
+func farSubnet(t *testing.T, w *world) *nettest.NS {
 	t.Helper()
+	router := w.peer
 	far := nettest.NewNS(t)
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
@@ -124,5 +126,7 @@ func farSubnet(t *testing.T, router *nettest.NS) *nettest.NS {
 	run(far, "ip", "link", "set", "lo", "up")
 	run(far, "ip", "route", "add", "default", "via", router4.Addr().String())
 	run(far, "ip", "-6", "route", "add", "default", "via", router6.Addr().String())
+	run(w.local, "ip", "route", "add", router4.Masked().String(), "via", w.peer4.String())
+	run(w.local, "ip", "-6", "route", "add", router6.Masked().String(), "via", w.peer6.String())
 	return far
 }
