@@ -97,7 +97,7 @@ func TestFragments(t *testing.T) {
 func TestHostileFragments(t *testing.T) {
 	for _, d := range allDrivers {
 		t.Run(d, func(t *testing.T) {
-			nettest.RequireCommand(t, scapyPython)
+			python := scapyPython(t)
 			w := newWorldWith(t, d, flowswitch.Options{Reassembly: &reassembly.Options{Timeout: fragTimeout}})
 			pc, err := w.st.ListenPacket("udp", fmt.Sprintf(":%d", userUDP))
 			if err != nil {
@@ -127,7 +127,7 @@ func TestHostileFragments(t *testing.T) {
 					{"oversize", func(s flowswitch.Stats) uint64 { return s.ParseDrops[packet.ReasonBadFragment] }},
 				} {
 					before := c.counter(stats())
-					scapy(t, w.peer, w.capIf, c.kind, a, userUDP)
+					scapy(t, python, w.peer, w.capIf, c.kind, a, userUDP)
 					deadline := time.Now().Add(fragTimeout + opTimeout/4)
 					for c.counter(stats()) == before && time.Now().Before(deadline) {
 						time.Sleep(50 * time.Millisecond) // the nexus's timer and datapath run on their own
@@ -143,7 +143,7 @@ func TestHostileFragments(t *testing.T) {
 			}
 			rsts := kernelResets(t, w.local)
 			before := stats()
-			if out := scapy(t, w.peer, w.capIf, "tinysyn", w.user4, userPort); out != "synack" {
+			if out := scapy(t, python, w.peer, w.capIf, "tinysyn", w.user4, userPort); out != "synack" {
 				after := stats()
 				t.Errorf("fragmented SYN to the user-space port: %q, want a SYN-ACK (nexus: %d datagrams reassembled, %d packets sent meanwhile)",
 					out, after.Reassembled-before.Reassembled, after.TxPackets-before.TxPackets)
@@ -232,16 +232,12 @@ elif kind == 'tinysyn':
 print('sent')
 `
 
-// scapyPython is the Python Debian's python3-scapy is installed for (a
-// python3 earlier in PATH, such as pyenv's, may not have it).
-const scapyPython = "/usr/bin/python3"
-
-// scapy runs scapyFrags in ns and returns what it printed, trimmed.
-func scapy(t *testing.T, ns *nettest.NS, iface, kind string, dst netip.Addr, port int) string {
+// scapy runs scapyFrags with python (scapyPython) in ns and returns what it printed, trimmed.
+func scapy(t *testing.T, python string, ns *nettest.NS, iface, kind string, dst netip.Addr, port int) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
-	out, err := ns.Command(ctx, scapyPython, "-c", scapyFrags, kind, dst.String(), fmt.Sprint(port), iface).CombinedOutput()
+	out, err := ns.Command(ctx, python, "-c", scapyFrags, kind, dst.String(), fmt.Sprint(port), iface).CombinedOutput()
 	if err != nil {
 		t.Fatalf("scapy %s to %v: %v: %s", kind, dst, err, out)
 	}
