@@ -277,23 +277,23 @@ func (res *Reservation) proto() uint8 {
 	return packet.ProtoUDP
 }
 
-// Close gives the port back to the kernel. It shuts the socket down
-// first, which also stops the duplicates Host handed out: an app's
-// Accept on a TCP one fails at once, a read on a UDP one returns no
-// datagram (zero bytes, no source address). A duplicate its app did not
-// close still holds the port bound until it is closed, as any socket of
-// the app's own would; the client library closes it when its listener
-// or packet conn closes or its nexus goes. Safe to call more than once.
+// Close gives the port back to the kernel. A TCP reservation stops
+// listening first (shutdown), which also stops the duplicates Listener
+// handed out: an app's Accept on one fails at once. (A shutdown would not
+// wake a reader of an unconnected UDP socket: its duplicates just stay.)
+// A duplicate its app did not close still holds the port bound until it
+// is closed, as any socket of the app's own would; the client library
+// closes it when its listener or packet conn closes or its nexus goes.
+// Safe to call more than once.
 func (res *Reservation) Close() error {
 	res.mu.Lock()
 	defer res.mu.Unlock()
 	if res.fd < 0 {
 		return nil
 	}
-	// On a listener, or an unconnected UDP socket (ENOTCONN, but the
-	// shutdown is done and readers are woken all the same): nothing to
-	// do on error.
-	unix.Shutdown(res.fd, unix.SHUT_RDWR)
+	if res.tcp {
+		unix.Shutdown(res.fd, unix.SHUT_RDWR) // ENOTCONN-free on a listener; nothing to do on error
+	}
 	err := unix.Close(res.fd)
 	res.fd = -1
 	return err
