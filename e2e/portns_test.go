@@ -127,6 +127,14 @@ func TestOnePortNamespace(t *testing.T) {
 				t.Errorf("curl %v:%d from the server's namespace: %q", w.user4, userPort+1, out)
 			}
 			udpPing(t, w.peer, netip.AddrPortFrom(w.user4, userUDP))
+			// This host's datagrams go through the kernel's loopback to
+			// the reservation, and on to the app, which answers through
+			// it; the peer's still come over the device.
+			for _, a := range []netip.Addr{w.user4, w.user6, netip.IPv6Loopback(), netip.AddrFrom4([4]byte{127, 0, 0, 1})} {
+				udpPing(t, w.local, netip.AddrPortFrom(a, userUDP))
+				bigPing(t, w.local, netip.AddrPortFrom(a, userUDP), 8192)
+			}
+			udpPing(t, w.peer, netip.AddrPortFrom(w.user6, userUDP))
 
 			for _, c := range []interface{ Close() error }{ln, ln1, pc} {
 				c.Close()
@@ -174,13 +182,17 @@ func TestPortNamespaceKill(t *testing.T) {
 			args, sock := nexusdArgs(t, d, v)
 			nx := startProc(t, v.Local.Command, bin, args, `msg="nexus started"`)
 			a := daemonApps[0]
-			cfg := appConfig{Name: a.cfg.Name, Listen: a.cfg.Listen} // 198.18.0.1:8081
+			cfg := appConfig{Name: a.cfg.Name, Listen: a.cfg.Listen, Echo: "198.18.0.1:5305"} // 198.18.0.1:8081
 			binds := []string{"tcp4 0.0.0.0", "tcp4 198.18.0.1", "tcp [::]"}
 			for round := range 2 {
 				ap := startApp(t, app, a.uid, sock, cfg)
 				checkBinds(t, v.Local, binds, 8081, true)
 				checkCurl(t, v.Peer, cfg, a.uid)
 				checkCurl(t, v.Local, cfg, a.uid) // from the nexus's host: through the app's host listener
+				checkBinds(t, v.Local, []string{"udp4 0.0.0.0", "udp4 198.18.0.1", "udp [::]"}, 5305, true)
+				for _, from := range []*nettest.NS{v.Peer, v.Local} { // the local one through the app's host socket
+					udpPing(t, from, netip.MustParseAddrPort(cfg.Echo))
+				}
 				if round == 0 {
 					ap.kill(t)
 					waitSessionGone(t, bin, sock, ap.cmd.Process.Pid)
