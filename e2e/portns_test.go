@@ -42,14 +42,15 @@ func checkBinds(t *testing.T, ns *nettest.NS, binds []string, port int, held boo
 	}
 }
 
-// waitBindable waits until a kernel socket can bind 0.0.0.0:port in ns
-// (after a kill -9, for as long as the kernel takes to close the dead
-// process's sockets and the app to learn its nexus is gone), then checks
-// every bind.
+// waitBindable waits until a kernel socket can make the first of binds
+// on port in ns (after a kill -9, for as long as the kernel takes to close
+// the dead process's sockets and the app to learn its nexus is gone),
+// then checks every bind.
 func waitBindable(t *testing.T, ns *nettest.NS, binds []string, port int, what string) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
-	for nettest.KernelBind(ns, "tcp4", fmt.Sprintf("0.0.0.0:%d", port), false) != nil {
+	network, host, _ := strings.Cut(binds[0], " ")
+	for nettest.KernelBind(ns, network, fmt.Sprintf("%s:%d", host, port), false) != nil {
 		if time.Now().After(deadline) {
 			t.Errorf("port %d still held 5 s after %s", port, what)
 			return
@@ -184,12 +185,13 @@ func TestPortNamespaceKill(t *testing.T) {
 			a := daemonApps[0]
 			cfg := appConfig{Name: a.cfg.Name, Listen: a.cfg.Listen, Echo: "198.18.0.1:5305"} // 198.18.0.1:8081
 			binds := []string{"tcp4 0.0.0.0", "tcp4 198.18.0.1", "tcp [::]"}
+			udpBinds := []string{"udp4 0.0.0.0", "udp4 198.18.0.1", "udp [::]"}
 			for round := range 2 {
 				ap := startApp(t, app, a.uid, sock, cfg)
 				checkBinds(t, v.Local, binds, 8081, true)
 				checkCurl(t, v.Peer, cfg, a.uid)
 				checkCurl(t, v.Local, cfg, a.uid) // from the nexus's host: through the app's host listener
-				checkBinds(t, v.Local, []string{"udp4 0.0.0.0", "udp4 198.18.0.1", "udp [::]"}, 5305, true)
+				checkBinds(t, v.Local, udpBinds, 5305, true)
 				for _, from := range []*nettest.NS{v.Peer, v.Local} { // the local one through the app's host socket
 					udpPing(t, from, netip.MustParseAddrPort(cfg.Echo))
 				}
@@ -197,10 +199,14 @@ func TestPortNamespaceKill(t *testing.T) {
 					ap.kill(t)
 					waitSessionGone(t, bin, sock, ap.cmd.Process.Pid)
 					waitBindable(t, v.Local, binds, 8081, "kill -9 of the app")
+					waitBindable(t, v.Local, udpBinds, 5305, "kill -9 of the app")
 					continue
 				}
 				nx.kill(t)
 				waitBindable(t, v.Local, binds, 8081, "kill -9 of the nexus")
+				// The app closes its host sockets once it learns its
+				// nexus is gone.
+				waitBindable(t, v.Local, udpBinds, 5305, "kill -9 of the nexus")
 				ap.kill(t)
 			}
 		})
