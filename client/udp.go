@@ -135,13 +135,9 @@ func (c *udpConn) readEither(b []byte) (int, net.Addr, error) {
 	var (
 		entry waiter.Entry
 		ready <-chan struct{}
-		timer *time.Timer
+		timer waitTimer
 	)
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
+	defer timer.stop()
 	for {
 		dl, changed := c.rdl.get()
 		if !dl.IsZero() && !time.Now().Before(dl) {
@@ -169,21 +165,12 @@ func (c *udpConn) readEither(b []byte) (int, net.Addr, error) {
 			defer c.wq.EventUnregister(&entry)
 			continue // try again: a datagram may have come before we registered
 		}
-		var fire <-chan time.Time
-		if !dl.IsZero() {
-			if timer == nil {
-				timer = time.NewTimer(time.Until(dl))
-			} else {
-				timer.Reset(time.Until(dl))
-			}
-			fire = timer.C
-		}
 		select {
 		case <-ready:
 		case d := <-c.host.in:
 			return copy(b, d.b), net.UDPAddrFromAddrPort(d.from), nil
 		case <-changed:
-		case <-fire:
+		case <-timer.at(dl):
 		}
 	}
 }
@@ -249,13 +236,9 @@ func (c *udpConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 		r     bytes.Reader
 		entry waiter.Entry
 		ready <-chan struct{}
-		timer *time.Timer
+		timer waitTimer
 	)
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
+	defer timer.stop()
 	for {
 		dl := c.wdl.Load()
 		if dl != 0 && time.Now().UnixNano() >= dl {
@@ -277,12 +260,7 @@ func (c *udpConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 		}
 		var fire <-chan time.Time
 		if dl != 0 {
-			if timer == nil {
-				timer = time.NewTimer(time.Until(time.Unix(0, dl)))
-			} else {
-				timer.Reset(time.Until(time.Unix(0, dl)))
-			}
-			fire = timer.C
+			fire = timer.at(time.Unix(0, dl))
 		}
 		select {
 		case <-ready:

@@ -139,3 +139,26 @@ func (d *readDeadline) get() (time.Time, <-chan struct{}) {
 	defer d.mu.Unlock()
 	return d.t, d.changed
 }
+
+// waitTimer is the timer of a wait loop's deadline, reused from one round
+// to the next; stop it when the loop ends.
+type waitTimer struct{ t *time.Timer }
+
+// at returns a channel that fires at dl, or nil (never) for the zero time.
+func (w *waitTimer) at(dl time.Time) <-chan time.Time {
+	if dl.IsZero() {
+		return nil
+	}
+	if w.t == nil {
+		w.t = time.NewTimer(time.Until(dl))
+	} else {
+		w.t.Reset(time.Until(dl))
+	}
+	return w.t.C
+}
+
+func (w *waitTimer) stop() {
+	if w.t != nil {
+		w.t.Stop()
+	}
+}

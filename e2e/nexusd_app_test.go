@@ -113,16 +113,7 @@ func runApp(c appConfig) error {
 		if err != nil {
 			return fmt.Errorf("listen on its own UDP port %s: %w", c.Echo, err)
 		}
-		go func() { // until the app exits
-			buf := make([]byte, 65536)
-			for {
-				n, from, err := pc.ReadFrom(buf)
-				if err != nil {
-					return
-				}
-				pc.WriteTo(buf[:n], from)
-			}
-		}()
+		go echoUntilClosed(pc) // until the app exits
 	}
 	fmt.Printf("app: ready uid=%d pid=%d\n", os.Getuid(), os.Getpid())
 	banner := fmt.Sprintf("hello from %s uid %d\n", c.Name, os.Getuid())
