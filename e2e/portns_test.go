@@ -227,3 +227,37 @@ func nexusdArgs(t *testing.T, d string, v *nettest.Veth) (args []string, sock st
 	return []string{"nexus", "--driver", d, "--dev", v.LocalName,
 		"--socket", sock, "--socket-group", fmt.Sprint(socketGroup), "--policy", pol}, sock
 }
+
+// TestHostUDPDeadline: a UDP socket that also reads this host's datagrams
+// (its host socket) keeps net.PacketConn's read deadlines: one that passes
+// fails the read, one set while a read waits applies to that read, and a
+// cleared one lets the next read take this host's datagram.
+func TestHostUDPDeadline(t *testing.T) {
+	w := newWorld(t, ethDrivers[1])
+	pc, err := w.st.ListenPacket("udp4", fmt.Sprintf(":%d", userUDP))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	buf := make([]byte, 64)
+	pc.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if _, _, err := pc.ReadFrom(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read past its deadline: %v, want os.ErrDeadlineExceeded", err)
+	}
+	pc.SetReadDeadline(time.Time{})
+	read := make(chan error, 1)
+	go func() { _, _, err := pc.ReadFrom(buf); read <- err }()
+	// Whether or not the read waits already, the deadline set now is its.
+	pc.SetReadDeadline(time.Now().Add(-time.Second))
+	select {
+	case err := <-read:
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("read with a deadline set while it waited: %v, want os.ErrDeadlineExceeded", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a read still waits 10 s after its deadline was set in the past")
+	}
+	pc.SetReadDeadline(time.Time{})
+	udpEcho(t, pc)
+	udpPing(t, w.local, netip.AddrPortFrom(w.user4, userUDP))
+}
