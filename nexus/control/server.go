@@ -13,10 +13,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/skylane/skylane/control"
 	"github.com/skylane/skylane/internal/peercred"
+	"github.com/skylane/skylane/internal/shm"
 	"github.com/skylane/skylane/nexus"
 	"github.com/skylane/skylane/nexus/policy"
 )
@@ -255,7 +254,7 @@ func readRequest(c *net.UnixConn, buf []byte) (control.Request, bool) {
 	// No control buffer: descriptors an app sends are closed by the
 	// kernel and the message flagged MSG_CTRUNC.
 	k, _, flags, _, err := c.ReadMsgUnix(buf, nil)
-	if err != nil || k == 0 || flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
+	if err != nil || k == 0 || shm.Truncated(flags) {
 		return control.Request{}, false
 	}
 	req, err := control.DecodeRequest(buf[:k])
