@@ -19,10 +19,10 @@ import (
 
 // demoReport is everything the demo measured, printed as text or JSON.
 type demoReport struct {
-	Flowswitch switchReport          `json:"flowswitch"`
-	HTTPS      bench.HTTPSDemoReport `json:"https"`
-	Burst      bench.Report          `json:"burst"`
-	Pools      poolReport            `json:"pools"`
+	Flowswitch switchReport `json:"flowswitch"`
+	HTTPS      httpsReport  `json:"https"`
+	Burst      bench.Report `json:"burst"`
+	Pools      poolReport   `json:"pools"`
 }
 
 // demoBurstTrial is how long each burst trial measures (after its
@@ -91,7 +91,7 @@ func buildDemo(packets int, idle, burst time.Duration) (*demoReport, error) {
 		return &rep, fmt.Errorf("demo: %d spoofed packets reached the wire", n)
 	}
 	fmt.Fprintln(os.Stderr, "https: server in a user-space stack on host A, client on host B, two nexuses on a memif wire...")
-	if rep.HTTPS, err = bench.HTTPSDemo(demoHTTPSBytes); err != nil {
+	if rep.HTTPS, err = demoHTTPS(demoHTTPSBytes); err != nil {
 		return &rep, fmt.Errorf("demo https: %w", err)
 	}
 	if h := rep.HTTPS; h.Status != 200 || !h.DigestOK || !h.IPv6OK || h.TxDrops != 0 {
