@@ -13,6 +13,7 @@ import (
 	"github.com/skylane/skylane/flow"
 	"github.com/skylane/skylane/flowswitch"
 	"github.com/skylane/skylane/netif"
+	"github.com/skylane/skylane/packet"
 	"github.com/skylane/skylane/pool"
 )
 
@@ -106,11 +107,13 @@ type Nexus struct {
 	host     *linkWaiter // the host link, or nil
 	linkErr  error       // a link failed: no more datapath
 	lastReap time.Time
-	svcDue   time.Time      // when the switch's timed work (Service) is next due
-	waiters  sync.WaitGroup // link and port waiters
-	seq      int            // ports opened, for channel names
-	limitLog burstLog       // flow limits hit
-	log      *slog.Logger   // immutable
+	svcDue   time.Time               // when the switch's timed work (Service) is next due
+	waiters  sync.WaitGroup          // link and port waiters
+	seq      int                     // ports opened, for channel names
+	limitLog burstLog                // flow limits hit
+	steered  map[packet.Key]struct{} // keys with their own entry in the link's steering map (steer.go)
+	covered  int                     // registered connected flows a steered listener's entry covers
+	log      *slog.Logger            // immutable
 }
 
 // New starts a nexus on opts.Link. It checks every option and builds the
@@ -173,6 +176,7 @@ func New(opts Options) (*Nexus, error) {
 		failed:   make(chan struct{}),
 		sw:       sw,
 		ports:    make(map[flow.PortID]*port),
+		steered:  make(map[packet.Key]struct{}),
 		lastReap: time.Now(),
 		log:      opts.Logger,
 	}
@@ -241,7 +245,13 @@ type Stats struct {
 	Switch flowswitch.Stats
 	Link   netif.Stats
 	Flows  int // active flows in the table
-	Ports  []PortStats
+	// Steered counts the flows with their own entry in the link's
+	// steering map (listeners, outgoing connections), Covered the
+	// connected flows a steered listener's entry covers (accepted
+	// connections, replies from a bound port): they cost the map
+	// nothing (steer.go).
+	Steered, Covered int
+	Ports            []PortStats
 }
 
 // PortStats are one port's figures.
@@ -275,6 +285,7 @@ func (n *Nexus) Stats() (Stats, error) {
 		st.Switch = n.sw.Stats()
 		st.Link = n.link.Stats()
 		n.sw.Do(func() { st.Flows = n.sw.Table().Len() })
+		st.Steered, st.Covered = len(n.steered), n.covered
 		for _, p := range n.order {
 			pl := p.ch.Pool()
 			ps := pl.Stats()

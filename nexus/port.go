@@ -3,7 +3,9 @@ package nexus
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -180,11 +182,20 @@ func (n *Nexus) openPort(name string, remote, attach bool, o PortOptions) (*Port
 // It returns the errors of giving the port's flows back to the kernel.
 func (n *Nexus) closePort(p *port) error {
 	n.sw.RemovePort(p.id) // tears its flows down; the switch forgets the channel
-	var errs []error
-	for k := range p.flows {
-		errs = append(errs, n.unsteerFlow(k))
-	}
+	// The port's flows leave its map first, so a listener of the port
+	// going gives none of them an entry of its own (steer.go); and its
+	// connected flows go before its listeners, while they still count
+	// as covered.
+	keys := slices.Collect(maps.Keys(p.flows))
 	clear(p.flows)
+	var errs []error
+	for _, listeners := range []bool{false, true} {
+		for _, k := range keys {
+			if isListener(k) == listeners {
+				errs = append(errs, n.unsteerFlow(k))
+			}
+		}
+	}
 	p.ch.Close()
 	if p.remote {
 		close(p.armCh)
