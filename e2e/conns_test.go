@@ -44,7 +44,6 @@ const (
 	// the last ACK of a cookie handshake (a real limit, counted in the
 	// log line below; the connection count is not lowered).
 	connDialers   = 16 / (1 + 3*raceDetectorInt)
-	connCloseRate = 1000 // closes per second per client
 	connClientEnv = "SKYLANE_E2E_CONN_CLIENT"
 )
 
@@ -210,6 +209,12 @@ func TestManyConnections(t *testing.T) {
 		open.Load(), rxDrops(t, w), es.FlowsAuto, es.RegisterBatches, es.FlowsReaped, es.FlowsRefused,
 		tcp.ResetsSent.Value(), tcp.EstablishedResets.Value(), tcp.EstablishedTimedout.Value(), tcp.Retransmits.Value())
 	for _, k := range kids {
+		k.in.Close() // each closes its connections, paced by the server
+	}
+	for i, k := range kids {
+		if n, failed := fields2(t, k.line(t, "closed")); n != connsPerClient || failed != 0 {
+			t.Errorf("client %d (%v) closed %d, %d failed", i, srcs[i], n, failed)
+		}
 		k.finish(t)
 	}
 	waitFor(t, w, 60*time.Second, "every connection closed and its flow gone", func() bool {
@@ -286,7 +291,7 @@ func (k *connKid) say(t *testing.T, s string) {
 }
 
 // finish closes the client's stdin, on which it closes its connections and
-// exits.
+// exits, and waits for it.
 func (k *connKid) finish(t *testing.T) {
 	t.Helper()
 	k.in.Close()
@@ -365,7 +370,9 @@ func rss(t *testing.T) int64 {
 // environment names the server, its source address and how many
 // connections to hold. It opens them all (connDialers at a time), says
 // "open N failed M", waits for a line on stdin, sends one request on each,
-// says "served N failed M", and exits when stdin closes, closing them.
+// says "served N failed M", and when stdin closes, closes them
+// (connDialers at a time, each once the server closed its end too), says
+// "closed N failed M" and exits.
 func connClient() int {
 	f := strings.Split(os.Getenv(connClientEnv), ",")
 	if len(f) != 3 {
@@ -432,17 +439,27 @@ func connClient() int {
 	})
 	fmt.Printf("served %d failed %d %v\n", n-int(failed.Load()), failed.Load(), first.Load())
 	io.Copy(io.Discard, in)
-	// Close at connCloseRate, as clients leaving over a few seconds: all
-	// at once, their FINs arrive faster than a server under the race
-	// detector drains its RX ring, and the retransmissions' backoff
-	// would make the test long.
-	tick := time.NewTicker(time.Second / connCloseRate)
-	defer tick.Stop()
-	for _, c := range conns {
-		if c != nil {
-			c.Close()
-			<-tick.C
+	// Close connDialers at a time, each once the server closed its end
+	// too: paced by the server, as the dials were. Closing at a fixed
+	// rate overran a server under the race detector on a busy host: its
+	// RX ring overflowed, and the FINs' retransmission backoff outlasted
+	// the test.
+	failed.Store(0)
+	each(func(i int) error {
+		c := conns[i]
+		if c == nil {
+			return errors.New("not open")
 		}
-	}
+		defer c.Close()
+		if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+			return err
+		}
+		c.SetDeadline(time.Now().Add(60 * time.Second))
+		if _, err := io.Copy(io.Discard, c); err != nil {
+			return fmt.Errorf("waiting for the server's close: %w", err)
+		}
+		return nil
+	})
+	fmt.Printf("closed %d failed %d %v\n", n-int(failed.Load()), failed.Load(), first.Load())
 	return 0
 }
