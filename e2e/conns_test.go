@@ -20,6 +20,7 @@ import (
 
 	"github.com/skylane/skylane/client"
 	"github.com/skylane/skylane/flowswitch"
+	"github.com/skylane/skylane/internal/connload"
 	"github.com/skylane/skylane/netif/drivers"
 	"github.com/skylane/skylane/nexus/inproc"
 )
@@ -240,7 +241,8 @@ type connKid struct {
 func startConnKid(t *testing.T, ctx context.Context, w *world, server string, src netip.Addr) *connKid {
 	t.Helper()
 	k := &connKid{cmd: w.peer.Command(ctx, os.Args[0]), lines: make(chan string, 4)}
-	k.cmd.Env = append(os.Environ(), connClientEnv+"="+server+","+src.String()+","+strconv.Itoa(connsPerClient))
+	spec := connload.Spec{Server: netip.MustParseAddrPort(server), Source: src, Count: connsPerClient, InFlight: connDialers}
+	k.cmd.Env = append(os.Environ(), connClientEnv+"="+spec.String())
 	k.cmd.Stderr = &k.err
 	var err error
 	if k.in, err = k.cmd.StdinPipe(); err != nil {
@@ -366,100 +368,16 @@ func rss(t *testing.T) int64 {
 	return 0
 }
 
-// connClient is the kernel client process (see TestManyConnections): its
-// environment names the server, its source address and how many
-// connections to hold. It opens them all (connDialers at a time), says
-// "open N failed M", waits for a line on stdin, sends one request on each,
-// says "served N failed M", and when stdin closes, closes them
-// (connDialers at a time, each once the server closed its end too), says
-// "closed N failed M" and exits.
+// connClient is the kernel client process (see TestManyConnections and
+// package connload), its spec in the environment.
 func connClient() int {
-	f := strings.Split(os.Getenv(connClientEnv), ",")
-	if len(f) != 3 {
-		fmt.Fprintf(os.Stderr, "%s=%q: want server,source,count\n", connClientEnv, os.Getenv(connClientEnv))
+	spec, err := connload.ParseSpec(os.Getenv(connClientEnv))
+	if err == nil {
+		err = connload.Run(spec, os.Stdin, os.Stdout)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	server, src := f[0], net.ParseIP(f[1])
-	n, err := strconv.Atoi(f[2])
-	if err != nil || src == nil {
-		fmt.Fprintf(os.Stderr, "bad %s=%q\n", connClientEnv, os.Getenv(connClientEnv))
-		return 2
-	}
-	// No keep-alive probes: Go's default (every 15 s) would have 20,000
-	// idle connections probe 1,300 times a second, load that is not what
-	// the test measures.
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: src}, Timeout: 30 * time.Second, KeepAlive: -1}
-	conns := make([]net.Conn, n)
-	var failed atomic.Int64
-	var first atomic.Value
-	each := func(fn func(i int) error) {
-		var wg sync.WaitGroup
-		sem := make(chan struct{}, connDialers)
-		for i := range n {
-			sem <- struct{}{}
-			wg.Add(1)
-			go func() {
-				defer func() { <-sem; wg.Done() }()
-				if err := fn(i); err != nil {
-					failed.Add(1)
-					first.CompareAndSwap(nil, err.Error())
-				}
-			}()
-		}
-		wg.Wait()
-	}
-	each(func(i int) (err error) {
-		conns[i], err = d.Dial("tcp4", server)
-		return err
-	})
-	fmt.Printf("open %d failed %d %v\n", n-int(failed.Load()), failed.Load(), first.Load())
-	in := bufio.NewReader(os.Stdin)
-	if _, err := in.ReadString('\n'); err != nil {
-		return 1
-	}
-	failed.Store(0)
-	each(func(i int) error {
-		c := conns[i]
-		if c == nil {
-			return errors.New("not open")
-		}
-		c.SetDeadline(time.Now().Add(30 * time.Second))
-		req := fmt.Sprintf("ping %d\n", i)
-		if _, err := io.WriteString(c, req); err != nil {
-			return err
-		}
-		got, err := bufio.NewReader(c).ReadString('\n')
-		if err != nil {
-			return err
-		}
-		if got != "pong "+req {
-			return fmt.Errorf("answer %q to %q", got, req)
-		}
-		return nil
-	})
-	fmt.Printf("served %d failed %d %v\n", n-int(failed.Load()), failed.Load(), first.Load())
-	io.Copy(io.Discard, in)
-	// Close connDialers at a time, each once the server closed its end
-	// too: paced by the server, as the dials were. Closing at a fixed
-	// rate overran a server under the race detector on a busy host: its
-	// RX ring overflowed, and the FINs' retransmission backoff outlasted
-	// the test.
-	failed.Store(0)
-	each(func(i int) error {
-		c := conns[i]
-		if c == nil {
-			return errors.New("not open")
-		}
-		defer c.Close()
-		if err := c.(*net.TCPConn).CloseWrite(); err != nil {
-			return err
-		}
-		c.SetDeadline(time.Now().Add(60 * time.Second))
-		if _, err := io.Copy(io.Discard, c); err != nil {
-			return fmt.Errorf("waiting for the server's close: %w", err)
-		}
-		return nil
-	})
-	fmt.Printf("closed %d failed %d %v\n", n-int(failed.Load()), failed.Load(), first.Load())
 	return 0
 }
