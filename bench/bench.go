@@ -241,7 +241,7 @@ func Scenarios() []Scenario {
 		{Name: "fsw-tx", Help: "packets/s from a channel's TX ring through the flowswitch checks to a memif link, one core; baseline the same path with checks off", Run: runFswTx},
 		{Name: "tcp", Help: "one TCP stream and 64-byte RPCs between two user-space stacks through the flowswitch over memif; baselines gVisor link/pipe and kernel loopback", Run: runTCP},
 		{Name: "burst", Help: "regulation on a 100 Mbit/s memif: RPC p99 under 8 bulk flows, bulk utilisation, Jain's index of the 8; baseline a plain 2048-frame FIFO (regulation off), same run; --dev: on a veth pair, the kernel's stack at the far end (root)", Run: runBurst},
-		{Name: "conns", Help: "new TCP connections/s accepted and answered by a user-space server on AF_XDP, from kernel clients over a veth; baseline a kernel server on the same veth, same run; needs root", Run: runConns},
+		{Name: "conns", Help: "new TCP connections on a user-space server on AF_XDP, from kernel clients over a veth: accepted and answered per second, open/close churn (and what comes back after), memory per connection with 100,000 held; baseline a kernel server on the same veth, same run; needs root", Run: runConns},
 		{Name: "attach", Help: "an app attaching over the control socket: connect, open a port (channel sent and mapped), listen on a TCP port, p50; baseline a kernel socket()+bind()+listen()", Run: runAttach},
 		{Name: "udp", Help: "64-byte UDP receive rate over a veth into a user-space consumer (AF_XDP, AF_PACKET); baseline a kernel UDP socket with recvmmsg, same veth; needs root", Run: runUDP},
 	}
