@@ -100,20 +100,21 @@ type Nexus struct {
 	once   sync.Once
 
 	// Owned by the worker goroutine.
-	sw       *flowswitch.Switch
-	ports    map[flow.PortID]*port
-	order    []*port     // live ports, in the order they were opened
-	dev      *linkWaiter // the device link
-	host     *linkWaiter // the host link, or nil
-	linkErr  error       // a link failed: no more datapath
-	lastReap time.Time
-	svcDue   time.Time               // when the switch's timed work (Service) is next due
-	waiters  sync.WaitGroup          // link and port waiters
-	seq      int                     // ports opened, for channel names
-	limitLog burstLog                // flow limits hit
-	steered  map[packet.Key]struct{} // keys with their own entry in the link's steering map (steer.go)
-	covered  int                     // registered connected flows a steered listener's entry covers
-	log      *slog.Logger            // immutable
+	sw        *flowswitch.Switch
+	ports     map[flow.PortID]*port
+	order     []*port     // live ports, in the order they were opened
+	dev       *linkWaiter // the device link
+	host      *linkWaiter // the host link, or nil
+	linkErr   error       // a link failed: no more datapath
+	lastReap  time.Time
+	svcDue    time.Time               // when the switch's timed work (Service) is next due
+	waiters   sync.WaitGroup          // link and port waiters
+	seq       int                     // ports opened, for channel names
+	limitLog  burstLog                // flow limits hit
+	steered   map[packet.Key]struct{} // keys with their own entry in the link's steering map (steer.go)
+	covered   int                     // registered connected flows a steered listener's entry covers
+	steerFull uint64                  // flows refused because the steering map was full
+	log       *slog.Logger            // immutable
 }
 
 // New starts a nexus on opts.Link. It checks every option and builds the
@@ -251,7 +252,10 @@ type Stats struct {
 	// connections, replies from a bound port): they cost the map
 	// nothing (steer.go).
 	Steered, Covered int
-	Ports            []PortStats
+	// SteerFull counts flows refused because the link's steering map was
+	// full (refused as flow.ErrTooManyFlows, logged with the flow limits).
+	SteerFull uint64
+	Ports     []PortStats
 }
 
 // PortStats are one port's figures.
@@ -285,7 +289,7 @@ func (n *Nexus) Stats() (Stats, error) {
 		st.Switch = n.sw.Stats()
 		st.Link = n.link.Stats()
 		n.sw.Do(func() { st.Flows = n.sw.Table().Len() })
-		st.Steered, st.Covered = len(n.steered), n.covered
+		st.Steered, st.Covered, st.SteerFull = len(n.steered), n.covered, n.steerFull
 		for _, p := range n.order {
 			pl := p.ch.Pool()
 			ps := pl.Stats()

@@ -73,6 +73,13 @@ func (n *Nexus) steerFlow(key packet.Key) error {
 	if kernelKeeps(err) {
 		return nil
 	}
+	if errors.Is(err, netif.ErrSteerFull) {
+		// A limit like the flow table's: refused, counted and logged
+		// as one (registerFlow; the app's errors.Is finds
+		// flow.ErrTooManyFlows, its peer gets a RST).
+		err = fmt.Errorf("%w: %w (raise the link's steering map: steer.Options.MaxFlows)", flow.ErrTooManyFlows, err)
+		n.steerFull++
+	}
 	return fmt.Errorf("steer %v to user space: %w", key, err)
 }
 

@@ -1,6 +1,8 @@
 package nexus_test
 
 import (
+	"errors"
+	"fmt"
 	"net/netip"
 	"sync"
 	"testing"
@@ -19,11 +21,15 @@ type steerLink struct {
 	netif.Link
 	mu  sync.Mutex
 	set map[packet.Key]bool
+	max int // entries it takes; 0: any number
 }
 
 func (l *steerLink) SteerFlow(k packet.Key) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.max > 0 && len(l.set) >= l.max && !l.set[k] {
+		return fmt.Errorf("steer: add %v: %w", k, netif.ErrSteerFull)
+	}
 	l.set[k] = true
 	return nil
 }
@@ -140,5 +146,49 @@ func registerAll(t *testing.T, p *nexus.Port, keys []packet.Key) {
 		if err != nil {
 			t.Fatalf("register %v: %v", keys[i], err)
 		}
+	}
+}
+
+// TestSteeringMapFull: a flow the steering map has no room for is refused
+// as one past the flow limits (flow.ErrTooManyFlows, counted), and leaves
+// no flow behind; accepted connections, covered by their listener, still
+// register.
+func TestSteeringMapFull(t *testing.T) {
+	a, b, err := memif.NewPair(memif.Options{Name: t.Name()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	sl := &steerLink{Link: a, set: map[packet.Key]bool{}, max: 2}
+	n, err := nexus.New(nexus.Options{Link: sl, Addrs: []netip.Addr{local}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	p, err := n.OpenPort("app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	lis := packet.MakeKey(packet.ProtoTCP, netip.AddrPortFrom(local, 80), netip.AddrPort{}).Listener3()
+	if _, err := p.Register(lis, flow.Listener3); err != nil {
+		t.Fatal(err)
+	}
+	dial := func(port uint16) packet.Key {
+		return packet.MakeKey(packet.ProtoTCP, netip.AddrPortFrom(local, port), netip.AddrPortFrom(peer, 443))
+	}
+	if _, err := p.Register(dial(40000), flow.Connected); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Register(dial(40001), flow.Connected); !errors.Is(err, flow.ErrTooManyFlows) || !errors.Is(err, netif.ErrSteerFull) {
+		t.Fatalf("a dial past the steering map's room: %v, want flow.ErrTooManyFlows and netif.ErrSteerFull", err)
+	}
+	registerAll(t, p, []packet.Key{packet.MakeKey(packet.ProtoTCP, netip.AddrPortFrom(local, 80), netip.AddrPortFrom(peer, 50000))})
+	st, err := n.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.SteerFull != 1 || st.Flows != 3 || st.Covered != 1 {
+		t.Fatalf("stats: %d refused for the map, %d flows, %d covered; want 1, 3, 1", st.SteerFull, st.Flows, st.Covered)
 	}
 }

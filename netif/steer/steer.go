@@ -47,8 +47,8 @@ var (
 	// ErrUnsupported is netif.ErrNotSteerable: the flow's protocol or
 	// version is not one the programs parse.
 	ErrUnsupported = netif.ErrNotSteerable
-	// ErrFull: the flow map holds MaxFlows entries.
-	ErrFull = errors.New("flow map full")
+	// ErrFull is netif.ErrSteerFull: the flow map holds MaxFlows entries.
+	ErrFull = netif.ErrSteerFull
 	// ErrClosed: the Flows was closed. It wraps netif.ErrClosed, which the
 	// nexus tests for.
 	ErrClosed = fmt.Errorf("steer: flow map closed: %w", netif.ErrClosed)
