@@ -115,6 +115,7 @@ func acceptRow(cfg Config, h *udpHosts) (Result, error) {
 		"flows_per_register_batch": round2(float64(figs.auto) / float64(max(figs.batches, 1))),
 		"switch_rx_ring_drops":     figs.rxDrops,
 		"switch_tx_drops":          figs.txDrops,
+		"link_rx_drops":            figs.linkDrops,
 		"user_time_wait_s":         connsTimeWait.Seconds(),
 		// Accepted connections take no entry in the AF_XDP steering
 		// map (their listener's covers them): the map held this many
@@ -129,7 +130,8 @@ type connsFigures struct {
 	failed, baseFailed uint64
 	auto, batches      uint64 // flows the stack registered on demand, in how many batches
 	rxDrops, txDrops   uint64
-	steered            int // most entries in the steering map seen at the end of a round
+	linkDrops          uint64 // frames the device dropped before the nexus saw them (AF_XDP: fill ring empty)
+	steered            int    // most entries in the steering map seen at the end of a round
 }
 
 func (f *connsFigures) add(g connsFigures) {
@@ -138,6 +140,7 @@ func (f *connsFigures) add(g connsFigures) {
 	f.batches += g.batches
 	f.rxDrops += g.rxDrops
 	f.txDrops += g.txDrops
+	f.linkDrops += g.linkDrops
 	f.steered = max(f.steered, g.steered)
 }
 
@@ -242,6 +245,7 @@ func (h *udpHosts) userAccepts(d time.Duration) (float64, connsFigures, error) {
 	f.auto, f.batches = e1.FlowsAuto-e0.FlowsAuto, e1.RegisterBatches-e0.RegisterBatches
 	f.rxDrops = s1.Switch.RxRingDrops - s0.Switch.RxRingDrops
 	f.txDrops = s1.Switch.TxDrops.Total() - s0.Switch.TxDrops.Total()
+	f.linkDrops = s1.Link.RxDrops - s0.Link.RxDrops
 	f.steered = max(f.steered, s1.Steered)
 	return r, f, nil
 }
