@@ -20,6 +20,9 @@ type linkConfig struct {
 	peerMAC           string
 	tunAddr           string
 	regulation        bool // the switch's Regulation: needed for per-app rates
+	// maxFlows and maxPortFlows are the flow table's limits
+	// (flowswitch.Options.MaxFlows, MaxPortFlows); 0: its defaults.
+	maxFlows, maxPortFlows int
 	// checkPorts, if set, looks at the kernel's sockets before the link
 	// is opened (afxdp, afpacket).
 	checkPorts func(*drivers.KernelPorts) error
@@ -49,7 +52,7 @@ func openNexus(c linkConfig, notes io.Writer) (_ *ownedNexus, err error) {
 			o.close() // what was made so far
 		}
 	}()
-	swo := flowswitch.Options{}
+	swo := flowswitch.Options{MaxFlows: c.maxFlows, MaxPortFlows: c.maxPortFlows}
 	if c.regulation {
 		swo.Regulation = &flowswitch.RegulationOptions{}
 	}
