@@ -21,7 +21,12 @@ import (
 )
 
 // Port is a nexus port as a Stack uses it: the endpoint's needs
-// (stack.Port) plus the interface's addresses and MTU, and Close.
+// (stack.Port) plus the interface's addresses and MTU, and Close. A Port
+// may also offer, and the Stack then uses:
+//
+//	Ephemeral() [2]uint16                        // the local ports its dials take
+//	HostListener(packet.Key) (*os.File, error)   // a TCP listener flow's kernel socket, for this host's connections
+//	Gone() <-chan struct{}; Err() error          // the nexus went
 type Port interface {
 	stack.Port
 	// Name names the port (its channel).
@@ -65,6 +70,12 @@ type Options struct {
 	// netstack; 0 keeps netstack's default (60 s). Their flows are torn down
 	// as they enter it.
 	TimeWait time.Duration
+	// ResolvConf, if set, is the resolv.conf whose nameservers the
+	// Stack's resolver asks instead of /etc/resolv.conf's (its other
+	// settings are /etc/resolv.conf's: Go reads no other file). Hosts, if
+	// set, is a hosts file Dial consults before any query, besides
+	// /etc/hosts. See Resolver.
+	ResolvConf, Hosts string
 }
 
 // Stack is a user-space TCP/IP stack on one nexus port. Its methods are
@@ -84,6 +95,7 @@ type Stack struct {
 	opts     Options         // immutable, defaults applied
 	reattach bool            // immutable: re-open a port when the nexus went
 	notify   func(err error) // immutable: ConnectOptions.Notify, or nil
+	res      *resolver       // immutable: names (resolve.go)
 
 	quit    chan struct{}  // closed by Close: stops the watcher
 	watcher sync.WaitGroup // the watcher goroutine, if the port can go
@@ -115,6 +127,10 @@ func New(nx Nexus, opts Options) (*Stack, error) {
 		opts.Name = "stack"
 	}
 	s := &Stack{nx: nx, opts: opts, quit: make(chan struct{}), listeners: make(map[relistener]struct{})}
+	var err error
+	if s.res, err = newResolver(s, opts); err != nil {
+		return nil, err
+	}
 	if r, ok := nx.(interface{ connectOptions() ConnectOptions }); ok {
 		co := r.connectOptions()
 		s.reattach, s.notify = co.Reattach, co.Notify

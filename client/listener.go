@@ -4,7 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync"
+	"syscall"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
@@ -74,6 +77,7 @@ const acceptAhead = 256
 
 type acceptedConn struct {
 	c    *gonet.TCPConn
+	kc   net.Conn // instead of c: a kernel connection from a process on the nexus's host
 	a    *attachment
 	wait func() error // the connection's flow is registered (stack.Endpoint.Prepare)
 	err  error        // instead of c: the netstack listener's Accept failed
@@ -92,11 +96,98 @@ func (l *listener) listenOn(a *attachment) error {
 		a.releaseAll(b.keys)
 		return opError("listen", l.network, nil, terr)
 	}
+	hosts, err := a.hostListeners(b.keys)
+	if err != nil {
+		b.ep.Close()
+		a.releaseAll(b.keys)
+		return &net.OpError{Op: "listen", Net: l.network, Err: a.wrap(err)}
+	}
 	l.sp.port = b.port
 	l.a, l.inner, l.keys = a, gonet.NewTCPListener(a.ns, b.wq, b.ep), b.keys
 	l.drains.Add(1)
 	go l.drain(l.inner, a)
+	for _, hl := range hosts {
+		l.drains.Add(2)
+		stop := make(chan struct{})
+		go l.hostDrain(hl, a, stop)
+		go func() {
+			// hl's owner: closed when the listener closes, its
+			// attachment goes, or its reservation ended hostDrain.
+			defer l.drains.Done()
+			select {
+			case <-l.done:
+			case <-a.gone:
+			case <-stop:
+			}
+			hl.Close()
+		}()
+	}
 	return nil
+}
+
+// hostListeners returns the kernel's listeners that reserve keys for the
+// app at the nexus (the nexus's HostListener), through which processes on
+// the nexus's own host connect to the listener: their connections never
+// cross the device, so the user-space stack never sees them. None when
+// the nexus has no kernel sharing its device.
+func (a *attachment) hostListeners(keys []packet.Key) ([]net.Listener, error) {
+	hp, ok := a.port.(interface {
+		HostListener(packet.Key) (*os.File, error)
+	})
+	if !ok {
+		return nil, nil
+	}
+	var hls []net.Listener
+	for _, k := range keys {
+		f, err := hp.HostListener(k)
+		if err == nil && f != nil {
+			var hl net.Listener
+			hl, err = net.FileListener(f) // a duplicate of f
+			f.Close()
+			if err == nil {
+				hls = append(hls, hl)
+			}
+		}
+		if err != nil {
+			for _, hl := range hls {
+				hl.Close()
+			}
+			return nil, fmt.Errorf("host listener for %v: %w", k, err)
+		}
+	}
+	return hls, nil
+}
+
+// hostDrain takes the connections of hl, a host listener of attachment a,
+// into ready until hl fails: closed by its owner (see listenOn), or shut
+// down by the nexus when the flow went. Running out of descriptors only
+// pauses it.
+func (l *listener) hostDrain(hl net.Listener, a *attachment, stop chan struct{}) {
+	defer l.drains.Done()
+	defer close(stop)
+	pause := time.Millisecond
+	for {
+		c, err := hl.Accept()
+		if err != nil {
+			if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.ECONNABORTED) {
+				select { // as net/http's Serve backs off
+				case <-time.After(pause):
+					pause = min(2*pause, time.Second)
+					continue
+				case <-l.done:
+				case <-a.gone:
+				}
+			}
+			return
+		}
+		pause = time.Millisecond
+		select {
+		case l.ready <- acceptedConn{kc: c, a: a}:
+		case <-l.done:
+			c.Close()
+			return
+		}
+	}
 }
 
 // drain takes inner's connections, on attachment a, into ready until
@@ -170,6 +261,9 @@ func (l *listener) Accept() (net.Conn, error) {
 		case <-l.done: // Close woke it
 			return nil, &net.OpError{Op: "accept", Net: l.network, Addr: inner.Addr(), Err: net.ErrClosed}
 		}
+		if ac.kc != nil {
+			return ac.kc, nil
+		}
 		if ac.err == nil {
 			if err := ac.wait(); err != nil {
 				// Refused by the nexus (its peer reset), or the
@@ -238,6 +332,9 @@ func (l *listener) Close() error {
 		case ac := <-l.ready:
 			if ac.c != nil {
 				ac.c.Close() // taken from netstack, never returned
+			}
+			if ac.kc != nil {
+				ac.kc.Close()
 			}
 			continue
 		default:

@@ -73,7 +73,7 @@ func (a *attachment) parse(proto, network, address string, local bool) (endpoint
 	if host != "" {
 		ip, err := netip.ParseAddr(host)
 		if err != nil {
-			return sp, fmt.Errorf("address %q: not an IP literal (a Skylane stack has no resolver): %w", host, err)
+			return sp, fmt.Errorf("address %q: not an IP literal (only Dial resolves names): %w", host, err)
 		}
 		ip = ip.Unmap()
 		if ip.Zone() != "" {
@@ -233,8 +233,19 @@ func (s *Stack) Dial(network, address string) (net.Conn, error) {
 // DialContext connects to address: it binds a free local port, registers
 // the 5-tuple flow, and only then lets netstack send its first packet. The
 // TCP flow is torn down when netstack lets the connection go; a UDP one on
-// Close.
+// Close. A host name is resolved first (Options.Hosts, then Resolver,
+// whose queries go over this stack), and its addresses tried in turn.
 func (s *Stack) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	if host, port, err := net.SplitHostPort(address); err == nil && host != "" {
+		if _, perr := netip.ParseAddr(host); perr != nil {
+			return s.dialName(ctx, network, host, port)
+		}
+	}
+	return s.dialAddr(ctx, network, address)
+}
+
+// dialAddr is DialContext to an IP literal.
+func (s *Stack) dialAddr(ctx context.Context, network, address string) (net.Conn, error) {
 	proto := "tcp"
 	if len(network) >= 3 && network[:3] == "udp" {
 		proto = "udp"

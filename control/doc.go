@@ -20,6 +20,11 @@
 //	register-batch {keys, kind}     → {ok, flows: [{id, adv} or
 //	                                   {error, code}] one per key}
 //	teardown-batch {keys}           → {ok, flows: [{} or {error, code}]}
+//	host-listener {key}             → {ok}, with the kernel socket that
+//	                                   reserves the port's TCP listener
+//	                                   flow key as SCM_RIGHTS (none when
+//	                                   no kernel shares the device): the
+//	                                   one reply with a descriptor
 //	close {}                        → {ok}; the nexus then ends the session
 //
 // A batch names 1..MaxBatch keys, each with its own outcome; a nexus that
@@ -39,7 +44,9 @@
 //     So an app built for another layout never maps the channel.
 //   - Nothing read from the socket is trusted, on either side: DecodeRequest
 //     checks a request completely, and a reply that does not decode ends
-//     the app's request with an error.
+//     the app's request with an error. A reply may carry one descriptor
+//     at most (more end the session, closed); one that comes with any
+//     reply but host-listener's is closed.
 //   - The connection is the session: when it ends, the nexus closes the
 //     port and tears its flows down; when the app sees it end without a
 //     close of its own, the nexus is gone (ErrNexusGone).

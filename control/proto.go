@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 
 	"github.com/skylane/skylane/channel"
 	"github.com/skylane/skylane/flow"
@@ -43,6 +44,13 @@ const (
 	// so in its open reply (Reply.Batch).
 	OpRegisterBatch = "register-batch"
 	OpTeardownBatch = "teardown-batch"
+	// OpHostListener asks for the kernel socket that reserves one of the
+	// port's TCP listener flows in the kernel's stack (Key): its reply
+	// carries a duplicate as SCM_RIGHTS, the one reply with a descriptor,
+	// or none when the nexus has no such socket (no kernel shares its
+	// device). Through it the app accepts connections from processes on
+	// the nexus's host to its address, which never cross the device.
+	OpHostListener = "host-listener"
 	// OpStats asks for the nexus's counters (skylane stats --nexus); the
 	// policy must allow the session to observe. It needs no open, and its
 	// reply is larger than MaxMessage (see the nexus's stats client).
@@ -123,6 +131,10 @@ type Reply struct {
 	Flows []FlowReply `json:"flows,omitempty"`
 	// Capture.
 	Capture *CaptureReply `json:"capture,omitempty"`
+
+	// file is the descriptor that came with the reply (OpHostListener),
+	// owned by whoever holds the Reply.
+	file *os.File
 }
 
 // FlowReply is one flow's outcome in a batch reply: its flow ID and
@@ -167,7 +179,7 @@ func DecodeRequest(b []byte) (Request, error) {
 			return r, fmt.Errorf("%w: flow kind %d", ErrBadRequest, r.Kind)
 		}
 		fallthrough
-	case OpTeardown:
+	case OpTeardown, OpHostListener:
 		if r.Key == nil {
 			return r, fmt.Errorf("%w: %s without a key", ErrBadRequest, r.Op)
 		}

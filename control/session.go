@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -108,7 +109,7 @@ func roundTrip(conn *net.UnixConn, req Request) (Reply, error) {
 		return Reply{}, fmt.Errorf("send %s: %w", req.Op, err)
 	}
 	buf := make([]byte, MaxMessage+1)
-	rep, err := readReply(conn, buf)
+	rep, err := readReply(conn, buf, nil)
 	if err != nil {
 		return rep, fmt.Errorf("%s reply: %w", req.Op, err)
 	}
@@ -128,22 +129,62 @@ func (g goodbye) Error() string { return string(g) }
 // goneCode is ErrNexusGone's code: a reply with it is a goodbye.
 var goneCode = CodeOf(ErrNexusGone)
 
-// readReply reads and decodes one reply. Nothing in it is trusted.
-func readReply(conn *net.UnixConn, buf []byte) (Reply, error) {
+// readReply reads and decodes one reply, with at most one descriptor if
+// oob has room for it (Reply.file). Nothing in it is trusted: a reply with
+// more descriptors, or anything else in its control message, is an error
+// (and the descriptors are closed).
+func readReply(conn *net.UnixConn, buf, oob []byte) (Reply, error) {
 	var rep Reply
-	k, _, flags, _, err := conn.ReadMsgUnix(buf, nil)
+	k, ok, flags, _, err := conn.ReadMsgUnix(buf, oob)
+	var fds []int
+	if err == nil && ok > 0 {
+		fds, err = parseRights(oob[:ok])
+	}
 	switch {
 	case err != nil:
-		return rep, err
 	case k == 0:
-		return rep, errEnded
+		err = errEnded
 	case flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0:
-		return rep, fmt.Errorf("a reply of more than %d bytes, or with descriptors", MaxMessage)
+		err = fmt.Errorf("a reply of more than %d bytes, or with more than one descriptor", MaxMessage)
+	case len(fds) > 1:
+		err = fmt.Errorf("a reply with %d descriptors", len(fds))
 	}
-	if err := json.Unmarshal(buf[:k], &rep); err != nil {
-		return rep, fmt.Errorf("bad reply: %w", err)
+	if err == nil {
+		if uerr := json.Unmarshal(buf[:k], &rep); uerr != nil {
+			err = fmt.Errorf("bad reply: %w", uerr)
+		}
+	}
+	if err != nil {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+		return Reply{}, err
+	}
+	if len(fds) == 1 {
+		rep.file = os.NewFile(uintptr(fds[0]), "skylane-host-listener")
 	}
 	return rep, nil
+}
+
+// parseRights returns the descriptors of a control message that holds
+// SCM_RIGHTS only.
+func parseRights(oob []byte) ([]int, error) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil, fmt.Errorf("control message: %w", err)
+	}
+	var fds []int
+	for _, m := range msgs {
+		r, err := unix.ParseUnixRights(&m)
+		if err != nil {
+			for _, fd := range fds {
+				unix.Close(fd)
+			}
+			return nil, fmt.Errorf("control message: %w", err)
+		}
+		fds = append(fds, r...)
+	}
+	return fds, nil
 }
 
 func replyErr(rep Reply) error {
@@ -160,10 +201,11 @@ func replyErr(rep Reply) error {
 func (s *Session) read() {
 	defer s.reader.Done()
 	buf := make([]byte, MaxMessage+1)
+	oob := make([]byte, unix.CmsgSpace(4)) // one descriptor
 	var err error
 	for {
 		var rep Reply
-		if rep, err = readReply(s.conn, buf); err != nil {
+		if rep, err = readReply(s.conn, buf, oob); err != nil {
 			break
 		}
 		if !rep.OK && rep.Code == goneCode {
@@ -174,6 +216,9 @@ func (s *Session) read() {
 		case s.replies <- rep:
 			continue
 		default:
+			if rep.file != nil {
+				rep.file.Close()
+			}
 			err = errors.New("a reply nobody asked for")
 		}
 		break
@@ -213,10 +258,21 @@ func (s *Session) Err() error {
 // ErrSessionClosed is returned by requests after Close.
 var ErrSessionClosed = errors.New("control: session closed")
 
-// request sends req and waits for its reply from the reader. A nexus that
+// request is requestFile for a request whose reply carries no descriptor
+// (one that came anyway is closed).
+func (s *Session) request(req Request) (Reply, error) {
+	rep, err := s.requestFile(req)
+	if rep.file != nil {
+		rep.file.Close()
+		rep.file = nil
+	}
+	return rep, err
+}
+
+// requestFile sends req and waits for its reply from the reader. A nexus that
 // does not answer within requestTimeout is treated as gone: its session
 // ends, since a late reply would answer the next request.
-func (s *Session) request(req Request) (Reply, error) {
+func (s *Session) requestFile(req Request) (Reply, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -289,6 +345,21 @@ func (s *Session) Register(key packet.Key, kind flow.Kind) (channel.FlowInfo, er
 	copy(fi.ID[:], rep.FlowID)
 	fi.Advisory = rep.Advisory
 	return fi, nil
+}
+
+// HostListener returns the kernel socket that reserves the port's TCP
+// listener flow key in the kernel's stack, listening for connections from
+// processes on the nexus's host (OpHostListener), or nil, nil if the nexus
+// has none. The caller owns the file.
+func (s *Session) HostListener(key packet.Key) (*os.File, error) {
+	rep, err := s.requestFile(Request{Op: OpHostListener, Key: WireKey(key)})
+	if err != nil {
+		if rep.file != nil {
+			rep.file.Close()
+		}
+		return nil, fmt.Errorf("control: host listener %v: %w", key, err)
+	}
+	return rep.file, nil
 }
 
 // Teardown tears down a flow the port registered.

@@ -218,6 +218,13 @@ func udpPing(t *testing.T, ns *nettest.NS, to netip.AddrPort) {
 // (Tcp OutRsts in /proc/net/snmp).
 func kernelResets(t *testing.T, ns *nettest.NS) uint64 {
 	t.Helper()
+	return kernelTCP(t, ns, "OutRsts")
+}
+
+// kernelTCP returns the counter stat of the Tcp line of /proc/net/snmp
+// in ns.
+func kernelTCP(t *testing.T, ns *nettest.NS, stat string) uint64 {
+	t.Helper()
 	var n uint64
 	err := ns.Do(func() error {
 		f, err := os.Open("/proc/thread-self/net/snmp")
@@ -237,13 +244,13 @@ func kernelResets(t *testing.T, ns *nettest.NS) uint64 {
 				continue
 			}
 			for i, name := range names {
-				if name == "OutRsts" && i < len(fields) {
+				if name == stat && i < len(fields) {
 					n, err = strconv.ParseUint(fields[i], 10, 64)
 					return err
 				}
 			}
 		}
-		return errors.New("no Tcp OutRsts in /proc/net/snmp")
+		return fmt.Errorf("no Tcp %s in /proc/net/snmp", stat)
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -153,7 +153,8 @@ func spoofFrom(c appConfig, victim netip.AddrPort) (io.Closer, error) {
 	if err != nil {
 		return nil, err
 	}
-	src := netip.AddrPortFrom(victim.Addr(), 40000)
+	// A local port of the range the nexus hands out (Session.Ephemeral).
+	src := netip.AddrPortFrom(victim.Addr(), s.Ephemeral()[0])
 	dst := netip.MustParseAddrPort("198.18.0.2:9192")
 	fi, err := s.Register(packet.MakeKey(packet.ProtoUDP, src, dst), flow.Connected)
 	if err != nil {

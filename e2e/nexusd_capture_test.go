@@ -63,7 +63,7 @@ func TestNexusCapture(t *testing.T) {
 	}
 	sock := filepath.Join(dir, "nexus.sock")
 	startProc(t, v.Local.Command, bin, []string{"nexus", "--driver", drivers.AFPacket, "--dev", v.LocalName,
-		"--peer-mac", v.PeerMAC.String(), "--socket", sock, "--socket-group", fmt.Sprint(socketGroup), "--policy", pol},
+		"--socket", sock, "--socket-group", fmt.Sprint(socketGroup), "--policy", pol},
 		`msg="nexus started"`)
 	file := filepath.Join(dir, "nexus.pcapng")
 	capt := startProc(t, exec.CommandContext, bin, []string{"capture", "--nexus", sock, "-w", file}, "capturing on")

@@ -126,14 +126,7 @@ func TestNexusDaemon(t *testing.T) {
 				}
 			}()
 
-			dir := sharedDir(t)
-			pol := filepath.Join(dir, "policy.toml")
-			if err := os.WriteFile(pol, []byte(daemonPolicy), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			sock := filepath.Join(dir, "nexus.sock")
-			args := []string{"nexus", "--driver", d, "--dev", v.LocalName, "--peer-mac", v.PeerMAC.String(),
-				"--socket", sock, "--socket-group", fmt.Sprint(socketGroup), "--policy", pol}
+			args, sock := nexusdArgs(t, d, v)
 			nx := startProc(t, v.Local.Command, bin, args, `msg="nexus started"`)
 			capt := startCapture(t, v.Peer, v.PeerName)
 
@@ -258,7 +251,7 @@ func TestNexusDaemonLinkGone(t *testing.T) {
 	bin := skylaneBinary(t)
 	v := nettest.NewVeth(t, nettest.VethOptions{})
 	sock := filepath.Join(sharedDir(t), "nexus.sock")
-	args := []string{"nexus", "--driver", drivers.AFPacket, "--dev", v.LocalName, "--peer-mac", v.PeerMAC.String(), "--socket", sock}
+	args := []string{"nexus", "--driver", drivers.AFPacket, "--dev", v.LocalName, "--socket", sock}
 	nx := startProc(t, v.Local.Command, bin, args, `msg="nexus started"`)
 
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)

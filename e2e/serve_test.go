@@ -178,7 +178,7 @@ func TestServeBinary(t *testing.T) {
 					wireChecksums(t, v)
 				}
 				local, peer, dev = v.Local, v.Peer, v.LocalName
-				args = []string{"--driver", c.driver, "--dev", dev, "--addr", "198.18.0.1:8080", "--peer-mac", v.PeerMAC.String()}
+				args = []string{"--driver", c.driver, "--dev", dev, "--addr", "198.18.0.1:8080"}
 				target = "198.18.0.1:8080"
 			}
 			scheme := "http"
@@ -264,7 +264,7 @@ func TestServeBinaryErrors(t *testing.T) {
 		want string
 	}{
 		{"no such interface", v.Local.Command(ctx, bin, "serve", "--dev", "nope0", "--addr", ":8080"), "no such network interface"},
-		{"port held by the kernel", v.Local.Command(ctx, bin, "serve", "--dev", v.LocalName, "--addr", ":8080", "--peer-mac", v.PeerMAC.String()),
+		{"port held by the kernel", v.Local.Command(ctx, bin, "serve", "--dev", v.LocalName, "--addr", ":8080"),
 			"port 8080/tcp is held by a kernel socket"},
 		{"not root", func() *exec.Cmd {
 			cmd := exec.CommandContext(ctx, bin, "serve", "--dev", v.LocalName, "--addr", ":8080")

@@ -317,7 +317,8 @@ func waitTx(t *testing.T, nx *nexus.Nexus, n int) {
 		}
 		d := st.Switch.TxDrops
 		done := st.Switch.TxPackets + d.Length + d.MTU + d.Parse + d.IPv4Options + d.SrcAddr + d.SrcPort +
-			d.Proto + d.NoFlow + d.NotOwner + d.FlowID + d.TornDown + d.ListenerData + d.SYNRate
+			d.Proto + d.NoFlow + d.NotOwner + d.FlowID + d.TornDown + d.ListenerData + d.SYNRate +
+			st.Switch.L2.Held + st.Switch.L2.HoldDrops // waiting for the first resolution of the peer
 		if done >= uint64(n) {
 			return
 		}

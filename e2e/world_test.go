@@ -20,12 +20,15 @@ import (
 	"github.com/skylane/skylane/client"
 	"github.com/skylane/skylane/flowswitch"
 	"github.com/skylane/skylane/internal/nettest"
+	"github.com/skylane/skylane/neigh"
+	"github.com/skylane/skylane/neigh/kernel"
 	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/netif/afxdp"
 	"github.com/skylane/skylane/netif/drivers"
 	"github.com/skylane/skylane/netif/steer"
 	"github.com/skylane/skylane/nexus"
 	"github.com/skylane/skylane/nexus/inproc"
+	"github.com/skylane/skylane/packet"
 )
 
 // TestMain fails the run if a netstack buffer is still referenced once
@@ -92,6 +95,8 @@ type world struct {
 	link netif.Link
 	nx   *nexus.Nexus
 	kp   *drivers.KernelPorts
+	nh   *kernel.Follower  // next hops from the kernel's tables; nil on TUN
+	res  *drivers.Reserver // the apps' listener ports in the kernel (Ethernet drivers)
 	st   *client.Stack
 }
 
@@ -126,9 +131,9 @@ func newWorldWith(t *testing.T, driver string, swo flowswitch.Options) *world {
 		w.user4, w.user6 = v.LocalAddr.Addr(), v.LocalAddr6.Addr()
 		w.peer4, w.peer6 = v.PeerAddr.Addr(), v.PeerAddr6.Addr()
 		spec = drivers.Spec{Driver: driver, Dev: w.dev}
-		// Until the flowswitch resolves neighbours, the peer's MAC is
-		// static: a veth has exactly one neighbour.
-		swo.SrcMAC, swo.DstMAC = [6]byte(v.LocalMAC), [6]byte(v.PeerMAC)
+		// Next hops as skylane serve resolves them: through the
+		// kernel's tables (neigh/kernel), no static MAC.
+		swo.SrcMAC = [6]byte(v.LocalMAC)
 		if driver == drivers.AFXDP {
 			// AF_PACKET completes the peer's partial checksums and
 			// splits its super packets (virtio headers); AF_XDP
@@ -137,23 +142,62 @@ func newWorldWith(t *testing.T, driver string, swo flowswitch.Options) *world {
 		}
 	}
 	addrs := []netip.Addr{w.user4, w.user6}
+	var eph [2]uint16
 	err := w.local.Do(func() (err error) {
 		if w.link, err = drivers.Open(spec); err != nil {
 			return err
 		}
-		w.kp, err = drivers.NewKernelPorts(addrs)
+		if w.kp, err = drivers.NewKernelPorts(addrs); err != nil {
+			return err
+		}
+		if w.veth != nil {
+			eph, _ = drivers.AppEphemeral() // the namespace's kernel range
+			if w.res, err = drivers.NewReserver(w.veth.LocalIndex); err != nil {
+				return err
+			}
+			w.nh, err = kernel.Follow(kernel.Options{LinkIndex: w.veth.LocalIndex,
+				Routes: neigh.RoutesOptions{MAC: neigh.MAC(w.veth.LocalMAC)}})
+		}
 		return err
 	})
 	if err != nil {
 		if w.link != nil {
 			w.link.Close()
 		}
+		if w.kp != nil {
+			w.kp.Close()
+		}
+		if w.res != nil {
+			w.res.Close()
+		}
 		t.Fatalf("open %s: %v", driver, err)
 	}
+	if w.nh != nil {
+		swo.Neighbors = w.nh.Routes()
+	}
 	swo.PortTaken = w.kp.Taken
-	if w.nx, err = nexus.New(nexus.Options{Link: w.link, Addrs: addrs, Switch: swo}); err != nil {
+	no := nexus.Options{Link: w.link, Addrs: addrs, Switch: swo}
+	if w.res != nil {
+		// As skylane serve and nexus do: one port namespace with the
+		// kernel.
+		no.Reserve = func(k packet.Key) (nexus.Reservation, error) {
+			r, err := w.res.Reserve(k)
+			if err != nil {
+				return nil, err
+			}
+			return r, nil
+		}
+		no.Ephemeral = eph
+	}
+	if w.nx, err = nexus.New(no); err != nil {
 		w.link.Close()
 		w.kp.Close()
+		if w.res != nil {
+			w.res.Close()
+		}
+		if w.nh != nil {
+			w.nh.Close()
+		}
 		t.Fatalf("nexus on %s: %v", driver, err)
 	}
 	t.Cleanup(func() {
@@ -161,6 +205,14 @@ func newWorldWith(t *testing.T, driver string, swo flowswitch.Options) *world {
 			t.Errorf("close nexus: %v", err)
 		}
 		w.kp.Close()
+		if w.res != nil {
+			w.res.Close()
+		}
+		if w.nh != nil {
+			if err := w.nh.Close(); err != nil {
+				t.Errorf("close next-hop follower: %v", err)
+			}
+		}
 		w.checkDetached(t)
 	})
 	t.Cleanup(func() {

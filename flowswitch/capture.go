@@ -38,7 +38,7 @@ import (
 //     (aqm_codel, aqm_overflow, aqm_early), through its drop hook, set
 //     only while a capture runs. Not captured: what the device itself or
 //     the neighbour resolver drop after device-tx (device_full,
-//     neigh_hold_full), and split_csum.
+//     neigh_hold_full, neigh_expired), and split_csum.
 
 // capState is the switch's captures, guarded by its lock.
 type capState struct {

@@ -35,11 +35,12 @@
 // it (netif.SuperPacketLink), or is cut into MTU segments right before
 // the device write or the AQM (txgso.go).
 //
-// L2 (l2.go): on an Ethernet link without a static DstMAC, the switch owns
-// neighbour resolution (neigh.Resolver): ARP and NS/NA frames go to the
-// resolver, not to the flows; each transmitted packet's next hop (its
-// destination: on-link only) is resolved, or the packet waits in the
-// resolver, bounded, until it is.
+// L2 (l2.go): on an Ethernet link without a static DstMAC, the switch
+// resolves each transmitted packet's next hop through a neigh.NextHops:
+// neigh.Routes, which follows the kernel sharing the link (its routes and
+// neighbour table), or neigh.Resolver, which speaks ARP and NDP itself (ARP
+// and NS/NA frames then go to it, not to the flows). A packet whose next
+// hop is not known yet waits in the resolver, bounded, until it is.
 //
 // Regulation (regulation.go, Options.Regulation, docs/design.md §7): the transmit
 // queue is an fq_codel AQM paced at Options.LinkRate; flows of ports whose

@@ -28,23 +28,26 @@ import (
 // answer. (Give the host port the device's MAC, as a kernel interface on
 // the device itself has, so both sides name the same MAC.)
 //
-// Transmit. The next hop of a packet is its destination address: on-link
-// only, there is no routing table and no gateway (a peer off the link
-// needs a static DstMAC, or an address the peer answers ARP for by proxy).
-// Each run of packets of one flow is resolved once per TxOnce
-// (neigh.Resolver.Resolve); with a MAC, the switch writes it into the
+// Transmit. The switch asks the resolver (neigh.NextHops.Resolve) for
+// the MAC toward each packet's destination: a neigh.Resolver takes the
+// destination as the next hop (on-link only); a neigh.Routes looks up
+// the destination's cached route (gateway or on-link, from the kernel's
+// routing table) and that next hop's MAC. Each run of packets of one flow
+// is resolved once per TxOnce; with a MAC, the switch writes it into the
 // frames' headers; without one, each packet is copied into the resolver's
-// hold queue (neigh.Resolver.Hold: bounded per address and in all, a
-// refusal counted as L2Stats.HoldDrops), and the resolver sends it, with
-// its header, once the address resolves (Poll). Those held packets and the
-// resolver's own frames (answers, solicitations) go to the device
-// directly, not through the AQM: they are few, and already late.
+// hold queue (Hold: bounded per address and in all, a refusal counted as
+// L2Stats.HoldDrops), and the resolver sends it, with its header, once
+// the next hop resolves (Poll). Those held packets and the resolver's own
+// frames (answers, solicitations) go to the device directly, not through
+// the AQM: they are few, and already late.
 //
 // Poll runs right after an input batch in which the resolver consumed a
 // frame (so packets held for an address that just resolved leave before
 // any later packet of the same flow: no reordering), right after a
 // transmit that held packets (so a new address's solicitation leaves at
-// once), and at least every neigh.PollInterval (Service, from Round).
+// once), and at least every neigh.PollInterval (Service, from Round), or
+// every neigh.PendingPoll while a resolver whose answers come from
+// outside the datapath (Routes) holds packets (Waiting).
 //
 // A static Options.DstMAC overrides resolution for transmit: every frame
 // carries it (point-to-point wires: the memif tests and benches).
@@ -65,9 +68,9 @@ type L2Stats struct {
 // l2State is the switch's neighbour-resolution state; its buffers are
 // allocated by init, so the datapath does not allocate.
 type l2State struct {
-	nb        *neigh.Resolver // nil: no resolution, ARP goes to the host port or is dropped
-	dynamic   bool            // transmit resolves the destination MAC (no static DstMAC); immutable
-	hostAddrs []netip.Addr    // immutable: Options.HostAddrs, unmapped
+	nb        neigh.NextHops // nil: no resolution, ARP goes to the host port or is dropped
+	dynamic   bool           // transmit resolves the destination MAC (no static DstMAC); immutable
+	hostAddrs []netip.Addr   // immutable: Options.HostAddrs, unmapped
 
 	replies  [][]byte // one answer buffer per frame of an input batch
 	out      [][]byte // answers to write; cap Batch
@@ -121,7 +124,15 @@ func (l *l2State) init(opts Options, s *Switch) error {
 
 // Neighbors returns the switch's neighbour resolver, or nil. Its methods
 // lock it, so it may be used from any goroutine (e.g. to read its cache).
-func (s *Switch) Neighbors() *neigh.Resolver { return s.l2.nb }
+func (s *Switch) Neighbors() neigh.NextHops { return s.l2.nb }
+
+// pollEvery is the longest the resolver may go without a Poll.
+func (l *l2State) pollEvery() time.Duration {
+	if l.nb.Waiting() {
+		return neigh.PendingPoll
+	}
+	return neigh.PollInterval
+}
 
 // isHostAddr reports whether a is one of Options.HostAddrs.
 func (l *l2State) isHostAddr(a netip.Addr) bool {
@@ -221,7 +232,7 @@ func (l *l2State) pollAsked(s *Switch) (int, error) {
 // pollDue polls the resolver if PollInterval has passed since the last
 // poll.
 func (l *l2State) pollDue(s *Switch, now int64) (int, error) {
-	if l.nb == nil || now-l.lastPoll < int64(neigh.PollInterval) {
+	if l.nb == nil || now-l.lastPoll < int64(l.pollEvery()) {
 		return 0, nil
 	}
 	return l.poll(s, now)
@@ -257,8 +268,11 @@ func (l *l2State) poll(s *Switch, now int64) (int, error) {
 }
 
 // resolveOut gives each packet that passed the transmit checks (t.out) its
-// destination MAC, per run of one flow, or hands it to the resolver to
-// wait for one; held packets leave the output batch (and its runs).
+// destination MAC, or hands it to the resolver to wait for one; held
+// packets leave the output batch and their runs. The destination is read
+// from each packet, not from its flow's key: a listener flow (a TCP
+// handshake, a UDP server) sends to many remotes. Consecutive packets to
+// one destination are resolved once.
 func (s *Switch) resolveOut() {
 	l, t := &s.l2, &s.tx
 	var (
@@ -269,35 +283,39 @@ func (s *Switch) resolveOut() {
 	)
 	w, rw, j := 0, 0, 0
 	for _, r := range t.runs {
-		// One lookup per run of a flow, and none for a run whose next hop
-		// is the previous run's.
-		if next := r.e.Key().RemoteAddrPort().Addr(); !have || next != ip {
-			ip, have = next, true
-			mac, ok = l.nb.Resolve(ip)
-		}
-		if ok {
-			for x := j; x < j+r.n; x++ {
-				f := t.out[x]
+		kept, bytes := 0, uint64(0)
+		for x := j; x < j+r.n; x++ {
+			f := t.out[x]
+			if dst := packetDst(f[t.l2Len:]); !have || dst != ip {
+				ip, have = dst, true
+				mac, ok = l.nb.Resolve(ip)
+			}
+			if ok {
 				copy(f[0:6], mac[:])
 				t.out[w], t.flags[w], t.outSeg[w] = f, t.flags[x], t.outSeg[x]
 				w++
+				kept++
+				bytes += uint64(len(f) - t.l2Len)
+				continue
 			}
-			t.runs[rw] = r
-			rw++
-		} else {
-			for x, f := range t.out[j : j+r.n] {
-				// A super packet is not held: the resolver sends what it
-				// holds as it is, and only MTU frames go out that way.
-				// TCP sends it again.
-				if t.outSeg[j+x] == 0 && l.nb.Hold(ip, f[t.l2Len:]) {
-					l.stats.Held++
-					l.asked = true
-				} else {
-					l.stats.HoldDrops++
-				}
+			// A super packet is not held: the resolver sends what it
+			// holds as it is, and only MTU frames go out that way. TCP
+			// sends it again.
+			if t.outSeg[x] == 0 && l.nb.Hold(ip, f[t.l2Len:]) {
+				l.stats.Held++
+				l.asked = true
+			} else {
+				l.stats.HoldDrops++
 			}
 		}
 		j += r.n
+		if kept > 0 {
+			if kept < r.n {
+				r.n, r.bytes = kept, bytes
+			}
+			t.runs[rw] = r
+			rw++
+		}
 	}
 	clear(t.runs[rw:])
 	t.runs, t.out, t.flags = t.runs[:rw], t.out[:w], t.flags[:w]
@@ -310,4 +328,13 @@ func (s *Switch) resolveOut() {
 			}
 		}
 	}
+}
+
+// packetDst returns the destination address of the IP packet p, which
+// passed the transmit checks (so its header is whole).
+func packetDst(p []byte) netip.Addr {
+	if p[0]>>4 == 6 {
+		return netip.AddrFrom16([16]byte(p[24:40]))
+	}
+	return netip.AddrFrom4([4]byte(p[16:20]))
 }

@@ -432,7 +432,7 @@ func TestL2HostPort(t *testing.T) {
 	if len(toKernel) != 2 || !bytes.Equal(toKernel[0], hostReq) || !bytes.Equal(toKernel[1], reply) {
 		t.Fatalf("the kernel got %d frames, want the request for its address and the reply", len(toKernel))
 	}
-	if mac, st, ok := sw.Neighbors().Lookup(remoteIP); !ok || mac != neigh.MAC(macB) || st != neigh.Reachable {
+	if mac, st, ok := sw.Neighbors().(*neigh.Resolver).Lookup(remoteIP); !ok || mac != neigh.MAC(macB) || st != neigh.Reachable {
 		t.Errorf("the resolver did not learn the peer: %x %v %v", mac, st, ok)
 	}
 	if st := sw.Stats().L2; st.Frames != 3 || st.Replies != 1 || st.Suppressed != 1 || st.ToHost != 2 {

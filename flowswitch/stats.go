@@ -80,7 +80,18 @@ type SnapshotRegulation struct {
 type SnapshotL2 struct {
 	Switch   L2Stats     `json:"switch"`
 	Resolver neigh.Stats `json:"resolver"`
+	// Routes are the cached routes, most recently used first, and
+	// Neighbors the next hops they use, when the resolver keeps routes
+	// (neigh.Routes): at most MaxSnapshotRoutes of each; RoutesTotal
+	// counts every route.
+	Routes      []neigh.RouteInfo    `json:"routes,omitempty"`
+	Neighbors   []neigh.NeighborInfo `json:"neighbors,omitempty"`
+	RoutesTotal int                  `json:"routes_total,omitempty"`
 }
+
+// MaxSnapshotRoutes bounds SnapshotL2's lists: a stats reply holds them
+// in one message (about 150 bytes each in JSON).
+const MaxSnapshotRoutes = 256
 
 // SnapshotTotals are the switch-wide counters (see Stats).
 type SnapshotTotals struct {
@@ -228,7 +239,12 @@ func (s *Switch) Snapshot() Snapshot {
 	}
 	snap.Link = s.link.Stats()
 	snap.Totals.KernelPassed += snap.Link.KernelPassed
-	snap.Drops = drops(&st, &snap.Link)
+	var nb *neigh.Stats
+	if s.l2.nb != nil {
+		x := s.l2.nb.Stats()
+		nb = &x
+	}
+	snap.Drops = drops(&st, nb, &snap.Link)
 	snap.Hists = SnapshotHists{RxBatch: s.hist.rxBatch.Snapshot(), SuperPacket: s.hist.super.Snapshot()}
 	if s.reg != nil {
 		r, q := &st.Regulation, &st.Regulation.Queue
@@ -246,8 +262,13 @@ func (s *Switch) Snapshot() Snapshot {
 		}
 		snap.Regulation.Sojourn = s.reg.q.Sojourn()
 	}
-	if s.l2.nb != nil {
-		snap.L2 = &SnapshotL2{Switch: st.L2, Resolver: s.l2.nb.Stats()}
+	if nb != nil {
+		snap.L2 = &SnapshotL2{Switch: st.L2, Resolver: *nb}
+		if t, ok := s.l2.nb.(interface {
+			Table(int) ([]neigh.RouteInfo, []neigh.NeighborInfo, int)
+		}); ok {
+			snap.L2.Routes, snap.L2.Neighbors, snap.L2.RoutesTotal = t.Table(MaxSnapshotRoutes)
+		}
 	}
 	return snap
 }
@@ -267,7 +288,7 @@ func (p ParseDrops) MarshalJSON() ([]byte, error) {
 }
 
 // drops lists every drop reason of st, in check order, and the link's.
-func drops(st *Stats, link *netif.Stats) []Drop {
+func drops(st *Stats, nb *neigh.Stats, link *netif.Stats) []Drop {
 	var out []Drop
 	add := func(dir, place, reason string, n uint64) { out = append(out, Drop{dir, place, reason, n}) }
 	for r := packet.Reason(1); r < packet.NumReasons; r++ {
@@ -294,7 +315,15 @@ func drops(st *Stats, link *netif.Stats) []Drop {
 	// too, which the switch does not count. The switch's own count (AQM,
 	// resolver) is the floor, for a link that counts less.
 	add("tx", PlaceLink, "device_full", max(st.Regulation.LinkDrops+st.L2.DeviceDrops, link.TxDrops))
+	// Refused by the resolver's Hold (its queue full, or a remote the
+	// kernel does not route through the link), then dropped after being
+	// held (no answer in time, or the remote turned out unreachable).
 	add("tx", PlaceSwitch, "neigh_hold_full", st.L2.HoldDrops)
+	var expired uint64
+	if nb != nil {
+		expired = nb.PendingExpired
+	}
+	add("tx", PlaceSwitch, "neigh_expired", expired)
 	// The link's receive losses happen before the switch reads: no room
 	// in its ring or buffer (the kernel's counts included).
 	add("rx", PlaceLink, "link_rx_lost", link.RxDrops)
@@ -358,6 +387,15 @@ func (snap *Snapshot) WriteTable(w io.Writer, maxFlows int) error {
 			a.Held, a.HoldDrops, r.SolicitsSent, r.Resolved, r.Failed, r.PendingSent, r.PendingExpired, r.BadFrames)
 		if err := section(w, tw); err != nil {
 			return err
+		}
+		if len(l.Routes) > 0 {
+			fmt.Fprintf(tw, "route\tremote\tvia\tmac\tstate\theld\t\n")
+			for _, x := range l.Routes {
+				fmt.Fprintf(tw, "\t%v\t%v\t%s\t%s\t%d\t\n", x.Remote, x.Via, x.MAC, x.State, x.Held)
+			}
+			if err := section(w, tw); err != nil {
+				return err
+			}
 		}
 	}
 	fmt.Fprintf(tw, "drops\treason\tpackets\t\n")

@@ -68,14 +68,16 @@ type Options struct {
 	// benches); with DstMAC zero and SrcMAC set, the switch resolves each
 	// packet's next hop itself (l2.go).
 	SrcMAC, DstMAC [6]byte
-	// Neighbors, if set, is the neighbour resolver (ARP, NDP) of an
-	// Ethernet link: the switch hands it the ARP and NS/NA frames it
-	// receives and, unless DstMAC is set, resolves the next hop of every
-	// packet it transmits (l2.go). Nil means one the switch builds from
-	// SrcMAC and LocalAddrs when the link is Ethernet, SrcMAC is set and
-	// DstMAC is not; else no resolution. The Switch calls it from its
-	// datapath only; others may call its (locked) methods too.
-	Neighbors *neigh.Resolver
+	// Neighbors, if set, resolves next hops on an Ethernet link: the
+	// switch hands it every frame it receives first (HandleFrame) and,
+	// unless DstMAC is set, resolves the next hop of every packet it
+	// transmits (l2.go). A neigh.Resolver answers and asks ARP and NDP
+	// itself (a link no kernel shares); a neigh.Routes follows the kernel
+	// that shares the link (neigh/kernel). Nil means a Resolver the switch
+	// builds from SrcMAC and LocalAddrs when the link is Ethernet, SrcMAC
+	// is set and DstMAC is not; else no resolution. The Switch calls it
+	// from its datapath only; others may call its (locked) methods too.
+	Neighbors neigh.NextHops
 	// HostAddrs are the addresses among LocalAddrs that the kernel behind
 	// HostLink owns as well and answers ARP and NS for itself: the
 	// resolver does not answer for them (one answer, the kernel's), and
@@ -506,7 +508,7 @@ func (s *Switch) nextWake(now int64) int64 {
 		w = min(w, s.reg.wake(now))
 	}
 	if s.l2.nb != nil {
-		w = min(w, s.l2.lastPoll+int64(neigh.PollInterval)-now)
+		w = min(w, s.l2.lastPoll+int64(s.l2.pollEvery())-now)
 	}
 	return max(w, 0)
 }

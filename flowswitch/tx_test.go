@@ -118,6 +118,14 @@ func (r *rig) send(t testing.TB, i int, id [16]byte, pkts ...[]byte) []channel.B
 func (r *rig) sendSeg(t testing.TB, i int, id [16]byte, seg uint16, pkts ...[]byte) []channel.Buf {
 	t.Helper()
 	bufs := make([]channel.Buf, len(pkts))
+	r.sendInto(t, i, id, seg, bufs, pkts)
+	return bufs
+}
+
+// sendInto is sendSeg with the caller's bufs (len(pkts) of them), for
+// tests that count allocations.
+func (r *rig) sendInto(t testing.TB, i int, id [16]byte, seg uint16, bufs []channel.Buf, pkts [][]byte) {
+	t.Helper()
 	for got := 0; got < len(pkts); {
 		if err := r.chans[i].Sync(); err != nil { // refill the alloc ring
 			t.Fatal(err)
@@ -138,7 +146,6 @@ func (r *rig) sendSeg(t testing.TB, i int, id [16]byte, seg uint16, pkts ...[]by
 	if n, err := r.apps[i].Send(bufs); n != len(bufs) || err != nil {
 		t.Fatalf("app send: %d of %d, %v", n, len(bufs), err)
 	}
-	return bufs
 }
 
 // tx runs TxOnce on port i until the TX ring is empty.

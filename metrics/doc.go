@@ -92,12 +92,19 @@
 //	neigh_replies_sent_total, neigh_solicits_sent_total, neigh_resolved_total,
 //	neigh_failed_total, neigh_pending_queued_total, neigh_pending_sent_total,
 //	neigh_pending_overflow_total, neigh_pending_expired_total,
-//	neigh_bad_frames_total
+//	neigh_bad_frames_total, neigh_route_queries_total,
+//	neigh_route_changes_total, neigh_no_route_total, neigh_mac_changes_total,
+//	neigh_routes_evicted_total, neigh_routes_expired_total, neigh_routes,
+//	neigh_pending_packets
+//
+// (with a neigh.Routes, which follows the kernel, neigh_solicits_sent_total
+// counts the resolutions asked of the kernel, and the replies and bad
+// frames stay zero)
 //
 // Each packet drop is exported once, in drops_total: the channel's RxDrops
 // is port_rx_ring_drops_total (PortStats.RxRingDrops is a copy of it), and
 // the AQM's and the resolver's drops, and the device's refusals, are the
-// tx reasons aqm_*, neigh_hold_full and device_full (the link's TxDrops:
+// tx reasons aqm_*, neigh_hold_full, neigh_expired and device_full (the link's TxDrops:
 // netif_tx_drops_total counts the same frames), and the link's receive
 // losses are link_rx_lost (netif_rx_drops_total, the same). The channel's TX
 // counters count what the switch took from the TX ring, the port's what

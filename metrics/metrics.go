@@ -327,6 +327,22 @@ func New(snap func() (flowswitch.Snapshot, error), opts Options) *Collector {
 			func(l *l2Tot) uint64 { return l.Resolver.PendingExpired }),
 		counter(b, nil, "neigh_bad_frames_total", "ARP and NDP frames the resolver's parsers refused.",
 			func(l *l2Tot) uint64 { return l.Resolver.BadFrames }),
+		counter(b, nil, "neigh_route_queries_total", "Routes asked of the kernel: new remotes, expired or changed routes.",
+			func(l *l2Tot) uint64 { return l.Resolver.RouteQueries }),
+		counter(b, nil, "neigh_route_changes_total", "Kernel answers that changed a remote's next hop.",
+			func(l *l2Tot) uint64 { return l.Resolver.RouteChanges }),
+		counter(b, nil, "neigh_no_route_total", "Packets refused or dropped because the kernel routes their destination elsewhere or nowhere.",
+			func(l *l2Tot) uint64 { return l.Resolver.NoRoute }),
+		counter(b, nil, "neigh_mac_changes_total", "Next hops whose MAC the kernel replaced (a replaced host).",
+			func(l *l2Tot) uint64 { return l.Resolver.MACChanges }),
+		counter(b, nil, "neigh_routes_evicted_total", "Idle routes evicted to make room for a new remote.",
+			func(l *l2Tot) uint64 { return l.Resolver.RoutesEvicted }),
+		counter(b, nil, "neigh_routes_expired_total", "Routes forgotten after their TTL unused.",
+			func(l *l2Tot) uint64 { return l.Resolver.RoutesExpired }),
+		gauge(b, nil, "neigh_pending_packets", "Packets held now, waiting for their next hop.",
+			func(l *l2Tot) float64 { return float64(l.Resolver.Pending) }),
+		gauge(b, nil, "neigh_routes", "Routes cached, one per remote.",
+			func(l *l2Tot) float64 { return float64(l.RoutesTotal) }),
 	}
 
 	if c.maxFlows > 0 {

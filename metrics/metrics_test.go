@@ -614,6 +614,14 @@ func checkSnapshot(t *testing.T, mfs map[string]*dto.MetricFamily, snap *flowswi
 		check("skylane_neigh_pending_overflow_total", v.PendingOverflow)
 		check("skylane_neigh_pending_expired_total", v.PendingExpired)
 		check("skylane_neigh_bad_frames_total", v.BadFrames)
+		check("skylane_neigh_route_queries_total", v.RouteQueries)
+		check("skylane_neigh_route_changes_total", v.RouteChanges)
+		check("skylane_neigh_no_route_total", v.NoRoute)
+		check("skylane_neigh_mac_changes_total", v.MACChanges)
+		check("skylane_neigh_routes_evicted_total", v.RoutesEvicted)
+		check("skylane_neigh_routes_expired_total", v.RoutesExpired)
+		check("skylane_neigh_routes", uint64(g.RoutesTotal))
+		check("skylane_neigh_pending_packets", v.Pending)
 	}
 	checkHist := func(name string, h histogram.Snapshot) {
 		t.Helper()

@@ -15,6 +15,7 @@ const (
 	Incomplete State = iota + 1 // solicited, no answer yet
 	Reachable                   // confirmed less than ReachableTime ago
 	Stale                       // usable, not confirmed lately
+	Failed                      // resolution failed (Routes: the kernel's entry says so)
 )
 
 func (s State) String() string {
@@ -25,6 +26,8 @@ func (s State) String() string {
 		return "reachable"
 	case Stale:
 		return "stale"
+	case Failed:
+		return "failed"
 	}
 	return fmt.Sprintf("State(%d)", uint8(s))
 }
@@ -74,8 +77,19 @@ type Stats struct {
 	PendingQueued   uint64 // packets Hold accepted
 	PendingSent     uint64 // held packets Poll released after resolution
 	PendingOverflow uint64 // packets Hold dropped: queue for the address or in all full, or table full
-	PendingExpired  uint64 // held packets dropped because resolution failed
+	PendingExpired  uint64 // held packets dropped because resolution failed (Routes: or the remote is unreachable)
 	BadFrames       uint64 // ARP/NDP frames refused by the parsers
+	Pending         uint64 // packets held now (a gauge)
+	// Routes only (zero for a Resolver). SolicitsSent counts the
+	// resolutions and confirmations asked of the kernel, Resolved the
+	// waits that ended with held packets sent, Failed those that timed out.
+	RouteQueries     uint64 // routes asked of the kernel: new remotes, expired or changed routes
+	RouteChanges     uint64 // answers that changed a remote's next hop
+	NoRoute          uint64 // packets refused by Hold or dropped after it (also in PendingOverflow or PendingExpired's drops): the kernel routes their destination through another interface, or nowhere
+	MACChanges       uint64 // a next hop's MAC replaced by the kernel's newer one (a replaced host)
+	RoutesEvicted    uint64 // idle routes evicted to make room for a new remote
+	RoutesExpired    uint64 // routes forgotten after RouteTTL unused
+	NeighborsIgnored uint64 // kernel neighbour entries not mirrored: MaxNeighbors reached
 }
 
 type entry struct {
@@ -95,8 +109,7 @@ type Resolver struct {
 	src6  netip.Addr
 	owned map[netip.Addr]bool
 	ents  map[netip.Addr]*entry
-	held  int      // packets held in all entries
-	free  [][]byte // buffers of released packets, reused by Hold
+	hold  holdPool
 	stats Stats
 }
 
@@ -108,29 +121,19 @@ func New(opts Options) (*Resolver, error) {
 	if opts.MAC[0]&1 != 0 {
 		return nil, fmt.Errorf("neigh: MAC %x is a group address", opts.MAC)
 	}
-	def := func(v *time.Duration, d time.Duration) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	defi := func(v *int, d int) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	def(&opts.ReachableTime, DefaultReachableTime)
-	def(&opts.RetransTime, DefaultRetransTime)
-	def(&opts.StaleTime, DefaultStaleTime)
-	defi(&opts.MaxProbes, DefaultMaxProbes)
-	defi(&opts.PendingPerAddr, DefaultPendingPerAddr)
-	defi(&opts.MaxPending, DefaultMaxPending)
-	defi(&opts.MaxEntries, DefaultMaxEntries)
-	defi(&opts.MaxPacket, 65535)
+	var neg bool
+	setDefault(&neg, &opts.ReachableTime, DefaultReachableTime)
+	setDefault(&neg, &opts.RetransTime, DefaultRetransTime)
+	setDefault(&neg, &opts.StaleTime, DefaultStaleTime)
+	setDefault(&neg, &opts.MaxProbes, DefaultMaxProbes)
+	setDefault(&neg, &opts.PendingPerAddr, DefaultPendingPerAddr)
+	setDefault(&neg, &opts.MaxPending, DefaultMaxPending)
+	setDefault(&neg, &opts.MaxEntries, DefaultMaxEntries)
+	setDefault(&neg, &opts.MaxPacket, 65535)
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	if opts.ReachableTime < 0 || opts.RetransTime < 0 || opts.StaleTime < 0 || opts.MaxProbes < 0 ||
-		opts.PendingPerAddr < 0 || opts.MaxPending < 0 || opts.MaxEntries < 0 || opts.MaxPacket < 0 {
+	if neg {
 		return nil, errors.New("neigh: negative option")
 	}
 	r := &Resolver{o: opts, owned: make(map[netip.Addr]bool), ents: make(map[netip.Addr]*entry)}
@@ -142,6 +145,16 @@ func New(opts Options) (*Resolver, error) {
 		}
 	}
 	return r, nil
+}
+
+// setDefault sets *v to d if it is zero, and sets *neg if it is negative.
+func setDefault[T int | time.Duration](neg *bool, v *T, d T) {
+	if *v == 0 {
+		*v = d
+	}
+	if *v < 0 {
+		*neg = true
+	}
 }
 
 // AddAddr makes the Resolver answer for a (an address the nexus owns).
@@ -185,7 +198,9 @@ func (r *Resolver) RemoveAddr(a netip.Addr) {
 func (r *Resolver) Stats() Stats {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.stats
+	st := r.stats
+	st.Pending = uint64(r.hold.held)
+	return st
 }
 
 // Lookup returns the entry for ip without touching it: for tests and
@@ -272,7 +287,7 @@ func (r *Resolver) Hold(ip netip.Addr, pkt []byte) bool {
 	ip = ip.Unmap()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if len(pkt) > r.o.MaxPacket || !ip.IsValid() || r.held >= r.o.MaxPending {
+	if len(pkt) > r.o.MaxPacket || !ip.IsValid() || r.hold.held >= r.o.MaxPending {
 		r.stats.PendingOverflow++
 		return false
 	}
@@ -288,12 +303,7 @@ func (r *Resolver) Hold(ip netip.Addr, pkt []byte) bool {
 		r.stats.PendingOverflow++
 		return false
 	}
-	var buf []byte
-	if k := len(r.free); k > 0 {
-		buf, r.free = r.free[k-1][:0], r.free[:k-1]
-	}
-	e.pending = append(e.pending, append(buf, pkt...))
-	r.held++
+	e.pending = r.hold.push(e.pending, pkt)
 	r.stats.PendingQueued++
 	return true
 }
@@ -329,7 +339,7 @@ func (r *Resolver) Poll(bufs [][]byte, sizes []int) int {
 				// No answer to MaxProbes solicitations: give up.
 				r.stats.Failed++
 				r.stats.PendingExpired += uint64(len(e.pending))
-				r.dropPending(e)
+				e.pending = r.hold.drop(e.pending)
 				delete(r.ents, ip)
 				continue
 			}
@@ -347,34 +357,10 @@ func (r *Resolver) Poll(bufs [][]byte, sizes []int) int {
 			}
 		}
 		if e.state != Incomplete {
-			for len(e.pending) > 0 && n < limit {
-				p := e.pending[0]
-				m := r.frame(bufs[n], e.mac, ip, p)
-				e.pending = e.pending[1:]
-				r.held--
-				r.free = append(r.free, p)
-				if m == 0 {
-					r.stats.PendingExpired++
-					continue
-				}
-				sizes[n] = m
-				n++
-				r.stats.PendingSent++
-			}
-			if len(e.pending) == 0 {
-				e.pending = nil
-			}
+			e.pending, n = r.hold.release(e.pending, bufs, sizes, n, limit, e.mac, r.o.MAC, ip, &r.stats)
 		}
 	}
 	return n
-}
-
-func (r *Resolver) dropPending(e *entry) {
-	for _, p := range e.pending {
-		r.free = append(r.free, p)
-	}
-	r.held -= len(e.pending)
-	e.pending = nil
 }
 
 // solicit writes the solicitation for ip into b: broadcast (ARP) or
@@ -408,13 +394,15 @@ func (r *Resolver) solicit(b []byte, ip netip.Addr, e *entry) int {
 	return n
 }
 
-// frame writes an Ethernet header to mac and the IP packet p into b.
-func (r *Resolver) frame(b []byte, mac MAC, ip netip.Addr, p []byte) int {
+// putFrame writes an Ethernet header from src to dst and the IP packet p
+// (for ip, its next hop or destination: the family names the EtherType)
+// into b. It returns 0 if b is too small.
+func putFrame(b []byte, dst, src MAC, ip netip.Addr, p []byte) int {
 	if len(b) < ethHdrLen+len(p) {
 		return 0
 	}
-	copy(b[0:6], mac[:])
-	copy(b[6:12], r.o.MAC[:])
+	copy(b[0:6], dst[:])
+	copy(b[6:12], src[:])
 	et := uint16(etherTypeIPv4)
 	if ip.Is6() {
 		et = etherTypeIPv6

@@ -27,7 +27,7 @@ func newResolver(t *testing.T, o Options) (*Resolver, *fakeClock) {
 	return r, c
 }
 
-func poll(r *Resolver) [][]byte {
+func poll(r NextHops) [][]byte {
 	bufs, sizes := make([][]byte, 16), make([]int, 16)
 	for i := range bufs {
 		bufs[i] = make([]byte, 2048)
@@ -126,8 +126,8 @@ func TestResolveFails(t *testing.T) {
 	}
 	// The buffers are reused: holding again allocates no new one.
 	r.Hold(ip6B, []byte{0x60, 4})
-	if len(r.free) != 1 {
-		t.Fatalf("%d free buffers, want 1 left after reuse", len(r.free))
+	if len(r.hold.free) != 1 {
+		t.Fatalf("%d free buffers, want 1 left after reuse", len(r.hold.free))
 	}
 }
 

@@ -3,6 +3,7 @@ package neigh
 import (
 	"encoding/binary"
 	"errors"
+	"net"
 	"net/netip"
 
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
@@ -10,6 +11,9 @@ import (
 
 // MAC is an Ethernet address.
 type MAC [6]byte
+
+// String returns m as six colon-separated hex bytes.
+func (m MAC) String() string { return net.HardwareAddr(m[:]).String() }
 
 // Broadcast is the Ethernet broadcast address ARP requests go to.
 var Broadcast = MAC{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}

@@ -72,6 +72,11 @@
 //     kernel seeing the flow too; a full map (netif.ErrSteerFull) fails
 //     Register as a flow limit (flow.ErrTooManyFlows), and any other
 //     steering error fails it too, the flow torn down.
+//   - With Options.Reserve (a kernel sharing the device), a listener flow's
+//     port is reserved in the kernel's stack from before it is steered
+//     until it is torn down, on the same paths as its steering; a
+//     reservation that fails fails Register. Only the port that owns the
+//     flow gets its host listener (Port.HostListener).
 //   - A flow's advisory entry (docs/design.md §7) is clear when Register hands it
 //     out, whatever the flow that held the slot before left in it. Only the
 //     worker writes advisories: the switch's regulation layer as its queue

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"time"
 
 	"github.com/skylane/skylane/channel"
@@ -40,16 +41,29 @@ func (n *Nexus) registerFlow(q *port, key packet.Key, kind flow.Kind) (channel.F
 			return channel.FlowInfo{}, fmt.Errorf("clear advisory %d: %w", adv, err)
 		}
 	}
+	// The kernel's stack gives the port up before the device hands the
+	// flow's packets to user space.
+	var res Reservation
+	if kind != flow.Connected && n.opts.Reserve != nil {
+		if res, err = n.opts.Reserve(key); err != nil {
+			n.sw.Teardown(e)
+			return channel.FlowInfo{}, portHint(err)
+		}
+	}
 	// Only now may the device hand the flow's packets to user space
 	// alone; the app sends nothing before Register returns.
 	if err := n.steerFlow(key); err != nil {
 		n.sw.Teardown(e)
+		closeRes(res)
 		if errors.Is(err, flow.ErrTooManyFlows) {
 			n.limitLog.hit(n.log, q.app.name, err)
 		}
 		return channel.FlowInfo{}, err
 	}
 	q.flows[key] = e
+	if res != nil {
+		q.res[key] = res
+	}
 	return channel.FlowInfo{ID: e.ID(), Advisory: e.AdvisoryIndex()}, nil
 }
 
@@ -99,9 +113,7 @@ func (p *Port) TeardownBatch(keys []packet.Key) []error {
 				errs[i] = ErrNoFlow
 				continue
 			}
-			p.n.sw.Teardown(e)
-			delete(q.flows, k)
-			errs[i] = p.n.unsteerFlow(k)
+			errs[i] = p.n.teardownFlow(q, k, e)
 		}
 		return nil
 	})
@@ -114,6 +126,62 @@ func (p *Port) TeardownBatch(keys []packet.Key) []error {
 		}
 	}
 	return errs
+}
+
+// teardownFlow tears down q's flow key (entry e): out of the table, its
+// kernel reservation closed (the kernel's local listener stops first, so
+// no local connection is accepted for a flow that is gone), then given
+// back to the kernel's path. Worker only.
+func (n *Nexus) teardownFlow(q *port, key packet.Key, e *flow.Entry) error {
+	if e != nil {
+		n.sw.Teardown(e)
+	}
+	delete(q.flows, key)
+	var rerr error
+	if res := q.res[key]; res != nil {
+		delete(q.res, key)
+		if err := res.Close(); err != nil {
+			rerr = fmt.Errorf("release the kernel's port: %w", err)
+		}
+	}
+	return errors.Join(rerr, n.unsteerFlow(key))
+}
+
+func closeRes(res Reservation) {
+	if res != nil {
+		res.Close()
+	}
+}
+
+// HostListener returns a duplicate of the kernel socket that reserves the
+// TCP listener flow key of this port (Options.Reserve): it accepts the
+// connections of processes on the nexus's own host to the flow's address
+// and port, which never cross the device (they go through the kernel's
+// loopback). It returns nil, nil when the flow has no such socket (no
+// kernel shares the device, or UDP), and ErrNoFlow for a key the port did
+// not register. The caller owns the file.
+func (p *Port) HostListener(key packet.Key) (*os.File, error) {
+	var f *os.File
+	err := p.n.do(func() error {
+		q := p.n.ports[p.id]
+		if q == nil {
+			return ErrClosed
+		}
+		if q.flows[key] == nil {
+			return ErrNoFlow
+		}
+		res := q.res[key]
+		if res == nil {
+			return nil
+		}
+		var err error
+		f, err = res.Listener()
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("port %s: host listener %v: %w", p.name, key, err)
+	}
+	return f, nil
 }
 
 // burstLog logs a limit's hits once per burst: the first hit after

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -80,6 +81,36 @@ type Options struct {
 	// Logger gets the nexus's warnings (a limit hit, once per burst);
 	// nil means slog.Default().
 	Logger *slog.Logger
+	// Reserve, if set, reserves a listener flow's local address and port
+	// in the kernel's stack that shares the device (AF_XDP, AF_PACKET;
+	// drivers.Reserver.Reserve): one port namespace for the kernel and
+	// the apps. Register calls it for every listener flow (Listener3,
+	// Listener2) after the flow table accepted the flow and before the
+	// flow is steered, and fails the flow if it fails (a kernel socket
+	// holds the port: an error wrapping flow.ErrKernelPort); the flow's
+	// teardown, on every path, closes the reservation. A TCP
+	// reservation's listener is how processes on this host reach the app
+	// (Port.HostListener). Connected flows are not reserved: see
+	// Ephemeral.
+	Reserve func(key packet.Key) (Reservation, error)
+	// Ephemeral is the range of local ports, [lo, hi], apps' outgoing
+	// connections take (Port.Ephemeral; the control server's default).
+	// With a kernel sharing the device it must not overlap the kernel's
+	// ephemeral range (drivers.AppEphemeral), so that kernel and user
+	// space never pick the same source port. Zero: apps take their
+	// stack's default range.
+	Ephemeral [2]uint16
+}
+
+// Reservation is a listener flow's port held in the kernel's stack
+// (Options.Reserve).
+type Reservation interface {
+	// Listener returns a duplicate of the reservation's listening socket,
+	// which accepts connections from processes on this host, or nil if
+	// it has none (UDP). The caller owns the file.
+	Listener() (*os.File, error)
+	// Close gives the port back to the kernel.
+	Close() error
 }
 
 // Nexus owns a link and a flowswitch and serves application ports (see the
@@ -128,6 +159,9 @@ func New(opts Options) (*Nexus, error) {
 	}
 	if opts.Switch.Link != nil || opts.Switch.LocalAddrs != nil {
 		return nil, fmt.Errorf("nexus: set Options.Link and Options.Addrs, not Options.Switch.Link/LocalAddrs")
+	}
+	if e := opts.Ephemeral; e != [2]uint16{} && (e[0] == 0 || e[1] < e[0]) {
+		return nil, fmt.Errorf("nexus: ephemeral port range %d-%d: want 0 < lo <= hi", e[0], e[1])
 	}
 	if opts.ReapInterval < 0 {
 		return nil, fmt.Errorf("nexus: negative reap interval %v", opts.ReapInterval)
@@ -197,6 +231,10 @@ func (n *Nexus) Addrs() []netip.Addr { return append([]netip.Addr(nil), n.addrs.
 
 // MTU returns the link's MTU: the largest IP packet an app may send.
 func (n *Nexus) MTU() int { return n.mtu }
+
+// Ephemeral returns Options.Ephemeral: the local ports apps' outgoing
+// connections take, or zero.
+func (n *Nexus) Ephemeral() [2]uint16 { return n.opts.Ephemeral }
 
 // Close stops the worker, closes every port's channel (their apps see
 // channel.ReasonClosed), stops every goroutine the nexus started and closes

@@ -3,9 +3,7 @@ package nexus
 import (
 	"errors"
 	"fmt"
-	"maps"
 	"net/netip"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,6 +24,7 @@ type port struct {
 	ch     *channel.Channel // the nexus end; owned by the worker
 	app    *Port            // the app's handle: bell and sleep flag
 	flows  map[packet.Key]*flow.Entry
+	res    map[packet.Key]Reservation // the kernel's reservations of its listener flows (Options.Reserve)
 
 	// Port waiter hand-off: the worker sends on arm, the waiter runs
 	// Channel.Wait and answers on woke (after ringing the nexus's bell).
@@ -164,7 +163,7 @@ func (n *Nexus) openPort(name string, remote, attach bool, o PortOptions) (*Port
 	ap := &Port{n: n, id: id, name: co.Name, app: app, remote: remote, bell: make(chan struct{}, 1), gone: make(chan struct{})}
 	p := &port{
 		n: n, id: id, ch: ch, app: ap, remote: remote,
-		flows: make(map[packet.Key]*flow.Entry),
+		flows: make(map[packet.Key]*flow.Entry), res: make(map[packet.Key]Reservation),
 		armCh: make(chan struct{}, 1), woke: make(chan struct{}, 1),
 		last: ch.Counters(),
 	}
@@ -182,17 +181,15 @@ func (n *Nexus) openPort(name string, remote, attach bool, o PortOptions) (*Port
 // It returns the errors of giving the port's flows back to the kernel.
 func (n *Nexus) closePort(p *port) error {
 	n.sw.RemovePort(p.id) // tears its flows down; the switch forgets the channel
-	// The port's flows leave its map first, so a listener of the port
-	// going gives none of them an entry of its own (steer.go); and its
-	// connected flows go before its listeners, while they still count
-	// as covered.
-	keys := slices.Collect(maps.Keys(p.flows))
-	clear(p.flows)
+	// Connected flows go before listeners: while the port's listener is
+	// steered its connections count as covered, and once they are out of
+	// the port's flows, its listener going gives none of them an entry
+	// of its own (steer.go).
 	var errs []error
 	for _, listeners := range []bool{false, true} {
-		for _, k := range keys {
+		for k := range p.flows {
 			if isListener(k) == listeners {
-				errs = append(errs, n.unsteerFlow(k))
+				errs = append(errs, n.teardownFlow(p, k, nil))
 			}
 		}
 	}
@@ -294,6 +291,10 @@ func (p *Port) Addrs() []netip.Addr { return p.n.Addrs() }
 // MTU returns the largest IP packet the port may send.
 func (p *Port) MTU() int { return p.n.mtu }
 
+// Ephemeral returns the local port range, [lo, hi], the app's outgoing
+// connections take (Options.Ephemeral), or zero: its stack's default.
+func (p *Port) Ephemeral() [2]uint16 { return p.n.opts.Ephemeral }
+
 // Register registers a flow for this port before any of its packets move
 // and returns what the app needs to send on it: the flow ID it writes into
 // the metadata of every packet of the flow (channel.TxMetaFlowIDOff) and
@@ -342,11 +343,9 @@ func (p *Port) Teardown(key packet.Key) error {
 			return ErrNoFlow
 		}
 		p.n.drainTX(q)
-		p.n.sw.Teardown(e)
-		delete(q.flows, key)
 		// The flow's last packets went first; now the kernel gets its
-		// packets again.
-		return p.n.unsteerFlow(key)
+		// port and packets again.
+		return p.n.teardownFlow(q, key, e)
 	})
 	if err != nil {
 		return fmt.Errorf("port %s: teardown %v: %w", p.name, key, err)

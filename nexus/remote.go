@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 
 	"github.com/skylane/skylane/channel"
 	"github.com/skylane/skylane/flow"
@@ -74,6 +75,9 @@ func (r *RemotePort) MTU() int { return r.p.MTU() }
 func (r *RemotePort) Register(key packet.Key, kind flow.Kind) (channel.FlowInfo, error) {
 	return r.p.Register(key, kind)
 }
+
+// HostListener is Port.HostListener: only the port's own flows' sockets.
+func (r *RemotePort) HostListener(key packet.Key) (*os.File, error) { return r.p.HostListener(key) }
 
 // Teardown is Port.Teardown: only the port's own flows can be torn down.
 func (r *RemotePort) Teardown(key packet.Key) error { return r.p.Teardown(key) }

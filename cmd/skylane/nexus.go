@@ -35,6 +35,10 @@ serve --nexus) on a control socket until SIGINT or SIGTERM, then removes
 everything it made (the XDP or TC program, the TUN device, the socket and
 its lock file). Root only.
 
+On afxdp and afpacket the nexus shares the interface, and its addresses,
+with the kernel: each destination's next hop comes from the kernel's routing
+and neighbour tables, followed live (--peer-mac overrides it with one MAC).
+
 Apps: the socket is mode 0660, group --socket-group; each app session is
 checked against --policy by its peer credentials (with no policy, only root
 may attach). SIGHUP reloads the policy: sessions and their flows stay; each
@@ -96,7 +100,7 @@ func parseNexus(args []string, usageOut io.Writer) (nexusConfig, error) {
 	fs.StringVar(&c.link.driver, "driver", drivers.AFXDP, "driver: "+strings.Join(drivers.Names(), ", "))
 	fs.StringVar(&c.link.mode, "mode", "", "driver mode: afxdp generic (default) or native; afpacket steer (default) or tap")
 	fs.StringVar(&addr, "addr", "", "the apps' address: one of --dev's (afxdp, afpacket; default all of them), or the stack's (tun, memif: required)")
-	fs.StringVar(&c.link.peerMAC, "peer-mac", "", "MAC of the next hop (afxdp, afpacket); default: the only neighbour in the kernel's table on --dev")
+	fs.StringVar(&c.link.peerMAC, "peer-mac", "", peerMACUsage)
 	fs.StringVar(&c.link.tunAddr, "tun-addr", "", "the kernel's address on the TUN device, as a prefix (default: the other address of --addr's /31, or /127)")
 	fs.StringVar(&c.socket, "socket", "", "the control socket's path, e.g. /run/skylane/nexus.sock (required)")
 	fs.StringVar(&c.group, "socket-group", "", "group (name or gid) whose members may connect to the socket; default the nexus's")
@@ -196,6 +200,7 @@ func runNexusDaemon(ctx context.Context, cfg nexusConfig, hup <-chan os.Signal, 
 	// Per-app rates need the switch's regulation layer; a policy that
 	// names none runs without it (adding the first rate takes a restart).
 	cfg.link.regulation = hasRates(pol)
+	cfg.link.log = log
 	o, err := openNexus(cfg.link, notes)
 	if err != nil {
 		return fmt.Errorf("nexus: %w", err)

@@ -4,13 +4,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 
 	"github.com/skylane/skylane/flowswitch"
+	"github.com/skylane/skylane/neigh"
+	"github.com/skylane/skylane/neigh/kernel"
 	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/netif/drivers"
 	"github.com/skylane/skylane/nexus"
+	"github.com/skylane/skylane/packet"
 )
 
 // linkConfig is the device a nexus owns, as the commands' flags give it.
@@ -26,6 +30,9 @@ type linkConfig struct {
 	// checkPorts, if set, looks at the kernel's sockets before the link
 	// is opened (afxdp, afpacket).
 	checkPorts func(*drivers.KernelPorts) error
+	// log gets the next-hop follower's warnings; nil writes them as text
+	// lines to openNexus's notes.
+	log *slog.Logger
 }
 
 // ownedNexus is a nexus on a device, with what it needs: the parts
@@ -34,6 +41,8 @@ type ownedNexus struct {
 	link  netif.Link // until the nexus owns it
 	nx    *nexus.Nexus
 	kp    *drivers.KernelPorts // nil for tun and memif: no kernel shares the device
+	res   *drivers.Reserver    // the apps' listener ports in the kernel; nil as kp
+	nh    *kernel.Follower     // next hops from the kernel's tables; nil for tun, memif and --peer-mac
 	addrs []netip.Addr
 	dev   string // the device's name (a TUN device's is the kernel's choice)
 	index int    // the device's interface index, 0 for memif
@@ -47,16 +56,20 @@ func openNexus(c linkConfig, notes io.Writer) (_ *ownedNexus, err error) {
 		return nil, err
 	}
 	o := &ownedNexus{}
+	if c.log == nil {
+		c.log = slog.New(slog.NewTextHandler(notes, nil))
+	}
 	defer func() {
 		if err != nil {
 			o.close() // what was made so far
 		}
 	}()
 	swo := flowswitch.Options{MaxFlows: c.maxFlows, MaxPortFlows: c.maxPortFlows}
+	var eph [2]uint16 // apps' ephemeral ports: their stack's default without a kernel
 	if c.regulation {
 		swo.Regulation = &flowswitch.RegulationOptions{}
 	}
-	cfg := serveConfig{host: c.host, peerMAC: c.peerMAC, tunAddr: c.tunAddr}
+	cfg := serveConfig{host: c.host, tunAddr: c.tunAddr}
 	switch c.driver {
 	case drivers.TUN, drivers.Memif:
 		if !c.host.IsValid() {
@@ -84,8 +97,21 @@ func openNexus(c linkConfig, notes io.Writer) (_ *ownedNexus, err error) {
 			return nil, fmt.Errorf("%s is not an Ethernet interface (%w for %s): use --driver tun for raw-IP devices", c.dev, drivers.ErrUnsupported, c.driver)
 		}
 		swo.SrcMAC = [6]byte(ifc.HardwareAddr)
-		if swo.DstMAC, err = serveNextHop(cfg, ifc); err != nil {
-			return nil, err
+		if c.peerMAC != "" {
+			if swo.DstMAC, err = parsePeerMAC(c.peerMAC); err != nil {
+				return nil, err
+			}
+		} else {
+			// The kernel shares the interface and its addresses: it
+			// answers ARP and NDP for them, so its neighbour table is the
+			// one to follow, and its routing table gives the gateways.
+			o.nh, err = kernel.Follow(kernel.Options{LinkIndex: ifc.Index,
+				Routes: neigh.RoutesOptions{MAC: neigh.MAC(ifc.HardwareAddr)},
+				Log:    c.log})
+			if err != nil {
+				return nil, err
+			}
+			swo.Neighbors = o.nh.Routes()
 		}
 		if c.driver == drivers.AFXDP && isVeth(c.dev) {
 			fmt.Fprintf(notes, "note: %s is a veth: its peer must send complete checksums and no TSO super packets (ethtool -K PEER tx off), as a wire does; XDP sees frames as the peer wrote them\n", c.dev)
@@ -100,6 +126,16 @@ func openNexus(c linkConfig, notes io.Writer) (_ *ownedNexus, err error) {
 			}
 		}
 		swo.PortTaken = o.kp.Taken
+		// One port namespace with the kernel: the apps' listener ports
+		// are reserved in it, their dials take ports outside its
+		// ephemeral range.
+		if o.res, err = drivers.NewReserver(o.index); err != nil {
+			return nil, err
+		}
+		var ok bool
+		if eph, ok = drivers.AppEphemeral(); !ok {
+			fmt.Fprintf(notes, "note: the kernel's ephemeral port range %d-%d leaves apps no range of their own: their outgoing connections share it, and may collide with the kernel's\n", eph[0], eph[1])
+		}
 	}
 	if o.link, err = drivers.Open(spec); err != nil {
 		return nil, err
@@ -110,7 +146,17 @@ func openNexus(c linkConfig, notes io.Writer) (_ *ownedNexus, err error) {
 			o.index = ifc.Index
 		}
 	}
-	nx, err := nexus.New(nexus.Options{Link: o.link, Addrs: o.addrs, Switch: swo})
+	no := nexus.Options{Link: o.link, Addrs: o.addrs, Switch: swo, Ephemeral: eph}
+	if o.res != nil {
+		no.Reserve = func(k packet.Key) (nexus.Reservation, error) {
+			r, err := o.res.Reserve(k)
+			if err != nil {
+				return nil, err // not a typed nil
+			}
+			return r, nil
+		}
+	}
+	nx, err := nexus.New(no)
 	if err != nil {
 		return nil, err
 	}
@@ -130,6 +176,12 @@ func (o *ownedNexus) close() error {
 	}
 	if o.kp != nil {
 		errs = append(errs, o.kp.Close())
+	}
+	if o.res != nil {
+		errs = append(errs, o.res.Close()) // the nexus closed its reservations
+	}
+	if o.nh != nil {
+		errs = append(errs, o.nh.Close()) // after the nexus: its switch asks it
 	}
 	return errors.Join(errs...)
 }

@@ -36,7 +36,9 @@ SIGINT or SIGTERM.
 
 With --dev, on a nexus of its own on DEV (one process, as root). On an
 Ethernet interface (afxdp, afpacket) the stack shares the interface's kernel
-addresses and owns only its port: the kernel keeps every other flow. With
+addresses and owns only its port: the kernel keeps every other flow, and
+its routing and neighbour tables give each client's next hop (a gateway
+for clients off the link), followed live. With
 --driver tun, DEV is a TUN device created for the run; the kernel gets
 --tun-addr on it and routes --addr's IP into it.
 
@@ -48,6 +50,9 @@ on.
 
 flags:
 `
+
+// peerMACUsage is --peer-mac's help, serve's and nexus's.
+const peerMACUsage = "override: send every frame to this MAC (afxdp, afpacket; a point-to-point wire); default: each destination's next hop, resolved through the kernel's routing and neighbour tables"
 
 // serveConfig is what `skylane serve` was asked to do.
 type serveConfig struct {
@@ -91,7 +96,7 @@ func parseServe(args []string, usageOut io.Writer) (serveConfig, error) {
 	fs.BoolVar(&c.tls, "tls", false, "serve HTTPS, with a self-signed certificate unless --cert and --key are given")
 	fs.StringVar(&c.certFile, "cert", "", "PEM certificate for HTTPS (implies --tls)")
 	fs.StringVar(&c.keyFile, "key", "", "PEM private key for HTTPS (implies --tls)")
-	fs.StringVar(&c.peerMAC, "peer-mac", "", "MAC of the next hop (afxdp, afpacket); default: the only neighbour in the kernel's table on --dev")
+	fs.StringVar(&c.peerMAC, "peer-mac", "", peerMACUsage)
 	fs.StringVar(&c.tunAddr, "tun-addr", "", "the kernel's address on the TUN device, as a prefix (default: the other address of --addr's /31, or /127)")
 	fs.StringVar(&c.metrics, "metrics", "", "also serve Prometheus metrics of the nexus on this kernel-stack address, e.g. 127.0.0.1:9090")
 	fs.StringVar(&c.nexus, "nexus", "", "serve as an app of the running nexus whose control socket is at this path, instead of on a nexus of serve's own")
@@ -282,35 +287,14 @@ func interfaceAddrs(ifc *net.Interface, host netip.Addr) ([]netip.Addr, error) {
 	return all, nil
 }
 
-// serveNextHop is the destination MAC of every frame the nexus sends. The
-// flowswitch does not resolve neighbours yet, so one static next hop it
-// is: --peer-mac, or the only neighbour the kernel knows on the interface.
-func serveNextHop(cfg serveConfig, ifc *net.Interface) ([6]byte, error) {
-	if cfg.peerMAC != "" {
-		m, err := net.ParseMAC(cfg.peerMAC)
-		if err != nil || len(m) != 6 {
-			return [6]byte{}, fmt.Errorf("serve: --peer-mac %q: not a 6-byte MAC (e.g. 02:00:00:00:00:02)", cfg.peerMAC)
-		}
-		return [6]byte(m), nil
+// parsePeerMAC parses --peer-mac, the static next hop that overrides
+// resolution (a point-to-point wire).
+func parsePeerMAC(peerMAC string) ([6]byte, error) {
+	m, err := net.ParseMAC(peerMAC)
+	if err != nil || len(m) != 6 {
+		return [6]byte{}, fmt.Errorf("--peer-mac %q: not a 6-byte MAC (e.g. 02:00:00:00:00:02)", peerMAC)
 	}
-	ns, err := netlink.NeighList(ifc.Index, netlink.FAMILY_ALL)
-	if err != nil {
-		return [6]byte{}, fmt.Errorf("serve: neighbours of %s: %w; pass --peer-mac", ifc.Name, err)
-	}
-	macs := map[string]bool{}
-	for _, n := range ns {
-		if len(n.HardwareAddr) == 6 && n.State&(netlink.NUD_INCOMPLETE|netlink.NUD_FAILED|netlink.NUD_NOARP) == 0 {
-			macs[n.HardwareAddr.String()] = true
-		}
-	}
-	if len(macs) == 1 {
-		for m := range macs {
-			hw, _ := net.ParseMAC(m)
-			return [6]byte(hw), nil
-		}
-	}
-	return [6]byte{}, fmt.Errorf("serve: pass --peer-mac, the MAC of the peer or gateway on %s (see `ip neigh show dev %s`): the kernel knows %d neighbours there, and the nexus does not resolve neighbours yet",
-		ifc.Name, ifc.Name, len(macs))
+	return [6]byte(m), nil
 }
 
 // tunKernelAddr is the kernel's address on the TUN device: --tun-addr, or

@@ -126,15 +126,23 @@ func TestServeNotRoot(t *testing.T) {
 // interface is left as it was.
 func TestServe(t *testing.T) {
 	for _, c := range []struct {
-		driver string
-		tls    bool
-	}{{drivers.AFXDP, false}, {drivers.AFXDP, true}, {drivers.AFPacket, false}, {drivers.TUN, true}} {
-		t.Run(fmt.Sprintf("%s/tls=%v", c.driver, c.tls), func(t *testing.T) {
+		driver  string
+		tls     bool
+		peerMAC bool // the --peer-mac override: a static next hop, no resolution
+	}{{drivers.AFXDP, false, false}, {drivers.AFXDP, true, false}, {drivers.AFPacket, false, false}, {drivers.AFPacket, false, true}, {drivers.TUN, true, false}} {
+		name := fmt.Sprintf("%s/tls=%v", c.driver, c.tls)
+		if c.peerMAC {
+			name += "/peer-mac"
+		}
+		t.Run(name, func(t *testing.T) {
 			nettest.RequirePriv(t)
 			nettest.RequireCommand(t, "curl")
 			local, peer, args, target := serveWorld(t, c.driver)
 			if c.tls {
 				args = append(args, "--tls")
+			}
+			if c.peerMAC {
+				args = append(args, "--peer-mac", peerMACOf(t, peer))
 			}
 			if c.driver != drivers.TUN {
 				args = append(args, "--metrics", "127.0.0.1:9464")
@@ -152,6 +160,12 @@ func TestServe(t *testing.T) {
 			// -k: the certificate is self-signed; its fingerprint is printed.
 			out, err := peer.Command(ctx, "curl", "-sS", "-k", "--max-time", "10", scheme+"://"+target+"/").CombinedOutput()
 			if err != nil || !strings.HasPrefix(string(out), "hello from skylane") {
+				m, _ := local.Command(ctx, "curl", "-sS", "--max-time", "10", "http://127.0.0.1:9464/metrics").CombinedOutput()
+				for _, l := range strings.Split(string(m), "\n") {
+					if strings.Contains(l, "neigh") || strings.Contains(l, "l2_") || strings.Contains(l, "drops_total") && !strings.HasSuffix(l, " 0") {
+						t.Log(l)
+					}
+				}
 				t.Fatalf("curl %s://%s/: %v: %s\nserve said: %s", scheme, target, err, out, srv.out.String())
 			}
 			// The nexus's counters are not served on the user-space port.
@@ -162,6 +176,11 @@ func TestServe(t *testing.T) {
 			}
 			if c.driver != drivers.TUN {
 				checkKernelPassed(t, ctx, local, peer, strings.TrimSuffix(target, ":8080"))
+				// Resolution runs unless --peer-mac overrides it.
+				m, err := local.Command(ctx, "curl", "-sS", "--max-time", "10", "http://127.0.0.1:9464/metrics").CombinedOutput()
+				if resolved := strings.Contains(string(m), "\nskylane_neigh_routes 1\n"); err != nil || resolved == c.peerMAC {
+					t.Errorf("metrics (%v): the peer's route cached %v, want %v", err, resolved, !c.peerMAC)
+				}
 			}
 			if err := srv.stop(); err != nil {
 				t.Fatalf("serve: %v", err)
@@ -229,7 +248,7 @@ func promValue(text, series string) (float64, bool) {
 func TestServeErrors(t *testing.T) {
 	nettest.RequirePriv(t)
 	v := nettest.NewVeth(t, nettest.VethOptions{})
-	base := []string{"--driver", drivers.AFXDP, "--peer-mac", v.PeerMAC.String()}
+	base := []string{"--driver", drivers.AFXDP}
 	var kln net.Listener
 	if err := v.Local.Do(func() (err error) { kln, err = net.Listen("tcp", ":8081"); return err }); err != nil {
 		t.Fatal(err)
@@ -279,7 +298,7 @@ func serveWorld(t *testing.T, driver string) (local, peer *nettest.NS, args []st
 			t.Fatalf("ethtool: %v: %s", err, out)
 		}
 	}
-	return v.Local, v.Peer, []string{"--dev", v.LocalName, "--driver", driver, "--addr", ":8080", "--peer-mac", v.PeerMAC.String()},
+	return v.Local, v.Peer, []string{"--dev", v.LocalName, "--driver", driver, "--addr", ":8080"},
 		v.LocalAddr.Addr().String() + ":8080"
 }
 
@@ -422,4 +441,23 @@ func checkSocket(t *testing.T, path, target string) {
 	}
 	t.Logf("app over %s: addresses %v, listening on %v", path, st.Addrs(), ln.Addr())
 	ln.Close()
+}
+
+// peerMACOf returns the MAC of the only veth in ns (serveWorld's peer).
+func peerMACOf(t *testing.T, ns *nettest.NS) string {
+	t.Helper()
+	var mac string
+	err := ns.Do(func() error {
+		ifs, err := net.Interfaces()
+		for _, i := range ifs {
+			if len(i.HardwareAddr) == 6 {
+				mac = i.HardwareAddr.String()
+			}
+		}
+		return err
+	})
+	if err != nil || mac == "" {
+		t.Fatalf("peer MAC: %v", err)
+	}
+	return mac
 }

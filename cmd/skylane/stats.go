@@ -13,6 +13,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/skylane/skylane/flowswitch"
 	"github.com/skylane/skylane/nexus/control"
 )
 
@@ -96,6 +97,9 @@ func writeStats(out io.Writer, st control.Stats) {
 		}
 		fmt.Fprintln(out)
 	}
+	if st.L2 != nil {
+		writeNextHops(out, st.L2)
+	}
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(w, "session\tapp\tuid\tpid\tflows\trx\trx drops\ttx\ttx drops\trefused\tpool bufs\tin use\t")
 	for _, s := range st.Sessions {
@@ -110,4 +114,47 @@ func writeStats(out io.Writer, st control.Stats) {
 	if st.Truncated {
 		fmt.Fprintln(out, "  (more sessions than one reply holds: use --json for the same)")
 	}
+}
+
+// writeNextHops prints next-hop resolution: its counters, then the next
+// hops and the routes in use (most recently used first).
+func writeNextHops(out io.Writer, l *flowswitch.SnapshotL2) {
+	r := &l.Resolver
+	fmt.Fprintf(out, "  next hops: %d routes; %d packets held, %d released, %d refused (hold full), %d expired; %d route queries, %d resolutions asked, %d no route, %d MAC changes\n",
+		l.RoutesTotal, l.Switch.Held, r.PendingSent, l.Switch.HoldDrops, r.PendingExpired, r.RouteQueries, r.SolicitsSent, r.NoRoute, r.MACChanges)
+	if len(l.Neighbors) > 0 {
+		w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "  neighbour\tmac\tstate\troutes\t")
+		for _, n := range l.Neighbors {
+			fmt.Fprintf(w, "  %v\t%s\t%s\t%d\t\n", n.Addr, dash(n.MAC), n.State, n.Routes)
+		}
+		w.Flush()
+	}
+	if len(l.Routes) > 0 {
+		w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "  route to\tvia\tmac\tstate\theld\t")
+		for _, x := range l.Routes {
+			via := "unreachable"
+			switch {
+			case !x.Known:
+				via = "asking"
+			case x.Via == x.Remote:
+				via = "on-link"
+			case x.Via.IsValid():
+				via = x.Via.String()
+			}
+			fmt.Fprintf(w, "  %v\t%s\t%s\t%s\t%d\t\n", x.Remote, via, dash(x.MAC), dash(x.State), x.Held)
+		}
+		w.Flush()
+		if l.RoutesTotal > len(l.Routes) {
+			fmt.Fprintf(out, "  (%d more routes: the least recently used are left out)\n", l.RoutesTotal-len(l.Routes))
+		}
+	}
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/skylane/skylane/client"
+	"github.com/skylane/skylane/flowswitch"
+	"github.com/skylane/skylane/neigh"
 	"github.com/skylane/skylane/netif/memif"
 	"github.com/skylane/skylane/nexus"
 	"github.com/skylane/skylane/nexus/control"
@@ -118,5 +120,32 @@ func TestStats(t *testing.T) {
 	}
 	if n < 2 {
 		t.Errorf("%d samples in 2.5 s with --watch 1s, want at least 2", n)
+	}
+}
+
+// TestWriteNextHops: the next-hop lines name each route's next hop
+// (on-link, a gateway, asking, unreachable) and MAC, and say how many
+// routes were left out.
+func TestWriteNextHops(t *testing.T) {
+	gw := netip.MustParseAddr("fe80::fe")
+	l := &flowswitch.SnapshotL2{
+		RoutesTotal: 5,
+		Routes: []neigh.RouteInfo{
+			{Remote: netip.MustParseAddr("198.18.0.11"), Via: netip.MustParseAddr("198.18.0.11"), Known: true, MAC: "02:00:00:00:00:11", State: "reachable"},
+			{Remote: netip.MustParseAddr("2001:db8:2::7"), Via: gw, Known: true, MAC: "02:00:00:00:00:fe", State: "stale"},
+			{Remote: netip.MustParseAddr("198.18.0.99"), Held: 3},
+			{Remote: netip.MustParseAddr("203.0.113.1"), Known: true},
+		},
+		Neighbors: []neigh.NeighborInfo{{Addr: gw, MAC: "02:00:00:00:00:fe", State: "stale", Routes: 1}},
+	}
+	l.Resolver.MACChanges = 2
+	var b bytes.Buffer
+	writeNextHops(&b, l)
+	out := b.String()
+	for _, want := range []string{"5 routes", "2 MAC changes", "fe80::fe   02:00:00:00:00:fe  stale", "198.18.0.11    on-link",
+		"2001:db8:2::7  fe80::fe", "198.18.0.99    asking", "203.0.113.1    unreachable", "(1 more routes"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("no %q in:\n%s", want, out)
+		}
 	}
 }

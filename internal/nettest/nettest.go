@@ -24,11 +24,14 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"runtime"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -369,4 +372,36 @@ func addAddrs(h *netlink.Handle, l netlink.Link, v4, v6 netip.Prefix) error {
 		}
 	}
 	return nil
+}
+
+// KernelBind binds a kernel socket in ns as a server would (network "tcp",
+// "tcp4", "tcp6", "udp", "udp4" or "udp6"; TCP sockets listen), with
+// SO_REUSEADDR and SO_REUSEPORT if reuse, closes it and returns the bind's
+// error: whether the kernel lets a socket take that address and port.
+func KernelBind(ns *NS, network, addr string, reuse bool) error {
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			// Go sets SO_REUSEADDR on listening TCP sockets already;
+			// reuse adds it to UDP and SO_REUSEPORT to both.
+			if reuse {
+				serr = errors.Join(unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1),
+					unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1))
+			}
+		})
+		return errors.Join(err, serr)
+	}}
+	return ns.Do(func() error {
+		var c io.Closer
+		var err error
+		if strings.HasPrefix(network, "tcp") {
+			c, err = lc.Listen(context.Background(), network, addr)
+		} else {
+			c, err = lc.ListenPacket(context.Background(), network, addr)
+		}
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	})
 }

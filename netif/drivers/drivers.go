@@ -14,8 +14,12 @@
 // the cause and what to do about it. Test them with errors.Is.
 //
 // Beside Open: KernelPorts tells which ports the kernel's sockets hold (the
-// flow table's PortTaken), and Steering keeps a steering device's map in
-// step with a nexus's flows, a stopgap until the nexus does both itself.
+// flow table's PortTaken), Reserver holds the apps' listener ports in the
+// kernel's stack (nexus.Options.Reserve: one port namespace, and the host
+// listeners local processes reach apps through) and AppEphemeral gives
+// apps' dials a port range of their own; Steering keeps a steering
+// device's map in step with a nexus's flows, a stopgap until the nexus
+// does both itself.
 //
 // Invariants:
 //   - Open returns the driver's own Link, not a wrapper (memif aside), so

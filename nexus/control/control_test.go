@@ -60,12 +60,20 @@ func serve(t *testing.T) (n *nexus.Nexus, path string, stop func()) {
 // there reach the nexus.
 func servePeer(t *testing.T) (n *nexus.Nexus, path string, stop func(), peer netif.Link) {
 	t.Helper()
+	return servePeerWith(t, nexus.Options{})
+}
+
+// servePeerWith is servePeer with the nexus's options o (its Link and
+// Addrs are the test's).
+func servePeerWith(t *testing.T, o nexus.Options) (n *nexus.Nexus, path string, stop func(), peer netif.Link) {
+	t.Helper()
 	la, lb, err := memif.NewPair(memif.Options{Name: "ctl"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { lb.Close() })
-	n, err = nexus.New(nexus.Options{Link: la, Addrs: []netip.Addr{addr4}})
+	o.Link, o.Addrs = la, []netip.Addr{addr4}
+	n, err = nexus.New(o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,7 +15,10 @@
 // listens on is an accepted connection (allowed); any other connected
 // flow is an outgoing connection, which needs dial (and dial_to) and a
 // local port from the ephemeral range the open reply names, or one the
-// rule lets it bind; and no more than max_flows flows at once. stats
+// rule lets it bind; and no more than max_flows flows at once. A
+// host-listener request gets the kernel socket reserving one of the
+// session's own TCP listener flows (nexus.Port.HostListener), never
+// another's. stats
 // needs observe; a capture (skylane capture, capture.go) observe, or
 // observe = "own" for the frames of the ports of the session's own uid's
 // apps open when it starts. uid 0 and the nexus's own uid may do

@@ -57,9 +57,11 @@ type ServerOptions struct {
 	// discards them.
 	Log *slog.Logger
 	// Ephemeral is the range of local ports apps' outgoing connections
-	// may take; zero reads the kernel's (/proc/sys/net/ipv4/
-	// ip_local_port_range), so that apps and kernel sockets draw from the
-	// same range the kernel keeps clear of its servers.
+	// may take; zero takes the nexus's (nexus.Options.Ephemeral: with a
+	// kernel sharing the device, a range disjoint from the kernel's own
+	// ephemeral range), or if it has none the kernel's
+	// (/proc/sys/net/ipv4/ip_local_port_range), a range the kernel keeps
+	// clear of its servers.
 	Ephemeral [2]uint16
 }
 
@@ -89,6 +91,9 @@ func NewServer(n *nexus.Nexus, o ServerOptions) *Server {
 	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if o.Ephemeral == [2]uint16{} {
+		o.Ephemeral = n.Ephemeral()
 	}
 	if o.Ephemeral == [2]uint16{} {
 		o.Ephemeral = kernelEphemeral()

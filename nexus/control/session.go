@@ -1,11 +1,14 @@
 package control
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/skylane/skylane/control"
 	"github.com/skylane/skylane/flow"
@@ -103,6 +106,18 @@ func (ss *session) run() {
 				return
 			}
 			rep = ss.batchRequest(port, req)
+		case control.OpHostListener:
+			port := ss.portOf()
+			if port == nil {
+				why = req.Op + " before open"
+				return
+			}
+			key, _ := req.Key.PacketKey() // checked by DecodeRequest
+			if !ss.hostListener(port, key) {
+				why = "app did not take its host listener"
+				return
+			}
+			continue
 		case control.OpStats:
 			if !ss.stats() {
 				why = "app did not take its stats"
@@ -300,6 +315,34 @@ func (ss *session) checkKind(g *policy.Grant, key packet.Key, kind flow.Kind, li
 	}
 	return fmt.Errorf("%w: uid %d may not dial from local port %d: outgoing connections take a port in %d-%d (the ephemeral range the nexus hands out, see the open reply), or one its rule lets it listen on",
 		control.ErrNotPermitted, ss.cred.UID, key.LocalPort, eph[0], eph[1])
+}
+
+// hostListener answers OpHostListener: the kernel socket reserving the
+// port's listener flow key goes with the reply (SCM_RIGHTS), if there is
+// one. The port only hands out its own flows' sockets, and only while a
+// rule matches the session. false: the app did
+// not take the reply.
+func (ss *session) hostListener(port *nexus.RemotePort, key packet.Key) bool {
+	if _, err := ss.grant(); err != nil {
+		// No rule matches the session any more: its flows stay, but it
+		// gets nothing new.
+		return reply(ss.c, ss.refuse("host-listener "+key.String(), err))
+	}
+	f, err := port.HostListener(key)
+	if err != nil {
+		return reply(ss.c, control.Failure(err))
+	}
+	if f == nil {
+		return reply(ss.c, control.Reply{OK: true})
+	}
+	defer f.Close() // the app has its own once sent
+	b, err := json.Marshal(control.Reply{OK: true})
+	if err != nil {
+		return false
+	}
+	ss.c.SetWriteDeadline(time.Now().Add(replyTimeout))
+	_, _, err = ss.c.WriteMsgUnix(b, unix.UnixRights(int(f.Fd())), nil)
+	return err == nil
 }
 
 // grant returns the session's grant, or why it has none.

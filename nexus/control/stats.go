@@ -25,14 +25,18 @@ const MaxStatsReply = 192 << 10
 // Stats are a nexus's counters as `skylane stats --nexus` shows them: the
 // switch's, and each app session's with who it is.
 type Stats struct {
-	Time      time.Time                 `json:"time"`
-	Addrs     []string                  `json:"addrs"`
-	Totals    flowswitch.SnapshotTotals `json:"totals"`
-	Link      netif.Stats               `json:"link"`
-	Drops     []flowswitch.Drop         `json:"drops"`   // reasons with packets dropped, in check order
-	Refused   uint64                    `json:"refused"` // requests the policy refused, all sessions
-	Sessions  []SessionStats            `json:"sessions"`
-	Truncated bool                      `json:"truncated,omitempty"` // sessions left out: see MaxStatsReply
+	Time    time.Time                 `json:"time"`
+	Addrs   []string                  `json:"addrs"`
+	Totals  flowswitch.SnapshotTotals `json:"totals"`
+	Link    netif.Stats               `json:"link"`
+	Drops   []flowswitch.Drop         `json:"drops"`   // reasons with packets dropped, in check order
+	Refused uint64                    `json:"refused"` // requests the policy refused, all sessions
+	// L2 is next-hop resolution's counters and, when the nexus follows
+	// the kernel's tables, the routes and next hops in use; nil without
+	// resolution (TUN, memif, a static --peer-mac).
+	L2        *flowswitch.SnapshotL2 `json:"l2,omitempty"`
+	Sessions  []SessionStats         `json:"sessions"`
+	Truncated bool                   `json:"truncated,omitempty"` // sessions left out: see MaxStatsReply
 }
 
 // SessionStats are one app session's: who it is and its port's counters
@@ -114,7 +118,7 @@ func (s *Server) Stats() (Stats, error) {
 	if err != nil {
 		return Stats{}, err
 	}
-	st := Stats{Time: time.Now(), Totals: snap.Totals, Link: nst.Link, Refused: s.refused.Load()}
+	st := Stats{Time: time.Now(), Totals: snap.Totals, Link: nst.Link, Refused: s.refused.Load(), L2: snap.L2}
 	for _, a := range s.n.Addrs() {
 		st.Addrs = append(st.Addrs, a.String())
 	}
