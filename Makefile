@@ -4,7 +4,7 @@ PKGS      ?= ./...
 # Debian packages the tests use: kernel peers of the privileged driver tests
 # (ip, curl, nc, tshark for captures, ethtool for offloads, hping3 for SYN
 # floods).
-APT_PKGS  ?= iproute2 curl netcat-openbsd tshark ethtool hping3
+APT_PKGS  ?= iproute2 curl netcat-openbsd tshark ethtool hping3 wrk
 # Seed corpora of the fuzz targets run as ordinary tests; FUZZTIME>0 also fuzzes.
 FUZZTIME  ?= 0
 

@@ -60,7 +60,7 @@ type Config struct {
 	Rounds   int           // alternations of ours and baseline per point
 	Progress io.Writer     // stderr; nil for silence
 	Filter   string        // run only rows whose name contains this
-	Dev      bool          // tcp, burst: on a veth pair with the kernel drivers (root), not memif
+	Dev      bool          // tcp, burst, http: on a veth pair with the kernel drivers (root), not memif
 	Driver   string        // burst --dev: the nexus's driver on the veth (drivers.AFPacket, AFXDP); empty: AF_PACKET
 	// Stop, when closed (skylane bench closes it on SIGINT or SIGTERM),
 	// ends the run at the next round with ErrInterrupted, so that the
@@ -100,6 +100,9 @@ func Machine() string {
 type Rate struct {
 	Count   float64
 	Elapsed time.Duration
+	// cpu is the CPU time spent in Elapsed, for the rows that report
+	// CPU per byte (see cpu.go); zero where not measured.
+	cpu cpuUse
 }
 
 // PerSecond returns Count/Elapsed.
@@ -243,6 +246,7 @@ func Scenarios() []Scenario {
 		{Name: "burst", Help: "regulation on a 100 Mbit/s memif: RPC p99 under 8 bulk flows, bulk utilisation, Jain's index of the 8; baseline a plain 2048-frame FIFO (regulation off), same run; --dev: on a veth pair, the kernel's stack at the far end (root)", Run: runBurst},
 		{Name: "conns", Help: "new TCP connections on a user-space server on AF_XDP, from kernel clients over a veth: accepted and answered per second, open/close churn (and what comes back after), memory per connection with 100,000 held; baseline a kernel server on the same veth, same run; needs root", Run: runConns},
 		{Name: "attach", Help: "an app attaching over the control socket: connect, open a port (channel sent and mapped), listen on a TCP port, p50; baseline a kernel socket()+bind()+listen()", Run: runAttach},
+		{Name: "http", Help: "requests/s and p99 of net/http on a user-space stack (AF_XDP, AF_PACKET) loaded by wrk -c16 from a peer namespace over a veth; baseline net/http on the kernel's stack of the same veth, same run; --dev only, needs root and wrk", Run: runHTTP},
 		{Name: "udp", Help: "64-byte UDP receive rate over a veth into a user-space consumer (AF_XDP, AF_PACKET); baseline a kernel UDP socket with recvmmsg, same veth; needs root", Run: runUDP},
 	}
 }

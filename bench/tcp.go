@@ -73,6 +73,11 @@ const (
 	tcpSuperQueue = 512
 )
 
+// rpcBusyPoll is the spin budget of the rpc rows' busy-poll variant (the
+// apps' and the nexuses'): longer than a round trip, so that a side
+// waiting for the answer spins through it; SO_BUSY_POLL's customary 50 µs.
+const rpcBusyPoll = 50 * time.Microsecond
+
 // RFC 2544 benchmarking addresses of the two user-space hosts.
 var (
 	tcpHostA = netip.MustParseAddr("198.18.0.1")
@@ -143,7 +148,12 @@ func runTCP(cfg Config) (Report, error) {
 			}
 			rep.Results = append(rep.Results, r)
 		case tcpRowRPC:
-			r, err := rpcRow(cfg, row, sky, kernel)
+			busy, err := newSkyPair(client.Options{BusyPoll: rpcBusyPoll}, true)
+			if err != nil {
+				return rep, fmt.Errorf("tcp: skylane path with busy-poll: %w", err)
+			}
+			r, err := rpcRow(cfg, row, sky, busy, kernel)
+			busy.close()
 			if err != nil {
 				return rep, err
 			}
@@ -260,9 +270,11 @@ func (p *connPair) stream(d time.Duration) (Rate, error) {
 		}
 		werr <- nil
 	}()
+	cpu0, cerr := sampleCPU()
 	c0, t0 := p.received.Load(), time.Now()
 	time.Sleep(d) // the measurement window
 	c1, t1 := p.received.Load(), time.Now()
+	cpu1, cerr1 := sampleCPU()
 	stop.Store(true)
 	if err := <-werr; err != nil {
 		return Rate{}, fmt.Errorf("stream write: %w", err)
@@ -274,7 +286,10 @@ func (p *connPair) stream(d time.Duration) (Rate, error) {
 		}
 		runtime.Gosched()
 	}
-	return Rate{Count: float64(c1-c0) * 8, Elapsed: t1.Sub(t0)}, nil
+	if err := errors.Join(cerr, cerr1); err != nil {
+		return Rate{}, err
+	}
+	return Rate{Count: float64(c1-c0) * 8, Elapsed: t1.Sub(t0), cpu: cpu1.since(cpu0)}, nil
 }
 
 // rpc runs 64-byte request/response round trips for d, at least one
@@ -352,11 +367,12 @@ func skyHosts(opts client.Options, super bool) (na, nb *nexus.Nexus, sa, sb *cli
 			}
 		}
 	}
-	if na, err = nexus.New(nexus.Options{Link: la, Addrs: []netip.Addr{tcpHostA}}); err != nil {
+	// A busy-polling app gets busy-polling nexuses, with the same budget.
+	if na, err = nexus.New(nexus.Options{Link: la, Addrs: []netip.Addr{tcpHostA}, BusyPoll: opts.BusyPoll}); err != nil {
 		la.Close()
 		return nil, nil, nil, nil, err
 	}
-	if nb, err = nexus.New(nexus.Options{Link: lb, Addrs: []netip.Addr{tcpHostB}}); err != nil {
+	if nb, err = nexus.New(nexus.Options{Link: lb, Addrs: []netip.Addr{tcpHostB}, BusyPoll: opts.BusyPoll}); err != nil {
 		closeAll()
 		return nil, nil, nil, nil, err
 	}
@@ -454,7 +470,8 @@ func streamRow(cfg Config, row string, sky *skyPair, base *connPair, baseName st
 	if err != nil {
 		return Result{}, err
 	}
-	o, b, err := Measure(cfg, row, sky.stream, base.stream)
+	var ocpu, bcpu cpuPerGB
+	o, b, err := Measure(cfg, row, withCPU(sky.stream, &ocpu), withCPU(base.stream, &bcpu))
 	if err != nil {
 		return Result{}, err
 	}
@@ -464,17 +481,21 @@ func streamRow(cfg Config, row string, sky *skyPair, base *connPair, baseName st
 	}
 	r := Throughput(row, "Gbit/s", o/1e9, baseName, b/1e9)
 	r.Extra = after.since(before)
+	cpuExtras(r.Extra, ocpu, bcpu)
 	return r, nil
 }
 
 // rpcRow measures 64-byte RPC latency, alternating rounds as Measure does,
 // and reports the p50 (p99 in the extras): lower is better, so the ratio
-// is baseline/value.
-func rpcRow(cfg Config, row string, sky *skyPair, kernel *connPair) (Result, error) {
+// is baseline/value. The busy-poll variant (busy, apps and nexuses
+// spinning rpcBusyPoll before they sleep) runs in the same rounds; its
+// figures and its CPU per round trip are in the extras, beside ours and
+// the baseline's.
+func rpcRow(cfg Config, row string, sky, busy *skyPair, kernel *connPair) (Result, error) {
 	rounds := max(cfg.Rounds, 1)
 	d := cfg.Duration / time.Duration(rounds)
-	var ours, base []time.Duration
-	for _, p := range []*connPair{&sky.connPair, kernel} {
+	var ours, bp, base rpcRounds
+	for _, p := range []*connPair{&sky.connPair, &busy.connPair, kernel} {
 		if _, err := p.rpc(tcpWarmup); err != nil {
 			return Result{}, fmt.Errorf("%s warm-up: %w", row, err)
 		}
@@ -483,26 +504,78 @@ func rpcRow(cfg Config, row string, sky *skyPair, kernel *connPair) (Result, err
 		if err := cfg.roundStart(row, i, rounds); err != nil {
 			return Result{}, err
 		}
-		l, err := sky.rpc(d)
-		if err != nil {
-			return Result{}, fmt.Errorf("%s: %w", row, err)
+		for _, s := range []struct {
+			p    *connPair
+			into *rpcRounds
+			what string
+		}{{&sky.connPair, &ours, ""}, {kernel, &base, " baseline"}, {&busy.connPair, &bp, " busy-poll"}} {
+			if err := s.into.measure(s.p, d); err != nil {
+				return Result{}, fmt.Errorf("%s%s: %w", row, s.what, err)
+			}
 		}
-		ours = append(ours, l...)
-		l, err = kernel.rpc(d)
-		if err != nil {
-			return Result{}, fmt.Errorf("%s baseline: %w", row, err)
-		}
-		base = append(base, l...)
 	}
-	// Each round made at least one round trip (rpc).
-	op50, op99 := percentiles(ours)
-	bp50, bp99 := percentiles(base)
-	r := Latency(row, "µs (p50)", op50, "", "kernel TCP over loopback 127.0.0.1", bp50, "")
+	r := latencyRow(row, "kernel TCP over loopback 127.0.0.1", ours, base)
+	bp.busyExtras(r.Extra, rpcBusyPoll)
+	return r, nil
+}
+
+// rpcRounds are the round trips of every round of one side of an rpc row,
+// and the CPU they took.
+type rpcRounds struct {
+	lat []time.Duration
+	cpu cpuUse
+}
+
+// measure runs round trips on p for d (rpc) and adds them and their CPU.
+func (r *rpcRounds) measure(p *connPair, d time.Duration) error {
+	c0, err := sampleCPU()
+	if err != nil {
+		return err
+	}
+	l, err := p.rpc(d)
+	if err != nil {
+		return err
+	}
+	c1, err := sampleCPU()
+	if err != nil {
+		return err
+	}
+	u := c1.since(c0)
+	r.lat = append(r.lat, l...)
+	r.cpu.proc += u.proc
+	r.cpu.softirq += u.softirq
+	return nil
+}
+
+// cpuPerRPC is the CPU (process and softirq, as cpu.go measures) per
+// round trip, in µs.
+func (r rpcRounds) cpuPerRPC() float64 {
+	return round2(float64(r.cpu.proc+r.cpu.softirq) / 1e3 / float64(max(len(r.lat), 1)))
+}
+
+// busyExtras adds the busy-poll variant's figures to x.
+func (r rpcRounds) busyExtras(x map[string]any, budget time.Duration) {
+	p50, p99 := percentiles(r.lat)
+	x["busy_poll_budget_us"] = budget.Microseconds()
+	x["busy_poll_p50_us"] = p50
+	x["busy_poll_p99_us"] = p99
+	x["busy_poll_cpu_us_per_rpc"] = r.cpuPerRPC()
+	x["busy_poll_round_trips"] = len(r.lat)
+}
+
+// latencyRow builds an RPC row from every round trip of ours and the
+// baseline (each round made at least one, see rpc): the p50 is the row's
+// figure, the p99s and the CPU per round trip are in the extras.
+func latencyRow(row, baseName string, ours, base rpcRounds) Result {
+	op50, op99 := percentiles(ours.lat)
+	bp50, bp99 := percentiles(base.lat)
+	r := Latency(row, "µs (p50)", op50, "", baseName, bp50, "")
 	r.Extra = map[string]any{
 		"p99_us": op99, "baseline_p99_us": bp99, "ratio_p99": round2(bp99 / op99),
-		"round_trips": len(ours), "baseline_round_trips": len(base),
+		"round_trips": len(ours.lat), "baseline_round_trips": len(base.lat),
+		"cpu_us_per_rpc": ours.cpuPerRPC(), "baseline_cpu_us_per_rpc": base.cpuPerRPC(),
 	}
-	return r, nil
+	return r
 }
 
 // percentiles returns the p50 and p99 of lat in microseconds.

@@ -29,6 +29,11 @@ func TestTCPScenario(t *testing.T) {
 		if math.Abs(r.Ratio-want) > 1e-9 {
 			t.Errorf("row %s: ratio %v, want %v", r.Name, r.Ratio, want)
 		}
+		if !r.LowerIsBetter {
+			checkCPUExtras(t, r)
+		} else {
+			checkRPCExtras(t, r)
+		}
 		t.Logf("%s: %.2f %s vs %.2f (%s): ratio %.2f %v", r.Name, r.Value, r.Unit, r.BaselineValue, r.BaselineName, r.Ratio, r.Extra)
 	}
 	if name := rep.Results[3].Name; name != tcpRowRPC || !rep.Results[3].LowerIsBetter {
@@ -65,4 +70,19 @@ func TestHTTPSDemo(t *testing.T) {
 		t.Fatalf("figures: %+v", rep)
 	}
 	t.Logf("%+v", rep)
+}
+
+// checkRPCExtras checks that an rpc row reports the p99s, the CPU per
+// round trip of both sides and the busy-poll variant's figures.
+func checkRPCExtras(t *testing.T, r Result) {
+	t.Helper()
+	x := r.Extra
+	for _, k := range []string{"p99_us", "baseline_p99_us", "cpu_us_per_rpc", "baseline_cpu_us_per_rpc", "busy_poll_p50_us", "busy_poll_p99_us", "busy_poll_cpu_us_per_rpc"} {
+		if v, ok := x[k].(float64); !ok || v <= 0 {
+			t.Errorf("%s: %s = %v", r.Name, k, x[k])
+		}
+	}
+	if x["p99_us"].(float64) < r.Value || x["busy_poll_p99_us"].(float64) < x["busy_poll_p50_us"].(float64) {
+		t.Errorf("%s: percentiles out of order: %v", r.Name, x)
+	}
 }

@@ -39,9 +39,14 @@ var tcpDevRows = []struct {
 	// peerOffloads: whether the peer keeps its transmit checksum offload
 	// and TSO while it sends to the user-space server.
 	peerOffloads bool
+	// rpc: the row measures 64-byte request/response latency (p50, p99
+	// in the extras) from the kernel client, not a stream.
+	rpc bool
 }{
-	{"tcp/afxdp/mtu=1500", drivers.AFXDP, true},
-	{"tcp/afpacket/mtu=1500", drivers.AFPacket, true},
+	{"tcp/afxdp/mtu=1500", drivers.AFXDP, true, false},
+	{"tcp/afpacket/mtu=1500", drivers.AFPacket, true, false},
+	{"rpc/afxdp/size=64", drivers.AFXDP, true, true},
+	{"rpc/afpacket/size=64", drivers.AFPacket, true, true},
 }
 
 const (
@@ -98,7 +103,12 @@ func runTCPDev(cfg Config) (rep Report, err error) {
 			continue
 		}
 		cfg.progress("tcp --dev %s", row.name)
-		res, err := h.devRow(cfg, row.name, row.driver, row.peerOffloads, kernel)
+		var res Result
+		if row.rpc {
+			res, err = h.devRPCRow(cfg, row.name, row.driver, kernel)
+		} else {
+			res, err = h.devRow(cfg, row.name, row.driver, row.peerOffloads, kernel)
+		}
 		if err != nil {
 			return rep, err
 		}
@@ -114,6 +124,7 @@ func (h *udpHosts) devRow(cfg Config, name, driver string, offloads bool, kernel
 	rounds := max(cfg.Rounds, 1)
 	d := cfg.Duration / time.Duration(rounds)
 	var ours, base, baseNoOffload []float64
+	var ocpu, bcpu cpuPerGB
 	var figs devFigures
 	for i := range rounds {
 		if err := cfg.roundStart(name, i, rounds); err != nil {
@@ -124,6 +135,7 @@ func (h *udpHosts) devRow(cfg Config, name, driver string, offloads bool, kernel
 			return Result{}, fmt.Errorf("%s: %w", name, err)
 		}
 		ours = append(ours, r.PerSecond())
+		ocpu.add(r.cpu, r.Count)
 		figs.add(f)
 		variants := []bool{true}
 		if !offloads {
@@ -142,6 +154,7 @@ func (h *udpHosts) devRow(cfg Config, name, driver string, offloads bool, kernel
 			}
 			if on {
 				base = append(base, r.PerSecond())
+				bcpu.add(r.cpu, r.Count)
 			} else {
 				baseNoOffload = append(baseNoOffload, r.PerSecond())
 			}
@@ -160,6 +173,7 @@ func (h *udpHosts) devRow(cfg Config, name, driver string, offloads bool, kernel
 		"link_rx_drops":           figs.linkDrops,
 		"setup_ms_per_round":      figs.setupMs / uint64(rounds),
 	}
+	cpuExtras(res.Extra, ocpu, bcpu)
 	if driver == drivers.AFXDP {
 		res.Extra["xdp_mode"] = tcpDevXDPMode
 		res.Extra["afxdp_fill_ring_empty"] = figs.fillEmpty
@@ -175,6 +189,62 @@ func (h *udpHosts) devRow(cfg Config, name, driver string, offloads bool, kernel
 		res.Extra["ratio_vs_no_offload"] = round2(o / bn)
 	}
 	return res, nil
+}
+
+// devRPCRow measures 64-byte round trips from the kernel client in the
+// peer namespace to an echo server on the user-space stack, and to one on
+// the kernel's stack of the same veth: rounds alternate, each round builds
+// the user-space host afresh (as devRow does), and the p50 and p99 of all
+// rounds' round trips are reported; and, in the same rounds, the
+// user-space host with busy-poll (the app and the nexus spinning
+// rpcBusyPoll), in the extras.
+func (h *udpHosts) devRPCRow(cfg Config, name, driver string, kernel *connPair) (Result, error) {
+	rounds := max(cfg.Rounds, 1)
+	d := cfg.Duration / time.Duration(rounds)
+	if err := h.peerOffloads(true); err != nil {
+		return Result{}, err
+	}
+	var ours, busy, base rpcRounds
+	for i := range rounds {
+		if err := cfg.roundStart(name, i, rounds); err != nil {
+			return Result{}, err
+		}
+		if err := h.userRPC(driver, 0, d, &ours); err != nil {
+			return Result{}, fmt.Errorf("%s: %w", name, err)
+		}
+		if _, err := kernel.rpc(tcpWarmup); err != nil {
+			return Result{}, fmt.Errorf("%s baseline warm-up: %w", name, err)
+		}
+		if err := base.measure(kernel, d); err != nil {
+			return Result{}, fmt.Errorf("%s baseline: %w", name, err)
+		}
+		if err := h.userRPC(driver, rpcBusyPoll, d, &busy); err != nil {
+			return Result{}, fmt.Errorf("%s busy-poll: %w", name, err)
+		}
+	}
+	r := latencyRow(name, tcpDevBaseName, ours, base)
+	busy.busyExtras(r.Extra, rpcBusyPoll)
+	return r, nil
+}
+
+// userRPC builds the user-space server (its app and nexus spinning
+// busyPoll before they sleep), runs round trips from the kernel client for
+// d after a warm-up into into, and closes it all again.
+func (h *udpHosts) userRPC(driver string, busyPoll, d time.Duration, into *rpcRounds) error {
+	u, err := h.openUserStack(driver, "tcpdev-rpc", busyPoll)
+	if err != nil {
+		return err
+	}
+	defer u.close()
+	p, err := h.connectUser(u)
+	if err != nil {
+		return err
+	}
+	defer p.close()
+	if _, err := p.rpc(tcpWarmup); err != nil {
+		return fmt.Errorf("warm-up: %w", err)
+	}
+	return into.measure(p, d)
 }
 
 // devFigures are the user-space path's counters, summed over the rounds.
@@ -227,11 +297,7 @@ func (h *udpHosts) peerOffloads(on bool) error {
 // kernelStream connects the kernel client in the peer namespace to a
 // kernel server in the local one, on the veth.
 func (h *udpHosts) kernelStream() (*connPair, error) {
-	var ln net.Listener
-	err := inNS(h.local, func() (err error) {
-		ln, err = net.Listen("tcp4", netip.AddrPortFrom(udpLocal, tcpDevKernPort).String())
-		return err
-	})
+	ln, err := h.kernelListen(tcpDevKernPort)
 	if err != nil {
 		return nil, err
 	}
@@ -242,6 +308,16 @@ func (h *udpHosts) kernelStream() (*connPair, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// kernelListen listens on the kernel's stack of the local namespace, on
+// the veth's address.
+func (h *udpHosts) kernelListen(port uint16) (ln net.Listener, err error) {
+	err = inNS(h.local, func() (err error) {
+		ln, err = net.Listen("tcp4", netip.AddrPortFrom(udpLocal, port).String())
+		return err
+	})
+	return ln, err
 }
 
 // peerDial returns a dialer that connects from the peer namespace (the
@@ -256,52 +332,85 @@ func (h *udpHosts) peerDial(port uint16) func() (net.Conn, error) {
 	}
 }
 
-// userStream builds the user-space server (AF_XDP link, nexus, stack),
-// connects the kernel client to it, streams for d after a warm-up, and
-// closes it all again, so that the baseline runs on a veth with no program
-// attached (generic XDP would otherwise linearize the baseline's super
-// packets).
+// userStack is the user-space host of a --dev row on the local veth: the
+// driver's link, a nexus on it and a client stack. close releases them all,
+// so that the baseline runs on a veth with no program attached (generic
+// XDP would otherwise linearize the baseline's super packets).
+type userStack struct {
+	link netif.Link
+	nx   *nexus.Nexus
+	st   *client.Stack
+}
+
+// openUserStack builds a userStack on driver, in the local namespace, its
+// nexus and app spinning busyPoll before they sleep (0: not at all).
+func (h *udpHosts) openUserStack(driver, name string, busyPoll time.Duration) (*userStack, error) {
+	spec := drivers.Spec{Driver: driver, Dev: h.localIf}
+	if driver == drivers.AFXDP {
+		spec.Mode, spec.RingSize, spec.FrameSize = tcpDevXDPMode, tcpDevRing, tcpDevFrame
+	}
+	u := &userStack{}
+	err := inNS(h.local, func() (err error) {
+		u.link, err = drivers.Open(spec)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	u.nx, err = nexus.New(nexus.Options{Link: u.link, Addrs: []netip.Addr{udpLocal}, BusyPoll: busyPoll,
+		Switch: flowswitch.Options{SrcMAC: [6]byte(h.localMAC), DstMAC: [6]byte(h.peerMAC)}})
+	if err != nil {
+		u.link.Close()
+		return nil, err
+	}
+	if u.st, err = client.New(inproc.Nexus(u.nx), client.Options{Name: name, BusyPoll: busyPoll}); err != nil {
+		u.nx.Close()
+		return nil, err
+	}
+	return u, nil
+}
+
+func (u *userStack) close() {
+	u.st.Close()
+	u.nx.Close() // closes the link
+}
+
+// connectUser connects a kernel client in the peer namespace to the
+// user-space stack u (a stream and an RPC connection).
+func (h *udpHosts) connectUser(u *userStack) (*connPair, error) {
+	ln, err := u.st.Listen("tcp4", ":"+strconv.Itoa(tcpDevUserPort))
+	if err != nil {
+		return nil, err
+	}
+	p := &connPair{}
+	err = p.connect(ln, h.peerDial(tcpDevUserPort))
+	ln.Close()
+	if err != nil {
+		p.close()
+		return nil, err
+	}
+	return p, nil
+}
+
+// userStream builds the user-space server, connects the kernel client to
+// it, streams for d after a warm-up, and closes it all again.
 func (h *udpHosts) userStream(driver string, offloads bool, d time.Duration) (Rate, devFigures, error) {
 	var f devFigures
 	t0 := time.Now()
 	if err := h.peerOffloads(offloads); err != nil {
 		return Rate{}, f, err
 	}
-	spec := drivers.Spec{Driver: driver, Dev: h.localIf}
-	if driver == drivers.AFXDP {
-		spec.Mode, spec.RingSize, spec.FrameSize = tcpDevXDPMode, tcpDevRing, tcpDevFrame
-	}
-	var link netif.Link
-	err := inNS(h.local, func() (err error) {
-		link, err = drivers.Open(spec)
-		return err
-	})
+	u, err := h.openUserStack(driver, "tcpdev", 0)
 	if err != nil {
 		return Rate{}, f, err
 	}
-	nx, err := nexus.New(nexus.Options{Link: link, Addrs: []netip.Addr{udpLocal},
-		Switch: flowswitch.Options{SrcMAC: [6]byte(h.localMAC), DstMAC: [6]byte(h.peerMAC)}})
-	if err != nil {
-		link.Close()
-		return Rate{}, f, err
-	}
-	defer nx.Close()
-	st, err := client.New(inproc.Nexus(nx), client.Options{Name: "tcpdev"})
+	defer u.close()
+	nx, link, st := u.nx, u.link, u.st
+	p, err := h.connectUser(u)
 	if err != nil {
 		return Rate{}, f, err
 	}
-	defer st.Close()
-	ln, err := st.Listen("tcp4", ":"+strconv.Itoa(tcpDevUserPort))
-	if err != nil {
-		return Rate{}, f, err
-	}
-	p := &connPair{}
-	err = p.connect(ln, h.peerDial(tcpDevUserPort))
-	ln.Close()
 	defer p.close()
-	if err != nil {
-		return Rate{}, f, err
-	}
 	if _, err := p.stream(tcpWarmup); err != nil {
 		return Rate{}, f, fmt.Errorf("warm-up: %w", err)
 	}

@@ -23,12 +23,25 @@ func TestTCPDevScenario(t *testing.T) {
 		t.Fatalf("report %+v", rep)
 	}
 	for i, r := range rep.Results {
-		if r.Name != tcpDevRows[i].name || r.Unit != "Gbit/s" || r.Value <= 0 || r.BaselineValue <= 0 || r.BaselineName == "" {
+		if r.Name != tcpDevRows[i].name || r.Value <= 0 || r.BaselineValue <= 0 || r.BaselineName == "" {
 			t.Fatalf("row %+v not measured", r)
 		}
-		if math.Abs(r.Ratio-r.Value/r.BaselineValue) > 1e-9 {
+		if tcpDevRows[i].rpc {
+			// Latency: lower is better, the ratio is baseline/value and
+			// the p99s of both sides are reported.
+			x := r.Extra
+			if r.Unit != "µs (p50)" || !r.LowerIsBetter || math.Abs(r.Ratio-r.BaselineValue/r.Value) > 1e-9 ||
+				x["baseline_p99_us"].(float64) < r.BaselineValue {
+				t.Errorf("%s: %+v", r.Name, r)
+			}
+			checkRPCExtras(t, r)
+			t.Logf("%s: p50 %.1f µs vs %.1f (ratio %.2f), %v", r.Name, r.Value, r.BaselineValue, r.Ratio, x)
+			continue
+		}
+		if r.Unit != "Gbit/s" || math.Abs(r.Ratio-r.Value/r.BaselineValue) > 1e-9 {
 			t.Errorf("%s: ratio %v != %v/%v", r.Name, r.Ratio, r.Value, r.BaselineValue)
 		}
+		checkCPUExtras(t, r)
 		x := r.Extra
 		if !tcpDevRows[i].peerOffloads && x["baseline_no_offload_gbps"].(float64) <= 0 {
 			t.Errorf("%s: no baseline without offloads: %v", r.Name, x)

@@ -70,6 +70,10 @@ type Options struct {
 	// netstack; 0 keeps netstack's default (60 s). Their flows are torn down
 	// as they enter it.
 	TimeWait time.Duration
+	// BusyPoll is the endpoint's spin budget before it sleeps
+	// (stack.Options.BusyPoll): lower latency for the CPU it burns; 0,
+	// the default, sleeps at once.
+	BusyPoll time.Duration
 	// ResolvConf, if set, is the resolv.conf whose nameservers the
 	// Stack's resolver asks instead of /etc/resolv.conf's (its other
 	// settings are /etc/resolv.conf's: Go reads no other file). Hosts, if
@@ -209,7 +213,7 @@ func (s *Stack) attach() (_ *attachment, err error) {
 			return nil, fmt.Errorf("client: tcp TIME-WAIT: %s", terr)
 		}
 	}
-	a.ep, err = stack.New(stack.Options{Port: port, MTU: port.MTU(), GSOMaxSize: opts.GSOMaxSize, Alive: a.alive, Refuse: a.refuse, Handshaking: a.handshaking})
+	a.ep, err = stack.New(stack.Options{Port: port, MTU: port.MTU(), GSOMaxSize: opts.GSOMaxSize, Alive: a.alive, Refuse: a.refuse, Handshaking: a.handshaking, BusyPoll: opts.BusyPoll})
 	if err != nil {
 		return nil, fmt.Errorf("client: %w", err)
 	}

@@ -111,6 +111,21 @@ type Link interface {
 	Close() error
 }
 
+// Notifier is implemented by a link whose frames are written by this
+// process (memif): its reader may sleep in a select on Ready instead of
+// in Wait, with no goroutine of its own blocked in Wait, which saves a
+// goroutine hand-off per wake-up.
+type Notifier interface {
+	// Ready returns frames, which receives a value after frames were
+	// queued for Read (a value may be stale: Read then returns 0), and
+	// closed, which is closed when the link is. Drain frames before the
+	// last Read that precedes the select, so that a frame queued after
+	// that Read signals again. frames is nil when the link cannot say
+	// when its frames become readable (a paced memif wire): use Wait.
+	// Ready and Wait are the reader's: use one or the other.
+	Ready() (frames <-chan struct{}, closed <-chan struct{})
+}
+
 // Stats are a link's counters since it was created, seen from its own side:
 // Tx counts what this side's Write accepted or dropped, Rx what its Read
 // delivered or dropped. Bytes are frame bytes, link header included.

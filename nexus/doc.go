@@ -18,7 +18,10 @@
 //     Link.Wait while the worker is parked, and hands the right to Read
 //     back when frames arrive. The worker reads a link only while it holds
 //     that right, so a link's reader role (Read, Wait) is never used by two
-//     goroutines at once.
+//     goroutines at once. A link that says itself when frames arrive
+//     (netif.Notifier: an unpaced memif wire) has no waiter: the parked
+//     worker keeps the right and selects on the link's channels, one
+//     goroutine hand-off fewer per wake-up.
 //   - An app in this process (OpenPort) kicks its port after it sends,
 //     frees, or runs short of buffers (Port.Kick): an atomic load while the
 //     worker is busy, one Go channel send when it sleeps. The worker says it
@@ -43,11 +46,15 @@
 //     holds back (pacing): until it has one, it must let everything go in
 //     Flush, or the worker must be kept awake by traffic.
 //   - Apps are woken in reverse by their bell: the worker rings a port's bell
-//     when that channel's counters changed (packets delivered, TX slots
-//     taken, buffers handed or reclaimed, segments added or removed, events
-//     such as flow advisories put on the event ring) and the
-//     app said it is about to sleep (Port.Wait), with the same arm, re-check,
+//     when packets were delivered or events (segments added or removed, flow
+//     advisories) put on the event ring, or, for an app whose last Alloc,
+//     Send or Free came up short, when any of the channel's counters
+//     changed (TX slots taken, buffers handed or reclaimed), and the app
+//     said it is about to sleep (Port.Wait), with the same arm, re-check,
 //     sleep order. A busy app is never rung.
+//   - Busy-poll (Options.BusyPoll, off by default): a worker whose round
+//     found nothing runs rounds for up to that budget, yielding between
+//     them, before it parks.
 //
 // Invariants:
 //

@@ -33,7 +33,13 @@ const noTimer = time.Hour
 
 func newNexus(t *testing.T, o nexus.Options) (*nexus.Nexus, netif.Link) {
 	t.Helper()
-	a, b, err := memif.NewPair(memif.Options{Name: t.Name()})
+	return newNexusOn(t, o, memif.Options{Name: t.Name()})
+}
+
+// newNexusOn is newNexus on a wire of options mo.
+func newNexusOn(t *testing.T, o nexus.Options, mo memif.Options) (*nexus.Nexus, netif.Link) {
+	t.Helper()
+	a, b, err := memif.NewPair(mo)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,24 +148,47 @@ func readFrame(t testing.TB, l netif.Link) []byte {
 // its bell. A missing wake-up
 // hangs the test; the round-trip times show the wake-ups take
 // microseconds, not the 10 ms of a polling loop.
+//
+// An unpaced memif wire wakes the worker directly (netif.Notifier); a paced
+// one, whose frames become readable at due times, through a link waiter
+// goroutine in the link's Wait, as a device's does.
 func TestWakeUps(t *testing.T) {
 	t.Run("in-process", func(t *testing.T) { testWakeUps(t, (*nexus.Nexus).OpenPort) })
 	t.Run("eventfd", func(t *testing.T) { testWakeUps(t, (*nexus.Nexus).OpenEventfdPort) })
+	t.Run("link-waiter", func(t *testing.T) {
+		n, wire := newNexusOn(t, nexus.Options{ReapInterval: noTimer}, memif.Options{Name: t.Name(), Delay: time.Microsecond})
+		testWakeUpsOn(t, n, wire, (*nexus.Nexus).OpenPort)
+	})
 }
 
-func testWakeUps(t *testing.T, open func(*nexus.Nexus, string) (*nexus.Port, error)) {
-	n, wire := newNexus(t, nexus.Options{ReapInterval: noTimer})
+// udpApp opens a port on n (closed at the test's end) with one connected
+// UDP flow between the app's end and the peer's.
+func udpApp(t *testing.T, n *nexus.Nexus, open func(*nexus.Nexus, string) (*nexus.Port, error)) (p *nexus.Port, id channel.FlowInfo, appEnd, peerEnd netip.AddrPort) {
+	t.Helper()
 	p, err := open(n, "app")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer p.Close()
-	appEnd := netip.AddrPortFrom(local, 7000)
-	peerEnd := netip.AddrPortFrom(peer, 9000)
-	id, err := p.Register(packet.MakeKey(packet.ProtoUDP, appEnd, peerEnd), flow.Connected)
-	if err != nil {
+	t.Cleanup(func() { p.Close() })
+	appEnd = netip.AddrPortFrom(local, 7000)
+	peerEnd = netip.AddrPortFrom(peer, 9000)
+	if id, err = p.Register(packet.MakeKey(packet.ProtoUDP, appEnd, peerEnd), flow.Connected); err != nil {
 		t.Fatal(err)
 	}
+	return p, id, appEnd, peerEnd
+}
+
+func testWakeUps(t *testing.T, open func(*nexus.Nexus, string) (*nexus.Port, error)) {
+	testWakeUpsWith(t, nexus.Options{ReapInterval: noTimer}, open)
+}
+
+func testWakeUpsWith(t *testing.T, o nexus.Options, open func(*nexus.Nexus, string) (*nexus.Port, error)) {
+	n, wire := newNexus(t, o)
+	testWakeUpsOn(t, n, wire, open)
+}
+
+func testWakeUpsOn(t *testing.T, n *nexus.Nexus, wire netif.Link, open func(*nexus.Nexus, string) (*nexus.Port, error)) {
+	p, id, appEnd, peerEnd := udpApp(t, n, open)
 	const rounds = 200
 	rtts := make([]time.Duration, 0, rounds)
 	for i := range rounds {
@@ -498,5 +527,67 @@ func TestLinkFailed(t *testing.T) {
 	}
 	if _, err := n.OpenPort("late"); err == nil {
 		t.Error("a port opened on a failed link")
+	}
+}
+
+// TestBusyPoll runs the ping-pong of TestWakeUps on a nexus that spins
+// before it sleeps, and checks the budget's bounds.
+func TestBusyPoll(t *testing.T) {
+	for _, d := range []time.Duration{-time.Microsecond, 2 * time.Second} {
+		a, _, err := memif.NewPair(memif.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n, err := nexus.New(nexus.Options{Link: a, Addrs: []netip.Addr{local}, BusyPoll: d}); err == nil {
+			n.Close()
+			t.Errorf("busy-poll budget %v accepted", d)
+		}
+		a.Close()
+	}
+	testWakeUpsWith(t, nexus.Options{ReapInterval: noTimer, BusyPoll: 50 * time.Microsecond}, (*nexus.Nexus).OpenPort)
+}
+
+// TestNoWakeForRoom: an app that is not short of anything sleeps through
+// the nexus taking its TX ring (no goroutine hand-off that would find
+// nothing to do), and wakes for a received packet.
+func TestNoWakeForRoom(t *testing.T) {
+	n, wire := newNexus(t, nexus.Options{ReapInterval: noTimer})
+	p, id, appEnd, peerEnd := udpApp(t, n, (*nexus.Nexus).OpenPort)
+	// A first packet, and a request that makes the worker run a round
+	// after it: the events of the registration and of the pool's growth
+	// are taken in (an event wakes a sleeping app, rightly).
+	send(t, p, udpPacket(appEnd, peerEnd, []byte{0}), id.ID)
+	readFrame(t, wire)
+	if _, err := n.Stats(); err != nil {
+		t.Fatal(err)
+	}
+	const timeout = 300 * time.Millisecond
+	armed := make(chan struct{})
+	woke := make(chan time.Duration, 1)
+	go func() {
+		var once sync.Once
+		start := time.Now()
+		err := p.Wait(func() bool { once.Do(func() { close(armed) }); return false }, timeout)
+		if err != nil {
+			t.Error(err)
+		}
+		woke <- time.Since(start)
+	}()
+	<-armed
+	// Send is safe beside Wait (a stack sends from netstack's goroutines
+	// while its service goroutine sleeps).
+	send(t, p, udpPacket(appEnd, peerEnd, []byte{1}), id.ID)
+	if f := readFrame(t, wire); len(f) != 14+29 {
+		t.Fatalf("peer got %x", f)
+	}
+	if d := <-woke; d < timeout {
+		t.Errorf("the app woke after %v, before its %v timeout, for the nexus taking its TX ring", d, timeout)
+	}
+	// A packet for it wakes it.
+	if _, err := wire.Write([][]byte{udpFrame(peerEnd, appEnd, []byte{2})}); err != nil {
+		t.Fatal(err)
+	}
+	if got := receive(t, p); len(got) != 29 || got[28] != 2 {
+		t.Fatalf("app got %x", got)
 	}
 }

@@ -50,6 +50,7 @@ type Port struct {
 	remote bool // immutable: see OpenPort
 
 	sleeping atomic.Bool   // the app is in Wait, after its re-check
+	room     atomic.Bool   // the sleeping app waits for room too (TX slots, buffers, free slots), not only for packets and events
 	bell     chan struct{} // 1-buffered: rung by the worker or by Wake
 	gone     chan struct{} // closed when the nexus closed the port
 	goneOnce sync.Once
@@ -262,14 +263,17 @@ func (p *port) disarm() {
 }
 
 // ring rings the app's bell if the channel's counters moved since the last
-// look and the app is asleep (or about to be: it re-checks after arming).
+// look and the app is asleep (or about to be: it re-checks after arming):
+// for packets or events, or for any change if it waits for room (see
+// Port.Wait).
 func (p *port) ring() {
 	c := p.ch.Counters()
 	if c == p.last {
 		return
 	}
+	news := c.RxPackets != p.last.RxPackets || c.Events != p.last.Events
 	p.last = c
-	if p.app.sleeping.Load() {
+	if p.app.sleeping.Load() && (news || p.app.room.Load()) {
 		select {
 		case p.app.bell <- struct{}{}:
 		default:
@@ -354,20 +358,33 @@ func (p *Port) Teardown(key packet.Key) error {
 }
 
 // Wait blocks the app's ring consumer until the nexus may have work for it:
-// packets on the RX ring, TX slots freed, buffers handed or reclaimed,
-// events on the event ring (segments added or removed, flow advisories); or
-// until Wake, the timeout (0: none) or the port's closing (ErrClosed).
+// packets on the RX ring, events on the event ring (segments added or
+// removed, flow advisories) and, if the app's last Alloc, Send or Free
+// came up short (channel.App.Short), TX slots freed, buffers handed or
+// reclaimed; or until Wake, the timeout (0: none) or the port's closing
+// (ErrClosed). An app that is not short is not woken for what the nexus
+// took from its rings: in a request/response exchange that wake-up would
+// find nothing to do, and it is a goroutine hand-off per packet.
 //
 // The protocol is the rings' need-wakeup one: Wait first says the app is
 // about to sleep, then calls check, which must look at the rings (e.g. try
 // to receive) and report whether it found work; only if not does Wait
 // block. A change the nexus makes after check looked rings the bell, one
-// made before is what check finds, so no wake-up is lost.
+// made before is what check finds, so no wake-up is lost. A short app
+// says it waits for room too and then calls check once more, for the same
+// reason.
 func (p *Port) Wait(check func() bool, timeout time.Duration) error {
 	p.sleeping.Store(true)
 	defer p.sleeping.Store(false)
 	if check() {
 		return nil
+	}
+	if p.app.Short() != 0 {
+		p.room.Store(true)
+		defer p.room.Store(false)
+		if check() {
+			return nil
+		}
 	}
 	var fire <-chan time.Time
 	if timeout > 0 {

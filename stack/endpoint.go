@@ -119,6 +119,13 @@ type Options struct {
 	// is called from netstack's goroutines, so it must not wait for a
 	// connection's lock.
 	Handshaking func(key packet.Key) bool
+	// BusyPoll is the service goroutine's spin budget, as SO_BUSY_POLL
+	// is a socket's: when a poll finds no work, it polls again (yielding
+	// the CPU between polls) for up to BusyPoll before it sleeps in
+	// Port.Wait, so a packet that comes within the budget is taken
+	// without a wake-up, at the cost of the CPU the spinning burns. 0
+	// (the default): it sleeps at once.
+	BusyPoll time.Duration
 }
 
 // Stats are an endpoint's counters.
@@ -205,6 +212,9 @@ func New(opts Options) (*Endpoint, error) {
 	}
 	if opts.MTU < header.IPv4MinimumProcessableDatagramSize || opts.MTU > 1<<16-1 {
 		return nil, fmt.Errorf("stack: MTU %d outside %d..%d", opts.MTU, header.IPv4MinimumProcessableDatagramSize, 1<<16-1)
+	}
+	if opts.BusyPoll < 0 || opts.BusyPoll > time.Second {
+		return nil, fmt.Errorf("stack: busy-poll budget %v outside 0..1s", opts.BusyPoll)
 	}
 	if opts.RxBatch < 0 || opts.MaxPending < 0 || opts.MaxHeld < 0 || opts.ReapInterval < 0 || opts.Grace < 0 {
 		return nil, fmt.Errorf("stack: negative RxBatch, MaxPending, MaxHeld, ReapInterval or Grace")

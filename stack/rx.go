@@ -1,6 +1,9 @@
 package stack
 
 import (
+	"runtime"
+	"time"
+
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	gstack "gvisor.dev/gvisor/pkg/tcpip/stack"
@@ -24,7 +27,7 @@ func (e *Endpoint) serve() {
 			return
 		default:
 		}
-		if e.poll() {
+		if e.poll() || e.spin() {
 			continue
 		}
 		if err := e.port.Wait(e.poll, 0); err != nil {
@@ -33,6 +36,21 @@ func (e *Endpoint) serve() {
 			return
 		}
 	}
+}
+
+// spin polls for up to the busy-poll budget (Options.BusyPoll), yielding
+// the CPU between polls, and reports whether a poll found work.
+func (e *Endpoint) spin() bool {
+	if e.opts.BusyPoll <= 0 {
+		return false
+	}
+	for end := time.Now().Add(e.opts.BusyPoll); time.Now().Before(end); {
+		runtime.Gosched()
+		if e.poll() {
+			return true
+		}
+	}
+	return false
 }
 
 func (e *Endpoint) fail(err error) {

@@ -23,6 +23,7 @@ usage:
   skylane bench tcp --dev          the tcp rows on a veth pair (root): kernel client, user-space server
   skylane bench burst --dev [--driver afpacket|afxdp]
                                    the burst rows on a veth pair (root): the kernel's stack at the far end
+  skylane bench http --dev         net/http on a user-space stack loaded by wrk over a veth (root)
   skylane nexus --dev IF --driver afxdp|afpacket|tun|memif --socket PATH [--socket-group GROUP] [--policy FILE]
                                    own the interface and serve apps on a control socket (root)
   skylane stats --nexus SOCKET [--json] [--watch 1s]
@@ -77,7 +78,7 @@ func runBench(args []string) error {
 	rounds := fs.Int("rounds", 3, "alternations of ours and baseline per point (median reported)")
 	asJSON := fs.Bool("json", false, "print one JSON object on stdout")
 	filter := fs.String("rows", "", "run only rows whose name contains this")
-	dev := fs.Bool("dev", false, "tcp, burst: run on a veth pair the bench makes (root) instead of memif")
+	dev := fs.Bool("dev", false, "tcp, burst, http: run on a veth pair the bench makes (root) instead of memif")
 	driver := fs.String("driver", "", "burst --dev: the nexus's driver on the veth, afpacket (default) or afxdp")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"time"
 
 	"github.com/skylane/skylane/flowswitch"
 	"github.com/skylane/skylane/neigh"
@@ -23,7 +24,8 @@ type linkConfig struct {
 	host              netip.Addr // the apps' address: one of dev's (afxdp, afpacket), the stack's (tun, memif), or invalid for all of dev's
 	peerMAC           string
 	tunAddr           string
-	regulation        bool // the switch's Regulation: needed for per-app rates
+	regulation        bool          // the switch's Regulation: needed for per-app rates
+	busyPoll          time.Duration // the nexus's spin budget before it sleeps (nexus.Options.BusyPoll)
 	// maxFlows and maxPortFlows are the flow table's limits
 	// (flowswitch.Options.MaxFlows, MaxPortFlows); 0: its defaults.
 	maxFlows, maxPortFlows int
@@ -146,7 +148,7 @@ func openNexus(c linkConfig, notes io.Writer) (_ *ownedNexus, err error) {
 			o.index = ifc.Index
 		}
 	}
-	no := nexus.Options{Link: o.link, Addrs: o.addrs, Switch: swo, Ephemeral: eph}
+	no := nexus.Options{Link: o.link, Addrs: o.addrs, Switch: swo, Ephemeral: eph, BusyPoll: c.busyPoll}
 	if o.res != nil {
 		no.Reserve = func(k packet.Key) (nexus.Reservation, error) {
 			r, err := o.res.Reserve(k)

@@ -23,6 +23,8 @@ func TestParseNexus(t *testing.T) {
 		{[]string{"--dev", "eth1", "--socket", "/tmp/s", "extra"}, "unexpected argument"},
 		{[]string{"--dev", "eth1", "--socket", "/tmp/s", "--max-flows", "1000000", "--max-port-flows", "100000"}, ""},
 		{[]string{"--dev", "eth1", "--socket", "/tmp/s", "--max-port-flows", "-1"}, "want a positive number"},
+		{[]string{"--dev", "eth1", "--socket", "/tmp/s", "--busy-poll", "50us"}, ""},
+		{[]string{"--dev", "eth1", "--socket", "/tmp/s", "--busy-poll", "2s"}, "outside 0..1s"},
 	} {
 		_, err := parseNexus(tc.args, io.Discard)
 		switch {

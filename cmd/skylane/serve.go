@@ -68,6 +68,7 @@ type serveConfig struct {
 	peerMAC           string
 	tunAddr           string
 	shutdown          time.Duration
+	busyPoll          time.Duration // --busy-poll: the app's and its own nexus's spin budget
 }
 
 // runServe is `skylane serve`: it serves until SIGINT or SIGTERM.
@@ -102,6 +103,7 @@ func parseServe(args []string, usageOut io.Writer) (serveConfig, error) {
 	fs.StringVar(&c.nexus, "nexus", "", "serve as an app of the running nexus whose control socket is at this path, instead of on a nexus of serve's own")
 	fs.BoolVar(&c.reconnect, "reconnect", false, "with --nexus: when the nexus goes away, wait for one to serve the socket again and serve on, rather than exit")
 	fs.DurationVar(&c.shutdown, "shutdown-timeout", 5*time.Second, "how long requests in flight may take to finish on SIGINT/SIGTERM")
+	fs.DurationVar(&c.busyPoll, "busy-poll", 0, "the stack (and a nexus of serve's own) spin this long for work before sleeping, e.g. 50us: lower latency for the CPU it burns (0: sleep at once)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -219,7 +221,7 @@ func serve(ctx context.Context, cfg serveConfig, out, log io.Writer) (err error)
 
 // open opens the driver, the nexus and the stack.
 func (s *served) open(cfg serveConfig, spec drivers.Spec, log io.Writer) (err error) {
-	lc := linkConfig{dev: cfg.dev, driver: cfg.driver, mode: cfg.mode, host: cfg.host, peerMAC: cfg.peerMAC, tunAddr: cfg.tunAddr,
+	lc := linkConfig{dev: cfg.dev, driver: cfg.driver, mode: cfg.mode, host: cfg.host, peerMAC: cfg.peerMAC, tunAddr: cfg.tunAddr, busyPoll: cfg.busyPoll,
 		// A taken port is the most common mistake, and the cheapest to
 		// report: before anything is attached.
 		checkPorts: func(kp *drivers.KernelPorts) error {
@@ -232,7 +234,7 @@ func (s *served) open(cfg serveConfig, spec drivers.Spec, log io.Writer) (err er
 	if s.ownedNexus, err = openNexus(lc, log); err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
-	if s.st, err = client.New(inproc.Nexus(s.nx), client.Options{Name: "serve"}); err != nil {
+	if s.st, err = client.New(inproc.Nexus(s.nx), client.Options{Name: "serve", BusyPoll: cfg.busyPoll}); err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
 	return nil

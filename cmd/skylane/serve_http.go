@@ -35,7 +35,7 @@ func serveOnNexus(ctx context.Context, cfg serveConfig, out, log io.Writer) (err
 	if err != nil {
 		return fmt.Errorf("serve: --nexus: %w", err)
 	}
-	st, err := client.New(nx, client.Options{Name: "serve"})
+	st, err := client.New(nx, client.Options{Name: "serve", BusyPoll: cfg.busyPoll})
 	if err != nil {
 		return fmt.Errorf("serve: attach to the nexus at %s: %w", cfg.nexus, err)
 	}

@@ -333,6 +333,7 @@ type end struct {
 }
 
 var _ netif.SuperPacketLink = (*end)(nil)
+var _ netif.Notifier = (*end)(nil)
 
 func (w *wire) newEnd(name string, tx, rx *queue) *end {
 	t := time.NewTimer(time.Hour)
@@ -632,6 +633,16 @@ func (e *end) Wait(timeout time.Duration) error {
 		return netif.ErrClosed
 	}
 	return nil
+}
+
+// Ready implements netif.Notifier.Ready: Write signals frames; a paced
+// wire's frames become readable at their due times, which it does not
+// signal, so it has none (use Wait).
+func (e *end) Ready() (frames <-chan struct{}, closed <-chan struct{}) {
+	if e.rx.paced {
+		return nil, e.w.done
+	}
+	return e.rx.ready, e.w.done
 }
 
 // Stats implements netif.Link.Stats.

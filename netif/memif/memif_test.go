@@ -525,3 +525,49 @@ func TestDelay(t *testing.T) {
 		}
 	}
 }
+
+// TestReady: an unpaced end signals frames written to it, and its closed
+// channel closes with the wire; a paced end has no frames channel (its
+// frames become readable at due times nothing signals).
+func TestReady(t *testing.T) {
+	a, b, err := memif.NewPair(memif.Options{Name: "ready"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	frames, closed := b.(netif.Notifier).Ready()
+	if frames == nil || closed == nil {
+		t.Fatal("an unpaced end has no Ready channels")
+	}
+	select {
+	case <-frames:
+		t.Fatal("frames signalled before any Write")
+	default:
+	}
+	if _, err := a.Write([][]byte{make([]byte, 60)}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-frames:
+	default:
+		t.Fatal("no frames signal after a Write")
+	}
+	bufs, sizes := [][]byte{make([]byte, 2048)}, []int{0}
+	if n, err := b.Read(bufs, sizes); n != 1 || err != nil {
+		t.Fatalf("Read: %d, %v", n, err)
+	}
+	a.Close()
+	select {
+	case <-closed:
+	default:
+		t.Fatal("closed not closed with the wire")
+	}
+
+	p, q, err := memif.NewPair(memif.Options{Name: "paced", Rate: 1e9})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if frames, closed := q.(netif.Notifier).Ready(); frames != nil || closed == nil {
+		t.Errorf("paced end: frames %v, closed %v", frames, closed)
+	}
+}
