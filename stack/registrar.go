@@ -156,6 +156,12 @@ func (t *flowTable) registerPending(e *Endpoint) bool {
 			}
 			delete(t.flows, f.key)
 			delete(t.closing, f.key)
+			// Counted before the flow's waiter (an Accept) is
+			// released: whoever it tells finds the count.
+			e.stats.flowsRefused.Add(1)
+			if errors.Is(errs[i], flow.ErrTooManyFlows) {
+				e.stats.flowLimitHits.Add(1)
+			}
 			f.endPending(errs[i])
 			refused = append(refused, f)
 			continue
@@ -173,10 +179,6 @@ func (t *flowTable) registerPending(e *Endpoint) bool {
 	t.reg.Unlock()
 	e.stats.registerBatches.Add(1)
 	for _, f := range refused {
-		e.stats.flowsRefused.Add(1)
-		if errors.Is(f.err, flow.ErrTooManyFlows) {
-			e.stats.flowLimitHits.Add(1)
-		}
 		if e.opts.Refuse != nil {
 			e.opts.Refuse(f.key, f.err)
 		}
