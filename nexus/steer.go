@@ -95,17 +95,53 @@ func (n *Nexus) unsteerFlow(key packet.Key) error {
 		if _, ok := n.coveredBy(key); ok && n.covered > 0 {
 			n.covered--
 		}
+		if _, ok := n.maybeOwn[key]; ok {
+			delete(n.maybeOwn, key)
+			return n.unsteer(key) // an entry it may have had (adoptSteering)
+		}
 		return nil
 	}
 	if isListener(key) {
 		n.uncover(key)
 	}
 	delete(n.steered, key)
+	return n.unsteer(key)
+}
+
+// unsteer removes key's entry from the link's steering map, if there.
+func (n *Nexus) unsteer(key packet.Key) error {
 	err := n.steer.UnsteerFlow(key)
 	if err == nil || kernelKeeps(err) || errors.Is(err, netif.ErrClosed) {
 		return nil
 	}
 	return fmt.Errorf("unsteer %v: %w", key, err)
+}
+
+// adoptSteering takes the steering of an adopted port's flows over,
+// without a system call: the map came with the link, as the old nexus
+// left it. Its listeners and the connected flows no listener covers have
+// entries of their own. A connected flow a listener covers may have one
+// too (it was registered before its listener), which this nexus cannot
+// tell without asking the map: it counts as covered and is noted in
+// maybeOwn, so that its teardown removes an entry it may have. Listeners
+// first, so that their connections count as covered. Worker only.
+func (n *Nexus) adoptSteering(p *port) {
+	if n.steer == nil {
+		return
+	}
+	for _, listeners := range []bool{true, false} {
+		for k := range p.flows {
+			if isListener(k) != listeners {
+				continue
+			}
+			if _, ok := n.coveredBy(k); ok {
+				n.covered++
+				n.maybeOwn[k] = struct{}{}
+				continue
+			}
+			n.steered[k] = struct{}{}
+		}
+	}
 }
 
 // uncover gives every connected flow that listener l covers an entry of
@@ -123,6 +159,7 @@ func (n *Nexus) uncover(l packet.Key) {
 				continue
 			}
 			n.covered--
+			delete(n.maybeOwn, k)
 			if err := n.steer.SteerFlow(k); err != nil {
 				failed++
 				first = cmp.Or(first, err)
