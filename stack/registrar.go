@@ -145,6 +145,9 @@ func (t *flowTable) registerPending(e *Endpoint) bool {
 		keys[i] = f.key
 	}
 	fis, errs := t.registerBatch(e, keys)
+	// Counted before anything the batch decided shows (a datagram sent,
+	// a refusal counted or reported).
+	e.stats.registerBatches.Add(1)
 	var refused []*flowRec
 	e.mu.Lock()
 	t.mu.Lock()
@@ -156,8 +159,8 @@ func (t *flowTable) registerPending(e *Endpoint) bool {
 			}
 			delete(t.flows, f.key)
 			delete(t.closing, f.key)
-			// Counted before the flow's waiter (an Accept) is
-			// released: whoever it tells finds the count.
+			// Counted before endPending wakes the Accept that
+			// reports the refusal: whoever sees it sees the count.
 			e.stats.flowsRefused.Add(1)
 			if errors.Is(errs[i], flow.ErrTooManyFlows) {
 				e.stats.flowLimitHits.Add(1)
@@ -177,7 +180,6 @@ func (t *flowTable) registerPending(e *Endpoint) bool {
 	}
 	e.mu.Unlock()
 	t.reg.Unlock()
-	e.stats.registerBatches.Add(1)
 	for _, f := range refused {
 		if e.opts.Refuse != nil {
 			e.opts.Refuse(f.key, f.err)

@@ -11,8 +11,11 @@
 //   - Fail open: a frame is taken from the kernel only if it parses as
 //     Ethernet (one VLAN tag at most) / IPv4 or IPv6 / TCP or UDP and its
 //     key is in the map (5-tuple, then listener3, then listener2, the flow
-//     table's order). ARP, ICMP, fragments, IPv6 extension headers and
-//     every unclaimed port always reach the kernel.
+//     table's order); or it is a later fragment of a datagram whose first
+//     fragment was taken; or an ICMP/ICMPv6 error quoting a packet of a
+//     flow in the map (prog.go). ARP, NDP, echo and other ICMP, IPv6
+//     extension headers other than one fragment header, and every
+//     unclaimed port and datagram always reach the kernel.
 //   - Link-based attachment only (BPF_LINK_CREATE for XDP, TCX for TC): the
 //     kernel detaches a program when the last fd of its link closes, so a
 //     process that dies, even by SIGKILL, leaves nothing attached.
@@ -205,6 +208,23 @@ type Counters struct {
 }
 
 // newCounters makes a program's per-CPU counters array.
+// newFragMap creates a program's fragment map (prog.go): fragment keys of
+// the datagrams whose first fragment hit a flow, least recently used
+// forgotten first.
+func newFragMap(name string) (*ebpf.Map, error) {
+	m, err := ebpf.NewMap(&ebpf.MapSpec{
+		Name:       name,
+		Type:       ebpf.LRUHash,
+		KeySize:    KeyLen,
+		ValueSize:  4,
+		MaxEntries: fragMapSize,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("steer: create fragment map: %w%s", err, privHint(err))
+	}
+	return m, nil
+}
+
 func newCounters(name string) (*ebpf.Map, error) {
 	m, err := ebpf.NewMap(&ebpf.MapSpec{
 		Name:       name,
