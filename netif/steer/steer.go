@@ -40,27 +40,13 @@ import (
 	"github.com/skylane/skylane/packet"
 )
 
-// FlowSteerer is netif.FlowSteerer, the interface the nexus uses to keep
-// this package's map in step with its flow table; it lives in netif so
-// that the nexus needs no BPF package.
-type FlowSteerer = netif.FlowSteerer
-
 // Errors.
 var (
-	// ErrUnsupported is netif.ErrNotSteerable: the flow's protocol or
-	// version is not one the programs parse.
-	ErrUnsupported = netif.ErrNotSteerable
 	// ErrFull is netif.ErrSteerFull: the flow map holds MaxFlows entries.
 	ErrFull = netif.ErrSteerFull
 	// ErrClosed: the Flows was closed. It wraps netif.ErrClosed, which the
 	// nexus tests for.
 	ErrClosed = fmt.Errorf("steer: flow map closed: %w", netif.ErrClosed)
-	// ErrSteeringOff is netif.ErrSteeringOff: the link can steer but was
-	// opened without steering (e.g. AF_PACKET without Options.Steer).
-	// SteerFlow wraps it together with ErrUnsupported: the kernel keeps
-	// seeing every flow, which the nexus accepts as it does an unsupported
-	// key.
-	ErrSteeringOff = netif.ErrSteeringOff
 )
 
 // DefaultMaxFlows is the default capacity of the flow map. The map is not

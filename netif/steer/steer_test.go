@@ -12,6 +12,7 @@ import (
 	"github.com/gopacket/gopacket/layers"
 
 	"github.com/skylane/skylane/internal/nettest"
+	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/netif/steer"
 	"github.com/skylane/skylane/packet"
 	"golang.org/x/sys/unix"
@@ -58,8 +59,8 @@ func TestKeyLayout(t *testing.T) {
 		{Version: 6, Proto: 47},
 		{Version: 0, Proto: packet.ProtoUDP},
 	} {
-		if _, err := steer.MakeKey(bad); !errors.Is(err, steer.ErrUnsupported) {
-			t.Errorf("MakeKey(%v) = %v, want ErrUnsupported", bad, err)
+		if _, err := steer.MakeKey(bad); !errors.Is(err, netif.ErrNotSteerable) {
+			t.Errorf("MakeKey(%v) = %v, want ErrNotSteerable", bad, err)
 		}
 	}
 }
