@@ -109,6 +109,13 @@ func (e *Endpoint) poll() bool {
 		default:
 			continue
 		}
+		if !e.opts.SoftwareChecksums && b.Flags&channel.FlagCsumValid == 0 && !packet.ChecksumsValid(b.Data) {
+			// netstack was told not to verify (Capabilities): a
+			// packet from a device is verified here, before
+			// rxWindow may rewrite it.
+			e.stats.rxBadChecksum.Add(1)
+			continue
+		}
 		payload := buffer.MakeWithData(b.Data)
 		if e.rxHint(b.Data) {
 			e.rxWindow(&payload)
