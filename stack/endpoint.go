@@ -482,7 +482,7 @@ func (s *stats) snapshot() Stats {
 	return Stats{
 		RxPackets: s.rxPackets.Load(), RxBytes: s.rxBytes.Load(), RxPolls: s.rxPolls.Load(), RxDropped: s.rxDropped.Load(),
 		RxRetractedACKs: s.rxRetractedACKs.Load(), RxBadChecksum: s.rxBadChecksum.Load(),
-		TxPackets:       s.txPackets.Load(), TxBytes: s.txBytes.Load(), TxSends: s.txSends.Load(), TxGSO: s.txGSO.Load(),
+		TxPackets: s.txPackets.Load(), TxBytes: s.txBytes.Load(), TxSends: s.txSends.Load(), TxGSO: s.txGSO.Load(),
 		TxWaits: s.txWaits.Load(), TxNoFlow: s.txNoFlow.Load(), TxRegisterFail: s.txRegisterFail.Load(),
 		TxOversize: s.txOversize.Load(), TxQueueFull: s.txQueueFul.Load(), TxClosed: s.txClosed.Load(),
 		TxHandshake:     s.txHandshake.Load(),
