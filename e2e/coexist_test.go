@@ -154,6 +154,17 @@ func TestDialKernel(t *testing.T) {
 					t.Fatalf("UDP echo from %v: %q", a, got)
 				}
 			}
+			// The stack left its TCP and UDP checksums to the wire
+			// (channel.FlagCsumPartial) and the kernel, which
+			// verifies them, answered: the nexus completed them.
+			st, err := w.nx.Stats()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Switch.TxCsumCompleted == 0 {
+				t.Errorf("no checksum completed by the nexus (TxCsumCompleted 0): the stack computed them itself?")
+			}
+			t.Logf("checksums completed by the nexus: %d", st.Switch.TxCsumCompleted)
 		})
 	}
 }
