@@ -102,6 +102,15 @@ func (c *Channel) RxRoom(n int) int {
 	return k
 }
 
+// RxFree returns how many slots of the RX ring are free now, and its size.
+// The flowswitch reads it to keep part of the ring for connected flows
+// while listener flows are flooded. A corrupt ring defuncts the channel and
+// has no room.
+func (c *Channel) RxFree() (free, size int) {
+	size = c.rx.Size()
+	return c.RxRoom(size), size
+}
+
 // RefuseRx counts n packets dropped for a full RX ring before they were
 // copied (see RxRoom): they are RxDrops, as Deliver's tail drops are, so the
 // app and the stall check see one figure for "my ring was full".

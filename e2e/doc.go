@@ -2,7 +2,9 @@
 // user-space stack (client.Stack on a nexus) on each kernel-facing driver
 // (AF_XDP, AF_PACKET with steering, TUN), against the real kernel stack of
 // a peer network namespace, with the kernel's own tools (curl, tshark) as
-// the other side, and `skylane serve` run as a binary.
+// the other side, and `skylane serve` run as a binary. Hostile traffic
+// comes from real tools too: hping3 floods, nmap scans, and malformed
+// frames from scapy (testdata/malformed.py).
 //
 // Every test needs root and skips without it, except under
 // SKYLANE_REQUIRE_PRIV=1, where a skip is a failure (nettest.RequirePriv).

@@ -31,7 +31,8 @@ import (
 //   - kernel-rx, kernel-tx: the frames to and from the host link.
 //   - drop-rx: frames that failed to parse (parse_<reason>), of no flow
 //     without a host link (no_flow), and, with their port's channel,
-//     refused by its receive limits (rx_rate, rx_budget) or its full RX
+//     refused by its receive limits (rx_rate, rx_budget), by a listener
+//     flow's share of it (listen_share, rxlisten.go) or its full RX
 //     ring (rx_ring_full), too large for it (oversize) or refused for want
 //     of a buffer (alloc_fail).
 //   - drop-tx also: what the AQM drops or refuses after device-tx

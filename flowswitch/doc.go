@@ -58,6 +58,10 @@
 //     per input batch.
 //   - A full RX ring tail-drops only the excess of its own channel (counted
 //     by the channel as RxDrops); other channels are not affected.
+//   - A TCP listener flow's packets never take the last quarter of its
+//     channel's RX ring nor half of its pool; one source's packets keep
+//     their order; a heavy source cannot crowd out a light one
+//     (rxlisten.go).
 //   - A packet of no registered flow never reaches a user channel.
 //   - A packet the transmit checks refuse never reaches the link, and the
 //     link gets the very bytes that were checked.

@@ -103,7 +103,11 @@ func (s *Switch) Register(p flow.PortID, key packet.Key, kind flow.Kind) (*flow.
 	if s.portOf(p) == nil {
 		return nil, fmt.Errorf("register on port %d: %w", p, ErrNoPort)
 	}
-	return s.table.Register(flow.Request{Port: p, Key: key, Kind: kind})
+	e, err := s.table.Register(flow.Request{Port: p, Key: key, Kind: kind})
+	if err == nil {
+		s.listen.registered(key, kind, s.now())
+	}
+	return e, err
 }
 
 // Teardown tears flow e down (flow.Table.Teardown): its packets are no

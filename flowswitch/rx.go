@@ -176,6 +176,11 @@ func (s *Switch) queueFor(e *flow.Entry) int32 {
 // later packets of the flow in the same input batch form a new flow batch.
 func (s *Switch) release(fq *flowQueue) {
 	p := fq.p
+	if isListener(fq.e) {
+		if s.listenAdmit(fq); len(fq.pkts) == 0 {
+			return
+		}
+	}
 	s.stats.FlowBatches++
 	runs := s.capAdmit(p, fq.pkts, s.planRuns(fq.pkts, p.bufSize)) // rxAdmit, captured
 	out := s.allocBuf[:len(runs)]

@@ -33,6 +33,15 @@ type portRx struct {
 	rate   int64 // bits/s; 0 without a bucket
 
 	budgetDrops, rateDrops uint64 // packets
+
+	// heavy caps the listener SYNs of heavy sources (rxlisten.go),
+	// made on the port's first flow batch over its lines (heavyOn).
+	heavy   regulate.TokenBucket
+	heavyOn bool
+	// synsOut counts the listener SYNs admitted whose SYN-ACK the app
+	// did not send yet, halved at synsAt + listenDecay (rxlisten.go).
+	synsOut int
+	synsAt  int64
 }
 
 // rxAdmit trims runs (the output packets planned for the flow batch pkts

@@ -302,6 +302,7 @@ func drops(st *Stats, nb *neigh.Stats, link *netif.Stats) []Drop {
 	add("rx", PlacePort, "rx_ring_full", st.RxRingDrops)
 	add("rx", PlacePort, "rx_budget", st.RxBudgetDrops)
 	add("rx", PlacePort, "rx_rate", st.RxRateDrops)
+	add("rx", PlacePort, "listen_share", st.ListenDrops)
 	for _, r := range st.TxDrops.List() {
 		add("tx", PlacePort, r.Reason, r.Packets)
 	}

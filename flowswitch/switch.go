@@ -3,6 +3,7 @@ package flowswitch
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"sync"
 	"time"
@@ -142,6 +143,9 @@ type Stats struct {
 	// by a channel's receive budget per input batch and its receive token
 	// bucket (rxlimit.go).
 	RxBudgetDrops, RxRateDrops uint64
+	// ListenDrops are packets of TCP listener flows refused before the
+	// copy, their source over its share of the RX ring (rxlisten.go).
+	ListenDrops uint64
 	// SuperPackets counts the TCP super packets delivered: formed by
 	// merging (merge.go), or read whole from a link that carries them
 	// (rxgso.go); Merged the segments absorbed into merged ones after
@@ -260,11 +264,12 @@ type Switch struct {
 	hostIn hostState // host → device scratch (host.go)
 	parsed packet.Parsed
 	stats  Stats
-	tx     txState   // transmit scratch, allocated once by New (tx.go)
-	l2     l2State   // neighbour resolution (l2.go)
-	reg    *regState // nil without Options.Regulation (regulation.go)
-	capt   capState  // packet captures (capture.go)
-	hist   hists     // histograms (hist.go)
+	tx     txState     // transmit scratch, allocated once by New (tx.go)
+	l2     l2State     // neighbour resolution (l2.go)
+	reg    *regState   // nil without Options.Regulation (regulation.go)
+	capt   capState    // packet captures (capture.go)
+	hist   hists       // histograms (hist.go)
+	listen listenShare // listener flows' admission (rxlisten.go)
 	// rxBudget is RegulationOptions.RxBudget (rxlimit.go); 0: none. Immutable.
 	rxBudget int
 
@@ -333,6 +338,9 @@ func New(opts Options) (*Switch, error) {
 		runs:     make([]int32, 0, opts.FlowBatchLimit),
 		queues:   make([]flowQueue, n),
 		allocBuf: make([]channel.Buf, opts.FlowBatchLimit),
+		// The seed defeats crafted collisions of source buckets: a
+		// per-switch random value, not a secret key.
+		listen: newListenShare(rand.Uint64(), opts.FlowBatchLimit),
 	}
 	for i := range s.queues {
 		s.queues[i].pkts = make([]int32, 0, opts.FlowBatchLimit)

@@ -223,6 +223,9 @@ func (s *Switch) txPass(e *flow.Entry, i, ipLen int, fl packet.TCPFlags, tcp, v6
 			d.ListenerData++
 			return false
 		}
+		if synAck {
+			s.synAnswered(e.Port())
+		}
 	} else if tcp && fl.Has(packet.TCPSyn) && !e.AllowSYN(t.clock()) {
 		d.SYNRate++
 		return false

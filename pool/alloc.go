@@ -139,6 +139,10 @@ func (p *Pool) release(seg int) {
 	}
 }
 
+// Available returns how many buffers Alloc could still hand out: the free
+// ones and those of the segments it may yet grow.
+func (p *Pool) Available() int { return p.nfree + (p.opts.MaxSegments-p.nActive)*p.bps }
+
 // CanAlloc reports whether Alloc would return at least one buffer.
 func (p *Pool) CanAlloc() bool { return p.nfree > 0 || p.nActive < p.opts.MaxSegments }
 

@@ -117,7 +117,7 @@ func (q *Queue) lookup(key uint64) int32 {
 	// allocSlot may have unmapped an idle slot, moving index entries:
 	// probe again for the insertion point.
 	mask := uint64(len(q.index) - 1)
-	h := mix(key^q.seed) & mask
+	h := Mix(key^q.seed) & mask
 	for q.index[h] >= 0 {
 		h = (h + 1) & mask
 	}
@@ -180,7 +180,7 @@ func (q *Queue) unindex(id int32) {
 	mask := uint64(len(q.index) - 1)
 	key := q.flows[id].key
 	q.flows[id].mapped = false
-	h := mix(key^q.seed) & mask
+	h := Mix(key^q.seed) & mask
 	for q.index[h] != id {
 		if q.index[h] < 0 {
 			return // not indexed: nothing to remove
@@ -189,7 +189,7 @@ func (q *Queue) unindex(id int32) {
 	}
 	hole := h
 	for j := (hole + 1) & mask; q.index[j] >= 0; j = (j + 1) & mask {
-		home := mix(q.flows[q.index[j]].key^q.seed) & mask
+		home := Mix(q.flows[q.index[j]].key^q.seed) & mask
 		// Entry j may fill the hole when its home is not in (hole, j].
 		if (j-home)&mask >= (j-hole)&mask {
 			q.index[hole] = q.index[j]

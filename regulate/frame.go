@@ -71,8 +71,8 @@ func flowHash(frame []byte, lt packet.LinkType, seed uint64) (uint32, bool) {
 	l4 := -1 // offset of the ports in ip, -1 when not hashed
 	if v == 4 {
 		proto = ip[9]
-		h = mix(h ^ uint64(binary.BigEndian.Uint32(ip[12:16])))
-		h = mix(h ^ uint64(binary.BigEndian.Uint32(ip[16:20])))
+		h = Mix(h ^ uint64(binary.BigEndian.Uint32(ip[12:16])))
+		h = Mix(h ^ uint64(binary.BigEndian.Uint32(ip[16:20])))
 		ihl := int(ip[0]&0x0f) * 4
 		notFragment := binary.BigEndian.Uint16(ip[6:8])&0x3fff == 0 // MF clear, offset 0
 		if ihl >= 20 && notFragment {
@@ -81,22 +81,23 @@ func flowHash(frame []byte, lt packet.LinkType, seed uint64) (uint32, bool) {
 	} else {
 		proto = ip[6] // the first next header: extension headers are not walked
 		for i := 8; i < 40; i += 8 {
-			h = mix(h ^ binary.BigEndian.Uint64(ip[i:i+8]))
+			h = Mix(h ^ binary.BigEndian.Uint64(ip[i:i+8]))
 		}
 		l4 = 40
 	}
-	h = mix(h ^ uint64(proto))
+	h = Mix(h ^ uint64(proto))
 	switch proto {
 	case 6, 17, 132, 136: // TCP, UDP, SCTP, UDP-Lite: ports first
 		if l4 >= 0 && len(ip) >= l4+4 {
-			h = mix(h ^ uint64(binary.BigEndian.Uint32(ip[l4:l4+4])))
+			h = Mix(h ^ uint64(binary.BigEndian.Uint32(ip[l4:l4+4])))
 		}
 	}
 	return uint32(h ^ h>>32), true
 }
 
-// mix is splitmix64's finaliser: every input bit affects every output bit.
-func mix(x uint64) uint64 {
+// Mix is splitmix64's finaliser: every input bit affects every output
+// bit. The flowswitch hashes its listeners' sources with it too.
+func Mix(x uint64) uint64 {
 	x ^= x >> 30
 	x *= 0xbf58476d1ce4e5b9
 	x ^= x >> 27

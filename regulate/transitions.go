@@ -102,7 +102,7 @@ func (q *Queue) find(key uint64) int32 {
 		return -1
 	}
 	mask := uint64(len(q.index) - 1)
-	for h := mix(key^q.seed) & mask; ; h = (h + 1) & mask {
+	for h := Mix(key^q.seed) & mask; ; h = (h + 1) & mask {
 		s := q.index[h]
 		if s < 0 {
 			return -1
