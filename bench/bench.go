@@ -247,6 +247,7 @@ func Scenarios() []Scenario {
 		{Name: "conns", Help: "new TCP connections/s accepted and answered by a user-space server on AF_XDP, from kernel clients over a veth; baseline a kernel server on the same veth, same run; needs root", Run: runConns},
 		{Name: "attach", Help: "an app attaching over the control socket: connect, open a port (channel sent and mapped), listen on a TCP port, p50; baseline a kernel socket()+bind()+listen()", Run: runAttach},
 		{Name: "http", Help: "requests/s and p99 of net/http on a user-space stack (AF_XDP, AF_PACKET) loaded by wrk -c16 from a peer namespace over a veth; baseline net/http on the kernel's stack of the same veth, same run; --dev only, needs root and wrk", Run: runHTTP},
+		{Name: "upgrade", Help: "a nexus on AF_XDP replaced 10 times by a takeover under a UDP request/response stream (1 per ms) and a bulk TCP stream: longest gap and stall, p50; baseline a plain restart with the app re-attaching, same run; needs root", Run: runUpgrade},
 		{Name: "udp", Help: "64-byte UDP receive rate over a veth into a user-space consumer (AF_XDP, AF_PACKET); baseline a kernel UDP socket with recvmmsg, same veth; needs root", Run: runUDP},
 	}
 }

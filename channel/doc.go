@@ -13,7 +13,8 @@
 //	alloc ring  nexus hands empty buffers ahead; app consumes
 //	free ring   app gives buffers back;         nexus consumes
 //	event ring  nexus posts segment changes, advisories, recalls, defunct; app consumes
-//	advisories, stats, segment bitmap: nexus writes; sealed read-only for apps
+//	advisories, stats, segment bitmap: nexus writes; apps get read-only descriptors
+//	(files only the nexus's user may reopen), so the next nexus can take them over
 //
 // Invariants:
 //   - The nexus never trusts shared memory: ring indices are validated on
@@ -48,6 +49,10 @@
 //     segment when it first meets one of its buffers (or the event says it
 //     was added) and unmaps it when told it was released and the segment
 //     bitmap confirms it is still inactive.
+//   - A channel's nexus end can be handed to another nexus process
+//     (Export, Adopt, Abandon; handover.go) without the app noticing: the
+//     new end goes by the old end's private indices and the pool's
+//     nexus-only buffer states, never by what the app wrote.
 //   - The alloc ring holds the app's working set (docs/design.md §2: 8 buffers at
 //     first, +50% when the app runs it dry, −25% after 2 s with a quarter
 //     unclaimed). The nexus cannot take back what it produced, so what an

@@ -74,8 +74,15 @@ func (c *Channel) Share() (Descriptor, []int, error) {
 	bufs, umeta, _ := c.pool.Regions()
 	src := [numFDs]int{bufs.FD(), umeta.FD(), c.regions[0].FD(), c.regions[1].FD(), c.regions[2].FD(), c.kickN.FD(), c.kickA.FD()}
 	fds := make([]int, 0, numFDs)
-	for _, fd := range src {
-		d, err := shm.Dup(fd)
+	for i, fd := range src {
+		dup := shm.Dup
+		if i == fdAdvisory || i == fdStats {
+			// Tables the app only reads: a read-only open, which no
+			// mapping or reopen can make writable.
+			r := c.regions[i-fdRings]
+			dup = func(int) (int, error) { return r.ReadOnlyFD() }
+		}
+		d, err := dup(fd)
 		if err != nil {
 			for _, f := range fds {
 				shm.CloseFD(f)

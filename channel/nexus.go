@@ -130,9 +130,12 @@ func New(opts Options) (_ *Channel, err error) {
 		if c.maps[i], err = shm.Map(c.regions[i].FD(), 0, sizes[i], true); err != nil {
 			return nil, fmt.Errorf("new channel %q: map %s: %w", opts.Name, name, err)
 		}
-		// The app may only read the tables the nexus writes.
+		// The app may only read the tables the nexus writes: it gets a
+		// read-only open of them (Share), and cannot reopen them for
+		// writing. (Not F_SEAL_FUTURE_WRITE: a nexus taking over this
+		// channel must map them writable again, handover.go.)
 		if i > 0 {
-			if err = c.regions[i].SealFutureWrite(); err != nil {
+			if err = c.regions[i].RestrictPeers(); err != nil {
 				return nil, fmt.Errorf("new channel %q: %w", opts.Name, err)
 			}
 		}

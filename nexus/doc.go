@@ -85,4 +85,11 @@
 //     builds and drains, and Advise for tests and operators.
 //   - Nothing an app sends in a request is trusted: keys and kinds are
 //     checked by the flow table, and an app can only tear down its own flows.
+//   - A takeover (handover.go, package nexus/takeover) freezes the worker
+//     between two rounds: it serves requests but runs no datapath and arms
+//     no waiter, and the device's reader role is the worker's. Thaw
+//     resumes exactly there; Abandon closes every descriptor without
+//     touching shared memory, the steering map or the program. A nexus
+//     that takes over starts frozen and writes nothing to an adopted
+//     channel but what the old one wrote there until its Thaw.
 package nexus

@@ -109,6 +109,14 @@ type Options struct {
 	// space never pick the same source port. Zero: apps take their
 	// stack's default range.
 	Ephemeral [2]uint16
+	// AdoptReservation wraps a reservation's socket another nexus handed
+	// over with a port (AdoptPort; drivers.AdoptReservation), taking
+	// ownership of fd. Needed only to take over a nexus that reserves.
+	AdoptReservation func(key packet.Key, fd int) (Reservation, error)
+	// Frozen starts the nexus frozen (handover.go): it serves requests
+	// (AdoptPort) but runs no datapath until Thaw. A nexus taking over
+	// from another starts so, and thaws once the old one let go.
+	Frozen bool
 }
 
 // Reservation is a listener flow's port held in the kernel's stack
@@ -153,6 +161,11 @@ type Nexus struct {
 	seq      int            // ports opened, for channel names
 	limitLog burstLog       // flow limits hit
 	log      *slog.Logger   // immutable
+
+	// Takeover (handover.go), owned by the worker too.
+	frozen    bool       // the datapath is frozen: requests only
+	abandoned bool       // a takeover committed: shutdown abandons, not closes
+	advClear  []advClear // adopted flows' advisories, cleared at Thaw
 }
 
 // New starts a nexus on opts.Link. It checks every option and builds the
@@ -222,6 +235,7 @@ func New(opts Options) (*Nexus, error) {
 		sw:       sw,
 		ports:    make(map[flow.PortID]*port),
 		lastReap: time.Now(),
+		frozen:   opts.Frozen,
 		log:      opts.Logger,
 	}
 	if n.log == nil {
@@ -359,6 +373,13 @@ func (n *Nexus) run() {
 			default:
 				drained = true
 			}
+		}
+		if n.frozen {
+			// A takeover holds the datapath: serve requests only.
+			if !n.parkFrozen() {
+				return
+			}
+			continue
 		}
 		// A link waiter may have handed its link back while we were busy.
 		n.linkBack(n.dev.poll())
@@ -550,9 +571,24 @@ func (n *Nexus) park() bool {
 	return ok
 }
 
+// parkFrozen blocks a frozen worker until a request or Close; it
+// returns false on Close.
+func (n *Nexus) parkFrozen() bool {
+	select {
+	case req := <-n.ctrl:
+		req()
+		return true
+	case <-n.stop:
+		return false
+	}
+}
+
 // shutdown runs on the worker as it returns: it closes every port, stops
 // the waiters and closes the link.
 func (n *Nexus) shutdown() {
+	if n.abandoned {
+		n.abandonPorts()
+	}
 	for len(n.order) > 0 {
 		n.closePort(n.order[0])
 	}

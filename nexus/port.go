@@ -21,6 +21,7 @@ type port struct {
 	n      *Nexus
 	id     flow.PortID      // immutable
 	remote bool             // immutable: woken through its eventfd, by a port waiter
+	opts   PortOptions      // immutable: as opened (a takeover opens it again so)
 	ch     *channel.Channel // the nexus end; owned by the worker
 	app    *Port            // the app's handle: bell and sleep flag
 	flows  map[packet.Key]*flow.Entry
@@ -99,6 +100,10 @@ type PortOptions struct {
 	MaxPool int64
 }
 
+func flowswitchPortOptions(o PortOptions) flowswitch.AddPortOptions {
+	return flowswitch.AddPortOptions{Advisories: o.Advisories, Rate: o.Rate, Burst: o.Burst, RxRate: o.RxRate, RxBurst: o.RxBurst}
+}
+
 // OpenPortWith is OpenPort with options: whether the port's app honours
 // flow advisories, and a rate cap.
 func (n *Nexus) OpenPortWith(name string, o PortOptions) (*Port, error) {
@@ -153,7 +158,7 @@ func (n *Nexus) openPort(name string, remote, attach bool, o PortOptions) (*Port
 			return nil, err
 		}
 	}
-	id, err := n.sw.AddPortWith(ch, flowswitch.AddPortOptions{Advisories: o.Advisories, Rate: o.Rate, Burst: o.Burst, RxRate: o.RxRate, RxBurst: o.RxBurst})
+	id, err := n.sw.AddPortWith(ch, flowswitchPortOptions(o))
 	if err != nil {
 		if app != nil {
 			app.Close()
@@ -163,7 +168,7 @@ func (n *Nexus) openPort(name string, remote, attach bool, o PortOptions) (*Port
 	}
 	ap := &Port{n: n, id: id, name: co.Name, app: app, remote: remote, bell: make(chan struct{}, 1), gone: make(chan struct{})}
 	p := &port{
-		n: n, id: id, ch: ch, app: ap, remote: remote,
+		n: n, id: id, ch: ch, app: ap, remote: remote, opts: o,
 		flows: make(map[packet.Key]*flow.Entry), res: make(map[packet.Key]Reservation),
 		armCh: make(chan struct{}, 1), woke: make(chan struct{}, 1),
 		last: ch.Counters(),

@@ -19,6 +19,9 @@
 //     released.
 //   - A Pool is owned by one goroutine (the nexus worker of its channel); it
 //     takes no locks.
+//   - A pool handed to another nexus process (Export, Adopt; handover.go)
+//     keeps every buffer's state, read from the nexus-only metadata; a
+//     buffer the old process held (in flight) goes back to the free lists.
 package pool
 
 import (
@@ -83,6 +86,10 @@ type Pool struct {
 	lastBusy  []time.Time
 	onSegment func(seg int, added bool)
 	stats     Stats
+
+	// Reclaimed counts the buffers Adopt found held by the nexus that
+	// exported the pool (packets it had in flight) and freed.
+	Reclaimed int
 }
 
 // New makes a pool's regions and activates MinSegments segments.
@@ -91,22 +98,7 @@ func New(opts Options) (_ *Pool, err error) {
 	if err := opts.validate(); err != nil {
 		return nil, err
 	}
-	bps := opts.SegmentSize / opts.BufferSize
-	p := &Pool{
-		opts:     opts,
-		bufSize:  opts.BufferSize,
-		segSize:  opts.SegmentSize,
-		bps:      bps,
-		pow2:     bps&(bps-1) == 0,
-		shift:    uint(bits.TrailingZeros(uint(bps))),
-		umetaSeg: roundUp(bps*UserMetaLen, shm.PageSize),
-		nmetaSeg: roundUp(bps*nexusMetaLen, shm.PageSize),
-		maxBufs:  uint32(opts.MaxSegments * bps),
-		active:   make([]bool, opts.MaxSegments),
-		free:     make([][]uint32, opts.MaxSegments),
-		touched:  make([]bool, opts.MaxSegments),
-		lastBusy: make([]time.Time, opts.MaxSegments),
-	}
+	p := newPool(opts)
 	defer func() {
 		if err != nil {
 			p.Close()
@@ -139,6 +131,26 @@ func New(opts Options) (_ *Pool, err error) {
 		p.grow()
 	}
 	return p, nil
+}
+
+// newPool is a pool's bookkeeping for valid opts, before any region.
+func newPool(opts Options) *Pool {
+	bps := opts.SegmentSize / opts.BufferSize
+	return &Pool{
+		opts:     opts,
+		bufSize:  opts.BufferSize,
+		segSize:  opts.SegmentSize,
+		bps:      bps,
+		pow2:     bps&(bps-1) == 0,
+		shift:    uint(bits.TrailingZeros(uint(bps))),
+		umetaSeg: roundUp(bps*UserMetaLen, shm.PageSize),
+		nmetaSeg: roundUp(bps*nexusMetaLen, shm.PageSize),
+		maxBufs:  uint32(opts.MaxSegments * bps),
+		active:   make([]bool, opts.MaxSegments),
+		free:     make([][]uint32, opts.MaxSegments),
+		touched:  make([]bool, opts.MaxSegments),
+		lastBusy: make([]time.Time, opts.MaxSegments),
+	}
 }
 
 func roundUp(n, to int) int { return (n + to - 1) / to * to }

@@ -22,10 +22,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/skylane/skylane/metrics"
+	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/netif/drivers"
 	"github.com/skylane/skylane/nexus"
 	"github.com/skylane/skylane/nexus/control"
 	"github.com/skylane/skylane/nexus/policy"
+	"github.com/skylane/skylane/nexus/takeover"
 )
 
 const nexusUsage = `usage: skylane nexus --dev IF --driver afxdp|afpacket|tun|memif --socket PATH [flags]
@@ -46,6 +48,13 @@ session is matched again, and its later requests are checked against the
 new rule (flows it already holds are not torn down; restart the app, or the
 nexus, to drop them).
 
+Upgrades under live traffic (AF_XDP): run the new binary with the same
+flags and --takeover, or send the running nexus SIGUSR2 (systemctl
+reload), which starts the binary at its own path so. The new process
+receives the device, every app's channel and session and the socket; the
+old one exits 0; apps see a pause, no reconnect. If the takeover fails the
+old nexus serves on (docs/upgrade.md).
+
 If the interface is deleted or set down (or the driver fails), the nexus
 logs it, tells its apps why, and exits 1 (systemd's Restart=on-failure starts it again; it starts
 once the interface is back). A socket left by a crashed nexus is replaced
@@ -62,6 +71,7 @@ type nexusConfig struct {
 	policy    string // --policy file, "" for root only
 	metrics   string // kernel-stack address for Prometheus, or ""
 	logFormat string
+	takeover  bool // take the device, ports and sessions over from the nexus serving socket
 }
 
 func runNexus(args []string) error {
@@ -75,7 +85,10 @@ func runNexus(args []string) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	return runNexusDaemon(ctx, cfg, hup, log)
+	usr2 := make(chan os.Signal, 1)
+	signal.Notify(usr2, syscall.SIGUSR2)
+	defer signal.Stop(usr2)
+	return runNexusDaemon(ctx, cfg, signals{hup: hup, upgrade: usr2}, log)
 }
 
 func newLogger(w io.Writer, format string) *slog.Logger {
@@ -107,6 +120,7 @@ func parseNexus(args []string, usageOut io.Writer) (nexusConfig, error) {
 	fs.StringVar(&c.policy, "policy", "", "policy file (TOML [[allow]] rules); default: only root may attach")
 	fs.StringVar(&c.metrics, "metrics", "", "serve Prometheus metrics on this kernel-stack address, e.g. 127.0.0.1:9090")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log lines as text (key=value) or json")
+	fs.BoolVar(&c.takeover, "takeover", false, "take over from the nexus serving --socket (an upgrade under live traffic, AF_XDP only; docs/upgrade.md): same flags as that nexus")
 	fs.DurationVar(&c.link.busyPoll, "busy-poll", 0, "spin this long for work before sleeping, e.g. 50us: lower latency for the CPU it burns (0: sleep at once)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -179,7 +193,13 @@ var errLinkGone = errors.New("interface gone")
 
 // runNexusDaemon serves until ctx is done or the interface goes, and
 // removes what it made on every path.
-func runNexusDaemon(ctx context.Context, cfg nexusConfig, hup <-chan os.Signal, log *slog.Logger) (err error) {
+// signals are what the daemon does on signals other than SIGINT/SIGTERM.
+type signals struct {
+	hup     <-chan os.Signal // reload the policy
+	upgrade <-chan os.Signal // SIGUSR2: start this binary again to take over (systemctl reload)
+}
+
+func runNexusDaemon(ctx context.Context, cfg nexusConfig, sig signals, log *slog.Logger) (err error) {
 	pol, err := loadPolicy(cfg.policy)
 	if err != nil {
 		return err
@@ -188,34 +208,61 @@ func runNexusDaemon(ctx context.Context, cfg nexusConfig, hup <-chan os.Signal, 
 	if err != nil {
 		return err
 	}
-	// The socket first: a second nexus on the same path must be refused
-	// before it touches the interface the first one owns.
-	sock, err := control.ListenSocket(cfg.socket, gid)
-	if err != nil {
-		return fmt.Errorf("nexus: %w", err)
-	}
-	defer sock.Close()
 	notes := &logWriter{log}
 	// Per-app rates need the switch's regulation layer; a policy that
 	// names none runs without it (adding the first rate takes a restart).
 	cfg.link.regulation = hasRates(pol)
-	cfg.link.log = log
-	o, err := openNexus(cfg.link, notes)
-	if err != nil {
-		return fmt.Errorf("nexus: %w", err)
+	var (
+		sock *control.Socket
+		srv  *control.Server
+		o    *ownedNexus
+	)
+	newServer := func(nx *nexus.Nexus) *control.Server {
+		return control.NewServer(nx, control.ServerOptions{Policy: pol, Log: log})
 	}
+	cfg.link.log = log
+	if cfg.takeover {
+		// The socket, device, ports and sessions come from the nexus
+		// serving the socket; it serves on if anything fails here.
+		var tk *takeover.Taken
+		cfg.link.takeover = func(no nexus.Options) (*nexus.Nexus, netif.Link, error) {
+			var err error
+			tk, err = takeover.Take(cfg.socket, takeoverOptions(no, newServer, log))
+			if err != nil {
+				return nil, nil, err
+			}
+			return tk.Nexus, tk.Link, nil
+		}
+		if o, err = openNexus(cfg.link, notes); err != nil {
+			return fmt.Errorf("nexus: %w", err)
+		}
+		sock, srv = tk.Socket, tk.Server
+		log.Info("took over", "ports", len(tk.State.Nexus.Ports), "sessions", len(tk.State.Server.Sessions),
+			"lost", tk.Lost, "frozen_ms", tk.Frozen.Milliseconds())
+	} else {
+		// The socket first: a second nexus on the same path must be
+		// refused before it touches the interface the first one owns.
+		if sock, err = control.ListenSocket(cfg.socket, gid); err != nil {
+			return fmt.Errorf("nexus: %w", err)
+		}
+		if o, err = openNexus(cfg.link, notes); err != nil {
+			sock.Close()
+			return fmt.Errorf("nexus: %w", err)
+		}
+		srv = newServer(o.nx)
+	}
+	defer sock.Close()
 	defer func() {
 		if cerr := o.close(); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("nexus: close: %w", cerr))
 		}
 	}()
-	gone, stopWatch, err := watchLink(o.index, o.dev, log)
+	gone, stopWatch, err := watchLink(o.index, o.name, log)
 	if err != nil {
 		return fmt.Errorf("nexus: %w", err)
 	}
 	defer stopWatch()
 
-	srv := control.NewServer(o.nx, control.ServerOptions{Policy: pol, Log: log})
 	sctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(sctx, sock.UnixListener) }()
@@ -228,14 +275,44 @@ func runNexusDaemon(ctx context.Context, cfg nexusConfig, hup <-chan os.Signal, 
 
 	if cfg.metrics != "" {
 		at, stop, err := serveMetrics(cfg.metrics, o.nx, srv)
-		if err != nil {
-			return fmt.Errorf("nexus: %w", err)
+		// After a takeover the old nexus may still hold the address for
+		// the moments it takes to exit; the apps are served meanwhile,
+		// so failing now would cost them everything over a metrics port.
+		for wait := 10 * time.Millisecond; err != nil && cfg.takeover && wait < 5*time.Second; wait *= 2 {
+			time.Sleep(wait)
+			at, stop, err = serveMetrics(cfg.metrics, o.nx, srv)
 		}
-		defer stop()
-		log.Info("metrics", "url", "http://"+at.String()+"/metrics")
+		switch {
+		case err != nil && cfg.takeover:
+			log.Error("metrics not served after the takeover (the apps are)", "err", err)
+		case err != nil:
+			return fmt.Errorf("nexus: %w", err)
+		default:
+			defer stop()
+			log.Info("metrics", "url", "http://"+at.String()+"/metrics")
+		}
 	}
-	log.Info("nexus started", "dev", o.dev, "driver", cfg.link.driver, "addrs", o.addrs, "socket", cfg.socket,
+	// Takeover requests, for the next nexus binary (docs/upgrade.md).
+	// Without the socket this nexus serves on, but an upgrade needs a
+	// restart.
+	var handed <-chan error // Serve's end: a commit, or a failed socket; nil without one
+	if tln, err := takeover.Listen(cfg.socket); err != nil {
+		log.Error("no takeover socket: an upgrade of this nexus needs a restart", "err", err)
+	} else {
+		var stopDonor func()
+		handed, stopDonor = startDonor(o, srv, sock, cfg, log, tln)
+		defer stopDonor()
+	}
+	spawned := make(chan error, 1)
+	handedOver := false
+	defer func() {
+		if !handedOver { // else the new process is the service now
+			sdNotify("STOPPING=1")
+		}
+	}()
+	log.Info("nexus started", "dev", o.name, "driver", cfg.link.driver, "addrs", o.addrs, "socket", cfg.socket,
 		"policy", policyName(cfg.policy), "rules", len(pol.Rules), "pid", os.Getpid())
+	sdNotify(fmt.Sprintf("READY=1\nMAINPID=%d", os.Getpid()))
 
 	for {
 		select {
@@ -244,16 +321,33 @@ func runNexusDaemon(ctx context.Context, cfg nexusConfig, hup <-chan os.Signal, 
 			srv.Shutdown("nexus stopped by its operator")
 			return nil
 		case why := <-gone:
-			reason := fmt.Sprintf("interface %s %s", o.dev, why)
+			reason := fmt.Sprintf("interface %s %s", o.name, why)
 			log.Error("nexus stopping", "reason", reason)
-			srv.Shutdown("nexus on " + o.dev + " stopping: " + reason)
+			srv.Shutdown("nexus on " + o.name + " stopping: " + reason)
 			return fmt.Errorf("nexus: %s: %w", reason, errLinkGone)
 		case <-o.nx.LinkFailed():
 			reason := o.nx.LinkErr().Error()
 			log.Error("nexus stopping: its link failed", "reason", reason)
 			srv.Shutdown("nexus stopping: " + reason)
 			return fmt.Errorf("nexus: %s: %w", reason, errLinkGone)
-		case <-hup:
+		case terr := <-handed:
+			handed = nil
+			if errors.Is(terr, takeover.ErrHandedOver) {
+				log.Info("nexus handed over; exiting")
+				handedOver = true
+				return nil
+			}
+			log.Error("takeover socket failed; upgrades need a restart now", "err", terr)
+		case <-sig.upgrade:
+			log.Info("upgrade requested: starting a new nexus to take over", "binary", os.Args[0])
+			if err := spawnTakeover(spawned); err != nil {
+				log.Error("upgrade: the new nexus did not start; this one serves on", "err", err)
+			}
+		case err := <-spawned:
+			// The new process exited while this one serves: its
+			// takeover failed (it said why).
+			log.Error("upgrade: the new nexus exited without taking over; this one serves on", "err", err)
+		case <-sig.hup:
 			p, err := loadPolicy(cfg.policy)
 			if err != nil {
 				log.Error("policy reload failed; keeping the old policy", "err", err)

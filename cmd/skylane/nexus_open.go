@@ -29,6 +29,10 @@ type linkConfig struct {
 	// checkPorts, if set, looks at the kernel's sockets before the link
 	// is opened (afxdp, afpacket).
 	checkPorts func(*drivers.KernelPorts) error
+	// takeover, if set, takes the device and the nexus over from a
+	// running nexus instead of opening the driver: it gets the nexus's
+	// options without a link (nexus_takeover.go).
+	takeover func(nexus.Options) (*nexus.Nexus, netif.Link, error)
 	// log gets the next-hop follower's warnings; nil writes them as text
 	// lines to openNexus's notes.
 	log *slog.Logger
@@ -38,12 +42,13 @@ type linkConfig struct {
 // close closes, in order.
 type ownedNexus struct {
 	link  netif.Link // until the nexus owns it
+	dev   netif.Link // the device, owned by nx (a takeover exports it)
 	nx    *nexus.Nexus
 	kp    *drivers.KernelPorts // nil for tun and memif: no kernel shares the device
 	res   *drivers.Reserver    // the apps' listener ports in the kernel; nil as kp
 	nh    *kernel.Follower     // next hops from the kernel's tables; nil for tun, memif and --peer-mac
 	addrs []netip.Addr
-	dev   string // the device's name (a TUN device's is the kernel's choice)
+	name  string // the device's name (a TUN device's is the kernel's choice)
 	index int    // the device's interface index, 0 for memif
 }
 
@@ -136,16 +141,7 @@ func openNexus(c linkConfig, notes io.Writer) (_ *ownedNexus, err error) {
 			fmt.Fprintf(notes, "note: the kernel's ephemeral port range %d-%d leaves apps no range of their own: their outgoing connections share it, and may collide with the kernel's\n", eph[0], eph[1])
 		}
 	}
-	if o.link, err = drivers.Open(spec); err != nil {
-		return nil, err
-	}
-	o.dev = o.link.Name()
-	if c.driver == drivers.TUN {
-		if ifc, err := net.InterfaceByName(o.dev); err == nil {
-			o.index = ifc.Index
-		}
-	}
-	no := nexus.Options{Link: o.link, Addrs: o.addrs, Switch: swo, Ephemeral: eph, BusyPoll: c.busyPoll}
+	no := nexus.Options{Addrs: o.addrs, Switch: swo, Ephemeral: eph, BusyPoll: c.busyPoll}
 	if o.res != nil {
 		no.Reserve = func(k packet.Key) (nexus.Reservation, error) {
 			r, err := o.res.Reserve(k)
@@ -154,12 +150,36 @@ func openNexus(c linkConfig, notes io.Writer) (_ *ownedNexus, err error) {
 			}
 			return r, nil
 		}
+		no.AdoptReservation = func(k packet.Key, fd int) (nexus.Reservation, error) {
+			r, err := drivers.AdoptReservation(k, fd)
+			if err != nil {
+				return nil, err
+			}
+			return r, nil
+		}
 	}
+	if c.takeover != nil {
+		if o.nx, o.dev, err = c.takeover(no); err != nil {
+			return nil, err
+		}
+		o.name = o.dev.Name()
+		return o, nil
+	}
+	if o.link, err = drivers.Open(spec); err != nil {
+		return nil, err
+	}
+	o.name = o.link.Name()
+	if c.driver == drivers.TUN {
+		if ifc, err := net.InterfaceByName(o.name); err == nil {
+			o.index = ifc.Index
+		}
+	}
+	no.Link = o.link
 	nx, err := nexus.New(no)
 	if err != nil {
 		return nil, err
 	}
-	o.nx, o.link = nx, nil // the nexus owns the link now
+	o.nx, o.dev, o.link = nx, o.link, nil // the nexus owns the link now
 	return o, nil
 }
 

@@ -209,7 +209,7 @@ func serve(ctx context.Context, cfg serveConfig, out, log io.Writer) (err error)
 	}
 	return serveHTTP(ctx, cfg, httpOn{
 		st: s.st, addrs: s.addrs,
-		what: fmt.Sprintf("%s (%s)", s.dev, cfg.driver), where: fmt.Sprintf("%s (%s)", s.dev, describeDriver(cfg)),
+		what: fmt.Sprintf("%s (%s)", s.name, cfg.driver), where: fmt.Sprintf("%s (%s)", s.name, describeDriver(cfg)),
 		bye: func(requests uint64) {
 			if st, err := s.nx.Stats(); err == nil {
 				fmt.Fprintf(log, "skylane serve: stopping after %d requests; switch: %d frames in, %d packets out, %d refused by the transmit checks\n",

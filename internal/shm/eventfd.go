@@ -88,3 +88,11 @@ func (e *EventFD) Close() error {
 	e.closed.Store(true)
 	return e.f.Close()
 }
+
+// Drain resets the counter without blocking, and reports whether it was
+// non-zero.
+func (e *EventFD) Drain() bool {
+	var b [8]byte
+	n, err := unix.Read(e.fd, b[:])
+	return err == nil && n == 8
+}

@@ -61,6 +61,10 @@
 //   - Close, and every failing Open, detach the XDP program (a BPF link),
 //     close the socket and unmap every ring and the UMEM. A process that
 //     dies releases the same through its fds: nothing stays attached.
+//     After Export (a takeover, handover.go) the process that adopted the
+//     duplicates holds them: Close then releases only this process's
+//     descriptors and mappings, and the socket stays bound, the program
+//     attached.
 //   - Open acts in the network namespace of the calling OS thread.
 package afxdp
 
@@ -235,8 +239,9 @@ type xlink struct {
 	flows       *steer.Flows
 	xdp         *steer.XDP
 	pool        *pool.Pool
-	wake        *shm.EventFD // signalled by Close, unblocks Wait
+	wake        *shm.EventFD // signalled by Close and Interrupt, unblocks Wait
 	closed      atomic.Bool
+	interrupted atomic.Bool // Interrupt signalled wake
 
 	// fdMu guards the socket fd against Close for the callers that take
 	// neither rxMu nor txMu (Stats); Read, Write and Wait hold their own
@@ -638,6 +643,9 @@ func (l *xlink) Wait(timeout time.Duration) error {
 		return nil
 	}
 	closed, err := waitReadable(l.fd, l.wake.FD(), timeout)
+	if closed && !l.closed.Load() && l.interruptWait() {
+		return nil
+	}
 	if closed || l.closed.Load() {
 		return netif.ErrClosed
 	}

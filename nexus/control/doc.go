@@ -59,4 +59,10 @@
 //     after all of them exited.
 //   - Rate caps are the operator's, not the app's: an app can ask only
 //     whether it honours advisories.
+//   - A takeover (handover.go) parks the accept loop, then every session
+//     between two requests (the next one waits in its socket), and either
+//     thaws them or abandons them to another nexus without a word to the
+//     apps and without closing their ports; the nexus taking over reads
+//     each peer's credentials from the kernel again and applies its own
+//     policy.
 package control

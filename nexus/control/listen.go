@@ -144,3 +144,52 @@ func (s *Socket) unlock() {
 	os.Remove(s.path + ".lock")
 	s.lock.Close()
 }
+
+// ExportFDs returns duplicates of the listening socket's and the lock
+// file's descriptors (a takeover: the lock is held by the open file, so
+// the new process holds it as long as it keeps its duplicate). The
+// caller owns them.
+func (s *Socket) ExportFDs() (ln, lock int, err error) {
+	if ln, err = dupConn(s.UnixListener); err != nil {
+		return -1, -1, fmt.Errorf("control socket: export: %w", err)
+	}
+	if lock, err = unix.FcntlInt(s.lock.Fd(), unix.F_DUPFD_CLOEXEC, 0); err != nil {
+		unix.Close(ln)
+		return -1, -1, fmt.Errorf("control socket: export lock: %w", err)
+	}
+	return ln, lock, nil
+}
+
+// AdoptSocket wraps the descriptors ExportFDs returned in another process
+// (it takes ownership of them, closing them on failure).
+func AdoptSocket(path string, lnFD, lockFD int) (*Socket, error) {
+	lock := os.NewFile(uintptr(lockFD), path+".lock")
+	f := os.NewFile(uintptr(lnFD), path)
+	l, err := net.FileListener(f) // a duplicate
+	f.Close()
+	if err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("control socket: adopt %s: %w", path, err)
+	}
+	ul, ok := l.(*net.UnixListener)
+	if !ok {
+		l.Close()
+		lock.Close()
+		return nil, fmt.Errorf("control socket: adopt %s: not a Unix socket", path)
+	}
+	// The old nexus made the file: this one removes it when it stops.
+	ul.SetUnlinkOnClose(true)
+	lock.Truncate(0)
+	lock.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	return &Socket{UnixListener: ul, path: path, lock: lock}, nil
+}
+
+// Abandon closes the socket's descriptors without removing its file or
+// its lock file: another process serves it now (a takeover).
+func (s *Socket) Abandon() {
+	s.once.Do(func() {
+		s.UnixListener.SetUnlinkOnClose(false)
+		s.UnixListener.Close()
+		s.lock.Close()
+	})
+}

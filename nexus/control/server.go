@@ -78,7 +78,13 @@ type Server struct {
 	seq      atomic.Uint64 // session ids
 	captures atomic.Int64  // captures running (capture.go)
 
+	// Takeover (handover.go).
+	serving      atomic.Bool   // Serve's accept loop runs
+	acceptParked chan struct{} // 1-buffered: the accept loop parked for a Freeze
+
 	mu       sync.Mutex
+	frz      *freeze               // the Freeze in progress, or nil; guarded by mu
+	lastFrz  *freeze               // the latest Freeze; guarded by mu
 	pol      *policy.Policy        // guarded by mu
 	sessions map[*session]struct{} // open sessions; guarded by mu
 	closed   bool                  // Serve is stopping: no new sessions
@@ -99,7 +105,7 @@ func NewServer(n *nexus.Nexus, o ServerOptions) *Server {
 		o.Ephemeral = kernelEphemeral()
 	}
 	return &Server{n: n, log: o.Log, eph: o.Ephemeral, self: uint32(os.Geteuid()),
-		pol: o.Policy, sessions: make(map[*session]struct{})}
+		pol: o.Policy, sessions: make(map[*session]struct{}), acceptParked: make(chan struct{}, 1)}
 }
 
 // Serve serves app sessions on ln (a "unixpacket" listener: ListenSocket
@@ -110,10 +116,14 @@ func NewServer(n *nexus.Nexus, o ServerOptions) *Server {
 func (s *Server) Serve(ctx context.Context, ln *net.UnixListener) error {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
+	s.serving.Store(true)
 	var err error
 	for {
 		var c *net.UnixConn
 		if c, err = ln.AcceptUnix(); err != nil {
+			if s.parkAccept(err) {
+				continue // a takeover froze the server, then thawed it
+			}
 			break
 		}
 		cred, cerr := credOf(c)
@@ -122,7 +132,7 @@ func (s *Server) Serve(ctx context.Context, ln *net.UnixListener) error {
 			c.Close()
 			continue
 		}
-		ss := &session{s: s, c: c, id: s.seq.Add(1), started: time.Now(), cred: cred, flows: make(map[flowKey]struct{})}
+		ss := newSession(s, c, s.seq.Add(1), cred)
 		if !s.add(ss) {
 			c.Close()
 			break
@@ -131,8 +141,14 @@ func (s *Server) Serve(ctx context.Context, ln *net.UnixListener) error {
 		go ss.run()
 	}
 	ln.Close()
-	s.closeAll("")
+	handed := s.handedOver()
+	if !handed {
+		s.closeAll("")
+	}
 	s.wg.Wait()
+	if handed {
+		return nil // Abandon: another nexus serves the sessions
+	}
 	if errors.Is(err, net.ErrClosed) {
 		return nil
 	}
@@ -251,15 +267,19 @@ func credOf(c *net.UnixConn) (policy.Cred, error) {
 
 // readRequest reads one request; false if the app is gone or broke the
 // protocol (a message too long, carrying descriptors, or not decoding).
-func readRequest(c *net.UnixConn, buf []byte) (control.Request, bool) {
+// timedOut says a read deadline (a takeover's Freeze) ended the read.
+func readRequest(c *net.UnixConn, buf []byte) (req control.Request, ok, timedOut bool) {
 	// No control buffer: descriptors an app sends are closed by the
 	// kernel and the message flagged MSG_CTRUNC.
 	k, _, flags, _, err := c.ReadMsgUnix(buf, nil)
-	if err != nil || k == 0 || flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
-		return control.Request{}, false
+	if err != nil {
+		return req, false, errors.Is(err, os.ErrDeadlineExceeded)
 	}
-	req, err := control.DecodeRequest(buf[:k])
-	return req, err == nil
+	if k == 0 || flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
+		return req, false, false
+	}
+	req, err = control.DecodeRequest(buf[:k])
+	return req, err == nil, false
 }
 
 // reply sends rep; false if the app is gone or does not take it in time.

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -31,6 +32,12 @@ type session struct {
 	started time.Time   // immutable
 	cred    policy.Cred // the peer's credentials; immutable
 
+	// Takeover (handover.go).
+	parked     chan struct{} // 1-buffered: parked for a Freeze
+	exited     chan struct{} // closed when run returns
+	capturing  atomic.Bool   // serving a capture (not handed over)
+	handedOver atomic.Bool   // abandoned to another nexus: run leaves port and connection alone
+
 	mu      sync.Mutex // guards the fields below: SetPolicy and stats read them
 	g       *policy.Grant
 	gErr    error             // why no rule matches, if g is nil
@@ -40,14 +47,27 @@ type session struct {
 	refused uint64 // requests the policy refused
 }
 
+func newSession(s *Server, c *net.UnixConn, id uint64, cred policy.Cred) *session {
+	return &session{s: s, c: c, id: id, started: time.Now(), cred: cred, flows: make(map[flowKey]struct{}),
+		parked: make(chan struct{}, 1), exited: make(chan struct{})}
+}
+
 // run serves the app until its connection drops (the app exited or
 // crashed), it sends something malformed, or Serve stops; then the port
 // is closed, which tears its flows down.
 func (ss *session) run() {
 	s := ss.s
 	defer s.wg.Done()
+	defer close(ss.exited)
 	why := "app closed its session"
 	defer func() {
+		if ss.handedOver.Load() {
+			// Another nexus serves the app now, on a duplicate of
+			// the connection; the port is the abandoned nexus's.
+			s.remove(ss)
+			ss.c.Close()
+			return
+		}
 		ss.mu.Lock()
 		port, flows := ss.port, len(ss.flows)
 		ss.port = nil
@@ -71,8 +91,11 @@ func (ss *session) run() {
 
 	buf := make([]byte, control.MaxMessage+1)
 	for {
-		req, ok := readRequest(ss.c, buf)
+		req, ok, timedOut := readRequest(ss.c, buf)
 		if !ok {
+			if ss.park(timedOut) {
+				continue // a takeover froze the session, then thawed it
+			}
 			why = "connection closed, or a malformed request"
 			return
 		}
@@ -118,6 +141,7 @@ func (ss *session) run() {
 			}
 			continue
 		case control.OpCapture:
+			ss.capturing.Store(true)
 			ss.capture(req.Capture) // the session's last request
 			why = "capture ended"
 			return
