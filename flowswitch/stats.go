@@ -114,8 +114,11 @@ type SnapshotTotals struct {
 	TxSuper      uint64 `json:"tx_super"`     // super packets handed to the link whole
 	TxSegmented  uint64 `json:"tx_segmented"` // super packets the switch cut
 	TxSegments   uint64 `json:"tx_segments"`  // segments it cut them into
-	PortsRemoved uint64 `json:"ports_removed"`
-	ActiveFlows  int    `json:"active_flows"`
+	// TxCsumCompleted: checksums apps left to the wire that the switch
+	// completed for a device (csum.go).
+	TxCsumCompleted uint64 `json:"tx_csum_completed"`
+	PortsRemoved    uint64 `json:"ports_removed"`
+	ActiveFlows     int    `json:"active_flows"`
 }
 
 // PortStats are one user port's counters.
@@ -189,7 +192,8 @@ func (s *Switch) Snapshot() Snapshot {
 		HostDelivered: st.HostDelivered, HostTx: st.HostTx, KernelPassed: st.KernelKept,
 		TxPackets: st.TxPackets, TxBytes: st.TxBytes,
 		TxSuper: st.TxSuper, TxSegmented: st.TxSegmented, TxSegments: st.TxSegments,
-		PortsRemoved: st.PortsRemoved, ActiveFlows: s.table.Len(),
+		TxCsumCompleted: st.TxCsumCompleted,
+		PortsRemoved:    st.PortsRemoved, ActiveFlows: s.table.Len(),
 	}}
 	flows := map[flow.PortID]int{}
 	now := s.now()
