@@ -2,10 +2,10 @@
 GO        ?= go
 PKGS      ?= ./...
 # Debian packages the tests use: kernel peers of the privileged driver tests
-# (ip, curl, nc, tshark for captures, ethtool for offloads, hping3 for
-# floods, nmap for scans, python3-scapy for malformed frames, wrk for the
-# http bench).
-APT_PKGS  ?= iproute2 curl netcat-openbsd tshark ethtool hping3 wrk nmap python3-scapy
+# (ip, ping, curl, nc, tshark for captures, ethtool for offloads, hping3 for
+# floods, nmap for scans, python3-scapy for malformed frames and hostile
+# fragments, wrk for the http bench).
+APT_PKGS  ?= iproute2 iputils-ping curl netcat-openbsd tshark ethtool hping3 wrk nmap python3-scapy
 # Seed corpora of the fuzz targets run as ordinary tests; FUZZTIME>0 also fuzzes.
 FUZZTIME  ?= 0
 

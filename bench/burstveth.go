@@ -9,9 +9,8 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/skylane/skylane/flowswitch"
+	"github.com/skylane/skylane/internal/syscalls"
 	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/netif/drivers"
 	"github.com/skylane/skylane/regulate"
@@ -149,7 +148,7 @@ func (h *udpHosts) newBurstKernelPeer() (*burstKernelPeer, error) {
 				return err
 			}
 			*s.c = c
-			if err := setRcvBuf(c, burstPeerRcvBuf); err != nil {
+			if err := syscalls.ForceRcvBuf(c, burstPeerRcvBuf); err != nil {
 				return err
 			}
 		}
@@ -160,24 +159,6 @@ func (h *udpHosts) newBurstKernelPeer() (*burstKernelPeer, error) {
 		return nil, fmt.Errorf("burst --dev: kernel peer: %w", err)
 	}
 	return k, nil
-}
-
-// setRcvBuf forces c's receive buffer to size (root passes rmem_max).
-func setRcvBuf(c *net.UDPConn, size int) error {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, size)
-	}); err != nil {
-		return err
-	}
-	if serr != nil {
-		return fmt.Errorf("SO_RCVBUFFORCE: %w", serr)
-	}
-	return nil
 }
 
 // start runs the peer's readers as r's goroutines.

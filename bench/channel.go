@@ -16,8 +16,8 @@ import (
 
 	"github.com/skylane/skylane/channel"
 	"github.com/skylane/skylane/internal/shm"
+	"github.com/skylane/skylane/internal/syscalls"
 	"github.com/skylane/skylane/ring"
-	"golang.org/x/sys/unix"
 )
 
 // The channel scenario's rows (docs/benchmarks.md).
@@ -323,7 +323,7 @@ func (w *idler) wait(sleep func() error) error {
 		runtime.Gosched() // a peer goroutine on this P
 	case idle < idleYield:
 		runtime.Gosched()
-		unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0) // a peer thread or process on this CPU
+		syscalls.Yield() // a peer thread or process on this CPU
 	default:
 		return sleep()
 	}
@@ -381,11 +381,11 @@ func medianPump(v []pumpStats) pumpStats {
 
 // processCPU returns the CPU time this process used so far.
 func processCPU() time.Duration {
-	var ru unix.Rusage
-	if unix.Getrusage(unix.RUSAGE_SELF, &ru) != nil {
+	d, err := syscalls.ProcessCPU()
+	if err != nil {
 		return 0
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return d
 }
 
 // childCPU returns the CPU time the live threads of process pid used so

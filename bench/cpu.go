@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/skylane/skylane/internal/syscalls"
 )
 
 // CPU accounting of the stream rows: CPU seconds per GB moved, ours and
@@ -39,11 +39,11 @@ type cpuUse cpuSample
 const userHz = 100
 
 func sampleCPU() (cpuSample, error) {
-	var ru unix.Rusage
-	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
-		return cpuSample{}, fmt.Errorf("cpu accounting: getrusage: %w", err)
+	proc, err := syscalls.ProcessCPU()
+	if err != nil {
+		return cpuSample{}, fmt.Errorf("cpu accounting: %w", err)
 	}
-	s := cpuSample{proc: time.Duration(ru.Utime.Nano() + ru.Stime.Nano())}
+	s := cpuSample{proc: proc}
 	b, err := os.ReadFile("/proc/stat")
 	if err != nil {
 		return cpuSample{}, fmt.Errorf("cpu accounting: %w", err)

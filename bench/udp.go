@@ -13,14 +13,13 @@ import (
 	"runtime"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 
+	"github.com/skylane/skylane/internal/syscalls"
 	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/netif/afpacket"
 	"github.com/skylane/skylane/netif/afxdp"
@@ -347,16 +346,7 @@ const (
 // pinCPU binds the calling thread, which must be locked, to cpu when the
 // machine has more than one, and returns what restores its affinity.
 func pinCPU(cpu int) (undo func()) {
-	var old unix.CPUSet
-	if runtime.NumCPU() < 2 || unix.SchedGetaffinity(0, &old) != nil {
-		return func() {}
-	}
-	var set unix.CPUSet
-	set.Set(cpu)
-	if unix.SchedSetaffinity(0, &set) != nil {
-		return func() {} // best effort: an unpinned run is only noisier
-	}
-	return func() { _ = unix.SchedSetaffinity(0, &old) }
+	return syscalls.PinCPU(cpu) // best effort: an unpinned run is only noisier
 }
 
 // udpFrame builds an Ethernet/IPv4/UDP frame of size bytes, checksums
@@ -462,34 +452,18 @@ func (h *udpHosts) measureUser(driver string, snd *udpSender, d time.Duration) (
 // measureKernel counts what a kernel UDP socket in the local namespace
 // receives with recvmmsg for d.
 func (h *udpHosts) measureKernel(snd *udpSender, d time.Duration) (Rate, float64, error) {
-	var fd int
+	// A deep buffer gives the kernel its best case; a timeout keeps the
+	// loop checking the clock.
+	var sock *syscalls.UDPBatch
 	err := inNS(h.local, func() (err error) {
-		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		sock, err = syscalls.ListenUDPBatch(netip.AddrPortFrom(udpLocal, udpPort), udpBatch, 2048, 8<<20, 10*time.Millisecond)
 		return err
 	})
 	if err != nil {
 		return Rate{}, 0, fmt.Errorf("kernel socket: %w", err)
 	}
-	defer unix.Close(fd)
-	// A deep buffer gives the kernel its best case; a timeout keeps the
-	// loop checking the clock.
-	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20)
-	tv := unix.NsecToTimeval(int64(10 * time.Millisecond))
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-		return Rate{}, 0, err
-	}
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Port: udpPort, Addr: udpLocal.As4()}); err != nil {
-		return Rate{}, 0, fmt.Errorf("kernel socket: bind: %w", err)
-	}
-	mm := newMmsgs(udpBatch, 2048)
-	read := func() (int, error) {
-		n, err := mm.recv(fd)
-		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
-			return 0, nil
-		}
-		return n, err
-	}
-	return consume(snd, d, read)
+	defer sock.Close()
+	return consume(snd, d, sock.Recv)
 }
 
 // consume starts the sender, waits for the first frames, then counts what
@@ -525,42 +499,4 @@ func consume(snd *udpSender, d time.Duration, read func() (int, error)) (Rate, f
 			return Rate{Count: float64(got), Elapsed: el}, s, nil
 		}
 	}
-}
-
-// mmsgs is a recvmmsg batch: x/sys/unix has no wrapper for it. The
-// pointers in the headers point into Go memory the struct keeps alive.
-type mmsgs struct {
-	hdrs []mmsghdr
-	iovs []unix.Iovec
-	bufs [][]byte
-}
-
-// mmsghdr is struct mmsghdr: Go pads it to the alignment of Msghdr's
-// pointers, as C does.
-type mmsghdr struct {
-	hdr unix.Msghdr
-	n   uint32
-}
-
-func newMmsgs(n, size int) *mmsgs {
-	m := &mmsgs{hdrs: make([]mmsghdr, n), iovs: make([]unix.Iovec, n), bufs: make([][]byte, n)}
-	for i := range m.hdrs {
-		m.bufs[i] = make([]byte, size)
-		m.iovs[i].Base = &m.bufs[i][0]
-		m.iovs[i].SetLen(size)
-		m.hdrs[i].hdr.Iov = &m.iovs[i]
-		m.hdrs[i].hdr.SetIovlen(1)
-	}
-	return m
-}
-
-// recv blocks (up to SO_RCVTIMEO) for one datagram, then takes what else
-// is queued, up to the batch.
-func (m *mmsgs) recv(fd int) (int, error) {
-	r, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&m.hdrs[0])),
-		uintptr(len(m.hdrs)), unix.MSG_WAITFORONE, 0, 0)
-	if errno != 0 {
-		return 0, errno
-	}
-	return int(r), nil
 }

@@ -12,10 +12,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/skylane/skylane/channel"
 	"github.com/skylane/skylane/flow"
+	"github.com/skylane/skylane/internal/shm"
 	"github.com/skylane/skylane/packet"
 )
 
@@ -137,13 +136,13 @@ func readReply(conn *net.UnixConn, buf, oob []byte) (Reply, error) {
 	k, ok, flags, _, err := conn.ReadMsgUnix(buf, oob)
 	var fds []int
 	if err == nil && ok > 0 {
-		fds, err = parseRights(oob[:ok])
+		fds, err = shm.ParseRights(oob[:ok])
 	}
 	switch {
 	case err != nil:
 	case k == 0:
 		err = errEnded
-	case flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0:
+	case shm.Truncated(flags):
 		err = fmt.Errorf("a reply of more than %d bytes, or with more than one descriptor", MaxMessage)
 	case len(fds) > 1:
 		err = fmt.Errorf("a reply with %d descriptors", len(fds))
@@ -155,7 +154,7 @@ func readReply(conn *net.UnixConn, buf, oob []byte) (Reply, error) {
 	}
 	if err != nil {
 		for _, fd := range fds {
-			unix.Close(fd)
+			shm.CloseFD(fd)
 		}
 		return Reply{}, err
 	}
@@ -163,27 +162,6 @@ func readReply(conn *net.UnixConn, buf, oob []byte) (Reply, error) {
 		rep.file = os.NewFile(uintptr(fds[0]), "skylane-host-listener")
 	}
 	return rep, nil
-}
-
-// parseRights returns the descriptors of a control message that holds
-// SCM_RIGHTS only.
-func parseRights(oob []byte) ([]int, error) {
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return nil, fmt.Errorf("control message: %w", err)
-	}
-	var fds []int
-	for _, m := range msgs {
-		r, err := unix.ParseUnixRights(&m)
-		if err != nil {
-			for _, fd := range fds {
-				unix.Close(fd)
-			}
-			return nil, fmt.Errorf("control message: %w", err)
-		}
-		fds = append(fds, r...)
-	}
-	return fds, nil
 }
 
 func replyErr(rep Reply) error {
@@ -200,7 +178,7 @@ func replyErr(rep Reply) error {
 func (s *Session) read() {
 	defer s.reader.Done()
 	buf := make([]byte, MaxMessage+1)
-	oob := make([]byte, unix.CmsgSpace(4)) // one descriptor
+	oob := make([]byte, shm.RightsSpace(1))
 	var err error
 	for {
 		var rep Reply

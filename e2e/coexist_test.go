@@ -169,12 +169,12 @@ func TestDialKernel(t *testing.T) {
 	}
 }
 
-// udpEcho echoes every datagram on pc until the test ends.
+// udpEcho echoes every datagram, up to 64 KiB, on pc until the test ends.
 func udpEcho(t *testing.T, pc net.PacketConn) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		buf := make([]byte, 2048)
+		buf := make([]byte, 65536)
 		for {
 			n, from, err := pc.ReadFrom(buf)
 			if err != nil {
@@ -189,40 +189,11 @@ func udpEcho(t *testing.T, pc net.PacketConn) {
 	})
 }
 
-// udpPing sends a datagram to to from a kernel socket in ns and waits for
-// its echo, retrying a few times (a first datagram may wait for ARP).
+// udpPing sends a small datagram to to from a kernel socket in ns and
+// waits for its echo (bigPing).
 func udpPing(t *testing.T, ns *nettest.NS, to netip.AddrPort) {
 	t.Helper()
-	err := ns.Do(func() error {
-		c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(to))
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		msg := []byte("ping " + to.String())
-		buf := make([]byte, 256)
-		for try := 0; try < 5; try++ {
-			if _, err := c.Write(msg); err != nil {
-				return err
-			}
-			c.SetReadDeadline(time.Now().Add(time.Second))
-			n, err := c.Read(buf)
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				continue
-			}
-			if err != nil {
-				return err
-			}
-			if string(buf[:n]) != string(msg) {
-				return fmt.Errorf("echo %q", buf[:n])
-			}
-			return nil
-		}
-		return errors.New("no echo after 5 tries")
-	})
-	if err != nil {
-		t.Fatalf("UDP to %v from %s: %v", to, ns.Name, err)
-	}
+	bigPing(t, ns, to, 64)
 }
 
 // kernelResets returns the TCP resets the kernel of ns has sent

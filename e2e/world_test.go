@@ -123,6 +123,7 @@ func newWorldWith(t *testing.T, driver string, swo flowswitch.Options) *world {
 		w.user4, w.user6 = tunUser4, tunUser6
 		w.peer4, w.peer6 = tunKernel4.Addr(), tunKernel6.Addr()
 		spec = drivers.Spec{Driver: driver, Dev: w.dev, Addrs: []netip.Prefix{tunKernel4, tunKernel6}}
+		swo.AnswerAsHost = true // the user-space addresses are the nexus's alone
 	} else {
 		v := nettest.NewVeth(t, nettest.VethOptions{})
 		w.veth = v

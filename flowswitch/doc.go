@@ -24,6 +24,16 @@
 //     kernel (KernelKept) when the link is a netif.KernelTap (the kernel
 //     has its own copy), else dropped and counted (NoFlow).
 //
+// Fragments and ICMP errors (frag.go): the input batch's IP fragments go to
+// a reassembler (package reassembly: bounded, timed out, overlaps
+// dropped) once the batch's other packets are queued; a datagram it
+// completes is steered by its first fragment's ports and delivered to
+// the flow's app as its fragments, all or none, or goes where unclaimed
+// frames go. An ICMP error is steered by the flow it quotes. With
+// Options.AnswerAsHost (answer.go), a packet of no flow to the switch's
+// addresses is answered as a host would (echo reply, RST, port
+// unreachable), rate-limited.
+//
 // Transmit path (tx.go): each packet and its flow ID are copied out of the
 // app's memory before any check, every refusal is counted by reason, and the
 // passing packets go to the link (or Options.TxQueue, with their flow token
@@ -69,6 +79,10 @@
 //     resolution and Regulation too.
 //   - ARP and NDP never reach an app; an unresolved packet never reaches
 //     the wire without its next hop's MAC.
+//   - A fragment reaches an app only as part of a whole datagram of one
+//     of its flows, whose fragments tile it without gap or overlap; a
+//     later fragment an app sends leaves only as part of a datagram whose
+//     first fragment passed the checks on a flow it owns.
 //   - With Regulation, one app's burst changes neither another app's
 //     loss nor, by more than the AQM target, its latency; a flow of an app
 //     that honours advisories loses nothing at the queue.

@@ -33,6 +33,9 @@ func (h *hostState) init(n, frameLen int) {
 // noFlow handles frame i of the input batch, which no flow claims: it goes
 // to the host link at the end of the batch, or is dropped and counted.
 func (s *Switch) noFlow(i int) {
+	if s.ans.on && s.answer(i) {
+		return
+	}
 	if s.host == nil {
 		if s.kernTap {
 			s.kernelKeeps(i)

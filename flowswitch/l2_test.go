@@ -519,3 +519,46 @@ func TestL2Options(t *testing.T) {
 		t.Errorf("no MACs: resolver %v, %v", sw.Neighbors(), err)
 	}
 }
+
+// A listener's SYN-ACKs (sent on the listener flow, which has no remote)
+// resolve their next hop from each packet's destination: A asks for B's
+// address, not for 0.0.0.0, and the SYN-ACKs reach B with B's MAC.
+func TestL2ListenerNextHop(t *testing.T) {
+	a, b := newL2Pair(t, nil)
+	lis, err := a.sw.Register(a.ports[0], packet.MakeKey(packet.ProtoTCP, netip.AddrPortFrom(a.v4, 80), netip.AddrPort{}), flow.Listener3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pkts [][]byte
+	for _, sport := range []uint16{40000, 40001} {
+		p := txPkt{proto: packet.ProtoTCP, src: a.v4, dst: b.v4, sport: 80, dport: sport,
+			flags: packet.TCPSyn | packet.TCPAck, size: 40}
+		pkts = append(pkts, p.build(t))
+	}
+	a.send(t, 0, lis.ID(), pkts...)
+	a.tx(t, 0)
+	pump(t, a, b)
+	frames := a.log.take()
+	var asked []netip.Addr
+	for _, f := range frames {
+		var arp neigh.ARP
+		if neigh.ParseARP(f, &arp) == nil && arp.Op == neigh.ARPRequest {
+			asked = append(asked, arp.TargetIP)
+		}
+	}
+	if len(asked) == 0 || asked[0] != b.v4 {
+		t.Fatalf("A asked for %v, want %v", asked, b.v4)
+	}
+	ip := ipFrames(frames)
+	if len(ip) != 2 {
+		t.Fatalf("%d SYN-ACKs on the wire, want 2", len(ip))
+	}
+	for _, f := range ip {
+		if [6]byte(f[0:6]) != b.mac {
+			t.Fatalf("SYN-ACK to %x, want B's MAC %x", f[0:6], b.mac)
+		}
+	}
+	if st := a.sw.Stats().L2; st.Held != 2 || st.HoldDrops != 0 {
+		t.Fatalf("L2 stats %+v: want both SYN-ACKs held, then sent", st)
+	}
+}

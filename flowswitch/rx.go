@@ -90,11 +90,15 @@ func (s *Switch) rxDeliver(n int) error {
 		if p.IPVersion == 6 && p.Proto == packet.ProtoICMPv6 && s.l2.nb != nil && s.neighFrame(i) {
 			continue // NS or NA
 		}
+		if p.IsFragment() {
+			s.frag.idx = append(s.frag.idx, int32(i)) // reassembled after the batch's lookups (frag.go)
+			continue
+		}
 		s.start[i] = int32(p.L3Off)
 		s.length[i] = int32(p.IPLen)
 		s.flags[i] = p.Flags
 		k := &s.keys[m]
-		p.RxKeyTo(k)
+		s.rxKey(i, p, k)
 		if m == 0 || !k.Equal(&s.keys[m-1]) {
 			m++
 		}
@@ -119,6 +123,9 @@ func (s *Switch) rxDeliver(n int) error {
 		if fq := &s.queues[i]; len(fq.pkts) > 0 {
 			s.release(fq)
 		}
+	}
+	if len(s.frag.idx) > 0 {
+		s.rxFragments()
 	}
 	if s.capt.on {
 		s.capAppRx()

@@ -119,6 +119,11 @@ type SnapshotTotals struct {
 	TxCsumCompleted uint64 `json:"tx_csum_completed"`
 	PortsRemoved    uint64 `json:"ports_removed"`
 	ActiveFlows     int    `json:"active_flows"`
+	// Fragments, ICMP errors and answers as a host (frag.go, answer.go).
+	Reassembled   uint64 `json:"rx_reassembled"`  // datagrams reassembled and delivered
+	FragmentsHeld int    `json:"fragments_held"`  // bytes of fragment buffers held now
+	ICMPErrors    uint64 `json:"rx_icmp_errors"`  // ICMP errors steered by the flow they quote
+	Answers       uint64 `json:"answers_as_host"` // echo replies, resets and unreachables sent
 }
 
 // PortStats are one user port's counters.
@@ -194,6 +199,8 @@ func (s *Switch) Snapshot() Snapshot {
 		TxSuper: st.TxSuper, TxSegmented: st.TxSegmented, TxSegments: st.TxSegments,
 		TxCsumCompleted: st.TxCsumCompleted,
 		PortsRemoved:    st.PortsRemoved, ActiveFlows: s.table.Len(),
+		Reassembled: st.Reassembled, FragmentsHeld: st.Reassembly.HeldBytes, ICMPErrors: st.ICMPErrors,
+		Answers: st.Answers.EchoReplies + st.Answers.Resets + st.Answers.Unreachable,
 	}}
 	flows := map[flow.PortID]int{}
 	now := s.now()
@@ -299,6 +306,15 @@ func drops(st *Stats, nb *neigh.Stats, link *netif.Stats) []Drop {
 		add("rx", PlaceSwitch, "parse_"+r.String(), st.ParseDrops[r])
 	}
 	add("rx", PlaceSwitch, "no_flow", st.NoFlow)
+	ra := &st.Reassembly
+	add("rx", PlaceSwitch, "frag_overlap", ra.Overlaps)
+	add("rx", PlaceSwitch, "frag_oversize", ra.Oversize)
+	add("rx", PlaceSwitch, "frag_malformed", ra.Malformed)
+	add("rx", PlaceSwitch, "frag_too_many", ra.TooMany)
+	add("rx", PlaceSwitch, "frag_timeout", ra.Timeouts)
+	add("rx", PlaceSwitch, "frag_duplicate", ra.Duplicates)
+	add("rx", PlaceSwitch, "frag_source_full", ra.SourceFull)
+	add("rx", PlaceSwitch, "frag_memory_full", ra.MemoryFull)
 	add("rx", PlaceSwitch, "host_full", st.HostDrops)
 	add("rx", PlacePort, "oversize", st.Oversize)
 	add("rx", PlaceSwitch, "split_csum", st.SplitCsumDrops)

@@ -80,8 +80,9 @@ func TestSnapshot(t *testing.T) {
 		}
 	}
 	// Every reason is listed: each parse reason, the other RX reasons,
-	// every TxDrops field, the AQM's, the device's and the resolver's two, and the link's.
-	if n := int(packet.NumReasons) - 1 + 9 + reflect.TypeFor[flowswitch.TxDrops]().NumField() + 7 + 1; len(snap.Drops) != n {
+	// every TxDrops field, the AQM's, the device's and the resolver's two,
+	// and the link's; the reassembler's 8.
+	if n := int(packet.NumReasons) - 1 + 9 + 8 + reflect.TypeFor[flowswitch.TxDrops]().NumField() + 7 + 1; len(snap.Drops) != n {
 		t.Errorf("%d drop reasons, want %d", len(snap.Drops), n)
 	}
 

@@ -13,6 +13,7 @@ import (
 	"github.com/skylane/skylane/neigh"
 	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/packet"
+	"github.com/skylane/skylane/reassembly"
 )
 
 const (
@@ -124,6 +125,15 @@ type Options struct {
 	// DefaultMergeLimit, negative disables merging. A super packet also
 	// fits the destination channel's buffers.
 	MergeLimit int
+	// AnswerAsHost makes the switch answer, as a host would, the packets
+	// of no flow sent to LocalAddrs: echo requests, and TCP and UDP to
+	// closed ports (answer.go). Only for a link on which no kernel stack
+	// owns those addresses (TUN, an AF_PACKET tap on an interface without
+	// kernel addresses); not with a HostLink.
+	AnswerAsHost bool
+	// Reassembly bounds the IP fragments held for reassembly (frag.go);
+	// nil means the reassembly package's defaults. FrameLen is the link's.
+	Reassembly *reassembly.Options
 }
 
 // Stats are the switch's counters since New. All count packets except
@@ -165,6 +175,16 @@ type Stats struct {
 	// ParseDrops counts the frames packet.Parse rejected, indexed by the
 	// packet.Reason; in JSON, an object keyed by the reasons' names.
 	ParseDrops ParseDrops
+	// Reassembled counts the datagrams reassembled from fragments and
+	// delivered to an app (frag.go), as their fragments; Reassembly
+	// holds the reassembler's own counters, its drops by reason.
+	Reassembled uint64
+	Reassembly  reassembly.Stats
+	// ICMPErrors counts the ICMP and ICMPv6 errors steered by the flow
+	// they quote (frag.go), delivered or not.
+	ICMPErrors uint64
+	// Answers counts what Options.AnswerAsHost answered (answer.go).
+	Answers AnswerStats
 
 	// Host port (Options.HostLink).
 	HostDelivered uint64 // frames of no flow the host link accepted
@@ -261,7 +281,9 @@ type Switch struct {
 	touchedPorts []*port
 	allocBuf     []channel.Buf // scratch for one flow batch's Alloc; len limit
 
-	hostIn hostState // host → device scratch (host.go)
+	hostIn hostState   // host → device scratch (host.go)
+	frag   fragState   // reassembly (frag.go)
+	ans    answerState // answering as a host (answer.go)
 	parsed packet.Parsed
 	stats  Stats
 	tx     txState     // transmit scratch, allocated once by New (tx.go)
@@ -367,6 +389,13 @@ func New(opts Options) (*Switch, error) {
 	if err := s.l2.init(opts, s); err != nil {
 		return nil, err
 	}
+	if err := s.frag.init(opts.Link, n, opts.Reassembly); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadOptions, err)
+	}
+	if opts.AnswerAsHost && opts.HostLink != nil {
+		return nil, fmt.Errorf("%w: AnswerAsHost with a HostLink: the kernel behind it answers", ErrBadOptions)
+	}
+	s.ans.init(opts.AnswerAsHost, netif.MaxFrameLen(opts.Link.MTU(), lt), s.now())
 	if opts.Regulation != nil {
 		if opts.TxQueue != nil {
 			return nil, fmt.Errorf("%w: Regulation and TxQueue both set: the AQM is the transmit queue", ErrBadOptions)
@@ -411,6 +440,8 @@ func (s *Switch) statsLocked() Stats {
 	st := s.stats
 	st.L2 = s.l2.stats
 	st.FlowLimits = s.table.Limits()
+	st.Reassembly = s.frag.r.Stats()
+	st.Answers = s.ans.stats
 	if s.reg != nil {
 		st.Regulation = s.reg.statsNow()
 	}
@@ -509,6 +540,7 @@ func (s *Switch) service(now int64) (int, error) {
 		}
 		s.stallCheck(now)
 	}
+	s.frag.r.Expire(now)
 	k, err := s.l2.pollDue(s, now)
 	n += k
 	return n, err

@@ -133,35 +133,22 @@ func (r *rig) rxOnce(t testing.TB, want int) {
 func (r *rig) drain(t testing.TB, i int) []string {
 	t.Helper()
 	var tags []string
-	bufs := make([]channel.Buf, 64)
-	for {
-		n, err := r.apps[i].Receive(bufs)
-		if err != nil {
-			t.Fatal(err)
+	for _, b := range r.rawDrain(t, i) {
+		var p packet.Parsed
+		if err := packet.Parse(b, packet.RawIP, &p); err != nil {
+			t.Fatalf("app got a bad packet: %v", err)
 		}
-		if n == 0 {
-			return tags
+		if p.L3Off+p.IPLen != len(b) {
+			t.Fatalf("packet of %d bytes, IP length %d", len(b), p.IPLen)
 		}
-		for _, b := range bufs[:n] {
-			var p packet.Parsed
-			if err := packet.Parse(b.Data, packet.RawIP, &p); err != nil {
-				t.Fatalf("app got a bad packet: %v", err)
-			}
-			if p.L3Off+p.IPLen != len(b.Data) {
-				t.Fatalf("packet of %d bytes, IP length %d", len(b.Data), p.IPLen)
-			}
-			pl := b.Data[p.PayloadOff : p.PayloadOff+p.PayloadLen]
-			end := 0
-			for end < len(pl) && pl[end] != 0 {
-				end++
-			}
-			tags = append(tags, string(pl[:end]))
+		pl := b[p.PayloadOff : p.PayloadOff+p.PayloadLen]
+		end := 0
+		for end < len(pl) && pl[end] != 0 {
+			end++
 		}
-		if _, err := r.apps[i].Free(bufs[:n]); err != nil {
-			t.Fatal(err)
-		}
-		r.chans[i].Sync()
+		tags = append(tags, string(pl[:end]))
 	}
+	return tags
 }
 
 func equal(a, b []string) bool { return fmt.Sprint(a) == fmt.Sprint(b) }

@@ -116,6 +116,9 @@ type TxDrops struct {
 	// flow beyond the flow's SYN budget (flow.SYNRate per second, bursts
 	// of flow.SYNBurst).
 	SYNRate uint64
+	// Fragment: a later IP fragment (no ports) of a datagram whose first
+	// fragment this port did not just send on a flow it owns (txfrag.go).
+	Fragment uint64
 }
 
 // TxDrop is one transmit check's drop counter, under the name the JSON
@@ -135,7 +138,7 @@ func (d TxDrops) List() []TxDrop {
 		{"seg_proto", d.SegProto}, {"seg_size", d.SegSize},
 		{"src_addr", d.SrcAddr}, {"src_port", d.SrcPort}, {"proto", d.Proto}, {"no_flow", d.NoFlow},
 		{"not_owner", d.NotOwner}, {"flow_id", d.FlowID}, {"torn_down", d.TornDown},
-		{"listener_data", d.ListenerData}, {"syn_rate", d.SYNRate},
+		{"listener_data", d.ListenerData}, {"syn_rate", d.SYNRate}, {"fragment", d.Fragment},
 	}
 }
 
@@ -186,7 +189,8 @@ type portTx struct {
 	ver     uint64
 	tcp, v6 bool // the template's protocol and family
 
-	torn tornFlows // recently torn-down flows, for TxDrops.TornDown
+	torn  tornFlows // recently torn-down flows, for TxDrops.TornDown
+	frags txFrags   // datagrams sent in fragments (txfrag.go)
 
 	packets, bytes, drops uint64
 }

@@ -166,6 +166,10 @@ func (s *Switch) txCheck(p *port, i int) {
 			return
 		}
 	}
+	if ps.IsLaterFragment() {
+		s.txLaterFragment(p, i, ipLen, ps)
+		return
+	}
 	var k packet.Key
 	ps.TxKeyTo(&k)
 	e := s.table.Lookup(&k)
@@ -198,6 +202,9 @@ func (s *Switch) txCheck(p *port, i int) {
 	}
 	if !s.txPass(e, i, ipLen, fl, tcp, ps.IPVersion == 6) {
 		return
+	}
+	if ps.IsFirstFragment() {
+		p.tx.frags.remember(ps, e)
 	}
 	if p.tx.tmpl.Set(pkt, ps) {
 		p.tx.entry, p.tx.ver, p.tx.tcp, p.tx.v6 = e, s.table.Version(), tcp, ps.IPVersion == 6

@@ -14,7 +14,8 @@
 //	host_delivered_packets_total (host in), host_tx_packets_total (host out),
 //	kernel_passed_packets_total (left to the kernel's stack: not drops),
 //	tx_packets_total, tx_bytes_total, ports_removed_total,
-//	active_flows, ports
+//	active_flows, ports, rx_reassembled_datagrams_total,
+//	fragments_held_bytes, rx_icmp_errors_total, answers_as_host_total
 //
 // The device link's own counters (netif.Stats; not link_*, which are the
 // AQM's writes to it):

@@ -167,6 +167,14 @@ func New(snap func() (flowswitch.Snapshot, error), opts Options) *Collector {
 			func(t *totals) uint64 { return t.PortsRemoved }),
 		gauge(b, nil, "active_flows", "Flows in the flow table.",
 			func(t *totals) float64 { return float64(t.ActiveFlows) }),
+		counter(b, nil, "rx_reassembled_datagrams_total", "IP datagrams reassembled from fragments and delivered to an app, as their fragments.",
+			func(t *totals) uint64 { return t.Reassembled }),
+		gauge(b, nil, "fragments_held_bytes", "Bytes of buffers holding fragments of incomplete datagrams.",
+			func(t *totals) float64 { return float64(t.FragmentsHeld) }),
+		counter(b, nil, "rx_icmp_errors_total", "ICMP and ICMPv6 errors steered by the flow they quote.",
+			func(t *totals) uint64 { return t.ICMPErrors }),
+		counter(b, nil, "answers_as_host_total", "Echo replies, TCP resets and ICMP port unreachables the nexus sent as the host of its addresses.",
+			func(t *totals) uint64 { return t.Answers }),
 	}
 	// netif_*: the device link's own counters. Not link_*: those are the
 	// AQM's writes to the link (c.reg).

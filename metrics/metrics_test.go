@@ -516,6 +516,10 @@ func checkSnapshot(t *testing.T, mfs map[string]*dto.MetricFamily, snap *flowswi
 	check("skylane_tx_bytes_total", tt.TxBytes)
 	check("skylane_ports_removed_total", tt.PortsRemoved)
 	check("skylane_active_flows", uint64(tt.ActiveFlows))
+	check("skylane_rx_reassembled_datagrams_total", tt.Reassembled)
+	check("skylane_fragments_held_bytes", uint64(tt.FragmentsHeld))
+	check("skylane_rx_icmp_errors_total", tt.ICMPErrors)
+	check("skylane_answers_as_host_total", tt.Answers)
 	check("skylane_ports", uint64(len(snap.Ports)))
 	for _, d := range snap.Drops {
 		check("skylane_drops_total", d.Packets, "dir", d.Dir, "place", d.Place, "reason", d.Reason)

@@ -32,5 +32,5 @@
 // the IP and UDP headers claim, the extension-header chain, the fragment
 // range — and nothing else: IPv4 options, IPv6 options TLVs and TCP options
 // are skipped over, not validated, and ICMP error messages are not looked
-// into.
+// into by Parse ([Parsed.QuotedKey] reads the flow an error quotes).
 package packet

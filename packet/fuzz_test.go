@@ -36,6 +36,12 @@ func FuzzParse(f *testing.F) {
 		}
 		checkInvariants(t, b, &p)
 		crossCheck(t, b, l2, &p)
+		if p.IsICMPError() {
+			var k Key
+			if p.QuotedKey(b, &k) && (k.Local != p.dst || k.Version != p.IPVersion) {
+				t.Fatalf("QuotedKey %v of an error to %v", k, p.Dst())
+			}
+		}
 	})
 }
 

@@ -18,9 +18,15 @@ func parseL4(l []byte, p *Parsed) error {
 	switch p.Proto {
 	case ProtoTCP:
 		if len(l) < tcpMinLen {
+			if p.cutPorts(l) {
+				return nil
+			}
 			return ReasonTruncatedTCP
 		}
 		hl := int(l[12]>>4) * 4
+		if hl >= tcpMinLen && hl > len(l) && p.cutPorts(l) {
+			return nil
+		}
 		if hl < tcpMinLen || hl > len(l) {
 			return ReasonBadTCPDataOffset
 		}
@@ -34,6 +40,9 @@ func parseL4(l []byte, p *Parsed) error {
 		return p.setL4(hl)
 	case ProtoUDP:
 		if len(l) < udpHdrLen {
+			if p.cutPorts(l) {
+				return nil
+			}
 			return ReasonTruncatedUDP
 		}
 		ul := int(binary.BigEndian.Uint16(l[4:6]))
@@ -71,6 +80,20 @@ func parseL4(l []byte, p *Parsed) error {
 		return p.setL4(icmpHdrLen)
 	}
 	return nil // another protocol: accepted, no L4 fields
+}
+
+// cutPorts handles a first fragment l whose TCP or UDP header does not
+// fit in it (a sender may cut anywhere past 8 bytes, RFC 791): with the
+// ports there, it records them, leaves HasL4 false and reports true, so
+// the packet is steered by its ports and the header is read once its
+// datagram is reassembled. Anything else is a truncated packet.
+func (p *Parsed) cutPorts(l []byte) bool {
+	if !p.MoreFrags || len(l) < 4 {
+		return false
+	}
+	p.SrcPort = binary.BigEndian.Uint16(l[0:2])
+	p.DstPort = binary.BigEndian.Uint16(l[2:4])
+	return true
 }
 
 // setL4 records an L4 header of hl bytes at L4Off.

@@ -80,7 +80,9 @@ type Parsed struct {
 	src, dst   [16]byte // addresses, IPv4 v4-mapped as in Key: see Src and Dst
 
 	// Transport layer. L4Off is the end of the IP headers even when HasL4 is
-	// false (later fragments, other protocols); the other fields need HasL4.
+	// false (later fragments, other protocols); the other fields need HasL4,
+	// but for the ports of a first fragment cut inside its TCP or UDP
+	// header, which are set with HasL4 false.
 	L4Off     int      // offset of the L4 header (or fragment data) = L3Off + IPHdrLen
 	L4HdrLen  int      // TCP data offset * 4, 8 for UDP, ICMP and ICMPv6; 0 if !HasL4
 	HasL4     bool     // a TCP, UDP, ICMP or ICMPv6 header was parsed

@@ -199,6 +199,7 @@ type Endpoint struct {
 
 	flows flowTable
 	wins  windows
+	frags fragKeys // the flows of the datagrams netstack sends in fragments (frag.go)
 
 	start  sync.Once
 	stop   chan struct{} // closed by Stop

@@ -145,6 +145,9 @@ func (t *flowTable) registerPending(e *Endpoint) bool {
 		keys[i] = f.key
 	}
 	fis, errs := t.registerBatch(e, keys)
+	// Counted before anything the batch decided shows (a datagram sent,
+	// a refusal counted or reported).
+	e.stats.registerBatches.Add(1)
 	var refused []*flowRec
 	e.mu.Lock()
 	t.mu.Lock()
@@ -156,6 +159,12 @@ func (t *flowTable) registerPending(e *Endpoint) bool {
 			}
 			delete(t.flows, f.key)
 			delete(t.closing, f.key)
+			// Counted before endPending wakes the Accept that
+			// reports the refusal: whoever sees it sees the count.
+			e.stats.flowsRefused.Add(1)
+			if errors.Is(errs[i], flow.ErrTooManyFlows) {
+				e.stats.flowLimitHits.Add(1)
+			}
 			f.endPending(errs[i])
 			refused = append(refused, f)
 			continue
@@ -171,12 +180,7 @@ func (t *flowTable) registerPending(e *Endpoint) bool {
 	}
 	e.mu.Unlock()
 	t.reg.Unlock()
-	e.stats.registerBatches.Add(1)
 	for _, f := range refused {
-		e.stats.flowsRefused.Add(1)
-		if errors.Is(f.err, flow.ErrTooManyFlows) {
-			e.stats.flowLimitHits.Add(1)
-		}
 		if e.opts.Refuse != nil {
 			e.opts.Refuse(f.key, f.err)
 		}

@@ -112,7 +112,14 @@ func TestRegistrarBatches(t *testing.T) {
 		got[port] = true
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for r.ep.Stats().FlowsRefused < n/4 && time.Now().Before(deadline) {
+	// Refuse is called last, after the counts: once it has been called
+	// for every refused flow, everything else of the batches shows.
+	refusals := func() int {
+		refusedMu.Lock()
+		defer refusedMu.Unlock()
+		return len(refused)
+	}
+	for refusals() < n/4 && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
 	}
 	st := r.ep.Stats()

@@ -80,6 +80,9 @@ func (e *Endpoint) WritePackets(pkts gstack.PacketBufferList) (int, tcpip.Error)
 func (e *Endpoint) classify(pkt *gstack.PacketBuffer) (_ txItem, ok bool, _ tcpip.Error) {
 	key, flags, ok := txKey(pkt)
 	if !ok {
+		key, ok = e.frags.fragTxKey(pkt) // a fragment (frag.go)
+	}
+	if !ok {
 		// Not a flow's (ICMP, NDP, IGMP): filtered, as a firewall would,
 		// without failing netstack's send.
 		e.stats.txNoFlow.Add(1)

@@ -63,9 +63,14 @@ func run(args []string) error {
 }
 
 func runBench(args []string) error {
-	if len(args) == 0 || args[0] == "list" {
+	help := len(args) > 0 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help" || args[0] == "help")
+	if len(args) == 0 || args[0] == "list" || help {
 		for _, s := range bench.Scenarios() {
 			fmt.Printf("%-10s %s\n", s.Name, s.Help)
+		}
+		if help {
+			fmt.Println("\nusage: skylane bench SCENARIO [--duration D] [--rounds N] [--rows S] [--json] [--dev] [--driver D]" +
+				"\n(skylane bench SCENARIO -h lists each flag)")
 		}
 		if len(args) == 0 {
 			return errors.New("name a scenario")

@@ -19,10 +19,10 @@ import (
 
 // demoReport is everything the demo measured, printed as text or JSON.
 type demoReport struct {
-	Flowswitch switchReport          `json:"flowswitch"`
-	HTTPS      bench.HTTPSDemoReport `json:"https"`
-	Burst      bench.Report          `json:"burst"`
-	Pools      poolReport            `json:"pools"`
+	Flowswitch switchReport `json:"flowswitch"`
+	HTTPS      httpsReport  `json:"https"`
+	Burst      bench.Report `json:"burst"`
+	Pools      poolReport   `json:"pools"`
 }
 
 // demoBurstTrial is how long each burst trial measures (after its
@@ -91,20 +91,32 @@ func buildDemo(packets int, idle, burst time.Duration) (*demoReport, error) {
 		return &rep, fmt.Errorf("demo: %d spoofed packets reached the wire", n)
 	}
 	fmt.Fprintln(os.Stderr, "https: server in a user-space stack on host A, client on host B, two nexuses on a memif wire...")
-	if rep.HTTPS, err = bench.HTTPSDemo(demoHTTPSBytes); err != nil {
+	if rep.HTTPS, err = demoHTTPS(demoHTTPSBytes); err != nil {
 		return &rep, fmt.Errorf("demo https: %w", err)
 	}
 	if h := rep.HTTPS; h.Status != 200 || !h.DigestOK || !h.IPv6OK || h.TxDrops != 0 {
 		return &rep, fmt.Errorf("demo https: status %d, digest ok %v, IPv6 ok %v, %d packets dropped by the transmit checks", h.Status, h.DigestOK, h.IPv6OK, h.TxDrops)
 	}
 	fmt.Fprintln(os.Stderr, "burst: 8 bulk apps and one RPC app on a 100 Mbit/s wire, regulated then a plain FIFO, then regulated with an unresponsive UDP blaster...")
-	if rep.Burst, err = bench.BurstDemo(burst); err != nil {
+	if rep.Burst, err = demoBurst(burst); err != nil {
 		return &rep, fmt.Errorf("demo burst: %w", err)
 	}
 	if rep.Pools, err = demoPools(packets, idle); err != nil {
 		return &rep, err
 	}
 	return &rep, nil
+}
+
+// demoBurst runs bench's burst scenario once, d per trial: the same rows
+// and extras (advisory suspends and resumes, AQM drops, the FIFO's tail
+// drops) as `skylane bench burst`.
+func demoBurst(d time.Duration) (bench.Report, error) {
+	for _, sc := range bench.Scenarios() {
+		if sc.Name == "burst" {
+			return sc.Run(bench.Config{Duration: d, Rounds: 1})
+		}
+	}
+	return bench.Report{}, errors.New("the bench has no burst scenario: was it renamed?")
 }
 
 // demoPools shows the packet memory and channels at work: two apps with

@@ -6,7 +6,8 @@ import (
 	"net"
 
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
+
+	"github.com/skylane/skylane/internal/syscalls"
 )
 
 // watchLink reports on gone when the interface with index is deleted or
@@ -48,9 +49,9 @@ func watchLink(index int, dev string, log *slog.Logger) (gone <-chan string, sto
 				continue
 			}
 			switch {
-			case u.Header.Type == unix.RTM_DELLINK:
+			case syscalls.LinkDeleted(u.Header.Type):
 				report(out, "deleted")
-			case u.Flags&unix.IFF_UP == 0:
+			case !syscalls.LinkUp(u.Flags):
 				// Deleting a device first sets it down: say which it was
 				// if the kernel already knows.
 				if _, err := netlink.LinkByIndex(index); err != nil {
@@ -58,10 +59,10 @@ func watchLink(index int, dev string, log *slog.Logger) (gone <-chan string, sto
 				} else {
 					report(out, "set down")
 				}
-			case u.Flags&unix.IFF_LOWER_UP == 0 && carrier:
+			case !syscalls.LinkCarrier(u.Flags) && carrier:
 				carrier = false
 				log.Warn("interface lost its carrier; waiting for it", "dev", dev)
-			case u.Flags&unix.IFF_LOWER_UP != 0 && !carrier:
+			case syscalls.LinkCarrier(u.Flags) && !carrier:
 				carrier = true
 				log.Info("interface has its carrier again", "dev", dev)
 			}

@@ -86,6 +86,9 @@ func openNexus(c linkConfig, notes io.Writer) (_ *ownedNexus, err error) {
 				return nil, err
 			}
 			spec.Addrs = []netip.Prefix{kernel}
+			// The apps' address is the nexus's alone: it answers pings
+			// and closed ports as a host would.
+			swo.AnswerAsHost = true
 		}
 	default:
 		ifc, err := net.InterfaceByName(c.dev)
@@ -94,13 +97,20 @@ func openNexus(c linkConfig, notes io.Writer) (_ *ownedNexus, err error) {
 				c.dev, drivers.ErrNoInterface, err)
 		}
 		o.index = ifc.Index
-		if o.addrs, err = interfaceAddrs(ifc, c.host); err != nil {
-			return nil, err
-		}
 		if len(ifc.HardwareAddr) != 6 {
 			return nil, fmt.Errorf("%s is not an Ethernet interface (%w for %s): use --driver tun for raw-IP devices", c.dev, drivers.ErrUnsupported, c.driver)
 		}
 		swo.SrcMAC = [6]byte(ifc.HardwareAddr)
+		if c.mode == drivers.ModeTap {
+			if err := tapSwitch(c, ifc, &swo); err != nil {
+				return nil, err
+			}
+			o.addrs = []netip.Addr{c.host}
+			break // no kernel stack shares the address: no kernel ports, no reservations
+		}
+		if o.addrs, err = interfaceAddrs(ifc, c.host); err != nil {
+			return nil, err
+		}
 		if c.peerMAC != "" {
 			if swo.DstMAC, err = parsePeerMAC(c.peerMAC); err != nil {
 				return nil, err
@@ -181,6 +191,31 @@ func openNexus(c linkConfig, notes io.Writer) (_ *ownedNexus, err error) {
 	}
 	o.nx, o.dev, o.link = nx, o.link, nil // the nexus owns the link now
 	return o, nil
+}
+
+// tapSwitch configures the switch of an AF_PACKET tap (--mode tap): with no
+// steering program, the kernel's stack sees every frame, so it must own no
+// address on the interface (it would reset every connection to the apps);
+// the apps' address (--addr) is the nexus's alone, which then answers ARP
+// and NDP for it, resolves its neighbours (unless --peer-mac) and answers
+// pings and closed ports as a host.
+func tapSwitch(c linkConfig, ifc *net.Interface, swo *flowswitch.Options) error {
+	if !c.host.IsValid() {
+		return fmt.Errorf("--mode tap needs the apps' address (--addr IP): the interface must have no kernel address, and the nexus answers for this one")
+	}
+	kernel, err := interfaceAddrs(ifc, netip.Addr{})
+	if err == nil && len(kernel) > 0 {
+		return fmt.Errorf("--mode tap on %s, where the kernel has %v: its stack sees every frame of a tap and would reset the apps' connections; remove them (ip addr flush dev %s scope global) or use --mode steer",
+			c.dev, kernel, c.dev)
+	}
+	if c.peerMAC != "" {
+		var err error
+		if swo.DstMAC, err = parsePeerMAC(c.peerMAC); err != nil {
+			return err
+		}
+	}
+	swo.AnswerAsHost = true
+	return nil
 }
 
 // close closes the nexus (and with it the link: the XDP or TC program is

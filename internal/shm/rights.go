@@ -31,25 +31,16 @@ func SendFDs(c *net.UnixConn, msg []byte, fds []int) error {
 // The caller owns the returned fds (they are close-on-exec).
 func RecvFDs(c *net.UnixConn, maxMsg int) ([]byte, []int, error) {
 	msg := make([]byte, maxMsg)
-	oob := make([]byte, unix.CmsgSpace(MaxFDs*4))
+	oob := make([]byte, RightsSpace(MaxFDs))
 	n, oobn, flags, _, err := c.ReadMsgUnix(msg, oob)
 	if err != nil {
 		return nil, nil, fmt.Errorf("receive fds: %w", err)
 	}
-	var fds []int
-	cmsgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+	fds, err := ParseRights(oob[:oobn])
 	if err != nil {
-		return nil, nil, fmt.Errorf("receive fds: parse control message: %w", err)
+		return nil, nil, fmt.Errorf("receive fds: %w", err)
 	}
-	for _, cm := range cmsgs {
-		got, err := unix.ParseUnixRights(&cm)
-		if err != nil {
-			closeAll(fds)
-			return nil, nil, fmt.Errorf("receive fds: %w", err)
-		}
-		fds = append(fds, got...)
-	}
-	if flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
+	if Truncated(flags) {
 		closeAll(fds)
 		return nil, nil, fmt.Errorf("receive fds: message truncated (more than %d bytes or %d fds)", maxMsg, MaxFDs)
 	}
@@ -58,6 +49,37 @@ func RecvFDs(c *net.UnixConn, maxMsg int) ([]byte, []int, error) {
 	}
 	return msg[:n], fds, nil
 }
+
+// ParseRights returns the descriptors of a control message that holds
+// SCM_RIGHTS only; on error it closes those it had taken.
+func ParseRights(oob []byte) ([]int, error) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil, fmt.Errorf("control message: %w", err)
+	}
+	var fds []int
+	for _, m := range msgs {
+		r, err := unix.ParseUnixRights(&m)
+		if err != nil {
+			closeAll(fds)
+			return nil, fmt.Errorf("control message: %w", err)
+		}
+		fds = append(fds, r...)
+	}
+	return fds, nil
+}
+
+// Truncated reports whether the flags a ReadMsgUnix returned say the
+// message or its control message was cut (MSG_TRUNC, MSG_CTRUNC): a read
+// with no control buffer gets MSG_CTRUNC when the peer sent descriptors,
+// which the kernel then closes.
+func Truncated(flags int) bool { return flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 }
+
+// RightsSpace is the control buffer size that holds n descriptors.
+func RightsSpace(n int) int { return unix.CmsgSpace(n * 4) }
+
+// Rights encodes fds as an SCM_RIGHTS control message for WriteMsgUnix.
+func Rights(fds ...int) []byte { return unix.UnixRights(fds...) }
 
 func closeAll(fds []int) {
 	for _, fd := range fds {

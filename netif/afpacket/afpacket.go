@@ -12,7 +12,7 @@
 // ingress BPF program (netif/steer, TCX) that drops the frames of the flows
 // registered through [Link.SteerFlow], after the Link's tap has seen them
 // (taps run before TC ingress), and passes everything else. The Link is a
-// steer.FlowSteerer, as the AF_XDP link is. With no kernel address on the
+// netif.FlowSteerer, as the AF_XDP link is. With no kernel address on the
 // interface (the user-space stack alone answers there), the kernel drops
 // the frames by itself and steering is not needed.
 //
@@ -171,7 +171,7 @@ type Options struct {
 }
 
 // Link is an AF_PACKET socket bound to one interface. It implements
-// netif.Link, netif.SuperPacketLink and steer.FlowSteerer, and adds
+// netif.Link, netif.SuperPacketLink and netif.FlowSteerer, and adds
 // HardwareAddr, Index and Counters.
 type Link struct {
 	// Immutable after New.

@@ -9,13 +9,13 @@ import (
 	"github.com/skylane/skylane/packet"
 )
 
-// ErrNoSteering is wrapped, together with steer.ErrUnsupported, by
+// ErrNoSteering is wrapped, together with netif.ErrNotSteerable, by
 // SteerFlow and Counters on a Link opened without Options.Steer: the kernel
 // stack keeps receiving every flow the Link reads. It wraps
-// steer.ErrSteeringOff.
-var ErrNoSteering = fmt.Errorf("%w (open the link with Options.Steer)", steer.ErrSteeringOff)
+// netif.ErrSteeringOff.
+var ErrNoSteering = fmt.Errorf("%w (open the link with Options.Steer)", netif.ErrSteeringOff)
 
-var _ steer.FlowSteerer = (*Link)(nil)
+var _ netif.FlowSteerer = (*Link)(nil)
 
 // setupSteer makes (or takes) the flow map and attaches the TC ingress
 // program to the interface. Called by New with the calling thread in the
@@ -57,11 +57,11 @@ func (l *Link) releaseSteer() error {
 	return nil
 }
 
-// SteerFlow implements steer.FlowSteerer.SteerFlow: from now on the
+// SteerFlow implements netif.FlowSteerer.SteerFlow: from now on the
 // kernel stack drops the flow's frames at TC ingress, after the Link's tap
 // has seen them, so only user space answers them. It returns an error
-// wrapping ErrNoSteering and steer.ErrUnsupported when the link was opened
-// without Options.Steer, steer.ErrUnsupported for a key that is not TCP or
+// wrapping ErrNoSteering and netif.ErrNotSteerable when the link was opened
+// without Options.Steer, netif.ErrNotSteerable for a key that is not TCP or
 // UDP, steer.ErrFull when the map is full, netif.ErrClosed after Close.
 func (l *Link) SteerFlow(k packet.Key) error {
 	if !l.lock() {
@@ -69,7 +69,7 @@ func (l *Link) SteerFlow(k packet.Key) error {
 	}
 	defer l.mu.RUnlock() // keeps Close from closing the map under Add
 	if l.tc == nil {
-		return fmt.Errorf("afpacket %s: steer %v: %w: %w", l.name, k, ErrNoSteering, steer.ErrUnsupported)
+		return fmt.Errorf("afpacket %s: steer %v: %w: %w", l.name, k, ErrNoSteering, netif.ErrNotSteerable)
 	}
 	if err := l.flows.Add(k); err != nil {
 		return fmt.Errorf("afpacket %s: %w", l.name, err)
@@ -77,7 +77,7 @@ func (l *Link) SteerFlow(k packet.Key) error {
 	return nil
 }
 
-// UnsteerFlow implements steer.FlowSteerer.UnsteerFlow: the kernel stack
+// UnsteerFlow implements netif.FlowSteerer.UnsteerFlow: the kernel stack
 // gets the flow's frames again. Removing a key that is not steered is not
 // an error, nor is any removal on a link without steering (nothing is
 // steered there), so teardown paths may repeat it. After Close it returns
@@ -105,7 +105,7 @@ func (l *Link) Counters() (steer.Counters, error) {
 	}
 	defer l.mu.RUnlock()
 	if l.tc == nil {
-		return steer.Counters{}, fmt.Errorf("afpacket %s: counters: %w: %w", l.name, ErrNoSteering, steer.ErrUnsupported)
+		return steer.Counters{}, fmt.Errorf("afpacket %s: counters: %w: %w", l.name, ErrNoSteering, netif.ErrNotSteerable)
 	}
 	return l.tc.Counters()
 }

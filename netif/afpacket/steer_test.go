@@ -186,12 +186,12 @@ type nopFeedback struct{}
 func (nopFeedback) SetTruncated() {}
 
 // TestSteerOff: without Options.Steer, SteerFlow says so (wrapping
-// steer.ErrUnsupported, so the nexus knows the kernel keeps the flow),
+// netif.ErrNotSteerable, so the nexus knows the kernel keeps the flow),
 // UnsteerFlow has nothing to do, and no program is attached.
 func TestSteerOff(t *testing.T) {
 	v, l := newLink(t, nettest.VethOptions{}, afpacket.Options{})
 	key := packet.MakeKey(packet.ProtoUDP, netip.AddrPortFrom(v.LocalAddr.Addr(), 1), netip.AddrPort{})
-	if err := l.SteerFlow(key); !errors.Is(err, afpacket.ErrNoSteering) || !errors.Is(err, steer.ErrSteeringOff) || !errors.Is(err, steer.ErrUnsupported) {
+	if err := l.SteerFlow(key); !errors.Is(err, afpacket.ErrNoSteering) || !errors.Is(err, netif.ErrSteeringOff) || !errors.Is(err, netif.ErrNotSteerable) {
 		t.Errorf("SteerFlow without Steer: %v", err)
 	}
 	if err := l.UnsteerFlow(key); err != nil {
@@ -236,8 +236,8 @@ func TestSteerClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	icmp := packet.MakeKey(packet.ProtoICMP, netip.AddrPortFrom(v.LocalAddr.Addr(), 0), netip.AddrPort{})
-	if err := l.SteerFlow(icmp); !errors.Is(err, steer.ErrUnsupported) {
-		t.Errorf("SteerFlow(ICMP): %v, want ErrUnsupported", err)
+	if err := l.SteerFlow(icmp); !errors.Is(err, netif.ErrNotSteerable) {
+		t.Errorf("SteerFlow(ICMP): %v, want ErrNotSteerable", err)
 	}
 	if n := tcxPrograms(t, v); n != 1 {
 		t.Fatalf("%d TCX programs attached, want 1", n)

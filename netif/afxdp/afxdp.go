@@ -195,7 +195,7 @@ type Stats struct {
 type Link interface {
 	netif.Link
 	netif.SuperPacketLink
-	steer.FlowSteerer
+	netif.FlowSteerer
 	// XDPStats returns Stats with the AF_XDP counters.
 	XDPStats() Stats
 	// ZeroCopy reports whether the socket is bound in zero-copy mode.
@@ -277,7 +277,7 @@ type xlink struct {
 var (
 	_ netif.Link            = (*xlink)(nil)
 	_ netif.SuperPacketLink = (*xlink)(nil)
-	_ steer.FlowSteerer     = (*xlink)(nil)
+	_ netif.FlowSteerer     = (*xlink)(nil)
 	_ Link                  = (*xlink)(nil)
 )
 
@@ -310,7 +310,7 @@ func (l *xlink) CompletesChecksums() bool { return l.csumAll }
 // tag); without, MaxFrameLen.
 func (l *xlink) MaxSuperPacketLen() int { return l.maxSuper }
 
-// SteerFlow implements steer.FlowSteerer.SteerFlow: from now on the
+// SteerFlow implements netif.FlowSteerer.SteerFlow: from now on the
 // flow's frames come to Read instead of the kernel's stack.
 func (l *xlink) SteerFlow(k packet.Key) error {
 	if l.closed.Load() {
@@ -319,7 +319,7 @@ func (l *xlink) SteerFlow(k packet.Key) error {
 	return l.flows.Add(k)
 }
 
-// UnsteerFlow implements steer.FlowSteerer.UnsteerFlow: the kernel's stack
+// UnsteerFlow implements netif.FlowSteerer.UnsteerFlow: the kernel's stack
 // gets the flow's frames again. Removing an unknown key is not an error.
 func (l *xlink) UnsteerFlow(k packet.Key) error {
 	if l.closed.Load() {

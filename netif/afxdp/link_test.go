@@ -198,7 +198,7 @@ func TestListenerSteering(t *testing.T) {
 	send(t, p5001, ap(local4, 7002), "kernel-7002")
 	recvAll(t, k7002, map[string]bool{"kernel-7002": true})
 
-	if err := l.SteerFlow(packet.MakeKey(packet.ProtoICMP, ap(local4, 1), netip.AddrPort{})); !errors.Is(err, steer.ErrUnsupported) {
+	if err := l.SteerFlow(packet.MakeKey(packet.ProtoICMP, ap(local4, 1), netip.AddrPort{})); !errors.Is(err, netif.ErrNotSteerable) {
 		t.Errorf("steering ICMP: %v, want ErrUnsupported", err)
 	}
 }

@@ -23,7 +23,7 @@
 //
 // Invariants:
 //   - Open returns the driver's own Link, not a wrapper (memif aside), so
-//     its optional interfaces (steer.FlowSteerer, netif.SuperPacketLink,
+//     its optional interfaces (netif.FlowSteerer, netif.SuperPacketLink,
 //     afxdp.Link) stay visible to type assertions.
 //   - On error nothing Open made is left: no socket, no BPF program, no
 //     device.
@@ -272,7 +272,7 @@ func classify(driver, dev string, err error) error {
 	case errors.Is(err, unix.ENODEV):
 		return fmt.Errorf("%s on %q: %w: %w", driver, dev, ErrNoInterface, err)
 	case errors.Is(err, unix.EAFNOSUPPORT), errors.Is(err, unix.EOPNOTSUPP), errors.Is(err, unix.ENOTSUP),
-		errors.Is(err, unix.EPROTONOSUPPORT), errors.Is(err, steer.ErrUnsupported), errors.Is(err, afxdp.ErrZeroCopy):
+		errors.Is(err, unix.EPROTONOSUPPORT), errors.Is(err, netif.ErrNotSteerable), errors.Is(err, afxdp.ErrZeroCopy):
 		return fmt.Errorf("%s on %q: %w by this kernel or device: %w", driver, dev, ErrUnsupported, err)
 	}
 	return fmt.Errorf("%s on %q: %w", driver, dev, err)

@@ -154,7 +154,7 @@ func TestOpenEachDriver(t *testing.T) {
 			}},
 			{drivers.Spec{Driver: drivers.AFPacket, Dev: v.LocalName, Mode: drivers.ModeTap}, func(l netif.Link) bool {
 				k := packet.MakeKey(packet.ProtoTCP, netip.MustParseAddrPort("198.18.0.1:80"), netip.AddrPort{})
-				return errors.Is(l.(steer.FlowSteerer).SteerFlow(k), afpacket.ErrNoSteering)
+				return errors.Is(l.(netif.FlowSteerer).SteerFlow(k), afpacket.ErrNoSteering)
 			}},
 			{drivers.Spec{Driver: drivers.TUN, Dev: "sktdrv0", Addrs: []netip.Prefix{netip.MustParsePrefix("198.18.1.1/24")}}, func(l netif.Link) bool {
 				_, ok := l.(*tun.Link)

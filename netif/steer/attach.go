@@ -43,6 +43,7 @@ type XDP struct {
 	prog     *ebpf.Program
 	xsks     *ebpf.Map
 	counters *ebpf.Map
+	frags    *ebpf.Map // datagrams of claimed flows in fragments (prog.go)
 
 	mu   sync.Mutex
 	link link.Link // guarded by mu; nil until attached, and after Close
@@ -86,6 +87,9 @@ func LoadXDPWith(flows *Flows, opts XDPOptions) (_ *XDP, err error) {
 	if x.counters, err = newCounters("skylane_xdp_ctr"); err != nil {
 		return nil, err
 	}
+	if x.frags, err = newFragMap("skylane_xdp_frag"); err != nil {
+		return nil, err
+	}
 	var flags uint32
 	if opts.Frags {
 		flags = unix.BPF_F_XDP_HAS_FRAGS
@@ -94,7 +98,7 @@ func LoadXDPWith(flows *Flows, opts XDPOptions) (_ *XDP, err error) {
 		x.prog, err = loadProgram(&ebpf.ProgramSpec{
 			Name:         "skylane_xdp",
 			Type:         ebpf.XDP,
-			Instructions: instructions(kindXDP, m, x.counters, x.xsks),
+			Instructions: instructions(kindXDP, m, x.frags, x.counters, x.xsks),
 			License:      "Dual MIT/GPL",
 			Flags:        flags,
 		})
@@ -195,12 +199,12 @@ func (x *XDP) Close() error {
 	if x.prog != nil {
 		errs = append(errs, x.prog.Close())
 	}
-	for _, m := range []*ebpf.Map{x.xsks, x.counters} {
+	for _, m := range []*ebpf.Map{x.xsks, x.counters, x.frags} {
 		if m != nil {
 			errs = append(errs, m.Close())
 		}
 	}
-	x.prog, x.xsks, x.counters = nil, nil, nil
+	x.prog, x.xsks, x.counters, x.frags = nil, nil, nil, nil
 	return errors.Join(errs...)
 }
 
@@ -210,6 +214,7 @@ func (x *XDP) Close() error {
 type TC struct {
 	prog     *ebpf.Program
 	counters *ebpf.Map
+	frags    *ebpf.Map // datagrams of claimed flows in fragments (prog.go)
 
 	mu   sync.Mutex
 	link link.Link // guarded by mu
@@ -226,12 +231,15 @@ func LoadTC(flows *Flows) (_ *TC, err error) {
 	if t.counters, err = newCounters("skylane_tc_ctr"); err != nil {
 		return nil, err
 	}
+	if t.frags, err = newFragMap("skylane_tc_frag"); err != nil {
+		return nil, err
+	}
 	err = flows.withMap(func(m *ebpf.Map) error {
 		t.prog, err = loadProgram(&ebpf.ProgramSpec{
 			Name:         "skylane_tc",
 			Type:         ebpf.SchedCLS,
 			AttachType:   ebpf.AttachTCXIngress,
-			Instructions: instructions(kindTC, m, t.counters, nil),
+			Instructions: instructions(kindTC, m, t.frags, t.counters, nil),
 			License:      "Dual MIT/GPL",
 		})
 		return err
@@ -290,9 +298,11 @@ func (t *TC) Close() error {
 		errs = append(errs, t.prog.Close())
 		t.prog = nil
 	}
-	if t.counters != nil {
-		errs = append(errs, t.counters.Close())
-		t.counters = nil
+	for _, m := range []*ebpf.Map{t.counters, t.frags} {
+		if m != nil {
+			errs = append(errs, m.Close())
+		}
 	}
+	t.counters, t.frags = nil, nil
 	return errors.Join(errs...)
 }

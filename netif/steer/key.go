@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 
+	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/packet"
 )
 
@@ -66,15 +67,15 @@ func (m *Key) kind() uint32 {
 // MakeKey converts a flow key of the flow table into a map key. Only TCP and
 // UDP flows of IPv4 and IPv6 can be steered: the programs parse nothing
 // else, so anything else would never match; MakeKey refuses it with
-// ErrUnsupported.
+// netif.ErrNotSteerable.
 func MakeKey(k packet.Key) (Key, error) {
 	var m Key
 	if k.Version != 4 && k.Version != 6 {
-		return m, fmt.Errorf("steer: key %v: IP version %d: %w", k, k.Version, ErrUnsupported)
+		return m, fmt.Errorf("steer: key %v: IP version %d: %w", k, k.Version, netif.ErrNotSteerable)
 	}
 	if k.Proto != packet.ProtoTCP && k.Proto != packet.ProtoUDP {
 		return m, fmt.Errorf("steer: key %v: protocol %d (only TCP and UDP are steered; the kernel keeps the rest): %w",
-			k, k.Proto, ErrUnsupported)
+			k, k.Proto, netif.ErrNotSteerable)
 	}
 	// packet.Key already holds addresses as 16 bytes, IPv4 v4-mapped and
 	// "any" all-zero: the programs write the same form.

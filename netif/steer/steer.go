@@ -11,8 +11,11 @@
 //   - Fail open: a frame is taken from the kernel only if it parses as
 //     Ethernet (one VLAN tag at most) / IPv4 or IPv6 / TCP or UDP and its
 //     key is in the map (5-tuple, then listener3, then listener2, the flow
-//     table's order). ARP, ICMP, fragments, IPv6 extension headers and
-//     every unclaimed port always reach the kernel.
+//     table's order); or it is a later fragment of a datagram whose first
+//     fragment was taken; or an ICMP/ICMPv6 error quoting a packet of a
+//     flow in the map (prog.go). ARP, NDP, echo and other ICMP, IPv6
+//     extension headers other than one fragment header, and every
+//     unclaimed port and datagram always reach the kernel.
 //   - Link-based attachment only (BPF_LINK_CREATE for XDP, TCX for TC): the
 //     kernel detaches a program when the last fd of its link closes, so a
 //     process that dies, even by SIGKILL, leaves nothing attached.
@@ -36,27 +39,13 @@ import (
 	"github.com/skylane/skylane/packet"
 )
 
-// FlowSteerer is netif.FlowSteerer, the interface the nexus uses to keep
-// this package's map in step with its flow table; it lives in netif so
-// that the nexus needs no BPF package.
-type FlowSteerer = netif.FlowSteerer
-
 // Errors.
 var (
-	// ErrUnsupported is netif.ErrNotSteerable: the flow's protocol or
-	// version is not one the programs parse.
-	ErrUnsupported = netif.ErrNotSteerable
 	// ErrFull: the flow map holds MaxFlows entries.
 	ErrFull = errors.New("flow map full")
 	// ErrClosed: the Flows was closed. It wraps netif.ErrClosed, which the
 	// nexus tests for.
 	ErrClosed = fmt.Errorf("steer: flow map closed: %w", netif.ErrClosed)
-	// ErrSteeringOff is netif.ErrSteeringOff: the link can steer but was
-	// opened without steering (e.g. AF_PACKET without Options.Steer).
-	// SteerFlow wraps it together with ErrUnsupported: the kernel keeps
-	// seeing every flow, which the nexus accepts as it does an unsupported
-	// key.
-	ErrSteeringOff = netif.ErrSteeringOff
 )
 
 // DefaultMaxFlows is the default capacity of the flow map: 65536 keys of
@@ -193,6 +182,23 @@ type Counters struct {
 }
 
 // newCounters makes a program's per-CPU counters array.
+// newFragMap creates a program's fragment map (prog.go): fragment keys of
+// the datagrams whose first fragment hit a flow, least recently used
+// forgotten first.
+func newFragMap(name string) (*ebpf.Map, error) {
+	m, err := ebpf.NewMap(&ebpf.MapSpec{
+		Name:       name,
+		Type:       ebpf.LRUHash,
+		KeySize:    KeyLen,
+		ValueSize:  4,
+		MaxEntries: fragMapSize,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("steer: create fragment map: %w%s", err, privHint(err))
+	}
+	return m, nil
+}
+
 func newCounters(name string) (*ebpf.Map, error) {
 	m, err := ebpf.NewMap(&ebpf.MapSpec{
 		Name:       name,

@@ -12,6 +12,7 @@ import (
 	"github.com/gopacket/gopacket/layers"
 
 	"github.com/skylane/skylane/internal/nettest"
+	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/netif/steer"
 	"github.com/skylane/skylane/packet"
 	"golang.org/x/sys/unix"
@@ -58,8 +59,8 @@ func TestKeyLayout(t *testing.T) {
 		{Version: 6, Proto: 47},
 		{Version: 0, Proto: packet.ProtoUDP},
 	} {
-		if _, err := steer.MakeKey(bad); !errors.Is(err, steer.ErrUnsupported) {
-			t.Errorf("MakeKey(%v) = %v, want ErrUnsupported", bad, err)
+		if _, err := steer.MakeKey(bad); !errors.Is(err, netif.ErrNotSteerable) {
+			t.Errorf("MakeKey(%v) = %v, want ErrNotSteerable", bad, err)
 		}
 	}
 }
@@ -188,22 +189,7 @@ func TestPrograms(t *testing.T) {
 			t.Fatalf("Contains(%v) = %v, %v after Add", k, ok, err)
 		}
 	}
-	single, err := steer.LoadXDP(flows)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer single.Close()
-	// The frags-aware program (multi-buffer) must steer the same.
-	frags, err := steer.LoadXDPWith(flows, steer.XDPOptions{Frags: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer frags.Close()
-	tc, err := steer.LoadTC(flows)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tc.Close()
+	single, frags, tc := loadPrograms(t, flows)
 
 	udp, tcp := packet.ProtoUDP, packet.ProtoTCP
 	cases := []struct {
@@ -217,7 +203,7 @@ func TestPrograms(t *testing.T) {
 		{"udp 5-tuple, other remote addr", frame{proto: udp, src: other4, dst: local4, sport: 5000, dport: 7000}, nil, miss},
 		{"udp 5-tuple behind a VLAN tag", frame{vlan: true, proto: udp, src: remote4, dst: local4, sport: 5000, dport: 7000}, nil, hit},
 		{"udp 5-tuple with IPv4 options", frame{ipOptions: true, proto: udp, src: remote4, dst: local4, sport: 5000, dport: 7000}, nil, hit},
-		{"udp 5-tuple, a fragment", frame{fragment: true, proto: udp, src: remote4, dst: local4, sport: 5000, dport: 7000}, nil, unparsed},
+		{"udp 5-tuple, a first fragment", frame{fragment: true, proto: udp, src: remote4, dst: local4, sport: 5000, dport: 7000}, nil, hit},
 		{"tcp listener3", frame{proto: tcp, src: other4, dst: local4, sport: 40000, dport: 80}, nil, hit},
 		{"tcp listener3 with options", frame{ipOptions: true, proto: tcp, src: other4, dst: local4, sport: 40000, dport: 80}, nil, hit},
 		{"tcp listener3, other local addr", frame{proto: tcp, src: remote4, dst: other4, sport: 40000, dport: 80}, nil, miss},
@@ -267,6 +253,27 @@ func TestPrograms(t *testing.T) {
 	for _, xdp := range []*steer.XDP{single, frags} {
 		checkRun(t, xdp, tc, frame{proto: udp, src: remote4, dst: local4, sport: 5000, dport: 7000}.build(t), miss)
 	}
+}
+
+// loadPrograms loads the programs over flows, closed when the test ends:
+// the single-buffer XDP program, the frags-aware one (which must steer the
+// same) and the TC program.
+func loadPrograms(t *testing.T, flows *steer.Flows) (single, multi *steer.XDP, tc *steer.TC) {
+	t.Helper()
+	var err error
+	if single, err = steer.LoadXDP(flows); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { single.Close() })
+	if multi, err = steer.LoadXDPWith(flows, steer.XDPOptions{Frags: true}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { multi.Close() })
+	if tc, err = steer.LoadTC(flows); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tc.Close() })
+	return single, multi, tc
 }
 
 // checkRun runs both programs on b and checks the return code and which

@@ -8,10 +8,9 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/skylane/skylane/capture"
 	"github.com/skylane/skylane/control"
+	"github.com/skylane/skylane/internal/shm"
 )
 
 // Capture (OpCapture, skylane capture): the session's goroutine owns a
@@ -186,7 +185,7 @@ func StartCapture(path string, req control.CaptureRequest) (*CaptureStream, erro
 	}
 	cs := &CaptureStream{c: c, buf: make([]byte, control.CaptureMaxBatch+1)}
 	k, _, flags, _, err := c.ReadMsgUnix(cs.buf, nil)
-	if err == nil && (k == 0 || flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0) {
+	if err == nil && (k == 0 || shm.Truncated(flags)) {
 		err = errors.New("reply empty or too long")
 	}
 	var rep control.Reply
@@ -218,7 +217,7 @@ func (cs *CaptureStream) Next(fn func(*capture.Record)) (capture.BatchHeader, er
 	if k == 0 {
 		return capture.BatchHeader{}, errors.New("capture: the nexus ended the capture")
 	}
-	if flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
+	if shm.Truncated(flags) {
 		return capture.BatchHeader{}, fmt.Errorf("capture: a batch longer than %d bytes", control.CaptureMaxBatch)
 	}
 	return capture.DecodeBatch(cs.buf[:k], fn)

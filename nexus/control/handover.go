@@ -8,8 +8,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/skylane/skylane/flow"
 	"github.com/skylane/skylane/internal/shm"
 	"github.com/skylane/skylane/nexus"
@@ -83,7 +81,7 @@ func (s *Server) Freeze(ln *net.UnixListener) (h ServerHandover, conns []int, ln
 	defer func() {
 		if err != nil {
 			for _, fd := range dups {
-				unix.Close(fd)
+				shm.CloseFD(fd)
 			}
 			s.Thaw(ln)
 		}
@@ -249,7 +247,7 @@ func (s *Server) parkOn(parked chan<- struct{}) (thawed, abandoned bool) {
 func (s *Server) Adopt(h ServerHandover, conns []int, ports map[string]*nexus.RemotePort) (lost int, err error) {
 	if len(conns) != len(h.Sessions) {
 		for _, fd := range conns {
-			unix.Close(fd)
+			shm.CloseFD(fd)
 		}
 		return len(h.Sessions), fmt.Errorf("control: adopt: %d connections for %d sessions", len(conns), len(h.Sessions))
 	}

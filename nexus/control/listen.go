@@ -10,7 +10,8 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/skylane/skylane/internal/shm"
+	"github.com/skylane/skylane/internal/syscalls"
 )
 
 // ErrNexusRunning: another live nexus serves the socket path.
@@ -56,22 +57,23 @@ func ListenSocket(path string, gid int) (*Socket, error) {
 // only the lock on the file now at p counts.
 func lockPath(p string) (*os.File, error) {
 	for range 8 {
-		f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+		f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600)
 		if err != nil {
 			return nil, fmt.Errorf("control socket: lock %s: %w (is its directory there and writable?)", p, err)
 		}
-		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		if err := syscalls.TryLock(f); err != nil {
 			b := make([]byte, 32)
 			n, _ := f.ReadAt(b, 0)
 			f.Close()
-			if errors.Is(err, unix.EWOULDBLOCK) {
+			if errors.Is(err, syscalls.ErrLocked) {
 				return nil, fmt.Errorf("%w: %s is held by pid %s: stop that nexus first, or give this one another --socket",
 					ErrNexusRunning, p, strings.TrimSpace(string(b[:n])))
 			}
 			return nil, fmt.Errorf("control socket: lock %s: %w", p, err)
 		}
-		var held, now unix.Stat_t
-		if unix.Fstat(int(f.Fd()), &held) == nil && unix.Stat(p, &now) == nil && held.Ino == now.Ino && held.Dev == now.Dev {
+		held, herr := f.Stat()
+		now, nerr := os.Stat(p)
+		if herr == nil && nerr == nil && os.SameFile(held, now) {
 			f.Truncate(0)
 			f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 			return f, nil
@@ -103,9 +105,9 @@ func (s *Socket) listen(gid int) error {
 	}
 	// The socket is made with the umask's mode: make it closed to all but
 	// us until it has its group and mode, so no app connects in between.
-	old := unix.Umask(0o177)
+	old := syscalls.Umask(0o177)
 	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: s.path, Net: "unixpacket"})
-	unix.Umask(old)
+	syscalls.Umask(old)
 	if err != nil {
 		return fmt.Errorf("control socket: listen: %w", err)
 	}
@@ -153,8 +155,8 @@ func (s *Socket) ExportFDs() (ln, lock int, err error) {
 	if ln, err = dupConn(s.UnixListener); err != nil {
 		return -1, -1, fmt.Errorf("control socket: export: %w", err)
 	}
-	if lock, err = unix.FcntlInt(s.lock.Fd(), unix.F_DUPFD_CLOEXEC, 0); err != nil {
-		unix.Close(ln)
+	if lock, err = shm.Dup(int(s.lock.Fd())); err != nil {
+		shm.CloseFD(ln)
 		return -1, -1, fmt.Errorf("control socket: export lock: %w", err)
 	}
 	return ln, lock, nil

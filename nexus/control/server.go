@@ -13,10 +13,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/skylane/skylane/control"
 	"github.com/skylane/skylane/internal/peercred"
+	"github.com/skylane/skylane/internal/shm"
 	"github.com/skylane/skylane/nexus"
 	"github.com/skylane/skylane/nexus/policy"
 )
@@ -275,7 +274,7 @@ func readRequest(c *net.UnixConn, buf []byte) (req control.Request, ok, timedOut
 	if err != nil {
 		return req, false, errors.Is(err, os.ErrDeadlineExceeded)
 	}
-	if k == 0 || flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
+	if k == 0 || shm.Truncated(flags) {
 		return req, false, false
 	}
 	req, err = control.DecodeRequest(buf[:k])

@@ -9,10 +9,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/skylane/skylane/control"
 	"github.com/skylane/skylane/flow"
+	"github.com/skylane/skylane/internal/shm"
 	"github.com/skylane/skylane/nexus"
 	"github.com/skylane/skylane/nexus/policy"
 	"github.com/skylane/skylane/packet"
@@ -302,7 +301,7 @@ func (ss *session) hostListener(port *nexus.RemotePort, key packet.Key) bool {
 		return false
 	}
 	ss.c.SetWriteDeadline(time.Now().Add(replyTimeout))
-	_, _, err = ss.c.WriteMsgUnix(b, unix.UnixRights(int(f.Fd())), nil)
+	_, _, err = ss.c.WriteMsgUnix(b, shm.Rights(int(f.Fd())), nil)
 	return err == nil
 }
 

@@ -8,10 +8,9 @@ import (
 	"slices"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/skylane/skylane/control"
 	"github.com/skylane/skylane/flowswitch"
+	"github.com/skylane/skylane/internal/shm"
 	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/pool"
 )
@@ -178,7 +177,7 @@ func FetchStats(path string) (Stats, error) {
 	if err != nil {
 		return Stats{}, fmt.Errorf("stats: reply: %w", err)
 	}
-	if k == 0 || flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
+	if k == 0 || shm.Truncated(flags) {
 		return Stats{}, fmt.Errorf("stats: reply empty or longer than %d bytes", MaxStatsReply)
 	}
 	var rep statsReply

@@ -10,8 +10,7 @@ import (
 	"os"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/skylane/skylane/internal/syscalls"
 	"github.com/skylane/skylane/netif/afxdp"
 	"github.com/skylane/skylane/nexus"
 	"github.com/skylane/skylane/nexus/control"
@@ -55,9 +54,9 @@ func Listen(path string) (*net.UnixListener, error) {
 	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("takeover: remove stale %s: %w", p, err)
 	}
-	old := unix.Umask(0o177)
+	old := syscalls.Umask(0o177)
 	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: p, Net: "unixpacket"})
-	unix.Umask(old)
+	syscalls.Umask(old)
 	if err != nil {
 		return nil, fmt.Errorf("takeover: listen on %s: %w", p, err)
 	}
