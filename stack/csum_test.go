@@ -19,7 +19,7 @@ import (
 	"github.com/skylane/skylane/stack"
 )
 
-// With checksum offload (the default), netstack leaves the UDP checksum to
+// With checksum offload, netstack leaves the UDP checksum to
 // the wire: on a device (a memif wire with FullChecksums) the nexus
 // completes it and the endpoint verifies what comes in, dropping a
 // corrupt datagram; on a trusted wire it travels as netstack left it, and
@@ -32,7 +32,7 @@ func TestChecksumOffload(t *testing.T) {
 	for _, trusted := range []bool{false, true} {
 		name := map[bool]string{false: "device", true: "trusted"}[trusted]
 		t.Run(name, func(t *testing.T) {
-			r := newRigOn(t, stack.Options{}, nil, memif.Options{QueueLen: 64, FullChecksums: !trusted},
+			r := newRigOn(t, stack.Options{ChecksumOffload: true}, nil, memif.Options{QueueLen: 64, FullChecksums: !trusted},
 				nexus.Options{Switch: flowswitch.Options{SrcMAC: srcMAC, DstMAC: dstMAC}})
 			key := packet.MakeKey(packet.ProtoUDP, netip.AddrPortFrom(local, 5000), netip.AddrPortFrom(peer, 9))
 			if err := r.ep.Register(key, flow.Connected); err != nil {

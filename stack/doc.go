@@ -20,15 +20,15 @@
 // super packet with its MSS as the segmentation size
 // (channel.TxMetaSegSizeOff): the nexus hands it whole to a link that
 // takes super packets, or cuts it into MTU segments right before the
-// device. Checksums (unless Options.SoftwareChecksums): the endpoint
+// device. Checksums (with Options.ChecksumOffload): the endpoint
 // declares checksum offload, so netstack computes no TCP or UDP checksum
 // and each packet leaves marked channel.FlagCsumPartial; the nexus
 // completes it only before a device that needs it, and over an in-memory
 // wire the far nexus marks it channel.FlagCsumValid, which the far
 // endpoint trusts; a packet not so marked (from a device) is verified by
 // the endpoint (packet.ChecksumsValid) and dropped when it fails
-// (Stats.RxBadChecksum). With SoftwareChecksums netstack computes and
-// verifies them, and the endpoint completes a super packet's TCP checksum;
+// (Stats.RxBadChecksum). Without it netstack computes and verifies them,
+// and the endpoint completes a super packet's TCP checksum;
 // whoever cuts a super packet (netif/gso, a kernel) computes each
 // segment's own.
 //

@@ -88,14 +88,18 @@ type Options struct {
 	// link), bounded by the channel's buffer size; 0 means
 	// DefaultGSOMaxSize, negative disables GSO.
 	GSOMaxSize int
-	// SoftwareChecksums has netstack compute and verify every checksum
-	// itself, as a device's stack would. By default the endpoint declares
-	// checksum offload: TCP and UDP packets leave without their checksum
-	// (channel.FlagCsumPartial; the nexus completes it where a device
-	// needs it), and packets the nexus marks channel.FlagCsumValid (from
-	// an in-memory wire) are not verified; others the endpoint verifies
-	// before netstack sees them.
-	SoftwareChecksums bool
+	// ChecksumOffload declares checksum offload to netstack: TCP and UDP
+	// packets leave without their checksum (channel.FlagCsumPartial; the
+	// nexus completes it where a device needs it), and packets the nexus
+	// marks channel.FlagCsumValid (from an in-memory wire) are not
+	// verified; others the endpoint verifies before netstack sees them,
+	// fragments once their datagram is complete (fragcsum.go). Off by
+	// default because netstack computes no checksum at all for a UDP
+	// datagram it fragments, and fragments cannot be completed on their
+	// own: with offload such a datagram leaves with a zero UDP checksum
+	// (none, over IPv4; refused by the receiver over IPv6). Turn it on for
+	// TCP, or UDP within the MTU.
+	ChecksumOffload bool
 	// RxBatch is the most packets taken from the RX ring per poll; 0 means
 	// DefaultRxBatch.
 	RxBatch int
@@ -196,6 +200,8 @@ type Endpoint struct {
 	rxPkts   []*gstack.PacketBuffer
 	rxProtos []tcpip.NetworkProtocolNumber
 	rxParsed packet.Parsed
+	heldFrags []*fragDatagram // fragments held until their datagram verifies (fragcsum.go); under mu
+	rxExtra  []heldFrag      // verified fragments to deliver after this poll's batch; under mu
 
 	flows flowTable
 	wins  windows
@@ -297,7 +303,7 @@ func (*Endpoint) LinkAddress() tcpip.LinkAddress { return "" }
 func (*Endpoint) SetLinkAddress(tcpip.LinkAddress) {}
 
 // Capabilities implements stack.LinkEndpoint.Capabilities: checksum
-// offload both ways unless Options.SoftwareChecksums. netstack then
+// offload both ways with Options.ChecksumOffload. netstack then
 // computes no TCP or UDP checksum (the packet leaves with
 // channel.FlagCsumPartial) and verifies none on receive: the endpoint
 // verifies those the nexus did not mark channel.FlagCsumValid
@@ -306,7 +312,7 @@ func (*Endpoint) SetLinkAddress(tcpip.LinkAddress) {}
 // verifies them all, but for GSO packets, whose partial TCP checksum the
 // endpoint completes.
 func (e *Endpoint) Capabilities() gstack.LinkEndpointCapabilities {
-	if e.opts.SoftwareChecksums {
+	if !e.opts.ChecksumOffload {
 		return 0
 	}
 	return gstack.CapabilityTXChecksumOffload | gstack.CapabilityRXChecksumOffload
@@ -404,6 +410,9 @@ func (e *Endpoint) Stop() {
 		return
 	}
 	e.stopped = true
+	for len(e.heldFrags) > 0 {
+		e.dropFrag(0)
+	}
 	for i := range e.pending {
 		e.pending[i].pkt.DecRef()
 	}

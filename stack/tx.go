@@ -231,7 +231,7 @@ func (e *Endpoint) fill(it *txItem, id [16]byte, buf *channel.Buf) {
 	buf.Data = buf.Data[:n]
 	buf.Flags = 0
 	switch {
-	case !e.opts.SoftwareChecksums:
+	case e.opts.ChecksumOffload:
 		// Offload: netstack left the checksum (zero, or the pseudo
 		// header for GSO) to the wire. Every packet here is TCP or UDP
 		// (classify).
