@@ -197,11 +197,11 @@ type Endpoint struct {
 	appErr  error           // guarded by mu: the channel's error, once it failed
 
 	// Owned by the service goroutine.
-	rxPkts   []*gstack.PacketBuffer
-	rxProtos []tcpip.NetworkProtocolNumber
-	rxParsed packet.Parsed
+	rxPkts    []*gstack.PacketBuffer
+	rxProtos  []tcpip.NetworkProtocolNumber
+	rxParsed  packet.Parsed
 	heldFrags []*fragDatagram // fragments held until their datagram verifies (fragcsum.go); under mu
-	rxExtra  []heldFrag      // verified fragments to deliver after this poll's batch; under mu
+	rxExtra   []heldFrag      // verified fragments to deliver after this poll's batch; under mu
 
 	flows flowTable
 	wins  windows
