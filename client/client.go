@@ -25,7 +25,7 @@ import (
 // may also offer, and the Stack then uses:
 //
 //	Ephemeral() [2]uint16                        // the local ports its dials take
-//	HostListener(packet.Key) (*os.File, error)   // a TCP listener flow's kernel socket, for this host's connections
+//	HostListener(packet.Key) (*os.File, error)   // a listener flow's kernel socket, for this host's connections or datagrams
 //	Gone() <-chan struct{}; Err() error          // the nexus went
 type Port interface {
 	stack.Port

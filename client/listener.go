@@ -3,6 +3,7 @@ package client
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"sync"
@@ -126,36 +127,44 @@ func (l *listener) listenOn(a *attachment) error {
 }
 
 // hostListeners returns the kernel's listeners that reserve keys for the
-// app at the nexus (the nexus's HostListener), through which processes on
-// the nexus's own host connect to the listener: their connections never
+// app at the nexus, through which processes on the nexus's own host
+// connect to the listener (see hostSockets).
+func (a *attachment) hostListeners(keys []packet.Key) ([]net.Listener, error) {
+	return hostSockets(a, keys, net.FileListener)
+}
+
+// hostSockets returns the kernel sockets that reserve keys for the app at
+// the nexus (the nexus's HostListener), each made a listener or packet
+// conn by open (which duplicates the file it is given): through them
+// processes on the nexus's own host reach the app, as their packets never
 // cross the device, so the user-space stack never sees them. None when
 // the nexus has no kernel sharing its device.
-func (a *attachment) hostListeners(keys []packet.Key) ([]net.Listener, error) {
+func hostSockets[T io.Closer](a *attachment, keys []packet.Key, open func(*os.File) (T, error)) ([]T, error) {
 	hp, ok := a.port.(interface {
 		HostListener(packet.Key) (*os.File, error)
 	})
 	if !ok {
 		return nil, nil
 	}
-	var hls []net.Listener
+	var socks []T
 	for _, k := range keys {
 		f, err := hp.HostListener(k)
 		if err == nil && f != nil {
-			var hl net.Listener
-			hl, err = net.FileListener(f) // a duplicate of f
+			var s T
+			s, err = open(f) // a duplicate of f
 			f.Close()
 			if err == nil {
-				hls = append(hls, hl)
+				socks = append(socks, s)
 			}
 		}
 		if err != nil {
-			for _, hl := range hls {
-				hl.Close()
+			for _, s := range socks {
+				s.Close()
 			}
-			return nil, fmt.Errorf("host listener for %v: %w", k, err)
+			return nil, fmt.Errorf("host socket for %v: %w", k, err)
 		}
 	}
-	return hls, nil
+	return socks, nil
 }
 
 // hostDrain takes the connections of hl, a host listener of attachment a,

@@ -28,11 +28,12 @@ const (
 	OpTeardown = "teardown" // tear down a flow the port registered
 	OpClose    = "close"    // close the port; the nexus then closes the session
 	// OpHostListener asks for the kernel socket that reserves one of the
-	// port's TCP listener flows in the kernel's stack (Key): its reply
+	// port's listener flows, TCP or UDP, in the kernel's stack (Key): its reply
 	// carries a duplicate as SCM_RIGHTS, the one reply with a descriptor,
 	// or none when the nexus has no such socket (no kernel shares its
-	// device). Through it the app accepts connections from processes on
-	// the nexus's host to its address, which never cross the device.
+	// device). Through it the app accepts connections (TCP), or
+	// exchanges datagrams (UDP), with processes on the nexus's host at
+	// its address, which never cross the device.
 	OpHostListener = "host-listener"
 	// OpStats asks for the nexus's counters (skylane stats --nexus); the
 	// policy must allow the session to observe. It needs no open, and its

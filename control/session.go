@@ -324,9 +324,9 @@ func (s *Session) Register(key packet.Key, kind flow.Kind) (channel.FlowInfo, er
 	return fi, nil
 }
 
-// HostListener returns the kernel socket that reserves the port's TCP
-// listener flow key in the kernel's stack, listening for connections from
-// processes on the nexus's host (OpHostListener), or nil, nil if the nexus
+// HostListener returns the kernel socket that reserves the port's
+// listener flow key (TCP or UDP) in the kernel's stack, serving processes
+// on the nexus's host (OpHostListener), or nil, nil if the nexus
 // has none. The caller owns the file.
 func (s *Session) HostListener(key packet.Key) (*os.File, error) {
 	rep, err := s.requestFile(Request{Op: OpHostListener, Key: WireKey(key)})

@@ -177,19 +177,25 @@ func udpEcho(t *testing.T, pc net.PacketConn) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		buf := make([]byte, 65536)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			pc.WriteTo(buf[:n], from)
-		}
+		echoUntilClosed(pc)
 	}()
 	t.Cleanup(func() {
 		pc.Close()
 		<-done
 	})
+}
+
+// echoUntilClosed echoes every datagram, up to 64 KiB, on pc until it
+// is closed.
+func echoUntilClosed(pc net.PacketConn) {
+	buf := make([]byte, 65536)
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		pc.WriteTo(buf[:n], from)
+	}
 }
 
 // udpPing sends a small datagram to to from a kernel socket in ns and

@@ -32,6 +32,7 @@ type appConfig struct {
 	Socket string
 	Name   string
 	Listen string // tcp4 address it serves HTTP on
+	Echo   string // udp4 address it echoes datagrams on, if any
 	Probes []probe
 }
 
@@ -106,6 +107,13 @@ func runApp(c appConfig) error {
 	}
 	for _, k := range kept {
 		k.Close()
+	}
+	if c.Echo != "" {
+		pc, err := st.ListenPacket("udp4", c.Echo)
+		if err != nil {
+			return fmt.Errorf("listen on its own UDP port %s: %w", c.Echo, err)
+		}
+		go echoUntilClosed(pc) // until the app exits
 	}
 	fmt.Printf("app: ready uid=%d pid=%d\n", os.Getuid(), os.Getpid())
 	banner := fmt.Sprintf("hello from %s uid %d\n", c.Name, os.Getuid())

@@ -42,14 +42,15 @@ func checkBinds(t *testing.T, ns *nettest.NS, binds []string, port int, held boo
 	}
 }
 
-// waitBindable waits until a kernel socket can bind 0.0.0.0:port in ns
-// (after a kill -9, for as long as the kernel takes to close the dead
-// process's sockets and the app to learn its nexus is gone), then checks
-// every bind.
+// waitBindable waits until a kernel socket can make the first of binds
+// on port in ns (after a kill -9, for as long as the kernel takes to close
+// the dead process's sockets and the app to learn its nexus is gone),
+// then checks every bind.
 func waitBindable(t *testing.T, ns *nettest.NS, binds []string, port int, what string) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
-	for nettest.KernelBind(ns, "tcp4", fmt.Sprintf("0.0.0.0:%d", port), false) != nil {
+	network, host, _ := strings.Cut(binds[0], " ")
+	for nettest.KernelBind(ns, network, fmt.Sprintf("%s:%d", host, port), false) != nil {
 		if time.Now().After(deadline) {
 			t.Errorf("port %d still held 5 s after %s", port, what)
 			return
@@ -127,6 +128,14 @@ func TestOnePortNamespace(t *testing.T) {
 				t.Errorf("curl %v:%d from the server's namespace: %q", w.user4, userPort+1, out)
 			}
 			udpPing(t, w.peer, netip.AddrPortFrom(w.user4, userUDP))
+			// This host's datagrams go through the kernel's loopback to
+			// the reservation, and on to the app, which answers through
+			// it; the peer's still come over the device.
+			for _, a := range []netip.Addr{w.user4, w.user6, netip.IPv6Loopback(), netip.AddrFrom4([4]byte{127, 0, 0, 1})} {
+				udpPing(t, w.local, netip.AddrPortFrom(a, userUDP))
+				bigPing(t, w.local, netip.AddrPortFrom(a, userUDP), 8192)
+			}
+			udpPing(t, w.peer, netip.AddrPortFrom(w.user6, userUDP))
 
 			for _, c := range []interface{ Close() error }{ln, ln1, pc} {
 				c.Close()
@@ -174,21 +183,30 @@ func TestPortNamespaceKill(t *testing.T) {
 			args, sock := nexusdArgs(t, d, v)
 			nx := startProc(t, v.Local.Command, bin, args, `msg="nexus started"`)
 			a := daemonApps[0]
-			cfg := appConfig{Name: a.cfg.Name, Listen: a.cfg.Listen} // 198.18.0.1:8081
+			cfg := appConfig{Name: a.cfg.Name, Listen: a.cfg.Listen, Echo: "198.18.0.1:5305"} // 198.18.0.1:8081
 			binds := []string{"tcp4 0.0.0.0", "tcp4 198.18.0.1", "tcp [::]"}
+			udpBinds := []string{"udp4 0.0.0.0", "udp4 198.18.0.1", "udp [::]"}
 			for round := range 2 {
 				ap := startApp(t, app, a.uid, sock, cfg)
 				checkBinds(t, v.Local, binds, 8081, true)
 				checkCurl(t, v.Peer, cfg, a.uid)
 				checkCurl(t, v.Local, cfg, a.uid) // from the nexus's host: through the app's host listener
+				checkBinds(t, v.Local, udpBinds, 5305, true)
+				for _, from := range []*nettest.NS{v.Peer, v.Local} { // the local one through the app's host socket
+					udpPing(t, from, netip.MustParseAddrPort(cfg.Echo))
+				}
 				if round == 0 {
 					ap.kill(t)
 					waitSessionGone(t, bin, sock, ap.cmd.Process.Pid)
 					waitBindable(t, v.Local, binds, 8081, "kill -9 of the app")
+					waitBindable(t, v.Local, udpBinds, 5305, "kill -9 of the app")
 					continue
 				}
 				nx.kill(t)
 				waitBindable(t, v.Local, binds, 8081, "kill -9 of the nexus")
+				// The app closes its host sockets once it learns its
+				// nexus is gone.
+				waitBindable(t, v.Local, udpBinds, 5305, "kill -9 of the nexus")
 				ap.kill(t)
 			}
 		})
@@ -208,4 +226,38 @@ func nexusdArgs(t *testing.T, d string, v *nettest.Veth) (args []string, sock st
 	sock = filepath.Join(dir, "nexus.sock")
 	return []string{"nexus", "--driver", d, "--dev", v.LocalName,
 		"--socket", sock, "--socket-group", fmt.Sprint(socketGroup), "--policy", pol}, sock
+}
+
+// TestHostUDPDeadline: a UDP socket that also reads this host's datagrams
+// (its host socket) keeps net.PacketConn's read deadlines: one that passes
+// fails the read, one set while a read waits applies to that read, and a
+// cleared one lets the next read take this host's datagram.
+func TestHostUDPDeadline(t *testing.T) {
+	w := newWorld(t, ethDrivers[1])
+	pc, err := w.st.ListenPacket("udp4", fmt.Sprintf(":%d", userUDP))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	buf := make([]byte, 64)
+	pc.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if _, _, err := pc.ReadFrom(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read past its deadline: %v, want os.ErrDeadlineExceeded", err)
+	}
+	pc.SetReadDeadline(time.Time{})
+	read := make(chan error, 1)
+	go func() { _, _, err := pc.ReadFrom(buf); read <- err }()
+	// Whether or not the read waits already, the deadline set now is its.
+	pc.SetReadDeadline(time.Now().Add(-time.Second))
+	select {
+	case err := <-read:
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("read with a deadline set while it waited: %v, want os.ErrDeadlineExceeded", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a read still waits 10 s after its deadline was set in the past")
+	}
+	pc.SetReadDeadline(time.Time{})
+	udpEcho(t, pc)
+	udpPing(t, w.local, netip.AddrPortFrom(w.user4, userUDP))
 }

@@ -151,12 +151,13 @@ func closeRes(res Reservation) {
 }
 
 // HostListener returns a duplicate of the kernel socket that reserves the
-// TCP listener flow key of this port (Options.Reserve): it accepts the
-// connections of processes on the nexus's own host to the flow's address
-// and port, which never cross the device (they go through the kernel's
-// loopback). It returns nil, nil when the flow has no such socket (no
-// kernel shares the device, or UDP), and ErrNoFlow for a key the port did
-// not register. The caller owns the file.
+// listener flow key of this port (Options.Reserve): it accepts the TCP
+// connections, or receives the UDP datagrams, of processes on the nexus's
+// own host to the flow's address and port, which never cross the device
+// (they go through the kernel's loopback); on a UDP one the app also
+// sends its answers to them. It returns nil, nil when the flow has no
+// such socket (no kernel shares the device), and ErrNoFlow for a key the
+// port did not register. The caller owns the file.
 func (p *Port) HostListener(key packet.Key) (*os.File, error) {
 	var f *os.File
 	err := p.n.do(func() error {

@@ -97,9 +97,10 @@ type Options struct {
 	// Listener2) after the flow table accepted the flow and before the
 	// flow is steered, and fails the flow if it fails (a kernel socket
 	// holds the port: an error wrapping flow.ErrKernelPort); the flow's
-	// teardown, on every path, closes the reservation. A TCP
-	// reservation's listener is how processes on this host reach the app
-	// (Port.HostListener). Connected flows are not reserved: see
+	// teardown, on every path, closes the reservation. A reservation's
+	// socket is how processes on this host reach the app
+	// (Port.HostListener): a TCP one's connections, a UDP one's
+	// datagrams. Connected flows are not reserved: see
 	// Ephemeral.
 	Reserve func(key packet.Key) (Reservation, error)
 	// Ephemeral is the range of local ports, [lo, hi], apps' outgoing
@@ -122,9 +123,10 @@ type Options struct {
 // Reservation is a listener flow's port held in the kernel's stack
 // (Options.Reserve).
 type Reservation interface {
-	// Listener returns a duplicate of the reservation's listening socket,
-	// which accepts connections from processes on this host, or nil if
-	// it has none (UDP). The caller owns the file.
+	// Listener returns a duplicate of the reservation's socket, which
+	// serves processes on this host only (a TCP one accepts their
+	// connections, a UDP one receives their datagrams and sends the
+	// app's answers), or nil if it has none. The caller owns the file.
 	Listener() (*os.File, error)
 	// Close gives the port back to the kernel.
 	Close() error

@@ -34,15 +34,15 @@ import (
 //   - The reservation goes with the flow (the nexus closes it), and with
 //     the nexus: the kernel closes a dead process's sockets, kill -9
 //     included. An app never holds the reservation itself.
-//   - A TCP reservation listens for connections from this host only: a
-//     socket filter, locked so that nobody may remove it, drops every
-//     segment that did not arrive on the loopback device. Processes on the
-//     nexus's own host reach the app at the interface's address through
-//     it (the nexus hands the app a duplicate, Reservation.Listener), while
-//     a remote SYN that reaches the kernel (a fragment, a flow the device
-//     cannot steer) is dropped there instead of being answered by the
-//     kernel. A UDP reservation's filter drops everything: no datagram
-//     waits in it.
+//   - A reservation serves this host only: a socket filter, locked so
+//     that nobody may remove it, drops every packet that did not arrive
+//     on the loopback device. Processes on the nexus's own host reach the
+//     app at the interface's address through it (the nexus hands the app
+//     a duplicate, Reservation.Listener): a TCP reservation listens and the
+//     app accepts those connections; on a UDP one the app reads those
+//     datagrams and answers through it. A remote SYN or datagram that
+//     reaches the kernel (a fragment, a flow the device cannot steer) is
+//     dropped there instead of being answered by the kernel or queued.
 //
 // Ports of outgoing connections are not reserved (one socket per
 // connection would spend the nexus's descriptors): apps take them from a
@@ -107,9 +107,9 @@ var ErrReserverClosed = errors.New("port reserver closed")
 
 // Reservation is one port held in the kernel's stack for a listener flow.
 type Reservation struct {
-	fd     int // the kernel socket; -1 once closed
-	listen bool
-	mu     sync.Mutex
+	fd  int // the kernel socket; -1 once closed
+	tcp bool
+	mu  sync.Mutex
 }
 
 // hostBacklog bounds the local connections waiting for the app's Accept
@@ -157,7 +157,7 @@ func (r *Reserver) reserve(key packet.Key) (*Reservation, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reserve %s %v: socket: %w", protoName(key.Proto), la, err)
 	}
-	res := &Reservation{fd: fd, listen: tcp}
+	res := &Reservation{fd: fd, tcp: tcp}
 	if err := r.setup(fd, key, la); err != nil {
 		unix.Close(fd)
 		if errors.Is(err, unix.EADDRINUSE) {
@@ -200,7 +200,7 @@ func (r *Reserver) setup(fd int, key packet.Key, la netip.AddrPort) error {
 	}
 	// The filter before the bind: nothing may queue on the socket before
 	// it is in place.
-	if err := lockFilter(fd, tcp); err != nil {
+	if err := lockFilter(fd); err != nil {
 		return err
 	}
 	var sa unix.Sockaddr
@@ -231,21 +231,16 @@ const skfAdIfindex = 0xfffff008
 
 // lockFilter attaches the reservation's socket filter and locks it
 // (SO_LOCK_FILTER: the app that gets a duplicate of the socket can neither
-// detach nor replace it). TCP: segments that came in on the loopback
-// device are kept, the rest dropped; UDP: everything is dropped.
-func lockFilter(fd int, tcp bool) error {
-	drop := unix.SockFilter{Code: unix.BPF_RET | unix.BPF_K, K: 0}
-	keep := unix.SockFilter{Code: unix.BPF_RET | unix.BPF_K, K: 0xffffffff}
-	prog := []unix.SockFilter{drop}
-	if tcp {
-		prog = []unix.SockFilter{
-			// A = the interface index the packet came in on.
-			{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: skfAdIfindex},
-			// lo: keep (jump 0); anything else: drop (jump 1).
-			{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 0, Jf: 1, K: loopbackIndex},
-			keep,
-			drop,
-		}
+// detach nor replace it): packets that came in on the loopback device are
+// kept, the rest dropped.
+func lockFilter(fd int) error {
+	prog := []unix.SockFilter{
+		// A = the interface index the packet came in on.
+		{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: skfAdIfindex},
+		// lo: keep (jump 0); anything else: drop (jump 1).
+		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 0, Jf: 1, K: loopbackIndex},
+		{Code: unix.BPF_RET | unix.BPF_K, K: 0xffffffff},
+		{Code: unix.BPF_RET | unix.BPF_K, K: 0},
 	}
 	fp := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
 	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &fp); err != nil {
@@ -257,40 +252,46 @@ func lockFilter(fd int, tcp bool) error {
 	return nil
 }
 
-// Listener returns a duplicate of a TCP reservation's listening socket,
-// for the app that owns the flow: it accepts the connections of local
-// processes (net.FileListener). The caller owns the file. A UDP
-// reservation has none: nil, nil.
+// Listener returns a duplicate of the reservation's kernel socket, for
+// the app that owns the flow (its host socket): a TCP one listens for the connections of local
+// processes (net.FileListener); on a UDP one the app reads their
+// datagrams and sends its answers (net.FilePacketConn). The caller owns
+// the file.
 func (res *Reservation) Listener() (*os.File, error) {
 	res.mu.Lock()
 	defer res.mu.Unlock()
-	if !res.listen {
-		return nil, nil
-	}
 	if res.fd < 0 {
 		return nil, fmt.Errorf("reservation closed: %w", os.ErrClosed)
 	}
 	fd, err := unix.FcntlInt(uintptr(res.fd), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("duplicate the host listener: %w", err)
+		return nil, fmt.Errorf("duplicate the host socket: %w", err)
 	}
-	return os.NewFile(uintptr(fd), "skylane-host-listener"), nil
+	return os.NewFile(uintptr(fd), "skylane-host-"+protoName(res.proto())), nil
+}
+
+func (res *Reservation) proto() uint8 {
+	if res.tcp {
+		return packet.ProtoTCP
+	}
+	return packet.ProtoUDP
 }
 
 // Close gives the port back to the kernel. A TCP reservation stops
 // listening first (shutdown), which also stops the duplicates Listener
-// handed out: an app's Accept on one fails at once. A duplicate its app
-// did not close still holds the port bound (not listening) until it is
-// closed, as any socket of the app's own would; the client library closes
-// it when its listener closes or its nexus goes. Safe to call more than
-// once.
+// handed out: an app's Accept on one fails at once. (A shutdown would not
+// wake a reader of an unconnected UDP socket: its duplicates just stay.)
+// A duplicate its app did not close still holds the port bound until it
+// is closed, as any socket of the app's own would; the client library
+// closes it when its listener or packet conn closes or its nexus goes.
+// Safe to call more than once.
 func (res *Reservation) Close() error {
 	res.mu.Lock()
 	defer res.mu.Unlock()
 	if res.fd < 0 {
 		return nil
 	}
-	if res.listen {
+	if res.tcp {
 		unix.Shutdown(res.fd, unix.SHUT_RDWR) // ENOTCONN-free on a listener; nothing to do on error
 	}
 	err := unix.Close(res.fd)

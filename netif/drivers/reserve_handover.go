@@ -55,5 +55,5 @@ func AdoptReservation(key packet.Key, fd int) (*Reservation, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("adopt reservation of %v: socket type %d (%v), want %d", key, typ, err, want)
 	}
-	return &Reservation{fd: fd, listen: key.Proto == packet.ProtoTCP}, nil
+	return &Reservation{fd: fd, tcp: key.Proto == packet.ProtoTCP}, nil
 }

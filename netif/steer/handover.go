@@ -17,8 +17,8 @@ import (
 // nothing.
 
 // XDPHandoverFDs is how many descriptors XDP.Export returns: the program,
-// the XSKMAP, the counters map and the link.
-const XDPHandoverFDs = 4
+// the XSKMAP, the counters map, the link and the fragment map.
+const XDPHandoverFDs = 5
 
 func dupFD(fd int) (int, error) {
 	d, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
@@ -41,7 +41,7 @@ func closeFDs(fds []int) {
 func (x *XDP) Export() ([]int, error) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	if x.prog == nil || x.link == nil {
+	if x.prog == nil || x.link == nil || x.frags == nil {
 		return nil, fmt.Errorf("steer: export XDP: not attached: %w", ErrClosed)
 	}
 	lf, ok := x.link.(interface{ FD() int })
@@ -49,7 +49,7 @@ func (x *XDP) Export() ([]int, error) {
 		return nil, errors.New("steer: export XDP: the link has no descriptor")
 	}
 	var fds []int
-	for _, fd := range []int{x.prog.FD(), x.xsks.FD(), x.counters.FD(), lf.FD()} {
+	for _, fd := range []int{x.prog.FD(), x.xsks.FD(), x.counters.FD(), lf.FD(), x.frags.FD()} {
 		d, err := dupFD(fd)
 		if err != nil {
 			closeFDs(fds)
@@ -95,6 +95,16 @@ func AdoptXDP(fds []int) (_ *XDP, err error) {
 		return nil, fmt.Errorf("steer: adopt XDP link: %w", err)
 	}
 	next = 4
+	// The program's fragment map: the program keeps its own reference,
+	// but the nexus holds it too (so what it holds is the same after a
+	// takeover as before, and Close releases it).
+	if x.frags, err = ebpf.NewMapFromFD(fds[4]); err != nil {
+		return nil, fmt.Errorf("steer: adopt fragment map: %w", err)
+	}
+	next = 5
+	if x.frags.Type() != ebpf.LRUHash {
+		return nil, fmt.Errorf("steer: adopt fragment map: type %v, want an LRU hash", x.frags.Type())
+	}
 	return x, nil
 }
 

@@ -17,7 +17,7 @@
 // local port from the ephemeral range the open reply names, or one the
 // rule lets it bind; and no more than max_flows flows at once. A
 // host-listener request gets the kernel socket reserving one of the
-// session's own TCP listener flows (nexus.Port.HostListener), never
+// session's own listener flows (TCP or UDP) (nexus.Port.HostListener), never
 // another's. stats
 // needs observe; a capture (skylane capture, capture.go) observe, or
 // observe = "own" for the frames of the ports of the session's own uid's

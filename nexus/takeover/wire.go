@@ -15,7 +15,9 @@ import (
 
 // StateVersion is the version of State and of the steps: a nexus hands
 // over only to a process of the same version.
-const StateVersion = 1
+//
+// 2: the XDP program's fragment map goes over with its other descriptors.
+const StateVersion = 2
 
 // Errors.
 var (
