@@ -35,6 +35,9 @@ func RunChild() {
 }
 
 func runChild(role string) error {
+	if args, ok := strings.CutPrefix(role, connsClientRole); ok {
+		return connsClient(args)
+	}
 	f := strings.Split(role, ":")
 	if len(f) != 3 || f[0] != "channel-app" {
 		return fmt.Errorf("unknown child role %q", role)

@@ -44,7 +44,7 @@ const (
 
 func runConns(cfg Config) (rep Report, err error) {
 	rep = Report{Scenario: "conns", Machine: Machine()}
-	if !cfg.wants(connsAcceptRow) {
+	if !cfg.wants(connsAcceptRow) && !cfg.wants(connsChurnRow) && !cfg.wants(connsConcRow) {
 		return rep, nil
 	}
 	if os.Geteuid() != 0 {
@@ -66,6 +66,25 @@ func runConns(cfg Config) (rep Report, err error) {
 	kdone := serveOneByte(kln)
 	defer func() { kln.Close(); <-kdone }()
 
+	for _, row := range []struct {
+		name string
+		run  func(Config, *udpHosts) (Result, error)
+	}{{connsAcceptRow, acceptRow}, {connsChurnRow, churnRow}, {connsConcRow, concurrentRow}} {
+		if !cfg.wants(row.name) {
+			continue
+		}
+		res, err := row.run(cfg, h)
+		if err != nil {
+			return rep, err
+		}
+		rep.Results = append(rep.Results, res)
+	}
+	return rep, nil
+}
+
+// acceptRow measures conns/accept-rate: ours and the kernel server
+// (connsKernPort in h.local) alternately.
+func acceptRow(cfg Config, h *udpHosts) (Result, error) {
 	cfg.progress("conns %s", connsAcceptRow)
 	rounds := max(cfg.Rounds, 1)
 	d := cfg.Duration / time.Duration(rounds)
@@ -73,17 +92,17 @@ func runConns(cfg Config) (rep Report, err error) {
 	var figs connsFigures
 	for i := range rounds {
 		if err := cfg.roundStart(connsAcceptRow, i, rounds); err != nil {
-			return rep, err
+			return Result{}, err
 		}
 		r, f, err := h.userAccepts(d)
 		if err != nil {
-			return rep, fmt.Errorf("%s: %w", connsAcceptRow, err)
+			return Result{}, fmt.Errorf("%s: %w", connsAcceptRow, err)
 		}
 		ours = append(ours, r)
 		figs.add(f)
 		b, failed, err := acceptRate(h.peerDial(connsKernPort), d)
 		if err != nil {
-			return rep, fmt.Errorf("%s baseline: %w", connsAcceptRow, err)
+			return Result{}, fmt.Errorf("%s baseline: %w", connsAcceptRow, err)
 		}
 		base = append(base, b)
 		figs.baseFailed += failed
@@ -96,10 +115,14 @@ func runConns(cfg Config) (rep Report, err error) {
 		"flows_per_register_batch": round2(float64(figs.auto) / float64(max(figs.batches, 1))),
 		"switch_rx_ring_drops":     figs.rxDrops,
 		"switch_tx_drops":          figs.txDrops,
+		"link_rx_drops":            figs.linkDrops,
 		"user_time_wait_s":         connsTimeWait.Seconds(),
+		// Accepted connections take no entry in the AF_XDP steering
+		// map (their listener's covers them): the map held this many
+		// at most, for all the connections of a round.
+		"steer_map_entries": figs.steered,
 	}
-	rep.Results = append(rep.Results, res)
-	return rep, nil
+	return res, nil
 }
 
 // connsFigures are the user-space side's counters, summed over the rounds.
@@ -107,6 +130,8 @@ type connsFigures struct {
 	failed, baseFailed uint64
 	auto, batches      uint64 // flows the stack registered on demand, in how many batches
 	rxDrops, txDrops   uint64
+	linkDrops          uint64 // frames the device dropped before the nexus saw them (AF_XDP: fill ring empty)
+	steered            int    // most entries in the steering map seen at the end of a round
 }
 
 func (f *connsFigures) add(g connsFigures) {
@@ -115,56 +140,113 @@ func (f *connsFigures) add(g connsFigures) {
 	f.batches += g.batches
 	f.rxDrops += g.rxDrops
 	f.txDrops += g.txDrops
+	f.linkDrops += g.linkDrops
+	f.steered = max(f.steered, g.steered)
 }
 
-// userAccepts builds the user-space server (AF_XDP link, nexus, stack),
-// measures its accept rate for d, and closes it all again.
-func (h *udpHosts) userAccepts(d time.Duration) (float64, connsFigures, error) {
-	var f connsFigures
+// userServer is the user-space server of the conns rows: an AF_XDP link
+// on the local end of the veth, a nexus, a stack and a listener serving
+// serveOneByte.
+type userServer struct {
+	nx   *nexus.Nexus
+	st   *client.Stack
+	ln   net.Listener
+	done <-chan struct{}
+	hold *holdServer // serving serveHold, not serveOneByte
+}
+
+// newUserServer builds the user-space server; close closes it all again.
+func (h *udpHosts) newUserServer() (_ *userServer, err error) {
+	return h.newUserServerOn(connsUserPort, false)
+}
+
+// held returns how many connections a serveHold server holds.
+func (u *userServer) held() int { return u.hold.held() }
+
+// newUserServerOn is newUserServer on port, serving serveHold if hold.
+func (h *udpHosts) newUserServerOn(port int, hold bool) (_ *userServer, err error) {
 	var link netif.Link
-	err := inNS(h.local, func() (err error) {
+	err = inNS(h.local, func() (err error) {
 		link, err = drivers.Open(drivers.Spec{Driver: drivers.AFXDP, Dev: h.localIf})
 		return err
 	})
 	if err != nil {
-		return 0, f, err
+		return nil, err
 	}
-	nx, err := nexus.New(nexus.Options{Link: link, Addrs: []netip.Addr{udpLocal},
+	u := &userServer{}
+	defer func() {
+		if err != nil {
+			u.close()
+		}
+	}()
+	u.nx, err = nexus.New(nexus.Options{Link: link, Addrs: []netip.Addr{udpLocal},
 		Switch: flowswitch.Options{SrcMAC: [6]byte(h.localMAC), DstMAC: [6]byte(h.peerMAC)}})
 	if err != nil {
 		link.Close()
-		return 0, f, err
+		return nil, err
 	}
-	defer nx.Close()
-	st, err := client.New(inproc.Nexus(nx), client.Options{Name: "conns", TimeWait: connsTimeWait})
+	if u.st, err = client.New(inproc.Nexus(u.nx), client.Options{Name: "conns", TimeWait: connsTimeWait}); err != nil {
+		return nil, err
+	}
+	if u.ln, err = u.st.Listen("tcp4", ":"+strconv.Itoa(port)); err != nil {
+		return nil, err
+	}
+	if hold {
+		u.hold = serveHold(u.ln)
+		u.done = u.hold.done
+	} else {
+		u.done = serveOneByte(u.ln)
+	}
+	return u, nil
+}
+
+// close closes the listener, then the stack (which ends the connections
+// still open: a held one waits for its peer otherwise), then waits for the
+// handlers and closes the nexus.
+func (u *userServer) close() {
+	if u.ln != nil {
+		u.ln.Close()
+	}
+	if u.st != nil {
+		u.st.Close()
+	}
+	if u.done != nil {
+		<-u.done
+	}
+	if u.nx != nil {
+		u.nx.Close()
+	}
+}
+
+// userAccepts builds the user-space server, measures its accept rate for
+// d, and closes it all again.
+func (h *udpHosts) userAccepts(d time.Duration) (float64, connsFigures, error) {
+	var f connsFigures
+	u, err := h.newUserServer()
 	if err != nil {
 		return 0, f, err
 	}
-	defer st.Close()
-	ln, err := st.Listen("tcp4", ":"+strconv.Itoa(connsUserPort))
+	defer u.close()
+	s0, err := u.nx.Stats()
 	if err != nil {
 		return 0, f, err
 	}
-	done := serveOneByte(ln)
-	defer func() { ln.Close(); <-done }()
-	s0, err := nx.Stats()
-	if err != nil {
-		return 0, f, err
-	}
-	e0 := st.Endpoint().Stats()
+	e0 := u.st.Endpoint().Stats()
 	r, failed, err := acceptRate(h.peerDial(connsUserPort), d)
 	if err != nil {
 		return 0, f, err
 	}
-	s1, err := nx.Stats()
+	s1, err := u.nx.Stats()
 	if err != nil {
 		return 0, f, err
 	}
-	e1 := st.Endpoint().Stats()
+	e1 := u.st.Endpoint().Stats()
 	f.failed = failed
 	f.auto, f.batches = e1.FlowsAuto-e0.FlowsAuto, e1.RegisterBatches-e0.RegisterBatches
 	f.rxDrops = s1.Switch.RxRingDrops - s0.Switch.RxRingDrops
 	f.txDrops = s1.Switch.TxDrops.Total() - s0.Switch.TxDrops.Total()
+	f.linkDrops = s1.Link.RxDrops - s0.Link.RxDrops
+	f.steered = max(f.steered, s1.Steered)
 	return r, f, nil
 }
 

@@ -17,6 +17,9 @@
 //	                                   eventfds as SCM_RIGHTS)
 //	register {key, kind}            → {ok, flow_id, advisory}
 //	teardown {key}                  → {ok}
+//	register-batch {keys, kind}     → {ok, flows: [{id, adv} or
+//	                                   {error, code}] one per key}
+//	teardown-batch {keys}           → {ok, flows: [{} or {error, code}]}
 //	host-listener {key}             → {ok}, with the kernel socket that
 //	                                   reserves the port's TCP listener
 //	                                   flow key as SCM_RIGHTS (none when
@@ -24,7 +27,10 @@
 //	                                   one reply with a descriptor
 //	close {}                        → {ok}; the nexus then ends the session
 //
-// A refused request gets {error, code}; code names the sentinel error
+// A batch names 1..MaxBatch keys, each with its own outcome; a nexus that
+// serves batches says so in its open reply (batch), and Session falls
+// back to one request per key with one that does not. A refused request
+// gets {error, code}; code names the sentinel error
 // (flow.ErrPortInUse, flow.ErrKernelPort, ErrNoFlow, ErrNotPermitted, ...),
 // which the app's *RemoteError unwraps to, so errors.Is works across
 // processes. Everything else moves through the channel's shared memory and

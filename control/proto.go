@@ -13,9 +13,19 @@ import (
 )
 
 // MaxMessage bounds one message in either direction: a request is a few
-// hundred bytes of JSON, a reply a few hundred more with the addresses.
-// Anything longer is a protocol violation (the kernel flags it truncated).
-const MaxMessage = 4096
+// hundred bytes of JSON, a reply a few hundred more with the addresses; a
+// batch of MaxBatch flows (keys of about 110 bytes each way, an error
+// text of at most MaxBatchError bytes per flow) stays below it. Anything
+// longer is a protocol violation (the kernel flags it truncated).
+const MaxMessage = 64 << 10
+
+// MaxBatch bounds the flows of one batch request (OpRegisterBatch,
+// OpTeardownBatch); a larger batch is sent as several requests.
+const MaxBatch = 128
+
+// MaxBatchError bounds one flow's error text in a batch reply: the nexus
+// cuts a longer one, so a batch reply stays within MaxMessage.
+const MaxBatchError = 256
 
 // MaxNameLen bounds a port name: it becomes part of the channel's and its
 // memfds' names (the kernel allows 249 bytes for a memfd name).
@@ -27,6 +37,13 @@ const (
 	OpRegister = "register" // register a flow on the session's port
 	OpTeardown = "teardown" // tear down a flow the port registered
 	OpClose    = "close"    // close the port; the nexus then closes the session
+	// OpRegisterBatch registers up to MaxBatch flows of one kind in one
+	// round trip (an app's stack registers the connections its listeners
+	// accepted so); OpTeardownBatch tears up to MaxBatch down. The reply
+	// has one FlowReply per key, in order. A nexus that offers them says
+	// so in its open reply (Reply.Batch).
+	OpRegisterBatch = "register-batch"
+	OpTeardownBatch = "teardown-batch"
 	// OpHostListener asks for the kernel socket that reserves one of the
 	// port's listener flows, TCP or UDP, in the kernel's stack (Key): its reply
 	// carries a duplicate as SCM_RIGHTS, the one reply with a descriptor,
@@ -50,9 +67,11 @@ type Request struct {
 	// Layout is the channel.LayoutVersion the app was built for; the
 	// nexus refuses another (ErrLayout) before it makes the channel.
 	Layout int `json:"layout,omitempty"`
-	// Register and Teardown.
+	// Register and Teardown; Kind for RegisterBatch too.
 	Key  *Key      `json:"key,omitempty"`
 	Kind flow.Kind `json:"kind,omitempty"`
+	// RegisterBatch and TeardownBatch: 1..MaxBatch keys.
+	Keys []*Key `json:"keys,omitempty"`
 	// Capture (OpCapture).
 	Capture *CaptureRequest `json:"capture,omitempty"`
 }
@@ -103,15 +122,39 @@ type Reply struct {
 	// dial from another port is refused unless the policy lets the app
 	// bind it. Zero: the nexus did not say.
 	Ephemeral [2]uint16 `json:"ephemeral,omitzero"`
+	// Batch, in an open reply: the nexus serves OpRegisterBatch and
+	// OpTeardownBatch (an older one closes a session that sends them).
+	Batch bool `json:"batch,omitempty"`
 	// Register.
 	FlowID   []byte `json:"flow_id,omitempty"`
 	Advisory uint32 `json:"advisory,omitempty"`
+	// RegisterBatch and TeardownBatch: each key's outcome, in order.
+	Flows []FlowReply `json:"flows,omitempty"`
 	// Capture.
 	Capture *CaptureReply `json:"capture,omitempty"`
 
 	// file is the descriptor that came with the reply (OpHostListener),
 	// owned by whoever holds the Reply.
 	file *os.File
+}
+
+// FlowReply is one flow's outcome in a batch reply: its flow ID and
+// advisory entry (register), or why it failed (Error and Code, as in
+// Reply; Error at most MaxBatchError bytes).
+type FlowReply struct {
+	FlowID   []byte `json:"id,omitempty"`
+	Advisory uint32 `json:"adv,omitempty"`
+	Error    string `json:"error,omitempty"`
+	Code     string `json:"code,omitempty"`
+}
+
+// FlowFailure is the FlowReply refusing one flow of a batch with err.
+func FlowFailure(err error) FlowReply {
+	msg := err.Error()
+	if len(msg) > MaxBatchError {
+		msg = msg[:MaxBatchError-3] + "..."
+	}
+	return FlowReply{Error: msg, Code: CodeOf(err)}
 }
 
 // ErrBadRequest: a request was malformed or out of order; the nexus
@@ -143,6 +186,21 @@ func DecodeRequest(b []byte) (Request, error) {
 		}
 		if _, err := r.Key.PacketKey(); err != nil {
 			return r, fmt.Errorf("%w: %v", ErrBadRequest, err)
+		}
+	case OpRegisterBatch, OpTeardownBatch:
+		if r.Op == OpRegisterBatch && (r.Kind < flow.Connected || r.Kind > flow.Listener2) {
+			return r, fmt.Errorf("%w: flow kind %d", ErrBadRequest, r.Kind)
+		}
+		if len(r.Keys) == 0 || len(r.Keys) > MaxBatch {
+			return r, fmt.Errorf("%w: %s of %d keys, want 1..%d", ErrBadRequest, r.Op, len(r.Keys), MaxBatch)
+		}
+		for i, k := range r.Keys {
+			if k == nil {
+				return r, fmt.Errorf("%w: %s: key %d missing", ErrBadRequest, r.Op, i)
+			}
+			if _, err := k.PacketKey(); err != nil {
+				return r, fmt.Errorf("%w: %s: key %d: %v", ErrBadRequest, r.Op, i, err)
+			}
 		}
 	case OpCapture:
 		if r.Capture == nil {

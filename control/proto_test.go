@@ -15,6 +15,10 @@ func FuzzDecodeRequest(f *testing.F) {
 	f.Add([]byte(`{"op":"register","kind":1,"key":{"l":"AAAAAAAAAAAAAAAAAAAAAA==","r":"AAAAAAAAAAAAAAAAAAAAAA==","lp":80,"v":4,"p":6}}`))
 	f.Add([]byte(`{"op":"teardown","key":{"l":"","r":""}}`))
 	f.Add([]byte(`{"op":"close"}`))
+	f.Add([]byte(`{"op":"register-batch","kind":1,"keys":[{"l":"AAAAAAAAAAAAAAAAAAAAAA==","r":"AAAAAAAAAAAAAAAAAAAAAA==","lp":80,"rp":4000,"v":4,"p":6},{"l":"AAAAAAAAAAAAAAAAAAAAAA==","r":"AAAAAAAAAAAAAAAAAAAAAA==","lp":80,"rp":4001,"v":4,"p":6}]}`))
+	f.Add([]byte(`{"op":"register-batch","kind":9,"keys":[]}`))
+	f.Add([]byte(`{"op":"teardown-batch","keys":[{"l":"AAAAAAAAAAAAAAAAAAAAAA==","r":"AAAAAAAAAAAAAAAAAAAAAA=="},null]}`))
+	f.Add([]byte(`{"op":"teardown-batch"}`))
 	f.Add([]byte(`{"op":"open","name":""}`))
 	f.Add([]byte(`{"op":"capture","capture":{"points":["drop","device-tx"],"apps":["web"],"proto":6,"host":"198.18.0.1","port":80,"reasons":["src_addr"],"snaplen":128,"slots":64}}`))
 	f.Add([]byte(`{"op":"capture","capture":{"snaplen":-1}}`))
@@ -37,6 +41,18 @@ func FuzzDecodeRequest(f *testing.F) {
 				t.Fatalf("key %+v accepted", r.Key)
 			}
 			if r.Op == control.OpRegister && (r.Kind < flow.Connected || r.Kind > flow.Listener2) {
+				t.Fatalf("kind %d accepted", r.Kind)
+			}
+		case control.OpRegisterBatch, control.OpTeardownBatch:
+			if len(r.Keys) == 0 || len(r.Keys) > control.MaxBatch {
+				t.Fatalf("batch of %d keys accepted", len(r.Keys))
+			}
+			for _, k := range r.Keys {
+				if k == nil || len(k.Local) != 16 || len(k.Remote) != 16 {
+					t.Fatalf("batch key %+v accepted", k)
+				}
+			}
+			if r.Op == control.OpRegisterBatch && (r.Kind < flow.Connected || r.Kind > flow.Listener2) {
 				t.Fatalf("kind %d accepted", r.Kind)
 			}
 		case control.OpCapture:

@@ -48,6 +48,7 @@ type Session struct {
 	addrs []netip.Addr // immutable
 	mtu   int          // immutable
 	eph   [2]uint16    // immutable: Reply.Ephemeral
+	batch bool         // immutable: Reply.Batch, the nexus serves batch requests
 	conn  *net.UnixConn
 
 	replies chan Reply     // the reader's replies; capacity 1: one request at a time
@@ -88,7 +89,7 @@ func Open(path, name string, o OpenOptions) (_ *Session, err error) {
 		return nil, fmt.Errorf("control: open port %q: %w", name, err)
 	}
 	conn.SetDeadline(time.Time{})
-	s := &Session{app: app, path: path, name: rep.Name, addrs: rep.Addrs, mtu: rep.MTU, eph: rep.Ephemeral, conn: conn,
+	s := &Session{app: app, path: path, name: rep.Name, addrs: rep.Addrs, mtu: rep.MTU, eph: rep.Ephemeral, batch: rep.Batch, conn: conn,
 		replies: make(chan Reply, 1), gone: make(chan struct{})}
 	s.reader.Add(1)
 	go s.read()
@@ -347,6 +348,42 @@ func (s *Session) Teardown(key packet.Key) error {
 	return nil
 }
 
+// RegisterBatch registers keys, all of kind, in one request per MaxBatch
+// keys (the nexus's OpRegisterBatch; one Register each from a nexus that
+// does not offer it) and returns, for each key, what Register would have.
+// It is what lets an app's stack register the connections its listeners
+// accepted in batches (stack.BatchRegistrar).
+func (s *Session) RegisterBatch(keys []packet.Key, kind flow.Kind) ([]channel.FlowInfo, []error) {
+	fis := make([]channel.FlowInfo, len(keys))
+	errs := make([]error, len(keys))
+	if !s.batch {
+		for i, k := range keys {
+			fis[i], errs[i] = s.Register(k, kind)
+		}
+		return fis, errs
+	}
+	for lo := 0; lo < len(keys); lo += MaxBatch {
+		chunk := keys[lo:min(lo+MaxBatch, len(keys))]
+		flows, rerr := s.batchRequest(Request{Op: OpRegisterBatch, Kind: kind}, chunk)
+		for i, k := range chunk {
+			err := rerr
+			if err == nil {
+				err = flows[i].err()
+			}
+			if err == nil && len(flows[i].FlowID) != len(fis[lo+i].ID) {
+				err = fmt.Errorf("reply with a flow ID of %d bytes", len(flows[i].FlowID))
+			}
+			if err != nil {
+				errs[lo+i] = fmt.Errorf("control: register %v: %w", k, err)
+				continue
+			}
+			copy(fis[lo+i].ID[:], flows[i].FlowID)
+			fis[lo+i].Advisory = flows[i].Advisory
+		}
+	}
+	return fis, errs
+}
+
 // Close asks the nexus to close the port (its flows are torn down before
 // the reply), ends the session, joins the reader and detaches the channel
 // (unmapping its memory, closing its descriptors). If the nexus is gone the
@@ -384,4 +421,57 @@ func (s *Session) Close() error {
 		return fmt.Errorf("control: close port %s: %w", s.name, err)
 	}
 	return nil
+}
+
+// TeardownBatch tears down keys, flows the port registered, in one request
+// per MaxBatch keys (one Teardown each from a nexus without batch
+// requests), and returns, for each key, what Teardown would have.
+func (s *Session) TeardownBatch(keys []packet.Key) []error {
+	errs := make([]error, len(keys))
+	if !s.batch {
+		for i, k := range keys {
+			errs[i] = s.Teardown(k)
+		}
+		return errs
+	}
+	for lo := 0; lo < len(keys); lo += MaxBatch {
+		chunk := keys[lo:min(lo+MaxBatch, len(keys))]
+		flows, rerr := s.batchRequest(Request{Op: OpTeardownBatch}, chunk)
+		for i, k := range chunk {
+			err := rerr
+			if err == nil {
+				err = flows[i].err()
+			}
+			if err != nil {
+				errs[lo+i] = fmt.Errorf("control: teardown %v: %w", k, err)
+			}
+		}
+	}
+	return errs
+}
+
+// batchRequest sends req with keys (at most MaxBatch) and returns the
+// reply's per-flow outcomes, one per key, or why the request as a whole
+// failed.
+func (s *Session) batchRequest(req Request, keys []packet.Key) ([]FlowReply, error) {
+	req.Keys = make([]*Key, len(keys))
+	for i, k := range keys {
+		req.Keys[i] = WireKey(k)
+	}
+	rep, err := s.request(req)
+	if err != nil {
+		return nil, err
+	}
+	if len(rep.Flows) != len(keys) {
+		return nil, fmt.Errorf("%s: reply with %d outcomes for %d keys", req.Op, len(rep.Flows), len(keys))
+	}
+	return rep.Flows, nil
+}
+
+// err is the flow's refusal as a *RemoteError, or nil.
+func (f FlowReply) err() error {
+	if f.Error == "" && f.Code == "" {
+		return nil
+	}
+	return &RemoteError{Msg: f.Error, Code: f.Code}
 }

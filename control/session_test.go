@@ -47,7 +47,7 @@ func fakeNexus(t *testing.T) (path string, conns <-chan *net.UnixConn) {
 		if _, err := control.DecodeRequest(buf[:k]); err != nil {
 			return
 		}
-		b, _ := json.Marshal(control.Reply{OK: true, Name: "fake", Addrs: []netip.Addr{netip.MustParseAddr("198.18.0.1")}, MTU: 1500})
+		b, _ := json.Marshal(control.Reply{OK: true, Name: "fake", Addrs: []netip.Addr{netip.MustParseAddr("198.18.0.1")}, MTU: 1500, Batch: true})
 		c.Write(b)
 		ch.Send(c)
 		out <- c
@@ -193,6 +193,48 @@ func FuzzSessionReply(f *testing.F) {
 				t.Fatalf("register accepted %q", msg)
 			}
 			return
+		}
+		if s.Err() != nil && !errors.Is(s.Err(), control.ErrNexusGone) {
+			t.Fatalf("session ended with %v", s.Err())
+		}
+	})
+}
+
+// FuzzSessionBatchReply: whatever a nexus answers to a batch request, the
+// app's half never panics, and a key counts as registered only if the
+// reply is OK and carries, for that key, a flow ID of the right size and
+// no error.
+func FuzzSessionBatchReply(f *testing.F) {
+	f.Add([]byte(`{"ok":true,"flows":[{"id":"AAAAAAAAAAAAAAAAAAAAAA==","adv":3},{"error":"full","code":"too-many-flows"},{"id":"AQAAAAAAAAAAAAAAAAAAAA=="}]}`))
+	f.Add([]byte(`{"ok":true,"flows":[{"id":"AAAA"},{},{}]}`))
+	f.Add([]byte(`{"ok":true,"flows":[]}`))
+	f.Add([]byte(`{"ok":true,"flows":[{"id":"AAAAAAAAAAAAAAAAAAAAAA=="},{"id":"AAAAAAAAAAAAAAAAAAAAAA=="},{"id":"AAAAAAAAAAAAAAAAAAAAAA=="},{}]}`))
+	f.Add([]byte(`{"error":"no","code":"not-permitted"}`))
+	f.Add([]byte(`{"ok":true,"flows":null}`))
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		s, c := openFake(t)
+		go func() {
+			buf := make([]byte, control.MaxMessage)
+			if _, err := c.Read(buf); err == nil {
+				c.Write(msg)
+			}
+			c.Close()
+		}()
+		keys := []packet.Key{lis, lis, lis}
+		keys[1].LocalPort, keys[2].LocalPort = 81, 82
+		fis, errs := s.RegisterBatch(keys, flow.Listener3)
+		if len(fis) != len(keys) || len(errs) != len(keys) {
+			t.Fatalf("%d outcomes for %d keys", len(errs), len(keys))
+		}
+		var rep control.Reply
+		valid := json.Unmarshal(msg, &rep) == nil && rep.OK && len(rep.Flows) == len(keys)
+		for i, err := range errs {
+			if err != nil {
+				continue
+			}
+			if !valid || len(rep.Flows[i].FlowID) != len(fis[i].ID) || rep.Flows[i].Error != "" || rep.Flows[i].Code != "" {
+				t.Fatalf("key %d registered from %q", i, msg)
+			}
 		}
 		if s.Err() != nil && !errors.Is(s.Err(), control.ErrNexusGone) {
 			t.Fatalf("session ended with %v", s.Err())

@@ -20,6 +20,7 @@ import (
 
 	"github.com/skylane/skylane/client"
 	"github.com/skylane/skylane/flowswitch"
+	"github.com/skylane/skylane/internal/connload"
 	"github.com/skylane/skylane/netif/drivers"
 	"github.com/skylane/skylane/nexus/inproc"
 )
@@ -44,7 +45,6 @@ const (
 	// the last ACK of a cookie handshake (a real limit, counted in the
 	// log line below; the connection count is not lowered).
 	connDialers   = 16 / (1 + 3*raceDetectorInt)
-	connCloseRate = 1000 // closes per second per client
 	connClientEnv = "SKYLANE_E2E_CONN_CLIENT"
 )
 
@@ -210,6 +210,12 @@ func TestManyConnections(t *testing.T) {
 		open.Load(), rxDrops(t, w), es.FlowsAuto, es.RegisterBatches, es.FlowsReaped, es.FlowsRefused,
 		tcp.ResetsSent.Value(), tcp.EstablishedResets.Value(), tcp.EstablishedTimedout.Value(), tcp.Retransmits.Value())
 	for _, k := range kids {
+		k.in.Close() // each closes its connections, paced by the server
+	}
+	for i, k := range kids {
+		if n, failed := fields2(t, k.line(t, "closed")); n != connsPerClient || failed != 0 {
+			t.Errorf("client %d (%v) closed %d, %d failed", i, srcs[i], n, failed)
+		}
 		k.finish(t)
 	}
 	waitFor(t, w, 60*time.Second, "every connection closed and its flow gone", func() bool {
@@ -235,7 +241,8 @@ type connKid struct {
 func startConnKid(t *testing.T, ctx context.Context, w *world, server string, src netip.Addr) *connKid {
 	t.Helper()
 	k := &connKid{cmd: w.peer.Command(ctx, os.Args[0]), lines: make(chan string, 4)}
-	k.cmd.Env = append(os.Environ(), connClientEnv+"="+server+","+src.String()+","+strconv.Itoa(connsPerClient))
+	spec := connload.Spec{Server: netip.MustParseAddrPort(server), Source: src, Count: connsPerClient, InFlight: connDialers}
+	k.cmd.Env = append(os.Environ(), connClientEnv+"="+spec.String())
 	k.cmd.Stderr = &k.err
 	var err error
 	if k.in, err = k.cmd.StdinPipe(); err != nil {
@@ -286,7 +293,7 @@ func (k *connKid) say(t *testing.T, s string) {
 }
 
 // finish closes the client's stdin, on which it closes its connections and
-// exits.
+// exits, and waits for it.
 func (k *connKid) finish(t *testing.T) {
 	t.Helper()
 	k.in.Close()
@@ -361,88 +368,16 @@ func rss(t *testing.T) int64 {
 	return 0
 }
 
-// connClient is the kernel client process (see TestManyConnections): its
-// environment names the server, its source address and how many
-// connections to hold. It opens them all (connDialers at a time), says
-// "open N failed M", waits for a line on stdin, sends one request on each,
-// says "served N failed M", and exits when stdin closes, closing them.
+// connClient is the kernel client process (see TestManyConnections and
+// package connload), its spec in the environment.
 func connClient() int {
-	f := strings.Split(os.Getenv(connClientEnv), ",")
-	if len(f) != 3 {
-		fmt.Fprintf(os.Stderr, "%s=%q: want server,source,count\n", connClientEnv, os.Getenv(connClientEnv))
+	spec, err := connload.ParseSpec(os.Getenv(connClientEnv))
+	if err == nil {
+		err = connload.Run(spec, os.Stdin, os.Stdout)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 2
-	}
-	server, src := f[0], net.ParseIP(f[1])
-	n, err := strconv.Atoi(f[2])
-	if err != nil || src == nil {
-		fmt.Fprintf(os.Stderr, "bad %s=%q\n", connClientEnv, os.Getenv(connClientEnv))
-		return 2
-	}
-	// No keep-alive probes: Go's default (every 15 s) would have 20,000
-	// idle connections probe 1,300 times a second, load that is not what
-	// the test measures.
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: src}, Timeout: 30 * time.Second, KeepAlive: -1}
-	conns := make([]net.Conn, n)
-	var failed atomic.Int64
-	var first atomic.Value
-	each := func(fn func(i int) error) {
-		var wg sync.WaitGroup
-		sem := make(chan struct{}, connDialers)
-		for i := range n {
-			sem <- struct{}{}
-			wg.Add(1)
-			go func() {
-				defer func() { <-sem; wg.Done() }()
-				if err := fn(i); err != nil {
-					failed.Add(1)
-					first.CompareAndSwap(nil, err.Error())
-				}
-			}()
-		}
-		wg.Wait()
-	}
-	each(func(i int) (err error) {
-		conns[i], err = d.Dial("tcp4", server)
-		return err
-	})
-	fmt.Printf("open %d failed %d %v\n", n-int(failed.Load()), failed.Load(), first.Load())
-	in := bufio.NewReader(os.Stdin)
-	if _, err := in.ReadString('\n'); err != nil {
-		return 1
-	}
-	failed.Store(0)
-	each(func(i int) error {
-		c := conns[i]
-		if c == nil {
-			return errors.New("not open")
-		}
-		c.SetDeadline(time.Now().Add(30 * time.Second))
-		req := fmt.Sprintf("ping %d\n", i)
-		if _, err := io.WriteString(c, req); err != nil {
-			return err
-		}
-		got, err := bufio.NewReader(c).ReadString('\n')
-		if err != nil {
-			return err
-		}
-		if got != "pong "+req {
-			return fmt.Errorf("answer %q to %q", got, req)
-		}
-		return nil
-	})
-	fmt.Printf("served %d failed %d %v\n", n-int(failed.Load()), failed.Load(), first.Load())
-	io.Copy(io.Discard, in)
-	// Close at connCloseRate, as clients leaving over a few seconds: all
-	// at once, their FINs arrive faster than a server under the race
-	// detector drains its RX ring, and the retransmissions' backoff
-	// would make the test long.
-	tick := time.NewTicker(time.Second / connCloseRate)
-	defer tick.Stop()
-	for _, c := range conns {
-		if c != nil {
-			c.Close()
-			<-tick.C
-		}
 	}
 	return 0
 }

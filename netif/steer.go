@@ -39,4 +39,7 @@ var (
 	// (e.g. AF_PACKET without its Steer option). SteerFlow wraps it
 	// together with ErrNotSteerable: the kernel keeps seeing every flow.
 	ErrSteeringOff = errors.New("steering is off")
+	// ErrSteerFull: the device's steering map holds as many flows as it
+	// may. The nexus refuses the flow as one past its flow limits.
+	ErrSteerFull = errors.New("steering map full")
 )

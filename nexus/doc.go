@@ -68,12 +68,17 @@
 //     closing the port tears them all down before its channel is closed, so
 //     no packet is ever steered to a closed channel.
 //   - If the link steers flows (netif.FlowSteerer: AF_XDP, AF_PACKET with
-//     steering), a flow is in the device's steering map from before
-//     Register returns until it is torn down, on every path: Teardown,
-//     Port.Close, a defunct channel, a failed link and Close. A link opened
-//     without steering, or a key it cannot steer (netif.ErrSteeringOff,
-//     netif.ErrNotSteerable), leaves the kernel seeing the flow too; any
-//     other steering error fails Register, the flow torn down.
+//     steering), a flow is steered from before Register returns until it is
+//     torn down, on every path: Teardown, Port.Close, a defunct channel, a
+//     failed link and Close. It is steered by an entry of its own in the
+//     device's steering map, or, a connected flow under a listener, by the
+//     listener's entry (the programs look the listener shapes up after the
+//     5-tuple; steer.go): such a flow gets its own entry before its
+//     listener's goes. A link opened without steering, or a key it cannot
+//     steer (netif.ErrSteeringOff, netif.ErrNotSteerable), leaves the
+//     kernel seeing the flow too; a full map (netif.ErrSteerFull) fails
+//     Register as a flow limit (flow.ErrTooManyFlows), and any other
+//     steering error fails it too, the flow torn down.
 //   - With Options.Reserve (a kernel sharing the device), a listener flow's
 //     port is reserved in the kernel's stack from before it is steered
 //     until it is torn down, on the same paths as its steering; a

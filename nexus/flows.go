@@ -55,6 +55,9 @@ func (n *Nexus) registerFlow(q *port, key packet.Key, kind flow.Kind) (channel.F
 	if err := n.steerFlow(key); err != nil {
 		n.sw.Teardown(e)
 		closeRes(res)
+		if errors.Is(err, flow.ErrTooManyFlows) {
+			n.limitLog.hit(n.log, q.app.name, err)
+		}
 		return channel.FlowInfo{}, err
 	}
 	q.flows[key] = e

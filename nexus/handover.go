@@ -297,6 +297,7 @@ func (n *Nexus) adoptPort(ph PortHandover, ch *channel.Channel, res map[packet.K
 			n.advClear = append(n.advClear, advClear{p, adv})
 		}
 	}
+	n.adoptSteering(p)
 	n.ports[id] = p
 	n.order = append(n.order, p)
 	n.waiters.Add(1)

@@ -150,19 +150,23 @@ type Nexus struct {
 	once   sync.Once
 
 	// Owned by the worker goroutine.
-	sw       *flowswitch.Switch
-	ports    map[flow.PortID]*port
-	order    []*port     // live ports, in the order they were opened
-	dev      *linkWaiter // the device link
-	host     *linkWaiter // the host link, or nil
-	linkErr  error       // a link failed: no more datapath
-	lastReap time.Time
-	now      time.Time      // when the last round started
-	svcDue   time.Time      // when the switch's timed work (Service) is next due
-	waiters  sync.WaitGroup // link and port waiters
-	seq      int            // ports opened, for channel names
-	limitLog burstLog       // flow limits hit
-	log      *slog.Logger   // immutable
+	sw        *flowswitch.Switch
+	ports     map[flow.PortID]*port
+	order     []*port     // live ports, in the order they were opened
+	dev       *linkWaiter // the device link
+	host      *linkWaiter // the host link, or nil
+	linkErr   error       // a link failed: no more datapath
+	lastReap  time.Time
+	now       time.Time               // when the last round started
+	svcDue    time.Time               // when the switch's timed work (Service) is next due
+	waiters   sync.WaitGroup          // link and port waiters
+	seq       int                     // ports opened, for channel names
+	limitLog  burstLog                // flow limits hit
+	steered   map[packet.Key]struct{} // keys with their own entry in the link's steering map (steer.go)
+	covered   int                     // registered connected flows a steered listener's entry covers
+	steerFull uint64                  // flows refused because the steering map was full
+	maybeOwn  map[packet.Key]struct{} // adopted covered flows that may have an entry of their own (steer.go)
+	log       *slog.Logger            // immutable
 
 	// Takeover (handover.go), owned by the worker too.
 	frozen    bool       // the datapath is frozen: requests only
@@ -236,6 +240,8 @@ func New(opts Options) (*Nexus, error) {
 		failed:   make(chan struct{}),
 		sw:       sw,
 		ports:    make(map[flow.PortID]*port),
+		steered:  make(map[packet.Key]struct{}),
+		maybeOwn: make(map[packet.Key]struct{}),
 		lastReap: time.Now(),
 		frozen:   opts.Frozen,
 		log:      opts.Logger,
@@ -309,7 +315,16 @@ type Stats struct {
 	Switch flowswitch.Stats
 	Link   netif.Stats
 	Flows  int // active flows in the table
-	Ports  []PortStats
+	// Steered counts the flows with their own entry in the link's
+	// steering map (listeners, outgoing connections), Covered the
+	// connected flows a steered listener's entry covers (accepted
+	// connections, replies from a bound port): they cost the map
+	// nothing (steer.go).
+	Steered, Covered int
+	// SteerFull counts flows refused because the link's steering map was
+	// full (refused as flow.ErrTooManyFlows, logged with the flow limits).
+	SteerFull uint64
+	Ports     []PortStats
 }
 
 // PortStats are one port's figures.
@@ -343,6 +358,7 @@ func (n *Nexus) Stats() (Stats, error) {
 		st.Switch = n.sw.Stats()
 		st.Link = n.link.Stats()
 		n.sw.Do(func() { st.Flows = n.sw.Table().Len() })
+		st.Steered, st.Covered, st.SteerFull = len(n.steered), n.covered, n.steerFull
 		for _, p := range n.order {
 			pl := p.ch.Pool()
 			ps := pl.Stats()

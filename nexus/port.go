@@ -187,9 +187,17 @@ func (n *Nexus) openPort(name string, remote, attach bool, o PortOptions) (*Port
 // It returns the errors of giving the port's flows back to the kernel.
 func (n *Nexus) closePort(p *port) error {
 	n.sw.RemovePort(p.id) // tears its flows down; the switch forgets the channel
+	// Connected flows go before listeners: while the port's listener is
+	// steered its connections count as covered, and once they are out of
+	// the port's flows, its listener going gives none of them an entry
+	// of its own (steer.go).
 	var errs []error
-	for k := range p.flows {
-		errs = append(errs, n.teardownFlow(p, k, nil))
+	for _, listeners := range []bool{false, true} {
+		for k := range p.flows {
+			if isListener(k) == listeners {
+				errs = append(errs, n.teardownFlow(p, k, nil))
+			}
+		}
 	}
 	p.ch.Close()
 	if p.remote {

@@ -82,6 +82,15 @@ func (r *RemotePort) HostListener(key packet.Key) (*os.File, error) { return r.p
 // Teardown is Port.Teardown: only the port's own flows can be torn down.
 func (r *RemotePort) Teardown(key packet.Key) error { return r.p.Teardown(key) }
 
+// RegisterBatch is Port.RegisterBatch: many flows in one request to the
+// worker.
+func (r *RemotePort) RegisterBatch(keys []packet.Key, kind flow.Kind) ([]channel.FlowInfo, []error) {
+	return r.p.RegisterBatch(keys, kind)
+}
+
+// TeardownBatch is Port.TeardownBatch.
+func (r *RemotePort) TeardownBatch(keys []packet.Key) []error { return r.p.TeardownBatch(keys) }
+
 // Close tears down the port's flows and closes its channel (the app sees
 // channel.ReasonClosed). Safe to call more than once.
 func (r *RemotePort) Close() error { return r.p.Close() }

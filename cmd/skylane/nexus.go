@@ -118,6 +118,8 @@ func parseNexus(args []string, usageOut io.Writer) (nexusConfig, error) {
 	fs.StringVar(&c.socket, "socket", "", "the control socket's path, e.g. /run/skylane/nexus.sock (required)")
 	fs.StringVar(&c.group, "socket-group", "", "group (name or gid) whose members may connect to the socket; default the nexus's")
 	fs.StringVar(&c.policy, "policy", "", "policy file (TOML [[allow]] rules); default: only root may attach")
+	fs.IntVar(&c.link.maxFlows, "max-flows", 0, "flows the nexus holds at most, all apps together (default 2M, about 600 MiB); past it connections are reset, counted and logged")
+	fs.IntVar(&c.link.maxPortFlows, "max-port-flows", 0, "flows one app's port holds at most (default 256K); the policy's max_flows limits an app further")
 	fs.StringVar(&c.metrics, "metrics", "", "serve Prometheus metrics on this kernel-stack address, e.g. 127.0.0.1:9090")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log lines as text (key=value) or json")
 	fs.BoolVar(&c.takeover, "takeover", false, "take over from the nexus serving --socket (an upgrade under live traffic, AF_XDP only; docs/upgrade.md): same flags as that nexus")
@@ -136,6 +138,9 @@ func parseNexus(args []string, usageOut io.Writer) (nexusConfig, error) {
 	}
 	if c.logFormat != "text" && c.logFormat != "json" {
 		return c, fmt.Errorf("nexus: --log-format %q: want text or json", c.logFormat)
+	}
+	if c.link.maxFlows < 0 || c.link.maxPortFlows < 0 {
+		return c, fmt.Errorf("nexus: --max-flows %d, --max-port-flows %d: want a positive number of flows (0: the default)", c.link.maxFlows, c.link.maxPortFlows)
 	}
 	if addr != "" {
 		a, err := netip.ParseAddr(addr)

@@ -26,6 +26,9 @@ type linkConfig struct {
 	tunAddr           string
 	regulation        bool          // the switch's Regulation: needed for per-app rates
 	busyPoll          time.Duration // the nexus's spin budget before it sleeps (nexus.Options.BusyPoll)
+	// maxFlows and maxPortFlows are the flow table's limits
+	// (flowswitch.Options.MaxFlows, MaxPortFlows); 0: its defaults.
+	maxFlows, maxPortFlows int
 	// checkPorts, if set, looks at the kernel's sockets before the link
 	// is opened (afxdp, afpacket).
 	checkPorts func(*drivers.KernelPorts) error
@@ -68,7 +71,7 @@ func openNexus(c linkConfig, notes io.Writer) (_ *ownedNexus, err error) {
 			o.close() // what was made so far
 		}
 	}()
-	swo := flowswitch.Options{}
+	swo := flowswitch.Options{MaxFlows: c.maxFlows, MaxPortFlows: c.maxPortFlows}
 	var eph [2]uint16 // apps' ephemeral ports: their stack's default without a kernel
 	if c.regulation {
 		swo.Regulation = &flowswitch.RegulationOptions{}

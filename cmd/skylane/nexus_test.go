@@ -21,6 +21,8 @@ func TestParseNexus(t *testing.T) {
 		{[]string{"--dev", "eth1", "--socket", "/tmp/s", "--tun-addr", "198.18.1.1/24"}, "--tun-addr is for --driver tun"},
 		{[]string{"--dev", "eth1", "--socket", "/tmp/s", "--log-format", "xml"}, "text or json"},
 		{[]string{"--dev", "eth1", "--socket", "/tmp/s", "extra"}, "unexpected argument"},
+		{[]string{"--dev", "eth1", "--socket", "/tmp/s", "--max-flows", "1000000", "--max-port-flows", "100000"}, ""},
+		{[]string{"--dev", "eth1", "--socket", "/tmp/s", "--max-port-flows", "-1"}, "want a positive number"},
 		{[]string{"--dev", "eth1", "--socket", "/tmp/s", "--busy-poll", "50us"}, ""},
 		{[]string{"--dev", "eth1", "--socket", "/tmp/s", "--busy-poll", "2s"}, "outside 0..1s"},
 	} {

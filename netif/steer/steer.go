@@ -34,6 +34,7 @@ import (
 	"sync"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/skylane/skylane/netif"
 	"github.com/skylane/skylane/packet"
@@ -41,17 +42,27 @@ import (
 
 // Errors.
 var (
-	// ErrFull: the flow map holds MaxFlows entries.
-	ErrFull = errors.New("flow map full")
+	// ErrFull is netif.ErrSteerFull: the flow map holds MaxFlows entries.
+	ErrFull = netif.ErrSteerFull
 	// ErrClosed: the Flows was closed. It wraps netif.ErrClosed, which the
 	// nexus tests for.
 	ErrClosed = fmt.Errorf("steer: flow map closed: %w", netif.ErrClosed)
 )
 
-// DefaultMaxFlows is the default capacity of the flow map: 65536 keys of
-// 40 bytes cost about 8 MiB of kernel memory with the hash map's overhead,
-// and no single host is expected to register more flows on one device.
-const DefaultMaxFlows = 1 << 16
+// DefaultMaxFlows is the default capacity of the flow map. The map is not
+// preallocated (BPF_F_NO_PREALLOC): its buckets cost 16 bytes per unit of
+// capacity up front (4 MiB here), and each key in it about 128 bytes of
+// kernel memory (a hash element holding the 40-byte key and its value),
+// allocated when added and freed when removed. The nexus puts only
+// listeners and outgoing connections in it: a connection a steered
+// listener accepted is covered by the listener's key (the programs look
+// the listener shapes up after the 5-tuple), so this bounds a device's
+// outgoing flows, not its accepted ones. Options.MaxFlows raises it (up to
+// 1<<24) for a host that dials more.
+const DefaultMaxFlows = 1 << 18
+
+// flowMapFlags: the map takes memory per key, not per unit of capacity.
+const flowMapFlags = unix.BPF_F_NO_PREALLOC
 
 // Options configure a Flows map.
 type Options struct {
@@ -81,6 +92,7 @@ func NewFlows(opts Options) (*Flows, error) {
 		KeySize:    KeyLen,
 		ValueSize:  valueLen,
 		MaxEntries: uint32(opts.MaxFlows),
+		Flags:      flowMapFlags,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("steer: create flow map: %w%s", err, privHint(err))

@@ -121,6 +121,13 @@ func (ss *session) run() {
 			}
 			key, _ := req.Key.PacketKey() // checked by DecodeRequest
 			rep = ss.flowRequest(port, req.Op, key, req.Kind)
+		case control.OpRegisterBatch, control.OpTeardownBatch:
+			port := ss.portOf()
+			if port == nil {
+				why = req.Op + " before open"
+				return
+			}
+			rep = ss.batchRequest(port, req)
 		case control.OpHostListener:
 			port := ss.portOf()
 			if port == nil {
@@ -185,7 +192,7 @@ func (ss *session) open(req control.Request) (rep control.Reply, sent bool) {
 	ss.mu.Lock()
 	ss.port, ss.name = rp, req.Name
 	ss.mu.Unlock()
-	rep = control.Reply{OK: true, Name: rp.Name(), Addrs: rp.Addrs(), MTU: rp.MTU(), Ephemeral: s.eph}
+	rep = control.Reply{OK: true, Name: rp.Name(), Addrs: rp.Addrs(), MTU: rp.MTU(), Ephemeral: s.eph, Batch: true}
 	if !reply(ss.c, rep) {
 		return rep, false
 	}
@@ -205,13 +212,7 @@ func (ss *session) flowRequest(port *nexus.RemotePort, op string, key packet.Key
 		if err := port.Teardown(key); err != nil {
 			return control.Failure(err)
 		}
-		ss.mu.Lock()
-		for fk := range ss.flows {
-			if fk.key == key {
-				delete(ss.flows, fk)
-			}
-		}
-		ss.mu.Unlock()
+		ss.forget(key)
 		return control.Reply{OK: true}
 	}
 	if err := ss.check(key, kind); err != nil {
@@ -227,12 +228,74 @@ func (ss *session) flowRequest(port *nexus.RemotePort, op string, key packet.Key
 	return control.Reply{OK: true, FlowID: fi.ID[:], Advisory: fi.Advisory}
 }
 
+// batchRequest registers or tears down a batch of flows on the session's
+// port, in one request to the nexus's worker: each key as flowRequest
+// would (the policy checked per key, the flow count including the batch's
+// own), each with its own outcome.
+func (ss *session) batchRequest(port *nexus.RemotePort, req control.Request) control.Reply {
+	keys := make([]packet.Key, len(req.Keys))
+	for i, w := range req.Keys {
+		keys[i], _ = w.PacketKey() // checked by DecodeRequest
+	}
+	flows := make([]control.FlowReply, len(keys))
+	if req.Op == control.OpTeardownBatch {
+		for i, err := range port.TeardownBatch(keys) {
+			if err != nil {
+				flows[i] = control.FlowFailure(err)
+			}
+		}
+		for _, k := range keys {
+			ss.forget(k)
+		}
+		return control.Reply{OK: true, Flows: flows}
+	}
+	// The policy first, key by key, the batch's earlier keys counted as
+	// registered; then the allowed ones in one request.
+	allowed := make([]packet.Key, 0, len(keys))
+	idx := make([]int, 0, len(keys))
+	var first error
+	for i, k := range keys {
+		if err := ss.checkN(k, req.Kind, len(allowed)); err != nil {
+			flows[i] = control.FlowFailure(err)
+			if first == nil {
+				first = fmt.Errorf("register %v %v: %w", req.Kind, k, err)
+			}
+			continue
+		}
+		allowed = append(allowed, k)
+		idx = append(idx, i)
+	}
+	if n := len(keys) - len(allowed); n > 0 {
+		// One line for the batch: a listener's burst of refused
+		// connections is one refusal in the log, counted in full.
+		ss.refuseN(fmt.Sprintf("register-batch: %d of %d flows", n, len(keys)), first, uint64(n))
+	}
+	if len(allowed) > 0 {
+		fis, errs := port.RegisterBatch(allowed, req.Kind)
+		ss.mu.Lock()
+		for j, i := range idx {
+			if errs[j] != nil {
+				flows[i] = control.FlowFailure(errs[j])
+				continue
+			}
+			ss.flows[flowKey{allowed[j], req.Kind}] = struct{}{}
+			flows[i] = control.FlowReply{FlowID: fis[j].ID[:], Advisory: fis[j].Advisory}
+		}
+		ss.mu.Unlock()
+	}
+	return control.Reply{OK: true, Flows: flows}
+}
+
 // check applies the policy to registering key as kind: a listener on a
 // chosen port needs the rule's port; a connected flow on a port the
 // session listens on is an accepted connection; any other connected flow
 // is an outgoing connection, which needs dial and a local port from the
 // ephemeral range (or one the rule lets it bind).
-func (ss *session) check(key packet.Key, kind flow.Kind) error {
+func (ss *session) check(key packet.Key, kind flow.Kind) error { return ss.checkN(key, kind, 0) }
+
+// checkN is check with extra more flows counted as the session's: those
+// of a batch it is about to register.
+func (ss *session) checkN(key packet.Key, kind flow.Kind, extra int) error {
 	g, err := ss.grant()
 	if err != nil || g.Root() {
 		return err
@@ -247,7 +310,7 @@ func (ss *session) check(key packet.Key, kind flow.Kind) error {
 	if err := ss.checkKind(g, key, kind, l3 || l2); err != nil {
 		return err
 	}
-	return g.Flows(n)
+	return g.Flows(n + extra)
 }
 
 // checkKind is check without the flow count. listening: the session
@@ -314,12 +377,26 @@ func (ss *session) grant() (*policy.Grant, error) {
 
 // refuse counts and logs a refusal and returns its reply.
 func (ss *session) refuse(what string, err error) control.Reply {
-	ss.mu.Lock()
-	ss.refused++
-	ss.mu.Unlock()
-	ss.s.refused.Add(1)
-	ss.s.log.Warn("refused", "session", ss.id, "app", ss.appName(), "uid", ss.cred.UID, "pid", ss.cred.PID, "request", what, "err", err)
+	ss.refuseN(what, err, 1)
 	return control.Failure(err)
+}
+
+// refuseN counts n refusals and logs them in one line, err the first.
+func (ss *session) refuseN(what string, err error, n uint64) {
+	ss.mu.Lock()
+	ss.refused += n
+	ss.mu.Unlock()
+	ss.s.refused.Add(n)
+	ss.s.log.Warn("refused", "session", ss.id, "app", ss.appName(), "uid", ss.cred.UID, "pid", ss.cred.PID, "request", what, "err", err)
+}
+
+// forget drops key, in every kind, from the session's flows.
+func (ss *session) forget(key packet.Key) {
+	ss.mu.Lock()
+	for _, kind := range []flow.Kind{flow.Connected, flow.Listener3, flow.Listener2} {
+		delete(ss.flows, flowKey{key, kind})
+	}
+	ss.mu.Unlock()
 }
 
 func (ss *session) hasPort() bool { return ss.portOf() != nil }
