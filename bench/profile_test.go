@@ -81,7 +81,7 @@ func (c0 pathCounters) report(b *testing.B, c1 pathCounters, ops float64, unit s
 // namespace to a user-space stack on AF_XDP and to the kernel's stack.
 func benchPaths(b *testing.B, f func(b *testing.B, p *connPair)) {
 	b.Run("skylane", func(b *testing.B) {
-		p, err := newSkyPair(client.Options{}, true)
+		p, err := newSkyPair(client.Options{ChecksumOffload: true}, true)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -89,7 +89,7 @@ func benchPaths(b *testing.B, f func(b *testing.B, p *connPair)) {
 		f(b, &p.connPair)
 	})
 	b.Run("skylane-busypoll", func(b *testing.B) {
-		p, err := newSkyPair(client.Options{BusyPoll: rpcBusyPoll}, true)
+		p, err := newSkyPair(client.Options{BusyPoll: rpcBusyPoll, ChecksumOffload: true}, true)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -80,7 +80,7 @@ func runTCP(cfg Config) (Report, error) {
 	if len(want) == 0 {
 		return rep, nil
 	}
-	sky, err := newSkyPair(client.Options{}, true)
+	sky, err := newSkyPair(client.Options{ChecksumOffload: true}, true)
 	if err != nil {
 		return rep, fmt.Errorf("tcp: skylane path: %w", err)
 	}
@@ -118,7 +118,7 @@ func runTCP(cfg Config) (Report, error) {
 			}
 			rep.Results = append(rep.Results, r)
 		case tcpRowFswCut:
-			cut, err := newSkyPair(client.Options{}, false)
+			cut, err := newSkyPair(client.Options{ChecksumOffload: true}, false)
 			if err != nil {
 				return rep, fmt.Errorf("tcp: skylane path without super packets on the wire: %w", err)
 			}
@@ -129,7 +129,7 @@ func runTCP(cfg Config) (Report, error) {
 			}
 			rep.Results = append(rep.Results, r)
 		case tcpRowRPC:
-			busy, err := newSkyPair(client.Options{BusyPoll: rpcBusyPoll}, true)
+			busy, err := newSkyPair(client.Options{BusyPoll: rpcBusyPoll, ChecksumOffload: true}, true)
 			if err != nil {
 				return rep, fmt.Errorf("tcp: skylane path with busy-poll: %w", err)
 			}

@@ -363,7 +363,7 @@ func (h *udpHosts) openUserStack(driver, name string, busyPoll time.Duration) (*
 		u.link.Close()
 		return nil, err
 	}
-	if u.st, err = client.New(inproc.Nexus(u.nx), client.Options{Name: name, BusyPoll: busyPoll}); err != nil {
+	if u.st, err = client.New(inproc.Nexus(u.nx), client.Options{Name: name, BusyPoll: busyPoll, ChecksumOffload: true}); err != nil {
 		u.nx.Close()
 		return nil, err
 	}

@@ -34,8 +34,31 @@ const (
 // metadata below included; Receive refuses any other, and so does the
 // nexus when an app names another at open (its control protocol). 2: three
 // more counters (Events, Suspends, Resumes) move the segment bitmap. 3: the
-// metadata offsets are part of the layout.
-const LayoutVersion = 3
+// metadata offsets are part of the layout. 4: the checksum-state flags of
+// a data ring's slots (FlagCsumPartial, FlagCsumValid).
+const LayoutVersion = 4
+
+// Checksum state of a packet, in the Flags of its TX or RX ring slot
+// (Buf.Flags), as Linux's CHECKSUM_PARTIAL and CHECKSUM_UNNECESSARY, or
+// virtio-net's NEEDS_CSUM and DATA_VALID. Other bits are zero; a reader
+// ignores the ones it does not know.
+//
+// FlagCsumPartial, set by the app on TX: the packet's TCP or UDP checksum
+// was not computed (its field holds zero or the pseudo-header sum). The
+// nexus completes it in software where the packet leaves on a device that
+// needs it (not on an in-memory wire between nexuses, netif.TrustedWire; a
+// super packet gets fresh checksums from whoever segments it). The nexus
+// trusts the bit for nothing else: a wrong checksum hurts only the peer.
+//
+// FlagCsumValid, set by the nexus on RX: the packet came over an
+// in-memory wire from another nexus, whose senders' bytes the channels
+// carried unchanged, and needs no checksum check; its TCP or UDP checksum
+// field may be incomplete (it may have left with FlagCsumPartial). A
+// packet without it came from a device: the app verifies its checksums.
+const (
+	FlagCsumPartial uint16 = 1 << 0
+	FlagCsumValid   uint16 = 1 << 1
+)
 
 // Buffer metadata (pool.UserMetaLen = 32 bytes per buffer, shared memory
 // the app may write), the part of the layout the nexus and the app read

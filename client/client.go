@@ -74,6 +74,11 @@ type Options struct {
 	// (stack.Options.BusyPoll): lower latency for the CPU it burns; 0,
 	// the default, sleeps at once.
 	BusyPoll time.Duration
+	// ChecksumOffload is passed to the endpoint
+	// (stack.Options.ChecksumOffload): TCP and UDP checksums left to the
+	// nexus, which completes them only for a device. Not for apps that
+	// send UDP datagrams above the MTU (see there).
+	ChecksumOffload bool
 	// ResolvConf, if set, is the resolv.conf whose nameservers the
 	// Stack's resolver asks instead of /etc/resolv.conf's (its other
 	// settings are /etc/resolv.conf's: Go reads no other file). Hosts, if
@@ -213,7 +218,7 @@ func (s *Stack) attach() (_ *attachment, err error) {
 			return nil, fmt.Errorf("client: tcp TIME-WAIT: %s", terr)
 		}
 	}
-	a.ep, err = stack.New(stack.Options{Port: port, MTU: port.MTU(), GSOMaxSize: opts.GSOMaxSize, Alive: a.alive, Refuse: a.refuse, Handshaking: a.handshaking, BusyPoll: opts.BusyPoll})
+	a.ep, err = stack.New(stack.Options{Port: port, MTU: port.MTU(), GSOMaxSize: opts.GSOMaxSize, Alive: a.alive, Refuse: a.refuse, Handshaking: a.handshaking, BusyPoll: opts.BusyPoll, ChecksumOffload: opts.ChecksumOffload})
 	if err != nil {
 		return nil, fmt.Errorf("client: %w", err)
 	}

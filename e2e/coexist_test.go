@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"github.com/skylane/skylane/client"
 	"io"
 	"net"
 	"net/http"
@@ -100,6 +101,8 @@ func TestDialKernel(t *testing.T) {
 	for _, d := range allDrivers {
 		t.Run(d, func(t *testing.T) {
 			w := newWorld(t, d)
+			// A stack that leaves its checksums to the nexus.
+			st := w.newStackWith(t, client.Options{Name: "offload", ChecksumOffload: true})
 			var kln net.Listener
 			var kpc net.PacketConn
 			err := w.peer.Do(func() (err error) {
@@ -115,7 +118,7 @@ func TestDialKernel(t *testing.T) {
 			serveHTTP(t, kln, "kernel peer")
 			udpEcho(t, kpc)
 
-			tr := &http.Transport{DialContext: w.st.DialContext, DisableKeepAlives: true}
+			tr := &http.Transport{DialContext: st.DialContext, DisableKeepAlives: true}
 			defer tr.CloseIdleConnections()
 			hc := &http.Client{Transport: tr, Timeout: opTimeout}
 			for _, a := range []netip.Addr{w.peer4, w.peer6} {
@@ -130,7 +133,7 @@ func TestDialKernel(t *testing.T) {
 				}
 				t.Logf("GET %s: %s", url("http", a, peerPort), strings.TrimSpace(string(body)))
 
-				c, err := w.st.Dial("udp", netip.AddrPortFrom(a, peerPort).String())
+				c, err := st.Dial("udp", netip.AddrPortFrom(a, peerPort).String())
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -154,6 +157,17 @@ func TestDialKernel(t *testing.T) {
 					t.Fatalf("UDP echo from %v: %q", a, got)
 				}
 			}
+			// The stack left its TCP and UDP checksums to the wire
+			// (channel.FlagCsumPartial) and the kernel, which
+			// verifies them, answered: the nexus completed them.
+			ns, err := w.nx.Stats()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ns.Switch.TxCsumCompleted == 0 {
+				t.Errorf("no checksum completed by the nexus (TxCsumCompleted 0): the stack computed them itself?")
+			}
+			t.Logf("checksums completed by the nexus: %d", ns.Switch.TxCsumCompleted)
 		})
 	}
 }

@@ -228,7 +228,15 @@ func newWorldWith(t *testing.T, driver string, swo flowswitch.Options) *world {
 // newStack opens another user-space stack on the world's nexus.
 func (w *world) newStack(t *testing.T, name string) *client.Stack {
 	t.Helper()
-	st, err := client.New(inproc.Nexus(w.nx), client.Options{Name: name, TimeWait: time.Second})
+	return w.newStackWith(t, client.Options{Name: name})
+}
+
+// newStackWith is newStack with options (TimeWait set here).
+func (w *world) newStackWith(t *testing.T, o client.Options) *client.Stack {
+	t.Helper()
+	name := o.Name
+	o.TimeWait = time.Second
+	st, err := client.New(inproc.Nexus(w.nx), o)
 	if err != nil {
 		t.Fatalf("stack: %v", err)
 	}

@@ -32,8 +32,9 @@ import (
 //     header, without reading the payload again. A segment whose checksum was
 //     wrong therefore leaves the super packet's checksum wrong: the merge never
 //     launders a corrupt segment into a valid-looking one, and the app's stack
-//     verifies the super packet as it would any packet. (No "checksum
-//     verified" flag is set: the flowswitch verifies nothing.)
+//     verifies the super packet as it would any packet. (The flowswitch
+//     verifies nothing; what it reads from a trusted wire it marks
+//     channel.FlagCsumValid, merged or not, csum.go.)
 //
 // Order within the flow is kept: a run is a stretch of consecutive packets of
 // the flow batch, delivered where its first packet was.

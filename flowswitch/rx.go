@@ -238,7 +238,7 @@ func (s *Switch) release(fq *flowQueue) {
 				s.hist.super.Observe(float64(n))
 			}
 		}
-		b.Flags = 0
+		b.Flags = s.rxFlags()
 		m := meta.UserMeta(b.Index)
 		copy(m[channel.RxMetaFlowIDOff:channel.RxMetaFlowIDOff+channel.RxMetaFlowIDLen], id[:])
 		clear(m[channel.RxMetaFlowIDOff+channel.RxMetaFlowIDLen:])

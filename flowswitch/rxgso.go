@@ -117,7 +117,7 @@ func (s *Switch) rxSplit(p *port, b channel.Buf, i int32, id *[16]byte) (done, c
 		paySum += piecePayloadSum(buf.Data, q, x*piece)
 	}
 	th := pkt[q.IPHdrLen:hdrs]
-	if packet.Fold(pseudoSum(pkt, q.IPVersion, q.IPLen-q.IPHdrLen)+packet.Sum(th, 0)+paySum) != 0xffff {
+	if !s.trusted && packet.Fold(pseudoSum(pkt, q.IPVersion, q.IPLen-q.IPHdrLen)+packet.Sum(th, 0)+paySum) != 0xffff {
 		p.ch.Release(more)
 		clear(more)
 		s.stats.SplitCsumDrops++
@@ -129,7 +129,7 @@ func (s *Switch) rxSplit(p *port, b channel.Buf, i int32, id *[16]byte) (done, c
 		if x > 0 {
 			buf = more[x-1]
 		}
-		buf.Flags = 0
+		buf.Flags = s.rxFlags()
 		m := meta.UserMeta(buf.Index)
 		copy(m[channel.RxMetaFlowIDOff:channel.RxMetaFlowIDOff+channel.RxMetaFlowIDLen], id[:])
 		clear(m[channel.RxMetaFlowIDOff+channel.RxMetaFlowIDLen:])

@@ -25,7 +25,7 @@ import (
 // checksum is not cut (SplitCsumDrops).
 func TestRxSuper(t *testing.T) {
 	max := pool.MaxBufferSize + netif.EthernetHeaderLen
-	a, b, err := memif.NewPair(memif.Options{MaxSuperPacketLen: max, QueueLen: 64})
+	a, b, err := memif.NewPair(memif.Options{MaxSuperPacketLen: max, QueueLen: 64, FullChecksums: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,7 +190,7 @@ func TestRxSplitVerifiesChecksum(t *testing.T) {
 		{"v6/odd-mss/corrupt-last", 1501, true, 9999, 9998},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			a, b, err := memif.NewPair(memif.Options{MTU: tc.mtu, MaxSuperPacketLen: pool.MaxBufferSize + netif.EthernetHeaderLen, QueueLen: 4})
+			a, b, err := memif.NewPair(memif.Options{MTU: tc.mtu, MaxSuperPacketLen: pool.MaxBufferSize + netif.EthernetHeaderLen, QueueLen: 4, FullChecksums: true})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -114,8 +114,11 @@ type SnapshotTotals struct {
 	TxSuper      uint64 `json:"tx_super"`     // super packets handed to the link whole
 	TxSegmented  uint64 `json:"tx_segmented"` // super packets the switch cut
 	TxSegments   uint64 `json:"tx_segments"`  // segments it cut them into
-	PortsRemoved uint64 `json:"ports_removed"`
-	ActiveFlows  int    `json:"active_flows"`
+	// TxCsumCompleted: checksums apps left to the wire that the switch
+	// completed for a device (csum.go).
+	TxCsumCompleted uint64 `json:"tx_csum_completed"`
+	PortsRemoved    uint64 `json:"ports_removed"`
+	ActiveFlows     int    `json:"active_flows"`
 	// Fragments, ICMP errors and answers as a host (frag.go, answer.go).
 	Reassembled   uint64 `json:"rx_reassembled"`  // datagrams reassembled and delivered
 	FragmentsHeld int    `json:"fragments_held"`  // bytes of fragment buffers held now
@@ -194,7 +197,8 @@ func (s *Switch) Snapshot() Snapshot {
 		HostDelivered: st.HostDelivered, HostTx: st.HostTx, KernelPassed: st.KernelKept,
 		TxPackets: st.TxPackets, TxBytes: st.TxBytes,
 		TxSuper: st.TxSuper, TxSegmented: st.TxSegmented, TxSegments: st.TxSegments,
-		PortsRemoved: st.PortsRemoved, ActiveFlows: s.table.Len(),
+		TxCsumCompleted: st.TxCsumCompleted,
+		PortsRemoved:    st.PortsRemoved, ActiveFlows: s.table.Len(),
 		Reassembled: st.Reassembled, FragmentsHeld: st.Reassembly.HeldBytes, ICMPErrors: st.ICMPErrors,
 		Answers: st.Answers.EchoReplies + st.Answers.Resets + st.Answers.Unreachable,
 	}}

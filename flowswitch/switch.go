@@ -168,6 +168,10 @@ type Stats struct {
 	// pieces that do; SplitCsumDrops were dropped instead, their
 	// checksum wrong.
 	Split, SplitPieces, SplitCsumDrops uint64
+	// TxCsumCompleted counts the packets whose TCP or UDP checksum their
+	// app left to the wire (channel.FlagCsumPartial) and the switch
+	// completed, on their way to a link that is not a netif.TrustedWire.
+	TxCsumCompleted uint64
 	// ParseDrops counts the frames packet.Parse rejected, indexed by the
 	// packet.Reason; in JSON, an object keyed by the reasons' names.
 	ParseDrops ParseDrops
@@ -238,6 +242,7 @@ type Switch struct {
 	link     netif.Link      // immutable
 	host     netif.Link      // immutable; nil without a host port
 	kernTap  bool            // immutable; link is a netif.KernelTap: frames of no flow are the kernel's
+	trusted  bool            // immutable; link is a netif.TrustedWire: checksums stay as apps left them
 	txq      TxQueue         // immutable; nil: TxOnce writes to link
 	linkType packet.LinkType // immutable
 	batch    int             // immutable
@@ -335,6 +340,7 @@ func New(opts Options) (*Switch, error) {
 		link:     opts.Link,
 		host:     opts.HostLink,
 		kernTap:  isKernelTap(opts.Link),
+		trusted:  isTrustedWire(opts.Link),
 		txq:      opts.TxQueue,
 		linkType: lt,
 		batch:    n,

@@ -36,6 +36,8 @@ type rig struct {
 	chans []*channel.Channel
 	apps  []*channel.App
 	ports []flow.PortID
+	// txFlags are the ring flags of every packet send puts on a TX ring.
+	txFlags uint16
 }
 
 func newRig(t testing.TB, opts flowswitch.Options, chOpts ...channel.Options) *rig {

@@ -142,6 +142,7 @@ func (r *rig) sendInto(t testing.TB, i int, id [16]byte, seg uint16, bufs []chan
 		clear(meta)
 		copy(meta[channel.TxMetaFlowIDOff:], id[:])
 		binary.LittleEndian.PutUint16(meta[channel.TxMetaSegSizeOff:], seg)
+		bufs[j].Flags = r.txFlags
 	}
 	if n, err := r.apps[i].Send(bufs); n != len(bufs) || err != nil {
 		t.Fatalf("app send: %d of %d, %v", n, len(bufs), err)

@@ -26,8 +26,9 @@ import (
 //     quantum and pacing work on wire frames; a TxQueue gets the segments
 //     too.
 //
-// The app completes the super packet's L4 checksum (package stack does): a
-// wire that carries it whole delivers it as it is, and the segments cut
+// A super packet's L4 checksum is its app's, or completed by the switch
+// when the app left it to the wire and the link is not trusted (csum.go):
+// a wire that carries it whole delivers it as it is, and the segments cut
 // here or by a kernel get checksums of their own.
 //
 // Counting: a super packet is one packet of TxPackets (and of its flow's

@@ -153,3 +153,15 @@ type KernelTap interface {
 	// own copy of every frame Read returns that was not steered away.
 	KernelGetsCopies() bool
 }
+
+// TrustedWire is implemented by an in-memory wire whose ends are Skylane
+// nexuses (memif): the bytes a Write takes are what the other end's Read
+// returns, unchanged and unseen by any device. Over it, packets whose
+// senders left their TCP or UDP checksums to the wire
+// (channel.FlagCsumPartial) travel as they are, and the receiving nexus
+// hands what it reads to its apps as needing no check
+// (channel.FlagCsumValid), as Linux's veth carries CHECKSUM_PARTIAL.
+type TrustedWire interface {
+	// TrustedWire reports whether the link is such a wire now. Immutable.
+	TrustedWire() bool
+}

@@ -41,12 +41,12 @@ package netif
 // segSizes[i]-byte pieces (the TCP MSS; for UDP the datagram payload) and
 // sends each with the headers copied and fixed up (lengths, IPv4 IDs, TCP
 // sequence numbers and flags, checksums); the caller's L4 checksum field
-// is ignored by a device that segments. A wire that carries the super
-// packet whole (memif) computes no checksum: the far end's Read delivers
-// the caller's bytes, so the caller completes the L4 checksum of a super
-// packet that must arrive valid (the flowswitch's do: package stack
-// completes them), and only the segments a Read has to cut get fresh
-// ones. segSizes[i] == 0, or i >= len(segSizes), means TCP segments
+// is ignored by a device that segments. A [TrustedWire] that carries the
+// super packet whole (memif) computes no checksum: the far end's Read
+// delivers the caller's bytes, complete or not (the far nexus tells its
+// apps they need no check), and only the segments a Read has to cut get
+// fresh ones; over a memif wire that is not trusted the caller completes
+// the checksum of a super packet that must arrive valid. segSizes[i] == 0, or i >= len(segSizes), means TCP segments
 // of MTU bytes; a UDP super packet must name its size. A frame that cannot
 // go as a super packet (not TCP/UDP, UDP without a size, headers that do
 // not parse, longer than MaxSuperPacketLen) stops the batch with

@@ -20,10 +20,17 @@
 // super packet with its MSS as the segmentation size
 // (channel.TxMetaSegSizeOff): the nexus hands it whole to a link that
 // takes super packets, or cuts it into MTU segments right before the
-// device. Checksums: the endpoint completes the super packet's TCP
-// checksum (one pass over the bytes it just copied), so a super packet
-// carried whole (memif) arrives valid at the far end; whoever cuts it
-// (the nexus's netif/gso, a kernel) computes each segment's own.
+// device. Checksums (with Options.ChecksumOffload): the endpoint
+// declares checksum offload, so netstack computes no TCP or UDP checksum
+// and each packet leaves marked channel.FlagCsumPartial; the nexus
+// completes it only before a device that needs it, and over an in-memory
+// wire the far nexus marks it channel.FlagCsumValid, which the far
+// endpoint trusts; a packet not so marked (from a device) is verified by
+// the endpoint (packet.ChecksumsValid) and dropped when it fails
+// (Stats.RxBadChecksum). Without it netstack computes and verifies them,
+// and the endpoint completes a super packet's TCP checksum;
+// whoever cuts a super packet (netif/gso, a kernel) computes each
+// segment's own.
 //
 // Flows follow the stack: every packet leaves with the flow ID of the flow
 // it belongs to, or does not leave. The owner (package client) registers

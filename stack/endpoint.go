@@ -88,6 +88,18 @@ type Options struct {
 	// link), bounded by the channel's buffer size; 0 means
 	// DefaultGSOMaxSize, negative disables GSO.
 	GSOMaxSize int
+	// ChecksumOffload declares checksum offload to netstack: TCP and UDP
+	// packets leave without their checksum (channel.FlagCsumPartial; the
+	// nexus completes it where a device needs it), and packets the nexus
+	// marks channel.FlagCsumValid (from an in-memory wire) are not
+	// verified; others the endpoint verifies before netstack sees them,
+	// fragments once their datagram is complete (fragcsum.go). Off by
+	// default because netstack computes no checksum at all for a UDP
+	// datagram it fragments, and fragments cannot be completed on their
+	// own: with offload such a datagram leaves with a zero UDP checksum
+	// (none, over IPv4; refused by the receiver over IPv6). Turn it on for
+	// TCP, or UDP within the MTU.
+	ChecksumOffload bool
 	// RxBatch is the most packets taken from the RX ring per poll; 0 means
 	// DefaultRxBatch.
 	RxBatch int
@@ -132,7 +144,8 @@ type Options struct {
 type Stats struct {
 	RxPackets, RxBytes uint64 // packets delivered to netstack (super packets count once)
 	RxPolls            uint64 // polls that received at least one packet
-	RxDropped          uint64 // not IP, or no dispatcher attached
+	RxDropped          uint64 // not IP, no dispatcher attached, or a bad checksum
+	RxBadChecksum      uint64 // of which: checksums that did not verify (a packet not marked channel.FlagCsumValid)
 	RxRetractedACKs    uint64 // pure ACKs from inside a window netstack retracted, renumbered so it takes them (window.go)
 	TxPackets, TxBytes uint64 // packets put on the TX ring (after segmentation)
 	TxSends            uint64 // Send calls that put at least one packet on the ring
@@ -184,9 +197,11 @@ type Endpoint struct {
 	appErr  error           // guarded by mu: the channel's error, once it failed
 
 	// Owned by the service goroutine.
-	rxPkts   []*gstack.PacketBuffer
-	rxProtos []tcpip.NetworkProtocolNumber
-	rxParsed packet.Parsed
+	rxPkts    []*gstack.PacketBuffer
+	rxProtos  []tcpip.NetworkProtocolNumber
+	rxParsed  packet.Parsed
+	heldFrags []*fragDatagram // fragments held until their datagram verifies (fragcsum.go); under mu
+	rxExtra   []heldFrag      // verified fragments to deliver after this poll's batch; under mu
 
 	flows flowTable
 	wins  windows
@@ -287,10 +302,21 @@ func (*Endpoint) LinkAddress() tcpip.LinkAddress { return "" }
 // SetLinkAddress implements stack.LinkEndpoint.SetLinkAddress; ignored.
 func (*Endpoint) SetLinkAddress(tcpip.LinkAddress) {}
 
-// Capabilities implements stack.LinkEndpoint.Capabilities: none. netstack
-// computes and verifies checksums (the flowswitch verifies nothing), except
-// for GSO packets, whose partial TCP checksum the endpoint completes.
-func (*Endpoint) Capabilities() gstack.LinkEndpointCapabilities { return 0 }
+// Capabilities implements stack.LinkEndpoint.Capabilities: checksum
+// offload both ways with Options.ChecksumOffload. netstack then
+// computes no TCP or UDP checksum (the packet leaves with
+// channel.FlagCsumPartial) and verifies none on receive: the endpoint
+// verifies those the nexus did not mark channel.FlagCsumValid
+// (packet.ChecksumsValid: the IPv4 header, TCP, UDP), netstack being told
+// per link, not per packet. Without offload netstack computes and
+// verifies them all, but for GSO packets, whose partial TCP checksum the
+// endpoint completes.
+func (e *Endpoint) Capabilities() gstack.LinkEndpointCapabilities {
+	if !e.opts.ChecksumOffload {
+		return 0
+	}
+	return gstack.CapabilityTXChecksumOffload | gstack.CapabilityRXChecksumOffload
+}
 
 // GSOMaxSize implements stack.GSOEndpoint.GSOMaxSize.
 func (e *Endpoint) GSOMaxSize() uint32 { return e.gsoMax }
@@ -384,6 +410,9 @@ func (e *Endpoint) Stop() {
 		return
 	}
 	e.stopped = true
+	for len(e.heldFrags) > 0 {
+		e.dropFrag(0)
+	}
 	for i := range e.pending {
 		e.pending[i].pkt.DecRef()
 	}
@@ -448,7 +477,7 @@ func (e *Endpoint) Suspended() (flows, packets int) {
 
 type stats struct {
 	rxPackets, rxBytes, rxPolls, rxDropped           atomic.Uint64
-	rxRetractedACKs                                  atomic.Uint64
+	rxRetractedACKs, rxBadChecksum                   atomic.Uint64
 	txPackets, txBytes, txSends, txGSO, txWaits      atomic.Uint64
 	txNoFlow, txRegisterFail, txOversize, txQueueFul atomic.Uint64
 	txClosed, txHandshake                            atomic.Uint64
@@ -462,8 +491,8 @@ type stats struct {
 func (s *stats) snapshot() Stats {
 	return Stats{
 		RxPackets: s.rxPackets.Load(), RxBytes: s.rxBytes.Load(), RxPolls: s.rxPolls.Load(), RxDropped: s.rxDropped.Load(),
-		RxRetractedACKs: s.rxRetractedACKs.Load(),
-		TxPackets:       s.txPackets.Load(), TxBytes: s.txBytes.Load(), TxSends: s.txSends.Load(), TxGSO: s.txGSO.Load(),
+		RxRetractedACKs: s.rxRetractedACKs.Load(), RxBadChecksum: s.rxBadChecksum.Load(),
+		TxPackets: s.txPackets.Load(), TxBytes: s.txBytes.Load(), TxSends: s.txSends.Load(), TxGSO: s.txGSO.Load(),
 		TxWaits: s.txWaits.Load(), TxNoFlow: s.txNoFlow.Load(), TxRegisterFail: s.txRegisterFail.Load(),
 		TxOversize: s.txOversize.Load(), TxQueueFull: s.txQueueFul.Load(), TxClosed: s.txClosed.Load(),
 		TxHandshake:     s.txHandshake.Load(),

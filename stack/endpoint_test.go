@@ -43,13 +43,21 @@ func newRig(t *testing.T, o stack.Options) *rig { t.Helper(); return newRigWrapp
 // if not nil.
 func newRigWrapped(t *testing.T, o stack.Options, wrap func(*nexus.Port) stack.Port) *rig {
 	t.Helper()
-	a, b, err := memif.NewPair(memif.Options{QueueLen: 64})
+	return newRigOn(t, o, wrap, memif.Options{QueueLen: 64}, nexus.Options{})
+}
+
+// newRigOn is newRigWrapped on a wire made with mo, by a nexus made with
+// no (its Link and Addrs set here).
+func newRigOn(t *testing.T, o stack.Options, wrap func(*nexus.Port) stack.Port, mo memif.Options, no nexus.Options) *rig {
+	t.Helper()
+	a, b, err := memif.NewPair(mo)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
 	r := &rig{wire: b}
-	if r.n, err = nexus.New(nexus.Options{Link: a, Addrs: []netip.Addr{local}}); err != nil {
+	no.Link, no.Addrs = a, []netip.Addr{local}
+	if r.n, err = nexus.New(no); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { r.n.Close() })

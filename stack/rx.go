@@ -109,6 +109,26 @@ func (e *Endpoint) poll() bool {
 		default:
 			continue
 		}
+		frag := false
+		if e.opts.ChecksumOffload && b.Flags&channel.FlagCsumValid == 0 {
+			// netstack was told not to verify (Capabilities): a
+			// packet from a device is verified here, before
+			// rxWindow may rewrite it; a TCP or UDP fragment with
+			// the rest of its datagram (fragcsum.go).
+			if !packet.ChecksumsValid(b.Data) {
+				e.stats.rxBadChecksum.Add(1)
+				continue
+			}
+			p := &e.rxParsed
+			frag = packet.Parse(b.Data, packet.RawIP, p) == nil && p.IsFragment() &&
+				(p.Proto == packet.ProtoTCP || p.Proto == packet.ProtoUDP)
+		}
+		if frag {
+			pkt := gstack.NewPacketBuffer(gstack.PacketBufferOptions{Payload: buffer.MakeWithData(b.Data)})
+			e.rxFrag(&e.rxParsed, b.Data, pkt, e.rxProtos[i])
+			e.rxProtos[i] = 0 // held, not dropped
+			continue
+		}
 		payload := buffer.MakeWithData(b.Data)
 		if e.rxHint(b.Data) {
 			e.rxWindow(&payload)
@@ -119,6 +139,8 @@ func (e *Endpoint) poll() bool {
 		e.freeLocked(e.rxBufs[:n])
 		clear(e.rxBufs[:n])
 	}
+	extra := e.rxExtra
+	e.rxExtra = nil
 	e.mu.Unlock()
 	if n == 0 {
 		return did
@@ -130,7 +152,9 @@ func (e *Endpoint) poll() bool {
 	var pkts, bytes uint64
 	for i, pkt := range e.rxPkts[:n] {
 		if pkt == nil {
-			e.stats.rxDropped.Add(1)
+			if e.rxProtos[i] != 0 { // else held (fragcsum.go)
+				e.stats.rxDropped.Add(1)
+			}
 			continue
 		}
 		if d != nil {
@@ -142,6 +166,16 @@ func (e *Endpoint) poll() bool {
 		}
 		pkt.DecRef()
 		e.rxPkts[i] = nil
+	}
+	for _, h := range extra {
+		if d != nil {
+			pkts++
+			bytes += uint64(h.pkt.Size())
+			d.DeliverNetworkPacket(h.proto, h.pkt)
+		} else {
+			e.stats.rxDropped.Add(1)
+		}
+		h.pkt.DecRef()
 	}
 	e.stats.rxPackets.Add(pkts)
 	e.stats.rxBytes.Add(bytes)

@@ -221,15 +221,22 @@ func (e *Endpoint) allocLocked(need int) {
 }
 
 // fill copies it's packet into buf, whole (a GSO packet too: the nexus or
-// the link segments it), completes the TCP checksum netstack left partial
-// for GSO, so that a super packet carried whole verifies at the far end,
-// and stamps the flow ID and segmentation size into the buffer's user
+// the link segments it), marks it channel.FlagCsumPartial with checksum
+// offload, or else completes the TCP checksum netstack left partial for
+// GSO, so that a super packet carried whole verifies at the far end, and
+// stamps the flow ID and segmentation size into the buffer's user
 // metadata.
 func (e *Endpoint) fill(it *txItem, id [16]byte, buf *channel.Buf) {
 	n := copyPacket(it.pkt, buf.Data)
 	buf.Data = buf.Data[:n]
 	buf.Flags = 0
-	if isTCPGSO(it.pkt.GSOOptions) && it.pkt.GSOOptions.NeedsCsum {
+	switch {
+	case e.opts.ChecksumOffload:
+		// Offload: netstack left the checksum (zero, or the pseudo
+		// header for GSO) to the wire. Every packet here is TCP or UDP
+		// (classify).
+		buf.Flags = channel.FlagCsumPartial
+	case isTCPGSO(it.pkt.GSOOptions) && it.pkt.GSOOptions.NeedsCsum:
 		finishTCPChecksum(buf.Data, len(it.pkt.NetworkHeader().Slice()))
 	}
 	if it.seg > 0 {

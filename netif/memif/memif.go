@@ -37,9 +37,11 @@
 //     buffer that holds it, else cut into MTU segments (netif/gso), and
 //     always cuts a UDP super packet into its datagrams (the contract in
 //     netif/superpacket.go). The wire computes no checksum on the way: a
-//     super packet delivered whole carries the L4 checksum its writer put
-//     in it, and the flowswitch's are complete (package stack completes
-//     them); a segment cut on Read gets a checksum computed from its bytes.
+//     frame or super packet delivered whole carries the L4 checksum its
+//     writer put in it, which may be incomplete (the wire is a
+//     netif.TrustedWire unless Options.FullChecksums: nexuses leave the
+//     checksums their apps left to it); a segment cut on Read gets a
+//     checksum computed from its bytes.
 //
 // Memory is 2 × QueueLen × slot bytes per pair, a slot being
 // max(MaxFrameLen, MaxSuperPacketLen): about 3 MB with the defaults, 128 MiB
@@ -113,6 +115,11 @@ type Options struct {
 	// Loss drops frames on the wire, so apps can be tested under loss. The
 	// zero value loses nothing.
 	Loss Loss
+	// FullChecksums makes the wire behave as a device as far as checksums
+	// go: its ends are not a netif.TrustedWire, so the nexus completes
+	// every checksum a sender left to the wire before it writes, and its
+	// apps verify what it reads. The default wire is trusted.
+	FullChecksums bool
 }
 
 // Loss is a wire's loss model, the same in both directions: independent
@@ -200,6 +207,7 @@ func NewPair(opts Options) (a, b netif.Link, err error) {
 		frame: frameLen,
 		super: slot,
 		batch: min(batchSize, opts.QueueLen),
+		full:  opts.FullChecksums,
 	}
 	for i := range w.q {
 		w.q[i].init(&opts, slot, uint64(i))
@@ -218,6 +226,7 @@ type wire struct {
 	frame int // MaxFrameLen(mtu, lt)
 	super int // MaxSuperPacketLen: the slot size, at least frame
 	batch int
+	full  bool          // Options.FullChecksums
 	done  chan struct{} // closed by Close; unblocks Wait
 
 	closeOnce sync.Once
@@ -334,6 +343,7 @@ type end struct {
 
 var _ netif.SuperPacketLink = (*end)(nil)
 var _ netif.Notifier = (*end)(nil)
+var _ netif.TrustedWire = (*end)(nil)
 
 func (w *wire) newEnd(name string, tx, rx *queue) *end {
 	t := time.NewTimer(time.Hour)
@@ -343,6 +353,10 @@ func (w *wire) newEnd(name string, tx, rx *queue) *end {
 
 // Name implements netif.Link.Name.
 func (e *end) Name() string { return e.name }
+
+// TrustedWire implements netif.TrustedWire: true unless
+// Options.FullChecksums.
+func (e *end) TrustedWire() bool { return !e.w.full }
 
 // MTU implements netif.Link.MTU.
 func (e *end) MTU() int { return e.w.mtu }
